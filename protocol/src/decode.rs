@@ -1,0 +1,215 @@
+//! Bytes off the queue to validated requests.
+//!
+//! Decoding runs in three steps so that the error says what is actually
+//! wrong: size, then a light pass that reads only `apiVersion` and `kind`
+//! (a request of another version or kind should be told so, not drowned in
+//! "unknown field" errors about a shape it never meant to have), then the
+//! typed decode with the JSON path of the first structural problem, then
+//! semantic validation, which reports every problem at once.
+//!
+//! Structural problems (unknown field, wrong type, missing field) come one
+//! at a time, because serde stops at the first; semantic ones all at once.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+
+use crate::cancel::{CANCEL_REQUEST_KIND, CancelRequest};
+use crate::request::{BUILD_REQUEST_KIND, BuildRequest};
+use crate::validate::{
+    ROOT_PATH, ValidationError, ValidationErrors, field, is_identifier, is_valid_build_id, quote,
+};
+use crate::{API_VERSION, MAX_REQUEST_BYTES};
+
+/// Why bytes from the queue are not a request Kiln will act on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("$: the request is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    /// The text of the JSON parser's error, with line and column.
+    #[error("$: the request is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+}
+
+impl DecodeError {
+    /// The problems as path/reason pairs; never empty. Whole-document
+    /// problems (size, syntax) have the path `$`.
+    pub fn errors(&self) -> Vec<ValidationError> {
+        match self {
+            DecodeError::TooLarge { size, limit } => vec![ValidationError::new(
+                ROOT_PATH,
+                format!("the request is {size} bytes; the limit is {limit}"),
+            )],
+            DecodeError::NotJson(msg) => vec![ValidationError::new(
+                ROOT_PATH,
+                format!("the request is not valid JSON: {msg}"),
+            )],
+            DecodeError::Invalid(errs) if errs.is_empty() => {
+                vec![ValidationError::new(ROOT_PATH, "the request is invalid")]
+            }
+            DecodeError::Invalid(errs) => errs.0.clone(),
+        }
+    }
+}
+
+impl From<ValidationErrors> for DecodeError {
+    fn from(e: ValidationErrors) -> Self {
+        DecodeError::Invalid(e)
+    }
+}
+
+/// Size check, JSON decode, apiVersion/kind check, then [`BuildRequest::validate`].
+pub fn parse_build_request(bytes: &[u8]) -> Result<BuildRequest, DecodeError> {
+    let req: BuildRequest = decode(bytes, BUILD_REQUEST_KIND)?;
+    req.validate()?;
+    Ok(req)
+}
+
+/// Size check, JSON decode, apiVersion/kind check, then [`CancelRequest::validate`].
+pub fn parse_cancel_request(bytes: &[u8]) -> Result<CancelRequest, DecodeError> {
+    let req: CancelRequest = decode(bytes, CANCEL_REQUEST_KIND)?;
+    req.validate()?;
+    Ok(req)
+}
+
+/// The top-level `id` of a message, when it is a JSON object whose `id` is a
+/// valid build id, whatever else is wrong with it, so that a rejected
+/// request can still be answered with a `build.rejected` event its publisher
+/// can correlate. Other fields are skipped without being stored, so this is
+/// cheap even on oversized input.
+pub fn readable_id(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    let parsed: IdOnly = serde_json::from_slice(bytes).ok()?;
+    parsed.id.filter(|id| is_valid_build_id(id))
+}
+
+/// Only the fields that decide how to read the rest.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    api_version: Option<serde_json::Value>,
+    kind: Option<serde_json::Value>,
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], want_kind: &str) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_REQUEST_BYTES,
+        });
+    }
+    let header: Header = match serde_json::from_slice(bytes) {
+        Ok(h) => h,
+        Err(e) if e.classify() == Category::Data => {
+            let is_object = matches!(
+                serde_json::from_slice::<serde_json::Value>(bytes),
+                Ok(serde_json::Value::Object(_))
+            );
+            let reason = if is_object {
+                // e.g. a duplicate `kind` key
+                data_reason(&e)
+            } else {
+                "the request must be a JSON object".to_owned()
+            };
+            return Err(invalid(ROOT_PATH, reason));
+        }
+        Err(e) => return Err(DecodeError::NotJson(e.to_string())),
+    };
+    let mut errs = ValidationErrors::default();
+    check_header_value(
+        &mut errs,
+        "apiVersion",
+        header.api_version.as_ref(),
+        API_VERSION,
+    );
+    check_header_value(&mut errs, "kind", header.kind.as_ref(), want_kind);
+    if !errs.is_empty() {
+        return Err(DecodeError::Invalid(errs));
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = render_path(e.path());
+            let inner = e.into_inner();
+            if inner.classify() == Category::Data {
+                Err(invalid(&path, data_reason(&inner)))
+            } else {
+                Err(DecodeError::NotJson(inner.to_string()))
+            }
+        }
+    }
+}
+
+fn invalid(path: &str, reason: String) -> DecodeError {
+    DecodeError::Invalid(ValidationErrors(vec![ValidationError::new(path, reason)]))
+}
+
+fn check_header_value(
+    errs: &mut ValidationErrors,
+    name: &str,
+    value: Option<&serde_json::Value>,
+    want: &str,
+) {
+    match value {
+        None => errs.push(name, format!("is required; set it to \"{want}\"")),
+        Some(serde_json::Value::String(s)) if s == want => {}
+        Some(serde_json::Value::String(s)) if name == "kind" => errs.push(
+            name,
+            format!("{} is not valid here; use \"{want}\"", quote(s)),
+        ),
+        Some(serde_json::Value::String(s)) => errs.push(
+            name,
+            format!("{} is not supported; use \"{want}\"", quote(s)),
+        ),
+        Some(other) => errs.push(
+            name,
+            format!("must be the string \"{want}\", not {}", json_type(other)),
+        ),
+    }
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// serde's message with the position, which helps with large documents
+/// (`unknown field `contxt`, expected one of ... at line 7 column 15`).
+fn data_reason(e: &serde_json::Error) -> String {
+    e.to_string()
+}
+
+/// serde_path_to_error's path in this crate's notation (see
+/// [`ValidationError`]): `.key` for identifiers, `["key"]` otherwise, `$` for
+/// the root.
+fn render_path(p: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in p {
+        match seg {
+            Segment::Seq { index } => out = crate::validate::index(&out, *index),
+            Segment::Map { key } if is_identifier(key) => out = field(&out, key),
+            Segment::Map { key } => out = crate::validate::key(&out, key),
+            Segment::Enum { variant } => out = field(&out, variant),
+            Segment::Unknown => out = field(&out, "?"),
+        }
+    }
+    if out.is_empty() {
+        ROOT_PATH.to_owned()
+    } else {
+        out
+    }
+}

@@ -1,0 +1,163 @@
+//! Deterministic Kubernetes names for a build's objects.
+//!
+//! These functions are part of the contract between workers: after a
+//! takeover, another worker (possibly of another version) must compute the
+//! same pod name for the same `(build, image, attempt)` so that creating it
+//! answers 409 and the pod is adopted instead of built twice. Never change
+//! the algorithm below; add a new function instead.
+//!
+//! # Algorithm (`pod_name`, `configmap_name`)
+//!
+//! 1. `raw = "<prefix>-<build>-<image>-<attempt>"` with `attempt` in decimal
+//!    (prefix `kiln` for pods, `kiln-df` for Dockerfile ConfigMaps).
+//! 2. `clean` = `raw` with ASCII uppercase lowercased and every character
+//!    other than `[a-z0-9-]` replaced by `-`.
+//! 3. If `clean == raw`, `raw` is at most 63 bytes and `image` contains no
+//!    `-`, the name is `raw`. (With no `-` in the image and a decimal
+//!    attempt at the end, `raw` splits back into its parts unambiguously, so
+//!    distinct inputs cannot share a name.)
+//! 4. Otherwise the name is `clean` cut to its first 52 bytes, with
+//!    trailing `-` removed, then `-` and the first 10 hex digits of
+//!    `sha256(u64be(len(build)) ‖ build ‖ u64be(len(image)) ‖ image ‖ u32be(attempt))`
+//!    (lengths in bytes of the UTF-8 encoding). The hash covers the exact
+//!    inputs, so inputs that sanitise or truncate to the same text still get
+//!    different names.
+//!
+//! The result is a DNS-1123 label of at most 63 characters: it starts with
+//! `k` and ends with a digit (the attempt) or a hex digit (the hash).
+
+use sha2::{Digest, Sha256};
+
+pub use crate::validate::is_dns1123_label;
+use crate::validate::is_label_value;
+
+/// Longest Kubernetes label / DNS label.
+pub const MAX_LABEL_LEN: usize = 63;
+/// Hex digits of the hash suffix in object names.
+const NAME_HASH_HEX: usize = 10;
+
+/// Name of the Kaniko pod of one attempt of one image.
+pub fn pod_name(build_id: &str, image: &str, attempt: u32) -> String {
+    object_name("kiln", build_id, image, attempt)
+}
+
+/// Name of the ConfigMap holding the rendered inline Dockerfile of one
+/// attempt. (ConfigMap names may be 253 long; keeping 63 lets the same rule
+/// serve both.)
+pub fn configmap_name(build_id: &str, image: &str, attempt: u32) -> String {
+    object_name("kiln-df", build_id, image, attempt)
+}
+
+fn object_name(prefix: &str, build_id: &str, image: &str, attempt: u32) -> String {
+    let raw = format!("{prefix}-{build_id}-{image}-{attempt}");
+    let clean: String = raw
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect();
+    if clean == raw && raw.len() <= MAX_LABEL_LEN && !image.contains('-') {
+        return raw;
+    }
+    let keep = MAX_LABEL_LEN - NAME_HASH_HEX - 1;
+    // `clean` is ASCII, so any byte index is a char boundary.
+    let head = clean[..clean.len().min(keep)].trim_end_matches('-');
+    let hash = tuple_hash(build_id, image, attempt);
+    format!("{head}-{}", &hash[..NAME_HASH_HEX])
+}
+
+fn tuple_hash(build_id: &str, image: &str, attempt: u32) -> String {
+    let mut h = Sha256::new();
+    h.update((build_id.len() as u64).to_be_bytes());
+    h.update(build_id.as_bytes());
+    h.update((image.len() as u64).to_be_bytes());
+    h.update(image.as_bytes());
+    h.update(attempt.to_be_bytes());
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// A Kubernetes label value standing for `value`: `value` itself when it is a
+/// valid label value, else `h-` and the first 40 hex digits of
+/// `sha256(value)` (so label selectors still work for build ids that are not
+/// label values; the full value goes in an annotation).
+pub fn label_value(value: &str) -> String {
+    if is_label_value(value) {
+        return value.to_owned();
+    }
+    let digest = hex(&Sha256::digest(value.as_bytes()));
+    format!("h-{}", &digest[..40])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readable_when_possible() {
+        assert_eq!(pod_name("build7", "api", 1), "kiln-build7-api-1");
+        assert_eq!(configmap_name("build7", "api", 1), "kiln-df-build7-api-1");
+        assert_eq!(
+            pod_name("shop-cart-7f3a", "api", 2),
+            "kiln-shop-cart-7f3a-api-2"
+        );
+    }
+
+    /// Pinned outputs, computed by an independent (Python) implementation of
+    /// the algorithm in the module docs: if one of these changes, workers of different versions
+    /// would disagree on names and rebuild instead of adopting.
+    #[test]
+    fn stable_across_versions() {
+        assert_eq!(
+            pod_name("shop-cart-1.2.3-7f3a", "api", 2),
+            "kiln-shop-cart-1-2-3-7f3a-api-2-16942c3d74"
+        );
+        assert_eq!(pod_name("b", "cart-api", 1), "kiln-b-cart-api-1-08edc7d123");
+        assert_eq!(
+            pod_name(&"x".repeat(128), "api", 10),
+            "kiln-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-87774b85b1"
+        );
+        assert_eq!(
+            configmap_name("Shop_Cart", "web", 1),
+            "kiln-df-shop-cart-web-1-4a59580cd1"
+        );
+        assert_eq!(label_value("shop-cart-1.2.3-7f3a"), "shop-cart-1.2.3-7f3a");
+        assert_eq!(
+            label_value(&"x".repeat(100)),
+            "h-09ecb6ebc8bcefc733f6f2ec44f791abeed6a99e"
+        );
+    }
+
+    #[test]
+    fn ambiguous_splits_differ() {
+        assert_ne!(pod_name("a-b", "c", 1), pod_name("a", "b-c", 1));
+        assert_ne!(pod_name("a.b", "c", 1), pod_name("a-b", "c", 1));
+        assert_ne!(pod_name("A", "c", 1), pod_name("a", "c", 1));
+    }
+
+    #[test]
+    fn always_dns_labels() {
+        for (b, i, a) in [
+            ("", "", 0),
+            ("...", "---", u32::MAX),
+            ("ÄÖÜ", "日本", 3),
+            (&*"Z".repeat(300), "x", 1),
+        ] {
+            let n = pod_name(b, i, a);
+            assert!(is_dns1123_label(&n), "{n}");
+            let n = configmap_name(b, i, a);
+            assert!(is_dns1123_label(&n), "{n}");
+        }
+    }
+}

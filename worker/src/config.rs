@@ -1,0 +1,137 @@
+//! `kiln worker` configuration: flags with `KILN_*` environment fallbacks
+//! (DESIGN section 9). Durations are written like `500ms`, `3s`, `2m`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the worker finds RabbitMQ and Redis. Shared by the worker and the
+/// client commands so both are configured the same way.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connections {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "KILN_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue name (`<prefix>.requests`, ...).
+    #[arg(long, env = "KILN_AMQP_PREFIX", default_value = "kiln")]
+    pub amqp_prefix: String,
+    /// Redis URL.
+    #[arg(long, env = "KILN_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key (`<prefix>lease:<id>`, ...).
+    #[arg(long, env = "KILN_REDIS_PREFIX", default_value = "kiln:")]
+    pub redis_prefix: String,
+}
+
+/// Everything `kiln worker` needs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub connections: Connections,
+    /// Build namespace of the `default` tenant when no policy file is given.
+    #[arg(long, env = "KILN_NAMESPACE", default_value = "kiln-builds")]
+    pub namespace: String,
+    /// Tenancy policy file (TOML or YAML). Without one, every request runs
+    /// as the `default` tenant in `--namespace` with any destination.
+    #[arg(long, env = "KILN_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Cluster name, used as the CloudEvents `source` (`urn:kiln:<cluster>`).
+    #[arg(long, env = "KILN_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Address of the metrics, health and status HTTP server.
+    #[arg(long, env = "KILN_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long a build lease lives without renewal. A killed worker's builds
+    /// are adopted by another worker after at most this long.
+    #[arg(long, env = "KILN_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// How long a pod may stay Pending (unschedulable, image pull) before its
+    /// image fails.
+    #[arg(long, env = "KILN_PENDING_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub pending_timeout: Duration,
+    /// First retry delay; doubles each attempt, with jitter.
+    #[arg(long, env = "KILN_RETRY_BASE_DELAY", default_value = "10s", value_parser = parse_duration)]
+    pub retry_base_delay: Duration,
+    /// Upper bound of the retry delay.
+    #[arg(long, env = "KILN_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
+    /// Kaniko executor image. Google archived upstream Kaniko in June 2025;
+    /// the default is the community-maintained fork (pin a digest in production).
+    #[arg(
+        long,
+        env = "KILN_KANIKO_IMAGE",
+        default_value = "ghcr.io/osscontainertools/kaniko:latest"
+    )]
+    pub kaniko_image: String,
+    /// Name of this worker in events (`kilnworker`) and lease values.
+    /// Defaults to the host name (the pod name in Kubernetes).
+    #[arg(long, env = "KILN_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Unacknowledged build requests this worker holds at once.
+    #[arg(long, env = "KILN_PREFETCH", default_value_t = 256)]
+    pub prefetch: u16,
+    /// How long the Redis record of a finished build is kept (duplicate
+    /// requests within it are acked with no new build; `kiln status` reads it).
+    #[arg(long, env = "KILN_RECORD_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub record_ttl: Duration,
+}
+
+impl WorkerConfig {
+    /// Checks relations between values that clap cannot express.
+    pub fn check(&self) -> Result<(), String> {
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err("--lease-ttl (KILN_LEASE_TTL) must be at least 1s".into());
+        }
+        if self.retry_base_delay > self.retry_max_delay {
+            return Err(
+                "--retry-base-delay (KILN_RETRY_BASE_DELAY) must not exceed --retry-max-delay (KILN_RETRY_MAX_DELAY)"
+                    .into(),
+            );
+        }
+        if self.prefetch == 0 {
+            return Err("--prefetch (KILN_PREFETCH) must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The worker's name: `--worker-id`, else the host name, else a ULID.
+    pub fn worker_name(&self) -> String {
+        if let Some(id) = &self.worker_id {
+            return id.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| format!("kiln-{}", ulid::Ulid::new().to_string().to_lowercase()))
+    }
+}
+
+/// Parses `500ms`, `3s`, `2m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 3s or 2m: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        let err = parse_duration("soon").unwrap_err();
+        assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    }
+}

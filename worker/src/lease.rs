@@ -1,0 +1,422 @@
+//! Redis: build leases, cancel flags and build records. The only module that
+//! knows Redis.
+//!
+//! Keys (with the configured prefix `P`, default `kiln:`):
+//! - `P lease:<id>`  — the owner's worker id; `SET NX PX` to claim, renewed by
+//!   compare-and-extend, released by compare-and-delete (Lua, so a worker can
+//!   never extend or delete a lease another worker took over).
+//! - `P cancel:<id>` — the cancel reason; set by whichever worker consumed the
+//!   cancel, read by the owner (pushed on `P cancels`, and polled with every
+//!   renewal in case the push was missed).
+//! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe and `kiln status`.
+//!
+//! Losing Redis costs at worst duplicate work: pod names fence the cluster.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+
+impl From<redis::RedisError> for Error {
+    fn from(e: redis::RedisError) -> Self {
+        Error::Redis(e.to_string())
+    }
+}
+
+/// Compare-and-extend for many leases in one round trip. Returns per key:
+/// 0 = another worker holds it now, 1 = renewed, 2 = renewed and a cancel is
+/// pending. A lease that vanished (Redis restarted or was flushed) is taken
+/// again with `SET NX`: nobody else holds it, and the pods fence the rest.
+const RENEW: &str = r"
+local out = {}
+local n = #KEYS / 2
+for i = 1, n do
+  local holder = redis.call('GET', KEYS[i])
+  local ours = false
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    ours = true
+  elseif not holder then
+    ours = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) ~= false
+  end
+  if not ours then
+    out[i] = 0
+  elseif redis.call('EXISTS', KEYS[n + i]) == 1 then
+    out[i] = 2
+  else
+    out[i] = 1
+  end
+end
+return out
+";
+
+/// Compare-and-delete.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Keys renewed per script call: bounds the time Redis spends in one script.
+const RENEW_CHUNK: usize = 500;
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease is ours now (or already was).
+    Acquired,
+    /// Another worker holds it.
+    HeldBy(String),
+}
+
+/// Where a build stands, as far as Redis remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordState {
+    /// A worker claimed the request and is creating its pods.
+    Claimed,
+    /// Every first-attempt pod exists and `build.accepted` is confirmed.
+    Accepted,
+    /// The terminal `build.*` event is confirmed.
+    Finished,
+}
+
+/// The short-lived record of a build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRecord {
+    pub state: RecordState,
+    /// Terminal phase once finished (`succeeded`, `failed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    pub tenant: String,
+    pub namespace: String,
+    pub worker: String,
+    /// Per image: phase, attempt and pod name.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageRecord>,
+    pub updated_at: jiff::Timestamp,
+}
+
+/// One image in a [`BuildRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    pub phase: String,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// Handle to the lease store; cheap to clone.
+#[derive(Clone)]
+pub struct Leases {
+    conn: ConnectionManager,
+    client: redis::Client,
+    prefix: String,
+    owner: String,
+    ttl: Duration,
+    renew: redis::Script,
+    release: redis::Script,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("prefix", &self.prefix)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Leases {
+    /// Connects to Redis. The connection manager reconnects on its own after
+    /// a Redis restart; commands issued meanwhile fail and are retried by
+    /// the caller.
+    pub async fn connect(url: &str, prefix: &str, owner: &str, ttl: Duration) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Redis(format!("invalid Redis URL {url:?}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| Error::Redis(format!("cannot connect to {url}: {e}")))?;
+        Ok(Self {
+            conn,
+            client,
+            prefix: prefix.to_owned(),
+            owner: owner.to_owned(),
+            ttl,
+            renew: redis::Script::new(RENEW),
+            release: redis::Script::new(RELEASE),
+        })
+    }
+
+    /// This worker's id, the value stored in the leases it holds.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn lease_key(&self, id: &str) -> String {
+        format!("{}lease:{id}", self.prefix)
+    }
+
+    fn cancel_key(&self, id: &str) -> String {
+        format!("{}cancel:{id}", self.prefix)
+    }
+
+    fn record_key(&self, id: &str) -> String {
+        format!("{}build:{id}", self.prefix)
+    }
+
+    fn cancel_channel(&self) -> String {
+        format!("{}cancels", self.prefix)
+    }
+
+    fn released_channel(&self) -> String {
+        format!("{}released", self.prefix)
+    }
+
+    /// Round trip to Redis (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Claims the lease of `id` (`SET NX PX`). Already holding it counts as
+    /// acquired: a redelivered request must not lock its own worker out.
+    pub async fn claim(&self, id: &str) -> Result<Claim> {
+        let mut conn = self.conn.clone();
+        let key = self.lease_key(id);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&self.owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .query_async(&mut conn)
+            .await?;
+        if set.is_some() {
+            return Ok(Claim::Acquired);
+        }
+        let holder: Option<String> = conn.get(&key).await?;
+        match holder {
+            Some(h) if h == self.owner => Ok(Claim::Acquired),
+            Some(h) => Ok(Claim::HeldBy(h)),
+            // Expired between the two calls: try once more.
+            None => {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&self.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.ttl_ms())
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(if set.is_some() {
+                    Claim::Acquired
+                } else {
+                    Claim::HeldBy(String::from("another worker"))
+                })
+            }
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Renews every lease in `ids` that this worker still holds, in chunks.
+    /// Returns, per id, whether it is still ours and whether a cancel waits.
+    pub async fn renew_many(&self, ids: &[String]) -> Result<Vec<Renewal>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut conn = self.conn.clone();
+        for chunk in ids.chunks(RENEW_CHUNK) {
+            let mut inv = self.renew.prepare_invoke();
+            for id in chunk {
+                inv.key(self.lease_key(id));
+            }
+            for id in chunk {
+                inv.key(self.cancel_key(id));
+            }
+            inv.arg(&self.owner).arg(self.ttl_ms());
+            let codes: Vec<i64> = inv.invoke_async(&mut conn).await?;
+            out.extend(codes.into_iter().map(|c| match c {
+                0 => Renewal::Lost,
+                2 => Renewal::CancelPending,
+                _ => Renewal::Renewed,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Releases the lease of `id` if this worker holds it.
+    pub async fn release(&self, id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .release
+            .key(self.lease_key(id))
+            .arg(&self.owner)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Releases many leases and tells the other workers, so that they adopt
+    /// those builds now rather than after the lease would have lapsed.
+    pub async fn release_all(&self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            self.release(id).await?;
+        }
+        if !ids.is_empty() {
+            let mut conn = self.conn.clone();
+            let payload = serde_json::to_string(ids).unwrap_or_default();
+            let _: i64 = conn.publish(self.released_channel(), payload).await?;
+        }
+        Ok(())
+    }
+
+    /// Current holders of the leases of `ids` (one `MGET`).
+    pub async fn holders(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = ids.iter().map(|id| self.lease_key(id)).collect();
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        Ok(values)
+    }
+
+    /// Records a cancel for `id` and tells every worker about it.
+    pub async fn request_cancel(&self, id: &str, reason: &str, keep: Duration) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(self.cancel_key(id))
+            .arg(reason)
+            .arg("PX")
+            .arg(keep_ms)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.cancel_channel())
+            .arg(id)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The pending cancel reason of `id`, if any.
+    pub async fn cancel_reason(&self, id: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(self.cancel_key(id)).await?)
+    }
+
+    /// Writes the record of `id`, kept for `keep`.
+    pub async fn put_record(&self, id: &str, record: &BuildRecord, keep: Duration) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(record).map_err(|e| Error::Redis(e.to_string()))?;
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        let _: () = redis::cmd("SET")
+            .arg(self.record_key(id))
+            .arg(json)
+            .arg("PX")
+            .arg(keep_ms.max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the record of `id`. A record this version cannot read counts as
+    /// absent: the pods remain the truth.
+    pub async fn record(&self, id: &str) -> Result<Option<BuildRecord>> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = conn.get(self.record_key(id)).await?;
+        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// Follows the cancel and release notices of every worker. Reconnects
+    /// after Redis restarts (a notice sent meanwhile is caught by the renewal
+    /// poll or the adoption sweep instead).
+    pub fn notices(&self) -> mpsc::Receiver<Notice> {
+        let (tx, rx) = mpsc::channel(1024);
+        let client = self.client.clone();
+        let cancels = self.cancel_channel();
+        let released = self.released_channel();
+        tokio::spawn(async move {
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(&cancels).await.is_err()
+                            || pubsub.subscribe(&released).await.is_err()
+                        {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                        let mut stream = pubsub.on_message();
+                        while let Some(msg) = stream.next().await {
+                            let Ok(payload) = msg.get_payload::<String>() else {
+                                continue;
+                            };
+                            let notice = if msg.get_channel_name() == cancels {
+                                Notice::Cancel(payload)
+                            } else {
+                                Notice::Released(serde_json::from_str(&payload).unwrap_or_default())
+                            };
+                            if tx.send(notice).await.is_err() {
+                                return;
+                            }
+                        }
+                        tracing::warn!("Redis notice subscription ended; resubscribing");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot subscribe to Redis notices; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Result of renewing one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// Renewed, and a cancel is waiting for the build.
+    CancelPending,
+    /// Another worker holds the lease now, or it lapsed.
+    Lost,
+}
+
+/// A notice from another worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Someone asked to cancel this build.
+    Cancel(String),
+    /// A worker released these builds (shutting down): adopt them now.
+    Released(Vec<String>),
+}

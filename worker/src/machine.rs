@@ -1,0 +1,880 @@
+//! The state machine of one build. Pure: it does no IO and never reads a
+//! clock. Inputs are pod observations, the results of the actions it asked
+//! for, cancels and timer ticks, each with the current time; outputs are
+//! [`Action`]s that the supervisor executes in order.
+//!
+//! Ordering is the contract: an action list is executed front to back, and
+//! the machine always asks to publish an outcome before it asks to delete the
+//! pod that produced it, and to publish the terminal `build.*` event before
+//! deleting the pods that remain.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use kiln_protocol::{
+    BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason, build_event_id, event_type,
+    image_event_id, subject,
+};
+use tokio::time::Instant;
+
+use crate::classify::{Failure, Observation, PodView, classify, hopeless};
+use crate::plan::BuildPlan;
+
+/// Knobs of the machine, from the worker configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pending_timeout: Duration,
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// CloudEvents `source`.
+    pub source: String,
+    /// CloudEvents `kilnworker`.
+    pub worker: String,
+}
+
+/// Something that happened to the build.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The pod of `attempt` exists (created now, or found: 409 = adopt).
+    PodCreated {
+        image: usize,
+        attempt: u32,
+        pod: PodView,
+    },
+    /// The pod cannot be created and retrying will not help (invalid spec,
+    /// forbidden, namespace missing).
+    PodCreateFailed {
+        image: usize,
+        attempt: u32,
+        message: String,
+    },
+    /// The watcher saw a pod of this build; `log_tail` is the masked tail of
+    /// its log when it failed.
+    Observed {
+        pod: PodView,
+        log_tail: Option<String>,
+    },
+    /// The watcher saw a pod of this build disappear.
+    Deleted(PodView),
+    /// Someone asked to cancel the build.
+    Cancel(String),
+    /// A timer armed through [`Machine::next_wakeup`] is due.
+    Tick,
+}
+
+/// Something the supervisor must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    CreatePod {
+        image: usize,
+        attempt: u32,
+    },
+    DeletePod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+    Publish(Box<BuildEvent>),
+    /// The terminal event is confirmed once the actions before this one ran:
+    /// release the lease and remember the outcome.
+    Finished(Phase),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImgState {
+    /// Pod of the current attempt asked for, not yet known to exist.
+    Creating,
+    Pending,
+    Running,
+    /// Waiting out the backoff before the next attempt.
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl ImgState {
+    fn terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    fn phase(self) -> Phase {
+        match self {
+            Self::Creating | Self::Pending => Phase::Scheduled,
+            Self::Running => Phase::Running,
+            Self::Retrying => Phase::Retrying,
+            Self::Succeeded => Phase::Succeeded,
+            Self::Failed => Phase::Failed,
+            Self::Cancelled => Phase::Cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodId {
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+impl PodId {
+    fn of(v: &PodView) -> Self {
+        Self {
+            namespace: v.namespace.clone(),
+            name: v.name.clone(),
+            uid: v.uid.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Img {
+    attempt: u32,
+    state: ImgState,
+    /// Pod of the current attempt.
+    pod: Option<PodId>,
+    /// Pods of earlier attempts, deleted once the current one exists.
+    stale: Vec<PodId>,
+    pending_since: Option<Instant>,
+    stuck: Option<(Reason, String)>,
+    retry_at: Option<Instant>,
+    started_at: Option<jiff::Timestamp>,
+    finished_at: Option<jiff::Timestamp>,
+    digest: Option<String>,
+    failure: Option<Failure>,
+}
+
+impl Img {
+    fn new(attempt: u32) -> Self {
+        Self {
+            attempt,
+            state: ImgState::Creating,
+            pod: None,
+            stale: Vec::new(),
+            pending_since: None,
+            stuck: None,
+            retry_at: None,
+            started_at: None,
+            finished_at: None,
+            digest: None,
+            failure: None,
+        }
+    }
+}
+
+/// Where the build as a whole stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Active,
+    /// The terminal event and the clean-up were asked for.
+    Done(Phase),
+}
+
+/// One build.
+#[derive(Debug)]
+pub struct Machine {
+    plan: Arc<BuildPlan>,
+    settings: Arc<Settings>,
+    images: Vec<Img>,
+    deadline: Instant,
+    stage: Stage,
+}
+
+impl Machine {
+    /// A new build: publish `build.accepted`, then create attempt 1 of every
+    /// image.
+    pub fn start(
+        plan: Arc<BuildPlan>,
+        settings: Arc<Settings>,
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> (Self, Vec<Action>) {
+        let deadline = now + plan.remaining(wall);
+        let images = plan.images.iter().map(|_| Img::new(1)).collect();
+        let m = Self {
+            plan,
+            settings,
+            images,
+            deadline,
+            stage: Stage::Active,
+        };
+        let mut out = vec![Action::Publish(Box::new(m.build_event(
+            Phase::Accepted,
+            wall,
+            None,
+        )))];
+        for i in 0..m.images.len() {
+            out.push(Action::CreatePod {
+                image: i,
+                attempt: 1,
+            });
+        }
+        (m, out)
+    }
+
+    /// Resumes a build from its pods (takeover). Events already published by
+    /// the previous owner are not repeated, except terminal image events
+    /// (their ids are deterministic, so a repeat is recognisable).
+    pub fn adopt(
+        plan: Arc<BuildPlan>,
+        settings: Arc<Settings>,
+        pods: &[PodView],
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> (Self, Vec<Action>) {
+        let deadline = now + plan.remaining(wall);
+        let mut images: Vec<Img> = Vec::with_capacity(plan.images.len());
+        let mut latest: Vec<Option<PodView>> = Vec::with_capacity(plan.images.len());
+        for spec in &plan.images {
+            let mut mine: Vec<&PodView> = pods.iter().filter(|p| p.image == spec.name).collect();
+            mine.sort_by_key(|p| p.attempt);
+            let mut img = Img::new(mine.last().map_or(1, |p| p.attempt));
+            img.stale = mine
+                .iter()
+                .take(mine.len().saturating_sub(1))
+                .map(|p| PodId::of(p))
+                .collect();
+            latest.push(mine.last().map(|p| (*p).clone()));
+            images.push(img);
+        }
+        let mut m = Self {
+            plan,
+            settings,
+            images,
+            deadline,
+            stage: Stage::Active,
+        };
+        let mut out = Vec::new();
+        let any_failed = latest.iter().flatten().any(|p| {
+            matches!(classify(p), Observation::Failed(ref f) if !f.retryable || p.attempt >= m.plan.max_attempts)
+        });
+        for (i, pod) in latest.into_iter().enumerate() {
+            match pod {
+                None if any_failed => m.images[i].state = ImgState::Cancelled,
+                // The previous owner died before this pod existed: create it
+                // (a 409 adopts it if it appeared meanwhile).
+                None => out.push(Action::CreatePod {
+                    image: i,
+                    attempt: m.images[i].attempt,
+                }),
+                Some(pod) => {
+                    let img = &mut m.images[i];
+                    img.pod = Some(PodId::of(&pod));
+                    img.pending_since = Some(now);
+                    match classify(&pod) {
+                        Observation::Pending { stuck } => {
+                            img.state = ImgState::Pending;
+                            img.stuck = stuck;
+                        }
+                        Observation::Running { since } => {
+                            img.state = ImgState::Running;
+                            img.started_at = since;
+                        }
+                        // Terminal pods go through the usual path below.
+                        _ => img.state = ImgState::Running,
+                    }
+                    out.extend(m.observe(&pod, None, now, wall));
+                }
+            }
+        }
+        out.extend(m.settle(now, wall));
+        (m, out)
+    }
+
+    pub fn plan(&self) -> &Arc<BuildPlan> {
+        &self.plan
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Whether every image's current pod exists (or the image is over):
+    /// the moment a build request may be acked.
+    pub fn pods_exist(&self) -> bool {
+        self.images
+            .iter()
+            .all(|i| i.state.terminal() || i.pod.is_some() || i.state == ImgState::Retrying)
+    }
+
+    /// Current phase and attempt per image, for records and status.
+    pub fn image_states(&self) -> Vec<(String, Phase, u32, Option<String>, Option<String>)> {
+        self.plan
+            .images
+            .iter()
+            .zip(&self.images)
+            .map(|(spec, img)| {
+                (
+                    spec.name.clone(),
+                    img.state.phase(),
+                    img.attempt,
+                    img.pod.as_ref().map(|p| p.name.clone()),
+                    img.digest.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// When the machine next wants a [`Input::Tick`].
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        if self.stage != Stage::Active {
+            return None;
+        }
+        let mut next = self.deadline;
+        for img in &self.images {
+            if img.state == ImgState::Pending
+                && let Some(since) = img.pending_since
+            {
+                next = next.min(since + self.settings.pending_timeout);
+            }
+            if let Some(at) = img.retry_at {
+                next = next.min(at);
+            }
+        }
+        Some(next)
+    }
+
+    /// Feeds one input; returns the actions to execute, in order.
+    pub fn handle(&mut self, input: Input, now: Instant, wall: jiff::Timestamp) -> Vec<Action> {
+        if self.stage != Stage::Active {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        match input {
+            Input::PodCreated {
+                image,
+                attempt,
+                pod,
+            } => out.extend(self.created(image, attempt, &pod, now, wall)),
+            Input::PodCreateFailed {
+                image,
+                attempt,
+                message,
+            } => {
+                if self.images.get(image).is_some_and(|i| i.attempt == attempt) {
+                    let f = Failure {
+                        reason: Reason::ConfigError,
+                        retryable: false,
+                        message: format!("the build pod could not be created: {message}"),
+                        exit_code: None,
+                        log: None,
+                    };
+                    out.extend(self.fail_attempt(image, f, None, now, wall));
+                }
+            }
+            Input::Observed { pod, log_tail } => {
+                out.extend(self.observe(&pod, log_tail, now, wall));
+            }
+            Input::Deleted(pod) => out.extend(self.deleted(&pod, now, wall)),
+            Input::Cancel(reason) => out.extend(self.cancel(&reason, wall)),
+            Input::Tick => out.extend(self.tick(now, wall)),
+        }
+        out.extend(self.settle(now, wall));
+        out
+    }
+
+    fn created(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        pod: &PodView,
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(img) = self.images.get_mut(i) else {
+            return out;
+        };
+        if img.attempt != attempt || img.state != ImgState::Creating {
+            return out;
+        }
+        img.state = ImgState::Pending;
+        img.pod = Some(PodId::of(pod));
+        img.pending_since = Some(now);
+        let stale = std::mem::take(&mut img.stale);
+        out.push(self.image_event(i, Phase::Scheduled, wall, |_| {}));
+        // The previous attempt's pod stayed until this one existed.
+        out.extend(stale.into_iter().map(delete));
+        // The pod may already be past Pending (it existed: 409).
+        out.extend(self.observe(pod, None, now, wall));
+        out
+    }
+
+    fn observe(
+        &mut self,
+        pod: &PodView,
+        log_tail: Option<String>,
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> Vec<Action> {
+        let Some(i) = self.plan.image_index(&pod.image) else {
+            return Vec::new();
+        };
+        let img = &mut self.images[i];
+        if pod.attempt != img.attempt || img.state.terminal() || img.state == ImgState::Retrying {
+            return Vec::new();
+        }
+        if img.state == ImgState::Creating {
+            // Seen by the watcher before the create call returned.
+            return Vec::new();
+        }
+        match classify(pod) {
+            Observation::Pending { stuck } => {
+                if hopeless(pod)
+                    && let Some((reason, message)) = stuck.clone()
+                {
+                    let f = Failure {
+                        reason,
+                        retryable: false,
+                        message,
+                        exit_code: None,
+                        log: None,
+                    };
+                    return self.fail_attempt(i, f, log_tail, now, wall);
+                }
+                img.stuck = stuck;
+                Vec::new()
+            }
+            Observation::Running { since } => {
+                if img.state == ImgState::Pending {
+                    img.state = ImgState::Running;
+                    img.started_at = since.or(Some(wall));
+                    img.pending_since = None;
+                    img.stuck = None;
+                    vec![self.image_event(i, Phase::Running, wall, |_| {})]
+                } else {
+                    Vec::new()
+                }
+            }
+            Observation::Succeeded {
+                digest,
+                started_at,
+                finished_at,
+            } => {
+                img.state = ImgState::Succeeded;
+                img.digest = digest;
+                img.started_at = img.started_at.or(started_at);
+                img.finished_at = finished_at.or(Some(wall));
+                img.pending_since = None;
+                vec![self.image_event(i, Phase::Succeeded, wall, |_| {})]
+            }
+            Observation::Failed(f) => self.fail_attempt(i, f, log_tail, now, wall),
+        }
+    }
+
+    fn deleted(&mut self, pod: &PodView, now: Instant, wall: jiff::Timestamp) -> Vec<Action> {
+        let Some(i) = self.plan.image_index(&pod.image) else {
+            return Vec::new();
+        };
+        let img = &self.images[i];
+        let current = img.pod.as_ref().is_some_and(|p| p.uid == pod.uid);
+        if !current || img.state.terminal() || img.state == ImgState::Retrying {
+            return Vec::new();
+        }
+        // Deleted by someone else before it finished (node drain, operator):
+        // another attempt may succeed.
+        self.images[i].pod = None;
+        let f = Failure {
+            reason: Reason::Evicted,
+            retryable: true,
+            message: "the build pod was deleted before it finished".into(),
+            exit_code: None,
+            log: None,
+        };
+        self.fail_attempt(i, f, None, now, wall)
+    }
+
+    /// An attempt failed: retry after a backoff, or fail the image for good.
+    fn fail_attempt(
+        &mut self,
+        i: usize,
+        f: Failure,
+        log_tail: Option<String>,
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> Vec<Action> {
+        let attempt = self.images[i].attempt;
+        let delay = self.backoff(attempt);
+        let retry = f.retryable && attempt < self.plan.max_attempts && now + delay < self.deadline;
+        let log_tail = log_tail.or_else(|| f.log.clone());
+        let img = &mut self.images[i];
+        img.finished_at = Some(wall);
+        img.pending_since = None;
+        img.failure = Some(f.clone());
+        if retry {
+            img.state = ImgState::Retrying;
+            img.retry_at = Some(now + delay);
+            if let Some(p) = img.pod.take() {
+                img.stale.push(p);
+            }
+            vec![self.image_event(i, Phase::Retrying, wall, |d| {
+                fill_failure(d, &f, log_tail.clone());
+                d.retry_in_seconds = Some(delay.as_secs_f64());
+            })]
+        } else {
+            img.state = ImgState::Failed;
+            vec![self.image_event(i, Phase::Failed, wall, |d| {
+                fill_failure(d, &f, log_tail.clone());
+            })]
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.settings.retry_base_delay)
+            .with_max_delay(self.settings.retry_max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        delays
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.settings.retry_max_delay)
+            .min(self.settings.retry_max_delay)
+    }
+
+    fn cancel(&mut self, reason: &str, wall: jiff::Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        for i in 0..self.images.len() {
+            out.extend(self.cancel_image(i, reason, wall));
+        }
+        out.extend(self.finish(Phase::Cancelled, wall, |d| {
+            d.reason = Some(Reason::Cancelled);
+            d.message = Some(reason.to_owned());
+        }));
+        out
+    }
+
+    fn cancel_image(&mut self, i: usize, message: &str, wall: jiff::Timestamp) -> Vec<Action> {
+        let img = &mut self.images[i];
+        if img.state.terminal() {
+            return Vec::new();
+        }
+        img.state = ImgState::Cancelled;
+        img.finished_at = Some(wall);
+        img.retry_at = None;
+        img.pending_since = None;
+        let pods: Vec<PodId> = img.pod.iter().cloned().chain(img.stale.drain(..)).collect();
+        img.pod = None;
+        let mut out = vec![self.image_event(i, Phase::Cancelled, wall, |d| {
+            d.reason = Some(Reason::Cancelled);
+            d.message = Some(message.to_owned());
+        })];
+        out.extend(pods.into_iter().map(delete));
+        out
+    }
+
+    fn tick(&mut self, now: Instant, wall: jiff::Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        if now >= self.deadline {
+            let secs = self
+                .plan
+                .deadline
+                .duration_since(self.plan.accepted_at)
+                .as_secs();
+            for i in 0..self.images.len() {
+                let img = &mut self.images[i];
+                if img.state.terminal() {
+                    continue;
+                }
+                img.state = ImgState::Failed;
+                img.retry_at = None;
+                img.finished_at = Some(wall);
+                let f = Failure {
+                    reason: Reason::DeadlineExceeded,
+                    retryable: false,
+                    message: format!("the build did not finish within timeoutSeconds ({secs}s)"),
+                    exit_code: None,
+                    log: None,
+                };
+                img.failure = Some(f.clone());
+                out.push(self.image_event(i, Phase::Failed, wall, |d| fill_failure(d, &f, None)));
+            }
+            return out;
+        }
+        for i in 0..self.images.len() {
+            let img = &mut self.images[i];
+            match img.state {
+                ImgState::Pending
+                    if img
+                        .pending_since
+                        .is_some_and(|s| now >= s + self.settings.pending_timeout) =>
+                {
+                    let (reason, detail) = img.stuck.clone().unwrap_or((
+                        Reason::PendingTimeout,
+                        "the pod was never scheduled or started".to_owned(),
+                    ));
+                    let f = Failure {
+                        reason,
+                        retryable: false,
+                        message: format!(
+                            "the pod stayed Pending for more than {}: {detail}",
+                            humantime::format_duration(self.settings.pending_timeout)
+                        ),
+                        exit_code: None,
+                        log: None,
+                    };
+                    out.extend(self.fail_attempt(i, f, None, now, wall));
+                }
+                ImgState::Retrying if img.retry_at.is_some_and(|at| now >= at) => {
+                    img.retry_at = None;
+                    img.attempt += 1;
+                    img.state = ImgState::Creating;
+                    img.stuck = None;
+                    img.started_at = None;
+                    img.finished_at = None;
+                    out.push(Action::CreatePod {
+                        image: i,
+                        attempt: img.attempt,
+                    });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Ends the build when its images say so.
+    fn settle(&mut self, _now: Instant, wall: jiff::Timestamp) -> Vec<Action> {
+        if self.stage != Stage::Active {
+            return Vec::new();
+        }
+        let failed = self.images.iter().position(|i| i.state == ImgState::Failed);
+        if let Some(first) = failed {
+            let mut out = Vec::new();
+            let name = self.plan.images[first].name.clone();
+            for i in 0..self.images.len() {
+                out.extend(self.cancel_image(i, &format!("image {name} failed"), wall));
+            }
+            let f = self.images[first].failure.clone();
+            out.extend(self.finish(Phase::Failed, wall, |d| {
+                if let Some(f) = &f {
+                    d.reason = Some(f.reason);
+                    d.message = Some(format!("image {name}: {}", f.message));
+                    d.exit_code = f.exit_code;
+                }
+            }));
+            return out;
+        }
+        if self.images.iter().all(|i| i.state == ImgState::Succeeded) {
+            return self.finish(Phase::Succeeded, wall, |_| {});
+        }
+        if self.images.iter().all(|i| i.state.terminal()) {
+            // Cancelled images with no failure: only reachable through cancel.
+            return self.finish(Phase::Cancelled, wall, |d| {
+                d.reason = Some(Reason::Cancelled)
+            });
+        }
+        Vec::new()
+    }
+
+    fn finish(
+        &mut self,
+        phase: Phase,
+        wall: jiff::Timestamp,
+        fill: impl FnOnce(&mut EventData),
+    ) -> Vec<Action> {
+        if self.stage != Stage::Active {
+            return Vec::new();
+        }
+        self.stage = Stage::Done(phase);
+        let summary = self.summary();
+        let mut out = vec![Action::Publish(Box::new(self.build_event(
+            phase,
+            wall,
+            Some(Box::new(|d: &mut EventData| {
+                d.images = Some(summary);
+                fill(d);
+            })),
+        )))];
+        for img in &mut self.images {
+            let pods: Vec<PodId> = img
+                .pod
+                .take()
+                .into_iter()
+                .chain(img.stale.drain(..))
+                .collect();
+            out.extend(pods.into_iter().map(delete));
+        }
+        out.push(Action::Finished(phase));
+        out
+    }
+
+    fn summary(&self) -> Vec<ImageSummary> {
+        self.plan
+            .images
+            .iter()
+            .zip(&self.images)
+            .map(|(spec, img)| ImageSummary {
+                name: spec.name.clone(),
+                phase: img.state.phase(),
+                digest: img.digest.clone(),
+                attempts: img.attempt,
+                image_refs: image_refs(&spec.destinations, img.digest.as_deref()),
+                reason: match img.state {
+                    ImgState::Failed | ImgState::Cancelled => {
+                        img.failure.as_ref().map_or(Some(Reason::Cancelled), |f| {
+                            if img.state == ImgState::Cancelled {
+                                Some(Reason::Cancelled)
+                            } else {
+                                Some(f.reason)
+                            }
+                        })
+                    }
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+
+    fn base_data(&self, phase: Phase) -> EventData {
+        EventData {
+            build_id: self.plan.id.clone(),
+            image: None,
+            phase,
+            attempt: None,
+            max_attempts: Some(self.plan.max_attempts),
+            app: self.plan.app.clone(),
+            component: self.plan.component.clone(),
+            labels: self.plan.labels.clone(),
+            tenant: Some(self.plan.tenant.clone()),
+            pod: None,
+            digest: None,
+            image_refs: Vec::new(),
+            started_at: None,
+            finished_at: None,
+            duration_seconds: None,
+            reason: None,
+            message: None,
+            exit_code: None,
+            log_tail: None,
+            retry_in_seconds: None,
+            images: None,
+        }
+    }
+
+    fn envelope(
+        &self,
+        level: Level,
+        phase: Phase,
+        id: String,
+        subject: String,
+        wall: jiff::Timestamp,
+        data: EventData,
+    ) -> BuildEvent {
+        BuildEvent {
+            specversion: "1.0".into(),
+            id,
+            source: self.settings.source.clone(),
+            event_type: event_type(level, phase),
+            subject,
+            time: wall,
+            datacontenttype: "application/json".into(),
+            kilnworker: self.settings.worker.clone(),
+            traceparent: self.plan.traceparent.clone(),
+            data,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build_event(
+        &self,
+        phase: Phase,
+        wall: jiff::Timestamp,
+        fill: Option<Box<dyn FnOnce(&mut EventData) + '_>>,
+    ) -> BuildEvent {
+        let mut data = self.base_data(phase);
+        if phase.is_terminal(Level::Build) {
+            data.started_at = Some(self.plan.accepted_at);
+            data.finished_at = Some(wall);
+            data.duration_seconds = Some(seconds_between(self.plan.accepted_at, wall));
+        }
+        if let Some(fill) = fill {
+            fill(&mut data);
+        }
+        self.envelope(
+            Level::Build,
+            phase,
+            build_event_id(&self.plan.id, phase),
+            subject(&self.plan.id, None),
+            wall,
+            data,
+        )
+    }
+
+    fn image_event(
+        &self,
+        i: usize,
+        phase: Phase,
+        wall: jiff::Timestamp,
+        fill: impl FnOnce(&mut EventData),
+    ) -> Action {
+        let spec = &self.plan.images[i];
+        let img = &self.images[i];
+        let mut data = self.base_data(phase);
+        data.image = Some(spec.name.clone());
+        data.attempt = Some(img.attempt);
+        data.pod = img.pod.as_ref().or(img.stale.last()).map(|p| PodRef {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        });
+        data.started_at = img.started_at;
+        if phase.is_terminal(Level::Image) || phase == Phase::Retrying {
+            data.finished_at = img.finished_at;
+            if let (Some(s), Some(f)) = (img.started_at, img.finished_at) {
+                data.duration_seconds = Some(seconds_between(s, f));
+            }
+        }
+        if phase == Phase::Succeeded {
+            data.digest = img.digest.clone();
+            data.image_refs = image_refs(&spec.destinations, img.digest.as_deref());
+        }
+        fill(&mut data);
+        Action::Publish(Box::new(self.envelope(
+            Level::Image,
+            phase,
+            image_event_id(&self.plan.id, &spec.name, img.attempt, phase),
+            subject(&self.plan.id, Some(&spec.name)),
+            wall,
+            data,
+        )))
+    }
+}
+
+fn fill_failure(d: &mut EventData, f: &Failure, log_tail: Option<String>) {
+    d.reason = Some(f.reason);
+    d.message = Some(f.message.clone());
+    d.exit_code = f.exit_code;
+    d.log_tail = log_tail.map(|l| kiln_protocol::mask_secrets(&l, &[]));
+}
+
+fn delete(p: PodId) -> Action {
+    Action::DeletePod {
+        namespace: p.namespace,
+        name: p.name,
+        uid: p.uid,
+    }
+}
+
+fn image_refs(destinations: &[String], digest: Option<&str>) -> Vec<String> {
+    digest.map_or_else(Vec::new, |d| {
+        destinations
+            .iter()
+            .map(|dst| format!("{dst}@{d}"))
+            .collect()
+    })
+}
+
+fn seconds_between(a: jiff::Timestamp, b: jiff::Timestamp) -> f64 {
+    let secs = b.duration_since(a).as_secs_f64();
+    (secs * 1000.0).round() / 1000.0
+}
+
+/// Per-image phases, for `BTreeMap` records.
+pub fn phases(m: &Machine) -> BTreeMap<String, (Phase, u32)> {
+    m.image_states()
+        .into_iter()
+        .map(|(n, p, a, _, _)| (n, (p, a)))
+        .collect()
+}

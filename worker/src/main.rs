@@ -1,0 +1,79 @@
+//! The `kiln` binary: the worker and the client in one.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kiln_worker::config::WorkerConfig;
+
+/// Kiln: queue-driven container image builds on Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a worker: consume build requests and drive Kaniko pods.
+    ///
+    /// Example: KILN_NAMESPACE=kiln-builds kiln worker
+    Worker(Box<WorkerConfig>),
+}
+
+fn main() -> anyhow::Result<()> {
+    // lapin and kube both bring rustls; pick ring for the whole process
+    // before either builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Worker(config) => {
+                init_tracing();
+                kiln_worker::worker::run(*config, None, shutdown_signal())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            }
+        }
+    })
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("KILN_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested: handing builds over");
+}

@@ -1,0 +1,227 @@
+//! Prometheus metrics (text format on `KILN_METRICS_ADDR`). Names live in the
+//! `kiln_` namespace and carry their unit.
+
+use std::time::Duration;
+
+use kiln_protocol::{Phase, Reason};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub routing_key: String,
+}
+
+/// Every metric of the worker.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub builds: Family<OutcomeLabels, Counter>,
+    pub build_duration: Histogram,
+    pub attempt_pod_created: Histogram,
+    pub accepted_latency: Histogram,
+    pub builds_in_flight: Gauge,
+    pub lease_renewal_failures: Counter,
+    pub leases_lost: Counter,
+    pub adoptions: Counter,
+    pub duplicates: Counter,
+    pub events_published: Family<EventLabels, Counter>,
+    pub events_unroutable: Counter,
+    pub rejected: Family<ReasonLabels, Counter>,
+    pub kube_errors: Family<VerbLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kiln");
+        let builds = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "builds",
+            "Builds that reached a terminal phase, by outcome and reason",
+            builds.clone(),
+        );
+        let build_duration = Histogram::new(exponential_buckets(1.0, 2.0, 16));
+        registry.register(
+            "build_duration_seconds",
+            "Time from build.accepted to the terminal event",
+            build_duration.clone(),
+        );
+        let attempt_pod_created = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "pod_create_duration_seconds",
+            "Time to create (or adopt) one attempt's pod, API retries included",
+            attempt_pod_created.clone(),
+        );
+        let accepted_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "request_to_pods_created_seconds",
+            "Time from receiving a request to all first-attempt pods existing (the ack)",
+            accepted_latency.clone(),
+        );
+        let builds_in_flight = Gauge::default();
+        registry.register(
+            "builds_in_flight",
+            "Builds this worker drives now (each holds a lease)",
+            builds_in_flight.clone(),
+        );
+        let lease_renewal_failures = Counter::default();
+        registry.register(
+            "lease_renewal_failures",
+            "Batch lease renewals that failed (Redis unreachable)",
+            lease_renewal_failures.clone(),
+        );
+        let leases_lost = Counter::default();
+        registry.register(
+            "leases_lost",
+            "Builds whose lease another worker took over",
+            leases_lost.clone(),
+        );
+        let adoptions = Counter::default();
+        registry.register(
+            "adoptions",
+            "Builds adopted from their pods after their lease lapsed",
+            adoptions.clone(),
+        );
+        let duplicates = Counter::default();
+        registry.register(
+            "duplicate_requests",
+            "Requests acked as duplicates of a known build",
+            duplicates.clone(),
+        );
+        let events_published = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events_published",
+            "Events confirmed by the broker, by routing key",
+            events_published.clone(),
+        );
+        let events_unroutable = Counter::default();
+        registry.register(
+            "events_unroutable",
+            "Confirmed events that no subscriber queue received",
+            events_unroutable.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected_messages",
+            "Requests rejected and dead-lettered, by reason",
+            rejected.clone(),
+        );
+        let kube_errors = Family::<VerbLabels, Counter>::default();
+        registry.register(
+            "kube_api_errors",
+            "Failed Kubernetes API calls, by verb",
+            kube_errors.clone(),
+        );
+        Self {
+            registry,
+            builds,
+            build_duration,
+            attempt_pod_created,
+            accepted_latency,
+            builds_in_flight,
+            lease_renewal_failures,
+            leases_lost,
+            adoptions,
+            duplicates,
+            events_published,
+            events_unroutable,
+            rejected,
+            kube_errors,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn build_finished(&self, phase: Phase, reason: Option<Reason>, seconds: f64) {
+        self.builds
+            .get_or_create(&OutcomeLabels {
+                outcome: phase.as_str().to_owned(),
+                reason: reason.map(|r| r.to_string()).unwrap_or_default(),
+            })
+            .inc();
+        if seconds > 0.0 {
+            self.build_duration.observe(seconds);
+        }
+    }
+
+    pub fn event_published(&self, routing_key: &str, unroutable: bool) {
+        self.events_published
+            .get_or_create(&EventLabels {
+                routing_key: routing_key.to_owned(),
+            })
+            .inc();
+        if unroutable {
+            self.events_unroutable.inc();
+        }
+    }
+
+    pub fn rejected(&self, reason: Reason) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn duplicate(&self) {
+        self.duplicates.inc();
+    }
+
+    pub fn accepted_latency(&self, d: Duration) {
+        self.accepted_latency.observe(d.as_secs_f64());
+    }
+
+    pub fn pod_created(&self, d: Duration) {
+        self.attempt_pod_created.observe(d.as_secs_f64());
+    }
+
+    pub fn kube_error(&self, verb: &str) {
+        self.kube_errors
+            .get_or_create(&VerbLabels {
+                verb: verb.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn lease_lost(&self) {
+        self.leases_lost.inc();
+    }
+
+    pub fn lease_renewal_failed(&self) {
+        self.lease_renewal_failures.inc();
+    }
+
+    pub fn adopted(&self) {
+        self.adoptions.inc();
+    }
+}

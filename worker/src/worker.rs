@@ -1,0 +1,81 @@
+//! `kiln worker`: connects to RabbitMQ, Redis and Kubernetes, declares the
+//! topology and runs the supervisor until shutdown.
+
+use std::sync::Arc;
+
+use crate::amqp::Broker;
+use crate::config::WorkerConfig;
+use crate::error::{Error, Result};
+use crate::lease::Leases;
+use crate::machine::Settings;
+use crate::metrics::Metrics;
+use crate::pod::{KubeClient, PodSettings, Pods};
+use crate::policy::Policy;
+use crate::supervisor::{self, Context};
+
+/// Image of the init container that downloads `url` build contexts.
+pub const FETCH_IMAGE: &str = "docker.io/curlimages/curl:8.17.0";
+
+/// Connects everything and returns the shared context, ready to run.
+pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<Arc<Context>> {
+    config.check().map_err(Error::Config)?;
+    let worker = config.worker_name();
+    let policy = match &config.policy {
+        Some(path) => Policy::load(path).map_err(|e| Error::Config(e.to_string()))?,
+        None => {
+            tracing::warn!(
+                namespace = %config.namespace,
+                "no policy file (KILN_POLICY): every request runs as tenant \"default\" in {} and may push anywhere",
+                config.namespace
+            );
+            Policy::single_tenant(&config.namespace)
+        }
+    };
+    let c = &config.connections;
+    let broker = Broker::connect(
+        &c.amqp_url,
+        &c.amqp_prefix,
+        &format!("kiln worker {worker}"),
+    )
+    .await?;
+    broker.declare_topology().await?;
+    let leases = Leases::connect(&c.redis_url, &c.redis_prefix, &worker, config.lease_ttl).await?;
+    let client = match kube {
+        Some(k) => k,
+        None => Pods::default_client().await?,
+    };
+    let pods = Pods::new(
+        client,
+        PodSettings {
+            kaniko_image: config.kaniko_image.clone(),
+            fetch_image: FETCH_IMAGE.to_owned(),
+        },
+    );
+    let settings = Arc::new(Settings {
+        pending_timeout: config.pending_timeout,
+        retry_base_delay: config.retry_base_delay,
+        retry_max_delay: config.retry_max_delay,
+        source: format!("urn:kiln:{}", config.cluster),
+        worker: worker.clone(),
+    });
+    Ok(Context::new(
+        Arc::new(broker),
+        leases,
+        pods,
+        Arc::new(policy),
+        settings,
+        config.record_ttl,
+        config.prefetch,
+        Arc::new(Metrics::new()),
+    ))
+}
+
+/// Runs a worker until `shutdown` resolves.
+pub async fn run(
+    config: WorkerConfig,
+    kube: Option<KubeClient>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let ctx = connect(&config, kube).await?;
+    supervisor::run(ctx, shutdown).await
+}
