@@ -1,11 +1,11 @@
 //! Bytes off the queue to validated requests.
 //!
-//! Decoding runs in three steps so that the error says what is actually
-//! wrong: size, then a light pass that reads only `apiVersion` and `kind`
-//! (a request of another version or kind should be told so, not drowned in
-//! "unknown field" errors about a shape it never meant to have), then the
-//! typed decode with the JSON path of the first structural problem, then
-//! semantic validation, which reports every problem at once.
+//! Decoding runs in steps so that the error says what is actually wrong:
+//! size; JSON syntax; `apiVersion` and `kind` (a request of another version
+//! or kind should be told so, not drowned in "unknown field" errors about a
+//! shape it never meant to have); the typed decode, with the JSON path of the
+//! first structural problem; then semantic validation, which reports every
+//! problem at once.
 //!
 //! Structural problems (unknown field, wrong type, missing field) come one
 //! at a time, because serde stops at the first; semantic ones all at once.
@@ -84,16 +84,40 @@ pub fn readable_id(bytes: &[u8]) -> Option<String> {
     struct IdOnly {
         id: Option<String>,
     }
+    // A struct also deserialises from an array; only objects have an `id`.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
     let parsed: IdOnly = serde_json::from_slice(bytes).ok()?;
     parsed.id.filter(|id| is_valid_build_id(id))
 }
 
-/// Only the fields that decide how to read the rest.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Header {
-    api_version: Option<serde_json::Value>,
-    kind: Option<serde_json::Value>,
+/// serde's derived `Deserialize` also accepts a struct written as a JSON
+/// array of its fields in order; the contract (and the schema) says objects,
+/// so positional forms are refused before the typed decode sees them.
+fn check_build_request_shape(errs: &mut ValidationErrors, v: &serde_json::Value) {
+    fn no_array(errs: &mut ValidationErrors, path: &str, v: Option<&serde_json::Value>) {
+        if let Some(serde_json::Value::Array(_)) = v {
+            errs.push(path, "must be a JSON object, not an array");
+        }
+    }
+    no_array(errs, "retry", v.get("retry"));
+    let Some(images) = v.get("images").and_then(serde_json::Value::as_array) else {
+        return;
+    };
+    for (i, image) in images.iter().enumerate() {
+        let p = crate::validate::index("images", i);
+        no_array(errs, &p, Some(image));
+        no_array(errs, &field(&p, "resources"), image.get("resources"));
+        let cp = field(&p, "context");
+        let context = image.get("context");
+        no_array(errs, &cp, context);
+        if let Some(c) = context {
+            no_array(errs, &field(&cp, "git"), c.get("git"));
+            no_array(errs, &field(&cp, "s3"), c.get("s3"));
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], want_kind: &str) -> Result<T, DecodeError> {
@@ -103,35 +127,37 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], want_kind: &str) -> Result<T, Decod
             limit: MAX_REQUEST_BYTES,
         });
     }
-    let header: Header = match serde_json::from_slice(bytes) {
-        Ok(h) => h,
-        Err(e) if e.classify() == Category::Data => {
-            let is_object = matches!(
-                serde_json::from_slice::<serde_json::Value>(bytes),
-                Ok(serde_json::Value::Object(_))
-            );
-            let reason = if is_object {
-                // e.g. a duplicate `kind` key
-                data_reason(&e)
-            } else {
-                "the request must be a JSON object".to_owned()
-            };
-            return Err(invalid(ROOT_PATH, reason));
-        }
-        Err(e) => return Err(DecodeError::NotJson(e.to_string())),
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let Some(object) = value.as_object() else {
+        return Err(invalid(
+            ROOT_PATH,
+            format!(
+                "the request must be a JSON object, not {}",
+                json_type(&value)
+            ),
+        ));
     };
     let mut errs = ValidationErrors::default();
     check_header_value(
         &mut errs,
         "apiVersion",
-        header.api_version.as_ref(),
+        object.get("apiVersion"),
         API_VERSION,
     );
-    check_header_value(&mut errs, "kind", header.kind.as_ref(), want_kind);
+    check_header_value(&mut errs, "kind", object.get("kind"), want_kind);
     if !errs.is_empty() {
         return Err(DecodeError::Invalid(errs));
     }
+    if want_kind == BUILD_REQUEST_KIND {
+        check_build_request_shape(&mut errs, &value);
+        if !errs.is_empty() {
+            return Err(DecodeError::Invalid(errs));
+        }
+    }
 
+    // Decode from the bytes rather than the `Value`, so errors keep their
+    // line and column and duplicate keys are still caught.
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(v) => Ok(v),

@@ -127,7 +127,7 @@ pub(crate) fn key(parent: &str, key: &str) -> String {
 /// Quotes a user value for a message, JSON-style, so control characters and
 /// quotes in it cannot garble the message, and shortens very long values.
 pub(crate) fn quote(value: &str) -> String {
-    const MAX: usize = 80;
+    const MAX: usize = 256;
     if value.chars().count() <= MAX {
         serde_json::Value::String(value.to_owned()).to_string()
     } else {
@@ -285,9 +285,9 @@ mod tests {
 
     #[test]
     fn quote_shortens() {
-        let long = "a".repeat(200);
+        let long = "a".repeat(300);
         let q = quote(&long);
-        assert!(q.len() < 100, "{q}");
+        assert!(q.len() < 270, "{q}");
         assert!(q.ends_with("...\""));
         assert_eq!(quote("a\"b"), "\"a\\\"b\"");
     }

@@ -1,1 +1,3 @@
 //! Kiln test support.
+
+pub mod fakekube;

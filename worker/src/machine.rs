@@ -878,3 +878,381 @@ pub fn phases(m: &Machine) -> BTreeMap<String, (Phase, u32)> {
         .map(|(n, p, a, _, _)| (n, (p, a)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::classify::{PodPhase, Terminated};
+    use crate::plan::ImagePlan;
+    use kiln_protocol::BuildContext;
+
+    fn plan(images: &[&str], max_attempts: u32, timeout_secs: i64) -> Arc<BuildPlan> {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        Arc::new(BuildPlan {
+            id: "b1".into(),
+            tenant: "default".into(),
+            namespace: "ns".into(),
+            app: Some("shop".into()),
+            component: None,
+            labels: BTreeMap::new(),
+            max_attempts,
+            accepted_at: now,
+            deadline: now + jiff::SignedDuration::from_secs(timeout_secs),
+            traceparent: None,
+            service_account: "kiln-builder".into(),
+            registry_secret: None,
+            git_secret: None,
+            s3_secret: None,
+            s3_region: None,
+            s3_endpoint: None,
+            cache_repo: None,
+            images: images
+                .iter()
+                .map(|n| ImagePlan {
+                    name: (*n).into(),
+                    context: BuildContext {
+                        git: None,
+                        s3: None,
+                        url: Some("https://example.com/c.tar.gz".into()),
+                    },
+                    dockerfile: "Dockerfile".into(),
+                    rendered_dockerfile: None,
+                    build_args: BTreeMap::new(),
+                    target: None,
+                    destinations: vec![format!("r.example.com/{n}:1")],
+                    platform: None,
+                    cache: false,
+                    cpu: "1".into(),
+                    memory: "1Gi".into(),
+                })
+                .collect(),
+        })
+    }
+
+    fn settings() -> Arc<Settings> {
+        Arc::new(Settings {
+            pending_timeout: Duration::from_secs(60),
+            retry_base_delay: Duration::from_secs(10),
+            retry_max_delay: Duration::from_secs(40),
+            source: "urn:kiln:test".into(),
+            worker: "w1".into(),
+        })
+    }
+
+    fn wall(m: &Machine) -> jiff::Timestamp {
+        m.plan.accepted_at
+    }
+
+    fn pod(image: &str, attempt: u32, phase: PodPhase) -> PodView {
+        PodView {
+            namespace: "ns".into(),
+            name: format!("kiln-b1-{image}-{attempt}"),
+            uid: format!("uid-{image}-{attempt}"),
+            build_id: "b1".into(),
+            image: image.into(),
+            attempt,
+            phase: Some(phase),
+            ..PodView::default()
+        }
+    }
+
+    fn succeeded(image: &str, attempt: u32) -> PodView {
+        let mut p = pod(image, attempt, PodPhase::Succeeded);
+        p.terminated = Some(Terminated {
+            message: Some(format!("sha256:{}", "b".repeat(64))),
+            ..Terminated::default()
+        });
+        p
+    }
+
+    fn failed(image: &str, attempt: u32, reason: &str, msg: &str) -> PodView {
+        let mut p = pod(image, attempt, PodPhase::Failed);
+        p.terminated = Some(Terminated {
+            exit_code: if reason == "OOMKilled" { 137 } else { 1 },
+            reason: Some(reason.into()),
+            message: Some(msg.into()),
+            ..Terminated::default()
+        });
+        p
+    }
+
+    /// Routing keys of published events and the other actions, compactly.
+    fn summary(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Publish(ev) => {
+                    let key = kiln_protocol::routing_key(ev.level(), ev.data.phase);
+                    match (&ev.data.image, ev.data.attempt) {
+                        (Some(i), Some(n)) => format!("{key}:{i}#{n}"),
+                        _ => key,
+                    }
+                }
+                Action::CreatePod { image, attempt } => format!("create:{image}#{attempt}"),
+                Action::DeletePod { name, .. } => format!("delete:{name}"),
+                Action::Finished(p) => format!("finished:{}", p.as_str()),
+            })
+            .collect()
+    }
+
+    fn feed(m: &mut Machine, input: Input) -> Vec<String> {
+        let w = wall(m);
+        summary(&m.handle(input, Instant::now(), w))
+    }
+
+    fn created(m: &mut Machine, i: usize, image: &str, attempt: u32) -> Vec<String> {
+        feed(
+            m,
+            Input::PodCreated {
+                image: i,
+                attempt,
+                pod: pod(image, attempt, PodPhase::Pending),
+            },
+        )
+    }
+
+    fn observed(m: &mut Machine, p: PodView) -> Vec<String> {
+        feed(
+            m,
+            Input::Observed {
+                pod: p,
+                log_tail: None,
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_images_succeed() {
+        let p = plan(&["api", "worker"], 3, 3600);
+        let (mut m, start) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        assert_eq!(
+            summary(&start),
+            ["build.accepted", "create:0#1", "create:1#1"]
+        );
+        assert!(!m.pods_exist());
+        assert_eq!(created(&mut m, 0, "api", 1), ["image.scheduled:api#1"]);
+        assert_eq!(
+            created(&mut m, 1, "worker", 1),
+            ["image.scheduled:worker#1"]
+        );
+        assert!(m.pods_exist());
+        assert_eq!(
+            observed(&mut m, pod("api", 1, PodPhase::Running)),
+            ["image.running:api#1"]
+        );
+        assert_eq!(
+            observed(&mut m, succeeded("api", 1)),
+            ["image.succeeded:api#1"]
+        );
+        assert_eq!(
+            observed(&mut m, succeeded("worker", 1)),
+            [
+                "image.succeeded:worker#1",
+                "build.succeeded",
+                "delete:kiln-b1-api-1",
+                "delete:kiln-b1-worker-1",
+                "finished:succeeded"
+            ]
+        );
+        assert_eq!(m.stage(), Stage::Done(Phase::Succeeded));
+        // Nothing happens after the end.
+        assert!(observed(&mut m, succeeded("api", 1)).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_failure_waits_out_the_backoff() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        let out = m.handle(
+            Input::Observed {
+                pod: failed(
+                    "api",
+                    1,
+                    "Error",
+                    "error pushing image: 503 Service Unavailable",
+                ),
+                log_tail: Some("push failed".into()),
+            },
+            Instant::now(),
+            p.accepted_at,
+        );
+        assert_eq!(summary(&out), ["image.retrying:api#1"]);
+        let Action::Publish(ev) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(ev.data.reason, Some(Reason::PushError));
+        let delay = ev.data.retry_in_seconds.unwrap();
+        assert!((5.0..=40.0).contains(&delay), "{delay}");
+        assert_eq!(ev.data.log_tail.as_deref(), Some("push failed"));
+        // Not before the backoff.
+        let wake = m.next_wakeup().unwrap();
+        assert!(wake >= Instant::now() + Duration::from_secs_f64(delay) - Duration::from_millis(1));
+        assert!(feed(&mut m, Input::Tick).is_empty());
+        tokio::time::advance(Duration::from_secs_f64(delay)).await;
+        assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
+        // The failed attempt's pod goes only once attempt 2 exists.
+        assert_eq!(
+            created(&mut m, 0, "api", 2),
+            ["image.scheduled:api#2", "delete:kiln-b1-api-1"]
+        );
+        assert_eq!(
+            observed(&mut m, succeeded("api", 2)),
+            [
+                "image.succeeded:api#2",
+                "build.succeeded",
+                "delete:kiln-b1-api-2",
+                "finished:succeeded"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn build_error_fails_at_once_and_cancels_siblings() {
+        let p = plan(&["api", "worker"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        created(&mut m, 1, "worker", 1);
+        let out = observed(
+            &mut m,
+            failed(
+                "api",
+                1,
+                "Error",
+                "error building image: failed to execute command: exit status 1",
+            ),
+        );
+        assert_eq!(
+            out,
+            [
+                "image.failed:api#1",
+                "image.cancelled:worker#1",
+                "delete:kiln-b1-worker-1",
+                "build.failed",
+                "delete:kiln-b1-api-1",
+                "finished:failed"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn oom_retries_until_attempts_run_out() {
+        let p = plan(&["api"], 2, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        assert_eq!(
+            observed(&mut m, failed("api", 1, "OOMKilled", "")),
+            ["image.retrying:api#1"]
+        );
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
+        created(&mut m, 0, "api", 2);
+        let out = m.handle(
+            Input::Observed {
+                pod: failed("api", 2, "OOMKilled", ""),
+                log_tail: None,
+            },
+            Instant::now(),
+            p.accepted_at,
+        );
+        assert_eq!(summary(&out)[0], "image.failed:api#2");
+        let Action::Publish(ev) = &out[1] else {
+            panic!()
+        };
+        assert_eq!(ev.data.reason, Some(Reason::OOMKilled));
+        assert_eq!(ev.data.images.as_ref().unwrap()[0].attempts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_timeout_fails_with_the_stuck_reason() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        let mut stuck = pod("api", 1, PodPhase::Pending);
+        stuck.unschedulable = Some(("Unschedulable".into(), "0/3 nodes are available".into()));
+        assert!(observed(&mut m, stuck).is_empty());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(feed(&mut m, Input::Tick).is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let out = m.handle(Input::Tick, Instant::now(), p.accepted_at);
+        assert_eq!(summary(&out)[0], "image.failed:api#1");
+        let Action::Publish(ev) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(ev.data.reason, Some(Reason::Unschedulable));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_fails_every_unfinished_image() {
+        let p = plan(&["api", "worker"], 3, 30);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        created(&mut m, 1, "worker", 1);
+        observed(&mut m, succeeded("worker", 1));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let out = m.handle(Input::Tick, Instant::now(), p.accepted_at);
+        assert_eq!(
+            summary(&out),
+            [
+                "image.failed:api#1",
+                "build.failed",
+                "delete:kiln-b1-api-1",
+                "delete:kiln-b1-worker-1",
+                "finished:failed"
+            ]
+        );
+        let Action::Publish(ev) = &out[1] else {
+            panic!()
+        };
+        assert_eq!(ev.data.reason, Some(Reason::DeadlineExceeded));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_publishes_before_deleting() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        assert_eq!(
+            feed(&mut m, Input::Cancel("superseded".into())),
+            [
+                "image.cancelled:api#1",
+                "delete:kiln-b1-api-1",
+                "build.cancelled",
+                "finished:cancelled"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adoption_resumes_without_rebuilding() {
+        let p = plan(&["api", "worker"], 3, 3600);
+        let pods = vec![pod("api", 1, PodPhase::Running), succeeded("worker", 1)];
+        let (mut m, out) =
+            Machine::adopt(p.clone(), settings(), &pods, Instant::now(), p.accepted_at);
+        // No pod is created again; the finished image's outcome is repeated.
+        assert_eq!(summary(&out), ["image.succeeded:worker#1"]);
+        assert!(m.pods_exist());
+        assert_eq!(
+            observed(&mut m, succeeded("api", 1)),
+            [
+                "image.succeeded:api#1",
+                "build.succeeded",
+                "delete:kiln-b1-api-1",
+                "delete:kiln-b1-worker-1",
+                "finished:succeeded"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deleted_pod_counts_as_a_retryable_failure() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        assert_eq!(
+            feed(&mut m, Input::Deleted(pod("api", 1, PodPhase::Running))),
+            ["image.retrying:api#1"]
+        );
+    }
+}

@@ -78,7 +78,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_protocol::{BuildRequest, ROOT_PATH, ValidationError, is_dns1123_label};
-use kube_quantity::ParsedQuantity;
 use serde::Deserialize;
 
 /// The tenant that requests without a tenant of their own fall back to.
@@ -151,36 +150,36 @@ pub struct Defaults {
     pub memory: Quantity,
 }
 
-/// A Kubernetes quantity as written, with its numeric value.
+/// A Kubernetes quantity as written, with its exact value.
+///
+/// Quantities are compared exactly, in nano-units held in a `u128`
+/// (8Ei is about 9.2e27 nano-units, far below the 3.4e38 a `u128` holds).
+/// `kube_quantity::ParsedQuantity` was the first choice, but its ordering
+/// converts between binary and decimal suffixes through `f32` factors, so
+/// it is neither exact nor symmetric: `8589934593` (8Gi + 1 byte) compares
+/// as *smaller* than `8Gi` when it is the left-hand side.
 #[derive(Debug, Clone)]
 pub struct Quantity {
     text: String,
-    value: ParsedQuantity,
+    nanos: u128,
 }
 
 impl Quantity {
-    /// Parses a positive Kubernetes quantity (`500m`, `2`, `1.5Gi`).
+    /// Parses a positive Kubernetes quantity (`500m`, `2`, `1.5Gi`, `1e3`).
     pub fn parse(text: &str) -> Result<Quantity, String> {
         let trimmed = text.trim();
-        let starts_well = trimmed
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_digit() || b == b'.' || b == b'+');
-        let value = match ParsedQuantity::try_from(trimmed) {
-            Ok(v) if starts_well => v,
-            _ => {
-                return Err(format!(
-                    "{} is not a Kubernetes quantity (e.g. \"500m\", \"2\", \"512Mi\", \"4Gi\")",
-                    quote(text)
-                ));
-            }
+        let Some(nanos) = quantity_nanos(trimmed) else {
+            return Err(format!(
+                "{} is not a Kubernetes quantity (e.g. \"500m\", \"2\", \"512Mi\", \"4Gi\")",
+                quote(text)
+            ));
         };
-        if value <= zero() {
+        if nanos == 0 {
             return Err(format!("{} must be more than 0", quote(text)));
         }
         Ok(Quantity {
             text: trimmed.to_owned(),
-            value,
+            nanos,
         })
     }
 
@@ -189,16 +188,84 @@ impl Quantity {
     }
 }
 
-/// Quantities compare by value: `1` equals `1000m`.
-impl PartialEq for Quantity {
-    fn eq(&self, other: &Self) -> bool {
-        self.value == other.value
+/// The value of a non-negative Kubernetes quantity in nano-units, rounded up
+/// (as Kubernetes rounds up below its precision); `None` when `s` is not a
+/// quantity or its value does not fit.
+fn quantity_nanos(s: &str) -> Option<u128> {
+    if s.len() > 64 {
+        return None;
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(num_end);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+        return None;
+    }
+    let mut mantissa: u128 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        mantissa = mantissa
+            .checked_mul(10)?
+            .checked_add(u128::from(b - b'0'))?;
+    }
+    let (pow2, pow10): (u32, i32) = match suffix {
+        "" => (0, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
+        "m" => (0, -3),
+        "k" => (0, 3),
+        "M" => (0, 6),
+        "G" => (0, 9),
+        "T" => (0, 12),
+        "P" => (0, 15),
+        "E" => (0, 18),
+        "Ki" => (10, 0),
+        "Mi" => (20, 0),
+        "Gi" => (30, 0),
+        "Ti" => (40, 0),
+        "Pi" => (50, 0),
+        "Ei" => (60, 0),
+        other => {
+            let exp = other.strip_prefix(['e', 'E'])?;
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            (0, exp.parse().ok()?)
+        }
+    };
+    let exp10 = pow10
+        .checked_add(9)?
+        .checked_sub(i32::try_from(frac.len()).ok()?)?;
+    let value = mantissa.checked_mul(1u128.checked_shl(pow2)?)?;
+    let scale = 10u128.checked_pow(exp10.unsigned_abs())?;
+    if exp10 >= 0 {
+        value.checked_mul(scale)
+    } else {
+        Some(value.div_ceil(scale))
     }
 }
 
+/// Quantities compare by value: `1` equals `1000m`.
+impl PartialEq for Quantity {
+    fn eq(&self, other: &Self) -> bool {
+        self.nanos == other.nanos
+    }
+}
+
+impl Eq for Quantity {}
+
 impl PartialOrd for Quantity {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.value.cmp(&other.value))
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Quantity {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.nanos.cmp(&other.nanos)
     }
 }
 
@@ -206,10 +273,6 @@ impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
-}
-
-fn zero() -> ParsedQuantity {
-    ParsedQuantity::default()
 }
 
 /// An allowed destination prefix.
@@ -898,7 +961,7 @@ fn check_quantity(
         return default.text.clone();
     };
     match Quantity::parse(text) {
-        Ok(q) if q.value > cap.value => errs.push(ValidationError::new(
+        Ok(q) if q > *cap => errs.push(ValidationError::new(
             path,
             format!(
                 "{} is more than the {cap} {what} allowed for {who}",
@@ -914,7 +977,7 @@ fn check_quantity(
 fn builtin_quantity(text: &str) -> Quantity {
     Quantity::parse(text).unwrap_or_else(|_| Quantity {
         text: text.to_owned(),
-        value: zero(),
+        nanos: 0,
     })
 }
 

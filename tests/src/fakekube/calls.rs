@@ -64,6 +64,9 @@ impl CallLog {
     }
 
     pub fn clear(&self) {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }

@@ -26,7 +26,11 @@ fn pull_policy(image: &str) -> &'static str {
 
 /// `qos.GetPodQOS`, simplified to cpu and memory.
 fn qos_class(spec: &Value) -> &'static str {
-    let containers = spec.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let containers = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut any = false;
     let mut guaranteed = true;
     for c in &containers {
@@ -68,15 +72,24 @@ pub fn pod_on_create(pod: &mut Value) {
         set_default(spec, "serviceAccountName", json!("default"));
         set_default(spec, "priority", json!(0));
         set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-        let sa = spec.get("serviceAccountName").cloned().unwrap_or(json!("default"));
+        let sa = spec
+            .get("serviceAccountName")
+            .cloned()
+            .unwrap_or(json!("default"));
         set_default(spec, "serviceAccount", sa);
         let mut tolerations = spec
             .get("tolerations")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
-            if !tolerations.iter().any(|t| t.get("key").and_then(Value::as_str) == Some(key)) {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            if !tolerations
+                .iter()
+                .any(|t| t.get("key").and_then(Value::as_str) == Some(key))
+            {
                 tolerations.push(json!({
                     "key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300
                 }));
@@ -87,14 +100,21 @@ pub fn pod_on_create(pod: &mut Value) {
             for c in cs.iter_mut().filter_map(Value::as_object_mut) {
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
-                let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_owned();
+                let image = c
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 set_default(c, "imagePullPolicy", json!(pull_policy(&image)));
                 set_default(c, "resources", json!({}));
             }
         }
     }
     let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
-    obj.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+    obj.insert(
+        "status".into(),
+        json!({"phase": "Pending", "qosClass": qos}),
+    );
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("generation".into(), json!(1));
     }
@@ -106,10 +126,16 @@ mod tests {
 
     #[test]
     fn pull_policies() {
-        assert_eq!(pull_policy("gcr.io/kaniko-project/executor:latest"), "Always");
+        assert_eq!(
+            pull_policy("gcr.io/kaniko-project/executor:latest"),
+            "Always"
+        );
         assert_eq!(pull_policy("gcr.io/kaniko-project/executor"), "Always");
         assert_eq!(pull_policy("localhost:5000/executor"), "Always");
-        assert_eq!(pull_policy("gcr.io/kaniko-project/executor:v1.23.2"), "IfNotPresent");
+        assert_eq!(
+            pull_policy("gcr.io/kaniko-project/executor:v1.23.2"),
+            "IfNotPresent"
+        );
         assert_eq!(pull_policy("x@sha256:abc"), "IfNotPresent");
     }
 
@@ -117,7 +143,9 @@ mod tests {
     fn qos() {
         assert_eq!(qos_class(&json!({"containers": [{}]})), "BestEffort");
         assert_eq!(
-            qos_class(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})),
+            qos_class(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
             "Guaranteed"
         );
         assert_eq!(

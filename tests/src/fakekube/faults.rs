@@ -214,9 +214,17 @@ impl Faults {
     }
 
     /// The injected error for this call, if a rule fires.
-    pub(crate) fn check(&self, verb: Verb, resource: Resource, name: Option<&str>) -> Option<ApiError> {
+    pub(crate) fn check(
+        &self,
+        verb: Verb,
+        resource: Resource,
+        name: Option<&str>,
+    ) -> Option<ApiError> {
         let mut s = self.lock();
-        let rule = s.rules.iter_mut().find(|r| r.matches(verb, resource, name))?;
+        let rule = s
+            .rules
+            .iter_mut()
+            .find(|r| r.matches(verb, resource, name))?;
         if rule.probability < 1.0 && rand::random::<f64>() >= rule.probability {
             return None;
         }

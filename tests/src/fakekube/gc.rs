@@ -12,7 +12,10 @@ use tokio::sync::mpsc;
 
 use super::store::{DeleteOptions, GcWork, Preconditions, Store, Subresource};
 
-pub fn spawn(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<GcWork>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    store: Arc<Store>,
+    mut rx: mpsc::UnboundedReceiver<GcWork>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(work) = rx.recv().await {
             collect(&store, &work);
@@ -38,23 +41,33 @@ fn collect(store: &Store, work: &GcWork) {
                 .and_then(Value::as_str)
                 .is_some_and(|u| u != work.owner_uid && store.uid_exists(u))
         });
-        let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned);
+        let uid = obj
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if work.orphan || live_owner {
             let remaining: Vec<Value> = refs
                 .into_iter()
                 .filter(|r| r.get("uid").and_then(Value::as_str) != Some(&work.owner_uid))
                 .collect();
-            let _ = store.update(resource, &ns, &name, Subresource::Internal, &Preconditions::default(), |cur| {
-                let mut new = cur.clone();
-                if remaining.is_empty() {
-                    if let Some(m) = new["metadata"].as_object_mut() {
-                        m.remove("ownerReferences");
+            let _ = store.update(
+                resource,
+                &ns,
+                &name,
+                Subresource::Internal,
+                &Preconditions::default(),
+                |cur| {
+                    let mut new = cur.clone();
+                    if remaining.is_empty() {
+                        if let Some(m) = new["metadata"].as_object_mut() {
+                            m.remove("ownerReferences");
+                        }
+                    } else {
+                        new["metadata"]["ownerReferences"] = Value::Array(remaining.clone());
                     }
-                } else {
-                    new["metadata"]["ownerReferences"] = Value::Array(remaining.clone());
-                }
-                Ok(new)
-            });
+                    Ok(new)
+                },
+            );
         } else {
             // The collector deletes with a uid precondition, so a recreated
             // object of the same name is left alone.

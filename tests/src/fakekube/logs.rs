@@ -61,16 +61,27 @@ fn last_bytes(s: &str, n: usize) -> &str {
 
 /// The termination message `FallbackToLogsOnError` produces from a log.
 pub fn termination_tail(log: &str) -> String {
-    last_bytes(tail_lines(log, TERMINATION_LOG_LINES), TERMINATION_LOG_BYTES).to_owned()
+    last_bytes(
+        tail_lines(log, TERMINATION_LOG_LINES),
+        TERMINATION_LOG_BYTES,
+    )
+    .to_owned()
 }
 
 /// What the log endpoint answers for `pod`, whose simulated log is `log`.
 pub fn respond(pod: &Value, log: Option<&str>, q: &LogQuery) -> Result<String, ApiError> {
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let containers: Vec<&str> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                .collect()
+        })
         .unwrap_or_default();
     let container = match q.container.as_deref().filter(|c| !c.is_empty()) {
         Some(c) if containers.contains(&c) => c.to_owned(),
@@ -94,7 +105,12 @@ pub fn respond(pod: &Value, log: Option<&str>, q: &LogQuery) -> Result<String, A
     };
     // Not bound to a node: the API server has no kubelet to ask and returns
     // an empty body.
-    if pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty() {
+    if pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .is_empty()
+    {
         return Ok(String::new());
     }
     if q.previous {
@@ -105,7 +121,10 @@ pub fn respond(pod: &Value, log: Option<&str>, q: &LogQuery) -> Result<String, A
     let status = pod
         .pointer("/status/containerStatuses")
         .and_then(Value::as_array)
-        .and_then(|s| s.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(&container)));
+        .and_then(|s| {
+            s.iter()
+                .find(|c| c.get("name").and_then(Value::as_str) == Some(&container))
+        });
     let waiting = match status {
         None => Some("ContainerCreating".to_owned()),
         Some(s) => s.pointer("/state/waiting").map(|w| {
@@ -117,7 +136,8 @@ pub fn respond(pod: &Value, log: Option<&str>, q: &LogQuery) -> Result<String, A
     };
     // A container that terminated without ever running has no log either.
     let never_ran = status.is_some_and(|s| {
-        s.pointer("/state/terminated").is_some() && s.pointer("/state/terminated/containerID").is_none()
+        s.pointer("/state/terminated").is_some()
+            && s.pointer("/state/terminated/containerID").is_none()
     });
     if let Some(reason) = waiting {
         return Err(ApiError::bad_request(&format!(

@@ -11,7 +11,11 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 fn b64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..chars {
@@ -66,9 +70,15 @@ impl Continue {
         if v["v"] != "meta.k8s.io/v1" {
             return Err(bad("server does not recognize this encoded version"));
         }
-        let rv = v["rv"].as_u64().ok_or_else(|| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
-        let start = v["start"].as_str().ok_or_else(|| bad("encoded start key empty"))?;
-        let (ns, name) = start.split_once('/').ok_or_else(|| bad("path traversal attempt detected"))?;
+        let rv = v["rv"].as_u64().ok_or_else(|| {
+            bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+        })?;
+        let start = v["start"]
+            .as_str()
+            .ok_or_else(|| bad("encoded start key empty"))?;
+        let (ns, name) = start
+            .split_once('/')
+            .ok_or_else(|| bad("path traversal attempt detected"))?;
         Ok(Self {
             rv,
             start: (ns.to_owned(), name.to_owned()),

@@ -48,7 +48,9 @@ pub fn strategic(target: &mut Value, patch: &Value) {
 fn merge_key(field: &str) -> Option<&'static str> {
     match field {
         "conditions" => Some("type"),
-        "containerStatuses" | "initContainerStatuses" | "containers" | "initContainers" => Some("name"),
+        "containerStatuses" | "initContainerStatuses" | "containers" | "initContainers" => {
+            Some("name")
+        }
         "ownerReferences" => Some("uid"),
         _ => None,
     }
@@ -79,7 +81,10 @@ fn merge_inner(target: &mut Value, patch: &Value, strategic: bool) {
         {
             for item in items {
                 let id = item.get(key);
-                match existing.iter_mut().find(|e| id.is_some() && e.get(key) == id) {
+                match existing
+                    .iter_mut()
+                    .find(|e| id.is_some() && e.get(key) == id)
+                {
                     Some(e) => merge_inner(e, item, true),
                     None => existing.push(item.clone()),
                 }
@@ -110,7 +115,10 @@ mod tests {
     #[test]
     fn strategic_conditions_by_type() {
         let mut t = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}, {"type": "PodScheduled", "status": "True"}]}});
-        strategic(&mut t, &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "X", "status": "True"}]}}));
+        strategic(
+            &mut t,
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "X", "status": "True"}]}}),
+        );
         assert_eq!(
             t["status"]["conditions"],
             json!([{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}, {"type": "X", "status": "True"}])

@@ -140,7 +140,9 @@ impl Parser {
             Some(Token::Ident(k)) => {
                 let errs = validation::label_key(&k);
                 if let Some(e) = errs.first() {
-                    return Err(format!("unable to parse requirement: key: Invalid value: {k:?}: {e}"));
+                    return Err(format!(
+                        "unable to parse requirement: key: Invalid value: {k:?}: {e}"
+                    ));
                 }
                 Ok(k)
             }
@@ -157,16 +159,15 @@ impl Parser {
                 let v = v.clone();
                 self.pos += 1;
                 if let Some(e) = validation::label_value(&v).first() {
-                    return Err(format!("unable to parse requirement: values[0]: Invalid value: {v:?}: {e}"));
+                    return Err(format!(
+                        "unable to parse requirement: values[0]: Invalid value: {v:?}: {e}"
+                    ));
                 }
                 Ok(v)
             }
             // `a=` selects the empty value, as in the real parser.
             None | Some(Token::Comma | Token::Close) => Ok(String::new()),
-            other => Err(format!(
-                "found '{}', expected: identifier",
-                describe(other)
-            )),
+            other => Err(format!("found '{}', expected: identifier", describe(other))),
         }
     }
 
@@ -291,7 +292,10 @@ impl LabelSelector {
                     }
                 }
                 Some(other) => {
-                    return Err(format!("found '{}', expected: ',' or 'end of string'", describe(Some(&other))));
+                    return Err(format!(
+                        "found '{}', expected: ',' or 'end of string'",
+                        describe(Some(&other))
+                    ));
                 }
             }
         }
@@ -313,8 +317,12 @@ impl LabelSelector {
                 Op::NotIn(set) => v.is_none_or(|v| !set.contains(v)),
                 Op::Exists => v.is_some(),
                 Op::DoesNotExist => v.is_none(),
-                Op::GreaterThan(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *n),
-                Op::LessThan(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *n),
+                Op::GreaterThan(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v > *n),
+                Op::LessThan(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v < *n),
             }
         })
     }
@@ -334,7 +342,12 @@ pub struct FieldSelector {
 /// The selectable fields of each resource, as `ToSelectableFields` of the pod
 /// strategy and `generic.ObjectMetaFieldsSet` define them.
 fn field_value(resource: Resource, obj: &Value, field: &str) -> Option<String> {
-    let s = |ptr: &str| obj.pointer(ptr).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let s = |ptr: &str| {
+        obj.pointer(ptr)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     match (resource, field) {
         (_, "metadata.name") => Some(s("/metadata/name")),
         (_, "metadata.namespace") => Some(s("/metadata/namespace")),
@@ -366,7 +379,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: '{input}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{input}'; can't understand '{part}'"
+                ));
             };
             let field = field.trim();
             // Validate that the field exists for this resource, like the
@@ -399,9 +414,16 @@ pub struct Selectors {
 }
 
 impl Selectors {
-    pub fn parse(resource: Resource, labels: Option<&str>, fields: Option<&str>) -> Result<Self, String> {
+    pub fn parse(
+        resource: Resource,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Result<Self, String> {
         Ok(Self {
-            labels: labels.map(LabelSelector::parse).transpose()?.unwrap_or_default(),
+            labels: labels
+                .map(LabelSelector::parse)
+                .transpose()?
+                .unwrap_or_default(),
             fields: fields
                 .map(|f| FieldSelector::parse(resource, f))
                 .transpose()?
@@ -410,7 +432,8 @@ impl Selectors {
     }
 
     pub fn matches(&self, resource: Resource, obj: &Value) -> bool {
-        self.labels.matches_object(obj) && (self.fields.is_empty() || self.fields.matches(resource, obj))
+        self.labels.matches_object(obj)
+            && (self.fields.is_empty() || self.fields.matches(resource, obj))
     }
 }
 
@@ -441,7 +464,11 @@ mod tests {
         assert!(m("n>4,n<6"));
         assert!(m("app=kiln, tier in ( build )"));
         assert!(m(""));
-        assert!(LabelSelector::parse("app=").unwrap().matches(labels(&json!({"app": ""}))));
+        assert!(
+            LabelSelector::parse("app=")
+                .unwrap()
+                .matches(labels(&json!({"app": ""})))
+        );
         assert!(LabelSelector::parse("app in (a").is_err());
         assert!(LabelSelector::parse("app=kiln,").is_err());
         assert!(LabelSelector::parse("n>x").is_err());

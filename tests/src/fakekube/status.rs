@@ -150,6 +150,12 @@ impl ApiError {
     /// `<Kind> "<name>" is invalid: <errors>` (422). Several errors print as
     /// `[e1, e2]`, like `utilerrors.NewAggregate`.
     pub fn invalid(resource: Resource, name: &str, errors: &[FieldError]) -> Self {
+        Self::invalid_kind(resource.kind(), name, errors)
+    }
+
+    /// `Invalid` for a kind that is not a resource (e.g.
+    /// `ListOptions.meta.k8s.io` for bad query parameters).
+    pub fn invalid_kind(kind: &str, name: &str, errors: &[FieldError]) -> Self {
         let rendered: Vec<String> = errors.iter().map(FieldError::render).collect();
         let joined = if rendered.len() == 1 {
             rendered[0].clone()
@@ -163,8 +169,8 @@ impl ApiError {
         failure(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            &format!("{} {name:?} is invalid: {joined}", resource.kind()),
-            Some(json!({"name": name, "kind": resource.kind(), "causes": causes})),
+            &format!("{kind} {name:?} is invalid: {joined}"),
+            Some(json!({"name": name, "kind": kind, "causes": causes})),
         )
     }
 
@@ -301,7 +307,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.status).unwrap_or_default();
         let mut resp = (
             self.code,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             body,
         )
             .into_response();

@@ -207,13 +207,17 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("rv", &self.current_rv()).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("rv", &self.current_rv())
+            .finish_non_exhaustive()
     }
 }
 
 /// `metav1.Time` format: RFC 3339, second precision, UTC.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 pub fn rfc3339_after(secs: i64) -> String {
@@ -228,11 +232,20 @@ pub fn new_uid() -> String {
     let a: u128 = rand::random();
     let a = (a & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let h = format!("{a:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn owner_uids(obj: &Value) -> Vec<String> {
@@ -315,7 +328,10 @@ impl Inner {
             }
         }
         for u in new_uids {
-            self.dependents.entry(u).or_default().insert((r, key.clone()));
+            self.dependents
+                .entry(u)
+                .or_default()
+                .insert((r, key.clone()));
         }
     }
 
@@ -411,7 +427,9 @@ impl Inner {
                 return Err(ApiError::conflict(
                     r,
                     name,
-                    &format!("Precondition failed: UID in precondition: {want}, UID in object meta: {have}"),
+                    &format!(
+                        "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
+                    ),
                 ));
             }
         }
@@ -559,7 +577,9 @@ impl Store {
     /// generation), resolves `generateName`, validates, stores.
     pub fn create(&self, r: Resource, ns: &str, mut obj: Value) -> Result<Arc<Value>, ApiError> {
         let Some(o) = obj.as_object_mut() else {
-            return Err(ApiError::bad_request("the body of the request was not an object"));
+            return Err(ApiError::bad_request(
+                "the body of the request was not an object",
+            ));
         };
         o.insert("kind".into(), json!(r.kind()));
         o.insert("apiVersion".into(), json!("v1"));
@@ -589,13 +609,21 @@ impl Store {
         meta.insert("namespace".into(), json!(ns));
         meta.insert("uid".into(), json!(new_uid()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        for f in ["deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink", "generation"] {
+        for f in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+            "generation",
+        ] {
             meta.remove(f);
         }
         if r == Resource::Pods {
             defaults::pod_on_create(&mut obj);
         }
-        let generate = meta_str(&obj, "generateName").unwrap_or_default().to_owned();
+        let generate = meta_str(&obj, "generateName")
+            .unwrap_or_default()
+            .to_owned();
         let name = meta_str(&obj, "name").unwrap_or_default().to_owned();
         let errs = validation::validate_create(r, &obj);
         if !errs.is_empty() {
@@ -603,7 +631,10 @@ impl Store {
         }
         let mut inner = self.lock();
         let name = if name.is_empty() {
-            let prefix: String = generate.chars().take(validation::MAX_GENERATED_PREFIX).collect();
+            let prefix: String = generate
+                .chars()
+                .take(validation::MAX_GENERATED_PREFIX)
+                .collect();
             let generated = format!("{prefix}{}", random_suffix());
             if let Some(e) = validation::dns1123_subdomain(&generated).first() {
                 return Err(ApiError::invalid(
@@ -673,7 +704,9 @@ impl Store {
             ));
         }
         if !new.is_object() {
-            return Err(ApiError::bad_request("the body of the request was not an object"));
+            return Err(ApiError::bad_request(
+                "the body of the request was not an object",
+            ));
         }
         new["kind"] = json!(r.kind());
         new["apiVersion"] = json!("v1");
@@ -789,8 +822,14 @@ impl Store {
                     .and_then(Value::as_i64)
                     .unwrap_or(0)
             });
-            let node = current.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
-            let phase = current.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
+            let node = current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let phase = current
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
                 period = 0;
             }
@@ -808,7 +847,9 @@ impl Store {
                 if has_finalizers {
                     return Ok(Deleted::Pending(current));
                 }
-                let last = inner.remove(&self.events, r, &key, orphan).unwrap_or(current);
+                let last = inner
+                    .remove(&self.events, r, &key, orphan)
+                    .unwrap_or(current);
                 return Ok(Deleted::Removed(last));
             }
             // Only a shorter grace period may be given while one is pending.
@@ -829,13 +870,18 @@ impl Store {
             new["metadata"]["deletionGracePeriodSeconds"] = json!(period);
             if period > 0 {
                 // BeforeDelete bumps the generation of a graceful deletion.
-                let g = new.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                let g = new
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 new["metadata"]["generation"] = json!(g + 1);
             }
             let updated = inner.put(&self.events, r, key, new, Some(current));
             return Ok(Deleted::Pending(updated));
         }
-        let last = inner.remove(&self.events, r, &key, orphan).unwrap_or(current);
+        let last = inner
+            .remove(&self.events, r, &key, orphan)
+            .unwrap_or(current);
         Ok(Deleted::Removed(last))
     }
 
@@ -855,8 +901,12 @@ impl Store {
         let inner = self.lock();
         let (rv, from) = match (cont, version) {
             (Some(c), _) => (c.rv, c.start.clone()),
-            (None, ListVersion::Exact(v)) => (v, (ns.unwrap_or_default().to_owned(), String::new())),
-            (None, ListVersion::Latest) => (inner.rv, (ns.unwrap_or_default().to_owned(), String::new())),
+            (None, ListVersion::Exact(v)) => {
+                (v, (ns.unwrap_or_default().to_owned(), String::new()))
+            }
+            (None, ListVersion::Latest) => {
+                (inner.rv, (ns.unwrap_or_default().to_owned(), String::new()))
+            }
         };
         if rv > inner.rv {
             return Err(ApiError::too_large_resource_version(rv, inner.rv));
@@ -914,7 +964,12 @@ impl Store {
 
     /// Registers a watch. Fails with 410 Expired when `After(rv)` is older
     /// than the history, as the watch cache does (`too old resource version`).
-    pub fn begin_watch(&self, r: Resource, ns: Option<&str>, start: WatchStart) -> Result<WatchInit, ApiError> {
+    pub fn begin_watch(
+        &self,
+        r: Resource,
+        ns: Option<&str>,
+        start: WatchStart,
+    ) -> Result<WatchInit, ApiError> {
         let inner = self.lock();
         let rx = self.events.subscribe();
         match start {

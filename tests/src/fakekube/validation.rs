@@ -25,7 +25,8 @@ pub const MAX_GENERATED_PREFIX: usize = 58;
 fn is_dns1123_label_part(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -45,7 +46,8 @@ pub fn dns1123_subdomain(name: &str) -> Vec<String> {
 fn is_qualified_name_part(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -61,7 +63,11 @@ pub fn label_key(key: &str) -> Vec<String> {
         if prefix.is_empty() {
             errs.push("prefix part must be non-empty".to_owned());
         } else {
-            errs.extend(dns1123_subdomain(prefix).into_iter().map(|e| format!("prefix part {e}")));
+            errs.extend(
+                dns1123_subdomain(prefix)
+                    .into_iter()
+                    .map(|e| format!("prefix part {e}")),
+            );
         }
     }
     if name.is_empty() {
@@ -93,9 +99,15 @@ pub fn label_value(value: &str) -> Vec<String> {
 /// annotation keys and total annotation size.
 pub fn object_meta(meta: &Value, errs: &mut Vec<FieldError>) {
     let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
-    let generate = meta.get("generateName").and_then(Value::as_str).unwrap_or_default();
+    let generate = meta
+        .get("generateName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if name.is_empty() && generate.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else if !name.is_empty() {
         for e in dns1123_subdomain(name) {
             errs.push(FieldError::invalid("metadata.name", name, &e));
@@ -137,7 +149,10 @@ fn pod_spec(spec: &Value, errs: &mut Vec<FieldError>) {
             for (i, c) in cs.iter().enumerate() {
                 let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
                 if name.is_empty() {
-                    errs.push(FieldError::required(format!("spec.containers[{i}].name"), ""));
+                    errs.push(FieldError::required(
+                        format!("spec.containers[{i}].name"),
+                        "",
+                    ));
                 } else if !seen.insert(name.to_owned()) {
                     errs.push(FieldError {
                         field: format!("spec.containers[{i}].name"),
@@ -145,8 +160,15 @@ fn pod_spec(spec: &Value, errs: &mut Vec<FieldError>) {
                         message: format!("Duplicate value: {name:?}"),
                     });
                 }
-                if c.get("image").and_then(Value::as_str).unwrap_or_default().is_empty() {
-                    errs.push(FieldError::required(format!("spec.containers[{i}].image"), ""));
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .is_empty()
+                {
+                    errs.push(FieldError::required(
+                        format!("spec.containers[{i}].image"),
+                        "",
+                    ));
                 }
                 if let Some(p) = c.get("terminationMessagePolicy").and_then(Value::as_str)
                     && p != "File"
@@ -193,12 +215,17 @@ fn configmap(obj: &Value, errs: &mut Vec<FieldError>) {
             for (k, v) in map {
                 let ok = !k.is_empty()
                     && k.len() <= 253
-                    && k.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+                    && k.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
                     && k != "."
                     && k != ".."
                     && !k.starts_with("..");
                 if !ok {
-                    errs.push(FieldError::invalid(format!("{field}[{k}]"), k, CONFIGMAP_KEY_MSG));
+                    errs.push(FieldError::invalid(
+                        format!("{field}[{k}]"),
+                        k,
+                        CONFIGMAP_KEY_MSG,
+                    ));
                 }
                 total += v.as_str().map_or(0, str::len);
             }

@@ -99,7 +99,10 @@ impl Filter {
             (false, true) => {
                 let mut prev = ev.prev.as_deref().cloned().unwrap_or(Value::Null);
                 prev["metadata"]["resourceVersion"] = json!(ev.rv.to_string());
-                Some(frame("DELETED", &serde_json::to_vec(&prev).unwrap_or_default()))
+                Some(frame(
+                    "DELETED",
+                    &serde_json::to_vec(&prev).unwrap_or_default(),
+                ))
             }
             (false, false) => None,
         }
@@ -109,13 +112,18 @@ impl Filter {
 type Chunk = Result<Bytes, std::io::Error>;
 
 fn streaming_response(rx: mpsc::Receiver<Chunk>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     resp
 }
 
@@ -141,7 +149,10 @@ pub async fn serve(
         let wait_until = Instant::now() + Duration::from_secs(3);
         while store.current_rv() < rv {
             if Instant::now() >= wait_until {
-                return error_stream(&ApiError::too_large_resource_version(rv, store.current_rv()));
+                return error_stream(&ApiError::too_large_resource_version(
+                    rv,
+                    store.current_rv(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -162,7 +173,10 @@ pub async fn serve(
     let mut first: Vec<Bytes> = Vec::with_capacity(init.initial.len() + init.replay.len() + 1);
     for obj in &init.initial {
         if filter.matches(obj) {
-            first.push(frame("ADDED", &serde_json::to_vec(&**obj).unwrap_or_default()));
+            first.push(frame(
+                "ADDED",
+                &serde_json::to_vec(&**obj).unwrap_or_default(),
+            ));
         }
     }
     for ev in &init.replay {
@@ -196,7 +210,12 @@ enum Step {
     Stop,
 }
 
-async fn forward(filter: &Filter, ev: &Event, progress: &mut u64, tx: &mpsc::Sender<Chunk>) -> Step {
+async fn forward(
+    filter: &Filter,
+    ev: &Event,
+    progress: &mut u64,
+    tx: &mpsc::Sender<Chunk>,
+) -> Step {
     if ev.rv <= *progress {
         return Step::Continue;
     }
@@ -228,9 +247,12 @@ async fn pump(
         }
     }
     let mut progress = start_rv;
-    let pre_deadline = deadline.checked_sub(Duration::from_secs(2)).unwrap_or(deadline);
+    let pre_deadline = deadline
+        .checked_sub(Duration::from_secs(2))
+        .unwrap_or(deadline);
     let far = deadline + Duration::from_secs(3600);
-    let mut next_bookmark = bookmark_interval.map_or(far, |i| (Instant::now() + i).min(pre_deadline));
+    let mut next_bookmark =
+        bookmark_interval.map_or(far, |i| (Instant::now() + i).min(pre_deadline));
     loop {
         tokio::select! {
             biased;

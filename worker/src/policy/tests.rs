@@ -822,3 +822,28 @@ fn quantity_parsing() {
     assert!(Quantity::parse("1 Gi").is_err());
     assert!(Quantity::parse("1GB").is_err());
 }
+
+#[test]
+fn quantity_comparison_is_exact_and_symmetric() {
+    let q = |s: &str| Quantity::parse(s).unwrap();
+    assert!(q("8589934593") > q("8Gi"));
+    assert!(q("8Gi") < q("8589934593"));
+    assert_eq!(q("8589934592"), q("8Gi"));
+    assert_eq!(q("8192Mi"), q("8Gi"));
+    assert!(q("8G") < q("8Gi"));
+    assert_eq!(q("1e3"), q("1k"));
+    assert_eq!(q("1E3"), q("1000"));
+    assert_eq!(q("1E"), q("1e18"));
+    assert_eq!(q("0.5"), q("500m"));
+    assert_eq!(q(".5"), q("500m"));
+    assert_eq!(q("1Ki"), q("1024"));
+    assert_eq!(q("1.5Gi"), q("1536Mi"));
+    assert!(q("4001m") > q("4"));
+    assert_eq!(q("0.1n"), q("1n"), "rounded up to the nano-unit");
+    assert!(q("8Ei") > q("8E"));
+    assert!(Quantity::parse("1e40").is_err(), "too large to hold");
+    assert!(Quantity::parse("1e").is_err());
+    assert!(Quantity::parse("1.2.3").is_err());
+    assert!(Quantity::parse(".").is_err());
+    assert!(Quantity::parse("1Ki1").is_err());
+}

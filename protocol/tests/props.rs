@@ -1,0 +1,294 @@
+//! Property tests: decoding never panics, valid requests round-trip (and
+//! satisfy the committed schema), names are always valid and injective.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::LazyLock;
+
+use kiln_protocol::{
+    BuildContext, BuildRequest, GitContext, ImageSpec, Resources, RetrySpec, S3Context,
+    configmap_name, is_dns1123_label, is_label_value, label_value, parse_build_request,
+    parse_cancel_request, pod_name, readable_id,
+};
+use proptest::collection::{btree_map, vec};
+use proptest::prelude::*;
+use serde_json::Value;
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        ".{0,12}".prop_map(Value::String),
+        Just(Value::String("kiln/v1".into())),
+        Just(Value::String("BuildRequest".into())),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        let key = prop_oneof![
+            "[a-zA-Z]{0,8}",
+            Just("apiVersion".to_owned()),
+            Just("kind".to_owned()),
+            Just("id".to_owned()),
+            Just("images".to_owned()),
+            Just("context".to_owned()),
+            Just("git".to_owned()),
+            Just("destinations".to_owned()),
+        ];
+        prop_oneof![
+            vec(inner.clone(), 0..6).prop_map(Value::Array),
+            btree_map(key, inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn dns_label() -> impl Strategy<Value = String> {
+    "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?"
+}
+
+fn context() -> impl Strategy<Value = BuildContext> {
+    prop_oneof![
+        (
+            prop_oneof![
+                "https://[a-z]{1,8}\\.example\\.com/[a-z]{1,8}/[a-z]{1,8}\\.git",
+                "git@[a-z]{1,8}\\.com:[a-z]{1,8}/[a-z]{1,8}\\.git",
+            ],
+            proptest::option::of("(main|v[0-9]\\.[0-9]|refs/heads/[a-z]{1,8})"),
+            proptest::option::of("[0-9a-f]{7,40}"),
+            proptest::option::of("[a-z]{1,8}(/[a-z]{1,8})?"),
+        )
+            .prop_map(|(url, git_ref, commit, sub_path)| BuildContext {
+                git: Some(GitContext {
+                    url,
+                    git_ref,
+                    commit,
+                    sub_path,
+                }),
+                ..BuildContext::default()
+            }),
+        (
+            "[a-z0-9][a-z0-9-]{1,10}[a-z0-9]",
+            "[a-z]{1,8}/[a-z0-9._-]{1,12}\\.tar\\.gz",
+            proptest::option::of("[a-z]{2}-[a-z]{4,8}-[1-9]"),
+            proptest::option::of("https?://[a-z]{1,8}(:[0-9]{2,4})?"),
+        )
+            .prop_map(|(bucket, key, region, endpoint)| BuildContext {
+                s3: Some(S3Context {
+                    bucket,
+                    key,
+                    region,
+                    endpoint,
+                }),
+                ..BuildContext::default()
+            }),
+        "https://[a-z]{1,8}\\.example\\.com/[a-z]{1,8}\\.(tar\\.gz|tgz)(\\?sig=[a-z0-9]{1,8})?"
+            .prop_map(|u| BuildContext {
+                url: Some(u),
+                ..BuildContext::default()
+            }),
+    ]
+}
+
+fn image() -> impl Strategy<Value = ImageSpec> {
+    let dockerfile = prop_oneof![
+        Just((None, None, BTreeMap::new())),
+        "[A-Za-z0-9_.-]{1,8}(/[A-Za-z0-9_-]{1,8})?"
+            .prop_filter("not ..", |p| !p.split('/').any(|s| s == ".."))
+            .prop_map(|p| (Some(p), None, BTreeMap::new())),
+        (
+            "FROM [a-z]{1,8}\n(RUN [ -~]{1,20}\n)?",
+            btree_map("[a-z_][a-z0-9_]{0,8}", json_value(), 0..3),
+        )
+            .prop_map(|(i, args)| (None, Some(i), args)),
+    ];
+    (
+        (
+            context(),
+            dockerfile,
+            btree_map("[A-Z_][A-Z0-9_]{0,8}", ".{0,16}", 0..4),
+            proptest::option::of("[a-z][a-z0-9_-]{0,8}"),
+        ),
+        vec(
+            "[a-z0-9]{1,6}\\.example\\.com(:[0-9]{2,4})?/[a-z0-9]{1,6}(/[a-z0-9]([a-z0-9-]{0,5}[a-z0-9])?)?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}",
+            1..4,
+        ),
+        (
+            proptest::option::of("linux/(amd64|arm64(/v8)?|arm/v7|s390x)"),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(
+                (
+                    proptest::option::of("[1-9][0-9]{0,2}m?"),
+                    proptest::option::of("[1-9][0-9]{0,3}(Mi|Gi|M|G)?"),
+                )
+                    .prop_map(|(cpu, memory)| Resources { cpu, memory }),
+            ),
+        ),
+    )
+        .prop_map(
+            |((context, (dockerfile, dockerfile_inline, template_args), build_args, target), mut destinations, (platform, cache, resources))| {
+                destinations.sort();
+                destinations.dedup();
+                ImageSpec {
+                    name: String::new(),
+                    context,
+                    dockerfile,
+                    dockerfile_inline,
+                    template_args,
+                    build_args,
+                    target,
+                    destinations,
+                    platform,
+                    cache,
+                    resources,
+                }
+            },
+        )
+}
+
+fn build_request() -> impl Strategy<Value = BuildRequest> {
+    (
+        "[A-Za-z0-9._-]{1,40}",
+        proptest::option::of(dns_label()),
+        proptest::option::of(dns_label()),
+        btree_map(
+            "([a-z]{1,6}\\.io/)?[a-z][a-z0-9_.-]{0,8}[a-z0-9]",
+            "([A-Za-z0-9]([A-Za-z0-9_.-]{0,10}[A-Za-z0-9])?)?",
+            0..4,
+        ),
+        proptest::option::of(1..=86_400u64),
+        proptest::option::of(
+            proptest::option::of(1..=10u32).prop_map(|max_attempts| RetrySpec { max_attempts }),
+        ),
+        vec((dns_label(), image()), 1..4),
+    )
+        .prop_map(
+            |(id, app, component, labels, timeout_seconds, retry, images)| {
+                let images = images
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (name, mut image))| {
+                        // unique names: suffix the index
+                        image.name = format!("{}-{i}", &name[..name.len().min(50)]);
+                        image
+                    })
+                    .collect();
+                BuildRequest {
+                    api_version: "kiln/v1".into(),
+                    kind: "BuildRequest".into(),
+                    id,
+                    app,
+                    component,
+                    labels,
+                    timeout_seconds,
+                    retry,
+                    images,
+                }
+            },
+        )
+}
+
+static BUILD_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/build-request.schema.json");
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+});
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+        let _ = parse_build_request(&bytes);
+        let _ = parse_cancel_request(&bytes);
+        let _ = readable_id(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(v in json_value()) {
+        let bytes = serde_json::to_vec(&v).unwrap();
+        if let Err(e) = parse_build_request(&bytes) {
+            prop_assert!(!e.errors().is_empty());
+        }
+        if let Err(e) = parse_cancel_request(&bytes) {
+            prop_assert!(!e.errors().is_empty());
+        }
+        let _ = readable_id(&bytes);
+    }
+
+    /// A valid request with one field replaced by junk is decoded or
+    /// rejected with a reason, never a panic.
+    #[test]
+    fn corrupted_requests_never_panic(req in build_request(), junk in json_value(), which in 0usize..8) {
+        let mut v = serde_json::to_value(&req).unwrap();
+        let target = match which {
+            0 => &mut v["id"],
+            1 => &mut v["images"],
+            2 => &mut v["images"][0],
+            3 => &mut v["images"][0]["context"],
+            4 => &mut v["images"][0]["context"]["git"],
+            5 => &mut v["images"][0]["destinations"],
+            6 => &mut v["labels"],
+            _ => &mut v["retry"],
+        };
+        *target = junk;
+        let bytes = serde_json::to_vec(&v).unwrap();
+        if let Err(e) = parse_build_request(&bytes) {
+            prop_assert!(!e.errors().is_empty());
+            prop_assert!(e.errors().iter().all(|e| !e.path.is_empty() && !e.reason.is_empty()));
+        }
+        prop_assert_eq!(readable_id(&bytes), v["id"].as_str().filter(|id| kiln_protocol::is_valid_build_id(id)).map(str::to_owned));
+    }
+
+    #[test]
+    fn valid_requests_round_trip(req in build_request()) {
+        if let Err(e) = req.validate() {
+            return Err(TestCaseError::fail(format!("generated request invalid:\n{e}\n{req:#?}")));
+        }
+        let bytes = serde_json::to_vec(&req).unwrap();
+        let back = parse_build_request(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&back, &req);
+        prop_assert_eq!(readable_id(&bytes), Some(req.id.clone()));
+
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        let problems: Vec<String> = BUILD_SCHEMA.iter_errors(&value).map(|e| format!("{}: {e}", e.instance_path())).collect();
+        prop_assert!(problems.is_empty(), "valid request fails the schema: {:?}", problems);
+    }
+
+    #[test]
+    fn names_are_dns_labels(build in ".{0,200}", image in ".{0,80}", attempt in any::<u32>()) {
+        for name in [pod_name(&build, &image, attempt), configmap_name(&build, &image, attempt)] {
+            prop_assert!(is_dns1123_label(&name), "{:?}", name);
+            prop_assert!(name.len() <= 63);
+        }
+        prop_assert_eq!(pod_name(&build, &image, attempt), pod_name(&build, &image, attempt));
+    }
+
+    /// Small alphabets make sanitising collisions likely: distinct inputs
+    /// must still get distinct names.
+    #[test]
+    fn distinct_inputs_get_distinct_names(
+        a in ("[a-cA-C.-]{0,5}", "[a-c-]{0,4}", 0u32..3),
+        b in ("[a-cA-C.-]{0,5}", "[a-c-]{0,4}", 0u32..3),
+    ) {
+        prop_assume!(a != b);
+        prop_assert_ne!(pod_name(&a.0, &a.1, a.2), pod_name(&b.0, &b.1, b.2));
+        prop_assert_ne!(configmap_name(&a.0, &a.1, a.2), configmap_name(&b.0, &b.1, b.2));
+    }
+
+    #[test]
+    fn long_inputs_get_distinct_names(prefix in "[a-z]{60}", a in "[a-z.]{1,4}", b in "[a-z.]{1,4}") {
+        prop_assume!(a != b);
+        let (x, y) = (format!("{prefix}{a}"), format!("{prefix}{b}"));
+        prop_assert_ne!(pod_name(&x, "api", 1), pod_name(&y, "api", 1));
+    }
+
+    #[test]
+    fn label_values_are_valid(v in ".{0,100}") {
+        let l = label_value(&v);
+        prop_assert!(is_label_value(&l), "{:?}", l);
+        if is_label_value(&v) {
+            prop_assert_eq!(l, v);
+        }
+    }
+}
