@@ -376,7 +376,7 @@ impl ImageSpec {
 
         match (&self.dockerfile, &self.dockerfile_inline) {
             (Some(_), Some(_)) => {
-                errs.push(path, "set either dockerfile or dockerfileInline, not both")
+                errs.push(path, "set either dockerfile or dockerfileInline, not both");
             }
             (Some(d), None) => {
                 if let Some(p) = relative_path_problem(d) {
@@ -720,7 +720,7 @@ fn check_quantity(errs: &mut ValidationErrors, path: &str, value: Option<&str>, 
             ),
         ),
         Some(n) if n <= 0.0 || !n.is_finite() => {
-            errs.push(path, format!("{} must be greater than zero", quote(v)))
+            errs.push(path, format!("{} must be greater than zero", quote(v)));
         }
         Some(_) => {}
     }

@@ -106,7 +106,7 @@ fn image() -> impl Strategy<Value = ImageSpec> {
         (
             context(),
             dockerfile,
-            btree_map("[A-Z_][A-Z0-9_]{0,8}", ".{0,16}", 0..4),
+            btree_map("[A-Z_][A-Z0-9_]{0,8}", "[^\u{0}]{0,16}", 0..4),
             proptest::option::of("[a-z][a-z0-9_-]{0,8}"),
         ),
         vec(

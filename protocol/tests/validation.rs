@@ -36,8 +36,9 @@ fn image(edit: impl FnOnce(&mut Value)) -> Vec<String> {
 }
 
 #[track_caller]
+#[allow(clippy::needless_pass_by_value)] // reads better at the call sites
 fn one(got: Vec<String>, want: &str) {
-    assert_eq!(got, [want.to_owned()]);
+    assert_eq!(got, vec![want.to_owned()]);
 }
 
 #[test]

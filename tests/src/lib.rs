@@ -1,3 +1,4 @@
 //! Kiln test support.
 
 pub mod fakekube;
+pub mod harness;

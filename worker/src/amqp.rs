@@ -598,3 +598,55 @@ impl EventSubscription {
         let _ = self.channel.close(200, "done".into()).await;
     }
 }
+
+impl Broker {
+    /// Deletes every queue and exchange under this prefix (tests, and
+    /// operators retiring a prefix). Missing ones are fine.
+    pub async fn delete_topology(&self) -> Result<()> {
+        let ch = self.conn.create_channel().await?;
+        let n = &self.names;
+        for q in [n.builds(), n.cancels(), n.dead()] {
+            let _ = ch
+                .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [n.requests(), n.events(), n.dead()] {
+            let _ = ch
+                .exchange_delete(x.into(), lapin::options::ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = ch.close(200, "deleted".into()).await;
+        Ok(())
+    }
+
+    /// Takes one message off `queue` without a consumer (`basic.get`), acked.
+    pub async fn get_one(&self, queue: &str) -> Result<Option<Incoming>> {
+        let ch = self.conn.create_channel().await?;
+        let got = ch
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await?;
+        let out = match got {
+            Some(msg) => {
+                let inc = Incoming::from_delivery(msg.delivery);
+                inc.ack().await?;
+                Some(inc)
+            }
+            None => None,
+        };
+        let _ = ch.close(200, "done".into()).await;
+        Ok(out)
+    }
+}
+
+/// The user name of an AMQP URL (`guest` when the URL names none, as the
+/// client then logs in as `guest`): the tenant of the requests the client
+/// publishes, set as their `user_id` so that RabbitMQ verifies it.
+pub fn url_user(url: &str) -> Result<String> {
+    let uri: lapin::uri::AMQPUri = url
+        .parse()
+        .map_err(|e| Error::Config(format!("invalid AMQP URL {}: {e}", redact_url(url))))?;
+    Ok(uri.authority.userinfo.username)
+}

@@ -4,8 +4,11 @@
 
 pub mod amqp;
 pub mod classify;
+pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod lease;
 pub mod machine;
 pub mod metrics;

@@ -1,12 +1,25 @@
 //! The `kiln` binary: the worker and the client in one.
 
+use std::process::ExitCode;
+
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use kiln_worker::cli::{self, ClientCommand};
 use kiln_worker::config::WorkerConfig;
 
 /// Kiln: queue-driven container image builds on Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, propagate_version = true)]
+#[command(
+    name = "kiln",
+    version,
+    about,
+    propagate_version = true,
+    after_help = concat!(
+        "Examples:\n  kiln worker\n  kiln submit examples/two-images.json --wait\n  kiln watch --output json\n\n",
+        "Run `kiln help <command>` for the options and examples of each command.\n\n",
+        kiln_worker::kiln_exit_codes!()
+    )
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,13 +31,26 @@ enum Command {
     ///
     /// Example: KILN_NAMESPACE=kiln-builds kiln worker
     Worker(Box<WorkerConfig>),
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     // lapin and kube both bring rustls; pick ring for the whole process
     // before either builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // One line, never a backtrace.
+            eprintln!("kiln: error: {}", cli::one_line(&e));
+            ExitCode::from(cli::exit::ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,10 +59,15 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Worker(config) => {
                 init_tracing();
-                kiln_worker::worker::run(*config, None, shutdown_signal())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))
+                match kiln_worker::worker::run(*config, None, shutdown_signal()).await {
+                    Ok(()) => Ok(0),
+                    Err(e) => {
+                        eprintln!("kiln: error: {}", cli::fold(&e.to_string()));
+                        Ok(1)
+                    }
+                }
             }
+            Command::Client(command) => cli::run(command, Cli::command).await,
         }
     })
 }

@@ -18,6 +18,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -49,6 +54,9 @@ pub struct Metrics {
     pub events_unroutable: Counter,
     pub rejected: Family<ReasonLabels, Counter>,
     pub kube_errors: Family<VerbLabels, Counter>,
+    pub attempt_duration: Family<OutcomeLabels, Histogram>,
+    pub cluster_builds_in_flight: Gauge,
+    pub dependency_up: Family<CheckLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -138,6 +146,34 @@ impl Metrics {
             "Failed Kubernetes API calls, by verb",
             kube_errors.clone(),
         );
+        let attempt_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(1.0, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register(
+            "attempt_duration_seconds",
+            "Duration of one image attempt (its pod), by outcome and reason, as published in events",
+            attempt_duration.clone(),
+        );
+        let cluster_builds_in_flight = Gauge::default();
+        registry.register(
+            "cluster_builds_in_flight",
+            "Builds with pods in the cluster, whichever worker drives them (same on every worker)",
+            cluster_builds_in_flight.clone(),
+        );
+        let dependency_up = Family::<CheckLabels, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "1 when the last readiness check of a dependency passed (rabbitmq, redis, kubernetes, consumer)",
+            dependency_up.clone(),
+        );
+        registry.register(
+            "worker",
+            "Version of the kiln worker",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
+        );
         Self {
             registry,
             builds,
@@ -153,6 +189,9 @@ impl Metrics {
             events_unroutable,
             rejected,
             kube_errors,
+            attempt_duration,
+            cluster_builds_in_flight,
+            dependency_up,
         }
     }
 
@@ -171,6 +210,35 @@ impl Metrics {
             .inc();
         if seconds > 0.0 {
             self.build_duration.observe(seconds);
+        }
+    }
+
+    /// An image reached a terminal or retrying phase after `seconds` of pod
+    /// time (the event's `durationSeconds`).
+    pub fn attempt_finished(&self, phase: Phase, reason: Option<Reason>, seconds: f64) {
+        self.attempt_duration
+            .get_or_create(&OutcomeLabels {
+                outcome: phase.as_str().to_owned(),
+                reason: reason.map(|r| r.to_string()).unwrap_or_default(),
+            })
+            .observe(seconds.max(0.0));
+    }
+
+    /// Records the result of one readiness check.
+    pub fn dependency(&self, check: &str, up: bool) {
+        self.dependency_up
+            .get_or_create(&CheckLabels {
+                check: check.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Records what a published event says (attempt durations).
+    pub fn event(&self, ev: &kiln_protocol::BuildEvent) {
+        if ev.data.image.is_some()
+            && let Some(seconds) = ev.data.duration_seconds
+        {
+            self.attempt_finished(ev.data.phase, ev.data.reason, seconds);
         }
     }
 

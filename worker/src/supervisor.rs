@@ -39,6 +39,8 @@ pub struct Context {
     foreign: Mutex<HashMap<String, Foreign>>,
     /// Readiness: the build consumer is running.
     consuming: std::sync::atomic::AtomicBool,
+    /// Every Kiln build seen in the cluster, for the status page.
+    pub cluster: crate::cluster::ClusterView,
 }
 
 impl std::fmt::Debug for Context {
@@ -95,6 +97,7 @@ impl Context {
             builds: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
             consuming: std::sync::atomic::AtomicBool::new(false),
+            cluster: crate::cluster::ClusterView::new(),
         })
     }
 
@@ -233,6 +236,7 @@ async fn publish(ctx: &Context, ev: &BuildEvent) -> Result<()> {
     let routed = ctx.broker.publish_event(&out).await?;
     ctx.metrics
         .event_published(&out.routing_key, routed == Routed::NoQueue);
+    ctx.metrics.event(ev);
     Ok(())
 }
 
@@ -745,6 +749,7 @@ async fn execute(ctx: &Arc<Context>, machine: &mut Machine, actions: Vec<Action>
                     .duration_since(plan.accepted_at)
                     .as_secs_f64();
                 ctx.metrics.build_finished(phase, None, secs);
+                ctx.cluster.finished(&plan.id, phase);
                 tracing::info!(build_id = %plan.id, phase = phase.as_str(), "build finished");
             }
         }
@@ -822,7 +827,8 @@ async fn watch_namespace(ctx: Arc<Context>, namespace: String, stop: Cancellatio
         match ev {
             PodEvent::Applied(v) => route(&ctx, v, false),
             PodEvent::Deleted(v) => route(&ctx, v, true),
-            PodEvent::Resync | PodEvent::Synced => {}
+            PodEvent::Resync => ctx.cluster.resync(&namespace),
+            PodEvent::Synced => ctx.cluster.synced(&namespace),
         }
     }
 }
@@ -831,6 +837,7 @@ fn route(ctx: &Context, v: PodView, deleted: bool) {
     if v.build_id.is_empty() {
         return;
     }
+    ctx.cluster.apply(&v, deleted);
     let id = v.build_id.clone();
     let ns = v.namespace.clone();
     let input = if deleted {

@@ -77,5 +77,30 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let ctx = connect(&config, kube).await?;
-    supervisor::run(ctx, shutdown).await
+    // The HTTP server outlives the supervisor's hand-over and stops with it.
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let http = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!("cannot listen on {addr} (KILN_METRICS_ADDR): {e}"))
+            })?;
+            let stop = http_stop.clone();
+            Some(tokio::spawn(crate::http::serve_on(
+                listener,
+                ctx.clone(),
+                async move { stop.cancelled().await },
+            )))
+        }
+        None => None,
+    };
+    let result = supervisor::run(ctx, shutdown).await;
+    http_stop.cancel();
+    if let Some(h) = http {
+        match h.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "metrics server"),
+            Err(e) => tracing::error!(error = %e, "metrics server task"),
+            Ok(Ok(())) => {}
+        }
+    }
+    result
 }

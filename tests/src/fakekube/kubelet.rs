@@ -319,7 +319,11 @@ fn now() -> Time {
 
 fn hex_sha256(s: &str) -> String {
     let d = Sha256::digest(s.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    d.iter().fold(String::with_capacity(64), |mut s, b| {
+        use std::fmt::Write;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// The repository part of an image reference (tag and digest removed).
@@ -731,8 +735,8 @@ impl PodRun {
                 );
                 self.finish(
                     "Failed",
-                    Some(("Evicted", msg.clone())),
-                    Some(("TerminationByKubelet", msg)),
+                    Some(&("Evicted", msg.clone())),
+                    Some(&("TerminationByKubelet", msg)),
                     |_| Ending {
                         exit_code: 137,
                         reason: "Error",
@@ -875,7 +879,7 @@ impl PodRun {
     fn deadline_exceeded(&self) {
         self.finish(
             "Failed",
-            Some((
+            Some(&(
                 "DeadlineExceeded",
                 "Pod was active on the node longer than the specified deadline".to_owned(),
             )),
@@ -946,8 +950,8 @@ impl PodRun {
     fn finish(
         &self,
         phase: &str,
-        pod_reason: Option<(&str, String)>,
-        disruption: Option<(&str, String)>,
+        pod_reason: Option<&(&str, String)>,
+        disruption: Option<&(&str, String)>,
         ending: impl Fn(bool) -> Ending,
     ) {
         let log = self.current_log();
@@ -961,11 +965,11 @@ impl PodRun {
         };
         self.status(|s| {
             s.phase = Some(phase.to_owned());
-            if let Some((reason, message)) = &pod_reason {
+            if let Some((reason, message)) = pod_reason {
                 s.reason = Some((*reason).to_owned());
                 s.message = Some(message.clone());
             }
-            if let Some((reason, message)) = &disruption {
+            if let Some((reason, message)) = disruption {
                 set_condition(s, "DisruptionTarget", "True", Some(reason), Some(message));
             }
             set_condition(s, "PodReadyToStartContainers", "False", None, None);

@@ -169,10 +169,13 @@ mod tests {
         assert_eq!(tail_lines("a\nb\nc", 2), "b\nc");
         assert_eq!(tail_lines("a\nb\nc\n", 5), "a\nb\nc\n");
         assert_eq!(tail_lines("a\nb\n", 0), "");
-        let long: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        let long: String = (0..200)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let t = termination_tail(&long);
         assert!(t.starts_with("line 120\n"));
-        let wide: String = (0..10).map(|_| format!("{}\n", "x".repeat(1000))).collect();
+        let wide = vec!["x".repeat(1000); 10].join("\n");
         assert_eq!(termination_tail(&wide).len(), TERMINATION_LOG_BYTES);
     }
 }

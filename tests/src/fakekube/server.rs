@@ -569,7 +569,7 @@ async fn watch(
     let timeout = p
         .int("timeoutSeconds")?
         .filter(|t| *t > 0)
-        .map_or(1800, |t| t.unsigned_abs());
+        .map_or(1800, i64::unsigned_abs);
     let req = WatchRequest {
         resource,
         namespace: ns,

@@ -37,16 +37,6 @@ pub enum EventType {
     Deleted,
 }
 
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Added => "ADDED",
-            Self::Modified => "MODIFIED",
-            Self::Deleted => "DELETED",
-        }
-    }
-}
-
 /// One committed change, as the watch cache keeps it: the new object (for
 /// DELETED, the last state stamped with the deletion's resourceVersion, as
 /// etcd reports deletes) and the previous object, which the watch filter

@@ -1,0 +1,432 @@
+//! End-to-end scenarios: real RabbitMQ and Redis, the fake Kubernetes API,
+//! in-process workers. Each asserts the exact event sequence of its build
+//! and the pods left behind.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use kiln_protocol::{Phase, Reason};
+use kiln_tests::fakekube::{Fate, Resource, Verb};
+use kiln_tests::harness::{
+    Env, NAMESPACE, of_image, one_image, pod_labels, sequence, two_images, unique,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_images_succeed_with_digests() {
+    let mut env = Env::new().await;
+    env.start_worker();
+    let id = unique("two");
+    env.publish(&two_images(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    let seq = sequence(&events);
+    assert_eq!(
+        seq.first().map(String::as_str),
+        Some("build.accepted"),
+        "{seq:?}"
+    );
+    assert_eq!(
+        seq.last().map(String::as_str),
+        Some("build.succeeded"),
+        "{seq:?}"
+    );
+    for image in ["api", "worker"] {
+        let mine: Vec<String> = sequence(
+            &of_image(&events, image)
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            mine,
+            [
+                format!("image.scheduled:{image}#1"),
+                format!("image.running:{image}#1"),
+                format!("image.succeeded:{image}#1")
+            ],
+            "{seq:?}"
+        );
+    }
+    let done = events.last().unwrap();
+    let summary = done.data.images.as_ref().unwrap();
+    assert_eq!(summary.len(), 2);
+    for s in summary {
+        assert_eq!(s.phase, Phase::Succeeded);
+        let digest = s.digest.as_deref().unwrap();
+        assert!(
+            digest.starts_with("sha256:") && digest.len() == 71,
+            "{digest}"
+        );
+        assert_eq!(s.image_refs.len(), 1);
+        assert!(s.image_refs[0].ends_with(&format!("@{digest}")));
+    }
+    // Event ids are deterministic; data carries the request's metadata.
+    assert_eq!(done.id, format!("{id}/succeeded"));
+    assert_eq!(done.data.app.as_deref(), Some("shop"));
+    assert_eq!(
+        done.data.labels.get("team").map(String::as_str),
+        Some("payments")
+    );
+    // The inline Dockerfile went through a ConfigMap owned by the pod.
+    let cm_creates = env
+        .kube
+        .calls()
+        .iter()
+        .filter(|c| c.verb == Verb::Create && c.resource == Resource::ConfigMaps && c.succeeded())
+        .count();
+    assert_eq!(cm_creates, 1, "one ConfigMap, for the inline Dockerfile");
+    assert!(
+        env.eventually(WAIT, |e| e.pod_names().is_empty()).await,
+        "pods left: {:?}",
+        env.pod_names()
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failure_then_success() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|pod| {
+        let (_, attempt) = pod_labels(pod);
+        if attempt == 1 {
+            Fate::fail(1, "INFO pushing\nerror pushing image: failed to push to destination registry.example.com/shop/api:1.0.0: 503 Service Unavailable")
+        } else {
+            Fate::succeed()
+        }
+    });
+    env.start_worker();
+    let id = unique("retry");
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events),
+        [
+            "build.accepted",
+            "image.scheduled:api#1",
+            "image.running:api#1",
+            "image.retrying:api#1",
+            "image.scheduled:api#2",
+            "image.running:api#2",
+            "image.succeeded:api#2",
+            "build.succeeded"
+        ]
+    );
+    let retrying = &events[3];
+    assert_eq!(retrying.data.reason, Some(Reason::PushError));
+    let wait = retrying.data.retry_in_seconds.unwrap();
+    assert!((0.1..=1.0).contains(&wait), "backoff {wait}");
+    // Backoff honoured: attempt 2 was scheduled no sooner than announced.
+    let gap = events[4].time.duration_since(retrying.time).as_secs_f64();
+    assert!(
+        gap + 0.05 >= wait,
+        "scheduled after {gap}s, announced {wait}s"
+    );
+    assert_eq!(
+        events[4].data.pod.as_ref().unwrap().name,
+        kiln_protocol::pod_name(&id, "api", 2)
+    );
+    assert_eq!(
+        events.last().unwrap().data.images.as_ref().unwrap()[0].attempts,
+        2
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerfile_error_fails_without_retry_with_log_tail() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|_| {
+        Fate::fail(1, "INFO[0001] RUN make\nmake: *** No rule to make target 'all'.  Stop.\nerror building image: error building stage: failed to execute command: waiting for process to exit: exit status 2")
+    });
+    env.start_worker();
+    let id = unique("dockerfile");
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events),
+        [
+            "build.accepted",
+            "image.scheduled:api#1",
+            "image.running:api#1",
+            "image.failed:api#1",
+            "build.failed"
+        ]
+    );
+    let failed = &events[3];
+    assert_eq!(failed.data.reason, Some(Reason::BuildError));
+    assert_eq!(failed.data.exit_code, Some(1));
+    let tail = failed.data.log_tail.as_deref().unwrap();
+    assert!(tail.contains("No rule to make target"), "{tail}");
+    assert_eq!(events[4].data.reason, Some(Reason::BuildError));
+    assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_killed_retries_then_fails() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|_| Fate::OomKilled);
+    env.start_worker();
+    let id = unique("oom");
+    let mut req = one_image(&id);
+    req["retry"] = serde_json::json!({"maxAttempts": 2});
+    env.publish(&req).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events),
+        [
+            "build.accepted",
+            "image.scheduled:api#1",
+            "image.running:api#1",
+            "image.retrying:api#1",
+            "image.scheduled:api#2",
+            "image.running:api#2",
+            "image.failed:api#2",
+            "build.failed"
+        ]
+    );
+    assert_eq!(events[6].data.reason, Some(Reason::OOMKilled));
+    assert_eq!(events[7].data.reason, Some(Reason::OOMKilled));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_is_retried() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|pod| {
+        if pod_labels(pod).1 == 1 {
+            Fate::Evicted
+        } else {
+            Fate::succeed()
+        }
+    });
+    env.start_worker();
+    let id = unique("evict");
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    let seq = sequence(&events);
+    assert!(seq.contains(&"image.retrying:api#1".to_owned()), "{seq:?}");
+    let retrying = events
+        .iter()
+        .find(|e| e.data.phase == Phase::Retrying)
+        .unwrap();
+    assert_eq!(retrying.data.reason, Some(Reason::Evicted));
+    assert_eq!(seq.last().map(String::as_str), Some("build.succeeded"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_timeout_fails_with_reason() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|_| Fate::StayPending {
+        reason: kiln_tests::fakekube::PendingReason::Unschedulable,
+    });
+    env.start_worker_with(|c| c.pending_timeout = Duration::from_secs(1));
+    let id = unique("pending");
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events),
+        [
+            "build.accepted",
+            "image.scheduled:api#1",
+            "image.failed:api#1",
+            "build.failed"
+        ]
+    );
+    assert_eq!(events[2].data.reason, Some(Reason::Unschedulable));
+    assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_fails_the_build() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|_| Fate::RunForever);
+    env.start_worker();
+    let id = unique("deadline");
+    let mut req = one_image(&id);
+    req["timeoutSeconds"] = serde_json::json!(2);
+    env.publish(&req).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events),
+        [
+            "build.accepted",
+            "image.scheduled:api#1",
+            "image.running:api#1",
+            "image.failed:api#1",
+            "build.failed"
+        ]
+    );
+    assert_eq!(events[3].data.reason, Some(Reason::DeadlineExceeded));
+    assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_queued() {
+    let mut env = Env::new().await;
+    let id = unique("cq");
+    env.publish(&one_image(&id)).await;
+    // Nobody consumes yet: the cancel is flagged by the first worker that
+    // takes it, and the build is cancelled when its request is consumed.
+    env.cancel(&id, "superseded").await;
+    env.start_worker();
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(sequence(&events), ["build.cancelled"]);
+    assert_eq!(events[0].data.reason, Some(Reason::Cancelled));
+    assert!(env.pod_names().is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_running() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|_| Fate::RunForever);
+    env.start_worker();
+    let id = unique("cr");
+    env.publish(&two_images(&id)).await;
+    // Wait until both run.
+    let mut running = 0;
+    while running < 2 {
+        let ev = env.next_event(WAIT).await.expect("events");
+        if ev.data.build_id == id && ev.data.phase == Phase::Running {
+            running += 1;
+        }
+    }
+    env.cancel(&id, "superseded by 1.2.4").await;
+    let events = env.events_of(&id, WAIT).await;
+    let seq = sequence(&events);
+    let tail: Vec<&String> = seq
+        .iter()
+        .skip_while(|s| !s.contains("cancelled"))
+        .collect();
+    assert_eq!(tail.len(), 3, "{seq:?}");
+    assert!(
+        tail[..2].iter().all(|s| s.starts_with("image.cancelled")),
+        "{seq:?}"
+    );
+    assert_eq!(tail[2], "build.cancelled");
+    assert_eq!(
+        events.last().unwrap().data.message.as_deref(),
+        Some("superseded by 1.2.4")
+    );
+    assert!(
+        env.eventually(WAIT, |e| e.pod_names().is_empty()).await,
+        "{:?}",
+        env.pod_names()
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_request_is_one_build() {
+    let mut env = Env::new().await;
+    env.start_worker();
+    let id = unique("dup");
+    env.publish(&one_image(&id)).await;
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events),
+        [
+            "build.accepted",
+            "image.scheduled:api#1",
+            "image.running:api#1",
+            "image.succeeded:api#1",
+            "build.succeeded"
+        ]
+    );
+    // Once more after it finished: acked, nothing new.
+    env.publish(&one_image(&id)).await;
+    assert!(env.next_event(Duration::from_secs(2)).await.is_none());
+    let creates = env
+        .kube
+        .calls()
+        .iter()
+        .filter(|c| c.verb == Verb::Create && c.resource == Resource::Pods && c.succeeded())
+        .count();
+    assert_eq!(creates, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_rejected_and_dead_lettered() {
+    let mut env = Env::new().await;
+    env.start_worker();
+    let bad_id = unique("bad");
+    // Not JSON at all.
+    env.publish_raw(b"this is not json", None).await;
+    // Unknown field, readable id.
+    let mut unknown = one_image(&bad_id);
+    unknown["images"][0]["contxt"] = serde_json::json!({});
+    env.publish(&unknown).await;
+    // Invalid destination.
+    let refs_id = unique("refs");
+    let mut refs = one_image(&refs_id);
+    refs["images"][0]["destinations"] = serde_json::json!(["Registry.Example.com/X"]);
+    env.publish(&refs).await;
+    let rejected = env.events_of(&bad_id, WAIT).await;
+    assert_eq!(sequence(&rejected), ["build.rejected"]);
+    assert_eq!(rejected[0].data.reason, Some(Reason::InvalidRequest));
+    assert!(
+        rejected[0]
+            .data
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("contxt")
+    );
+    let rejected = env.events_of(&refs_id, WAIT).await;
+    assert_eq!(sequence(&rejected), ["build.rejected"]);
+    assert!(
+        rejected[0]
+            .data
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("images[0].destinations[0]")
+    );
+    // The worker still serves.
+    let ok = unique("ok");
+    env.publish(&one_image(&ok)).await;
+    let events = env.events_of(&ok, WAIT).await;
+    assert_eq!(
+        sequence(&events).last().map(String::as_str),
+        Some("build.succeeded")
+    );
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(
+        dead.iter().all(|(_, e)| e.starts_with("InvalidRequest: ")),
+        "{dead:?}"
+    );
+    assert!(dead.iter().any(|(b, _)| b == b"this is not json"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_violation_is_rejected() {
+    let mut env = Env::new().await;
+    let dir = std::env::temp_dir().join(unique("policy"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(
+        &path,
+        format!("[tenants.default]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"registry.example.com/allowed\"]\n"),
+    )
+    .unwrap();
+    env.start_worker_with(|c| c.policy = Some(path.clone()));
+    let id = unique("policy");
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(sequence(&events), ["build.rejected"]);
+    assert_eq!(events[0].data.reason, Some(Reason::PolicyViolation));
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
+    env.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,243 @@
+//! The client side of the `kiln` binary: `submit`, `wait`, `watch`,
+//! `cancel`, `status`, `validate`, `schema` and `completions`.
+//!
+//! Conventions shared by every command:
+//! - results a script may capture (build ids, digest-pinned references,
+//!   JSON) go to standard output; progress, explanations and errors go to
+//!   standard error;
+//! - one exit-code table for all commands ([`exit`]);
+//! - failures to reach RabbitMQ, Redis or the cluster are one line naming
+//!   the address (password hidden) and what failed, never a backtrace.
+//!
+//! Only `main.rs` and this module use `anyhow`.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Subcommand;
+
+use crate::amqp::{Broker, EventSubscription, redact_url};
+use crate::config::Connections;
+use crate::lease::Leases;
+
+pub mod cancel;
+pub mod completions;
+pub mod input;
+pub mod output;
+pub mod schema;
+pub mod status;
+pub mod submit;
+pub mod validate;
+pub mod wait;
+pub mod watch;
+
+/// Exit codes of the client commands.
+pub mod exit {
+    /// Done; for `submit --wait` and `wait`: the build succeeded.
+    pub const OK: u8 = 0;
+    /// The build failed.
+    pub const FAILED: u8 = 1;
+    /// The input is invalid (nothing was published), or the command line is.
+    pub const INVALID: u8 = 2;
+    /// The build was cancelled.
+    pub const CANCELLED: u8 = 3;
+    /// The build was rejected by the worker (invalid request, policy).
+    pub const REJECTED: u8 = 4;
+    /// Gave up waiting (`--timeout`); the build goes on.
+    pub const TIMED_OUT: u8 = 5;
+    /// Kiln could not do what was asked: RabbitMQ, Redis or the cluster is
+    /// unreachable, a publish was not routed, the build is unknown, ...
+    pub const ERROR: u8 = 6;
+    /// Interrupted (Ctrl-C) while waiting; the build goes on.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// The exit-code table, for `--help` (a macro so that `concat!` can use it).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! kiln_exit_codes {
+    () => {
+        "Exit codes:
+  0  succeeded
+  1  failed
+  2  invalid input: nothing was published
+  3  cancelled
+  4  rejected
+  5  timed out waiting (the build goes on)
+  6  error: RabbitMQ, Redis or the cluster unreachable, publish not routed, ..."
+    };
+}
+
+/// How long to wait for RabbitMQ or Redis to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client commands, flattened into the top-level command line by
+/// `main.rs` next to `kiln worker`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Validate a build request and publish it (optionally wait for it).
+    #[command(after_help = submit::AFTER_HELP)]
+    Submit(submit::SubmitArgs),
+    /// Wait for a build to finish, showing progress per image.
+    #[command(after_help = wait::AFTER_HELP)]
+    Wait(wait::WaitArgs),
+    /// Follow the events of every build (or of one), as lines or JSON.
+    #[command(after_help = watch::AFTER_HELP)]
+    Watch(watch::WatchArgs),
+    /// Ask the workers to cancel a build.
+    #[command(after_help = cancel::AFTER_HELP)]
+    Cancel(cancel::CancelArgs),
+    /// Show where a build stands: Redis' record and the cluster's pods.
+    #[command(after_help = status::AFTER_HELP)]
+    Status(status::StatusArgs),
+    /// Check request files (JSON or YAML) without publishing anything.
+    #[command(after_help = validate::AFTER_HELP)]
+    Validate(validate::ValidateArgs),
+    /// Print the JSON Schema of a request or of the events.
+    #[command(after_help = schema::AFTER_HELP)]
+    Schema(schema::SchemaArgs),
+    /// Print a shell completion script.
+    #[command(after_help = completions::AFTER_HELP)]
+    Completions(completions::CompletionsArgs),
+}
+
+/// Runs one client command; `Ok` carries the exit code, `Err` is printed as
+/// one line by `main` (exit code [`exit::ERROR`]). `command` builds the
+/// whole command line (for completions).
+pub async fn run(cmd: ClientCommand, command: fn() -> clap::Command) -> anyhow::Result<u8> {
+    match cmd {
+        ClientCommand::Submit(a) => submit::run(a).await,
+        ClientCommand::Wait(a) => wait::run(a).await,
+        ClientCommand::Watch(a) => watch::run(a).await,
+        ClientCommand::Cancel(a) => cancel::run(a).await,
+        ClientCommand::Status(a) => status::run(a).await,
+        ClientCommand::Validate(a) => validate::run(&a),
+        ClientCommand::Schema(a) => schema::run(&a),
+        ClientCommand::Completions(a) => completions::run(&a, command),
+    }
+}
+
+/// An error as one line: the causes joined with `: `, line breaks folded.
+pub fn one_line(e: &anyhow::Error) -> String {
+    fold(&format!("{e:#}"))
+}
+
+/// Folds a multi-line message onto one line.
+pub fn fold(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Connects to RabbitMQ as the client (`kiln <what>`), with a timeout.
+pub async fn connect_broker(c: &Connections, what: &str) -> anyhow::Result<Broker> {
+    let url = redact_url(&c.amqp_url);
+    let name = format!("kiln {what}");
+    let connect = Broker::connect(&c.amqp_url, &c.amqp_prefix, &name);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(broker)) => Ok(broker),
+        Ok(Err(e)) => {
+            let msg = hide(&e.to_string(), &c.amqp_url, &url);
+            let detail = msg
+                .strip_prefix("RabbitMQ: ")
+                .unwrap_or(&msg)
+                .strip_prefix(&format!("cannot connect to {url}: "))
+                .unwrap_or(&msg)
+                .to_owned();
+            Err(anyhow!(
+                "cannot connect to RabbitMQ at {url}: {}",
+                fold(&detail)
+            ))
+        }
+        Err(_) => Err(anyhow!(
+            "cannot connect to RabbitMQ at {url}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Connects to Redis (read-only use: records, leases, cancel flags), with a
+/// timeout.
+pub async fn connect_redis(c: &Connections) -> anyhow::Result<Leases> {
+    let url = redact_url(&c.redis_url);
+    let connect = Leases::connect(
+        &c.redis_url,
+        &c.redis_prefix,
+        "kiln-cli",
+        Duration::from_secs(1),
+    );
+    let leases = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(leases)) => leases,
+        Ok(Err(e)) => {
+            let msg = hide(&e.to_string(), &c.redis_url, &url);
+            let detail = msg.strip_prefix("Redis: ").unwrap_or(&msg);
+            let detail = detail
+                .strip_prefix(&format!("cannot connect to {url}: "))
+                .unwrap_or(detail);
+            return Err(anyhow!(
+                "cannot connect to Redis at {url}: {}",
+                fold(detail)
+            ));
+        }
+        Err(_) => {
+            return Err(anyhow!(
+                "cannot connect to Redis at {url}: no answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    // The connection manager may connect lazily; one round trip tells.
+    match tokio::time::timeout(CONNECT_TIMEOUT, leases.ping()).await {
+        Ok(Ok(())) => Ok(leases),
+        Ok(Err(e)) => Err(anyhow!(
+            "cannot talk to Redis at {url}: {}",
+            fold(&hide(&e.to_string(), &c.redis_url, &url))
+        )),
+        Err(_) => Err(anyhow!(
+            "cannot talk to Redis at {url}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Replaces a URL (with its password) by its redacted form in a message.
+fn hide(msg: &str, url: &str, redacted: &str) -> String {
+    if url.is_empty() {
+        msg.to_owned()
+    } else {
+        msg.replace(url, redacted)
+    }
+}
+
+/// Subscribes to the events exchange, explaining a missing exchange.
+pub async fn subscribe(broker: &Broker, keys: &[&str]) -> anyhow::Result<EventSubscription> {
+    broker
+        .subscribe_events(keys)
+        .await
+        .map_err(|e| explain_amqp(&e.to_string(), &broker.names().events()))
+}
+
+/// Turns RabbitMQ's "NOT_FOUND - no exchange" into advice.
+pub fn explain_amqp(msg: &str, exchange: &str) -> anyhow::Error {
+    let msg = fold(msg);
+    if msg.contains("NOT_FOUND") && msg.contains("exchange") {
+        let prefix = exchange
+            .rsplit_once('.')
+            .map_or(exchange, |(p, _)| p)
+            .to_owned();
+        anyhow!(
+            "RabbitMQ has no exchange {exchange}: no worker with prefix {prefix:?} has started on this broker (check KILN_AMQP_PREFIX)"
+        )
+    } else {
+        anyhow!("{msg}")
+    }
+}
+
+/// Resolves on Ctrl-C (or never, if the signal cannot be caught).
+pub async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        futures::future::pending::<()>().await;
+    }
+}

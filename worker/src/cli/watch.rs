@@ -1,0 +1,134 @@
+//! `kiln watch`: follows `<prefix>.events`, as lines for people or one
+//! CloudEvent per line (`--output json`).
+
+use kiln_protocol::{Level, Phase};
+
+use super::exit;
+use super::output::{Output, Received, human_line};
+use crate::config::Connections;
+
+pub const AFTER_HELP: &str = "\
+Runs until interrupted. Filters combine: --build narrows to one build, each
+--phase adds a phase (build and image events of that phase).
+
+Examples:
+  kiln watch
+  kiln watch --build shop-cart-1.2.3-7f3a
+  kiln watch --phase failed --phase retrying
+  kiln watch --output json | jq 'select(.data.phase == \"succeeded\") | .data.imageRefs'";
+
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Only the events of this build.
+    #[arg(long, value_name = "ID")]
+    pub build: Option<String>,
+    /// Only events of this phase (repeatable).
+    #[arg(long = "phase", value_name = "PHASE", value_parser = parse_phase)]
+    pub phases: Vec<Phase>,
+    /// Stop after the terminal event of the build given with --build.
+    #[arg(long, requires = "build")]
+    pub until_done: bool,
+    /// `text`: one line per event; `json`: one CloudEvent per line.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+    #[command(flatten)]
+    pub connections: Connections,
+}
+
+fn parse_phase(s: &str) -> Result<Phase, String> {
+    Phase::ALL
+        .into_iter()
+        .find(|p| p.as_str() == s)
+        .ok_or_else(|| {
+            let all: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+            format!("{s:?} is not a phase; use one of {}", all.join(", "))
+        })
+}
+
+/// Binding keys for the phases asked for (`#`: everything).
+fn binding_keys(phases: &[Phase]) -> Vec<String> {
+    if phases.is_empty() {
+        return vec!["#".to_owned()];
+    }
+    let mut keys = Vec::new();
+    for p in phases {
+        for level in [Level::Build, Level::Image] {
+            let key = kiln_protocol::routing_key(level, *p);
+            if p.valid_for(level) && !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
+    let broker = super::connect_broker(&args.connections, "watch").await?;
+    let keys = binding_keys(&args.phases);
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut sub = super::subscribe(&broker, &key_refs).await?;
+    if args.output == Output::Text {
+        eprintln!(
+            "watching {}{} (Ctrl-C to stop)",
+            broker.names().events(),
+            args.build
+                .as_deref()
+                .map(|b| format!(" for build {b}"))
+                .unwrap_or_default()
+        );
+    }
+    let result = loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else {
+                    break Err(anyhow::anyhow!("lost the connection to RabbitMQ while watching"));
+                };
+                let Some(r) = Received::decode(&msg.body) else {
+                    if args.output == Output::Text {
+                        eprintln!("kiln: skipped a message that is not a Kiln event (routing key {})", msg.routing_key);
+                    }
+                    continue;
+                };
+                if args.build.as_ref().is_some_and(|b| *b != r.event.data.build_id) {
+                    continue;
+                }
+                match args.output {
+                    Output::Text => println!("{}", human_line(&r.event)),
+                    Output::Json => println!("{}", r.json_line()),
+                }
+                if args.until_done && r.event.level() == Level::Build && r.event.is_terminal() {
+                    break Ok(exit::OK);
+                }
+            }
+            () = super::ctrl_c() => break Ok(exit::OK),
+        }
+    };
+    sub.close().await;
+    broker.close().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(binding_keys(&[]), ["#"]);
+        assert_eq!(
+            binding_keys(&[Phase::Failed, Phase::Running, Phase::Accepted]),
+            [
+                "build.failed",
+                "image.failed",
+                "image.running",
+                "build.accepted"
+            ]
+        );
+    }
+
+    #[test]
+    fn phases_parse() {
+        assert_eq!(parse_phase("retrying"), Ok(Phase::Retrying));
+        assert!(parse_phase("done").is_err_and(|e| e.contains("scheduled")));
+    }
+}

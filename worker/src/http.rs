@@ -1,0 +1,379 @@
+//! The worker's HTTP server on `KILN_METRICS_ADDR`: Prometheus metrics,
+//! liveness, readiness and a status page of the builds in the cluster.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` | Prometheus metrics (OpenMetrics text) |
+//! | `/healthz` | 200 `ok` while the process runs |
+//! | `/readyz` | 200 `ok` when RabbitMQ is connected, Redis and the Kubernetes API answer and the build consumer runs; else 503 with one line per failing check |
+//! | `/` | status page: builds in flight across the cluster and recent outcomes (server-rendered HTML, no JavaScript) |
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::cluster::Snapshot;
+use crate::error::{Error, Result};
+use crate::supervisor::Context;
+
+/// How long one readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most this many builds are listed on the status page.
+const PAGE_BUILDS: usize = 500;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The routes, for [`serve`] and for tests that bring their own listener.
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(ctx)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {addr} (KILN_METRICS_ADDR): {e}")))?;
+    serve_on(listener, ctx, shutdown).await
+}
+
+/// Serves on a bound listener (port 0 in tests) until `shutdown` resolves.
+pub async fn serve_on(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the status page");
+    }
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Config(format!("metrics server failed: {e}")))
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(TEXT)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "not found\n".to_owned())
+}
+
+async fn healthz() -> Response {
+    text(StatusCode::OK, "ok\n".to_owned())
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
+    ctx.metrics
+        .cluster_builds_in_flight
+        .set(i64::try_from(ctx.cluster.len()).unwrap_or(i64::MAX));
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS))],
+        ctx.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// One readiness check and why it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub problem: Option<String>,
+}
+
+async fn timed(f: impl Future<Output = Result<()>>) -> Option<String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, f).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
+    }
+}
+
+/// Runs every readiness check (the slow ones concurrently) and records them
+/// in `kiln_dependency_up`.
+pub async fn readiness(ctx: &Context) -> Vec<Check> {
+    let (redis, kube) = tokio::join!(timed(ctx.leases.ping()), timed(ctx.pods.ping()));
+    let checks = vec![
+        Check {
+            name: "rabbitmq",
+            problem: (!ctx.broker.is_connected()).then(|| "not connected".to_owned()),
+        },
+        Check {
+            name: "redis",
+            problem: redis,
+        },
+        Check {
+            name: "kubernetes",
+            problem: kube,
+        },
+        Check {
+            name: "consumer",
+            problem: (!ctx.is_consuming()).then(|| "build consumer not running".to_owned()),
+        },
+    ];
+    for c in &checks {
+        ctx.metrics.dependency(c.name, c.problem.is_none());
+    }
+    checks
+}
+
+async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
+    let checks = readiness(&ctx).await;
+    let failing: Vec<String> = checks
+        .iter()
+        .filter_map(|c| c.problem.as_ref().map(|p| format!("{}: {p}\n", c.name)))
+        .collect();
+    if failing.is_empty() {
+        text(StatusCode::OK, "ok\n".to_owned())
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, failing.concat())
+    }
+}
+
+/// One image row of the in-flight table.
+#[derive(Debug)]
+struct Row {
+    first: bool,
+    span: usize,
+    build: String,
+    namespace: String,
+    worker: String,
+    image: String,
+    pod: String,
+    phase: &'static str,
+    detail: Option<String>,
+    attempt: u32,
+    age: String,
+}
+
+#[derive(Debug)]
+struct RecentRow {
+    build: String,
+    phase: &'static str,
+    inferred: bool,
+    images: usize,
+    took: String,
+    ago: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "status.html")]
+struct StatusPage {
+    worker: String,
+    source: String,
+    version: &'static str,
+    consuming: bool,
+    local_builds: usize,
+    total: usize,
+    hidden: usize,
+    rows: Vec<Row>,
+    recent: Vec<RecentRow>,
+    generated: String,
+}
+
+/// `3s`, `4m05s`, `2h10m`, `3d04h`.
+pub fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+fn since(from: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let d = now
+        .duration_since(from)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    short_duration(d)
+}
+
+fn page(
+    ctx: &Context,
+    snap: Snapshot,
+    holders: &HashMap<String, String>,
+    now: jiff::Timestamp,
+) -> StatusPage {
+    let mut rows = Vec::new();
+    for b in &snap.in_flight {
+        let span = b.images.len().max(1);
+        let worker = holders
+            .get(&b.id)
+            .cloned()
+            .unwrap_or_else(|| "-".to_owned());
+        for (i, img) in b.images.iter().enumerate() {
+            rows.push(Row {
+                first: i == 0,
+                span,
+                build: b.id.clone(),
+                namespace: b.namespace.clone(),
+                worker: worker.clone(),
+                image: img.name.clone(),
+                pod: img.pod.clone(),
+                phase: img.phase,
+                detail: img.detail.clone(),
+                attempt: img.attempt,
+                age: since(b.first_seen, now),
+            });
+        }
+    }
+    let recent = snap
+        .recent
+        .iter()
+        .map(|o| RecentRow {
+            build: o.id.clone(),
+            phase: o.phase.as_str(),
+            inferred: o.inferred,
+            images: o.images,
+            took: o
+                .first_seen
+                .map_or_else(|| "-".to_owned(), |f| since(f, o.finished_at)),
+            ago: since(o.finished_at, now),
+        })
+        .collect();
+    StatusPage {
+        worker: ctx.settings.worker.clone(),
+        source: ctx.settings.source.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        consuming: ctx.is_consuming(),
+        local_builds: ctx.builds_in_flight(),
+        total: snap.in_flight_total,
+        hidden: snap.in_flight_total.saturating_sub(snap.in_flight.len()),
+        rows,
+        recent,
+        generated: now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    }
+}
+
+async fn status_page(State(ctx): State<Arc<Context>>) -> Response {
+    let snap = ctx.cluster.snapshot(PAGE_BUILDS);
+    let ids: Vec<String> = snap.in_flight.iter().map(|b| b.id.clone()).collect();
+    // The lease holder is the build's worker; without Redis the column
+    // stays empty rather than the page failing.
+    let holders: HashMap<String, String> =
+        match tokio::time::timeout(CHECK_TIMEOUT, ctx.leases.holders(&ids)).await {
+            Ok(Ok(h)) => ids
+                .into_iter()
+                .zip(h)
+                .filter_map(|(id, w)| w.map(|w| (id, w)))
+                .collect(),
+            _ => HashMap::new(),
+        };
+    let page = page(&ctx, snap, &holders, jiff::Timestamp::now());
+    match page.render() {
+        Ok(html) => (
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            Html(html),
+        )
+            .into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render the status page: {e}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(short_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(short_duration(Duration::from_secs(245)), "4m05s");
+        assert_eq!(short_duration(Duration::from_secs(7800)), "2h10m");
+        assert_eq!(
+            short_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
+            "3d04h"
+        );
+    }
+
+    #[test]
+    fn the_page_renders_builds_and_outcomes() {
+        let page = StatusPage {
+            worker: "kiln-a".into(),
+            source: "urn:kiln:test".into(),
+            version: "0.0.0",
+            consuming: true,
+            local_builds: 1,
+            total: 1,
+            hidden: 0,
+            rows: vec![
+                Row {
+                    first: true,
+                    span: 2,
+                    build: "shop-<1>".into(),
+                    namespace: "kiln-builds".into(),
+                    worker: "kiln-a".into(),
+                    image: "api".into(),
+                    pod: "kiln-shop-1-api-2".into(),
+                    phase: "scheduled",
+                    detail: Some("ImagePullBackOff".into()),
+                    attempt: 2,
+                    age: "4m05s".into(),
+                },
+                Row {
+                    first: false,
+                    span: 2,
+                    build: "shop-<1>".into(),
+                    namespace: "kiln-builds".into(),
+                    worker: "kiln-a".into(),
+                    image: "web".into(),
+                    pod: "kiln-shop-1-web-1".into(),
+                    phase: "running",
+                    detail: None,
+                    attempt: 1,
+                    age: "4m05s".into(),
+                },
+            ],
+            recent: vec![RecentRow {
+                build: "old".into(),
+                phase: "failed",
+                inferred: true,
+                images: 1,
+                took: "1m00s".into(),
+                ago: "5s".into(),
+            }],
+            generated: "now".into(),
+        };
+        let html = page.render().expect("renders");
+        assert!(html.contains(r#"<meta name="viewport""#));
+        assert!(!html.contains("<script"));
+        // Escaped, once per build.
+        assert_eq!(html.matches("shop-&#60;1&#62;").count(), 1, "{html}");
+        assert!(html.contains(r#"rowspan="2""#));
+        assert!(html.contains("scheduled (ImagePullBackOff)"));
+        assert!(html.contains("failed*"));
+    }
+}
