@@ -226,7 +226,7 @@ pub struct BuildEvent {
     pub data: EventData,
 }
 
-/// The payload of a [`BuildEvent`].
+/// The payload of a Kiln event.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EventData {

@@ -184,9 +184,9 @@ pub struct Resources {
     pub memory: Option<String>,
 }
 
-/// Where the build context comes from. Exactly one field is set; it is a
-/// struct rather than an enum so the JSON stays `{"git": {...}}` and unknown
-/// keys are reported by name.
+// A struct rather than an enum so the JSON stays `{"git": {...}}` and an
+// unknown key is reported by name; `validate` enforces "exactly one".
+/// Where the build context comes from: exactly one of `git`, `s3` or `url`.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("minProperties" = 1, "maxProperties" = 1))]

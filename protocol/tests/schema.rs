@@ -65,3 +65,55 @@ fn schemas_are_valid_draft_2020_12() {
         jsonschema::draft202012::new(&s).unwrap();
     }
 }
+
+/// Events as the worker builds them satisfy the committed event schema.
+#[test]
+fn built_events_match_the_committed_schema() {
+    use kiln_protocol::{BuildEvent, EventData, ImageSummary, Phase, PodRef, Reason, mask_secrets};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/build-event.schema.json");
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let time: jiff::Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+    let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    let mut failed = EventData::for_image("b-1", "api", 2, Phase::Failed);
+    failed.pod = Some(PodRef {
+        namespace: "kiln-builds".into(),
+        name: "kiln-b-1-api-2".into(),
+    });
+    failed.reason = Some(Reason::OOMKilled);
+    failed.exit_code = Some(137);
+    failed.message = Some("the build container ran out of memory".into());
+    failed.log_tail = Some(mask_secrets(&"é".repeat(10_000), &[]));
+    failed.started_at = Some(time);
+    failed.finished_at = Some(time);
+    failed.duration_seconds = Some(0.0);
+
+    let mut retrying = EventData::for_image("b-1", "api", 1, Phase::Retrying);
+    retrying.retry_in_seconds = Some(12.5);
+    retrying.reason = Some(Reason::PushError);
+
+    let mut done = EventData::for_build("b-1", Phase::Succeeded);
+    done.tenant = Some("payments".into());
+    done.images = Some(vec![ImageSummary {
+        name: "api".into(),
+        phase: Phase::Succeeded,
+        digest: Some(digest.into()),
+        attempts: 2,
+        image_refs: vec![format!("registry.example.com/a:1@{digest}")],
+        reason: None,
+    }]);
+
+    for data in [failed, retrying, done] {
+        let ev = BuildEvent::new("urn:kiln:test", "kiln-0", time, data).with_traceparent(Some(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        ));
+        ev.validate().unwrap();
+        let v = serde_json::to_value(&ev).unwrap();
+        let problems: Vec<String> = validator
+            .iter_errors(&v)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(problems.is_empty(), "{}: {problems:?}", ev.id);
+    }
+}

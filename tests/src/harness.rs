@@ -64,6 +64,13 @@ impl Env {
     /// Fresh prefixes, fake cluster, topology declared, events subscribed.
     pub async fn new() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kiln_worker=info")),
+            )
+            .try_init();
         let prefix = unique("kiln-test");
         let redis_prefix = format!("{prefix}:");
         let kube = FakeKube::start().await;
@@ -346,30 +353,25 @@ impl Env {
         let out = tokio::process::Command::new("rabbitmqctl")
             .args([
                 "-q",
+                "--no-table-headers",
                 "list_connections",
                 "pid",
                 "client_properties",
-                "--formatter",
-                "json",
             ])
             .output()
             .await;
         let Ok(out) = out else { return false };
-        let Ok(list) = serde_json::from_slice::<Vec<Value>>(&out.stdout) else {
-            return false;
-        };
+        let text = String::from_utf8_lossy(&out.stdout);
         let mut closed = false;
-        for c in list {
-            let props = c["client_properties"].to_string();
-            if props.contains(&name)
-                && let Some(pid) = c["pid"].as_str()
-            {
-                let st = tokio::process::Command::new("rabbitmqctl")
-                    .args(["-q", "close_connection", pid, "kiln test: connection cut"])
-                    .status()
-                    .await;
-                closed |= st.is_ok_and(|s| s.success());
-            }
+        for line in text.lines().filter(|l| l.contains(&name)) {
+            let Some(pid) = line.split_whitespace().next() else {
+                continue;
+            };
+            let st = tokio::process::Command::new("rabbitmqctl")
+                .args(["-q", "close_connection", pid, "kiln test: connection cut"])
+                .status()
+                .await;
+            closed |= st.is_ok_and(|s| s.success());
         }
         closed
     }

@@ -650,3 +650,23 @@ pub fn url_user(url: &str) -> Result<String> {
         .map_err(|e| Error::Config(format!("invalid AMQP URL {}: {e}", redact_url(url))))?;
     Ok(uri.authority.userinfo.username)
 }
+
+impl Broker {
+    /// Connects once, without auto-recovery or reconnect attempts: for the
+    /// short-lived client commands, which should fail at once (and say why)
+    /// when the broker cannot be reached rather than retry for minutes.
+    pub async fn connect_client(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
+        let props = ConnectionProperties::default()
+            .with_backoff(ExponentialBuilder::default().with_max_times(0))
+            .with_connection_name(LongString::from(connection_name.to_owned()));
+        let conn = Connection::connect(url, props)
+            .await
+            .map_err(|e| Error::Amqp(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        let publisher = Self::confirm_channel(&conn).await?;
+        Ok(Self {
+            conn,
+            publisher: RwLock::new(publisher),
+            names: Names::new(prefix),
+        })
+    }
+}

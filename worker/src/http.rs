@@ -221,7 +221,7 @@ fn since(from: jiff::Timestamp, now: jiff::Timestamp) -> String {
 
 fn page(
     ctx: &Context,
-    snap: Snapshot,
+    snap: &Snapshot,
     holders: &HashMap<String, String>,
     now: jiff::Timestamp,
 ) -> StatusPage {
@@ -290,7 +290,7 @@ async fn status_page(State(ctx): State<Arc<Context>>) -> Response {
                 .collect(),
             _ => HashMap::new(),
         };
-    let page = page(&ctx, snap, &holders, jiff::Timestamp::now());
+    let page = page(&ctx, &snap, &holders, jiff::Timestamp::now());
     match page.render() {
         Ok(html) => (
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],

@@ -17,6 +17,7 @@ pub mod pod;
 pub mod policy;
 pub mod render;
 pub mod supervisor;
+pub mod telemetry;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -58,7 +58,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     runtime.block_on(async move {
         match cli.command {
             Command::Worker(config) => {
-                init_tracing();
+                // Flushes exported spans when the worker returns.
+                let _telemetry = kiln_worker::telemetry::init();
                 match kiln_worker::worker::run(*config, None, shutdown_signal()).await {
                     Ok(()) => Ok(0),
                     Err(e) => {
@@ -70,20 +71,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Client(command) => cli::run(command, Cli::command).await,
         }
     })
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("KILN_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

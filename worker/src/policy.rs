@@ -301,7 +301,11 @@ impl DestinationPrefix {
         }
         let mut parts = p.split('/');
         let host = parts.next().unwrap_or_default();
-        if !(host.contains('.') || host.contains(':') || host.starts_with("localhost")) {
+        if !(host.contains('.')
+            || host.contains(':')
+            || host == "localhost"
+            || host.starts_with("localhost:"))
+        {
             return Err(format!(
                 "{} must start with a registry host, e.g. \"docker.io/{p}\" or \"registry.example.com/{p}\"",
                 quote(s)
@@ -607,6 +611,7 @@ fn default_secret_access_key_key() -> String {
 
 #[derive(Deserialize, Default, Clone)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(clippy::struct_field_names)] // the names are the file format
 struct CapsFile {
     #[serde(default)]
     max_attempts: Option<u32>,
@@ -1090,14 +1095,18 @@ impl Resolver {
         }
     }
 
+    /// Checks a Kubernetes object name: a DNS label for namespaces, a DNS
+    /// subdomain for the rest.
     fn name(&mut self, path: String, value: &str, what: &str, check: fn(&str) -> bool) {
         if !check(value) {
+            let rule = if what.starts_with("namespace") {
+                "1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+            } else {
+                "lowercase letters, digits, '-' and '.', at most 253"
+            };
             self.problem(
                 path,
-                format!(
-                    "{} is not a valid {what} (lowercase letters, digits, '-' and '.')",
-                    quote(value)
-                ),
+                format!("{} is not a valid {what} ({rule})", quote(value)),
             );
         }
     }

@@ -588,6 +588,7 @@ fn spawn_build(
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let span = tracing::info_span!("build", build_id = %id);
+        crate::telemetry::set_parent(&span, machine.plan().traceparent.as_deref());
         let _ = tracing::Instrument::instrument(
             drive(ctx.clone(), machine, actions, rx, stop, acc_tx),
             span,
@@ -932,12 +933,15 @@ async fn notice_loop(ctx: Arc<Context>, stop: CancellationToken) {
 
 /// Periodically adopts foreign builds whose lease lapsed.
 async fn adopt_loop(ctx: Arc<Context>, stop: CancellationToken) {
+    // A build seen for the first time is checked at the next tick; after
+    // that, every half lease TTL (a lapsed lease is found within one TTL).
     let every = (ctx.leases.ttl() / 2).max(Duration::from_millis(200));
+    let tick = every.min(Duration::from_secs(1));
     let mut adopting: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
         let due: Vec<(String, String)> = {

@@ -251,7 +251,13 @@ pub(crate) async fn dispatch(State(app): State<App>, req: Request) -> Response {
         .to_owned();
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY).await;
     let r = route(uri.path());
-    let (verb, resource, sub, ns, name) = describe(&r, &method, &params);
+    let (verb, resource, sub, ns, mut name) = describe(&r, &method, &params);
+    if verb == Verb::Create
+        && let Ok(b) = &body
+    {
+        // A create names its object in the body (audit logs do the same).
+        name = created_name(b);
+    }
     let resp = match body {
         Err(_) => ApiError::entity_too_large().into_response(),
         Ok(body) => {
@@ -276,6 +282,22 @@ pub(crate) async fn dispatch(State(app): State<App>, req: Request) -> Response {
         status: resp.status().as_u16(),
     });
     resp
+}
+
+/// `metadata.name` (or `generateName`) of a create's body.
+fn created_name(body: &Bytes) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        name: Option<String>,
+        generate_name: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Obj {
+        metadata: Option<Meta>,
+    }
+    let m = serde_json::from_slice::<Obj>(body).ok()?.metadata?;
+    m.name.filter(|n| !n.is_empty()).or(m.generate_name)
 }
 
 type Described = (

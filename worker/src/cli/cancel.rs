@@ -36,7 +36,7 @@ pub struct CancelArgs {
 pub async fn run(args: CancelArgs) -> anyhow::Result<u8> {
     let request = CancelRequest::new(args.id.clone(), args.reason.clone());
     if let Err(errs) = request.validate() {
-        for e in errs.iter() {
+        for e in &errs {
             eprintln!("kiln: {e}");
         }
         eprintln!("kiln: nothing was published");

@@ -135,7 +135,7 @@ pub fn fold(s: &str) -> String {
 pub async fn connect_broker(c: &Connections, what: &str) -> anyhow::Result<Broker> {
     let url = redact_url(&c.amqp_url);
     let name = format!("kiln {what}");
-    let connect = Broker::connect(&c.amqp_url, &c.amqp_prefix, &name);
+    let connect = Broker::connect_client(&c.amqp_url, &c.amqp_prefix, &name);
     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(broker)) => Ok(broker),
         Ok(Err(e)) => {

@@ -2,6 +2,7 @@
 //! image, attempt, pod, lease holder, pending cancel) and, when a kubeconfig
 //! or in-cluster config is available, from its pods.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -84,7 +85,7 @@ impl PodStatus {
         if let Some(t) = &v.terminated {
             let mut s = format!("exit code {}", t.exit_code);
             if let Some(r) = &t.reason {
-                s.push_str(&format!(" ({r})"));
+                let _ = write!(s, " ({r})");
             }
             detail.push(s);
         }

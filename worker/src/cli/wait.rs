@@ -9,6 +9,7 @@
 //! otherwise never arrive.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
@@ -442,10 +443,10 @@ fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started: Instant) -
         _ => {
             let mut head = format!("✘ build {} {phase}", f.build_id);
             if let Some(reason) = d.reason {
-                head.push_str(&format!(": {reason}"));
+                let _ = write!(head, ": {reason}");
             }
             if let Some(m) = d.message.as_deref().filter(|m| !m.is_empty()) {
-                head.push_str(&format!(": {}", super::fold(m)));
+                let _ = write!(head, ": {}", super::fold(m));
             }
             eprintln!("{head} ({})", short_duration(took));
             if let Some(images) = &d.images {
@@ -455,7 +456,7 @@ fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started: Instant) -
                         img.name, img.phase, img.attempts
                     );
                     if let Some(r) = img.reason {
-                        line.push_str(&format!(" ({r})"));
+                        let _ = write!(line, " ({r})");
                     }
                     eprintln!("{line}");
                 }
@@ -482,16 +483,16 @@ fn print_failure(name: &str, ev: &BuildEvent) {
     let d = &ev.data;
     let mut line = format!("  {name} failed");
     if let Some(a) = attempt(ev) {
-        line.push_str(&format!(" on {a}"));
+        let _ = write!(line, " on {a}");
     }
     if let Some(r) = d.reason {
-        line.push_str(&format!(": {r}"));
+        let _ = write!(line, ": {r}");
     }
     if let Some(m) = d.message.as_deref().filter(|m| !m.is_empty()) {
-        line.push_str(&format!(": {}", super::fold(m)));
+        let _ = write!(line, ": {}", super::fold(m));
     }
     if let Some(c) = d.exit_code {
-        line.push_str(&format!(" (exit code {c})"));
+        let _ = write!(line, " (exit code {c})");
     }
     eprintln!("{line}");
     if let Some(tail) = d.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
@@ -575,7 +576,7 @@ fn report_record(f: &Follow, rec: &BuildRecord) -> u8 {
     for (name, img) in &rec.images {
         let mut line = format!("  {name}: {} (attempt {})", img.phase, img.attempt);
         if let Some(pod) = &img.pod {
-            line.push_str(&format!(" pod {pod}"));
+            let _ = write!(line, " pod {pod}");
         }
         eprintln!("{line}");
     }

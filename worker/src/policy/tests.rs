@@ -22,10 +22,8 @@ fn request(extra: serde_json::Value) -> BuildRequest {
         "id": "b-1",
         "images": [image("api", "registry.example.com/payments/api:1")],
     });
-    if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            base.insert(k.clone(), v.clone());
-        }
+    if let (Some(base), serde_json::Value::Object(extra)) = (base.as_object_mut(), extra) {
+        base.extend(extra);
     }
     serde_json::from_value(base).unwrap()
 }
@@ -846,4 +844,25 @@ fn quantity_comparison_is_exact_and_symmetric() {
     assert!(Quantity::parse("1.2.3").is_err());
     assert!(Quantity::parse(".").is_err());
     assert!(Quantity::parse("1Ki1").is_err());
+}
+
+#[test]
+fn prefixes_need_a_registry_host() {
+    for ok in [
+        "localhost",
+        "localhost:5000/x",
+        "docker.io/acme",
+        "10.0.0.1:5000/team",
+    ] {
+        assert!(DestinationPrefix::parse(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "acme",
+        "localhostfoo/x",
+        "acme/app",
+        "registry.example.com/x@sha256:abc",
+        "registry.example.com/Team",
+    ] {
+        assert!(DestinationPrefix::parse(bad).is_err(), "{bad}");
+    }
 }

@@ -1,0 +1,258 @@
+//! Scenarios with faults: a worker killed or stopped mid-build, Kubernetes
+//! API errors, the RabbitMQ connection cut, Redis losing its keys.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use kiln_protocol::Phase;
+use kiln_tests::fakekube::{Fate, FaultResponse, FaultRule, Resource, Timing, Verb};
+use kiln_tests::harness::{
+    Env, is_build_terminal, one_image, pod_labels, sequence, two_images, unique,
+};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+/// Pods take `running` to finish successfully, long enough to disturb the
+/// worker while they run.
+fn slow_pods(env: &Env, running: Duration) {
+    env.kube.kubelet().set_script(|_| Fate::succeed());
+    env.kube.kubelet().set_timing(Timing {
+        pending: Duration::from_millis(50),
+        running,
+        terminating: Duration::ZERO,
+    });
+}
+
+fn successful_pod_creates(env: &Env) -> usize {
+    env.kube
+        .calls()
+        .iter()
+        .filter(|c| c.verb == Verb::Create && c.resource == Resource::Pods && c.succeeded())
+        .count()
+}
+
+async fn wait_running(env: &mut Env, id: &str, n: usize) {
+    let mut running = 0;
+    while running < n {
+        let ev = env.next_event(WAIT).await.expect("events");
+        if ev.data.build_id == id && ev.data.phase == Phase::Running {
+            running += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_is_taken_over_without_rebuilding() {
+    let mut env = Env::new().await;
+    slow_pods(&env, Duration::from_secs(8));
+    let first = env.start_worker();
+    let id = unique("takeover");
+    env.publish(&two_images(&id)).await;
+    wait_running(&mut env, &id, 2).await;
+    env.kill_worker(first).await;
+    let pods_before = env.pod_names();
+    assert_eq!(pods_before.len(), 2);
+    // A second worker adopts once the lease lapses (2 s in tests), while
+    // the pods still run.
+    env.start_worker();
+    let events = env.events_of(&id, WAIT).await;
+    let terminal: Vec<_> = events.iter().filter(|e| is_build_terminal(e)).collect();
+    assert_eq!(terminal.len(), 1, "{:?}", sequence(&events));
+    assert_eq!(terminal[0].data.phase, Phase::Succeeded);
+    assert_ne!(
+        terminal[0].kilnworker, events[0].kilnworker,
+        "finished by the second worker"
+    );
+    // Exactly one pod per image: nothing was built again.
+    assert_eq!(successful_pod_creates(&env), 2);
+    assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_builds_over_at_once() {
+    let mut env = Env::new().await;
+    slow_pods(&env, Duration::from_secs(5));
+    let first = env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(30));
+    let id = unique("handover");
+    env.publish(&one_image(&id)).await;
+    wait_running(&mut env, &id, 1).await;
+    env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(30));
+    // Let the second worker connect and see the pod, so the release notice
+    // (not the lease lapsing) is what moves the build.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.stop_worker(first).await;
+    // The lease would last 30 s; the release notice makes the other worker
+    // adopt now, well before the pod ends.
+    let events = env.events_of(&id, Duration::from_secs(15)).await;
+    let seq = sequence(&events);
+    assert_eq!(
+        seq.last().map(String::as_str),
+        Some("build.succeeded"),
+        "{seq:?}"
+    );
+    assert_eq!(events.iter().filter(|e| is_build_terminal(e)).count(), 1);
+    assert_eq!(successful_pod_creates(&env), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_errors_during_create_are_retried() {
+    let mut env = Env::new().await;
+    env.kube.faults().add(
+        FaultRule::new(Verb::Create, Resource::Pods)
+            .respond(FaultResponse::InternalError)
+            .times(3),
+    );
+    env.kube.faults().add(
+        FaultRule::new(Verb::Create, Resource::Pods)
+            .respond(FaultResponse::TooManyRequests)
+            .times(1),
+    );
+    env.start_worker();
+    let id = unique("kube500");
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events),
+        [
+            "build.accepted",
+            "image.scheduled:api#1",
+            "image.running:api#1",
+            "image.succeeded:api#1",
+            "build.succeeded"
+        ]
+    );
+    assert_eq!(env.kube.faults().injected_count(), 4);
+    assert_eq!(successful_pod_creates(&env), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_interruptions_lose_nothing() {
+    let mut env = Env::new().await;
+    slow_pods(&env, Duration::from_secs(4));
+    env.start_worker();
+    let id = unique("watch");
+    env.publish(&one_image(&id)).await;
+    wait_running(&mut env, &id, 1).await;
+    env.kube.faults().expire_history();
+    env.kube.faults().close_watches();
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events).last().map(String::as_str),
+        Some("build.succeeded")
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_connection_cut_mid_build() {
+    let mut env = Env::new().await;
+    slow_pods(&env, Duration::from_secs(4));
+    let w = env.start_worker();
+    let id = unique("amqpcut");
+    env.publish(&one_image(&id)).await;
+    wait_running(&mut env, &id, 1).await;
+    assert!(
+        env.close_worker_connection(w).await,
+        "could not close the worker's connection"
+    );
+    let events = env.events_of(&id, WAIT).await;
+    let seq = sequence(&events);
+    assert_eq!(
+        seq.last().map(String::as_str),
+        Some("build.succeeded"),
+        "{seq:?}"
+    );
+    assert_eq!(events.iter().filter(|e| is_build_terminal(e)).count(), 1);
+    // And the worker still takes new work after recovering.
+    let next = unique("after");
+    env.publish(&one_image(&next)).await;
+    let events = env.events_of(&next, WAIT).await;
+    assert_eq!(
+        sequence(&events).last().map(String::as_str),
+        Some("build.succeeded")
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_mid_build() {
+    let mut env = Env::new().await;
+    slow_pods(&env, Duration::from_secs(4));
+    env.start_worker();
+    let id = unique("flush");
+    env.publish(&one_image(&id)).await;
+    wait_running(&mut env, &id, 1).await;
+    env.flush_redis().await;
+    let events = env.events_of(&id, WAIT).await;
+    let seq = sequence(&events);
+    assert_eq!(
+        seq.last().map(String::as_str),
+        Some("build.succeeded"),
+        "{seq:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| is_build_terminal(e)).count(),
+        1,
+        "{seq:?}"
+    );
+    assert_eq!(successful_pod_creates(&env), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_travels_to_every_event() {
+    let mut env = Env::new().await;
+    env.start_worker();
+    let id = unique("trace");
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    env.publish_with_traceparent(&one_image(&id), tp).await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(events.len(), 5);
+    for ev in &events {
+        assert_eq!(ev.traceparent.as_deref(), Some(tp), "{}", ev.id);
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_attempt_pod_exists_before_the_failed_one_goes() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|pod| {
+        if pod_labels(pod).1 == 1 {
+            Fate::Evicted
+        } else {
+            Fate::RunForever
+        }
+    });
+    env.start_worker();
+    let id = unique("order");
+    env.publish(&one_image(&id)).await;
+    wait_running(&mut env, &id, 1).await; // attempt 1 runs, then is evicted
+    let second = kiln_protocol::pod_name(&id, "api", 2);
+    assert!(
+        env.eventually(WAIT, |e| e.pod_names().contains(&second))
+            .await
+    );
+    // Attempt 1's pod is deleted only after attempt 2's exists.
+    let calls = env.kube.calls();
+    let created2 = calls.iter().position(|c| {
+        c.verb == Verb::Create && c.name.as_deref() == Some(second.as_str()) && c.succeeded()
+    });
+    let first = kiln_protocol::pod_name(&id, "api", 1);
+    let deleted1 = calls
+        .iter()
+        .position(|c| c.verb == Verb::Delete && c.name.as_deref() == Some(first.as_str()));
+    if let (Some(c), Some(d)) = (created2, deleted1) {
+        assert!(c < d, "attempt 1 deleted before attempt 2 existed");
+    }
+    env.cancel(&id, "done").await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events).last().map(String::as_str),
+        Some("build.cancelled")
+    );
+    env.cleanup().await;
+}

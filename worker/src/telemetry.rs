@@ -1,0 +1,238 @@
+//! Logs and traces.
+//!
+//! [`init`] installs the `tracing` subscriber: human-readable lines on stderr,
+//! or JSON lines with `KILN_LOG_FORMAT=json`, filtered by `RUST_LOG` (default
+//! `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans are also exported over
+//! OTLP/gRPC (e.g. `http://otel-collector:4317`; `https://` uses the system's
+//! roots) in batches; the usual `OTEL_*` variables (`OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_*`) apply. Without an endpoint no
+//! OpenTelemetry layer is installed and the trace helpers do nothing.
+//!
+//! A request's W3C `traceparent` header becomes the parent of the build's span
+//! ([`set_parent`]), so a build's spans join the publisher's trace; events
+//! carry the same `traceparent` (DESIGN section 2).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Whether spans are exported (an OTLP endpoint was configured).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// How long [`Guard`] waits for the last spans to leave.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Flushes and stops the span exporter when dropped (at the end of `main`).
+#[must_use = "spans are flushed when the guard is dropped"]
+#[derive(Debug, Default)]
+pub struct Guard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
+        EXPORTING.store(false, Ordering::Relaxed);
+        let flush = move || {
+            if let Err(e) = provider.shutdown_with_timeout(FLUSH_TIMEOUT) {
+                eprintln!("kiln: could not flush spans: {e}");
+            }
+        };
+        // The exporter's gRPC connection runs on the tokio runtime: let it
+        // make progress while this thread waits.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(flush);
+            }
+            _ => flush(),
+        }
+    }
+}
+
+/// The configured OTLP trace endpoint, if any.
+pub fn otlp_endpoint() -> Option<String> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// Installs the global subscriber (see the module docs). Call once, inside
+/// the tokio runtime, and keep the guard until the process ends.
+pub fn init() -> Guard {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("KILN_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    let (otel, provider, problem) = match otlp_endpoint() {
+        None => (None, None, None),
+        Some(endpoint) => match tracer_provider(&endpoint) {
+            Ok(provider) => {
+                let tracer = provider.tracer("kiln");
+                // The exporter's own HTTP/2 client must not trace into itself.
+                let quiet = Targets::new()
+                    .with_default(LevelFilter::TRACE)
+                    .with_target("h2", LevelFilter::OFF)
+                    .with_target("hyper", LevelFilter::OFF)
+                    .with_target("hyper_util", LevelFilter::OFF)
+                    .with_target("tonic", LevelFilter::OFF)
+                    .with_target("tower", LevelFilter::OFF)
+                    .with_target("opentelemetry", LevelFilter::OFF);
+                let layer = tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(quiet);
+                (Some(layer), Some(provider), None)
+            }
+            Err(e) => (None, None, Some(format!("{endpoint}: {e}"))),
+        },
+    };
+    let exporting = provider.is_some();
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if exporting && installed {
+        EXPORTING.store(true, Ordering::Relaxed);
+        tracing::info!(endpoint = ?otlp_endpoint(), "exporting spans over OTLP/gRPC");
+    }
+    if let Some(problem) = problem {
+        tracing::warn!("not exporting spans: {problem}");
+    }
+    Guard {
+        provider: provider.filter(|_| installed),
+    }
+}
+
+fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithTonicConfig as _;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err("telemetry::init must run inside the tokio runtime".into());
+    }
+    // The exporter reads the endpoint, headers and timeout from `OTEL_*`.
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if endpoint.trim_start().starts_with("https://") {
+        builder = builder.with_tls_config(
+            opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots(),
+        );
+    }
+    let exporter = builder.build().map_err(|e| e.to_string())?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("kiln-worker");
+    }
+    resource = resource.with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// Whether spans are exported.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// The trace context a W3C `traceparent` value names, if it is valid.
+pub fn parent_context(traceparent: &str) -> Option<opentelemetry::Context> {
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.trim().to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// A request's `traceparent` header (any case), normalised, if it is a valid
+/// W3C trace context.
+pub fn traceparent_from_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<String> {
+    let value = headers
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+        .map(|(_, v)| v)?;
+    let cx = parent_context(value)?;
+    let mut out = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut out);
+    out.remove("traceparent")
+}
+
+/// Makes the request's trace the parent of `span` (the build's span). Does
+/// nothing when spans are not exported or the value is not a trace context.
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    if !exporting() {
+        return;
+    }
+    if let Some(cx) = traceparent.and_then(parent_context) {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The `traceparent` of `span` itself, to hand to a downstream system.
+/// None when spans are not exported.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if !exporting() {
+        return None;
+    }
+    let mut out = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut out);
+    out.remove("traceparent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparents_parse_and_normalise() {
+        let cx = parent_context(TP).expect("valid");
+        assert_eq!(
+            cx.span().span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(parent_context("garbage").is_none());
+        assert!(
+            parent_context("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
+        let headers = [("content-type", "x"), ("TraceParent", TP)];
+        assert_eq!(traceparent_from_headers(headers).as_deref(), Some(TP));
+        assert_eq!(traceparent_from_headers([("traceparent", "nope")]), None);
+    }
+
+    #[test]
+    fn without_an_endpoint_the_helpers_cost_nothing() {
+        let span = tracing::info_span!("build");
+        set_parent(&span, Some(TP));
+        assert_eq!(traceparent_of(&span), None);
+        drop(Guard::default());
+    }
+}
