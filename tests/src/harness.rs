@@ -131,7 +131,7 @@ impl Env {
                 .expect("runtime");
             rt.block_on(async move {
                 let mut kc = kube::Config::new(url.parse().expect("fake url"));
-                kc.default_namespace = NAMESPACE.to_owned();
+                NAMESPACE.clone_into(&mut kc.default_namespace);
                 let client = kube::Client::try_from(kc).expect("kube client");
                 let shutdown = async move {
                     let _ = stop_rx.await;

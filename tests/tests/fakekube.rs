@@ -1434,3 +1434,55 @@ async fn dropping_stops_the_server() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(pods.list(&ListParams::default()).await.is_err());
 }
+
+/// 10,000 pods created by 64 concurrent clients while a label-selected
+/// watcher follows them to Succeeded. Run with `--ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test"]
+async fn ten_thousand_pods() {
+    let kube = start().await;
+    kube.kubelet().set_timing(Timing::instant());
+    let pods: Api<Pod> = Api::default_namespaced(kube.client());
+    let total = 10_000;
+    let watch_pods = pods.clone();
+    let follower = tokio::spawn(async move {
+        let mut done = std::collections::HashSet::new();
+        let mut events = watcher(
+            watch_pods,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln"),
+        )
+        .boxed();
+        while done.len() < total {
+            if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) =
+                events.next().await.unwrap()
+                && phase(Some(&p)) == Some("Succeeded")
+            {
+                done.insert(p.metadata.name.unwrap());
+            }
+        }
+    });
+    let start = std::time::Instant::now();
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                pods.create(&PostParams::default(), &kiln_pod(&format!("load-{i}")))
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(64)
+        .for_each(|_| async {})
+        .await;
+    let created = start.elapsed();
+    tokio::time::timeout(Duration::from_secs(300), follower)
+        .await
+        .unwrap()
+        .unwrap();
+    let all = start.elapsed();
+    println!(
+        "created {total} pods in {created:?} ({:.0}/s); all Succeeded after {all:?}; rv {}",
+        total as f64 / created.as_secs_f64(),
+        kube.resource_version()
+    );
+}

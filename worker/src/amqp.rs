@@ -353,10 +353,10 @@ impl Broker {
                 // (closed by the broker), open a fresh confirm channel.
                 if ch.wait_for_recovery(e.clone()).await.is_err() && self.is_connected() {
                     let mut slot = self.publisher.write().await;
-                    if slot.id() == ch.id() {
-                        if let Ok(fresh) = Self::confirm_channel(&self.conn).await {
-                            *slot = fresh;
-                        }
+                    if slot.id() == ch.id()
+                        && let Ok(fresh) = Self::confirm_channel(&self.conn).await
+                    {
+                        *slot = fresh;
                     }
                 }
                 Err(e.into())

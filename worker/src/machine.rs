@@ -8,7 +8,6 @@
 //! pod that produced it, and to publish the terminal `build.*` event before
 //! deleting the pods that remain.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +163,16 @@ impl Img {
     }
 }
 
+/// Where one image stands, for records and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageState {
+    pub name: String,
+    pub phase: Phase,
+    pub attempt: u32,
+    pub pod: Option<String>,
+    pub digest: Option<String>,
+}
+
 /// Where the build as a whole stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -300,19 +309,17 @@ impl Machine {
     }
 
     /// Current phase and attempt per image, for records and status.
-    pub fn image_states(&self) -> Vec<(String, Phase, u32, Option<String>, Option<String>)> {
+    pub fn image_states(&self) -> Vec<ImageState> {
         self.plan
             .images
             .iter()
             .zip(&self.images)
-            .map(|(spec, img)| {
-                (
-                    spec.name.clone(),
-                    img.state.phase(),
-                    img.attempt,
-                    img.pod.as_ref().map(|p| p.name.clone()),
-                    img.digest.clone(),
-                )
+            .map(|(spec, img)| ImageState {
+                name: spec.name.clone(),
+                phase: img.state.phase(),
+                attempt: img.attempt,
+                pod: img.pod.as_ref().map(|p| p.name.clone()),
+                digest: img.digest.clone(),
             })
             .collect()
     }
@@ -361,7 +368,7 @@ impl Machine {
                         exit_code: None,
                         log: None,
                     };
-                    out.extend(self.fail_attempt(image, f, None, now, wall));
+                    out.extend(self.fail_attempt(image, &f, None, now, wall));
                 }
             }
             Input::Observed { pod, log_tail } => {
@@ -432,7 +439,7 @@ impl Machine {
                         exit_code: None,
                         log: None,
                     };
-                    return self.fail_attempt(i, f, log_tail, now, wall);
+                    return self.fail_attempt(i, &f, log_tail, now, wall);
                 }
                 img.stuck = stuck;
                 Vec::new()
@@ -460,7 +467,7 @@ impl Machine {
                 img.pending_since = None;
                 vec![self.image_event(i, Phase::Succeeded, wall, |_| {})]
             }
-            Observation::Failed(f) => self.fail_attempt(i, f, log_tail, now, wall),
+            Observation::Failed(f) => self.fail_attempt(i, &f, log_tail, now, wall),
         }
     }
 
@@ -483,14 +490,14 @@ impl Machine {
             exit_code: None,
             log: None,
         };
-        self.fail_attempt(i, f, None, now, wall)
+        self.fail_attempt(i, &f, None, now, wall)
     }
 
     /// An attempt failed: retry after a backoff, or fail the image for good.
     fn fail_attempt(
         &mut self,
         i: usize,
-        f: Failure,
+        f: &Failure,
         log_tail: Option<String>,
         now: Instant,
         wall: jiff::Timestamp,
@@ -510,13 +517,13 @@ impl Machine {
                 img.stale.push(p);
             }
             vec![self.image_event(i, Phase::Retrying, wall, |d| {
-                fill_failure(d, &f, log_tail.clone());
+                fill_failure(d, f, log_tail.clone());
                 d.retry_in_seconds = Some(delay.as_secs_f64());
             })]
         } else {
             img.state = ImgState::Failed;
             vec![self.image_event(i, Phase::Failed, wall, |d| {
-                fill_failure(d, &f, log_tail.clone());
+                fill_failure(d, f, log_tail.clone());
             })]
         }
     }
@@ -615,7 +622,7 @@ impl Machine {
                         exit_code: None,
                         log: None,
                     };
-                    out.extend(self.fail_attempt(i, f, None, now, wall));
+                    out.extend(self.fail_attempt(i, &f, None, now, wall));
                 }
                 ImgState::Retrying if img.retry_at.is_some_and(|at| now >= at) => {
                     img.retry_at = None;
@@ -663,7 +670,7 @@ impl Machine {
         if self.images.iter().all(|i| i.state.terminal()) {
             // Cancelled images with no failure: only reachable through cancel.
             return self.finish(Phase::Cancelled, wall, |d| {
-                d.reason = Some(Reason::Cancelled)
+                d.reason = Some(Reason::Cancelled);
             });
         }
         Vec::new()
@@ -827,7 +834,7 @@ impl Machine {
             }
         }
         if phase == Phase::Succeeded {
-            data.digest = img.digest.clone();
+            data.digest.clone_from(&img.digest);
             data.image_refs = image_refs(&spec.destinations, img.digest.as_deref());
         }
         fill(&mut data);
@@ -871,14 +878,6 @@ fn seconds_between(a: jiff::Timestamp, b: jiff::Timestamp) -> f64 {
     (secs * 1000.0).round() / 1000.0
 }
 
-/// Per-image phases, for `BTreeMap` records.
-pub fn phases(m: &Machine) -> BTreeMap<String, (Phase, u32)> {
-    m.image_states()
-        .into_iter()
-        .map(|(n, p, a, _, _)| (n, (p, a)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -886,6 +885,7 @@ mod tests {
     use crate::classify::{PodPhase, Terminated};
     use crate::plan::ImagePlan;
     use kiln_protocol::BuildContext;
+    use std::collections::BTreeMap;
 
     fn plan(images: &[&str], max_attempts: u32, timeout_secs: i64) -> Arc<BuildPlan> {
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();

@@ -293,3 +293,28 @@ impl Metrics {
         self.adoptions.inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_carry_the_prefix_and_their_unit() {
+        let m = Metrics::new();
+        m.attempt_finished(Phase::Failed, Some(Reason::OOMKilled), 12.5);
+        m.dependency("redis", false);
+        m.build_finished(Phase::Succeeded, None, 30.0);
+        let text = m.encode();
+        for want in [
+            "kiln_attempt_duration_seconds_bucket{",
+            r#"outcome="failed",reason="OOMKilled""#,
+            r#"kiln_dependency_up{check="redis"} 0"#,
+            "kiln_build_duration_seconds_count 1",
+            r#"kiln_worker_info{version=""#,
+            "kiln_builds_in_flight 0",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+    }
+}

@@ -17,7 +17,7 @@ use crate::amqp::{Broker, Incoming, OutgoingEvent, Routed};
 use crate::classify::{PodPhase, PodView};
 use crate::error::{Error, Result};
 use crate::lease::{BuildRecord, Claim, ImageRecord, Leases, Notice, RecordState, Renewal};
-use crate::machine::{Action, Input, Machine, Settings, Stage};
+use crate::machine::{Action, ImageState, Input, Machine, Settings, Stage};
 use crate::metrics::Metrics;
 use crate::plan::{BuildPlan, MAX_PLAN_BYTES};
 use crate::pod::{Created, PodEvent, Pods};
@@ -321,9 +321,6 @@ async fn handle_request(ctx: Arc<Context>, d: Incoming) {
             return;
         }
     };
-    let span = tracing::info_span!("build", build_id = %req.id);
-    let _enter = span.enter();
-    drop(_enter);
     let admission = match ctx.policy.admit(d.user_id.as_deref(), &req) {
         Ok(a) => a,
         Err(violations) => {
@@ -530,7 +527,7 @@ fn record(
     plan: &BuildPlan,
     state: RecordState,
     phase: Option<Phase>,
-    images: &[(String, Phase, u32, Option<String>, Option<String>)],
+    images: &[ImageState],
 ) -> BuildRecord {
     BuildRecord {
         state,
@@ -540,14 +537,14 @@ fn record(
         worker: ctx.settings.worker.clone(),
         images: images
             .iter()
-            .map(|(n, p, a, pod, digest)| {
+            .map(|s| {
                 (
-                    n.clone(),
+                    s.name.clone(),
                     ImageRecord {
-                        phase: p.as_str().to_owned(),
-                        attempt: *a,
-                        pod: pod.clone(),
-                        digest: digest.clone(),
+                        phase: s.phase.as_str().to_owned(),
+                        attempt: s.attempt,
+                        pod: s.pod.clone(),
+                        digest: s.digest.clone(),
                     },
                 )
             })

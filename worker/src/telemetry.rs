@@ -130,12 +130,14 @@ pub fn init() -> Guard {
 }
 
 fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
-    use opentelemetry_otlp::WithTonicConfig as _;
+    use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
     if tokio::runtime::Handle::try_current().is_err() {
         return Err("telemetry::init must run inside the tokio runtime".into());
     }
-    // The exporter reads the endpoint, headers and timeout from `OTEL_*`.
-    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    // The exporter reads headers and timeout from `OTEL_*` itself.
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.trim());
     if endpoint.trim_start().starts_with("https://") {
         builder = builder.with_tls_config(
             opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots(),
@@ -187,9 +189,12 @@ pub fn traceparent_from_headers<'a>(
 /// Makes the request's trace the parent of `span` (the build's span). Does
 /// nothing when spans are not exported or the value is not a trace context.
 pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
-    if !exporting() {
-        return;
+    if exporting() {
+        link(span, traceparent);
     }
+}
+
+fn link(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(cx) = traceparent.and_then(parent_context) {
         let _ = span.set_parent(cx);
     }
@@ -201,6 +206,10 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     if !exporting() {
         return None;
     }
+    own_traceparent(span)
+}
+
+fn own_traceparent(span: &tracing::Span) -> Option<String> {
     let mut out = HashMap::new();
     TraceContextPropagator::new().inject_context(&span.context(), &mut out);
     out.remove("traceparent")
@@ -226,6 +235,53 @@ mod tests {
         let headers = [("content-type", "x"), ("TraceParent", TP)];
         assert_eq!(traceparent_from_headers(headers).as_deref(), Some(TP));
         assert_eq!(traceparent_from_headers([("traceparent", "nope")]), None);
+    }
+
+    /// Spans reach an OTLP/gRPC endpoint, and a request's traceparent
+    /// becomes the parent of the build span.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_are_exported_under_the_request_s_trace() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let received = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 24];
+            conn.read_exact(&mut buf).await.expect("read");
+            buf
+        });
+        let provider = tracer_provider(&format!("http://{addr}")).expect("provider");
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        let (trace_id, own) = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("build", build_id = "b");
+            link(&span, Some(TP));
+            let own = own_traceparent(&span);
+            let id = span.context().span().span_context().trace_id().to_string();
+            drop(span);
+            (id, own)
+        });
+        assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let own = own.expect("the span has a context");
+        assert!(
+            own.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{own}"
+        );
+        assert!(
+            !own.contains("00f067aa0ba902b7"),
+            "a child span, not the parent: {own}"
+        );
+        tokio::task::spawn_blocking(move || {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(1));
+        });
+        let preface = tokio::time::timeout(Duration::from_secs(10), received)
+            .await
+            .expect("the exporter connects")
+            .expect("join");
+        assert_eq!(&preface[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     }
 
     #[test]

@@ -20,16 +20,15 @@ pub const FETCH_IMAGE: &str = "docker.io/curlimages/curl:8.17.0";
 pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<Arc<Context>> {
     config.check().map_err(Error::Config)?;
     let worker = config.worker_name();
-    let policy = match &config.policy {
-        Some(path) => Policy::load(path).map_err(|e| Error::Config(e.to_string()))?,
-        None => {
-            tracing::warn!(
-                namespace = %config.namespace,
-                "no policy file (KILN_POLICY): every request runs as tenant \"default\" in {} and may push anywhere",
-                config.namespace
-            );
-            Policy::single_tenant(&config.namespace)
-        }
+    let policy = if let Some(path) = &config.policy {
+        Policy::load(path).map_err(|e| Error::Config(e.to_string()))?
+    } else {
+        tracing::warn!(
+            namespace = %config.namespace,
+            "no policy file (KILN_POLICY): every request runs as tenant \"default\" in {} and may push anywhere",
+            config.namespace
+        );
+        Policy::single_tenant(&config.namespace)
     };
     let c = &config.connections;
     let broker = Broker::connect(

@@ -250,7 +250,12 @@ pub fn validate_create(resource: Resource, obj: &Value) -> Vec<FieldError> {
 
 /// Checks on update: metadata labels/annotations and, for pods, the rule that
 /// only a few spec fields are mutable (`ValidatePodUpdate`).
-pub fn validate_update(resource: Resource, old: &Value, new: &Value) -> Vec<FieldError> {
+pub fn validate_update(
+    resource: Resource,
+    spec_changes: bool,
+    old: &Value,
+    new: &Value,
+) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let mut meta = new.get("metadata").cloned().unwrap_or(Value::Null);
     // The name cannot change on update anyway; skip generateName rules.
@@ -259,7 +264,7 @@ pub fn validate_update(resource: Resource, old: &Value, new: &Value) -> Vec<Fiel
     }
     object_meta(&meta, &mut errs);
     match resource {
-        Resource::Pods => {
+        Resource::Pods if spec_changes => {
             let strip = |v: &Value| {
                 let mut spec = v.get("spec").cloned().unwrap_or(Value::Null);
                 if let Some(s) = spec.as_object_mut() {
@@ -285,7 +290,7 @@ pub fn validate_update(resource: Resource, old: &Value, new: &Value) -> Vec<Fiel
             pod_spec(new.get("spec").unwrap_or(&Value::Null), &mut errs);
         }
         Resource::ConfigMaps => configmap(new, &mut errs),
-        Resource::Other => {}
+        Resource::Pods | Resource::Other => {}
     }
     errs
 }

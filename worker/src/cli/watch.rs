@@ -67,16 +67,15 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
     let keys = binding_keys(&args.phases);
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut sub = super::subscribe(&broker, &key_refs).await?;
-    if args.output == Output::Text {
-        eprintln!(
-            "watching {}{} (Ctrl-C to stop)",
-            broker.names().events(),
-            args.build
-                .as_deref()
-                .map(|b| format!(" for build {b}"))
-                .unwrap_or_default()
-        );
-    }
+    // On standard error in both formats: it says the subscription exists.
+    eprintln!(
+        "watching {}{} (Ctrl-C to stop)",
+        broker.names().events(),
+        args.build
+            .as_deref()
+            .map(|b| format!(" for build {b}"))
+            .unwrap_or_default()
+    );
     let result = loop {
         tokio::select! {
             msg = sub.next() => {
