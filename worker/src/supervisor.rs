@@ -55,6 +55,8 @@ struct BuildHandle {
     /// Becomes true once every first-attempt pod exists and `accepted` is
     /// confirmed (or the build already ended).
     accepted: watch::Receiver<bool>,
+    /// Build namespace, to find the pods again after the build is stopped.
+    namespace: Option<String>,
 }
 
 struct Foreign {
@@ -294,13 +296,15 @@ async fn reject(ctx: &Context, d: &Incoming, id: Option<String>, reason: Reason,
             d.traceparent.clone(),
         );
         if let Err(e) = publish(ctx, &ev).await {
-            tracing::error!(build_id = %id, error = %e, "could not publish build.rejected; leaving the request unacked");
+            tracing::error!(build_id = %id, error = %e, "could not publish build.rejected; requeueing the request");
+            let _ = d.requeue().await;
             return;
         }
     }
     let header = format!("{reason}: {message}");
     if let Err(e) = ctx.broker.dead_letter(d, &header).await {
-        tracing::error!(error = %e, "could not dead-letter a rejected request; it will be redelivered");
+        tracing::error!(error = %e, "could not dead-letter a rejected request; requeueing it");
+        let _ = d.requeue().await;
     }
 }
 
@@ -575,6 +579,7 @@ fn spawn_build(
                 tx,
                 stop: stop.clone(),
                 accepted: acc_rx.clone(),
+                namespace: Some(machine.plan().namespace.clone()),
             },
         );
         ctx.metrics
@@ -770,13 +775,16 @@ async fn handle_cancel(ctx: Arc<Context>, d: Incoming) {
             return;
         }
     };
-    let tenant = d.user_id.clone().unwrap_or_else(|| "default".to_owned());
+    // Only the tenant that owns a build may cancel it (a user without a
+    // policy entry of its own acts as `default`, as for requests).
+    let tenant = d
+        .user_id
+        .as_deref()
+        .filter(|u| ctx.policy.tenant(u).is_some())
+        .unwrap_or(crate::policy::DEFAULT_TENANT)
+        .to_owned();
     match ctx.leases.record(&cancel.id).await {
-        Ok(Some(r))
-            if r.tenant != tenant
-                && ctx.policy.tenant_names().any(|t| t == tenant)
-                && r.tenant != "default" =>
-        {
+        Ok(Some(r)) if r.tenant != tenant => {
             reject(
                 &ctx,
                 &d,
@@ -858,8 +866,15 @@ fn route(ctx: &Context, v: PodView, deleted: bool) {
 }
 
 /// Renews every lease this worker holds, in batches, every third of the TTL.
+///
+/// When renewals keep failing for a whole TTL, the leases may have lapsed
+/// and another worker may have adopted the builds: this worker then stops
+/// acting on all of them (fencing) and re-adopts them from their pods once
+/// Redis answers again.
 async fn renew_loop(ctx: Arc<Context>, stop: CancellationToken) {
-    let every = ctx.leases.ttl() / 3;
+    let ttl = ctx.leases.ttl();
+    let every = ttl / 3;
+    let mut last_ok = Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -867,10 +882,12 @@ async fn renew_loop(ctx: Arc<Context>, stop: CancellationToken) {
         }
         let ids = ctx.local_ids();
         if ids.is_empty() {
+            last_ok = Instant::now();
             continue;
         }
         match ctx.leases.renew_many(&ids).await {
             Ok(results) => {
+                last_ok = Instant::now();
                 for (id, r) in ids.iter().zip(results) {
                     match r {
                         Renewal::Renewed => {}
@@ -882,9 +899,7 @@ async fn renew_loop(ctx: Arc<Context>, stop: CancellationToken) {
                         Renewal::Lost => {
                             tracing::warn!(build_id = %id, "lease taken by another worker; stopping");
                             ctx.metrics.lease_lost();
-                            if let Some(h) = lock(&ctx.builds).remove(id) {
-                                h.stop.cancel();
-                            }
+                            stop_build(&ctx, id);
                         }
                     }
                 }
@@ -892,7 +907,34 @@ async fn renew_loop(ctx: Arc<Context>, stop: CancellationToken) {
             Err(e) => {
                 ctx.metrics.lease_renewal_failed();
                 tracing::warn!(error = %e, "lease renewal failed");
+                if last_ok.elapsed() >= ttl {
+                    tracing::error!(
+                        builds = ids.len(),
+                        "leases could not be renewed for a whole TTL; stopping every build until Redis answers"
+                    );
+                    for id in &ids {
+                        ctx.metrics.lease_lost();
+                        stop_build(&ctx, id);
+                    }
+                }
             }
+        }
+    }
+}
+
+/// Stops acting on a build; its pods stay, so it can be adopted again.
+fn stop_build(ctx: &Context, id: &str) {
+    let handle = lock(&ctx.builds).remove(id);
+    if let Some(h) = handle {
+        h.stop.cancel();
+        if let Some(ns) = h.namespace {
+            lock(&ctx.foreign).insert(
+                id.to_owned(),
+                Foreign {
+                    namespace: ns,
+                    checked: None,
+                },
+            );
         }
     }
 }
