@@ -133,7 +133,7 @@ impl Pods {
         now: jiff::Timestamp,
     ) -> Result<Created> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &plan.namespace);
-        let pod = self.pod_spec(plan, i, attempt, now);
+        let pod = pod_spec(&self.settings, plan, i, attempt, now);
         let name = pod.metadata.name.clone().unwrap_or_default();
         let attempt_create = || async {
             match pods.create(&PostParams::default(), &pod).await {
@@ -299,194 +299,200 @@ impl Pods {
             }
         })
     }
+}
 
-    /// The Kaniko pod of attempt `attempt` of image `i` (DESIGN section 7).
-    pub fn pod_spec(&self, plan: &BuildPlan, i: usize, attempt: u32, now: jiff::Timestamp) -> Pod {
-        let image = &plan.images[i];
-        let name = kiln_protocol::pod_name(&plan.id, &image.name, attempt);
-        let mut args = Vec::new();
-        let mut env = Vec::new();
-        let mut volumes = Vec::new();
-        let mut mounts = Vec::new();
-        let mut init_containers = Vec::new();
+/// The Kaniko pod of attempt `attempt` of image `i` (DESIGN section 7).
+pub fn pod_spec(
+    settings: &PodSettings,
+    plan: &BuildPlan,
+    i: usize,
+    attempt: u32,
+    now: jiff::Timestamp,
+) -> Pod {
+    let image = &plan.images[i];
+    let name = kiln_protocol::pod_name(&plan.id, &image.name, attempt);
+    let mut args = Vec::new();
+    let mut env = Vec::new();
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut init_containers = Vec::new();
 
-        match (&image.context.git, &image.context.s3, &image.context.url) {
-            (Some(git), _, _) => {
-                // Kaniko's git context: git://host/path#ref#commit.
-                let repo = git
-                    .url
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://");
-                let mut ctx = format!("git://{repo}");
-                if git.git_ref.is_some() || git.commit.is_some() {
-                    ctx.push('#');
-                    ctx.push_str(git.git_ref.as_deref().unwrap_or("refs/heads/main"));
-                }
-                if let Some(commit) = &git.commit {
-                    ctx.push('#');
-                    ctx.push_str(commit);
-                }
-                args.push(format!("--context={ctx}"));
-                if let Some(sub) = &git.sub_path {
-                    args.push(format!("--context-sub-path={sub}"));
-                }
-                if let Some(s) = &plan.git_secret {
-                    env.push(secret_env("GIT_USERNAME", &s.secret, &s.id_key));
-                    env.push(secret_env("GIT_PASSWORD", &s.secret, &s.secret_key));
-                }
+    match (&image.context.git, &image.context.s3, &image.context.url) {
+        (Some(git), _, _) => {
+            // Kaniko's git context: git://host/path#ref#commit.
+            let repo = git
+                .url
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            let mut ctx = format!("git://{repo}");
+            if git.git_ref.is_some() || git.commit.is_some() {
+                ctx.push('#');
+                ctx.push_str(git.git_ref.as_deref().unwrap_or("refs/heads/main"));
             }
-            (None, Some(s3), _) => {
-                args.push(format!("--context=s3://{}/{}", s3.bucket, s3.key));
-                if let Some(s) = &plan.s3_secret {
-                    env.push(secret_env("AWS_ACCESS_KEY_ID", &s.secret, &s.id_key));
-                    env.push(secret_env(
-                        "AWS_SECRET_ACCESS_KEY",
-                        &s.secret,
-                        &s.secret_key,
-                    ));
-                }
-                if let Some(region) = s3.region.as_ref().or(plan.s3_region.as_ref()) {
-                    env.push(value_env("AWS_REGION", region));
-                }
-                if let Some(endpoint) = s3.endpoint.as_ref().or(plan.s3_endpoint.as_ref()) {
-                    env.push(value_env("S3_ENDPOINT", endpoint));
-                    env.push(value_env("S3_FORCE_PATH_STYLE", "true"));
-                }
+            if let Some(commit) = &git.commit {
+                ctx.push('#');
+                ctx.push_str(commit);
             }
-            (None, None, Some(url)) => {
-                // Kaniko reads no plain https tarballs: an init container
-                // downloads it into a shared volume. The URL travels in the
-                // environment, never through a shell command line.
-                volumes.push(Volume {
-                    name: "context".into(),
-                    empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
-                    ..Volume::default()
-                });
-                mounts.push(mount("context", CONTEXT_DIR));
-                init_containers.push(Container {
-                    name: "fetch-context".into(),
-                    image: Some(self.settings.fetch_image.clone()),
-                    command: Some(vec![
-                        "curl".into(),
-                        "--fail".into(),
-                        "--silent".into(),
-                        "--show-error".into(),
-                        "--location".into(),
-                        "--retry".into(),
-                        "3".into(),
-                        "--proto".into(),
-                        "=https".into(),
-                        "--output".into(),
-                        format!("{CONTEXT_DIR}/context.tar.gz"),
-                        "--url".into(),
-                        url.clone(),
-                    ]),
-                    volume_mounts: Some(vec![mount("context", CONTEXT_DIR)]),
-                    termination_message_policy: Some("FallbackToLogsOnError".into()),
-                    ..Container::default()
-                });
-                args.push(format!("--context=tar://{CONTEXT_DIR}/context.tar.gz"));
+            args.push(format!("--context={ctx}"));
+            if let Some(sub) = &git.sub_path {
+                args.push(format!("--context-sub-path={sub}"));
             }
-            (None, None, None) => {}
+            if let Some(s) = &plan.git_secret {
+                env.push(secret_env("GIT_USERNAME", &s.secret, &s.id_key));
+                env.push(secret_env("GIT_PASSWORD", &s.secret, &s.secret_key));
+            }
         }
-
-        if image.rendered_dockerfile.is_some() {
+        (None, Some(s3), _) => {
+            args.push(format!("--context=s3://{}/{}", s3.bucket, s3.key));
+            if let Some(s) = &plan.s3_secret {
+                env.push(secret_env("AWS_ACCESS_KEY_ID", &s.secret, &s.id_key));
+                env.push(secret_env(
+                    "AWS_SECRET_ACCESS_KEY",
+                    &s.secret,
+                    &s.secret_key,
+                ));
+            }
+            if let Some(region) = s3.region.as_ref().or(plan.s3_region.as_ref()) {
+                env.push(value_env("AWS_REGION", region));
+            }
+            if let Some(endpoint) = s3.endpoint.as_ref().or(plan.s3_endpoint.as_ref()) {
+                env.push(value_env("S3_ENDPOINT", endpoint));
+                env.push(value_env("S3_FORCE_PATH_STYLE", "true"));
+            }
+        }
+        (None, None, Some(url)) => {
+            // Kaniko reads no plain https tarballs: an init container
+            // downloads it into a shared volume. The URL travels in the
+            // environment, never through a shell command line.
             volumes.push(Volume {
-                name: "dockerfile".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: kiln_protocol::configmap_name(&plan.id, &image.name, attempt),
-                    ..ConfigMapVolumeSource::default()
-                }),
+                name: "context".into(),
+                empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
                 ..Volume::default()
             });
-            mounts.push(mount("dockerfile", DOCKERFILE_DIR));
-            args.push(format!("--dockerfile={DOCKERFILE_DIR}/Dockerfile"));
-        } else {
-            args.push(format!("--dockerfile={}", image.dockerfile));
-        }
-        for d in &image.destinations {
-            args.push(format!("--destination={d}"));
-        }
-        // One argv element per flag, `--flag=value`: a value can never turn
-        // into a flag of its own.
-        for (k, v) in &image.build_args {
-            args.push(format!("--build-arg={k}={v}"));
-        }
-        if let Some(t) = &image.target {
-            args.push(format!("--target={t}"));
-        }
-        if let Some(p) = &image.platform {
-            args.push(format!("--custom-platform={p}"));
-        }
-        if image.cache {
-            args.push("--cache=true".into());
-            if let Some(repo) = &plan.cache_repo {
-                args.push(format!("--cache-repo={repo}"));
-            }
-        }
-        args.push("--digest-file=/dev/termination-log".into());
-        args.push("--push-retry=3".into());
-
-        if let Some(secret) = &plan.registry_secret {
-            volumes.push(Volume {
-                name: "registry-credentials".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.clone()),
-                    items: Some(vec![KeyToPath {
-                        key: ".dockerconfigjson".into(),
-                        path: "config.json".into(),
-                        mode: None,
-                    }]),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
+            mounts.push(mount("context", CONTEXT_DIR));
+            init_containers.push(Container {
+                name: "fetch-context".into(),
+                image: Some(settings.fetch_image.clone()),
+                command: Some(vec![
+                    "curl".into(),
+                    "--fail".into(),
+                    "--silent".into(),
+                    "--show-error".into(),
+                    "--location".into(),
+                    "--retry".into(),
+                    "3".into(),
+                    "--proto".into(),
+                    "=https".into(),
+                    "--output".into(),
+                    format!("{CONTEXT_DIR}/context.tar.gz"),
+                    "--url".into(),
+                    url.clone(),
+                ]),
+                volume_mounts: Some(vec![mount("context", CONTEXT_DIR)]),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                ..Container::default()
             });
-            mounts.push(mount("registry-credentials", "/kaniko/.docker"));
+            args.push(format!("--context=tar://{CONTEXT_DIR}/context.tar.gz"));
         }
+        (None, None, None) => {}
+    }
 
-        let quantities = BTreeMap::from([
-            ("cpu".to_owned(), Quantity(image.cpu.clone())),
-            ("memory".to_owned(), Quantity(image.memory.clone())),
-        ]);
-        let deadline = i64::try_from(plan.remaining(now).as_secs())
-            .unwrap_or(i64::MAX)
-            .max(1);
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name),
-                namespace: Some(plan.namespace.clone()),
-                labels: Some(labels(plan, image, attempt)),
-                annotations: Some(BTreeMap::from([
-                    (ANN_BUILD_ID.to_owned(), plan.id.clone()),
-                    (ANN_PLAN.to_owned(), plan.to_annotation()),
-                ])),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PodSpec {
-                restart_policy: Some("Never".into()),
-                active_deadline_seconds: Some(deadline),
-                service_account_name: Some(plan.service_account.clone()),
-                automount_service_account_token: Some(false),
-                init_containers: (!init_containers.is_empty()).then_some(init_containers),
-                containers: vec![Container {
-                    name: KANIKO.into(),
-                    image: Some(self.settings.kaniko_image.clone()),
-                    args: Some(args),
-                    env: (!env.is_empty()).then_some(env),
-                    volume_mounts: (!mounts.is_empty()).then_some(mounts),
-                    termination_message_policy: Some("FallbackToLogsOnError".into()),
-                    resources: Some(ResourceRequirements {
-                        requests: Some(quantities.clone()),
-                        limits: Some(quantities),
-                        ..ResourceRequirements::default()
-                    }),
-                    ..Container::default()
-                }],
-                volumes: (!volumes.is_empty()).then_some(volumes),
-                ..PodSpec::default()
+    if image.rendered_dockerfile.is_some() {
+        volumes.push(Volume {
+            name: "dockerfile".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: kiln_protocol::configmap_name(&plan.id, &image.name, attempt),
+                ..ConfigMapVolumeSource::default()
             }),
-            ..Pod::default()
+            ..Volume::default()
+        });
+        mounts.push(mount("dockerfile", DOCKERFILE_DIR));
+        args.push(format!("--dockerfile={DOCKERFILE_DIR}/Dockerfile"));
+    } else {
+        args.push(format!("--dockerfile={}", image.dockerfile));
+    }
+    for d in &image.destinations {
+        args.push(format!("--destination={d}"));
+    }
+    // One argv element per flag, `--flag=value`: a value can never turn
+    // into a flag of its own.
+    for (k, v) in &image.build_args {
+        args.push(format!("--build-arg={k}={v}"));
+    }
+    if let Some(t) = &image.target {
+        args.push(format!("--target={t}"));
+    }
+    if let Some(p) = &image.platform {
+        args.push(format!("--custom-platform={p}"));
+    }
+    if image.cache {
+        args.push("--cache=true".into());
+        if let Some(repo) = &plan.cache_repo {
+            args.push(format!("--cache-repo={repo}"));
         }
+    }
+    args.push("--digest-file=/dev/termination-log".into());
+    args.push("--push-retry=3".into());
+
+    if let Some(secret) = &plan.registry_secret {
+        volumes.push(Volume {
+            name: "registry-credentials".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".into(),
+                    path: "config.json".into(),
+                    mode: None,
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("registry-credentials", "/kaniko/.docker"));
+    }
+
+    let quantities = BTreeMap::from([
+        ("cpu".to_owned(), Quantity(image.cpu.clone())),
+        ("memory".to_owned(), Quantity(image.memory.clone())),
+    ]);
+    let deadline = i64::try_from(plan.remaining(now).as_secs())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(plan.namespace.clone()),
+            labels: Some(labels(plan, image, attempt)),
+            annotations: Some(BTreeMap::from([
+                (ANN_BUILD_ID.to_owned(), plan.id.clone()),
+                (ANN_PLAN.to_owned(), plan.to_annotation()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(deadline),
+            service_account_name: Some(plan.service_account.clone()),
+            automount_service_account_token: Some(false),
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
+            containers: vec![Container {
+                name: KANIKO.into(),
+                image: Some(settings.kaniko_image.clone()),
+                args: Some(args),
+                env: (!env.is_empty()).then_some(env),
+                volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities.clone()),
+                    limits: Some(quantities),
+                    ..ResourceRequirements::default()
+                }),
+                ..Container::default()
+            }],
+            volumes: (!volumes.is_empty()).then_some(volumes),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
     }
 }
 
@@ -630,5 +636,162 @@ pub fn view(p: &Pod) -> PodView {
         plan: annotations
             .and_then(|a| a.get(ANN_PLAN))
             .map(|s| Arc::from(s.as_str())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::plan::SecretKeys;
+    use kiln_protocol::{BuildContext, GitContext};
+
+    fn settings() -> PodSettings {
+        PodSettings {
+            kaniko_image: "kaniko:1".into(),
+            fetch_image: "curl:1".into(),
+        }
+    }
+
+    fn plan(context: BuildContext, inline: bool) -> BuildPlan {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        BuildPlan {
+            id: "Shop.Cart_1".into(),
+            tenant: "payments".into(),
+            namespace: "kiln-payments".into(),
+            app: None,
+            component: None,
+            labels: BTreeMap::new(),
+            max_attempts: 3,
+            accepted_at: now,
+            deadline: now + jiff::SignedDuration::from_secs(600),
+            traceparent: None,
+            service_account: "kiln-builder".into(),
+            registry_secret: Some("regcred".into()),
+            git_secret: Some(SecretKeys {
+                secret: "git".into(),
+                id_key: "username".into(),
+                secret_key: "password".into(),
+            }),
+            s3_secret: None,
+            s3_region: None,
+            s3_endpoint: None,
+            cache_repo: Some("registry.example.com/cache".into()),
+            images: vec![ImagePlan {
+                name: "api".into(),
+                context,
+                dockerfile: "build/Dockerfile".into(),
+                rendered_dockerfile: inline.then(|| "FROM alpine:3.20\n".to_owned()),
+                build_args: BTreeMap::from([(
+                    "VERSION".into(),
+                    "1.2.3 --destination=evil.io/x".into(),
+                )]),
+                target: Some("runtime".into()),
+                destinations: vec!["registry.example.com/shop/api:1".into()],
+                platform: Some("linux/arm64".into()),
+                cache: true,
+                cpu: "2".into(),
+                memory: "4Gi".into(),
+            }],
+        }
+    }
+
+    fn git() -> BuildContext {
+        BuildContext {
+            git: Some(GitContext {
+                url: "https://github.com/acme/cart.git".into(),
+                git_ref: Some("refs/heads/main".into()),
+                commit: Some("9fceb02".into()),
+                sub_path: Some("services/api".into()),
+            }),
+            s3: None,
+            url: None,
+        }
+    }
+
+    #[test]
+    fn kaniko_pod_follows_the_design() {
+        let p = plan(git(), false);
+        let pod = pod_spec(&settings(), &p, 0, 2, p.accepted_at);
+        let meta = &pod.metadata;
+        assert_eq!(
+            meta.name.as_deref(),
+            Some(kiln_protocol::pod_name("Shop.Cart_1", "api", 2).as_str())
+        );
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[MANAGED_BY], "kiln");
+        assert_eq!(labels[LABEL_BUILD], "Shop.Cart_1");
+        assert_eq!(labels[LABEL_ATTEMPT], "2");
+        let ann = meta.annotations.as_ref().unwrap();
+        assert_eq!(ann[ANN_BUILD_ID], "Shop.Cart_1");
+        assert_eq!(BuildPlan::from_annotation(&ann[ANN_PLAN]).unwrap(), p);
+
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.service_account_name.as_deref(), Some("kiln-builder"));
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        let args = c.args.clone().unwrap();
+        assert_eq!(
+            args,
+            [
+                "--context=git://github.com/acme/cart.git#refs/heads/main#9fceb02",
+                "--context-sub-path=services/api",
+                "--dockerfile=build/Dockerfile",
+                "--destination=registry.example.com/shop/api:1",
+                "--build-arg=VERSION=1.2.3 --destination=evil.io/x",
+                "--target=runtime",
+                "--custom-platform=linux/arm64",
+                "--cache=true",
+                "--cache-repo=registry.example.com/cache",
+                "--digest-file=/dev/termination-log",
+                "--push-retry=3",
+            ]
+        );
+        // Credentials only through secretKeyRef.
+        let env = c.env.clone().unwrap();
+        assert!(
+            env.iter()
+                .all(|e| e.value.is_none() && e.value_from.is_some())
+        );
+        let res = c.resources.clone().unwrap();
+        assert_eq!(res.limits, res.requests);
+        assert_eq!(res.limits.unwrap()["memory"].0, "4Gi");
+        let mounts = c.volume_mounts.clone().unwrap();
+        assert!(mounts.iter().any(|m| m.mount_path == "/kaniko/.docker"));
+    }
+
+    #[test]
+    fn inline_dockerfiles_and_url_contexts() {
+        let ctx = BuildContext {
+            git: None,
+            s3: None,
+            url: Some("https://example.com/ctx.tar.gz?sig=abc".into()),
+        };
+        let p = plan(ctx, true);
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        let spec = pod.spec.unwrap();
+        let args = spec.containers[0].args.clone().unwrap();
+        assert!(args.contains(&"--context=tar:///workspace/context.tar.gz".to_owned()));
+        assert!(args.contains(&"--dockerfile=/kaniko/dockerfile/Dockerfile".to_owned()));
+        let init = &spec.init_containers.unwrap()[0];
+        // The URL is one argv element of curl, never a shell string.
+        let cmd = init.command.clone().unwrap();
+        assert_eq!(cmd[0], "curl");
+        assert_eq!(
+            cmd.last().unwrap(),
+            "https://example.com/ctx.tar.gz?sig=abc"
+        );
+        let volumes = spec.volumes.unwrap();
+        let cm = volumes.iter().find_map(|v| v.config_map.clone()).unwrap();
+        assert_eq!(
+            cm.name,
+            kiln_protocol::configmap_name("Shop.Cart_1", "api", 1)
+        );
     }
 }

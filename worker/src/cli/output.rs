@@ -67,6 +67,16 @@ pub fn attempt(ev: &BuildEvent) -> Option<String> {
 /// What an event says beyond its subject and phase: attempt, reason and
 /// message, retry delay, digest, pod, duration, image summary.
 pub fn details(ev: &BuildEvent) -> String {
+    details_with(ev, false)
+}
+
+/// [`details`] for a progress line: a short digest, no duration (the
+/// line shows the elapsed time).
+pub fn compact_details(ev: &BuildEvent) -> String {
+    details_with(ev, true)
+}
+
+fn details_with(ev: &BuildEvent, compact: bool) -> String {
     let d = &ev.data;
     let mut parts: Vec<String> = Vec::new();
     if let Some(a) = attempt(ev) {
@@ -87,7 +97,10 @@ pub fn details(ev: &BuildEvent) -> String {
         parts.push(format!("next attempt in {}", seconds(s)));
     }
     if let Some(digest) = &d.digest {
-        parts.push(digest.clone());
+        match digest.char_indices().nth(19) {
+            Some((cut, _)) if compact => parts.push(format!("{}…", &digest[..cut])),
+            _ => parts.push(digest.clone()),
+        }
     }
     if ev.level() == Level::Image
         && matches!(d.phase, Phase::Scheduled | Phase::Running)
@@ -95,7 +108,7 @@ pub fn details(ev: &BuildEvent) -> String {
     {
         parts.push(format!("pod {}/{}", pod.namespace, pod.name));
     }
-    if let Some(s) = d.duration_seconds {
+    if let Some(s) = d.duration_seconds.filter(|_| !compact) {
         parts.push(format!("took {}", seconds(s)));
     }
     if let Some(images) = &d.images {

@@ -267,7 +267,7 @@ impl Tracker {
                     Phase::Succeeded => state.succeeded = Some(ev.clone()),
                     _ => {}
                 }
-                let details = super::output::details(ev);
+                let details = super::output::compact_details(ev);
                 let msg = format!("{:<9}  {details}", d.phase.as_str());
                 let terminal = d.phase.is_terminal(Level::Image);
                 self.view
@@ -300,9 +300,8 @@ fn running_style(width: usize) -> ProgressStyle {
     .tick_strings(&["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏", " "])
 }
 
-fn done_style(width: usize) -> ProgressStyle {
-    ProgressStyle::with_template(&format!("{{prefix:<{}.bold}}  {{msg}}", width + 2))
-        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+fn done_style() -> ProgressStyle {
+    ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 impl View {
@@ -373,24 +372,25 @@ impl View {
         }
         if terminal {
             let took = short_duration(bar.elapsed());
-            bar.set_style(done_style(b.width));
+            bar.set_style(done_style());
             let mark = if ok { "✔" } else { "✘" };
-            bar.finish_with_message(format!("{mark} {msg}  ({took})"));
+            let width = b.width;
+            bar.finish_with_message(format!("{mark} {name:<width$}  {msg}  {took}"));
         } else {
             bar.set_message(msg.to_owned());
         }
     }
 
-    /// Removes the live display (the report follows).
+    /// Ends the live display, keeping the images' last lines (the report
+    /// follows).
     fn clear(&mut self) {
         if let View::Bars(b) = self {
+            b.build.finish_and_clear();
             for bar in b.images.values() {
                 if !bar.is_finished() {
                     bar.abandon();
                 }
             }
-            b.build.finish_and_clear();
-            let _ = b.multi.clear();
         }
     }
 
