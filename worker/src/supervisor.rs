@@ -390,69 +390,52 @@ async fn handle_request(ctx: Arc<Context>, d: Incoming) {
         return;
     }
 
-    match claim_or_wait(&ctx, &id).await {
-        Ok(true) => {}
-        Ok(false) => {
-            // Accepted or finished elsewhere: a duplicate.
-            tracing::info!(build_id = %id, "duplicate request acked");
-            ctx.metrics.duplicate();
-            ack(&d, &id).await;
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(build_id = %id, error = %e, "cannot claim; requeueing");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = d.requeue().await;
-            return;
-        }
+    // Redis trouble is waited out while holding the delivery: requeueing
+    // would spend the queue's delivery limit and dead-letter a good request.
+    let fresh = until_ok("claim", &id, || claim_or_wait(&ctx, &id)).await;
+    if !fresh {
+        // Accepted or finished elsewhere: a duplicate.
+        tracing::info!(build_id = %id, "duplicate request acked");
+        ctx.metrics.duplicate();
+        ack(&d, &id).await;
+        return;
     }
 
     // Claimed. A cancel may have come while the request was queued.
-    match ctx.leases.cancel_reason(&id).await {
-        Ok(Some(reason)) => {
-            let ev = build_level_event(
+    if let Some(reason) = until_ok("read cancel flag", &id, || ctx.leases.cancel_reason(&id)).await
+    {
+        let ev = build_level_event(
+            &ctx,
+            &id,
+            Phase::Cancelled,
+            plan.traceparent.clone(),
+            |dt| {
+                dt.reason = Some(Reason::Cancelled);
+                dt.message = Some(reason.clone());
+                dt.tenant = Some(plan.tenant.clone());
+                dt.app.clone_from(&plan.app);
+                dt.component.clone_from(&plan.component);
+                dt.labels.clone_from(&plan.labels);
+            },
+        );
+        if publish(&ctx, &ev).await.is_ok() {
+            let rec = record(
                 &ctx,
-                &id,
-                Phase::Cancelled,
-                plan.traceparent.clone(),
-                |dt| {
-                    dt.reason = Some(Reason::Cancelled);
-                    dt.message = Some(reason.clone());
-                    dt.tenant = Some(plan.tenant.clone());
-                    dt.app.clone_from(&plan.app);
-                    dt.component.clone_from(&plan.component);
-                    dt.labels.clone_from(&plan.labels);
-                },
+                &plan,
+                RecordState::Finished,
+                Some(Phase::Cancelled),
+                &[],
             );
-            if publish(&ctx, &ev).await.is_ok() {
-                let _ = ctx
-                    .leases
-                    .put_record(
-                        &id,
-                        &record(
-                            &ctx,
-                            &plan,
-                            RecordState::Finished,
-                            Some(Phase::Cancelled),
-                            &[],
-                        ),
-                        ctx.record_ttl,
-                    )
-                    .await;
-                let _ = ctx.leases.release(&id).await;
-                ack(&d, &id).await;
-                ctx.metrics
-                    .build_finished(Phase::Cancelled, Some(Reason::Cancelled), 0.0);
-            }
-            return;
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(build_id = %id, error = %e, "cannot read cancel flag; requeueing");
+            let _ = ctx.leases.put_record(&id, &rec, ctx.record_ttl).await;
+            let _ = ctx.leases.release(&id).await;
+            ack(&d, &id).await;
+            ctx.metrics
+                .build_finished(Phase::Cancelled, Some(Reason::Cancelled), 0.0);
+        } else {
             let _ = ctx.leases.release(&id).await;
             let _ = d.requeue().await;
-            return;
         }
+        return;
     }
 
     let plan = Arc::new(plan);
@@ -479,6 +462,32 @@ async fn handle_request(ctx: Arc<Context>, d: Incoming) {
     if wait_accepted(accepted).await {
         ack(&d, &id).await;
         ctx.metrics.accepted_latency(received.elapsed());
+    }
+}
+
+/// Retries a Redis operation with capped exponential backoff until it
+/// succeeds: a Redis outage delays builds, it never drops them.
+async fn until_ok<T, F, Fut>(what: &str, id: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delays = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times(),
+    );
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot {what}; retrying");
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 
@@ -857,7 +866,11 @@ fn route(ctx: &Context, v: PodView, deleted: bool) {
     if ctx.send(&id, input) {
         return;
     }
-    if !deleted {
+    if deleted {
+        // A pod of a build owned elsewhere went away: most likely the build
+        // ended. Forget it; a remaining pod's next event brings it back.
+        lock(&ctx.foreign).remove(&id);
+    } else {
         lock(&ctx.foreign).entry(id).or_insert(Foreign {
             namespace: ns,
             checked: None,
