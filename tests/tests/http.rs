@@ -129,7 +129,6 @@ async fn metrics_health_and_status_page_over_http() {
         r.body.contains(&id) && r.body.contains(">running<")
     })
     .await;
-    std::fs::write("/tmp/status-inflight.html", &page.body).unwrap();
     assert_eq!(page.status, 200);
     assert!(page.content_type.starts_with("text/html"), "{page:?}");
     assert!(page.body.contains(r#"<meta name="viewport""#));
@@ -146,7 +145,6 @@ async fn metrics_health_and_status_page_over_http() {
             .is_some_and(|(_, recent)| recent.contains(&id) && recent.contains(">succeeded<"))
     })
     .await;
-    std::fs::write("/tmp/status-done.html", &page.body).unwrap();
     let (in_flight, _) = page.body.split_once(r#"id="recent""#).unwrap();
     assert!(!in_flight.contains(&id), "still in flight: {in_flight}");
 
