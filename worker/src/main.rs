@@ -40,6 +40,15 @@ fn main() -> ExitCode {
     // before either builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Client(_)) {
+        // The client's promise: one line, never a backtrace.
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!(
+                "kiln: internal error (please report it): {}",
+                cli::fold(&info.to_string())
+            );
+        }));
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -194,6 +194,10 @@ async fn list_pods(namespace: &str, id: &str, timeout: Duration) -> Result<Vec<P
     };
     match tokio::time::timeout(timeout, ask).await {
         Ok(Ok(pods)) => Ok(pods),
+        Ok(Err(e)) if e.to_string().contains("Failed to infer configuration") => Err(
+            "no Kubernetes configuration (no kubeconfig at $KUBECONFIG or ~/.kube/config, not in a cluster)"
+                .to_owned(),
+        ),
         Ok(Err(e)) => Err(format!(
             "cannot list the pods of the build in namespace {namespace}: {}",
             super::fold(&e.to_string())

@@ -232,13 +232,20 @@ impl Tracker {
 
     /// Shows what the Redis record knows of a build still running.
     fn seed(&mut self, rec: &BuildRecord) {
-        self.view
-            .build(&format!("{:?} by {}", rec.state, rec.worker).to_lowercase());
+        let state = format!("{:?}", rec.state).to_lowercase();
+        self.view.build(&format!("{state} by {}", rec.worker));
         for (name, img) in &rec.images {
             let state = self.images.entry(name.clone()).or_default();
             state.attempt = img.attempt;
+            let phase: Option<Phase> =
+                serde_json::from_value(serde_json::Value::String(img.phase.clone())).ok();
+            let ended = phase.is_some_and(|p| p.is_terminal(Level::Image));
+            if ended {
+                state.phase = phase;
+            }
             let msg = format!("{:<9}  attempt {}", img.phase, img.attempt);
-            self.view.image(name, &msg, false, false);
+            self.view
+                .image(name, &msg, ended, phase == Some(Phase::Succeeded));
         }
     }
 
@@ -449,24 +456,26 @@ fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started: Instant) -
                 let _ = write!(head, ": {}", super::fold(m));
             }
             eprintln!("{head} ({})", short_duration(took));
-            if let Some(images) = &d.images {
-                for img in images {
-                    let mut line = format!(
-                        "  {}: {} after {} attempt(s)",
-                        img.name, img.phase, img.attempts
-                    );
-                    if let Some(r) = img.reason {
-                        let _ = write!(line, " ({r})");
-                    }
-                    eprintln!("{line}");
-                }
-            }
+            // The failures in detail, then how the other images ended.
+            let mut explained = HashSet::new();
             for (name, state) in &tracker.images {
                 if state.phase == Some(Phase::Failed)
                     && let Some(fail) = &state.failure
                 {
                     print_failure(name, fail);
+                    explained.insert(name.as_str());
                 }
+            }
+            for img in d.images.iter().flatten() {
+                if img.phase == Phase::Succeeded || explained.contains(img.name.as_str()) {
+                    continue;
+                }
+                let mut line = format!("  {} {}", img.name, img.phase);
+                if let Some(r) = img.reason {
+                    let _ = write!(line, ": {r}");
+                }
+                let _ = write!(line, " (attempts: {})", img.attempts);
+                eprintln!("{line}");
             }
             if let Some(tail) = d.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
                 eprintln!("  --- end of the build log ---");
