@@ -899,7 +899,11 @@ async fn owner_references_are_garbage_collected() {
 #[tokio::test]
 async fn logs_tail_limit_and_waiting_container() {
     let kube = start().await;
-    let log: String = (1..=100).map(|i| format!("step {i}\n")).collect();
+    let log: String = (1..=100)
+        .map(|i| format!("step {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     let script_log = log.clone();
     kube.kubelet()
         .set_script(move |p| match p.metadata.name.as_deref() {
@@ -1480,8 +1484,14 @@ async fn ten_thousand_pods() {
         .unwrap()
         .unwrap();
     let all = start.elapsed();
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .map(str::to_owned)
+        .unwrap_or_default();
     println!(
-        "created {total} pods in {created:?} ({:.0}/s); all Succeeded after {all:?}; rv {}",
+        "created {total} pods in {created:?} ({:.0}/s); all Succeeded after {all:?}; rv {}; {rss}",
         total as f64 / created.as_secs_f64(),
         kube.resource_version()
     );

@@ -64,6 +64,40 @@ end
 return 0
 ";
 
+/// Admission of a new request in one round trip: a duplicate if the record
+/// says accepted or finished; else claim the lease (`SET NX PX`) and return
+/// the pending cancel reason if we hold it, or the holder if not.
+const CLAIM_REQUEST: &str = r"
+local rec = redis.call('GET', KEYS[2])
+if rec then
+  local ok, r = pcall(cjson.decode, rec)
+  if ok and type(r) == 'table' and (r.state == 'accepted' or r.state == 'finished') then
+    return 'dup'
+  end
+end
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  holder = ARGV[1]
+end
+if holder == ARGV[1] then
+  local c = redis.call('GET', KEYS[3])
+  if c then return 'ok\n' .. c end
+  return 'ok'
+end
+return 'held\n' .. holder
+";
+
+/// Writes the final record and releases the lease (compare-and-delete) in one
+/// round trip.
+const FINISH: &str = r"
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+";
+
 /// Keys renewed per script call: bounds the time Redis spends in one script.
 const RENEW_CHUNK: usize = 500;
 
@@ -127,6 +161,8 @@ pub struct Leases {
     ttl: Duration,
     renew: redis::Script,
     release: redis::Script,
+    claim_request: redis::Script,
+    finish: redis::Script,
 }
 
 impl std::fmt::Debug for Leases {
@@ -161,6 +197,8 @@ impl Leases {
             ttl,
             renew: redis::Script::new(RENEW),
             release: redis::Script::new(RELEASE),
+            claim_request: redis::Script::new(CLAIM_REQUEST),
+            finish: redis::Script::new(FINISH),
         })
     }
 
@@ -237,6 +275,48 @@ impl Leases {
                 })
             }
         }
+    }
+
+    /// Admits a new request: [`Admit::Duplicate`] when the build was accepted
+    /// or finished already, else tries to claim its lease and reads its
+    /// pending cancel, all in one round trip.
+    pub async fn claim_request(&self, id: &str) -> Result<Admit> {
+        let mut conn = self.conn.clone();
+        let reply: String = self
+            .claim_request
+            .key(self.lease_key(id))
+            .key(self.record_key(id))
+            .key(self.cancel_key(id))
+            .arg(&self.owner)
+            .arg(self.ttl_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        let (head, rest) = reply.split_once('\n').unwrap_or((reply.as_str(), ""));
+        Ok(match head {
+            "dup" => Admit::Duplicate,
+            "ok" => Admit::Acquired {
+                cancel: (!rest.is_empty()).then(|| rest.to_owned()),
+            },
+            _ => Admit::HeldBy(rest.to_owned()),
+        })
+    }
+
+    /// Writes the final record of `id` (kept for `keep`) and releases its
+    /// lease, in one round trip.
+    pub async fn finish(&self, id: &str, record: &BuildRecord, keep: Duration) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(record).map_err(|e| Error::Redis(e.to_string()))?;
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: i64 = self
+            .finish
+            .key(self.lease_key(id))
+            .key(self.record_key(id))
+            .arg(&self.owner)
+            .arg(json)
+            .arg(keep_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -400,6 +480,17 @@ impl Leases {
         });
         rx
     }
+}
+
+/// What admitting a new request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// The build was accepted or finished already.
+    Duplicate,
+    /// The lease is ours; a cancel may have come while it was queued.
+    Acquired { cancel: Option<String> },
+    /// Another worker holds the lease and has not accepted the build yet.
+    HeldBy(String),
 }
 
 /// Result of renewing one lease.

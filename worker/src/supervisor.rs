@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::amqp::{Broker, Incoming, OutgoingEvent, Routed};
 use crate::classify::{PodPhase, PodView};
 use crate::error::{Error, Result};
-use crate::lease::{BuildRecord, Claim, ImageRecord, Leases, Notice, RecordState, Renewal};
+use crate::lease::{Admit, BuildRecord, Claim, ImageRecord, Leases, Notice, RecordState, Renewal};
 use crate::machine::{Action, ImageState, Input, Machine, Settings, Stage};
 use crate::metrics::Metrics;
 use crate::plan::{BuildPlan, MAX_PLAN_BYTES};
@@ -37,6 +37,8 @@ pub struct Context {
     builds: Mutex<HashMap<String, BuildHandle>>,
     /// Builds seen in the cluster that another worker owns (or owned).
     foreign: Mutex<HashMap<String, Foreign>>,
+    /// Builds being adopted right now (one adoption per build at a time).
+    adopting: Mutex<HashSet<String>>,
     /// Readiness: the build consumer is running.
     consuming: std::sync::atomic::AtomicBool,
     /// Every Kiln build seen in the cluster, for the status page.
@@ -98,6 +100,7 @@ impl Context {
             metrics,
             builds: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
+            adopting: Mutex::new(HashSet::new()),
             consuming: std::sync::atomic::AtomicBool::new(false),
             cluster: crate::cluster::ClusterView::new(),
         })
@@ -392,18 +395,16 @@ async fn handle_request(ctx: Arc<Context>, d: Incoming) {
 
     // Redis trouble is waited out while holding the delivery: requeueing
     // would spend the queue's delivery limit and dead-letter a good request.
-    let fresh = until_ok("claim", &id, || claim_or_wait(&ctx, &id)).await;
-    if !fresh {
+    let Some(cancelled) = until_ok("claim", &id, || claim_or_wait(&ctx, &id)).await else {
         // Accepted or finished elsewhere: a duplicate.
         tracing::info!(build_id = %id, "duplicate request acked");
         ctx.metrics.duplicate();
         ack(&d, &id).await;
         return;
-    }
+    };
 
     // Claimed. A cancel may have come while the request was queued.
-    if let Some(reason) = until_ok("read cancel flag", &id, || ctx.leases.cancel_reason(&id)).await
-    {
+    if let Some(reason) = cancelled {
         let ev = build_level_event(
             &ctx,
             &id,
@@ -426,8 +427,7 @@ async fn handle_request(ctx: Arc<Context>, d: Incoming) {
                 Some(Phase::Cancelled),
                 &[],
             );
-            let _ = ctx.leases.put_record(&id, &rec, ctx.record_ttl).await;
-            let _ = ctx.leases.release(&id).await;
+            let _ = ctx.leases.finish(&id, &rec, ctx.record_ttl).await;
             ack(&d, &id).await;
             ctx.metrics
                 .build_finished(Phase::Cancelled, Some(Reason::Cancelled), 0.0);
@@ -439,14 +439,6 @@ async fn handle_request(ctx: Arc<Context>, d: Incoming) {
     }
 
     let plan = Arc::new(plan);
-    let _ = ctx
-        .leases
-        .put_record(
-            &id,
-            &record(&ctx, &plan, RecordState::Claimed, None, &[]),
-            ctx.record_ttl.max(Duration::from_secs(86_400)),
-        )
-        .await;
     let (machine, actions) = Machine::start(
         plan.clone(),
         ctx.settings.clone(),
@@ -492,22 +484,19 @@ where
 }
 
 /// Claims the lease, waiting while another worker holds it without having
-/// accepted the build yet. Ok(true): ours to start. Ok(false): a duplicate.
-async fn claim_or_wait(ctx: &Context, id: &str) -> Result<bool> {
+/// accepted the build yet. `None`: a duplicate. `Some(cancel)`: ours to
+/// start, with the cancel reason if one came while it was queued.
+async fn claim_or_wait(ctx: &Context, id: &str) -> Result<Option<Option<String>>> {
     loop {
-        if let Some(r) = ctx.leases.record(id).await?
-            && matches!(r.state, RecordState::Accepted | RecordState::Finished)
-        {
-            return Ok(false);
-        }
-        match ctx.leases.claim(id).await? {
-            Claim::Acquired => {
+        match ctx.leases.claim_request(id).await? {
+            Admit::Duplicate => return Ok(None),
+            Admit::Acquired { cancel } => {
                 if lock(&ctx.builds).contains_key(id) {
-                    return Ok(false);
+                    return Ok(None);
                 }
-                return Ok(true);
+                return Ok(Some(cancel));
             }
-            Claim::HeldBy(_) => {
+            Admit::HeldBy(_) => {
                 // The other worker is creating its pods; the request is safe
                 // only once they exist. Keep this copy until then.
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -748,15 +737,8 @@ async fn execute(ctx: &Arc<Context>, machine: &mut Machine, actions: Vec<Action>
             Action::Finished(phase) => {
                 let plan = machine.plan().clone();
                 let states = machine.image_states();
-                let _ = ctx
-                    .leases
-                    .put_record(
-                        &plan.id,
-                        &record(ctx, &plan, RecordState::Finished, Some(phase), &states),
-                        ctx.record_ttl,
-                    )
-                    .await;
-                let _ = ctx.leases.release(&plan.id).await;
+                let rec = record(ctx, &plan, RecordState::Finished, Some(phase), &states);
+                let _ = ctx.leases.finish(&plan.id, &rec, ctx.record_ttl).await;
                 let secs = jiff::Timestamp::now()
                     .duration_since(plan.accepted_at)
                     .as_secs_f64();
@@ -855,6 +837,10 @@ fn route(ctx: &Context, v: PodView, deleted: bool) {
     ctx.cluster.apply(&v, deleted);
     let id = v.build_id.clone();
     let ns = v.namespace.clone();
+    // A pod being deleted mostly belongs to a build that just ended (its
+    // owner deletes pods after the terminal event): it does not make a build
+    // an adoption candidate, though it keeps one that already is.
+    let deleting = v.deleting;
     let input = if deleted {
         Input::Deleted(v)
     } else {
@@ -870,7 +856,7 @@ fn route(ctx: &Context, v: PodView, deleted: bool) {
         // A pod of a build owned elsewhere went away: most likely the build
         // ended. Forget it; a remaining pod's next event brings it back.
         lock(&ctx.foreign).remove(&id);
-    } else {
+    } else if !deleting {
         lock(&ctx.foreign).entry(id).or_insert(Foreign {
             namespace: ns,
             checked: None,
@@ -989,7 +975,6 @@ async fn adopt_loop(ctx: Arc<Context>, stop: CancellationToken) {
     // that, every half lease TTL (a lapsed lease is found within one TTL).
     let every = (ctx.leases.ttl() / 2).max(Duration::from_millis(200));
     let tick = every.min(Duration::from_secs(1));
-    let mut adopting: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -1007,15 +992,14 @@ async fn adopt_loop(ctx: Arc<Context>, stop: CancellationToken) {
                 })
                 .collect()
         };
-        adopting.clear();
         for chunk in due.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
             let Ok(holders) = ctx.leases.holders(&ids).await else {
                 continue;
             };
             for ((id, ns), holder) in chunk.iter().zip(holders) {
-                if holder.is_none() && adopting.insert(id.clone()) {
-                    try_adopt(ctx.clone(), id.clone(), ns.clone()).await;
+                if holder.is_none() {
+                    tokio::spawn(try_adopt(ctx.clone(), id.clone(), ns.clone()));
                 }
             }
         }
@@ -1024,9 +1008,15 @@ async fn adopt_loop(ctx: Arc<Context>, stop: CancellationToken) {
 
 /// Takes over a build whose lease lapsed, from its pods alone.
 async fn try_adopt(ctx: Arc<Context>, id: String, namespace: String) {
-    if lock(&ctx.builds).contains_key(&id) {
+    if lock(&ctx.builds).contains_key(&id) || !lock(&ctx.adopting).insert(id.clone()) {
         return;
     }
+    adopt(&ctx, &id, &namespace).await;
+    lock(&ctx.adopting).remove(&id);
+}
+
+async fn adopt(ctx: &Arc<Context>, id: &str, namespace: &str) {
+    let (id, namespace) = (id.to_owned(), namespace.to_owned());
     match ctx.leases.claim(&id).await {
         Ok(Claim::Acquired) => {}
         _ => return,
@@ -1072,7 +1062,7 @@ async fn try_adopt(ctx: Arc<Context>, id: String, namespace: String) {
             Instant::now(),
             jiff::Timestamp::now(),
         );
-        if spawn_build(&ctx, machine, actions).is_some()
+        if spawn_build(ctx, machine, actions).is_some()
             && let Ok(Some(reason)) = ctx.leases.cancel_reason(&id).await
         {
             ctx.send(&id, Input::Cancel(reason));

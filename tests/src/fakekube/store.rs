@@ -73,7 +73,10 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             history: 50_000,
-            broadcast: 65_536,
+            // Smaller than the history, so that a watcher closed for lagging
+            // can resume from its resourceVersion instead of relisting. The
+            // ring also keeps its last events alive, so it bounds memory too.
+            broadcast: 16_384,
         }
     }
 }
