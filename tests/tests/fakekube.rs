@@ -1444,7 +1444,15 @@ async fn dropping_stops_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load test"]
 async fn ten_thousand_pods() {
-    let kube = start().await;
+    let history = std::env::var("FAKEKUBE_HISTORY")
+        .ok()
+        .and_then(|h| h.parse().ok());
+    let kube = FakeKube::start_with(FakeKubeOptions {
+        namespace: NS.to_owned(),
+        history: history.unwrap_or(FakeKubeOptions::default().history),
+        ..FakeKubeOptions::default()
+    })
+    .await;
     kube.kubelet().set_timing(Timing::instant());
     let pods: Api<Pod> = Api::default_namespaced(kube.client());
     let total = 10_000;

@@ -70,7 +70,13 @@ pub struct PodSettings {
 pub struct Pods {
     client: kube::Client,
     settings: Arc<PodSettings>,
+    /// Bounds concurrent API calls (as client-go's QPS/burst do): a burst of
+    /// requests must not open hundreds of connections to the API server.
+    calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent create/delete/log calls per worker.
+pub const MAX_CONCURRENT_CALLS: usize = 32;
 
 impl std::fmt::Debug for Pods {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +108,7 @@ impl Pods {
         Self {
             client,
             settings: Arc::new(settings),
+            calls: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS)),
         }
     }
 
@@ -132,6 +139,7 @@ impl Pods {
         attempt: u32,
         now: jiff::Timestamp,
     ) -> Result<Created> {
+        let _permit = self.calls.acquire().await;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &plan.namespace);
         let pod = pod_spec(&self.settings, plan, i, attempt, now);
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -216,6 +224,7 @@ impl Pods {
     /// Deletes a pod if it is still the one we mean (uid precondition).
     /// Gone already is fine.
     pub async fn delete(&self, namespace: &str, name: &str, uid: &str) -> Result<()> {
+        let _permit = self.calls.acquire().await;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let mut dp = DeleteParams::background();
         if !uid.is_empty() {
@@ -240,6 +249,7 @@ impl Pods {
     /// The last lines of the Kaniko log (at most 8 KiB), or `None` if the
     /// log cannot be read (the termination message is used instead).
     pub async fn log_tail(&self, namespace: &str, name: &str) -> Option<String> {
+        let _permit = self.calls.acquire().await;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let lp = LogParams {
             container: Some(KANIKO.into()),

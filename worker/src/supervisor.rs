@@ -611,7 +611,7 @@ async fn drive(
 ) -> Result<()> {
     let id = machine.plan().id.clone();
     let outcome = async {
-        execute(&ctx, &mut machine, actions).await?;
+        Box::pin(execute(&ctx, &mut machine, actions)).await?;
         if machine.pods_exist() || machine.stage() != Stage::Active {
             if machine.stage() == Stage::Active {
                 let states = machine.image_states();
@@ -635,12 +635,14 @@ async fn drive(
                 },
                 () = sleep_until(wake) => Input::Tick,
             };
-            let input = enrich(&ctx, input).await;
+            // Boxed: the task of an idle build then holds a small future,
+            // not the largest state of the API calls it may make.
+            let input = Box::pin(enrich(&ctx, input)).await;
             let actions = machine.handle(input, Instant::now(), jiff::Timestamp::now());
             if actions.is_empty() {
                 continue;
             }
-            execute(&ctx, &mut machine, actions).await?;
+            Box::pin(execute(&ctx, &mut machine, actions)).await?;
             if !*accepted.borrow() && machine.pods_exist() {
                 let _ = accepted.send(true);
             }
@@ -700,7 +702,7 @@ async fn execute(ctx: &Arc<Context>, machine: &mut Machine, actions: Vec<Action>
                             break Input::PodCreated {
                                 image,
                                 attempt,
-                                pod,
+                                pod: Box::new(pod),
                             };
                         }
                         Err(e) if e.is_transient() => {
@@ -842,10 +844,10 @@ fn route(ctx: &Context, v: PodView, deleted: bool) {
     // an adoption candidate, though it keeps one that already is.
     let deleting = v.deleting;
     let input = if deleted {
-        Input::Deleted(v)
+        Input::Deleted(Box::new(v))
     } else {
         Input::Observed {
-            pod: v,
+            pod: Box::new(v),
             log_tail: None,
         }
     };

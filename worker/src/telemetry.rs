@@ -75,8 +75,14 @@ pub fn otlp_endpoint() -> Option<String> {
 
 /// Installs the global subscriber (see the module docs). Call once, inside
 /// the tokio runtime, and keep the guard until the process ends.
+/// Log filter when `RUST_LOG` is unset. lapin warns about every returned
+/// (unroutable) message; for events that nobody subscribes to that is
+/// normal and counted in `kiln_events_unroutable_total` instead.
+pub const DEFAULT_FILTER: &str = "info,lapin::returned_messages=error";
+
 pub fn init() -> Guard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = std::env::var("KILN_LOG_FORMAT").is_ok_and(|f| f == "json");
     let fmt = if json {
         tracing_subscriber::fmt::layer()

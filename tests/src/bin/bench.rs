@@ -269,7 +269,7 @@ impl Worker {
             .env("KILN_NAMESPACE", NAMESPACE)
             .env("KILN_WORKER_ID", format!("bench-{tag}"))
             .env("KILN_PREFETCH", opts.prefetch.to_string())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,lapin::returned_messages=error")
             .env_remove("KILN_METRICS_ADDR")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())

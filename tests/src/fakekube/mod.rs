@@ -55,7 +55,6 @@ pub use calls::CallRecord;
 pub use faults::{FaultResponse, FaultRule, Faults, Injected};
 pub use kubelet::{Fate, Kubelet, NODE_NAME, PendingReason, Timing};
 pub use resource::{Resource, Verb};
-pub use status::ApiError;
 
 use calls::CallLog;
 use store::{Store, StoreOptions};

@@ -283,11 +283,6 @@ impl ApiError {
             }
         }
     }
-
-    /// The reason (`NotFound`, `Conflict`, ...), for logs and tests.
-    pub fn reason(&self) -> &str {
-        self.status["reason"].as_str().unwrap_or_default()
-    }
 }
 
 /// `Status` with `status: Success`, returned by DELETE for resources whose

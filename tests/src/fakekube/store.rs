@@ -72,11 +72,13 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
-            history: 50_000,
+            // ~15 KB per event (pod JSON tree + its serialized form): 20k
+            // events cost ~300 MB; 10k pods with ~5 writes each fill it.
+            history: 20_000,
             // Smaller than the history, so that a watcher closed for lagging
             // can resume from its resourceVersion instead of relisting. The
             // ring also keeps its last events alive, so it bounds memory too.
-            broadcast: 16_384,
+            broadcast: 8_192,
         }
     }
 }
