@@ -163,27 +163,14 @@ impl Broker {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
-        ch.exchange_declare(
-            n.requests().into(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-        ch.exchange_declare(
-            n.events().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-        ch.exchange_declare(
-            n.dead().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+        for (exchange, kind) in [
+            (n.requests(), ExchangeKind::Direct),
+            (n.events(), ExchangeKind::Topic),
+            (n.dead(), ExchangeKind::Fanout),
+        ] {
+            ch.exchange_declare(exchange.into(), kind, durable, FieldTable::default())
+                .await?;
+        }
         let queue_opts = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()

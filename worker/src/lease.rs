@@ -241,40 +241,36 @@ impl Leases {
     /// Claims the lease of `id` (`SET NX PX`). Already holding it counts as
     /// acquired: a redelivered request must not lock its own worker out.
     pub async fn claim(&self, id: &str) -> Result<Claim> {
-        let mut conn = self.conn.clone();
         let key = self.lease_key(id);
+        if self.set_nx(&key).await? {
+            return Ok(Claim::Acquired);
+        }
+        let mut conn = self.conn.clone();
+        let holder: Option<String> = conn.get(&key).await?;
+        match holder {
+            Some(h) if h == self.owner => Ok(Claim::Acquired),
+            Some(h) => Ok(Claim::HeldBy(h)),
+            // Expired between the two calls: try once more.
+            None => Ok(if self.set_nx(&key).await? {
+                Claim::Acquired
+            } else {
+                Claim::HeldBy(String::from("another worker"))
+            }),
+        }
+    }
+
+    /// `SET key owner NX PX ttl`: whether the key was ours to take.
+    async fn set_nx(&self, key: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
+            .arg(key)
             .arg(&self.owner)
             .arg("NX")
             .arg("PX")
             .arg(self.ttl_ms())
             .query_async(&mut conn)
             .await?;
-        if set.is_some() {
-            return Ok(Claim::Acquired);
-        }
-        let holder: Option<String> = conn.get(&key).await?;
-        match holder {
-            Some(h) if h == self.owner => Ok(Claim::Acquired),
-            Some(h) => Ok(Claim::HeldBy(h)),
-            // Expired between the two calls: try once more.
-            None => {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&self.owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.ttl_ms())
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(if set.is_some() {
-                    Claim::Acquired
-                } else {
-                    Claim::HeldBy(String::from("another worker"))
-                })
-            }
-        }
+        Ok(set.is_some())
     }
 
     /// Admits a new request: [`Admit::Duplicate`] when the build was accepted

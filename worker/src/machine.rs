@@ -12,10 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use kiln_protocol::{
-    BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason, build_event_id, event_type,
-    image_event_id, subject,
-};
+use kiln_protocol::{BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason};
 use tokio::time::Instant;
 
 use crate::classify::{Failure, Observation, PodView, classify, hopeless};
@@ -78,8 +75,8 @@ pub enum Action {
     },
     Publish(Box<BuildEvent>),
     /// The terminal event is confirmed once the actions before this one ran:
-    /// release the lease and remember the outcome.
-    Finished(Phase),
+    /// release the lease and remember the outcome (and its reason).
+    Finished(Phase, Option<Reason>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -688,14 +685,16 @@ impl Machine {
         }
         self.stage = Stage::Done(phase);
         let summary = self.summary();
-        let mut out = vec![Action::Publish(Box::new(self.build_event(
+        let event = self.build_event(
             phase,
             wall,
             Some(Box::new(|d: &mut EventData| {
                 d.images = Some(summary);
                 fill(d);
             })),
-        )))];
+        );
+        let reason = event.data.reason;
+        let mut out = vec![Action::Publish(Box::new(event))];
         for img in &mut self.images {
             let pods: Vec<PodId> = img
                 .pod
@@ -705,7 +704,7 @@ impl Machine {
                 .collect();
             out.extend(pods.into_iter().map(delete));
         }
-        out.push(Action::Finished(phase));
+        out.push(Action::Finished(phase, reason));
         out
     }
 
@@ -736,53 +735,26 @@ impl Machine {
             .collect()
     }
 
+    /// Event data with what every event of this build carries.
     fn base_data(&self, phase: Phase) -> EventData {
-        EventData {
-            build_id: self.plan.id.clone(),
-            image: None,
-            phase,
-            attempt: None,
-            max_attempts: Some(self.plan.max_attempts),
-            app: self.plan.app.clone(),
-            component: self.plan.component.clone(),
-            labels: self.plan.labels.clone(),
-            tenant: Some(self.plan.tenant.clone()),
-            pod: None,
-            digest: None,
-            image_refs: Vec::new(),
-            started_at: None,
-            finished_at: None,
-            duration_seconds: None,
-            reason: None,
-            message: None,
-            exit_code: None,
-            log_tail: None,
-            retry_in_seconds: None,
-            images: None,
-        }
+        let mut d = EventData::for_build(self.plan.id.clone(), phase);
+        d.max_attempts = Some(self.plan.max_attempts);
+        d.app.clone_from(&self.plan.app);
+        d.component.clone_from(&self.plan.component);
+        d.labels.clone_from(&self.plan.labels);
+        d.tenant = Some(self.plan.tenant.clone());
+        d
     }
 
-    fn envelope(
-        &self,
-        level: Level,
-        phase: Phase,
-        id: String,
-        subject: String,
-        wall: jiff::Timestamp,
-        data: EventData,
-    ) -> BuildEvent {
-        BuildEvent {
-            specversion: "1.0".into(),
-            id,
-            source: self.settings.source.clone(),
-            event_type: event_type(level, phase),
-            subject,
-            time: wall,
-            datacontenttype: "application/json".into(),
-            kilnworker: self.settings.worker.clone(),
-            traceparent: self.plan.traceparent.clone(),
+    /// The CloudEvent around `data`: id, type and subject follow from it.
+    fn envelope(&self, wall: jiff::Timestamp, data: EventData) -> BuildEvent {
+        BuildEvent::new(
+            self.settings.source.clone(),
+            self.settings.worker.clone(),
+            wall,
             data,
-        }
+        )
+        .with_traceparent(self.plan.traceparent.clone())
     }
 
     #[allow(clippy::type_complexity)]
@@ -801,14 +773,7 @@ impl Machine {
         if let Some(fill) = fill {
             fill(&mut data);
         }
-        self.envelope(
-            Level::Build,
-            phase,
-            build_event_id(&self.plan.id, phase),
-            subject(&self.plan.id, None),
-            wall,
-            data,
-        )
+        self.envelope(wall, data)
     }
 
     fn image_event(
@@ -839,14 +804,7 @@ impl Machine {
             data.image_refs = image_refs(&spec.destinations, img.digest.as_deref());
         }
         fill(&mut data);
-        Action::Publish(Box::new(self.envelope(
-            Level::Image,
-            phase,
-            image_event_id(&self.plan.id, &spec.name, img.attempt, phase),
-            subject(&self.plan.id, Some(&spec.name)),
-            wall,
-            data,
-        )))
+        Action::Publish(Box::new(self.envelope(wall, data)))
     }
 }
 
@@ -992,7 +950,7 @@ mod tests {
                 }
                 Action::CreatePod { image, attempt } => format!("create:{image}#{attempt}"),
                 Action::DeletePod { name, .. } => format!("delete:{name}"),
-                Action::Finished(p) => format!("finished:{}", p.as_str()),
+                Action::Finished(p, _) => format!("finished:{}", p.as_str()),
             })
             .collect()
     }

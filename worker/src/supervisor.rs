@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kiln_protocol::{BuildEvent, EventData, Level, Phase, Reason};
+use kiln_protocol::{BuildEvent, EventData, Phase, Reason};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -270,18 +270,13 @@ fn build_level_event(
 ) -> BuildEvent {
     let mut data = EventData::for_build(id, phase);
     fill(&mut data);
-    BuildEvent {
-        specversion: "1.0".into(),
-        id: kiln_protocol::build_event_id(id, phase),
-        source: ctx.settings.source.clone(),
-        event_type: kiln_protocol::event_type(Level::Build, phase),
-        subject: kiln_protocol::subject(id, None),
-        time: jiff::Timestamp::now(),
-        datacontenttype: "application/json".into(),
-        kilnworker: ctx.settings.worker.clone(),
-        traceparent,
+    BuildEvent::new(
+        ctx.settings.source.clone(),
+        ctx.settings.worker.clone(),
+        jiff::Timestamp::now(),
         data,
-    }
+    )
+    .with_traceparent(traceparent)
 }
 
 /// Bad input: `build.rejected` when the id is readable, then the message
@@ -736,7 +731,7 @@ async fn execute(ctx: &Arc<Context>, machine: &mut Machine, actions: Vec<Action>
                     tracing::warn!(pod = %name, error = %e, "could not delete pod");
                 }
             }
-            Action::Finished(phase) => {
+            Action::Finished(phase, reason) => {
                 let plan = machine.plan().clone();
                 let states = machine.image_states();
                 let rec = record(ctx, &plan, RecordState::Finished, Some(phase), &states);
@@ -744,7 +739,7 @@ async fn execute(ctx: &Arc<Context>, machine: &mut Machine, actions: Vec<Action>
                 let secs = jiff::Timestamp::now()
                     .duration_since(plan.accepted_at)
                     .as_secs_f64();
-                ctx.metrics.build_finished(phase, None, secs);
+                ctx.metrics.build_finished(phase, reason, secs);
                 ctx.cluster.finished(&plan.id, phase);
                 tracing::info!(build_id = %plan.id, phase = phase.as_str(), "build finished");
             }
