@@ -12,6 +12,7 @@ mod cancel;
 mod decode;
 mod event;
 mod names;
+mod quantity;
 mod reference;
 mod request;
 mod schema;
@@ -26,6 +27,7 @@ pub use event::{
     image_event_id, routing_key, subject,
 };
 pub use names::{MAX_LABEL_LEN, configmap_name, is_dns1123_label, label_value, pod_name};
+pub use quantity::quantity_nanos;
 pub use reference::{ImageReference, parse_destination, parse_image_reference};
 pub use request::{
     BUILD_REQUEST_KIND, BuildContext, BuildRequest, ContextKind, DEFAULT_DOCKERFILE, GitContext,

@@ -707,11 +707,11 @@ fn check_labels(errs: &mut ValidationErrors, labels: &BTreeMap<String, String>) 
 fn check_quantity(errs: &mut ValidationErrors, path: &str, value: Option<&str>, example: &str) {
     let Some(v) = value else { return };
     let parsed = if QUANTITY_RE.is_match(v) {
-        kube_quantity::ParsedQuantity::try_from(v).ok()
+        crate::quantity::quantity_nanos(v)
     } else {
         None
     };
-    match parsed.and_then(|q| q.to_bytes_f64()) {
+    match parsed {
         None => errs.push(
             path,
             format!(
@@ -719,7 +719,7 @@ fn check_quantity(errs: &mut ValidationErrors, path: &str, value: Option<&str>, 
                 quote(v)
             ),
         ),
-        Some(n) if n <= 0.0 || !n.is_finite() => {
+        Some(0) => {
             errs.push(path, format!("{} must be greater than zero", quote(v)));
         }
         Some(_) => {}

@@ -150,14 +150,9 @@ pub struct Defaults {
     pub memory: Quantity,
 }
 
-/// A Kubernetes quantity as written, with its exact value.
-///
-/// Quantities are compared exactly, in nano-units held in a `u128`
-/// (8Ei is about 9.2e27 nano-units, far below the 3.4e38 a `u128` holds).
-/// `kube_quantity::ParsedQuantity` was the first choice, but its ordering
-/// converts between binary and decimal suffixes through `f32` factors, so
-/// it is neither exact nor symmetric: `8589934593` (8Gi + 1 byte) compares
-/// as *smaller* than `8Gi` when it is the left-hand side.
+/// A Kubernetes quantity as written, with its exact value
+/// ([`kiln_protocol::quantity_nanos`]): caps compare exactly across binary
+/// and decimal suffixes (`8589934593` is more than `8Gi`).
 #[derive(Debug, Clone)]
 pub struct Quantity {
     text: String,
@@ -168,7 +163,7 @@ impl Quantity {
     /// Parses a positive Kubernetes quantity (`500m`, `2`, `1.5Gi`, `1e3`).
     pub fn parse(text: &str) -> Result<Quantity, String> {
         let trimmed = text.trim();
-        let Some(nanos) = quantity_nanos(trimmed) else {
+        let Some(nanos) = kiln_protocol::quantity_nanos(trimmed) else {
             return Err(format!(
                 "{} is not a Kubernetes quantity (e.g. \"500m\", \"2\", \"512Mi\", \"4Gi\")",
                 quote(text)
@@ -185,66 +180,6 @@ impl Quantity {
 
     pub fn as_str(&self) -> &str {
         &self.text
-    }
-}
-
-/// The value of a non-negative Kubernetes quantity in nano-units, rounded up
-/// (as Kubernetes rounds up below its precision); `None` when `s` is not a
-/// quantity or its value does not fit.
-fn quantity_nanos(s: &str) -> Option<u128> {
-    if s.len() > 64 {
-        return None;
-    }
-    let s = s.strip_prefix('+').unwrap_or(s);
-    let num_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(num_end);
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
-        return None;
-    }
-    let mut mantissa: u128 = 0;
-    for b in int.bytes().chain(frac.bytes()) {
-        mantissa = mantissa
-            .checked_mul(10)?
-            .checked_add(u128::from(b - b'0'))?;
-    }
-    let (pow2, pow10): (u32, i32) = match suffix {
-        "" => (0, 0),
-        "n" => (0, -9),
-        "u" => (0, -6),
-        "m" => (0, -3),
-        "k" => (0, 3),
-        "M" => (0, 6),
-        "G" => (0, 9),
-        "T" => (0, 12),
-        "P" => (0, 15),
-        "E" => (0, 18),
-        "Ki" => (10, 0),
-        "Mi" => (20, 0),
-        "Gi" => (30, 0),
-        "Ti" => (40, 0),
-        "Pi" => (50, 0),
-        "Ei" => (60, 0),
-        other => {
-            let exp = other.strip_prefix(['e', 'E'])?;
-            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            (0, exp.parse().ok()?)
-        }
-    };
-    let exp10 = pow10
-        .checked_add(9)?
-        .checked_sub(i32::try_from(frac.len()).ok()?)?;
-    let value = mantissa.checked_mul(1u128.checked_shl(pow2)?)?;
-    let scale = 10u128.checked_pow(exp10.unsigned_abs())?;
-    if exp10 >= 0 {
-        value.checked_mul(scale)
-    } else {
-        Some(value.div_ceil(scale))
     }
 }
 
