@@ -126,9 +126,17 @@ pub fn redact_url(url: &str) -> String {
 impl Broker {
     /// Connects with auto-recovery and opens the publishing channel.
     pub async fn connect(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
-        let props = ConnectionProperties::default()
-            .enable_auto_recover()
-            .with_connection_name(LongString::from(connection_name.to_owned()));
+        let props = ConnectionProperties::default().enable_auto_recover();
+        Self::connect_with(url, prefix, connection_name, props).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        prefix: &str,
+        connection_name: &str,
+        props: ConnectionProperties,
+    ) -> Result<Self> {
+        let props = props.with_connection_name(LongString::from(connection_name.to_owned()));
         let conn = Connection::connect(url, props)
             .await
             .map_err(|e| Error::Amqp(format!("cannot connect to {}: {e}", redact_url(url))))?;
@@ -644,16 +652,7 @@ impl Broker {
     /// when the broker cannot be reached rather than retry for minutes.
     pub async fn connect_client(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
         let props = ConnectionProperties::default()
-            .with_backoff(ExponentialBuilder::default().with_max_times(0))
-            .with_connection_name(LongString::from(connection_name.to_owned()));
-        let conn = Connection::connect(url, props)
-            .await
-            .map_err(|e| Error::Amqp(format!("cannot connect to {}: {e}", redact_url(url))))?;
-        let publisher = Self::confirm_channel(&conn).await?;
-        Ok(Self {
-            conn,
-            publisher: RwLock::new(publisher),
-            names: Names::new(prefix),
-        })
+            .with_backoff(ExponentialBuilder::default().with_max_times(0));
+        Self::connect_with(url, prefix, connection_name, props).await
     }
 }
