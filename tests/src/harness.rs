@@ -215,13 +215,19 @@ impl Env {
     }
 
     pub async fn cancel(&self, id: &str, reason: &str) {
+        self.cancel_as(id, reason, None).await;
+    }
+
+    /// A cancel published with the AMQP `user_id` property `user` (RabbitMQ
+    /// checks it against the connection's user: `guest` in tests).
+    pub async fn cancel_as(&self, id: &str, reason: &str, user: Option<&str>) {
         let body =
             json!({"apiVersion": "kiln/v1", "kind": "CancelRequest", "id": id, "reason": reason});
         self.broker
             .publish_request(
                 CANCEL_KEY,
                 &serde_json::to_vec(&body).expect("json"),
-                None,
+                user,
                 None,
             )
             .await

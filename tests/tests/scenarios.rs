@@ -430,3 +430,50 @@ async fn policy_violation_is_rejected() {
     env.cleanup().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owning_tenant_may_cancel() {
+    let mut env = Env::new().await;
+    let dir = std::env::temp_dir().join(unique("tenants"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[tenants.default]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"*\"]\n\n[tenants.guest]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"*\"]\n"
+        ),
+    )
+    .unwrap();
+    env.kube.kubelet().set_script(|_| Fate::RunForever);
+    env.start_worker_with(|c| c.policy = Some(path.clone()));
+    // Published without a user id: tenant "default".
+    let id = unique("owned");
+    env.publish(&one_image(&id)).await;
+    let mut running = false;
+    while !running {
+        let ev = env.next_event(WAIT).await.expect("events");
+        running = ev.data.build_id == id && ev.data.phase == Phase::Running;
+    }
+    // Tenant "guest" may not cancel it: dead-lettered, the build goes on.
+    env.cancel_as(&id, "not yours", Some("guest")).await;
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = env.dead_letters().await;
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
+    assert!(env.next_event(Duration::from_secs(1)).await.is_none());
+    // Its own tenant may.
+    env.cancel(&id, "mine").await;
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        sequence(&events).last().map(String::as_str),
+        Some("build.cancelled")
+    );
+    env.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
