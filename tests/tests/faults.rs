@@ -256,3 +256,40 @@ async fn retry_attempt_pod_exists_before_the_failed_one_goes() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_cut_off_from_redis_stops_and_another_finishes() {
+    let mut env = Env::new().await;
+    slow_pods(&env, Duration::from_secs(8));
+    let proxy = kiln_tests::harness::TcpProxy::start("127.0.0.1:6379").await;
+    let url = format!("redis://{}", proxy.addr);
+    let first = env.start_worker_with(|c| c.connections.redis_url = url);
+    let id = unique("fenced");
+    env.publish(&one_image(&id)).await;
+    wait_running(&mut env, &id, 1).await;
+    let first_id = env.worker_id(first);
+    // The first worker loses Redis: after one lease TTL (2 s) it must stop
+    // acting on the build, and a second worker adopts it from its pod.
+    proxy.cut();
+    env.start_worker();
+    let events = env.events_of(&id, WAIT).await;
+    let terminal: Vec<_> = events.iter().filter(|e| is_build_terminal(e)).collect();
+    assert_eq!(terminal.len(), 1, "{:?}", sequence(&events));
+    assert_eq!(terminal[0].data.phase, Phase::Succeeded);
+    assert_ne!(
+        terminal[0].kilnworker, first_id,
+        "the fenced worker must not finish it"
+    );
+    assert_eq!(successful_pod_creates(&env), 1, "no rebuild");
+    // Redis comes back: the first worker serves again.
+    proxy.restore();
+    let next = unique("after-redis");
+    env.kill_worker(1).await;
+    env.publish(&one_image(&next)).await;
+    let events = env.events_of(&next, WAIT).await;
+    assert_eq!(
+        sequence(&events).last().map(String::as_str),
+        Some("build.succeeded")
+    );
+    env.cleanup().await;
+}
