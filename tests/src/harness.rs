@@ -255,6 +255,27 @@ impl Env {
         Some(ev)
     }
 
+    /// Waits until `n` `image.running` events of `build` arrived.
+    pub async fn wait_running(&mut self, build: &str, n: usize, timeout: Duration) {
+        let mut running = 0;
+        while running < n {
+            let ev = self.next_event(timeout).await.expect("events");
+            if ev.data.build_id == build && ev.data.phase == kiln_protocol::Phase::Running {
+                running += 1;
+            }
+        }
+    }
+
+    /// Writes a policy file (TOML) for this test's workers; `cleanup`
+    /// removes it.
+    pub fn write_policy(&self, toml: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(&self.prefix);
+        std::fs::create_dir_all(&dir).expect("policy dir");
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, toml).expect("policy file");
+        path
+    }
+
     /// Every event of `build` until its terminal `build.*` event (plus a
     /// short grace period to catch anything published after it).
     pub async fn events_of(&mut self, build: &str, timeout: Duration) -> Vec<BuildEvent> {
@@ -389,6 +410,7 @@ impl Env {
         }
         let _ = self.broker.delete_topology().await;
         self.flush_redis().await;
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
         self.broker.close().await;
     }
 }

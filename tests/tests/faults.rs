@@ -31,16 +31,6 @@ fn successful_pod_creates(env: &Env) -> usize {
         .count()
 }
 
-async fn wait_running(env: &mut Env, id: &str, n: usize) {
-    let mut running = 0;
-    while running < n {
-        let ev = env.next_event(WAIT).await.expect("events");
-        if ev.data.build_id == id && ev.data.phase == Phase::Running {
-            running += 1;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_is_taken_over_without_rebuilding() {
     let mut env = Env::new().await;
@@ -48,7 +38,7 @@ async fn killed_worker_is_taken_over_without_rebuilding() {
     let first = env.start_worker();
     let id = unique("takeover");
     env.publish(&two_images(&id)).await;
-    wait_running(&mut env, &id, 2).await;
+    env.wait_running(&id, 2, WAIT).await;
     env.kill_worker(first).await;
     let pods_before = env.pod_names();
     assert_eq!(pods_before.len(), 2);
@@ -76,7 +66,7 @@ async fn sigterm_hands_builds_over_at_once() {
     let first = env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(30));
     let id = unique("handover");
     env.publish(&one_image(&id)).await;
-    wait_running(&mut env, &id, 1).await;
+    env.wait_running(&id, 1, WAIT).await;
     env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(30));
     // Let the second worker connect and see the pod, so the release notice
     // (not the lease lapsing) is what moves the build.
@@ -135,7 +125,7 @@ async fn watch_interruptions_lose_nothing() {
     env.start_worker();
     let id = unique("watch");
     env.publish(&one_image(&id)).await;
-    wait_running(&mut env, &id, 1).await;
+    env.wait_running(&id, 1, WAIT).await;
     env.kube.faults().expire_history();
     env.kube.faults().close_watches();
     let events = env.events_of(&id, WAIT).await;
@@ -153,7 +143,7 @@ async fn rabbitmq_connection_cut_mid_build() {
     let w = env.start_worker();
     let id = unique("amqpcut");
     env.publish(&one_image(&id)).await;
-    wait_running(&mut env, &id, 1).await;
+    env.wait_running(&id, 1, WAIT).await;
     assert!(
         env.close_worker_connection(w).await,
         "could not close the worker's connection"
@@ -184,7 +174,7 @@ async fn redis_flushed_mid_build() {
     env.start_worker();
     let id = unique("flush");
     env.publish(&one_image(&id)).await;
-    wait_running(&mut env, &id, 1).await;
+    env.wait_running(&id, 1, WAIT).await;
     env.flush_redis().await;
     let events = env.events_of(&id, WAIT).await;
     let seq = sequence(&events);
@@ -230,7 +220,7 @@ async fn retry_attempt_pod_exists_before_the_failed_one_goes() {
     env.start_worker();
     let id = unique("order");
     env.publish(&one_image(&id)).await;
-    wait_running(&mut env, &id, 1).await; // attempt 1 runs, then is evicted
+    env.wait_running(&id, 1, WAIT).await; // attempt 1 runs, then is evicted
     let second = kiln_protocol::pod_name(&id, "api", 2);
     assert!(
         env.eventually(WAIT, |e| e.pod_names().contains(&second))
@@ -266,7 +256,7 @@ async fn worker_cut_off_from_redis_stops_and_another_finishes() {
     let first = env.start_worker_with(|c| c.connections.redis_url = url);
     let id = unique("fenced");
     env.publish(&one_image(&id)).await;
-    wait_running(&mut env, &id, 1).await;
+    env.wait_running(&id, 1, WAIT).await;
     let first_id = env.worker_id(first);
     // The first worker loses Redis: after one lease TTL (2 s) it must stop
     // acting on the build, and a second worker adopts it from its pod.

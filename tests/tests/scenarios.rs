@@ -288,14 +288,7 @@ async fn cancel_while_running() {
     env.start_worker();
     let id = unique("cr");
     env.publish(&two_images(&id)).await;
-    // Wait until both run.
-    let mut running = 0;
-    while running < 2 {
-        let ev = env.next_event(WAIT).await.expect("events");
-        if ev.data.build_id == id && ev.data.phase == Phase::Running {
-            running += 1;
-        }
-    }
+    env.wait_running(&id, 2, WAIT).await;
     env.cancel(&id, "superseded by 1.2.4").await;
     let events = env.events_of(&id, WAIT).await;
     let seq = sequence(&events);
@@ -410,14 +403,9 @@ async fn bad_requests_are_rejected_and_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_violation_is_rejected() {
     let mut env = Env::new().await;
-    let dir = std::env::temp_dir().join(unique("policy"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("policy.toml");
-    std::fs::write(
-        &path,
-        format!("[tenants.default]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"registry.example.com/allowed\"]\n"),
-    )
-    .unwrap();
+    let path = env.write_policy(&format!(
+        "[tenants.default]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"registry.example.com/allowed\"]\n"
+    ));
     env.start_worker_with(|c| c.policy = Some(path.clone()));
     let id = unique("policy");
     env.publish(&one_image(&id)).await;
@@ -428,32 +416,20 @@ async fn policy_violation_is_rejected() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
     env.cleanup().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_owning_tenant_may_cancel() {
     let mut env = Env::new().await;
-    let dir = std::env::temp_dir().join(unique("tenants"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("policy.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[tenants.default]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"*\"]\n\n[tenants.guest]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"*\"]\n"
-        ),
-    )
-    .unwrap();
+    let path = env.write_policy(&format!(
+        "[tenants.default]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"*\"]\n\n[tenants.guest]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"*\"]\n"
+    ));
     env.kube.kubelet().set_script(|_| Fate::RunForever);
     env.start_worker_with(|c| c.policy = Some(path.clone()));
     // Published without a user id: tenant "default".
     let id = unique("owned");
     env.publish(&one_image(&id)).await;
-    let mut running = false;
-    while !running {
-        let ev = env.next_event(WAIT).await.expect("events");
-        running = ev.data.build_id == id && ev.data.phase == Phase::Running;
-    }
+    env.wait_running(&id, 1, WAIT).await;
     // Tenant "guest" may not cancel it: dead-lettered, the build goes on.
     env.cancel_as(&id, "not yours", Some("guest")).await;
     let mut dead = Vec::new();
@@ -475,5 +451,4 @@ async fn only_the_owning_tenant_may_cancel() {
         Some("build.cancelled")
     );
     env.cleanup().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
