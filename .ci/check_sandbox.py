@@ -193,7 +193,9 @@ def check_brokers(src, objs, problems):
                             continue
                         if sel == {"matchLabels": labels}:
                             continue
-                    if set(peer) == {"namespaceSelector"}:
+                    # Another namespace by name (optionally some of its pods),
+                    # on that namespace's ports only.
+                    if "namespaceSelector" in peer and set(peer) <= {"namespaceSelector", "podSelector"}:
                         ns = (peer["namespaceSelector"].get("matchLabels") or {}).get(
                             "kubernetes.io/metadata.name"
                         )
