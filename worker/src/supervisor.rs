@@ -229,7 +229,8 @@ async fn consume_loop(
 /// Publishes an event, retrying until the broker confirms it.
 async fn publish(ctx: &Context, ev: &BuildEvent) -> Result<()> {
     let level = ev.level();
-    let body = serde_json::to_vec(ev).map_err(|e| Error::Amqp(e.to_string()))?;
+    let body =
+        serde_json::to_vec(ev).map_err(|e| Error::amqp_caused("cannot encode the event", e))?;
     let out = OutgoingEvent {
         routing_key: kiln_protocol::routing_key(level, ev.data.phase),
         message_id: ev.id.clone(),

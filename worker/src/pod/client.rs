@@ -22,14 +22,24 @@ use crate::plan::BuildPlan;
 
 impl From<kube::Error> for Error {
     fn from(e: kube::Error) -> Self {
-        let status = match &e {
-            kube::Error::Api(s) => Some(s.code),
-            _ => None,
+        // The API server puts `Retry-After` into the Status body too
+        // (`details.retryAfterSeconds`); 0 means it gave none.
+        let (status, retry_after) = match &e {
+            kube::Error::Api(s) => (
+                Some(s.code),
+                s.details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|&secs| secs > 0)
+                    .map(|secs| Duration::from_secs(u64::from(secs))),
+            ),
+            _ => (None, None),
         };
         Error::Kube {
-            message: e.to_string(),
+            context: e.to_string(),
             status,
-            retry_after: None,
+            retry_after,
+            source: Some(Box::new(e)),
         }
     }
 }
@@ -63,6 +73,21 @@ fn api_backoff() -> ExponentialBuilder {
         .with_max_times(8)
 }
 
+/// Runs `call` until it succeeds, fails permanently, or [`api_backoff`]
+/// runs out. A server that asked for a `Retry-After` waits at least that
+/// long: hammering a throttling API server only prolongs the throttling.
+async fn with_retries<T, F, Fut>(call: F, notify: impl FnMut(&Error, Duration)) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    call.retry(api_backoff())
+        .when(Error::is_transient)
+        .adjust(|e, delay| delay.map(|d| e.retry_after().map_or(d, |r| r.max(d))))
+        .notify(notify)
+        .await
+}
+
 impl Pods {
     pub fn new(client: kube::Client, settings: PodSettings) -> Self {
         Self {
@@ -75,11 +100,12 @@ impl Pods {
     /// Builds a client from the usual kubeconfig or in-cluster config.
     pub async fn default_client() -> Result<kube::Client> {
         kube::Client::try_default().await.map_err(|e| Error::Kube {
-            message: format!(
+            context: format!(
                 "cannot configure the Kubernetes client (kubeconfig or in-cluster): {e}"
             ),
             status: None,
             retry_after: None,
+            source: Some(Box::new(e)),
         })
     }
 
@@ -110,19 +136,19 @@ impl Pods {
                     Some(p) => Ok(Created::Existing(view(&p))),
                     // Deleted between the two calls: the next try creates it.
                     None => Err(Error::Kube {
-                        message: format!("pod {name} vanished while being adopted"),
+                        context: format!("pod {name} vanished while being adopted"),
                         status: Some(503),
                         retry_after: None,
+                        source: None,
                     }),
                 },
                 Err(e) => Err(Error::from(e)),
             }
         };
-        let created = attempt_create
-            .retry(api_backoff())
-            .when(Error::is_transient)
-            .notify(|e, d| tracing::warn!(build_id = %plan.id, pod = %name, error = %e, retry_in = ?d, "pod create failed; retrying"))
-            .await?;
+        let created = with_retries(attempt_create, |e, d| {
+            tracing::warn!(build_id = %plan.id, pod = %name, error = %e, retry_in = ?d, "pod create failed; retrying");
+        })
+        .await?;
         if let Some(rendered) = &plan.images[i].rendered_dockerfile {
             let owner = match &created {
                 Created::New(v) | Created::Existing(v) => v.uid.clone(),
@@ -169,16 +195,14 @@ impl Pods {
             )])),
             ..ConfigMap::default()
         };
-        (|| async {
+        let create = || async {
             match cms.create(&PostParams::default(), &cm).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
                 Err(e) => Err(Error::from(e)),
             }
-        })
-        .retry(api_backoff())
-        .when(Error::is_transient)
-        .await
+        };
+        with_retries(create, |_, _| {}).await
     }
 
     /// Deletes a pod if it is still the one we mean (uid precondition).
@@ -193,17 +217,15 @@ impl Pods {
                 resource_version: None,
             });
         }
-        (|| async {
+        let delete = || async {
             match pods.delete(name, &dp).await {
                 Ok(_) => Ok(()),
                 // 404: gone; 409: the name now belongs to another pod.
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
                 Err(e) => Err(Error::from(e)),
             }
-        })
-        .retry(api_backoff())
-        .when(Error::is_transient)
-        .await
+        };
+        with_retries(delete, |_, _| {}).await
     }
 
     /// The last lines of the Kaniko log (at most 8 KiB), or `None` if the
@@ -230,14 +252,12 @@ impl Pods {
             "{SELECTOR},{LABEL_BUILD}={}",
             kiln_protocol::label_value(build_id)
         );
-        let list = (|| async {
+        let list = || async {
             pods.list(&ListParams::default().labels(&selector))
                 .await
                 .map_err(Error::from)
-        })
-        .retry(api_backoff())
-        .when(Error::is_transient)
-        .await?;
+        };
+        let list = with_retries(list, |_, _| {}).await?;
         Ok(list
             .items
             .iter()
@@ -268,5 +288,33 @@ impl Pods {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The body of the 429 the API Priority and Fairness filter sends.
+    fn throttled(details: &serde_json::Value) -> kube::Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": "TooManyRequests", "code": 429,
+            "message": "Too many requests, please try again later.",
+            "details": details,
+        }))
+        .unwrap();
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn retry_after_comes_from_the_status_details() {
+        let e = Error::from(throttled(&serde_json::json!({"retryAfterSeconds": 3})));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert!(e.is_transient());
+        assert!(std::error::Error::source(&e).is_some());
+        let none = Error::from(throttled(&serde_json::json!({})));
+        assert_eq!(none.retry_after(), None);
     }
 }
