@@ -26,7 +26,10 @@ use crate::error::{Error, Result};
 
 impl From<lapin::Error> for Error {
     fn from(e: lapin::Error) -> Self {
-        Error::Amqp(e.to_string())
+        Error::Amqp {
+            context: e.to_string(),
+            source: Some(Box::new(e)),
+        }
     }
 }
 
@@ -137,9 +140,9 @@ impl Broker {
         props: ConnectionProperties,
     ) -> Result<Self> {
         let props = props.with_connection_name(LongString::from(connection_name.to_owned()));
-        let conn = Connection::connect(url, props)
-            .await
-            .map_err(|e| Error::Amqp(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        let conn = Connection::connect(url, props).await.map_err(|e| {
+            Error::amqp_caused(&format!("cannot connect to {}", redact_url(url)), e)
+        })?;
         let publisher = Self::confirm_channel(&conn).await?;
         Ok(Self {
             conn,
@@ -301,7 +304,7 @@ impl Broker {
             .await?
         {
             Routed::Yes => Ok(()),
-            Routed::NoQueue => Err(Error::Amqp(format!(
+            Routed::NoQueue => Err(Error::amqp(format!(
                 "the broker could not route the message: no queue is bound to exchange {} with key {routing_key:?} (is a worker with prefix {:?} running?)",
                 self.names.requests(),
                 self.names.prefix

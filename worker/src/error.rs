@@ -3,30 +3,51 @@
 //! Every fallible operation of the worker returns [`Error`]. Variants say
 //! which dependency failed so that retries, logs and metrics can tell a flaky
 //! broker from a bad request; `metric_label()` gives the low-cardinality name
-//! used as a Prometheus label.
+//! of the `kiln_errors_total{kind}` counter.
+//!
+//! This file names no client library: only `amqp.rs` knows lapin, only
+//! `lease.rs` knows Redis, only `pod/` knows kube (ARCHITECTURE.md,
+//! invariants). Their `From` impls live there and keep the library's error
+//! as the [`std::error::Error::source`]; the context string is the whole
+//! message (it quotes the source's text, because logs print `Display` only).
 
 use std::time::Duration;
+
+/// The original error of a dependency, kept for whoever walks the chain.
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong inside the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// RabbitMQ: connection, channel, publish or ack failed.
-    #[error("RabbitMQ: {0}")]
-    Amqp(String),
+    #[error("RabbitMQ: {context}")]
+    Amqp {
+        context: String,
+        #[source]
+        source: Option<Source>,
+    },
     /// A publish was nacked by the broker or never confirmed.
     #[error("RabbitMQ did not confirm the publish of {0}")]
     NotConfirmed(String),
     /// Redis: connection or command failed.
-    #[error("Redis: {0}")]
-    Redis(String),
+    #[error("Redis: {context}")]
+    Redis {
+        context: String,
+        #[source]
+        source: Option<Source>,
+    },
     /// The Kubernetes API answered with an error or could not be reached.
-    #[error("Kubernetes API: {message}")]
+    #[error("Kubernetes API: {context}")]
     Kube {
-        message: String,
+        context: String,
         /// HTTP status when the API server answered.
         status: Option<u16>,
-        /// The server's `Retry-After`, when it gave one (429).
+        /// The server's `Status.details.retryAfterSeconds`, when it gave one
+        /// (429 from API Priority and Fairness, some 5xx): the pod client
+        /// waits at least that long before its next try.
         retry_after: Option<Duration>,
+        #[source]
+        source: Option<Source>,
     },
     /// This worker no longer holds the lease of a build.
     #[error("lease of build {0} lost")]
@@ -34,22 +55,47 @@ pub enum Error {
     /// Configuration or policy file problem (at start-up).
     #[error("configuration: {0}")]
     Config(String),
-    /// The worker is shutting down.
-    #[error("shutting down")]
-    Shutdown,
 }
 
 impl Error {
+    /// A RabbitMQ error that no library error caused (or whose cause is
+    /// already in the message).
+    pub fn amqp(context: impl Into<String>) -> Self {
+        Error::Amqp {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A RabbitMQ error caused by `source`, described as `context`.
+    pub fn amqp_caused(context: &str, source: impl Into<Source> + std::fmt::Display) -> Self {
+        let (context, source) = caused(context, source);
+        Error::Amqp { context, source }
+    }
+
+    /// A Redis error caused by `source`, described as `context`.
+    pub fn redis_caused(context: &str, source: impl Into<Source> + std::fmt::Display) -> Self {
+        let (context, source) = caused(context, source);
+        Error::Redis { context, source }
+    }
+
     /// A short, stable label for metrics (`kiln_errors_total{kind=...}`).
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Amqp(_) => "amqp",
+            Error::Amqp { .. } => "amqp",
             Error::NotConfirmed(_) => "amqp_not_confirmed",
-            Error::Redis(_) => "redis",
+            Error::Redis { .. } => "redis",
             Error::Kube { .. } => "kube",
             Error::LeaseLost(_) => "lease_lost",
             Error::Config(_) => "config",
-            Error::Shutdown => "shutdown",
+        }
+    }
+
+    /// How long the server asked us to wait before trying again, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Kube { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -60,14 +106,61 @@ impl Error {
     /// retrying would only spin.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Amqp(_) | Error::NotConfirmed(_) | Error::Redis(_) => true,
+            Error::Amqp { .. } | Error::NotConfirmed(_) | Error::Redis { .. } => true,
             Error::Kube { status, .. } => match status {
                 None => true,
                 Some(code) => *code >= 500 || matches!(code, 408 | 409 | 429),
             },
-            Error::LeaseLost(_) | Error::Config(_) | Error::Shutdown => false,
+            Error::LeaseLost(_) | Error::Config(_) => false,
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message `"{context}: {source}"` and the kept source.
+fn caused(
+    context: &str,
+    source: impl Into<Source> + std::fmt::Display,
+) -> (String, Option<Source>) {
+    (format!("{context}: {source}"), Some(source.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_survives_and_the_message_stays_whole() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = Error::Redis {
+            context: format!("cannot connect to redis://r: {io}"),
+            source: Some(Box::new(io)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Redis: cannot connect to redis://r: reset by peer"
+        );
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("reset by peer"));
+        assert!(e.is_transient());
+        assert_eq!(e.metric_label(), "redis");
+    }
+
+    #[test]
+    fn kubernetes_client_errors_are_permanent_except_conflicts_and_throttling() {
+        let kube = |status| Error::Kube {
+            context: "x".into(),
+            status,
+            retry_after: None,
+            source: None,
+        };
+        for code in [400, 403, 404, 422] {
+            assert!(!kube(Some(code)).is_transient(), "{code}");
+        }
+        for code in [408, 409, 429, 500, 503] {
+            assert!(kube(Some(code)).is_transient(), "{code}");
+        }
+        assert!(kube(None).is_transient());
+    }
+}

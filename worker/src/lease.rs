@@ -25,7 +25,10 @@ use crate::error::{Error, Result};
 
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        Error::Redis(e.to_string())
+        Error::Redis {
+            context: e.to_string(),
+            source: Some(Box::new(e)),
+        }
     }
 }
 
@@ -180,7 +183,7 @@ impl Leases {
     /// the caller.
     pub async fn connect(url: &str, prefix: &str, owner: &str, ttl: Duration) -> Result<Self> {
         let client = redis::Client::open(url)
-            .map_err(|e| Error::Redis(format!("invalid Redis URL {url:?}: {e}")))?;
+            .map_err(|e| Error::redis_caused(&format!("invalid Redis URL {url:?}"), e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)))
@@ -188,7 +191,7 @@ impl Leases {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|e| Error::Redis(format!("cannot connect to {url}: {e}")))?;
+            .map_err(|e| Error::redis_caused(&format!("cannot connect to {url}"), e))?;
         Ok(Self {
             conn,
             client,
@@ -301,7 +304,8 @@ impl Leases {
     /// lease, in one round trip.
     pub async fn finish(&self, id: &str, record: &BuildRecord, keep: Duration) -> Result<()> {
         let mut conn = self.conn.clone();
-        let json = serde_json::to_string(record).map_err(|e| Error::Redis(e.to_string()))?;
+        let json = serde_json::to_string(record)
+            .map_err(|e| Error::redis_caused("cannot encode the build record", e))?;
         let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
         let _: i64 = self
             .finish
@@ -410,7 +414,8 @@ impl Leases {
     /// Writes the record of `id`, kept for `keep`.
     pub async fn put_record(&self, id: &str, record: &BuildRecord, keep: Duration) -> Result<()> {
         let mut conn = self.conn.clone();
-        let json = serde_json::to_string(record).map_err(|e| Error::Redis(e.to_string()))?;
+        let json = serde_json::to_string(record)
+            .map_err(|e| Error::redis_caused("cannot encode the build record", e))?;
         let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
         let _: () = redis::cmd("SET")
             .arg(self.record_key(id))

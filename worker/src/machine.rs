@@ -9,11 +9,9 @@
 //! deleting the pods that remain.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason};
-use tokio::time::Instant;
 
 use crate::classify::{Failure, Observation, PodView, classify, hopeless};
 use crate::plan::BuildPlan;
@@ -177,6 +175,44 @@ pub enum Stage {
     Active,
     /// The terminal event and the clean-up were asked for.
     Done(Phase),
+}
+
+/// The wait after failed attempt `attempt` (1-based) of one image:
+/// exponential from `retry_base_delay`, doubled per attempt and capped at
+/// `retry_max_delay`, plus a jitter in `[0, that delay)`, capped again.
+///
+/// The jitter spreads the retries of many builds that failed together (a
+/// registry outage) so they do not return in one wave. It is a pure
+/// function of build id, image and attempt instead of a random draw: the
+/// machine stays deterministic, its tests assert exact delays, and a worker
+/// that adopts the build computes the same wait.
+pub fn backoff(settings: &Settings, build_id: &str, image: &str, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(31);
+    let delay = settings
+        .retry_base_delay
+        .saturating_mul(1 << doublings)
+        .min(settings.retry_max_delay);
+    let fraction = jitter_fraction(build_id, image, attempt);
+    (delay + delay.mul_f64(fraction)).min(settings.retry_max_delay)
+}
+
+/// A number in `[0, 1)` spread evenly by FNV-1a over build id, image and
+/// attempt (FNV rather than `DefaultHasher`, whose output may change
+/// between Rust releases).
+fn jitter_fraction(build_id: &str, image: &str, attempt: u32) -> f64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let bytes = build_id
+        .bytes()
+        .chain([0])
+        .chain(image.bytes())
+        .chain([0])
+        .chain(attempt.to_le_bytes());
+    let hash = bytes.fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    // The top 53 bits fill an f64 mantissa exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let fraction = (hash >> 11) as f64 / (1u64 << 53) as f64;
+    fraction
 }
 
 /// One build.
@@ -501,7 +537,7 @@ impl Machine {
         wall: jiff::Timestamp,
     ) -> Vec<Action> {
         let attempt = self.images[i].attempt;
-        let delay = self.backoff(attempt);
+        let delay = self.backoff(i, attempt);
         let retry = f.retryable && attempt < self.plan.max_attempts && now + delay < self.deadline;
         let log_tail = log_tail.or_else(|| f.log.clone());
         let img = &mut self.images[i];
@@ -526,17 +562,14 @@ impl Machine {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.settings.retry_base_delay)
-            .with_max_delay(self.settings.retry_max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        delays
-            .nth(attempt.saturating_sub(1) as usize)
-            .unwrap_or(self.settings.retry_max_delay)
-            .min(self.settings.retry_max_delay)
+    /// The wait before the attempt after `attempt` of image `i`.
+    fn backoff(&self, i: usize, attempt: u32) -> Duration {
+        backoff(
+            &self.settings,
+            &self.plan.id,
+            &self.plan.images[i].name,
+            attempt,
+        )
     }
 
     fn cancel(&mut self, reason: &str, wall: jiff::Timestamp) -> Vec<Action> {
@@ -842,6 +875,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::classify::{PodPhase, Terminated};
+
+    /// The machine takes `std::time::Instant`s; the tests read tokio's
+    /// paused clock (moved by `tokio::time::advance`) and convert, so every
+    /// instant and delay they assert is exact.
+    struct Instant;
+    impl Instant {
+        fn now() -> std::time::Instant {
+            tokio::time::Instant::now().into_std()
+        }
+    }
     use crate::plan::ImagePlan;
     use kiln_protocol::BuildContext;
     use std::collections::BTreeMap;
@@ -1019,6 +1062,42 @@ mod tests {
         assert!(observed(&mut m, succeeded("api", 1)).is_empty());
     }
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn backoff_doubles_per_attempt_is_capped_and_jittered_by_build_image_and_attempt() {
+        let s = settings(); // 10 s base, 40 s cap
+        // Golden values: FNV-1a of ("b1", "api", attempt) gives the jitter
+        // fraction; they change only if the formula does.
+        assert_eq!(
+            backoff(&s, "b1", "api", 1),
+            secs(10) + secs(10).mul_f64(0.391_484_745_138_288_1)
+        );
+        assert_eq!(
+            backoff(&s, "b1", "api", 2),
+            secs(20) + secs(20).mul_f64(0.016_403_446_343_867_034)
+        );
+        // 40 s + jitter, capped at 40 s.
+        assert_eq!(backoff(&s, "b1", "api", 3), secs(40));
+        assert_eq!(backoff(&s, "b1", "api", 30), secs(40));
+        // The same inputs give the same wait (an adopting worker agrees);
+        // other builds spread over [base, 2 * base).
+        assert_eq!(backoff(&s, "b1", "api", 1), backoff(&s, "b1", "api", 1));
+        let waits: std::collections::BTreeSet<Duration> = (0..200)
+            .map(|n| backoff(&s, &format!("build-{n}"), "api", 1))
+            .collect();
+        assert!(waits.len() > 190, "{} distinct waits", waits.len());
+        assert!(waits.iter().all(|w| (secs(10)..secs(20)).contains(w)));
+        let early = waits.iter().filter(|w| **w < secs(15)).count();
+        assert!(
+            (70..=130).contains(&early),
+            "{early} of 200 in the first half"
+        );
+        assert_ne!(backoff(&s, "b1", "api", 1), backoff(&s, "b1", "web", 1));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retryable_failure_waits_out_the_backoff() {
         let p = plan(&["api"], 3, 3600);
@@ -1042,14 +1121,16 @@ mod tests {
             panic!()
         };
         assert_eq!(ev.data.reason, Some(Reason::PushError));
-        let delay = ev.data.retry_in_seconds.unwrap();
-        assert!((5.0..=40.0).contains(&delay), "{delay}");
+        // 10 s base for attempt 1, plus this build's jitter (see below).
+        let delay = backoff(&settings(), "b1", "api", 1);
+        assert_eq!(delay, secs(10) + secs(10).mul_f64(0.391_484_745_138_288_1));
+        assert_eq!(ev.data.retry_in_seconds, Some(delay.as_secs_f64()));
         assert_eq!(ev.data.log_tail.as_deref(), Some("push failed"));
-        // Not before the backoff.
-        let wake = m.next_wakeup().unwrap();
-        assert!(wake >= Instant::now() + Duration::from_secs_f64(delay) - Duration::from_millis(1));
+        // Exactly after the backoff, not a nanosecond before.
+        assert_eq!(m.next_wakeup(), Some(Instant::now() + delay));
+        tokio::time::advance(delay.checked_sub(Duration::from_nanos(1)).unwrap()).await;
         assert!(feed(&mut m, Input::Tick).is_empty());
-        tokio::time::advance(Duration::from_secs_f64(delay)).await;
+        tokio::time::advance(Duration::from_nanos(1)).await;
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
         // The failed attempt's pod goes only once attempt 2 exists.
         assert_eq!(

@@ -33,6 +33,11 @@ pub struct VerbLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub routing_key: String,
 }
@@ -54,6 +59,7 @@ pub struct Metrics {
     pub events_unroutable: Counter,
     pub rejected: Family<ReasonLabels, Counter>,
     pub kube_errors: Family<VerbLabels, Counter>,
+    pub errors: Family<KindLabels, Counter>,
     pub attempt_duration: Family<OutcomeLabels, Histogram>,
     pub cluster_builds_in_flight: Gauge,
     pub dependency_up: Family<CheckLabels, Gauge>,
@@ -146,6 +152,12 @@ impl Metrics {
             "Failed Kubernetes API calls, by verb",
             kube_errors.clone(),
         );
+        let errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "errors",
+            "Errors the worker handled (logged, retried later, or gave up on), by kind (Error::metric_label)",
+            errors.clone(),
+        );
         let attempt_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(1.0, 2.0, 16))) as fn() -> Histogram,
         );
@@ -189,6 +201,7 @@ impl Metrics {
             events_unroutable,
             rejected,
             kube_errors,
+            errors,
             attempt_duration,
             cluster_builds_in_flight,
             dependency_up,
@@ -281,6 +294,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an error where it is handled (logged and retried later, or
+    /// given up on), once per occurrence.
+    pub fn error(&self, e: &crate::Error) {
+        self.errors
+            .get_or_create(&KindLabels {
+                kind: e.metric_label(),
+            })
+            .inc();
+    }
+
     pub fn lease_lost(&self) {
         self.leases_lost.inc();
     }
@@ -304,6 +327,7 @@ mod tests {
         m.attempt_finished(Phase::Failed, Some(Reason::OOMKilled), 12.5);
         m.dependency("redis", false);
         m.build_finished(Phase::Succeeded, None, 30.0);
+        m.error(&crate::Error::LeaseLost("b".into()));
         let text = m.encode();
         for want in [
             "kiln_attempt_duration_seconds_bucket{",
@@ -312,6 +336,7 @@ mod tests {
             "kiln_build_duration_seconds_count 1",
             r#"kiln_worker_info{version=""#,
             "kiln_builds_in_flight 0",
+            r#"kiln_errors_total{kind="lease_lost"} 1"#,
             "# EOF",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");

@@ -229,7 +229,8 @@ async fn consume_loop(
 /// Publishes an event, retrying until the broker confirms it.
 async fn publish(ctx: &Context, ev: &BuildEvent) -> Result<()> {
     let level = ev.level();
-    let body = serde_json::to_vec(ev).map_err(|e| Error::Amqp(e.to_string()))?;
+    let body =
+        serde_json::to_vec(ev).map_err(|e| Error::amqp_caused("cannot encode the event", e))?;
     let out = OutgoingEvent {
         routing_key: kiln_protocol::routing_key(level, ev.data.phase),
         message_id: ev.id.clone(),
@@ -437,7 +438,7 @@ async fn handle_request(ctx: Arc<Context>, d: Incoming) {
     let (machine, actions) = Machine::start(
         plan.clone(),
         ctx.settings.clone(),
-        Instant::now(),
+        Instant::now().into_std(),
         jiff::Timestamp::now(),
     );
     let accepted = spawn_build(&ctx, machine, actions);
@@ -633,7 +634,7 @@ async fn drive(
             // Boxed: the task of an idle build then holds a small future,
             // not the largest state of the API calls it may make.
             let input = Box::pin(enrich(&ctx, input)).await;
-            let actions = machine.handle(input, Instant::now(), jiff::Timestamp::now());
+            let actions = machine.handle(input, Instant::now().into_std(), jiff::Timestamp::now());
             if actions.is_empty() {
                 continue;
             }
@@ -654,9 +655,9 @@ async fn drive(
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+async fn sleep_until(at: Option<std::time::Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
         None => futures::future::pending().await,
     }
 }
@@ -715,7 +716,7 @@ async fn execute(ctx: &Arc<Context>, machine: &mut Machine, actions: Vec<Action>
                         }
                     }
                 };
-                let more = machine.handle(input, Instant::now(), jiff::Timestamp::now());
+                let more = machine.handle(input, Instant::now().into_std(), jiff::Timestamp::now());
                 // Results of this action come before what was queued after it.
                 for a in more.into_iter().rev() {
                     queue.push_front(a);
@@ -1056,7 +1057,7 @@ async fn adopt(ctx: &Arc<Context>, id: &str, namespace: &str) {
             Arc::new(plan),
             ctx.settings.clone(),
             &pods,
-            Instant::now(),
+            Instant::now().into_std(),
             jiff::Timestamp::now(),
         );
         if spawn_build(ctx, machine, actions).is_some()
