@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use askama::Template;
@@ -24,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
-use crate::supervisor::Context;
+use crate::supervisor::Supervisor;
 
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,38 +34,38 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The routes, for [`serve`] and for tests that bring their own listener.
-pub fn router(ctx: Arc<Context>) -> Router {
+pub fn router(sup: Supervisor) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
-        .with_state(ctx)
+        .with_state(sup)
 }
 
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
-    ctx: Arc<Context>,
+    sup: Supervisor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {addr} (KILN_METRICS_ADDR): {e}")))?;
-    serve_on(listener, ctx, shutdown).await
+    serve_on(listener, sup, shutdown).await
 }
 
 /// Serves on a bound listener (port 0 in tests) until `shutdown` resolves.
 pub async fn serve_on(
     listener: TcpListener,
-    ctx: Arc<Context>,
+    sup: Supervisor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the status page");
     }
-    axum::serve(listener, router(ctx))
+    axum::serve(listener, router(sup))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::Config(format!("metrics server failed: {e}")))
@@ -92,13 +91,14 @@ async fn healthz() -> Response {
     text(StatusCode::OK, "ok\n".to_owned())
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
-    ctx.metrics
+async fn metrics(State(sup): State<Supervisor>) -> Response {
+    sup.ctx
+        .metrics
         .cluster_builds_in_flight
-        .set(i64::try_from(ctx.cluster.len()).unwrap_or(i64::MAX));
+        .set(i64::try_from(sup.cluster.len()).unwrap_or(i64::MAX));
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS))],
-        ctx.metrics.encode(),
+        sup.ctx.metrics.encode(),
     )
         .into_response()
 }
@@ -120,7 +120,8 @@ async fn timed(f: impl Future<Output = Result<()>>) -> Option<String> {
 
 /// Runs every readiness check (the slow ones concurrently) and records them
 /// in `kiln_dependency_up`.
-pub async fn readiness(ctx: &Context) -> Vec<Check> {
+pub async fn readiness(sup: &Supervisor) -> Vec<Check> {
+    let ctx = &sup.ctx;
     let (redis, kube) = tokio::join!(timed(ctx.leases.ping()), timed(ctx.pods.ping()));
     let checks = vec![
         Check {
@@ -137,7 +138,8 @@ pub async fn readiness(ctx: &Context) -> Vec<Check> {
         },
         Check {
             name: "consumer",
-            problem: (!ctx.is_consuming()).then(|| "build consumer not running".to_owned()),
+            problem: (!sup.registry.is_consuming())
+                .then(|| "build consumer not running".to_owned()),
         },
     ];
     for c in &checks {
@@ -146,8 +148,8 @@ pub async fn readiness(ctx: &Context) -> Vec<Check> {
     checks
 }
 
-async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
-    let checks = readiness(&ctx).await;
+async fn readyz(State(sup): State<Supervisor>) -> Response {
+    let checks = readiness(&sup).await;
     let failing: Vec<String> = checks
         .iter()
         .filter_map(|c| c.problem.as_ref().map(|p| format!("{}: {p}\n", c.name)))
@@ -220,7 +222,7 @@ fn since(from: jiff::Timestamp, now: jiff::Timestamp) -> String {
 }
 
 fn page(
-    ctx: &Context,
+    sup: &Supervisor,
     snap: &Snapshot,
     holders: &HashMap<String, String>,
     now: jiff::Timestamp,
@@ -263,11 +265,11 @@ fn page(
         })
         .collect();
     StatusPage {
-        worker: ctx.settings.worker.clone(),
-        source: ctx.settings.source.clone(),
+        worker: sup.ctx.settings.worker.clone(),
+        source: sup.ctx.settings.source.clone(),
         version: env!("CARGO_PKG_VERSION"),
-        consuming: ctx.is_consuming(),
-        local_builds: ctx.builds_in_flight(),
+        consuming: sup.registry.is_consuming(),
+        local_builds: sup.registry.in_flight(),
         total: snap.in_flight_total,
         hidden: snap.in_flight_total.saturating_sub(snap.in_flight.len()),
         rows,
@@ -276,13 +278,13 @@ fn page(
     }
 }
 
-async fn status_page(State(ctx): State<Arc<Context>>) -> Response {
-    let snap = ctx.cluster.snapshot(PAGE_BUILDS);
+async fn status_page(State(sup): State<Supervisor>) -> Response {
+    let snap = sup.cluster.snapshot(PAGE_BUILDS);
     let ids: Vec<String> = snap.in_flight.iter().map(|b| b.id.clone()).collect();
     // The lease holder is the build's worker; without Redis the column
     // stays empty rather than the page failing.
     let holders: HashMap<String, String> =
-        match tokio::time::timeout(CHECK_TIMEOUT, ctx.leases.holders(&ids)).await {
+        match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.holders(&ids)).await {
             Ok(Ok(h)) => ids
                 .into_iter()
                 .zip(h)
@@ -290,7 +292,7 @@ async fn status_page(State(ctx): State<Arc<Context>>) -> Response {
                 .collect(),
             _ => HashMap::new(),
         };
-    let page = page(&ctx, &snap, &holders, jiff::Timestamp::now());
+    let page = page(&sup, &snap, &holders, jiff::Timestamp::now());
     match page.render() {
         Ok(html) => (
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -444,43 +445,47 @@ impl Leases {
         let cancels = self.cancel_channel();
         let released = self.released_channel();
         tokio::spawn(async move {
-            loop {
-                if tx.is_closed() {
-                    return;
-                }
+            // A fresh backoff after every subscription that worked: a blip
+            // hours later starts fast again.
+            let mut delays = crate::retry::redis_subscribe().build();
+            while !tx.is_closed() {
                 match client.get_async_pubsub().await {
                     Ok(mut pubsub) => {
-                        if pubsub.subscribe(&cancels).await.is_err()
-                            || pubsub.subscribe(&released).await.is_err()
+                        if pubsub.subscribe(&cancels).await.is_ok()
+                            && pubsub.subscribe(&released).await.is_ok()
                         {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue;
-                        }
-                        let mut stream = pubsub.on_message();
-                        while let Some(msg) = stream.next().await {
-                            let Ok(payload) = msg.get_payload::<String>() else {
-                                continue;
-                            };
-                            let notice = if msg.get_channel_name() == cancels {
-                                Notice::Cancel(payload)
-                            } else {
-                                Notice::Released(serde_json::from_str(&payload).unwrap_or_default())
-                            };
-                            if tx.send(notice).await.is_err() {
-                                return;
+                            delays = crate::retry::redis_subscribe().build();
+                            let mut stream = pubsub.on_message();
+                            while let Some(msg) = stream.next().await {
+                                let Some(notice) = notice_of(&msg, &cancels) else {
+                                    continue;
+                                };
+                                if tx.send(notice).await.is_err() {
+                                    return;
+                                }
                             }
+                            tracing::warn!("Redis notice subscription ended; resubscribing");
                         }
-                        tracing::warn!("Redis notice subscription ended; resubscribing");
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot subscribe to Redis notices; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
             }
         });
         rx
     }
+}
+
+/// The notice a pub/sub message carries; `None` when it is unreadable.
+fn notice_of(msg: &redis::Msg, cancels: &str) -> Option<Notice> {
+    let payload = msg.get_payload::<String>().ok()?;
+    Some(if msg.get_channel_name() == cancels {
+        Notice::Cancel(payload)
+    } else {
+        Notice::Released(serde_json::from_str(&payload).unwrap_or_default())
+    })
 }
 
 /// What admitting a new request found.

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod pod;
 pub mod policy;
 pub mod render;
+pub mod retry;
 pub mod supervisor;
 pub mod telemetry;
 pub mod worker;

@@ -226,6 +226,24 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// An active build of `images`, due at the plan's deadline.
+    fn active(
+        plan: Arc<BuildPlan>,
+        settings: Arc<Settings>,
+        images: Vec<Img>,
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> Self {
+        let deadline = now + plan.remaining(wall);
+        Self {
+            plan,
+            settings,
+            images,
+            deadline,
+            stage: Stage::Active,
+        }
+    }
+
     /// A new build: publish `build.accepted`, then create attempt 1 of every
     /// image.
     pub fn start(
@@ -234,15 +252,8 @@ impl Machine {
         now: Instant,
         wall: jiff::Timestamp,
     ) -> (Self, Vec<Action>) {
-        let deadline = now + plan.remaining(wall);
         let images = plan.images.iter().map(|_| Img::new(1)).collect();
-        let m = Self {
-            plan,
-            settings,
-            images,
-            deadline,
-            stage: Stage::Active,
-        };
+        let m = Self::active(plan, settings, images, now, wall);
         let mut out = vec![Action::Publish(Box::new(m.build_event(
             Phase::Accepted,
             wall,
@@ -257,6 +268,33 @@ impl Machine {
         (m, out)
     }
 
+    /// A build cancelled while its request was still queued: no pod was
+    /// ever created, so the machine only publishes `build.cancelled` and
+    /// finishes. Going through the machine keeps one path that finishes a
+    /// build (the `Finished` action).
+    pub fn start_cancelled(
+        plan: Arc<BuildPlan>,
+        settings: Arc<Settings>,
+        reason: &str,
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> (Self, Vec<Action>) {
+        let images = plan
+            .images
+            .iter()
+            .map(|_| Img {
+                state: ImgState::Cancelled,
+                ..Img::new(0)
+            })
+            .collect();
+        let mut m = Self::active(plan, settings, images, now, wall);
+        let out = m.finish(Phase::Cancelled, wall, |d| {
+            d.reason = Some(Reason::Cancelled);
+            d.message = Some(reason.to_owned());
+        });
+        (m, out)
+    }
+
     /// Resumes a build from its pods (takeover). Events already published by
     /// the previous owner are not repeated, except terminal image events
     /// (their ids are deterministic, so a repeat is recognisable).
@@ -267,7 +305,6 @@ impl Machine {
         now: Instant,
         wall: jiff::Timestamp,
     ) -> (Self, Vec<Action>) {
-        let deadline = now + plan.remaining(wall);
         let mut images: Vec<Img> = Vec::with_capacity(plan.images.len());
         let mut latest: Vec<Option<PodView>> = Vec::with_capacity(plan.images.len());
         for spec in &plan.images {
@@ -282,13 +319,7 @@ impl Machine {
             latest.push(mine.last().map(|p| (*p).clone()));
             images.push(img);
         }
-        let mut m = Self {
-            plan,
-            settings,
-            images,
-            deadline,
-            stage: Stage::Active,
-        };
+        let mut m = Self::active(plan, settings, images, now, wall);
         let mut out = Vec::new();
         let any_failed = latest.iter().flatten().any(|p| {
             matches!(classify(p), Observation::Failed(ref f) if !f.retryable || p.attempt >= m.plan.max_attempts)
@@ -1022,6 +1053,47 @@ mod tests {
                 log_tail: None,
             },
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_while_queued_publishes_only_the_build_event() {
+        let p = plan(&["api", "worker"], 3, 3600);
+        let (m, out) = Machine::start_cancelled(
+            p.clone(),
+            settings(),
+            "superseded",
+            Instant::now(),
+            p.accepted_at,
+        );
+        assert_eq!(summary(&out), ["build.cancelled", "finished:cancelled"]);
+        assert_eq!(m.stage(), Stage::Done(Phase::Cancelled));
+        let Action::Publish(ev) = &out[0] else {
+            panic!("first action is not a publish: {out:?}");
+        };
+        assert_eq!(ev.data.reason, Some(Reason::Cancelled));
+        assert_eq!(ev.data.message.as_deref(), Some("superseded"));
+        let images = ev.data.images.as_deref().unwrap_or_default();
+        assert_eq!(images.len(), 2);
+        assert!(
+            images
+                .iter()
+                .all(|i| i.phase == Phase::Cancelled && i.attempts == 0),
+            "{images:?}"
+        );
+        assert_eq!(
+            out[1],
+            Action::Finished(Phase::Cancelled, Some(Reason::Cancelled))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_while_queued_ignores_later_inputs() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) =
+            Machine::start_cancelled(p.clone(), settings(), "gone", Instant::now(), p.accepted_at);
+        assert!(feed(&mut m, Input::Cancel("again".to_owned())).is_empty());
+        assert!(feed(&mut m, Input::Tick).is_empty());
+        assert_eq!(m.next_wakeup(), None);
     }
 
     #[tokio::test(start_paused = true)]

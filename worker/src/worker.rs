@@ -11,13 +11,13 @@ use crate::machine::Settings;
 use crate::metrics::Metrics;
 use crate::pod::{KubeClient, PodSettings, Pods};
 use crate::policy::Policy;
-use crate::supervisor::{self, Context};
+use crate::supervisor::{self, Context, Supervisor};
 
 /// Image of the init container that downloads `url` build contexts.
 pub const FETCH_IMAGE: &str = "docker.io/curlimages/curl:8.17.0";
 
-/// Connects everything and returns the shared context, ready to run.
-pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<Arc<Context>> {
+/// Connects everything and returns the supervisor, ready to run.
+pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<Supervisor> {
     config.check().map_err(Error::Config)?;
     let worker = config.worker_name();
     let policy = if let Some(path) = &config.policy {
@@ -57,16 +57,16 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         source: format!("urn:kiln:{}", config.cluster),
         worker: worker.clone(),
     });
-    Ok(Context::new(
-        Arc::new(broker),
+    Ok(Supervisor::new(Context {
+        broker: Arc::new(broker),
         leases,
         pods,
-        Arc::new(policy),
+        policy: Arc::new(policy),
         settings,
-        config.record_ttl,
-        config.prefetch,
-        Arc::new(Metrics::new()),
-    ))
+        record_ttl: config.record_ttl,
+        prefetch: config.prefetch,
+        metrics: Arc::new(Metrics::new()),
+    }))
 }
 
 /// Runs a worker until `shutdown` resolves.
@@ -75,7 +75,7 @@ pub async fn run(
     kube: Option<KubeClient>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let ctx = connect(&config, kube).await?;
+    let sup = connect(&config, kube).await?;
     // The HTTP server outlives the supervisor's hand-over and stops with it.
     let http_stop = tokio_util::sync::CancellationToken::new();
     let http = match config.metrics_addr {
@@ -86,13 +86,13 @@ pub async fn run(
             let stop = http_stop.clone();
             Some(tokio::spawn(crate::http::serve_on(
                 listener,
-                ctx.clone(),
+                sup.clone(),
                 async move { stop.cancelled().await },
             )))
         }
         None => None,
     };
-    let result = supervisor::run(ctx, shutdown).await;
+    let result = supervisor::run(sup, shutdown).await;
     http_stop.cancel();
     if let Some(h) = http {
         match h.await {

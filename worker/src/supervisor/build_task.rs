@@ -1,0 +1,258 @@
+//! The task of one build: feeds inputs to its [`Machine`] and executes the
+//! actions it asks for, until the build ends, its lease is lost or the
+//! worker stops. `Action::Finished` is executed here and nowhere else: the
+//! one path that finishes a build.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::Retryable;
+use kiln_protocol::{Phase, Reason};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Supervisor;
+use super::context::Context;
+use super::registry::BuildHandle;
+use crate::classify::PodPhase;
+use crate::error::{Error, Result};
+use crate::lease::RecordState;
+use crate::machine::{Action, Input, Machine, Stage};
+use crate::plan::BuildPlan;
+use crate::pod::Created;
+use crate::retry;
+
+/// Registers the build and spawns its task. `None` if the id is already
+/// driven here. The receiver turns true once the build is accepted.
+pub(super) fn spawn(
+    sup: &Supervisor,
+    machine: Machine,
+    actions: Vec<Action>,
+) -> Option<watch::Receiver<bool>> {
+    let id = machine.plan().id.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (acc_tx, acc_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let handle = BuildHandle {
+        tx,
+        stop: stop.clone(),
+        accepted: acc_rx.clone(),
+        namespace: machine.plan().namespace.clone(),
+    };
+    let n = sup.registry.insert(&id, handle).ok()?;
+    sup.set_in_flight(n);
+    let sup = sup.clone();
+    tokio::spawn(async move {
+        let span = tracing::info_span!("build", build_id = %id);
+        crate::telemetry::set_parent(&span, machine.plan().traceparent.as_deref());
+        let task = Task {
+            sup: sup.clone(),
+            machine,
+            rx,
+            stop,
+            accepted: acc_tx,
+        };
+        let _ = tracing::Instrument::instrument(task.run(actions), span).await;
+        let n = sup.registry.remove(&id);
+        sup.set_in_flight(n);
+    });
+    Some(acc_rx)
+}
+
+struct Task {
+    sup: Supervisor,
+    machine: Machine,
+    rx: mpsc::UnboundedReceiver<Input>,
+    /// Cancelled when the worker must stop acting on the build (lease lost,
+    /// shutting down): everything the task does, retries included, ends.
+    stop: CancellationToken,
+    accepted: watch::Sender<bool>,
+}
+
+impl Task {
+    async fn run(mut self, actions: Vec<Action>) -> Result<()> {
+        let id = self.machine.plan().id.clone();
+        let stop = self.stop.clone();
+        tokio::select! {
+            r = self.drive(actions) => r,
+            () = stop.cancelled() => {
+                tracing::info!(build_id = %id, "stopped acting on the build (lease lost or shutting down)");
+                Err(Error::LeaseLost(id))
+            }
+        }
+    }
+
+    async fn drive(&mut self, actions: Vec<Action>) -> Result<()> {
+        Box::pin(execute(&self.sup, &mut self.machine, actions, &self.stop)).await?;
+        if self.machine.pods_exist() || self.machine.stage() != Stage::Active {
+            if self.machine.stage() == Stage::Active {
+                self.put_accepted_record().await;
+            }
+            let _ = self.accepted.send(true);
+        }
+        while self.machine.stage() == Stage::Active {
+            let wake = self.machine.next_wakeup();
+            let input = tokio::select! {
+                i = self.rx.recv() => match i {
+                    Some(i) => i,
+                    None => return Ok(()),
+                },
+                () = retry::sleep_until(wake.map(Instant::from_std)) => Input::Tick,
+            };
+            // Boxed: the task of an idle build then holds a small future,
+            // not the largest state of the API calls it may make.
+            let input = Box::pin(enrich(&self.sup.ctx, input)).await;
+            let actions = self
+                .machine
+                .handle(input, Instant::now().into_std(), jiff::Timestamp::now());
+            if actions.is_empty() {
+                continue;
+            }
+            Box::pin(execute(&self.sup, &mut self.machine, actions, &self.stop)).await?;
+            if !*self.accepted.borrow() && self.machine.pods_exist() {
+                let _ = self.accepted.send(true);
+            }
+        }
+        let _ = self.accepted.send(true);
+        Ok(())
+    }
+
+    /// The record says "accepted" so that a redelivered request is a
+    /// duplicate even after the lease changes hands.
+    async fn put_accepted_record(&self) {
+        let ctx = &self.sup.ctx;
+        let states = self.machine.image_states();
+        let record = ctx.record(self.machine.plan(), RecordState::Accepted, None, &states);
+        let keep = ctx.record_ttl.max(Duration::from_secs(86_400));
+        let _ = ctx
+            .leases
+            .put_record(&self.machine.plan().id, &record, keep)
+            .await;
+    }
+}
+
+/// Adds the log tail to observations of failed pods (IO stays out of the
+/// machine).
+async fn enrich(ctx: &Context, input: Input) -> Input {
+    match input {
+        Input::Observed {
+            pod,
+            log_tail: None,
+        } if pod.phase == Some(PodPhase::Failed) && !pod.deleting => {
+            let log_tail = ctx.pods.log_tail(&pod.namespace, &pod.name).await;
+            Input::Observed { pod, log_tail }
+        }
+        other => other,
+    }
+}
+
+/// Executes actions front to back; results of pod creation feed back into
+/// the machine and their actions run next. Ends early only when a publish
+/// fails: what follows an event must not run before the event is out.
+pub(super) async fn execute(
+    sup: &Supervisor,
+    machine: &mut Machine,
+    actions: Vec<Action>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let mut queue: VecDeque<Action> = actions.into();
+    while let Some(action) = queue.pop_front() {
+        match action {
+            Action::Publish(ev) => sup.ctx.publish(&ev).await?,
+            Action::CreatePod { image, attempt } => {
+                let Some(input) = create_pod(&sup.ctx, machine.plan(), image, attempt, stop).await
+                else {
+                    continue;
+                };
+                let more = machine.handle(input, Instant::now().into_std(), jiff::Timestamp::now());
+                // Results of this action come before what was queued after it.
+                for a in more.into_iter().rev() {
+                    queue.push_front(a);
+                }
+            }
+            Action::DeletePod {
+                namespace,
+                name,
+                uid,
+            } => {
+                if let Err(e) = sup.ctx.pods.delete(&namespace, &name, &uid).await {
+                    sup.ctx.metrics.kube_error("delete");
+                    tracing::warn!(pod = %name, error = %e, "could not delete pod");
+                }
+            }
+            Action::Finished(phase, reason) => finished(sup, machine, phase, reason).await,
+        }
+    }
+    Ok(())
+}
+
+/// Creates the pod of one attempt, retrying transient errors until the
+/// build's deadline: the waits between tries end at the deadline, and no
+/// try starts after it. `None`: stopped, or still failing at the deadline
+/// (the machine's deadline tick then ends the build).
+async fn create_pod(
+    ctx: &Context,
+    plan: &Arc<BuildPlan>,
+    image: usize,
+    attempt: u32,
+    stop: &CancellationToken,
+) -> Option<Input> {
+    let started = Instant::now();
+    let deadline = started + plan.remaining(jiff::Timestamp::now());
+    let create = (|| ctx.pods.create(plan, image, attempt, jiff::Timestamp::now()))
+        .retry(retry::kube_write())
+        .sleep(move |wait| retry::sleep_at_most_until(wait, deadline))
+        .when(|e| e.is_transient() && Instant::now() < deadline)
+        .notify(|e, wait| {
+            ctx.metrics.kube_error("create");
+            tracing::warn!(build_id = %plan.id, error = %e, retry_in = ?wait, "pod create keeps failing; retrying");
+        });
+    let created = retry::bounded(create, stop).await?;
+    if let Err(e) = &created
+        && e.is_transient()
+    {
+        ctx.metrics.kube_error("create");
+        tracing::warn!(build_id = %plan.id, error = %e, "pod create still failing at the build's deadline");
+        return None;
+    }
+    Some(match created {
+        Ok(Created::New(pod) | Created::Existing(pod)) => {
+            ctx.metrics.pod_created(started.elapsed());
+            Input::PodCreated {
+                image,
+                attempt,
+                pod: Box::new(pod),
+            }
+        }
+        Err(e) => {
+            ctx.metrics.kube_error("create");
+            Input::PodCreateFailed {
+                image,
+                attempt,
+                message: e.to_string(),
+            }
+        }
+    })
+}
+
+/// The terminal event is out: remember the outcome, release the lease, count
+/// it, and tell the status page.
+async fn finished(sup: &Supervisor, machine: &Machine, phase: Phase, reason: Option<Reason>) {
+    let ctx = &sup.ctx;
+    let plan = machine.plan();
+    let record = ctx.record(
+        plan,
+        RecordState::Finished,
+        Some(phase),
+        &machine.image_states(),
+    );
+    let _ = ctx.leases.finish(&plan.id, &record, ctx.record_ttl).await;
+    let secs = jiff::Timestamp::now()
+        .duration_since(plan.accepted_at)
+        .as_secs_f64();
+    ctx.metrics.build_finished(phase, reason, secs);
+    sup.cluster.finished(&plan.id, phase);
+    tracing::info!(build_id = %plan.id, phase = phase.as_str(), "build finished");
+}

@@ -1,0 +1,298 @@
+//! A build request, from delivery to ack: an accepted build, a duplicate or
+//! a rejection.
+//!
+//! Two pure steps decide: [`decide`] (parse, policy admission, template
+//! rendering, plan size) and [`decide_claim`] (what the lease says). The rest
+//! of this file carries the decisions out.
+
+use std::fmt::Display;
+use std::sync::Arc;
+
+use backon::{BackoffBuilder, Retryable};
+use kiln_protocol::{Phase, Reason};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Supervisor, build_task};
+use crate::amqp::Incoming;
+use crate::lease::Admit;
+use crate::machine::Machine;
+use crate::plan::{BuildPlan, MAX_PLAN_BYTES};
+use crate::policy::Policy;
+use crate::render::render_dockerfile;
+use crate::retry;
+
+/// Why a request (or a cancel) is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Rejection {
+    /// The build id, when the request is readable enough to have one:
+    /// `build.rejected` is published only then.
+    pub id: Option<String>,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// What a request body, its sender and the policy make of it.
+#[derive(Debug)]
+pub(super) enum Decision {
+    Accept(Box<BuildPlan>),
+    Reject(Rejection),
+}
+
+/// What the lease says about a request that passed [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Claimed {
+    /// Accepted or finished already (here or elsewhere): ack it.
+    Duplicate,
+    /// Ours to start.
+    Start,
+    /// Ours, but a cancel came while it was queued.
+    Cancelled(String),
+}
+
+/// Parse, admit, render and size-check a request. Pure.
+pub(super) fn decide(
+    body: &[u8],
+    user_id: Option<&str>,
+    traceparent: Option<&str>,
+    policy: &Policy,
+    now: jiff::Timestamp,
+) -> Decision {
+    let reject = |id: Option<&str>, reason, message| {
+        Decision::Reject(Rejection {
+            id: id.map(str::to_owned),
+            reason,
+            message,
+        })
+    };
+    let req = match kiln_protocol::parse_build_request(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let id = kiln_protocol::readable_id(body);
+            return reject(id.as_deref(), Reason::InvalidRequest, joined(&e.errors()));
+        }
+    };
+    let id = Some(req.id.as_str());
+    let admission = match policy.admit(user_id, &req) {
+        Ok(a) => a,
+        Err(violations) => return reject(id, Reason::PolicyViolation, joined(&violations)),
+    };
+    let rendered = match render_all(&req) {
+        Ok(r) => r,
+        Err(problems) => return reject(id, Reason::ConfigError, problems.join("; ")),
+    };
+    let plan = BuildPlan::new(
+        &req,
+        &admission,
+        rendered,
+        now,
+        traceparent.map(str::to_owned),
+    );
+    if plan.to_annotation().len() > MAX_PLAN_BYTES {
+        let message = format!(
+            "the normalised request is larger than the {} KiB a pod annotation can carry; shorten inline Dockerfiles or split the build",
+            MAX_PLAN_BYTES / 1024
+        );
+        return reject(id, Reason::InvalidRequest, message);
+    }
+    Decision::Accept(Box::new(plan))
+}
+
+/// What to do with a valid request given the lease and whether this worker
+/// drives the build already. `None`: another worker holds the lease and is
+/// creating the pods; keep this copy until it has accepted the build. Pure.
+pub(super) fn decide_claim(admit: Admit, driven_here: bool) -> Option<Claimed> {
+    match admit {
+        Admit::Duplicate => Some(Claimed::Duplicate),
+        // Adopted here between the duplicate check and the claim.
+        Admit::Acquired { .. } if driven_here => Some(Claimed::Duplicate),
+        Admit::Acquired {
+            cancel: Some(reason),
+        } => Some(Claimed::Cancelled(reason)),
+        Admit::Acquired { cancel: None } => Some(Claimed::Start),
+        Admit::HeldBy(_) => None,
+    }
+}
+
+/// Every problem, in order, as one message.
+pub(super) fn joined<T: Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Renders every inline Dockerfile; every problem, with its path, if any
+/// fails.
+fn render_all(req: &kiln_protocol::BuildRequest) -> Result<Vec<Option<String>>, Vec<String>> {
+    let mut rendered = Vec::with_capacity(req.images.len());
+    let mut problems = Vec::new();
+    for (i, img) in req.images.iter().enumerate() {
+        let Some(template) = &img.dockerfile_inline else {
+            rendered.push(None);
+            continue;
+        };
+        match render_dockerfile(template, &img.template_args) {
+            Ok(s) => rendered.push(Some(s)),
+            Err(e) => problems.push(format!("images[{i}].dockerfileInline: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(rendered)
+    } else {
+        Err(problems)
+    }
+}
+
+/// One build request, from delivery to ack.
+pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
+    let received = Instant::now();
+    let ctx = &sup.ctx;
+    let decision = decide(
+        &d.body,
+        d.user_id.as_deref(),
+        d.traceparent.as_deref(),
+        &ctx.policy,
+        jiff::Timestamp::now(),
+    );
+    let plan = match decision {
+        Decision::Accept(plan) => plan,
+        Decision::Reject(r) => return reject(&sup, &d, r).await,
+    };
+    let id = plan.id.clone();
+
+    // Duplicate of a build this worker already drives: ack once it is safe.
+    if let Some(accepted) = sup.registry.accepted(&id) {
+        wait_accepted(accepted).await;
+        return ack(&d, &id).await;
+    }
+    // `None`: shutting down; the request goes back to the queue when the
+    // channel closes.
+    let Some(claimed) = claim(&sup, &id).await else {
+        return;
+    };
+    match claimed {
+        Claimed::Duplicate => {
+            tracing::info!(build_id = %id, "duplicate request acked");
+            ctx.metrics.duplicate();
+            ack(&d, &id).await;
+        }
+        Claimed::Cancelled(reason) => finish_cancelled(&sup, &d, *plan, &reason).await,
+        Claimed::Start => start(&sup, &d, *plan, received).await,
+    }
+}
+
+/// Claims the lease, waiting while another worker holds it without having
+/// accepted the build yet. Redis trouble is waited out while holding the
+/// delivery: requeueing would spend the queue's delivery limit and
+/// dead-letter a good request. `None`: the worker is stopping.
+async fn claim(sup: &Supervisor, id: &str) -> Option<Claimed> {
+    let mut waits = retry::lease_held().build();
+    loop {
+        let admit = (|| sup.ctx.leases.claim_request(id))
+            .retry(retry::redis())
+            .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot claim; retrying"));
+        let admit = retry::bounded(admit, &sup.stop).await?.ok()?;
+        if let Some(claimed) = decide_claim(admit, sup.registry.owns(id)) {
+            return Some(claimed);
+        }
+        let wait = waits.next().unwrap_or(std::time::Duration::from_secs(1));
+        retry::bounded(tokio::time::sleep(wait), &sup.stop).await?;
+    }
+}
+
+/// Claimed, but cancelled while queued: the machine publishes
+/// `build.cancelled` and finishes, as for any other build.
+async fn finish_cancelled(sup: &Supervisor, d: &Incoming, plan: BuildPlan, reason: &str) {
+    let id = plan.id.clone();
+    let (mut machine, actions) = Machine::start_cancelled(
+        Arc::new(plan),
+        sup.ctx.settings.clone(),
+        reason,
+        Instant::now().into_std(),
+        jiff::Timestamp::now(),
+    );
+    if build_task::execute(sup, &mut machine, actions, &sup.stop)
+        .await
+        .is_ok()
+    {
+        ack(d, &id).await;
+    } else {
+        let _ = sup.ctx.leases.release(&id).await;
+        let _ = d.requeue().await;
+    }
+}
+
+/// Starts the build's task and acks once it is accepted.
+async fn start(sup: &Supervisor, d: &Incoming, plan: BuildPlan, received: Instant) {
+    let id = plan.id.clone();
+    let (machine, actions) = Machine::start(
+        Arc::new(plan),
+        sup.ctx.settings.clone(),
+        Instant::now().into_std(),
+        jiff::Timestamp::now(),
+    );
+    let Some(accepted) = build_task::spawn(sup, machine, actions) else {
+        // Someone else started it between our checks (adoption): duplicate.
+        return ack(d, &id).await;
+    };
+    if wait_accepted(accepted).await {
+        ack(d, &id).await;
+        sup.ctx.metrics.accepted_latency(received.elapsed());
+    }
+}
+
+/// Bad input: `build.rejected` when the id is readable, then the message
+/// goes to the dead-letter queue with `kiln-error`.
+pub(super) async fn reject(sup: &Supervisor, d: &Incoming, r: Rejection) {
+    let ctx = &sup.ctx;
+    let Rejection {
+        id,
+        reason,
+        message,
+    } = r;
+    tracing::warn!(build_id = id.as_deref().unwrap_or("?"), %reason, "request rejected: {message}");
+    ctx.metrics.rejected(reason);
+    if let Some(id) = &id {
+        let mut data = kiln_protocol::EventData::for_build(id, Phase::Rejected);
+        data.reason = Some(reason);
+        data.message = Some(message.clone());
+        data.tenant.clone_from(&d.user_id);
+        let ev = kiln_protocol::BuildEvent::new(
+            ctx.settings.source.clone(),
+            ctx.settings.worker.clone(),
+            jiff::Timestamp::now(),
+            data,
+        )
+        .with_traceparent(d.traceparent.clone());
+        if let Err(e) = ctx.publish(&ev).await {
+            tracing::error!(build_id = %id, error = %e, "could not publish build.rejected; requeueing the request");
+            let _ = d.requeue().await;
+            return;
+        }
+    }
+    let header = format!("{reason}: {message}");
+    if let Err(e) = ctx.broker.dead_letter(d, &header).await {
+        tracing::error!(error = %e, "could not dead-letter a rejected request; requeueing it");
+        let _ = d.requeue().await;
+    }
+}
+
+/// Waits until the build is accepted; false if its task ended without.
+async fn wait_accepted(mut rx: watch::Receiver<bool>) -> bool {
+    // An error means the task ended and the last value it sent was false.
+    rx.wait_for(|accepted| *accepted).await.is_ok()
+}
+
+pub(super) async fn ack(d: &Incoming, id: &str) {
+    if let Err(e) = d.ack().await {
+        // The channel was recovered meanwhile: the broker redelivers the
+        // request, which is then acked as a duplicate.
+        tracing::warn!(build_id = %id, error = %e, "ack failed; the request will be redelivered");
+    }
+}
+
+#[cfg(test)]
+#[path = "intake_tests.rs"]
+pub(super) mod tests;

@@ -1,0 +1,137 @@
+//! Owns the builds of one worker. Each concept has a file:
+//!
+//! - [`context`]: the immutable clients and settings every task shares;
+//! - [`registry`]: the mutable state (builds driven here, foreign builds,
+//!   adoptions in progress), behind one lock;
+//! - [`intake`]: a build request, from delivery to an accepted build, a
+//!   duplicate or a rejection; [`cancels`]: a cancel request;
+//! - [`build_task`]: the task of one build, feeding its machine and
+//!   executing its actions;
+//! - [`fencing`]: lease renewal, and stopping builds whose lease is lost;
+//! - [`adoption`]: finding builds whose lease lapsed and taking them over;
+//! - [`notices`]: cancel and release notices from other workers;
+//! - [`routing`]: pod events from the watchers to the builds;
+//! - this file: running all of it, and the hand-over at shutdown.
+
+mod adoption;
+mod build_task;
+mod cancels;
+mod context;
+mod fencing;
+mod intake;
+mod notices;
+mod registry;
+mod routing;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::Consumer;
+use crate::cluster::ClusterView;
+use crate::error::Result;
+
+pub use context::Context;
+pub use registry::Registry;
+
+/// The supervisor of one worker: what its tasks share. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    pub ctx: Arc<Context>,
+    pub registry: Arc<Registry>,
+    /// Every Kiln build seen in the cluster, for the status page.
+    pub cluster: Arc<ClusterView>,
+    /// Cancelled at shutdown: ends the loops and every retry that serves
+    /// no build yet (claims, cancel flags).
+    stop: CancellationToken,
+}
+
+impl Supervisor {
+    pub fn new(ctx: Context) -> Self {
+        Self {
+            ctx: Arc::new(ctx),
+            registry: Arc::new(Registry::default()),
+            cluster: Arc::new(ClusterView::new()),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Keeps the `kiln_builds_in_flight` gauge equal to the registry.
+    fn set_in_flight(&self, n: usize) {
+        self.ctx
+            .metrics
+            .builds_in_flight
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// Runs the worker until `shutdown` resolves, then hands its builds over.
+pub async fn run(sup: Supervisor, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let ctx = &sup.ctx;
+    let names = ctx.broker.names().clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ns in ctx.policy.namespaces() {
+        tasks.spawn(routing::watch_namespace(sup.clone(), ns));
+    }
+    tasks.spawn(fencing::renew_loop(sup.clone()));
+    tasks.spawn(notices::notice_loop(sup.clone()));
+    tasks.spawn(adoption::adopt_loop(sup.clone()));
+
+    let worker = &ctx.settings.worker;
+    let builds = ctx
+        .broker
+        .consume(&names.builds(), ctx.prefetch, &format!("kiln-{worker}"))
+        .await?;
+    let cancels = ctx
+        .broker
+        .consume(&names.cancels(), 64, &format!("kiln-{worker}-cancels"))
+        .await?;
+    sup.registry.set_consuming(true);
+    tracing::info!(worker = %worker, "consuming {} and {}", names.builds(), names.cancels());
+
+    tokio::select! {
+        () = shutdown => {}
+        () = consume_loop(sup.clone(), builds, cancels) => {
+            tracing::error!("consumers ended unexpectedly");
+        }
+    }
+    sup.registry.set_consuming(false);
+    hand_over(&sup).await;
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Stops every build task and releases their leases, telling the other
+/// workers so they adopt the builds at once. Pods are left running.
+async fn hand_over(sup: &Supervisor) {
+    sup.stop.cancel();
+    let ids = sup.registry.stop_all();
+    if let Err(e) = sup.ctx.leases.release_all(&ids).await {
+        tracing::warn!(error = %e, "could not release leases; they lapse after the lease TTL");
+    } else {
+        tracing::info!(builds = ids.len(), "released leases for takeover");
+    }
+    sup.ctx.broker.close().await;
+}
+
+/// Hands every delivery to a task of its own until shutdown or until both
+/// consumers end.
+async fn consume_loop(sup: Supervisor, mut builds: Consumer, mut cancels: Consumer) {
+    let mut builds_open = true;
+    let mut cancels_open = true;
+    while builds_open || cancels_open {
+        tokio::select! {
+            () = sup.stop.cancelled() => break,
+            d = builds.next(), if builds_open => match d {
+                Some(d) => { tokio::spawn(intake::handle_request(sup.clone(), d)); }
+                None => builds_open = false,
+            },
+            d = cancels.next(), if cancels_open => match d {
+                Some(d) => { tokio::spawn(cancels::handle_cancel(sup.clone(), d)); }
+                None => cancels_open = false,
+            },
+        }
+    }
+    builds.cancel().await;
+    cancels.cancel().await;
+}

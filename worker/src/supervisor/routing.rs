@@ -1,0 +1,89 @@
+//! Pod events from the watchers to the builds: to the build's task when it
+//! is driven here, else into the foreign set that adoption sweeps.
+
+use futures::StreamExt;
+
+use super::Supervisor;
+use crate::classify::PodView;
+use crate::machine::Input;
+use crate::pod::PodEvent;
+
+/// Follows the Kiln pods of one namespace and routes what it sees.
+pub(super) async fn watch_namespace(sup: Supervisor, namespace: String) {
+    let stream = sup.ctx.pods.watch(&namespace);
+    tokio::pin!(stream);
+    loop {
+        let ev = tokio::select! {
+            () = sup.stop.cancelled() => return,
+            ev = stream.next() => match ev { Some(ev) => ev, None => return },
+        };
+        match ev {
+            PodEvent::Applied(v) => route(&sup, v, false),
+            PodEvent::Deleted(v) => route(&sup, v, true),
+            PodEvent::Resync => sup.cluster.resync(&namespace),
+            PodEvent::Synced => sup.cluster.synced(&namespace),
+        }
+    }
+}
+
+/// What an event of a pod whose build is not driven here means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Foreign {
+    /// A pod of a build owned elsewhere went away: most likely the build
+    /// ended. Forget it; a remaining pod's next event brings it back.
+    Forget,
+    /// A live pod: the build is an adoption candidate.
+    Remember,
+    /// A pod being deleted mostly belongs to a build that just ended (its
+    /// owner deletes pods after the terminal event): it does not make a
+    /// build a candidate, though it keeps one that already is.
+    Ignore,
+}
+
+/// Pure: see [`Foreign`].
+pub(super) fn foreign(deleted: bool, deleting: bool) -> Foreign {
+    match (deleted, deleting) {
+        (true, _) => Foreign::Forget,
+        (false, false) => Foreign::Remember,
+        (false, true) => Foreign::Ignore,
+    }
+}
+
+fn route(sup: &Supervisor, v: PodView, deleted: bool) {
+    if v.build_id.is_empty() {
+        return;
+    }
+    sup.cluster.apply(&v, deleted);
+    let id = v.build_id.clone();
+    let ns = v.namespace.clone();
+    let verdict = foreign(deleted, v.deleting);
+    let input = if deleted {
+        Input::Deleted(Box::new(v))
+    } else {
+        Input::Observed {
+            pod: Box::new(v),
+            log_tail: None,
+        }
+    };
+    if sup.registry.send(&id, input) {
+        return;
+    }
+    match verdict {
+        Foreign::Forget => sup.registry.forget_foreign(&id),
+        Foreign::Remember => sup.registry.seen_foreign(&id, &ns),
+        Foreign::Ignore => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletions_forget_live_pods_remember_dying_pods_do_nothing() {
+        assert_eq!(foreign(true, false), Foreign::Forget);
+        assert_eq!(foreign(true, true), Foreign::Forget);
+        assert_eq!(foreign(false, false), Foreign::Remember);
+        assert_eq!(foreign(false, true), Foreign::Ignore);
+    }
+}
