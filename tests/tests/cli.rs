@@ -363,7 +363,6 @@ async fn invalid_submit_publishes_nothing() {
     assert!(out.stdout.is_empty());
     let builds = env.broker.names().builds();
     assert!(env.broker.get_one(&builds).await.unwrap().is_none());
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +425,6 @@ async fn submit_publishes_with_tenant_and_id() {
     let body: Value = serde_json::from_slice(&msg.body).unwrap();
     assert_eq!(body["id"], id.as_str());
     assert!(env.broker.get_one(&builds).await.unwrap().is_none());
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +455,6 @@ async fn cancel_publishes_a_cancel_request() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,8 +573,6 @@ async fn wait_answers_a_finished_build_from_redis() {
     );
     assert_one_clean_line(&text(&out.stderr));
     assert!(text(&out.stderr).contains("cluster unreachable"));
-
-    env.cleanup().await;
 }
 
 fn outgoing(ev: &BuildEvent) -> OutgoingEvent {
@@ -669,7 +664,6 @@ async fn wait_follows_events_to_the_end() {
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("gave up waiting"));
-    env.cleanup().await;
 }
 
 async fn publish_until_exit(
@@ -755,7 +749,6 @@ async fn submit_wait_subscribes_before_publishing() {
     );
     // Not a terminal: one plain line per event.
     assert!(stderr.contains("sw-1/hello  image.succeeded"), "{stderr}");
-    env.cleanup().await;
 }
 
 // ------------------------------------------------ with a worker (fake kube)
@@ -796,7 +789,6 @@ async fn submit_wait_to_success_prints_pinned_references() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -821,7 +813,6 @@ async fn submit_wait_to_failure_shows_reason_and_log() {
     assert!(stderr.contains("BuildError"), "{stderr}");
     assert!(stderr.contains("no rule to make target"), "{stderr}");
     assert_eq!(text(&out.stdout).trim(), id);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -868,7 +859,6 @@ async fn watch_prints_one_cloudevent_per_line() {
         "{keys:?}"
     );
     assert!(events.iter().all(|e| e.data.build_id == id));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -930,5 +920,4 @@ async fn cancel_and_status_of_a_running_build() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    env.cleanup().await;
 }

@@ -56,7 +56,6 @@ async fn killed_worker_is_taken_over_without_rebuilding() {
     // Exactly one pod per image: nothing was built again.
     assert_eq!(successful_pod_creates(&env), 2);
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +82,6 @@ async fn sigterm_hands_builds_over_at_once() {
     );
     assert_eq!(events.iter().filter(|e| is_build_terminal(e)).count(), 1);
     assert_eq!(successful_pod_creates(&env), 1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +113,6 @@ async fn kubernetes_errors_during_create_are_retried() {
     );
     assert_eq!(env.kube.faults().injected_count(), 4);
     assert_eq!(successful_pod_creates(&env), 1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +130,6 @@ async fn watch_interruptions_lose_nothing() {
         sequence(&events).last().map(String::as_str),
         Some("build.succeeded")
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +160,6 @@ async fn rabbitmq_connection_cut_mid_build() {
         sequence(&events).last().map(String::as_str),
         Some("build.succeeded")
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +184,6 @@ async fn redis_flushed_mid_build() {
         "{seq:?}"
     );
     assert_eq!(successful_pod_creates(&env), 1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +198,6 @@ async fn traceparent_travels_to_every_event() {
     for ev in &events {
         assert_eq!(ev.traceparent.as_deref(), Some(tp), "{}", ev.id);
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +237,6 @@ async fn retry_attempt_pod_exists_before_the_failed_one_goes() {
         sequence(&events).last().map(String::as_str),
         Some("build.cancelled")
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,5 +273,4 @@ async fn worker_cut_off_from_redis_stops_and_another_finishes() {
         sequence(&events).last().map(String::as_str),
         Some("build.succeeded")
     );
-    env.cleanup().await;
 }

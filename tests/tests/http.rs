@@ -172,7 +172,6 @@ async fn metrics_health_and_status_page_over_http() {
             metrics.body
         );
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,5 +204,4 @@ async fn readyz_names_each_failing_check() {
 
     env.kube.faults().set_latency(Duration::ZERO);
     wait_for(addr, "/readyz", |r| r.status == 200).await;
-    env.cleanup().await;
 }

@@ -81,7 +81,6 @@ async fn two_images_succeed_with_digests() {
         "pods left: {:?}",
         env.pod_names()
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +129,6 @@ async fn retryable_failure_then_success() {
         events.last().unwrap().data.images.as_ref().unwrap()[0].attempts,
         2
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +158,6 @@ async fn dockerfile_error_fails_without_retry_with_log_tail() {
     assert!(tail.contains("No rule to make target"), "{tail}");
     assert_eq!(events[4].data.reason, Some(Reason::BuildError));
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +185,6 @@ async fn oom_killed_retries_then_fails() {
     );
     assert_eq!(events[6].data.reason, Some(Reason::OOMKilled));
     assert_eq!(events[7].data.reason, Some(Reason::OOMKilled));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +209,6 @@ async fn eviction_is_retried() {
         .unwrap();
     assert_eq!(retrying.data.reason, Some(Reason::Evicted));
     assert_eq!(seq.last().map(String::as_str), Some("build.succeeded"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,7 +232,6 @@ async fn pending_timeout_fails_with_reason() {
     );
     assert_eq!(events[2].data.reason, Some(Reason::Unschedulable));
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +256,6 @@ async fn deadline_fails_the_build() {
     );
     assert_eq!(events[3].data.reason, Some(Reason::DeadlineExceeded));
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +271,6 @@ async fn cancel_while_queued() {
     assert_eq!(sequence(&events), ["build.cancelled"]);
     assert_eq!(events[0].data.reason, Some(Reason::Cancelled));
     assert!(env.pod_names().is_empty());
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +303,6 @@ async fn cancel_while_running() {
         "{:?}",
         env.pod_names()
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +333,6 @@ async fn duplicate_request_is_one_build() {
         .filter(|c| c.verb == Verb::Create && c.resource == Resource::Pods && c.succeeded())
         .count();
     assert_eq!(creates, 1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +387,6 @@ async fn bad_requests_are_rejected_and_dead_lettered() {
         "{dead:?}"
     );
     assert!(dead.iter().any(|(b, _)| b == b"this is not json"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,7 +404,6 @@ async fn policy_violation_is_rejected() {
     let dead = env.dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,5 +438,4 @@ async fn only_the_owning_tenant_may_cancel() {
         sequence(&events).last().map(String::as_str),
         Some("build.cancelled")
     );
-    env.cleanup().await;
 }
