@@ -7,13 +7,19 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{BuildEvent, Level};
+use kiln_protocol::BuildEvent;
 use kiln_worker::amqp::{BUILD_KEY, Broker, CANCEL_KEY, EventSubscription};
 use kiln_worker::config::{Connections, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::fakekube::FakeKube;
+use crate::fakekube::{FakeKube, Resource, Verb};
+
+mod sequence;
+pub use sequence::{
+    ANY, ONE_IMAGE_FAILS, ONE_IMAGE_SUCCEEDS, assert_sequence, check_sequence, is_build_terminal,
+    of_image, only_outcome, sequence, with_image,
+};
 
 /// RabbitMQ URL of the tests (override with `KILN_AMQP_URL`).
 pub fn amqp_url() -> String {
@@ -354,6 +360,26 @@ impl Env {
         out
     }
 
+    /// Every event of `build` (as [`Env::events_of`]), asserted to match
+    /// `pattern` (see [`assert_sequence`]); the panic names the caller's
+    /// line, though the assertion runs in the future.
+    #[track_caller]
+    pub fn expect_sequence<'a>(
+        &'a mut self,
+        build: &'a str,
+        pattern: &'a [&'a str],
+        timeout: Duration,
+    ) -> impl Future<Output = Vec<BuildEvent>> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let events = self.events_of(build, timeout).await;
+            if let Err(diff) = check_sequence(&events, pattern) {
+                panic!("{caller}: {diff}");
+            }
+            events
+        }
+    }
+
     /// Messages in the dead-letter queue: (body, `kiln-error` header).
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, String)> {
         let mut out = Vec::new();
@@ -366,6 +392,28 @@ impl Env {
             out.push((m.body.clone(), err));
         }
         out
+    }
+
+    /// How many creations of `resource` the fake API server accepted.
+    pub fn created(&self, resource: Resource) -> usize {
+        self.kube
+            .calls()
+            .iter()
+            .filter(|c| c.verb == Verb::Create && c.resource == resource && c.succeeded())
+            .count()
+    }
+
+    /// Messages in the dead-letter queue once at least one is there, or none
+    /// after `timeout`.
+    pub async fn wait_dead_letters(&self, timeout: Duration) -> Vec<(Vec<u8>, String)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let dead = self.dead_letters().await;
+            if !dead.is_empty() || tokio::time::Instant::now() >= deadline {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Pods of the build namespace.
@@ -557,32 +605,6 @@ pub async fn amqp_connections(name: &str) -> Vec<String> {
         .lines()
         .filter(|l| l.contains(name))
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect()
-}
-
-pub fn is_build_terminal(ev: &BuildEvent) -> bool {
-    ev.level() == Level::Build && ev.data.phase.is_terminal(Level::Build)
-}
-
-/// `routing key[:image#attempt]` per event, for exact sequence assertions.
-pub fn sequence(events: &[BuildEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|ev| {
-            let key = kiln_protocol::routing_key(ev.level(), ev.data.phase);
-            match (&ev.data.image, ev.data.attempt) {
-                (Some(i), Some(n)) => format!("{key}:{i}#{n}"),
-                _ => key,
-            }
-        })
-        .collect()
-}
-
-/// Events of one image, in order.
-pub fn of_image<'a>(events: &'a [BuildEvent], image: &str) -> Vec<&'a BuildEvent> {
-    events
-        .iter()
-        .filter(|e| e.data.image.as_deref() == Some(image))
         .collect()
 }
 

@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 use assert_cmd::Command;
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Phase, PodRef, Reason};
 use kiln_tests::fakekube::Fate;
-use kiln_tests::harness::{Env, amqp_url, one_image, redis_url, two_images, unique};
+use kiln_tests::harness::{
+    Env, ONE_IMAGE_SUCCEEDS, amqp_url, assert_sequence, one_image, redis_url, two_images, unique,
+};
 use kiln_worker::amqp::OutgoingEvent;
 use kiln_worker::lease::{BuildRecord, ImageRecord, Leases, RecordState};
 use serde_json::{Value, json};
@@ -846,18 +848,7 @@ async fn watch_prints_one_cloudevent_per_line() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let keys: Vec<String> = events.iter().map(BuildEvent::routing_key).collect();
-    assert_eq!(
-        keys,
-        [
-            "build.accepted",
-            "image.scheduled",
-            "image.running",
-            "image.succeeded",
-            "build.succeeded"
-        ],
-        "{keys:?}"
-    );
+    assert_sequence(&events, ONE_IMAGE_SUCCEEDS);
     assert!(events.iter().all(|e| e.data.build_id == id));
 }
 
@@ -868,17 +859,7 @@ async fn cancel_and_status_of_a_running_build() {
     env.start_worker();
     let id = unique("cli-cancel");
     env.publish(&one_image(&id)).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let ev = env
-            .next_event(Duration::from_secs(5))
-            .await
-            .expect("events");
-        if ev.data.build_id == id && ev.data.phase == Phase::Running {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-    }
+    env.wait_running(&id, 1, WAIT).await;
 
     // Status: Redis' record and the pods of the fake cluster.
     let kubeconfig = TempFile::new("yaml", "");

@@ -6,9 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kiln_protocol::Phase;
 use kiln_tests::fakekube::{Fate, Timing};
-use kiln_tests::harness::{Env, is_build_terminal, one_image, unique};
+use kiln_tests::harness::{Env, ONE_IMAGE_SUCCEEDS, one_image, unique};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -118,12 +117,7 @@ async fn metrics_health_and_status_page_over_http() {
 
     let id = unique("http");
     env.publish(&one_image(&id)).await;
-    loop {
-        let ev = env.next_event(WAIT).await.expect("events");
-        if ev.data.build_id == id && ev.data.phase == Phase::Running {
-            break;
-        }
-    }
+    env.wait_running(&id, 1, WAIT).await;
     // In flight: the build, its image's phase and its worker.
     let page = wait_for(addr, "/", |r| {
         r.body.contains(&id) && r.body.contains(">running<")
@@ -136,8 +130,7 @@ async fn metrics_health_and_status_page_over_http() {
     assert!(page.body.contains(&worker), "worker column: {}", page.body);
     assert!(page.body.contains("<table>"));
 
-    let events = env.events_of(&id, WAIT).await;
-    assert!(events.iter().any(is_build_terminal));
+    env.expect_sequence(&id, ONE_IMAGE_SUCCEEDS, WAIT).await;
     // Finished: listed under recent outcomes, no longer in flight.
     let page = wait_for(addr, "/", |r| {
         r.body
