@@ -13,7 +13,7 @@ use kiln_worker::config::{Connections, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::fakekube::{FakeKube, Resource, Verb};
+use crate::fakekube::{FakeKube, Fate, Resource, Timing, Verb};
 
 mod sequence;
 pub use sequence::{
@@ -303,6 +303,17 @@ impl Env {
         );
         self.seen.push(ev.clone());
         Some(ev)
+    }
+
+    /// Pods take `running` to finish successfully, long enough to disturb
+    /// the worker (or look at it) while they run.
+    pub fn slow_pods(&self, running: Duration) {
+        self.kube.kubelet().set_script(|_| Fate::succeed());
+        self.kube.kubelet().set_timing(Timing {
+            pending: Duration::from_millis(50),
+            running,
+            terminating: Duration::ZERO,
+        });
     }
 
     /// Waits until `n` `image.running` events of `build` arrived.

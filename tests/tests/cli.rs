@@ -755,8 +755,17 @@ async fn submit_wait_subscribes_before_publishing() {
 
 // ------------------------------------------------ with a worker (fake kube)
 
-fn request_file(request: &Value) -> TempFile {
-    TempFile::new("json", &serde_json::to_string_pretty(request).unwrap())
+/// `kiln submit <request> --wait`: its output, and its standard error as
+/// text.
+async fn submit_wait(env: &Env, request: &Value) -> (Output, String) {
+    let f = TempFile::new("json", &serde_json::to_string_pretty(request).unwrap());
+    let out = kiln_async(env)
+        .args(["submit", f.path(), "--wait", "--timeout", "60s"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    (out, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,13 +773,7 @@ async fn submit_wait_to_success_prints_pinned_references() {
     let mut env = Env::new().await;
     env.start_worker();
     let id = unique("cli-ok");
-    let f = request_file(&two_images(&id));
-    let out = kiln_async(&env)
-        .args(["submit", f.path(), "--wait", "--timeout", "60s"])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&out.stderr);
+    let (out, stderr) = submit_wait(&env, &two_images(&id)).await;
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -804,13 +807,7 @@ async fn submit_wait_to_failure_shows_reason_and_log() {
     });
     env.start_worker();
     let id = unique("cli-fail");
-    let f = request_file(&one_image(&id));
-    let out = kiln_async(&env)
-        .args(["submit", f.path(), "--wait", "--timeout", "60s"])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&out.stderr);
+    let (out, stderr) = submit_wait(&env, &one_image(&id)).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("BuildError"), "{stderr}");
     assert!(stderr.contains("no rule to make target"), "{stderr}");

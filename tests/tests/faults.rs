@@ -5,28 +5,17 @@
 use std::time::Duration;
 
 use kiln_protocol::Phase;
-use kiln_tests::fakekube::{Fate, FaultResponse, FaultRule, Resource, Timing, Verb};
+use kiln_tests::fakekube::{Fate, FaultResponse, FaultRule, Resource, Verb};
 use kiln_tests::harness::{
     ANY, Env, ONE_IMAGE_SUCCEEDS, one_image, only_outcome, pod_labels, two_images, unique,
 };
 
 const WAIT: Duration = Duration::from_secs(40);
 
-/// Pods take `running` to finish successfully, long enough to disturb the
-/// worker while they run.
-fn slow_pods(env: &Env, running: Duration) {
-    env.kube.kubelet().set_script(|_| Fate::succeed());
-    env.kube.kubelet().set_timing(Timing {
-        pending: Duration::from_millis(50),
-        running,
-        terminating: Duration::ZERO,
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_is_taken_over_without_rebuilding() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(8));
+    env.slow_pods(Duration::from_secs(8));
     let first = env.start_worker();
     let id = unique("takeover");
     env.publish(&two_images(&id)).await;
@@ -52,7 +41,7 @@ async fn killed_worker_is_taken_over_without_rebuilding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_builds_over_at_once() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(5));
+    env.slow_pods(Duration::from_secs(5));
     let first = env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(30));
     let id = unique("handover");
     env.publish(&one_image(&id)).await;
@@ -95,7 +84,7 @@ async fn kubernetes_errors_during_create_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_interruptions_lose_nothing() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(4));
+    env.slow_pods(Duration::from_secs(4));
     env.start_worker();
     let id = unique("watch");
     env.publish(&one_image(&id)).await;
@@ -109,7 +98,7 @@ async fn watch_interruptions_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_connection_cut_mid_build() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(4));
+    env.slow_pods(Duration::from_secs(4));
     let w = env.start_worker();
     let id = unique("amqpcut");
     env.publish(&one_image(&id)).await;
@@ -132,7 +121,7 @@ async fn rabbitmq_connection_cut_mid_build() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_flushed_mid_build() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(4));
+    env.slow_pods(Duration::from_secs(4));
     env.start_worker();
     let id = unique("flush");
     env.publish(&one_image(&id)).await;
@@ -197,7 +186,7 @@ async fn retry_attempt_pod_exists_before_the_failed_one_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_cut_off_from_redis_stops_and_another_finishes() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(8));
+    env.slow_pods(Duration::from_secs(8));
     let proxy = kiln_tests::harness::TcpProxy::start("127.0.0.1:6379").await;
     let url = format!("redis://{}", proxy.addr);
     let first = env.start_worker_with(|c| c.connections.redis_url = url);

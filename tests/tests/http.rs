@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kiln_tests::fakekube::{Fate, Timing};
 use kiln_tests::harness::{Env, ONE_IMAGE_SUCCEEDS, one_image, unique};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -98,12 +97,7 @@ async fn wait_for(addr: SocketAddr, path: &str, ok: impl Fn(&Reply) -> bool) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_status_page_over_http() {
     let mut env = Env::new().await;
-    env.kube.kubelet().set_script(|_| Fate::succeed());
-    env.kube.kubelet().set_timing(Timing {
-        pending: Duration::from_millis(50),
-        running: Duration::from_secs(3),
-        terminating: Duration::ZERO,
-    });
+    env.slow_pods(Duration::from_secs(3));
     let addr = free_addr();
     let w = env.start_worker_with(|c| c.metrics_addr = Some(addr));
     let worker = env.worker_id(w);
