@@ -1,18 +1,25 @@
 //! Test environment: a fresh AMQP prefix and Redis prefix, a fake Kubernetes
 //! API, in-process workers (each on a runtime of its own, so a "kill" drops
 //! every task of that worker at once, as a crash would), an events
-//! subscriber bound before anything is published, and clean-up.
+//! subscriber bound before anything is published, and clean-up when the
+//! [`Env`] is dropped, also when a test panics halfway.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kiln_protocol::{BuildEvent, Level};
+use kiln_protocol::BuildEvent;
 use kiln_worker::amqp::{BUILD_KEY, Broker, CANCEL_KEY, EventSubscription};
 use kiln_worker::config::{Connections, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::fakekube::FakeKube;
+use crate::fakekube::{FakeKube, Fate, Resource, Timing, Verb};
+
+mod sequence;
+pub use sequence::{
+    ANY, ONE_IMAGE_FAILS, ONE_IMAGE_SUCCEEDS, assert_sequence, check_sequence, is_build_terminal,
+    of_image, only_outcome, sequence, with_image,
+};
 
 /// RabbitMQ URL of the tests (override with `KILN_AMQP_URL`).
 pub fn amqp_url() -> String {
@@ -33,7 +40,17 @@ pub fn unique(prefix: &str) -> String {
 /// The build namespace the tests' default tenant uses.
 pub const NAMESPACE: &str = "kiln-builds";
 
-/// One test's world.
+/// How long dropping an [`Env`] lets its workers hand over before it kills
+/// them (a worker waiting on the fake API server of a runtime that is
+/// blocked in that drop would otherwise never end).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How long removing a test's queues and keys may take before the drop gives
+/// up and says so.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One test's world. Dropping it stops its workers and removes its queues,
+/// exchanges, Redis keys and files (see [`Env::cleanup`]).
 pub struct Env {
     pub prefix: String,
     pub redis_prefix: String,
@@ -58,6 +75,35 @@ pub struct WorkerHandle {
     stop: Option<oneshot::Sender<()>>,
     kill: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Asks for the graceful stop (SIGTERM path).
+    fn signal_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Asks for the crash: a worker that already ended ignores it.
+    fn signal_kill(&mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished)
+    }
+
+    /// Waits for the worker's thread, off the async threads of the caller.
+    async fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
 }
 
 impl Env {
@@ -129,7 +175,7 @@ impl Env {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(async move {
+            let graceful = rt.block_on(async move {
                 let mut kc = kube::Config::new(url.parse().expect("fake url"));
                 NAMESPACE.clone_into(&mut kc.default_namespace);
                 let client = kube::Client::try_from(kc).expect("kube client");
@@ -141,12 +187,20 @@ impl Env {
                         if let Err(e) = r {
                             eprintln!("worker ended with error: {e}");
                         }
+                        true
                     }
-                    _ = kill_rx => {}
+                    _ = kill_rx => false
                 }
             });
-            // A kill: every task of this worker is dropped, no clean-up runs.
-            rt.shutdown_background();
+            if graceful {
+                // Whatever the worker left running is dropped before the
+                // thread ends, so nothing of it writes after a stop returns.
+                rt.shutdown_timeout(Duration::from_secs(2));
+            } else {
+                // A kill: every task of this worker is dropped, no clean-up
+                // runs.
+                rt.shutdown_background();
+            }
         });
         self.workers.push(Some(WorkerHandle {
             id,
@@ -171,20 +225,16 @@ impl Env {
     /// Graceful stop (SIGTERM path): hand builds over.
     pub async fn stop_worker(&mut self, i: usize) {
         if let Some(mut w) = self.workers[i].take() {
-            if let Some(s) = w.stop.take() {
-                let _ = s.send(());
-            }
-            join(w.thread.take()).await;
+            w.signal_stop();
+            w.join().await;
         }
     }
 
     /// Crash: every task of the worker stops at once, leases stay behind.
     pub async fn kill_worker(&mut self, i: usize) {
         if let Some(mut w) = self.workers[i].take() {
-            if let Some(k) = w.kill.take() {
-                let _ = k.send(());
-            }
-            join(w.thread.take()).await;
+            w.signal_kill();
+            w.join().await;
         }
     }
 
@@ -255,6 +305,17 @@ impl Env {
         Some(ev)
     }
 
+    /// Pods take `running` to finish successfully, long enough to disturb
+    /// the worker (or look at it) while they run.
+    pub fn slow_pods(&self, running: Duration) {
+        self.kube.kubelet().set_script(|_| Fate::succeed());
+        self.kube.kubelet().set_timing(Timing {
+            pending: Duration::from_millis(50),
+            running,
+            terminating: Duration::ZERO,
+        });
+    }
+
     /// Waits until `n` `image.running` events of `build` arrived.
     pub async fn wait_running(&mut self, build: &str, n: usize, timeout: Duration) {
         let mut running = 0;
@@ -266,7 +327,7 @@ impl Env {
         }
     }
 
-    /// Writes a policy file (TOML) for this test's workers; `cleanup`
+    /// Writes a policy file (TOML) for this test's workers; the clean-up
     /// removes it.
     pub fn write_policy(&self, toml: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(&self.prefix);
@@ -310,6 +371,26 @@ impl Env {
         out
     }
 
+    /// Every event of `build` (as [`Env::events_of`]), asserted to match
+    /// `pattern` (see [`assert_sequence`]); the panic names the caller's
+    /// line, though the assertion runs in the future.
+    #[track_caller]
+    pub fn expect_sequence<'a>(
+        &'a mut self,
+        build: &'a str,
+        pattern: &'a [&'a str],
+        timeout: Duration,
+    ) -> impl Future<Output = Vec<BuildEvent>> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let events = self.events_of(build, timeout).await;
+            if let Err(diff) = check_sequence(&events, pattern) {
+                panic!("{caller}: {diff}");
+            }
+            events
+        }
+    }
+
     /// Messages in the dead-letter queue: (body, `kiln-error` header).
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, String)> {
         let mut out = Vec::new();
@@ -322,6 +403,28 @@ impl Env {
             out.push((m.body.clone(), err));
         }
         out
+    }
+
+    /// How many creations of `resource` the fake API server accepted.
+    pub fn created(&self, resource: Resource) -> usize {
+        self.kube
+            .calls()
+            .iter()
+            .filter(|c| c.verb == Verb::Create && c.resource == resource && c.succeeded())
+            .count()
+    }
+
+    /// Messages in the dead-letter queue once at least one is there, or none
+    /// after `timeout`.
+    pub async fn wait_dead_letters(&self, timeout: Duration) -> Vec<(Vec<u8>, String)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let dead = self.dead_letters().await;
+            if !dead.is_empty() || tokio::time::Instant::now() >= deadline {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Pods of the build namespace.
@@ -353,49 +456,19 @@ impl Env {
     /// Deletes this test's keys whose names start with the Redis prefix
     /// (simulates losing Redis without disturbing tests running beside).
     pub async fn flush_redis(&self) {
-        let client = redis::Client::open(redis_url()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
+        delete_redis_keys(&self.redis_prefix)
             .await
-            .expect("redis");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.redis_prefix))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .expect("del");
-        }
+            .expect("flush this test's Redis keys");
     }
 
     /// Closes a worker's AMQP connection from the broker side
     /// (`rabbitmqctl close_connection`), as a broker restart or network cut
     /// would.
     pub async fn close_worker_connection(&self, i: usize) -> bool {
-        let name = format!("kiln worker {}", self.worker_id(i));
-        let out = tokio::process::Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "--no-table-headers",
-                "list_connections",
-                "pid",
-                "client_properties",
-            ])
-            .output()
-            .await;
-        let Ok(out) = out else { return false };
-        let text = String::from_utf8_lossy(&out.stdout);
         let mut closed = false;
-        for line in text.lines().filter(|l| l.contains(&name)) {
-            let Some(pid) = line.split_whitespace().next() else {
-                continue;
-            };
+        for pid in amqp_connections(&worker_connection_name(&self.worker_id(i))).await {
             let st = tokio::process::Command::new("rabbitmqctl")
-                .args(["-q", "close_connection", pid, "kiln test: connection cut"])
+                .args(["-q", "close_connection", &pid, "kiln test: connection cut"])
                 .status()
                 .await;
             closed |= st.is_ok_and(|s| s.success());
@@ -403,59 +476,146 @@ impl Env {
         closed
     }
 
-    /// Stops the workers and removes this test's queues, exchanges and keys.
-    pub async fn cleanup(mut self) {
-        for i in 0..self.workers.len() {
-            self.stop_worker(i).await;
-        }
-        let _ = self.broker.delete_topology().await;
-        self.flush_redis().await;
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
+    /// Stops the workers and removes this test's queues, exchanges, keys
+    /// and files now. Dropping the `Env` does the same (so a test need not
+    /// call this); it is for a test that wants it done at a point of its
+    /// choosing, and the drop after it finds nothing left to do.
+    pub async fn cleanup(self) {
         self.broker.close().await;
+        // The drop blocks while workers hand over; on a blocking thread the
+        // test's runtime stays free to serve the fake API server meanwhile.
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // A failed test still stops its workers (their threads would
-        // otherwise keep consuming).
-        for w in self.workers.iter_mut().flatten() {
-            if let Some(k) = w.kill.take() {
-                let _ = k.send(());
-            }
+        let workers: Vec<WorkerHandle> = std::mem::take(&mut self.workers)
+            .into_iter()
+            .flatten()
+            .collect();
+        let prefix = self.prefix.clone();
+        let redis_prefix = self.redis_prefix.clone();
+        // Drop is synchronous and may run on a current-thread runtime or
+        // while a test unwinds: the async removal runs on a thread with a
+        // runtime of its own, with connections of its own (the `Env`'s
+        // broker lives on the test's runtime, which may be the one blocked
+        // here).
+        let removal = std::thread::Builder::new()
+            .name("kiln-test-cleanup".to_owned())
+            .spawn(move || {
+                stop_all(workers);
+                remove_test_state(&prefix, &redis_prefix)
+            });
+        let outcome = match removal {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err("the clean-up thread panicked".to_owned())),
+            Err(e) => Err(format!("cannot start the clean-up thread: {e}")),
+        };
+        if let Err(e) = outcome {
+            // Never panic in a drop (it may run during a panic already).
+            eprintln!("clean-up of {} incomplete: {e}", self.prefix);
         }
     }
 }
 
-async fn join(thread: Option<std::thread::JoinHandle<()>>) {
-    if let Some(t) = thread {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+/// Stops every worker at once (graceful first, a kill for those still
+/// running after [`STOP_GRACE`]) and waits for their threads.
+fn stop_all(mut workers: Vec<WorkerHandle>) {
+    for w in &mut workers {
+        w.signal_stop();
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for mut w in workers {
+        w.signal_kill();
+        if let Some(t) = w.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
-pub fn is_build_terminal(ev: &BuildEvent) -> bool {
-    ev.level() == Level::Build && ev.data.phase.is_terminal(Level::Build)
+/// Deletes the queues and exchanges of `prefix`, the Redis keys of
+/// `redis_prefix` and the test's files, on a runtime of its own.
+fn remove_test_state(prefix: &str, redis_prefix: &str) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(prefix));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let removal = async {
+            let broker = Broker::connect_client(&amqp_url(), prefix, "kiln test clean-up")
+                .await
+                .map_err(|e| e.to_string())?;
+            let topology = broker.delete_topology().await.map_err(|e| e.to_string());
+            broker.close().await;
+            topology?;
+            delete_redis_keys(redis_prefix).await
+        };
+        tokio::time::timeout(REMOVE_TIMEOUT, removal)
+            .await
+            .map_err(|_| format!("no answer within {REMOVE_TIMEOUT:?}"))?
+    })
 }
 
-/// `routing key[:image#attempt]` per event, for exact sequence assertions.
-pub fn sequence(events: &[BuildEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|ev| {
-            let key = kiln_protocol::routing_key(ev.level(), ev.data.phase);
-            match (&ev.data.image, ev.data.attempt) {
-                (Some(i), Some(n)) => format!("{key}:{i}#{n}"),
-                _ => key,
-            }
-        })
-        .collect()
+/// Deletes every Redis key whose name starts with `redis_prefix`.
+async fn delete_redis_keys(redis_prefix: &str) -> Result<(), String> {
+    let client = redis::Client::open(redis_url()).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("redis: {e}"))?;
+    let keys = redis_keys(&mut conn, redis_prefix).await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| format!("redis DEL: {e}"))?;
+    }
+    Ok(())
 }
 
-/// Events of one image, in order.
-pub fn of_image<'a>(events: &'a [BuildEvent], image: &str) -> Vec<&'a BuildEvent> {
-    events
-        .iter()
-        .filter(|e| e.data.image.as_deref() == Some(image))
+/// The names of the Redis keys that start with `redis_prefix`.
+pub async fn redis_keys(
+    conn: &mut redis::aio::MultiplexedConnection,
+    redis_prefix: &str,
+) -> Result<Vec<String>, String> {
+    redis::cmd("KEYS")
+        .arg(format!("{redis_prefix}*"))
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("redis KEYS: {e}"))
+}
+
+/// The AMQP connection name of the in-process worker `worker_id`.
+pub fn worker_connection_name(worker_id: &str) -> String {
+    format!("kiln worker {worker_id}")
+}
+
+/// The broker-side ids of the open AMQP connections whose client
+/// properties contain `name` (`rabbitmqctl list_connections`); empty when
+/// `rabbitmqctl` cannot be run.
+pub async fn amqp_connections(name: &str) -> Vec<String> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "--no-table-headers",
+            "list_connections",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .await;
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(name))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect()
 }
 

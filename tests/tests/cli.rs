@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 use assert_cmd::Command;
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Phase, PodRef, Reason};
 use kiln_tests::fakekube::Fate;
-use kiln_tests::harness::{Env, amqp_url, one_image, redis_url, two_images, unique};
+use kiln_tests::harness::{
+    Env, ONE_IMAGE_SUCCEEDS, amqp_url, assert_sequence, one_image, redis_url, two_images, unique,
+};
 use kiln_worker::amqp::OutgoingEvent;
 use kiln_worker::lease::{BuildRecord, ImageRecord, Leases, RecordState};
 use serde_json::{Value, json};
@@ -363,7 +365,6 @@ async fn invalid_submit_publishes_nothing() {
     assert!(out.stdout.is_empty());
     let builds = env.broker.names().builds();
     assert!(env.broker.get_one(&builds).await.unwrap().is_none());
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +427,6 @@ async fn submit_publishes_with_tenant_and_id() {
     let body: Value = serde_json::from_slice(&msg.body).unwrap();
     assert_eq!(body["id"], id.as_str());
     assert!(env.broker.get_one(&builds).await.unwrap().is_none());
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +457,6 @@ async fn cancel_publishes_a_cancel_request() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,8 +575,6 @@ async fn wait_answers_a_finished_build_from_redis() {
     );
     assert_one_clean_line(&text(&out.stderr));
     assert!(text(&out.stderr).contains("cluster unreachable"));
-
-    env.cleanup().await;
 }
 
 fn outgoing(ev: &BuildEvent) -> OutgoingEvent {
@@ -669,7 +666,6 @@ async fn wait_follows_events_to_the_end() {
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("gave up waiting"));
-    env.cleanup().await;
 }
 
 async fn publish_until_exit(
@@ -755,13 +751,21 @@ async fn submit_wait_subscribes_before_publishing() {
     );
     // Not a terminal: one plain line per event.
     assert!(stderr.contains("sw-1/hello  image.succeeded"), "{stderr}");
-    env.cleanup().await;
 }
 
 // ------------------------------------------------ with a worker (fake kube)
 
-fn request_file(request: &Value) -> TempFile {
-    TempFile::new("json", &serde_json::to_string_pretty(request).unwrap())
+/// `kiln submit <request> --wait`: its output, and its standard error as
+/// text.
+async fn submit_wait(env: &Env, request: &Value) -> (Output, String) {
+    let f = TempFile::new("json", &serde_json::to_string_pretty(request).unwrap());
+    let out = kiln_async(env)
+        .args(["submit", f.path(), "--wait", "--timeout", "60s"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    (out, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -769,13 +773,7 @@ async fn submit_wait_to_success_prints_pinned_references() {
     let mut env = Env::new().await;
     env.start_worker();
     let id = unique("cli-ok");
-    let f = request_file(&two_images(&id));
-    let out = kiln_async(&env)
-        .args(["submit", f.path(), "--wait", "--timeout", "60s"])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&out.stderr);
+    let (out, stderr) = submit_wait(&env, &two_images(&id)).await;
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -796,7 +794,6 @@ async fn submit_wait_to_success_prints_pinned_references() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -810,18 +807,11 @@ async fn submit_wait_to_failure_shows_reason_and_log() {
     });
     env.start_worker();
     let id = unique("cli-fail");
-    let f = request_file(&one_image(&id));
-    let out = kiln_async(&env)
-        .args(["submit", f.path(), "--wait", "--timeout", "60s"])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&out.stderr);
+    let (out, stderr) = submit_wait(&env, &one_image(&id)).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("BuildError"), "{stderr}");
     assert!(stderr.contains("no rule to make target"), "{stderr}");
     assert_eq!(text(&out.stdout).trim(), id);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -855,20 +845,8 @@ async fn watch_prints_one_cloudevent_per_line() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let keys: Vec<String> = events.iter().map(BuildEvent::routing_key).collect();
-    assert_eq!(
-        keys,
-        [
-            "build.accepted",
-            "image.scheduled",
-            "image.running",
-            "image.succeeded",
-            "build.succeeded"
-        ],
-        "{keys:?}"
-    );
+    assert_sequence(&events, ONE_IMAGE_SUCCEEDS);
     assert!(events.iter().all(|e| e.data.build_id == id));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -878,17 +856,7 @@ async fn cancel_and_status_of_a_running_build() {
     env.start_worker();
     let id = unique("cli-cancel");
     env.publish(&one_image(&id)).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let ev = env
-            .next_event(Duration::from_secs(5))
-            .await
-            .expect("events");
-        if ev.data.build_id == id && ev.data.phase == Phase::Running {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-    }
+    env.wait_running(&id, 1, WAIT).await;
 
     // Status: Redis' record and the pods of the fake cluster.
     let kubeconfig = TempFile::new("yaml", "");
@@ -930,5 +898,4 @@ async fn cancel_and_status_of_a_running_build() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    env.cleanup().await;
 }

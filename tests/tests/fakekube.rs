@@ -74,6 +74,23 @@ async fn wait_pod(kube: &FakeKube, name: &str, f: impl Fn(Option<&Pod>) -> bool)
     );
 }
 
+/// kube-runtime's watcher of Kiln's pods (the label the worker selects by),
+/// once its initial list is done.
+async fn kiln_watcher(
+    pods: &Api<Pod>,
+) -> futures::stream::BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
+    let mut events = watcher(
+        pods.clone(),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln"),
+    )
+    .boxed();
+    loop {
+        if let watcher::Event::InitDone = events.try_next().await.unwrap().unwrap() {
+            return events;
+        }
+    }
+}
+
 fn phase(p: Option<&Pod>) -> Option<&str> {
     p.and_then(|p| p.status.as_ref())
         .and_then(|s| s.phase.as_deref())
@@ -416,17 +433,7 @@ async fn watcher_sees_phases_of_a_scripted_pod() {
         log: format!("built {}\n", p.metadata.name.as_deref().unwrap()),
     });
     let pods: Api<Pod> = Api::default_namespaced(kube.client());
-    let mut events = watcher(
-        pods.clone(),
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln"),
-    )
-    .boxed();
-    // Wait for the initial list to finish.
-    loop {
-        if let watcher::Event::InitDone = events.try_next().await.unwrap().unwrap() {
-            break;
-        }
-    }
+    let mut events = kiln_watcher(&pods).await;
     pods.create(&PostParams::default(), &kiln_pod("build-1"))
         .await
         .unwrap();
@@ -567,12 +574,15 @@ async fn watch_from_expired_resource_version_gets_410_and_watcher_relists() {
         .await
         .unwrap();
 
+    let watch_from_old = || async {
+        pods.watch(&WatchParams::default().timeout(5), &old_rv)
+            .await
+            .unwrap()
+            .boxed()
+    };
+
     // Within history: replay of newer events.
-    let mut s = pods
-        .watch(&WatchParams::default().timeout(5), &old_rv)
-        .await
-        .unwrap()
-        .boxed();
+    let mut s = watch_from_old().await;
     match s.try_next().await.unwrap().unwrap() {
         WatchEvent::Added(p) => assert_eq!(p.metadata.name.as_deref(), Some("b")),
         WatchEvent::Modified(p) => assert_eq!(p.metadata.name.as_deref(), Some("a")),
@@ -581,11 +591,7 @@ async fn watch_from_expired_resource_version_gets_410_and_watcher_relists() {
     drop(s);
 
     kube.faults().expire_history();
-    let mut s = pods
-        .watch(&WatchParams::default().timeout(5), &old_rv)
-        .await
-        .unwrap()
-        .boxed();
+    let mut s = watch_from_old().await;
     match s.try_next().await.unwrap().unwrap() {
         WatchEvent::Error(e) => {
             assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
@@ -647,16 +653,7 @@ async fn close_watches_makes_the_watcher_reconnect() {
     let kube = start().await;
     kube.kubelet().set_script(|_| Fate::RunForever);
     let pods: Api<Pod> = Api::default_namespaced(kube.client());
-    let mut events = watcher(
-        pods.clone(),
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln"),
-    )
-    .boxed();
-    loop {
-        if let watcher::Event::InitDone = events.try_next().await.unwrap().unwrap() {
-            break;
-        }
-    }
+    let mut events = kiln_watcher(&pods).await;
     // The watch starts when the stream is polled after InitDone: wait until
     // an event proves it is open.
     pods.create(&PostParams::default(), &kiln_pod("before-close"))
@@ -1223,28 +1220,16 @@ async fn watch_selector_transitions_and_bookmarks() {
         .await
         .unwrap()
         .boxed();
-    let patch = |v: serde_json::Value| Patch::Merge(v);
-    pods.patch(
-        "t",
-        &PatchParams::default(),
-        &patch(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}})),
-    )
-    .await
-    .unwrap();
-    pods.patch(
-        "t",
-        &PatchParams::default(),
-        &patch(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "kiln"}}})),
-    )
-    .await
-    .unwrap();
-    pods.patch(
-        "t",
-        &PatchParams::default(),
-        &patch(json!({"metadata": {"annotations": {"kiln.dev/x": "1"}}})),
-    )
-    .await
-    .unwrap();
+    // Out of the selection, back in, then changed while in it.
+    for change in [
+        json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}}),
+        json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "kiln"}}}),
+        json!({"metadata": {"annotations": {"kiln.dev/x": "1"}}}),
+    ] {
+        pods.patch("t", &PatchParams::default(), &Patch::Merge(change))
+            .await
+            .unwrap();
+    }
     let mut kinds = Vec::new();
     let mut bookmarks = 0;
     while kinds.len() < 3 || bookmarks == 0 {
@@ -1275,13 +1260,10 @@ async fn watch_selector_transitions_and_bookmarks() {
 
     // A no-op patch writes nothing.
     let before = kube.resource_version();
-    pods.patch(
-        "t",
-        &PatchParams::default(),
-        &patch(json!({"metadata": {"annotations": {"kiln.dev/x": "1"}}})),
-    )
-    .await
-    .unwrap();
+    let same = json!({"metadata": {"annotations": {"kiln.dev/x": "1"}}});
+    pods.patch("t", &PatchParams::default(), &Patch::Merge(same))
+        .await
+        .unwrap();
     assert_eq!(kube.resource_version(), before);
 
     // timeoutSeconds ends the stream.

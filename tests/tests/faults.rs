@@ -5,36 +5,17 @@
 use std::time::Duration;
 
 use kiln_protocol::Phase;
-use kiln_tests::fakekube::{Fate, FaultResponse, FaultRule, Resource, Timing, Verb};
+use kiln_tests::fakekube::{Fate, FaultResponse, FaultRule, Resource, Verb};
 use kiln_tests::harness::{
-    Env, is_build_terminal, one_image, pod_labels, sequence, two_images, unique,
+    ANY, Env, ONE_IMAGE_SUCCEEDS, one_image, only_outcome, pod_labels, two_images, unique,
 };
 
 const WAIT: Duration = Duration::from_secs(40);
 
-/// Pods take `running` to finish successfully, long enough to disturb the
-/// worker while they run.
-fn slow_pods(env: &Env, running: Duration) {
-    env.kube.kubelet().set_script(|_| Fate::succeed());
-    env.kube.kubelet().set_timing(Timing {
-        pending: Duration::from_millis(50),
-        running,
-        terminating: Duration::ZERO,
-    });
-}
-
-fn successful_pod_creates(env: &Env) -> usize {
-    env.kube
-        .calls()
-        .iter()
-        .filter(|c| c.verb == Verb::Create && c.resource == Resource::Pods && c.succeeded())
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_is_taken_over_without_rebuilding() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(8));
+    env.slow_pods(Duration::from_secs(8));
     let first = env.start_worker();
     let id = unique("takeover");
     env.publish(&two_images(&id)).await;
@@ -46,23 +27,21 @@ async fn killed_worker_is_taken_over_without_rebuilding() {
     // the pods still run.
     env.start_worker();
     let events = env.events_of(&id, WAIT).await;
-    let terminal: Vec<_> = events.iter().filter(|e| is_build_terminal(e)).collect();
-    assert_eq!(terminal.len(), 1, "{:?}", sequence(&events));
-    assert_eq!(terminal[0].data.phase, Phase::Succeeded);
+    let outcome = only_outcome(&events);
+    assert_eq!(outcome.data.phase, Phase::Succeeded);
     assert_ne!(
-        terminal[0].kilnworker, events[0].kilnworker,
+        outcome.kilnworker, events[0].kilnworker,
         "finished by the second worker"
     );
     // Exactly one pod per image: nothing was built again.
-    assert_eq!(successful_pod_creates(&env), 2);
+    assert_eq!(env.created(Resource::Pods), 2);
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_builds_over_at_once() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(5));
+    env.slow_pods(Duration::from_secs(5));
     let first = env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(30));
     let id = unique("handover");
     env.publish(&one_image(&id)).await;
@@ -74,16 +53,11 @@ async fn sigterm_hands_builds_over_at_once() {
     env.stop_worker(first).await;
     // The lease would last 30 s; the release notice makes the other worker
     // adopt now, well before the pod ends.
-    let events = env.events_of(&id, Duration::from_secs(15)).await;
-    let seq = sequence(&events);
-    assert_eq!(
-        seq.last().map(String::as_str),
-        Some("build.succeeded"),
-        "{seq:?}"
-    );
-    assert_eq!(events.iter().filter(|e| is_build_terminal(e)).count(), 1);
-    assert_eq!(successful_pod_creates(&env), 1);
-    env.cleanup().await;
+    let events = env
+        .expect_sequence(&id, &[ANY, "build.succeeded"], Duration::from_secs(15))
+        .await;
+    only_outcome(&events); // one outcome, published once
+    assert_eq!(env.created(Resource::Pods), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,44 +76,29 @@ async fn kubernetes_errors_during_create_are_retried() {
     env.start_worker();
     let id = unique("kube500");
     env.publish(&one_image(&id)).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events),
-        [
-            "build.accepted",
-            "image.scheduled:api#1",
-            "image.running:api#1",
-            "image.succeeded:api#1",
-            "build.succeeded"
-        ]
-    );
+    env.expect_sequence(&id, ONE_IMAGE_SUCCEEDS, WAIT).await;
     assert_eq!(env.kube.faults().injected_count(), 4);
-    assert_eq!(successful_pod_creates(&env), 1);
-    env.cleanup().await;
+    assert_eq!(env.created(Resource::Pods), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_interruptions_lose_nothing() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(4));
+    env.slow_pods(Duration::from_secs(4));
     env.start_worker();
     let id = unique("watch");
     env.publish(&one_image(&id)).await;
     env.wait_running(&id, 1, WAIT).await;
     env.kube.faults().expire_history();
     env.kube.faults().close_watches();
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events).last().map(String::as_str),
-        Some("build.succeeded")
-    );
-    env.cleanup().await;
+    env.expect_sequence(&id, &[ANY, "build.succeeded"], WAIT)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_connection_cut_mid_build() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(4));
+    env.slow_pods(Duration::from_secs(4));
     let w = env.start_worker();
     let id = unique("amqpcut");
     env.publish(&one_image(&id)).await;
@@ -148,48 +107,31 @@ async fn rabbitmq_connection_cut_mid_build() {
         env.close_worker_connection(w).await,
         "could not close the worker's connection"
     );
-    let events = env.events_of(&id, WAIT).await;
-    let seq = sequence(&events);
-    assert_eq!(
-        seq.last().map(String::as_str),
-        Some("build.succeeded"),
-        "{seq:?}"
-    );
-    assert_eq!(events.iter().filter(|e| is_build_terminal(e)).count(), 1);
+    let events = env
+        .expect_sequence(&id, &[ANY, "build.succeeded"], WAIT)
+        .await;
+    only_outcome(&events); // one outcome, published once
     // And the worker still takes new work after recovering.
     let next = unique("after");
     env.publish(&one_image(&next)).await;
-    let events = env.events_of(&next, WAIT).await;
-    assert_eq!(
-        sequence(&events).last().map(String::as_str),
-        Some("build.succeeded")
-    );
-    env.cleanup().await;
+    env.expect_sequence(&next, &[ANY, "build.succeeded"], WAIT)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_flushed_mid_build() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(4));
+    env.slow_pods(Duration::from_secs(4));
     env.start_worker();
     let id = unique("flush");
     env.publish(&one_image(&id)).await;
     env.wait_running(&id, 1, WAIT).await;
     env.flush_redis().await;
-    let events = env.events_of(&id, WAIT).await;
-    let seq = sequence(&events);
-    assert_eq!(
-        seq.last().map(String::as_str),
-        Some("build.succeeded"),
-        "{seq:?}"
-    );
-    assert_eq!(
-        events.iter().filter(|e| is_build_terminal(e)).count(),
-        1,
-        "{seq:?}"
-    );
-    assert_eq!(successful_pod_creates(&env), 1);
-    env.cleanup().await;
+    let events = env
+        .expect_sequence(&id, &[ANY, "build.succeeded"], WAIT)
+        .await;
+    only_outcome(&events); // one outcome, published once
+    assert_eq!(env.created(Resource::Pods), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,12 +141,10 @@ async fn traceparent_travels_to_every_event() {
     let id = unique("trace");
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     env.publish_with_traceparent(&one_image(&id), tp).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(events.len(), 5);
+    let events = env.expect_sequence(&id, ONE_IMAGE_SUCCEEDS, WAIT).await;
     for ev in &events {
         assert_eq!(ev.traceparent.as_deref(), Some(tp), "{}", ev.id);
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,18 +179,14 @@ async fn retry_attempt_pod_exists_before_the_failed_one_goes() {
         assert!(c < d, "attempt 1 deleted before attempt 2 existed");
     }
     env.cancel(&id, "done").await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events).last().map(String::as_str),
-        Some("build.cancelled")
-    );
-    env.cleanup().await;
+    env.expect_sequence(&id, &[ANY, "build.cancelled"], WAIT)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_cut_off_from_redis_stops_and_another_finishes() {
     let mut env = Env::new().await;
-    slow_pods(&env, Duration::from_secs(8));
+    env.slow_pods(Duration::from_secs(8));
     let proxy = kiln_tests::harness::TcpProxy::start("127.0.0.1:6379").await;
     let url = format!("redis://{}", proxy.addr);
     let first = env.start_worker_with(|c| c.connections.redis_url = url);
@@ -263,23 +199,18 @@ async fn worker_cut_off_from_redis_stops_and_another_finishes() {
     proxy.cut();
     env.start_worker();
     let events = env.events_of(&id, WAIT).await;
-    let terminal: Vec<_> = events.iter().filter(|e| is_build_terminal(e)).collect();
-    assert_eq!(terminal.len(), 1, "{:?}", sequence(&events));
-    assert_eq!(terminal[0].data.phase, Phase::Succeeded);
+    let outcome = only_outcome(&events);
+    assert_eq!(outcome.data.phase, Phase::Succeeded);
     assert_ne!(
-        terminal[0].kilnworker, first_id,
+        outcome.kilnworker, first_id,
         "the fenced worker must not finish it"
     );
-    assert_eq!(successful_pod_creates(&env), 1, "no rebuild");
+    assert_eq!(env.created(Resource::Pods), 1, "no rebuild");
     // Redis comes back: the first worker serves again.
     proxy.restore();
     let next = unique("after-redis");
     env.kill_worker(1).await;
     env.publish(&one_image(&next)).await;
-    let events = env.events_of(&next, WAIT).await;
-    assert_eq!(
-        sequence(&events).last().map(String::as_str),
-        Some("build.succeeded")
-    );
-    env.cleanup().await;
+    env.expect_sequence(&next, &[ANY, "build.succeeded"], WAIT)
+        .await;
 }

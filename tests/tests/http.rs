@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kiln_protocol::Phase;
-use kiln_tests::fakekube::{Fate, Timing};
-use kiln_tests::harness::{Env, is_build_terminal, one_image, unique};
+use kiln_tests::harness::{Env, ONE_IMAGE_SUCCEEDS, one_image, unique};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -99,12 +97,7 @@ async fn wait_for(addr: SocketAddr, path: &str, ok: impl Fn(&Reply) -> bool) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_status_page_over_http() {
     let mut env = Env::new().await;
-    env.kube.kubelet().set_script(|_| Fate::succeed());
-    env.kube.kubelet().set_timing(Timing {
-        pending: Duration::from_millis(50),
-        running: Duration::from_secs(3),
-        terminating: Duration::ZERO,
-    });
+    env.slow_pods(Duration::from_secs(3));
     let addr = free_addr();
     let w = env.start_worker_with(|c| c.metrics_addr = Some(addr));
     let worker = env.worker_id(w);
@@ -118,12 +111,7 @@ async fn metrics_health_and_status_page_over_http() {
 
     let id = unique("http");
     env.publish(&one_image(&id)).await;
-    loop {
-        let ev = env.next_event(WAIT).await.expect("events");
-        if ev.data.build_id == id && ev.data.phase == Phase::Running {
-            break;
-        }
-    }
+    env.wait_running(&id, 1, WAIT).await;
     // In flight: the build, its image's phase and its worker.
     let page = wait_for(addr, "/", |r| {
         r.body.contains(&id) && r.body.contains(">running<")
@@ -136,8 +124,7 @@ async fn metrics_health_and_status_page_over_http() {
     assert!(page.body.contains(&worker), "worker column: {}", page.body);
     assert!(page.body.contains("<table>"));
 
-    let events = env.events_of(&id, WAIT).await;
-    assert!(events.iter().any(is_build_terminal));
+    env.expect_sequence(&id, ONE_IMAGE_SUCCEEDS, WAIT).await;
     // Finished: listed under recent outcomes, no longer in flight.
     let page = wait_for(addr, "/", |r| {
         r.body
@@ -172,7 +159,6 @@ async fn metrics_health_and_status_page_over_http() {
             metrics.body
         );
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,5 +191,4 @@ async fn readyz_names_each_failing_check() {
 
     env.kube.faults().set_latency(Duration::ZERO);
     wait_for(addr, "/readyz", |r| r.status == 200).await;
-    env.cleanup().await;
 }

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use kiln_protocol::{Phase, Reason};
-use kiln_tests::fakekube::{Fate, Resource, Verb};
+use kiln_tests::fakekube::{Fate, Resource};
 use kiln_tests::harness::{
-    Env, NAMESPACE, of_image, one_image, pod_labels, sequence, two_images, unique,
+    ANY, Env, NAMESPACE, ONE_IMAGE_FAILS, ONE_IMAGE_SUCCEEDS, assert_sequence, one_image,
+    pod_labels, two_images, unique, with_image,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -19,33 +20,20 @@ async fn two_images_succeed_with_digests() {
     env.start_worker();
     let id = unique("two");
     env.publish(&two_images(&id)).await;
-    let events = env.events_of(&id, WAIT).await;
-    let seq = sequence(&events);
-    assert_eq!(
-        seq.first().map(String::as_str),
-        Some("build.accepted"),
-        "{seq:?}"
-    );
-    assert_eq!(
-        seq.last().map(String::as_str),
-        Some("build.succeeded"),
-        "{seq:?}"
-    );
+    // The two images build side by side, in any interleaving.
+    let events = env
+        .expect_sequence(&id, &["build.accepted", ANY, "build.succeeded"], WAIT)
+        .await;
     for image in ["api", "worker"] {
-        let mine: Vec<String> = sequence(
-            &of_image(&events, image)
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
-        assert_eq!(
-            mine,
-            [
-                format!("image.scheduled:{image}#1"),
-                format!("image.running:{image}#1"),
-                format!("image.succeeded:{image}#1")
+        assert_sequence(
+            &with_image(&events, image),
+            &[
+                "build.accepted",
+                &format!("image.scheduled:{image}#1"),
+                &format!("image.running:{image}#1"),
+                &format!("image.succeeded:{image}#1"),
+                "build.succeeded",
             ],
-            "{seq:?}"
         );
     }
     let done = events.last().unwrap();
@@ -69,19 +57,16 @@ async fn two_images_succeed_with_digests() {
         Some("payments")
     );
     // The inline Dockerfile went through a ConfigMap owned by the pod.
-    let cm_creates = env
-        .kube
-        .calls()
-        .iter()
-        .filter(|c| c.verb == Verb::Create && c.resource == Resource::ConfigMaps && c.succeeded())
-        .count();
-    assert_eq!(cm_creates, 1, "one ConfigMap, for the inline Dockerfile");
+    assert_eq!(
+        env.created(Resource::ConfigMaps),
+        1,
+        "one ConfigMap, for the inline Dockerfile"
+    );
     assert!(
         env.eventually(WAIT, |e| e.pod_names().is_empty()).await,
         "pods left: {:?}",
         env.pod_names()
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,20 +83,22 @@ async fn retryable_failure_then_success() {
     env.start_worker();
     let id = unique("retry");
     env.publish(&one_image(&id)).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events),
-        [
-            "build.accepted",
-            "image.scheduled:api#1",
-            "image.running:api#1",
-            "image.retrying:api#1",
-            "image.scheduled:api#2",
-            "image.running:api#2",
-            "image.succeeded:api#2",
-            "build.succeeded"
-        ]
-    );
+    let events = env
+        .expect_sequence(
+            &id,
+            &[
+                "build.accepted",
+                "image.scheduled:api#1",
+                "image.running:api#1",
+                "image.retrying:api#1",
+                "image.scheduled:api#2",
+                "image.running:api#2",
+                "image.succeeded:api#2",
+                "build.succeeded",
+            ],
+            WAIT,
+        )
+        .await;
     let retrying = &events[3];
     assert_eq!(retrying.data.reason, Some(Reason::PushError));
     let wait = retrying.data.retry_in_seconds.unwrap();
@@ -130,7 +117,6 @@ async fn retryable_failure_then_success() {
         events.last().unwrap().data.images.as_ref().unwrap()[0].attempts,
         2
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,17 +128,7 @@ async fn dockerfile_error_fails_without_retry_with_log_tail() {
     env.start_worker();
     let id = unique("dockerfile");
     env.publish(&one_image(&id)).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events),
-        [
-            "build.accepted",
-            "image.scheduled:api#1",
-            "image.running:api#1",
-            "image.failed:api#1",
-            "build.failed"
-        ]
-    );
+    let events = env.expect_sequence(&id, ONE_IMAGE_FAILS, WAIT).await;
     let failed = &events[3];
     assert_eq!(failed.data.reason, Some(Reason::BuildError));
     assert_eq!(failed.data.exit_code, Some(1));
@@ -160,7 +136,6 @@ async fn dockerfile_error_fails_without_retry_with_log_tail() {
     assert!(tail.contains("No rule to make target"), "{tail}");
     assert_eq!(events[4].data.reason, Some(Reason::BuildError));
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,23 +147,24 @@ async fn oom_killed_retries_then_fails() {
     let mut req = one_image(&id);
     req["retry"] = serde_json::json!({"maxAttempts": 2});
     env.publish(&req).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events),
-        [
-            "build.accepted",
-            "image.scheduled:api#1",
-            "image.running:api#1",
-            "image.retrying:api#1",
-            "image.scheduled:api#2",
-            "image.running:api#2",
-            "image.failed:api#2",
-            "build.failed"
-        ]
-    );
+    let events = env
+        .expect_sequence(
+            &id,
+            &[
+                "build.accepted",
+                "image.scheduled:api#1",
+                "image.running:api#1",
+                "image.retrying:api#1",
+                "image.scheduled:api#2",
+                "image.running:api#2",
+                "image.failed:api#2",
+                "build.failed",
+            ],
+            WAIT,
+        )
+        .await;
     assert_eq!(events[6].data.reason, Some(Reason::OOMKilled));
     assert_eq!(events[7].data.reason, Some(Reason::OOMKilled));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,16 +180,18 @@ async fn eviction_is_retried() {
     env.start_worker();
     let id = unique("evict");
     env.publish(&one_image(&id)).await;
-    let events = env.events_of(&id, WAIT).await;
-    let seq = sequence(&events);
-    assert!(seq.contains(&"image.retrying:api#1".to_owned()), "{seq:?}");
+    let events = env
+        .expect_sequence(
+            &id,
+            &[ANY, "image.retrying:api#1", ANY, "build.succeeded"],
+            WAIT,
+        )
+        .await;
     let retrying = events
         .iter()
         .find(|e| e.data.phase == Phase::Retrying)
         .unwrap();
     assert_eq!(retrying.data.reason, Some(Reason::Evicted));
-    assert_eq!(seq.last().map(String::as_str), Some("build.succeeded"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,19 +203,20 @@ async fn pending_timeout_fails_with_reason() {
     env.start_worker_with(|c| c.pending_timeout = Duration::from_secs(1));
     let id = unique("pending");
     env.publish(&one_image(&id)).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events),
-        [
-            "build.accepted",
-            "image.scheduled:api#1",
-            "image.failed:api#1",
-            "build.failed"
-        ]
-    );
+    let events = env
+        .expect_sequence(
+            &id,
+            &[
+                "build.accepted",
+                "image.scheduled:api#1",
+                "image.failed:api#1",
+                "build.failed",
+            ],
+            WAIT,
+        )
+        .await;
     assert_eq!(events[2].data.reason, Some(Reason::Unschedulable));
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,20 +228,9 @@ async fn deadline_fails_the_build() {
     let mut req = one_image(&id);
     req["timeoutSeconds"] = serde_json::json!(2);
     env.publish(&req).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events),
-        [
-            "build.accepted",
-            "image.scheduled:api#1",
-            "image.running:api#1",
-            "image.failed:api#1",
-            "build.failed"
-        ]
-    );
+    let events = env.expect_sequence(&id, ONE_IMAGE_FAILS, WAIT).await;
     assert_eq!(events[3].data.reason, Some(Reason::DeadlineExceeded));
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,11 +242,9 @@ async fn cancel_while_queued() {
     // takes it, and the build is cancelled when its request is consumed.
     env.cancel(&id, "superseded").await;
     env.start_worker();
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(sequence(&events), ["build.cancelled"]);
+    let events = env.expect_sequence(&id, &["build.cancelled"], WAIT).await;
     assert_eq!(events[0].data.reason, Some(Reason::Cancelled));
     assert!(env.pod_names().is_empty());
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,18 +256,32 @@ async fn cancel_while_running() {
     env.publish(&two_images(&id)).await;
     env.wait_running(&id, 2, WAIT).await;
     env.cancel(&id, "superseded by 1.2.4").await;
-    let events = env.events_of(&id, WAIT).await;
-    let seq = sequence(&events);
-    let tail: Vec<&String> = seq
-        .iter()
-        .skip_while(|s| !s.contains("cancelled"))
-        .collect();
-    assert_eq!(tail.len(), 3, "{seq:?}");
-    assert!(
-        tail[..2].iter().all(|s| s.starts_with("image.cancelled")),
-        "{seq:?}"
-    );
-    assert_eq!(tail[2], "build.cancelled");
+    // Both images end cancelled, then the build: nothing else after the
+    // first cancellation.
+    let events = env
+        .expect_sequence(
+            &id,
+            &[
+                ANY,
+                "image.cancelled:*",
+                "image.cancelled:*",
+                "build.cancelled",
+            ],
+            WAIT,
+        )
+        .await;
+    for image in ["api", "worker"] {
+        assert_sequence(
+            &with_image(&events, image),
+            &[
+                "build.accepted",
+                &format!("image.scheduled:{image}#1"),
+                &format!("image.running:{image}#1"),
+                &format!("image.cancelled:{image}#1"),
+                "build.cancelled",
+            ],
+        );
+    }
     assert_eq!(
         events.last().unwrap().data.message.as_deref(),
         Some("superseded by 1.2.4")
@@ -311,7 +291,6 @@ async fn cancel_while_running() {
         "{:?}",
         env.pod_names()
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,28 +300,11 @@ async fn duplicate_request_is_one_build() {
     let id = unique("dup");
     env.publish(&one_image(&id)).await;
     env.publish(&one_image(&id)).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events),
-        [
-            "build.accepted",
-            "image.scheduled:api#1",
-            "image.running:api#1",
-            "image.succeeded:api#1",
-            "build.succeeded"
-        ]
-    );
+    env.expect_sequence(&id, ONE_IMAGE_SUCCEEDS, WAIT).await;
     // Once more after it finished: acked, nothing new.
     env.publish(&one_image(&id)).await;
     assert!(env.next_event(Duration::from_secs(2)).await.is_none());
-    let creates = env
-        .kube
-        .calls()
-        .iter()
-        .filter(|c| c.verb == Verb::Create && c.resource == Resource::Pods && c.succeeded())
-        .count();
-    assert_eq!(creates, 1);
-    env.cleanup().await;
+    assert_eq!(env.created(Resource::Pods), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,8 +323,9 @@ async fn bad_requests_are_rejected_and_dead_lettered() {
     let mut refs = one_image(&refs_id);
     refs["images"][0]["destinations"] = serde_json::json!(["Registry.Example.com/X"]);
     env.publish(&refs).await;
-    let rejected = env.events_of(&bad_id, WAIT).await;
-    assert_eq!(sequence(&rejected), ["build.rejected"]);
+    let rejected = env
+        .expect_sequence(&bad_id, &["build.rejected"], WAIT)
+        .await;
     assert_eq!(rejected[0].data.reason, Some(Reason::InvalidRequest));
     assert!(
         rejected[0]
@@ -372,8 +335,9 @@ async fn bad_requests_are_rejected_and_dead_lettered() {
             .unwrap()
             .contains("contxt")
     );
-    let rejected = env.events_of(&refs_id, WAIT).await;
-    assert_eq!(sequence(&rejected), ["build.rejected"]);
+    let rejected = env
+        .expect_sequence(&refs_id, &["build.rejected"], WAIT)
+        .await;
     assert!(
         rejected[0]
             .data
@@ -385,11 +349,8 @@ async fn bad_requests_are_rejected_and_dead_lettered() {
     // The worker still serves.
     let ok = unique("ok");
     env.publish(&one_image(&ok)).await;
-    let events = env.events_of(&ok, WAIT).await;
-    assert_eq!(
-        sequence(&events).last().map(String::as_str),
-        Some("build.succeeded")
-    );
+    env.expect_sequence(&ok, &[ANY, "build.succeeded"], WAIT)
+        .await;
     let dead = env.dead_letters().await;
     assert_eq!(dead.len(), 3, "{dead:?}");
     assert!(
@@ -397,7 +358,6 @@ async fn bad_requests_are_rejected_and_dead_lettered() {
         "{dead:?}"
     );
     assert!(dead.iter().any(|(b, _)| b == b"this is not json"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,13 +369,11 @@ async fn policy_violation_is_rejected() {
     env.start_worker_with(|c| c.policy = Some(path.clone()));
     let id = unique("policy");
     env.publish(&one_image(&id)).await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(sequence(&events), ["build.rejected"]);
+    let events = env.expect_sequence(&id, &["build.rejected"], WAIT).await;
     assert_eq!(events[0].data.reason, Some(Reason::PolicyViolation));
     let dead = env.dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,23 +390,12 @@ async fn only_the_owning_tenant_may_cancel() {
     env.wait_running(&id, 1, WAIT).await;
     // Tenant "guest" may not cancel it: dead-lettered, the build goes on.
     env.cancel_as(&id, "not yours", Some("guest")).await;
-    let mut dead = Vec::new();
-    for _ in 0..100 {
-        dead = env.dead_letters().await;
-        if !dead.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let dead = env.wait_dead_letters(WAIT).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
     assert!(env.next_event(Duration::from_secs(1)).await.is_none());
     // Its own tenant may.
     env.cancel(&id, "mine").await;
-    let events = env.events_of(&id, WAIT).await;
-    assert_eq!(
-        sequence(&events).last().map(String::as_str),
-        Some("build.cancelled")
-    );
-    env.cleanup().await;
+    env.expect_sequence(&id, &[ANY, "build.cancelled"], WAIT)
+        .await;
 }
