@@ -33,32 +33,21 @@ struct Sourced<T> {
     path: String,
 }
 
+/// The value of `field` (`caps.maxAttempts`) for the tenant at `base`: the
+/// tenant's own, else the top-level `defaults` one, else the built-in.
 fn pick<T: Clone>(
+    base: &str,
+    field: &str,
     tenant: Option<&T>,
-    tenant_path: &str,
     top: Option<&T>,
-    top_path: &str,
     builtin: T,
 ) -> Sourced<T> {
-    if let Some(v) = tenant {
-        Sourced {
-            value: v.clone(),
-            level: Level::Tenant,
-            path: tenant_path.to_owned(),
-        }
-    } else if let Some(v) = top {
-        Sourced {
-            value: v.clone(),
-            level: Level::Top,
-            path: top_path.to_owned(),
-        }
-    } else {
-        Sourced {
-            value: builtin,
-            level: Level::Builtin,
-            path: String::new(),
-        }
-    }
+    let (value, level, path) = match (tenant, top) {
+        (Some(v), _) => (v.clone(), Level::Tenant, format!("{base}.{field}")),
+        (None, Some(v)) => (v.clone(), Level::Top, format!("defaults.{field}")),
+        (None, None) => (builtin, Level::Builtin, String::new()),
+    };
+    Sourced { value, level, path }
 }
 
 struct Resolver {
@@ -279,69 +268,69 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
     // Caps and defaults, field by field.
     let (tc, td) = (&tf.caps, &tf.defaults);
     let (gc, gd) = (&top.caps, &top.defaults);
-    let tcp = format!("{base}.caps");
-    let tdp = format!("{base}.defaults");
+    // One line per cap and default: (field, tenant value, top-level value,
+    // built-in).
     let max_attempts = pick(
+        base,
+        "caps.maxAttempts",
         tc.max_attempts.as_ref(),
-        &format!("{tcp}.maxAttempts"),
         gc.max_attempts.as_ref(),
-        "defaults.caps.maxAttempts",
         builtin::MAX_ATTEMPTS,
     );
     let max_timeout = pick(
+        base,
+        "caps.maxTimeoutSeconds",
         tc.max_timeout_seconds.as_ref(),
-        &format!("{tcp}.maxTimeoutSeconds"),
         gc.max_timeout_seconds.as_ref(),
-        "defaults.caps.maxTimeoutSeconds",
         builtin::MAX_TIMEOUT_SECONDS,
     );
     let max_images = pick(
+        base,
+        "caps.maxImages",
         tc.max_images.as_ref(),
-        &format!("{tcp}.maxImages"),
         gc.max_images.as_ref(),
-        "defaults.caps.maxImages",
         builtin::MAX_IMAGES,
     );
     let max_cpu = pick(
+        base,
+        "caps.maxCpu",
         tc.max_cpu.as_ref(),
-        &format!("{tcp}.maxCpu"),
         gc.max_cpu.as_ref(),
-        "defaults.caps.maxCpu",
         QuantityText(builtin::MAX_CPU.to_owned()),
     );
     let max_memory = pick(
+        base,
+        "caps.maxMemory",
         tc.max_memory.as_ref(),
-        &format!("{tcp}.maxMemory"),
         gc.max_memory.as_ref(),
-        "defaults.caps.maxMemory",
         QuantityText(builtin::MAX_MEMORY.to_owned()),
     );
     let attempts = pick(
+        base,
+        "defaults.attempts",
         td.attempts.as_ref(),
-        &format!("{tdp}.attempts"),
         gd.attempts.as_ref(),
-        "defaults.defaults.attempts",
         builtin::ATTEMPTS,
     );
     let timeout = pick(
+        base,
+        "defaults.timeoutSeconds",
         td.timeout_seconds.as_ref(),
-        &format!("{tdp}.timeoutSeconds"),
         gd.timeout_seconds.as_ref(),
-        "defaults.defaults.timeoutSeconds",
         builtin::TIMEOUT_SECONDS,
     );
     let cpu = pick(
+        base,
+        "defaults.cpu",
         td.cpu.as_ref(),
-        &format!("{tdp}.cpu"),
         gd.cpu.as_ref(),
-        "defaults.defaults.cpu",
         QuantityText(builtin::CPU.to_owned()),
     );
     let memory = pick(
+        base,
+        "defaults.memory",
         td.memory.as_ref(),
-        &format!("{tdp}.memory"),
         gd.memory.as_ref(),
-        "defaults.defaults.memory",
         QuantityText(builtin::MEMORY.to_owned()),
     );
     r.at_least_one(&max_attempts);
