@@ -266,73 +266,39 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
     }
 
     // Caps and defaults, field by field.
-    let (tc, td) = (&tf.caps, &tf.defaults);
-    let (gc, gd) = (&top.caps, &top.defaults);
-    // One line per cap and default: (field, tenant value, top-level value,
-    // built-in).
-    let max_attempts = pick(
-        base,
-        "caps.maxAttempts",
-        tc.max_attempts.as_ref(),
-        gc.max_attempts.as_ref(),
-        builtin::MAX_ATTEMPTS,
+    // The table of caps and defaults: section, name in the file, field,
+    // built-in. Each is the tenant's, else the top-level one, else built in.
+    let q = |text: &str| QuantityText(text.to_owned());
+    macro_rules! inherit {
+        ($section:ident, $name:literal, $field:ident, $builtin:expr) => {
+            pick(
+                base,
+                concat!(stringify!($section), ".", $name),
+                tf.$section.$field.as_ref(),
+                top.$section.$field.as_ref(),
+                $builtin,
+            )
+        };
+    }
+    let max_attempts = inherit!(caps, "maxAttempts", max_attempts, builtin::MAX_ATTEMPTS);
+    let max_timeout = inherit!(
+        caps,
+        "maxTimeoutSeconds",
+        max_timeout_seconds,
+        builtin::MAX_TIMEOUT_SECONDS
     );
-    let max_timeout = pick(
-        base,
-        "caps.maxTimeoutSeconds",
-        tc.max_timeout_seconds.as_ref(),
-        gc.max_timeout_seconds.as_ref(),
-        builtin::MAX_TIMEOUT_SECONDS,
+    let max_images = inherit!(caps, "maxImages", max_images, builtin::MAX_IMAGES);
+    let max_cpu = inherit!(caps, "maxCpu", max_cpu, q(builtin::MAX_CPU));
+    let max_memory = inherit!(caps, "maxMemory", max_memory, q(builtin::MAX_MEMORY));
+    let attempts = inherit!(defaults, "attempts", attempts, builtin::ATTEMPTS);
+    let timeout = inherit!(
+        defaults,
+        "timeoutSeconds",
+        timeout_seconds,
+        builtin::TIMEOUT_SECONDS
     );
-    let max_images = pick(
-        base,
-        "caps.maxImages",
-        tc.max_images.as_ref(),
-        gc.max_images.as_ref(),
-        builtin::MAX_IMAGES,
-    );
-    let max_cpu = pick(
-        base,
-        "caps.maxCpu",
-        tc.max_cpu.as_ref(),
-        gc.max_cpu.as_ref(),
-        QuantityText(builtin::MAX_CPU.to_owned()),
-    );
-    let max_memory = pick(
-        base,
-        "caps.maxMemory",
-        tc.max_memory.as_ref(),
-        gc.max_memory.as_ref(),
-        QuantityText(builtin::MAX_MEMORY.to_owned()),
-    );
-    let attempts = pick(
-        base,
-        "defaults.attempts",
-        td.attempts.as_ref(),
-        gd.attempts.as_ref(),
-        builtin::ATTEMPTS,
-    );
-    let timeout = pick(
-        base,
-        "defaults.timeoutSeconds",
-        td.timeout_seconds.as_ref(),
-        gd.timeout_seconds.as_ref(),
-        builtin::TIMEOUT_SECONDS,
-    );
-    let cpu = pick(
-        base,
-        "defaults.cpu",
-        td.cpu.as_ref(),
-        gd.cpu.as_ref(),
-        QuantityText(builtin::CPU.to_owned()),
-    );
-    let memory = pick(
-        base,
-        "defaults.memory",
-        td.memory.as_ref(),
-        gd.memory.as_ref(),
-        QuantityText(builtin::MEMORY.to_owned()),
-    );
+    let cpu = inherit!(defaults, "cpu", cpu, q(builtin::CPU));
+    let memory = inherit!(defaults, "memory", memory, q(builtin::MEMORY));
     r.at_least_one(&max_attempts);
     r.at_least_one(&attempts);
     r.at_least_one(&max_timeout);
