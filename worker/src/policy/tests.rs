@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use kiln_protocol::{BuildRequest, ROOT_PATH, ValidationError};
 use serde_json::json;
 
 const EXAMPLE_TOML: &str = include_str!("../../../examples/policy.toml");

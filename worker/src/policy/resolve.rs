@@ -1,0 +1,375 @@
+//! Resolution: a parsed file becomes a [`Policy`]. Each cap and default is
+//! the tenant's value, else the top-level `defaults`, else the built-in;
+//! every check a file must pass is made here, and all problems are reported
+//! together.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use kiln_protocol::is_dns1123_label;
+
+use super::file::{InheritedFile, PolicyFile, QuantityText, TenantFile};
+use super::{
+    Caps, DEFAULT_SERVICE_ACCOUNT, Defaults, DestinationPrefix, GitCredentials, Policy,
+    PolicyError, PolicyProblem, Quantity, S3Credentials, Tenant, builtin, builtin_quantity, key,
+    quote,
+};
+
+// ---------------------------------------------------------------------------
+// Resolution: inheritance, and every check a file must pass.
+
+/// Where a cap or default came from, least specific first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Builtin,
+    Top,
+    Tenant,
+}
+
+/// A value together with the level and field path it came from.
+struct Sourced<T> {
+    value: T,
+    level: Level,
+    path: String,
+}
+
+/// The value of `field` (`caps.maxAttempts`) for the tenant at `base`: the
+/// tenant's own, else the top-level `defaults` one, else the built-in.
+fn pick<T: Clone>(
+    base: &str,
+    field: &str,
+    tenant: Option<&T>,
+    top: Option<&T>,
+    builtin: T,
+) -> Sourced<T> {
+    let (value, level, path) = match (tenant, top) {
+        (Some(v), _) => (v.clone(), Level::Tenant, format!("{base}.{field}")),
+        (None, Some(v)) => (v.clone(), Level::Top, format!("defaults.{field}")),
+        (None, None) => (builtin, Level::Builtin, String::new()),
+    };
+    Sourced { value, level, path }
+}
+
+struct Resolver {
+    problems: Vec<PolicyProblem>,
+}
+
+impl Resolver {
+    fn problem(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(PolicyProblem {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn quantity(&mut self, q: Sourced<QuantityText>) -> Sourced<Quantity> {
+        let value = match Quantity::parse(&q.value.0) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.problem(q.path.clone(), reason);
+                builtin_quantity("1")
+            }
+        };
+        Sourced {
+            value,
+            level: q.level,
+            path: q.path,
+        }
+    }
+
+    fn at_least_one<T: PartialOrd + From<u8> + Copy>(&mut self, v: &Sourced<T>) {
+        if v.level != Level::Builtin && v.value < T::from(1) {
+            self.problem(v.path.clone(), "must be at least 1");
+        }
+    }
+
+    /// The effective default: an error when it exceeds a cap of the same or a
+    /// less specific level, lowered to the cap when the cap is more specific.
+    fn bounded<T: PartialOrd + Clone + fmt::Display>(
+        &mut self,
+        default: Sourced<T>,
+        cap: &Sourced<T>,
+        cap_name: &str,
+    ) -> T {
+        if default.value <= cap.value {
+            return default.value;
+        }
+        if default.level >= cap.level {
+            let cap_where = if cap.level == Level::Builtin {
+                format!("the built-in {cap_name}")
+            } else {
+                cap.path.clone()
+            };
+            self.problem(
+                default.path.clone(),
+                format!(
+                    "{} is more than {cap_where} ({}); lower the default or raise the cap",
+                    default.value, cap.value
+                ),
+            );
+            default.value
+        } else {
+            cap.value.clone()
+        }
+    }
+
+    /// Checks a Kubernetes object name: a DNS label for namespaces, a DNS
+    /// subdomain for the rest.
+    fn name(&mut self, path: String, value: &str, what: &str, check: fn(&str) -> bool) {
+        if !check(value) {
+            let rule = if what.starts_with("namespace") {
+                "1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+            } else {
+                "lowercase letters, digits, '-' and '.', at most 253"
+            };
+            self.problem(
+                path,
+                format!("{} is not a valid {what} ({rule})", quote(value)),
+            );
+        }
+    }
+}
+
+pub(super) fn resolve(file: PolicyFile) -> Result<Policy, PolicyError> {
+    let mut r = Resolver {
+        problems: Vec::new(),
+    };
+    if file.tenants.is_empty() {
+        r.problem(
+            "tenants",
+            "the policy defines no tenants; add at least one (\"default\" applies to every user without its own)",
+        );
+    }
+    let top = file.defaults.unwrap_or_default();
+    let mut tenants = BTreeMap::new();
+    for (name, tf) in file.tenants {
+        let base = key("tenants", &name);
+        if name.is_empty() {
+            r.problem(base.clone(), "a tenant name must not be empty");
+        }
+        let tenant = resolve_tenant(&mut r, &base, tf, &top);
+        tenants.insert(name, tenant);
+    }
+    if r.problems.is_empty() {
+        Ok(Policy { tenants })
+    } else {
+        Err(PolicyError::invalid(r.problems))
+    }
+}
+
+fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedFile) -> Tenant {
+    r.name(
+        format!("{base}.namespace"),
+        &tf.namespace,
+        "namespace name",
+        is_dns1123_label,
+    );
+
+    if tf.allowed_destinations.is_empty() {
+        r.problem(
+            format!("{base}.allowedDestinations"),
+            "list at least one prefix (\"*\" allows any destination)",
+        );
+    }
+    let mut allowed = Vec::new();
+    for (i, p) in tf.allowed_destinations.iter().enumerate() {
+        match DestinationPrefix::parse(p) {
+            Ok(p) => allowed.push(p),
+            Err(reason) => r.problem(format!("{base}.allowedDestinations[{i}]"), reason),
+        }
+    }
+
+    if let Some(s) = &tf.registry_secret {
+        r.name(
+            format!("{base}.registrySecret"),
+            s,
+            "Secret name",
+            is_dns1123_subdomain,
+        );
+    }
+    let git = tf.git_credentials.map(|g| {
+        let p = format!("{base}.gitCredentials");
+        r.name(
+            format!("{p}.secret"),
+            &g.secret,
+            "Secret name",
+            is_dns1123_subdomain,
+        );
+        check_secret_key(r, format!("{p}.usernameKey"), &g.username_key);
+        check_secret_key(r, format!("{p}.passwordKey"), &g.password_key);
+        GitCredentials {
+            secret: g.secret,
+            username_key: g.username_key,
+            password_key: g.password_key,
+        }
+    });
+    let s3 = tf.s3_credentials.map(|s| {
+        let p = format!("{base}.s3Credentials");
+        r.name(
+            format!("{p}.secret"),
+            &s.secret,
+            "Secret name",
+            is_dns1123_subdomain,
+        );
+        check_secret_key(r, format!("{p}.accessKeyIdKey"), &s.access_key_id_key);
+        check_secret_key(
+            r,
+            format!("{p}.secretAccessKeyKey"),
+            &s.secret_access_key_key,
+        );
+        if let Some(region) = &s.region
+            && !is_region(region)
+        {
+            r.problem(
+                format!("{p}.region"),
+                format!(
+                    "{} is not a region name (e.g. \"eu-west-1\")",
+                    quote(region)
+                ),
+            );
+        }
+        if let Some(endpoint) = &s.endpoint
+            && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+        {
+            r.problem(
+                format!("{p}.endpoint"),
+                format!(
+                    "{} must be an http(s) URL, e.g. \"https://minio.example.com\"",
+                    quote(endpoint)
+                ),
+            );
+        }
+        S3Credentials {
+            secret: s.secret,
+            access_key_id_key: s.access_key_id_key,
+            secret_access_key_key: s.secret_access_key_key,
+            region: s.region,
+            endpoint: s.endpoint,
+        }
+    });
+    let service_account = match tf.service_account_name {
+        Some(sa) => {
+            r.name(
+                format!("{base}.serviceAccountName"),
+                &sa,
+                "ServiceAccount name",
+                is_dns1123_subdomain,
+            );
+            sa
+        }
+        None => DEFAULT_SERVICE_ACCOUNT.to_owned(),
+    };
+    if let Some(repo) = &tf.cache_repo
+        && let Some(reason) = cache_repo_problem(repo)
+    {
+        r.problem(format!("{base}.cacheRepo"), reason);
+    }
+
+    // Caps and defaults, field by field.
+    // The table of caps and defaults: section, name in the file, field,
+    // built-in. Each is the tenant's, else the top-level one, else built in.
+    let q = |text: &str| QuantityText(text.to_owned());
+    macro_rules! inherit {
+        ($section:ident, $name:literal, $field:ident, $builtin:expr) => {
+            pick(
+                base,
+                concat!(stringify!($section), ".", $name),
+                tf.$section.$field.as_ref(),
+                top.$section.$field.as_ref(),
+                $builtin,
+            )
+        };
+    }
+    let max_attempts = inherit!(caps, "maxAttempts", max_attempts, builtin::MAX_ATTEMPTS);
+    let max_timeout = inherit!(
+        caps,
+        "maxTimeoutSeconds",
+        max_timeout_seconds,
+        builtin::MAX_TIMEOUT_SECONDS
+    );
+    let max_images = inherit!(caps, "maxImages", max_images, builtin::MAX_IMAGES);
+    let max_cpu = inherit!(caps, "maxCpu", max_cpu, q(builtin::MAX_CPU));
+    let max_memory = inherit!(caps, "maxMemory", max_memory, q(builtin::MAX_MEMORY));
+    let attempts = inherit!(defaults, "attempts", attempts, builtin::ATTEMPTS);
+    let timeout = inherit!(
+        defaults,
+        "timeoutSeconds",
+        timeout_seconds,
+        builtin::TIMEOUT_SECONDS
+    );
+    let cpu = inherit!(defaults, "cpu", cpu, q(builtin::CPU));
+    let memory = inherit!(defaults, "memory", memory, q(builtin::MEMORY));
+    r.at_least_one(&max_attempts);
+    r.at_least_one(&attempts);
+    r.at_least_one(&max_timeout);
+    r.at_least_one(&timeout);
+    r.at_least_one(&max_images);
+    let max_cpu = r.quantity(max_cpu);
+    let max_memory = r.quantity(max_memory);
+    let cpu = r.quantity(cpu);
+    let memory = r.quantity(memory);
+
+    let defaults = Defaults {
+        attempts: r.bounded(attempts, &max_attempts, "maxAttempts"),
+        timeout_seconds: r.bounded(timeout, &max_timeout, "maxTimeoutSeconds"),
+        cpu: r.bounded(cpu, &max_cpu, "maxCpu"),
+        memory: r.bounded(memory, &max_memory, "maxMemory"),
+    };
+    Tenant {
+        namespace: tf.namespace,
+        allowed_destinations: allowed,
+        registry_secret: tf.registry_secret,
+        git_credentials: git,
+        s3_credentials: s3,
+        service_account,
+        cache_repo: tf.cache_repo,
+        caps: Caps {
+            max_attempts: max_attempts.value,
+            max_timeout_seconds: max_timeout.value,
+            max_cpu: max_cpu.value,
+            max_memory: max_memory.value,
+            max_images: max_images.value,
+        },
+        defaults,
+    }
+}
+
+fn check_secret_key(r: &mut Resolver, path: String, k: &str) {
+    let ok = !k.is_empty()
+        && k.len() <= 253
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        r.problem(
+            path,
+            format!(
+                "{} is not a valid Secret key (letters, digits, '-', '_' and '.')",
+                quote(k)
+            ),
+        );
+    }
+}
+
+/// Kaniko's `--cache-repo` is a repository: a reference without tag or digest.
+fn cache_repo_problem(repo: &str) -> Option<String> {
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    if repo.contains('@') || (repo.contains('/') && last.contains(':')) {
+        return Some(format!(
+            "{} must be a repository without tag or digest, e.g. \"registry.example.com/team/cache\"",
+            quote(repo)
+        ));
+    }
+    kiln_protocol::parse_image_reference(repo)
+        .err()
+        .map(|reason| format!("{} is not a valid repository: {reason}", quote(repo)))
+}
+
+fn is_region(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
