@@ -22,19 +22,42 @@ pub const DATA_CONTENT_TYPE: &str = "application/json";
 /// AMQP `content_type` of an event message (structured mode).
 pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
 
-/// Whether an event is about a whole build or one image of it.
+/// `dataschema` of every event Kiln publishes: the committed event schema
+/// (`protocol/schema/build-event.schema.json`) at the release tag
+/// `v<version>` of this crate, through GitHub's `/raw/` path (which serves
+/// the file itself). CloudEvents asks that incompatible schema changes get a
+/// new URI; the contract only grows, so a new release's URI is a superset.
+/// The URI is fixed at build time, so it names exactly the schema the
+/// publisher was built against.
+pub const DATA_SCHEMA: &str = concat!(
+    env!("CARGO_PKG_REPOSITORY"),
+    "/raw/v",
+    env!("CARGO_PKG_VERSION"),
+    "/protocol/schema/build-event.schema.json"
+);
+
+/// Hex digits of the message hash in a `request.rejected` event id
+/// (64 bits: ids need only tell apart the bodies sent under one build id).
+pub const REQUEST_HASH_HEX: usize = 16;
+
+/// Whether an event is about a whole build, one image of it, or one request
+/// that could not become the build its id names (`request.rejected`).
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Build,
     Image,
+    Request,
 }
 
 impl Level {
+    pub const ALL: [Level; 3] = [Level::Build, Level::Image, Level::Request];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Build => "build",
             Level::Image => "image",
+            Level::Request => "request",
         }
     }
 }
@@ -47,7 +70,8 @@ impl fmt::Display for Level {
 
 /// Where a build or an image is in its life. Build events use `accepted`,
 /// `succeeded`, `failed`, `cancelled`, `rejected`; image events use
-/// `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled`.
+/// `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled`;
+/// request events only `rejected`.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -106,11 +130,13 @@ impl Phase {
                     | Phase::Failed
                     | Phase::Cancelled
             ),
+            Level::Request => self == Phase::Rejected,
         }
     }
 
     /// Whether nothing follows this phase at `level`. False for phases not
-    /// valid at that level.
+    /// valid at that level. `request.rejected` is terminal for the request
+    /// it answers, never for the build its id names.
     pub fn is_terminal(self, level: Level) -> bool {
         self.valid_for(level)
             && match level {
@@ -118,6 +144,7 @@ impl Phase {
                 Level::Image => {
                     matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
                 }
+                Level::Request => true,
             }
     }
 }
@@ -159,6 +186,14 @@ pub enum Reason {
     Cancelled,
     /// A fault in Kiln itself.
     Internal,
+    /// `request.rejected`: the id is held by another tenant's build, or by
+    /// the same tenant's build of a different request.
+    IdConflict,
+    /// A Kubernetes ResourceQuota of the build namespace refuses the pod for
+    /// now. Not terminal: the worker keeps trying while the build's deadline
+    /// allows (events and status show it meanwhile); a build that runs out
+    /// of time ends with `DeadlineExceeded`.
+    QuotaExceeded,
 }
 
 impl Reason {
@@ -177,6 +212,8 @@ impl Reason {
             Reason::InvalidRequest => "InvalidRequest",
             Reason::Cancelled => "Cancelled",
             Reason::Internal => "Internal",
+            Reason::IdConflict => "IdConflict",
+            Reason::QuotaExceeded => "QuotaExceeded",
         }
     }
 }
@@ -198,7 +235,9 @@ pub struct BuildEvent {
     /// Always `1.0`.
     #[schemars(extend("const" = "1.0"))]
     pub specversion: String,
-    /// Deterministic: `<build>/<phase>` or `<build>/<image>/<attempt>/<phase>`.
+    /// Deterministic: `<build>/<phase>`, `<build>/<image>/<attempt>/<phase>`,
+    /// or `<build>/request/<hash>` for `request.rejected` (the first 16 hex
+    /// digits of the SHA-256 of the refused message body).
     #[schemars(length(min = 1))]
     pub id: String,
     /// `urn:kiln:<cluster>`.
@@ -206,7 +245,7 @@ pub struct BuildEvent {
     pub source: String,
     /// `dev.kiln.<level>.<phase>.v1`.
     #[serde(rename = "type")]
-    #[schemars(pattern(r"^dev\.kiln\.(build|image)\.[a-z]+\.v1$"))]
+    #[schemars(pattern(r"^dev\.kiln\.(build|image|request)\.[a-z]+\.v1$"))]
     pub event_type: String,
     /// `<build>` or `<build>/<image>`.
     #[schemars(length(min = 1))]
@@ -216,6 +255,13 @@ pub struct BuildEvent {
     /// Always `application/json`.
     #[schemars(extend("const" = "application/json"))]
     pub datacontenttype: String,
+    /// The JSON Schema of this event (this schema): Kiln's
+    /// `protocol/schema/build-event.schema.json` at the release tag of the
+    /// publishing worker. An addition to the contract: events of older
+    /// workers lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "uri"), length(min = 1))]
+    pub dataschema: Option<String>,
     /// Extension attribute: the worker (pod name) that published the event.
     pub kilnworker: String,
     /// Extension attribute (CloudEvents distributed tracing): the W3C
@@ -248,7 +294,8 @@ pub struct EventData {
     pub component: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// The tenant (AMQP `user_id`) that requested the build.
+    /// The tenant (AMQP `user_id`) that requested the build; on
+    /// `request.rejected`, the tenant that published the refused request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// The build pod of this attempt.
@@ -332,6 +379,26 @@ pub fn image_event_id(build_id: &str, image: &str, attempt: u32, phase: Phase) -
     format!("{build_id}/{image}/{attempt}/{phase}")
 }
 
+/// `<build>/request/<hash>`: the id of the `request.rejected` event that
+/// answers the message `body` naming `build_id`. The hash is the first
+/// [`REQUEST_HASH_HEX`] hex digits of the SHA-256 of the raw body, so the
+/// publisher can compute the id of the answer to its own message (and tell
+/// it from the answer to someone else's message under the same id), and a
+/// redelivered message is answered under the same id.
+pub fn request_rejected_id(build_id: &str, body: &[u8]) -> String {
+    let hash = crate::names::sha256_hex(body);
+    format!("{build_id}/request/{}", &hash[..REQUEST_HASH_HEX])
+}
+
+/// Whether `id` has the shape of a `request.rejected` id for `build_id`.
+fn is_request_rejected_id(build_id: &str, id: &str) -> bool {
+    id.strip_prefix(build_id)
+        .and_then(|rest| rest.strip_prefix("/request/"))
+        .is_some_and(|h| {
+            h.len() == REQUEST_HASH_HEX && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
 /// `<build>` or `<build>/<image>`.
 pub fn subject(build_id: &str, image: Option<&str>) -> String {
     match image {
@@ -386,6 +453,21 @@ impl EventData {
         d
     }
 
+    /// Data of a `request.rejected` event: the build id the refused message
+    /// names, the tenant that published it, why and a sentence for people.
+    pub fn request_rejected(
+        build_id: impl Into<String>,
+        tenant: impl Into<String>,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut d = Self::for_build(build_id, Phase::Rejected);
+        d.tenant = Some(tenant.into());
+        d.reason = Some(reason);
+        d.message = Some(message.into());
+        d
+    }
+
     /// Copies the request's `app`, `component`, `labels` and
     /// `retry.maxAttempts` (when set), which every event of a build repeats
     /// so subscribers can filter without keeping state.
@@ -434,10 +516,31 @@ impl BuildEvent {
             subject: subject(&data.build_id, data.image.as_deref()),
             time,
             datacontenttype: DATA_CONTENT_TYPE.to_owned(),
+            dataschema: Some(DATA_SCHEMA.to_owned()),
             kilnworker: kilnworker.into(),
             traceparent: None,
             data,
         }
+    }
+
+    /// A `request.rejected` event answering the message `body` (the raw
+    /// bytes as received), with `data` from [`EventData::request_rejected`]:
+    /// id [`request_rejected_id`], type `dev.kiln.request.rejected.v1`,
+    /// subject the build id. `data.phase` is set to `rejected` and
+    /// `data.image` cleared, whatever they were.
+    pub fn request_rejected(
+        source: impl Into<String>,
+        kilnworker: impl Into<String>,
+        time: Timestamp,
+        body: &[u8],
+        mut data: EventData,
+    ) -> Self {
+        data.phase = Phase::Rejected;
+        data.image = None;
+        let mut ev = Self::new(source, kilnworker, time, data);
+        ev.id = request_rejected_id(&ev.data.build_id, body);
+        ev.event_type = event_type(Level::Request, Phase::Rejected);
+        ev
     }
 
     #[must_use]
@@ -446,9 +549,15 @@ impl BuildEvent {
         self
     }
 
-    /// Image events have `data.image`; build events do not.
+    /// `request` for `dev.kiln.request.*` events (the data alone cannot
+    /// tell `request.rejected` from `build.rejected`); otherwise image
+    /// events have `data.image` and build events do not.
     pub fn level(&self) -> Level {
-        self.data.level()
+        if self.event_type.starts_with("dev.kiln.request.") {
+            Level::Request
+        } else {
+            self.data.level()
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -484,8 +593,26 @@ impl BuildEvent {
         if level == Level::Image && self.data.attempt.is_none() {
             errs.push("data.attempt", "image events must carry the attempt");
         }
-        let want = BuildEvent::new("", "", self.time, self.data.clone());
-        if self.id != want.id {
+        if level == Level::Request && self.data.image.is_some() {
+            errs.push("data.image", "request events name no image");
+        }
+        let want = if level == Level::Request {
+            BuildEvent::request_rejected("", "", self.time, b"", self.data.clone())
+        } else {
+            BuildEvent::new("", "", self.time, self.data.clone())
+        };
+        if level == Level::Request {
+            // The hash is of a body this event does not carry: check the shape.
+            if !is_request_rejected_id(&self.data.build_id, &self.id) {
+                errs.push(
+                    "id",
+                    format!(
+                        "must be \"{}/request/\" and {REQUEST_HASH_HEX} lowercase hex digits",
+                        self.data.build_id
+                    ),
+                );
+            }
+        } else if self.id != want.id {
             errs.push("id", format!("must be \"{}\"", want.id));
         }
         if self.event_type != want.event_type {
@@ -643,7 +770,15 @@ mod tests {
             "2026-11-25T10:00:00Z".parse().unwrap(),
             data,
         );
-        assert_eq!(built, ev);
+        // DESIGN.md's example predates `dataschema`; `new` adds it.
+        assert_eq!(built.dataschema.as_deref(), Some(DATA_SCHEMA));
+        assert_eq!(
+            BuildEvent {
+                dataschema: None,
+                ..built.clone()
+            },
+            ev
+        );
 
         let back: BuildEvent =
             serde_json::from_str(&serde_json::to_string(&built).unwrap()).unwrap();
@@ -668,6 +803,7 @@ mod tests {
                 "specversion": "1.0", "id": "b/accepted", "source": "urn:kiln:c",
                 "type": "dev.kiln.build.accepted.v1", "subject": "b",
                 "time": "1970-01-01T00:00:00Z", "datacontenttype": "application/json",
+                "dataschema": DATA_SCHEMA,
                 "kilnworker": "w",
                 "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                 "data": { "buildId": "b", "phase": "accepted" }
@@ -700,5 +836,101 @@ mod tests {
             errs,
             "data.phase: running is not a phase of build events\nid: must be \"b/running\""
         );
+    }
+
+    #[test]
+    fn dataschema_names_the_committed_schema_at_the_release_tag() {
+        assert_eq!(
+            DATA_SCHEMA,
+            format!(
+                "https://github.com/kiln-build/kiln/raw/v{}/protocol/schema/build-event.schema.json",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+
+    #[test]
+    fn request_rejected_ids_hash_the_raw_body() {
+        // sha256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        assert_eq!(
+            request_rejected_id("b-1", b"abc"),
+            "b-1/request/ba7816bf8f01cfea"
+        );
+        assert_eq!(
+            request_rejected_id("b-1", b""),
+            "b-1/request/e3b0c44298fc1c14"
+        );
+        // Another body (even the same JSON re-spaced) is another request.
+        assert_ne!(
+            request_rejected_id("b", br#"{"id":"b"}"#),
+            request_rejected_id("b", br#"{"id": "b"}"#)
+        );
+        assert_eq!(
+            routing_key(Level::Request, Phase::Rejected),
+            "request.rejected"
+        );
+        assert_eq!(
+            event_type(Level::Request, Phase::Rejected),
+            "dev.kiln.request.rejected.v1"
+        );
+    }
+
+    #[test]
+    fn request_rejected_event() {
+        let body = br#"{"apiVersion":"kiln/v1","kind":"BuildRequest","id":"X"}"#;
+        let ev = BuildEvent::request_rejected(
+            "urn:kiln:c",
+            "w",
+            Timestamp::UNIX_EPOCH,
+            body,
+            EventData::request_rejected("X", "alice", Reason::IdConflict, "id X is taken"),
+        );
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "specversion": "1.0", "id": request_rejected_id("X", body), "source": "urn:kiln:c",
+                "type": "dev.kiln.request.rejected.v1", "subject": "X",
+                "time": "1970-01-01T00:00:00Z", "datacontenttype": "application/json",
+                "dataschema": DATA_SCHEMA, "kilnworker": "w",
+                "data": { "buildId": "X", "phase": "rejected", "tenant": "alice",
+                          "reason": "IdConflict", "message": "id X is taken" }
+            })
+        );
+        assert_eq!(ev.level(), Level::Request);
+        assert_eq!(ev.routing_key(), "request.rejected");
+        // Terminal for the request; a waiter on the build must not stop.
+        assert!(ev.is_terminal());
+        assert!(!(ev.level() == Level::Build && ev.is_terminal()));
+        ev.validate().unwrap();
+        let back: BuildEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+        assert_eq!(back.level(), Level::Request);
+
+        let mut bad = ev.clone();
+        bad.id = "X/rejected".into();
+        bad.data.image = Some("api".into());
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "data.image: request events name no image\n\
+             id: must be \"X/request/\" and 16 lowercase hex digits"
+        );
+        let mut other_phase = ev;
+        other_phase.data.phase = Phase::Accepted;
+        assert!(
+            other_phase
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("accepted is not a phase of request events")
+        );
+    }
+
+    #[test]
+    fn new_reasons_serialise_by_name() {
+        for r in [Reason::IdConflict, Reason::QuotaExceeded] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(Reason::QuotaExceeded.as_str(), "QuotaExceeded");
     }
 }

@@ -22,11 +22,13 @@ mod validate;
 pub use cancel::{CANCEL_REQUEST_KIND, CancelRequest, MAX_CANCEL_REASON_LEN};
 pub use decode::{DecodeError, parse_build_request, parse_cancel_request, readable_id};
 pub use event::{
-    BuildEvent, CLOUDEVENTS_SPEC_VERSION, DATA_CONTENT_TYPE, EVENT_CONTENT_TYPE, EventData,
-    ImageSummary, Level, Phase, PodRef, Reason, build_event_id, event_source, event_type,
-    image_event_id, routing_key, subject,
+    BuildEvent, CLOUDEVENTS_SPEC_VERSION, DATA_CONTENT_TYPE, DATA_SCHEMA, EVENT_CONTENT_TYPE,
+    EventData, ImageSummary, Level, Phase, PodRef, REQUEST_HASH_HEX, Reason, build_event_id,
+    event_source, event_type, image_event_id, request_rejected_id, routing_key, subject,
 };
-pub use names::{MAX_LABEL_LEN, configmap_name, is_dns1123_label, label_value, pod_name};
+pub use names::{
+    MAX_LABEL_LEN, configmap_name, is_dns1123_label, label_value, pod_name, request_fingerprint,
+};
 pub use quantity::quantity_nanos;
 pub use reference::{ImageReference, parse_destination, parse_image_reference};
 pub use request::{

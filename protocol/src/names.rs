@@ -25,8 +25,31 @@
 //!
 //! The result is a DNS-1123 label of at most 63 characters: it starts with
 //! `k` and ends with a digit (the attempt) or a hex digit (the hash).
+//!
+//! # Request fingerprints (`request_fingerprint`)
+//!
+//! Workers store a fingerprint of the request a build was accepted for and
+//! compare it with the fingerprint of a later request under the same id:
+//! equal means the owner re-sent it (a duplicate), different means the id is
+//! reused for another request (`IdConflict`). Workers of different versions
+//! must agree, so this algorithm is fixed too:
+//!
+//! 1. The parsed request (so whitespace, key order, escapes and explicit
+//!    `null`s of the message are gone) is written as a JSON value.
+//! 2. Defaults of the wire contract are made explicit: an image with neither
+//!    `dockerfile` nor `dockerfileInline` gets `"dockerfile": "Dockerfile"`;
+//!    empty `retry` and `resources` objects are removed. Defaults of the
+//!    worker's policy are not applied (policy may change between the two
+//!    requests; the request did not).
+//! 3. The value is written compactly with the keys of every object sorted
+//!    by their UTF-8 bytes; strings and numbers as `serde_json` writes them.
+//! 4. The fingerprint is the 64 lowercase hex digits of the SHA-256 of that
+//!    text.
 
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::request::{BuildRequest, DEFAULT_DOCKERFILE};
 
 pub use crate::validate::is_dns1123_label;
 use crate::validate::is_label_value;
@@ -78,6 +101,74 @@ fn tuple_hash(build_id: &str, image: &str, attempt: u32) -> String {
     hex(&h.finalize())
 }
 
+/// Lowercase hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// The fingerprint of a request (see the module docs): equal for requests
+/// that mean the same build, different otherwise.
+pub fn request_fingerprint(request: &BuildRequest) -> String {
+    let mut value = serde_json::to_value(request).unwrap_or(Value::Null);
+    if let Some(obj) = value.as_object_mut() {
+        remove_if_empty(obj, "retry");
+        if let Some(Value::Array(images)) = obj.get_mut("images") {
+            for image in images.iter_mut().filter_map(Value::as_object_mut) {
+                if !image.contains_key("dockerfile") && !image.contains_key("dockerfileInline") {
+                    image.insert("dockerfile".into(), DEFAULT_DOCKERFILE.into());
+                }
+                remove_if_empty(image, "resources");
+            }
+        }
+    }
+    let mut text = String::new();
+    canonical_json(&value, &mut text);
+    sha256_hex(text.as_bytes())
+}
+
+fn remove_if_empty(obj: &mut serde_json::Map<String, Value>, key: &str) {
+    if obj
+        .get(key)
+        .and_then(Value::as_object)
+        .is_some_and(serde_json::Map::is_empty)
+    {
+        obj.remove(key);
+    }
+}
+
+/// Compact JSON with every object's keys sorted by their bytes, whatever
+/// order the map keeps them in (`serde_json`'s `preserve_order` feature may
+/// be on in a dependency graph).
+fn canonical_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
@@ -96,12 +187,13 @@ pub fn label_value(value: &str) -> String {
     if is_label_value(value) {
         return value.to_owned();
     }
-    let digest = hex(&Sha256::digest(value.as_bytes()));
+    let digest = sha256_hex(value.as_bytes());
     format!("h-{}", &digest[..40])
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -159,5 +251,48 @@ mod tests {
             let n = configmap_name(b, i, a);
             assert!(is_dns1123_label(&n), "{n}");
         }
+    }
+
+    fn request(json: &str) -> BuildRequest {
+        crate::parse_build_request(json.as_bytes()).unwrap()
+    }
+
+    /// Pinned: workers of different versions compare fingerprints, so the
+    /// algorithm of the module docs must not change. The expected value is
+    /// the SHA-256 of the canonical text written out here (computed with
+    /// `sha256sum`).
+    #[test]
+    fn fingerprints_are_stable_across_versions() {
+        let r = request(
+            r#"{"kind":"BuildRequest","apiVersion":"kiln/v1","id":"b-1","labels":{"z":"1","a":"2"},
+                "retry":{},"images":[{"name":"api","destinations":["r.example.com/a:1"],
+                "context":{"url":"https://e.example.com/c.tar.gz"},"resources":{},
+                "templateArgs":{}}]}"#,
+        );
+        let canonical = r#"{"apiVersion":"kiln/v1","id":"b-1","images":[{"context":{"url":"https://e.example.com/c.tar.gz"},"destinations":["r.example.com/a:1"],"dockerfile":"Dockerfile","name":"api"}],"kind":"BuildRequest","labels":{"a":"2","z":"1"}}"#;
+        assert_eq!(request_fingerprint(&r), sha256_hex(canonical.as_bytes()));
+        assert_eq!(
+            request_fingerprint(&r),
+            "ded481057a7dc9548b5c4db1054fa10d64a4c49afd6ac5816f530bcd1d2a299a"
+        );
+    }
+
+    #[test]
+    fn fingerprints_make_contract_defaults_explicit() {
+        let base = r#"{"apiVersion":"kiln/v1","kind":"BuildRequest","id":"b","images":[{"name":"api",
+            "context":{"url":"https://e.example.com/c.tar.gz"},"destinations":["r.example.com/a:1"]XX}]}"#;
+        let with = |extra: &str| request_fingerprint(&request(&base.replace("XX", extra)));
+        let plain = with("");
+        assert_eq!(with(r#","dockerfile":"Dockerfile""#), plain);
+        assert_eq!(with(r#","resources":{}"#), plain);
+        assert_eq!(with(r#","dockerfile":null"#), plain);
+        assert_ne!(with(r#","dockerfile":"other/Dockerfile""#), plain);
+        assert_ne!(with(r#","dockerfileInline":"FROM x""#), plain);
+        assert_ne!(
+            with(r#","cache":false"#),
+            plain,
+            "policy defaults are not applied"
+        );
+        assert_ne!(with(r#","resources":{"cpu":"1"}"#), plain);
     }
 }

@@ -1,5 +1,7 @@
 //! Property tests: decoding never panics, valid requests round-trip (and
-//! satisfy the committed schema), names are always valid and injective.
+//! satisfy the committed schema), names are always valid and injective,
+//! request fingerprints ignore how a request is written but not what it
+//! says, and `request.rejected` ids follow the message body.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -7,9 +9,9 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use kiln_protocol::{
-    BuildContext, BuildRequest, GitContext, ImageSpec, Resources, RetrySpec, S3Context,
-    configmap_name, is_dns1123_label, is_label_value, label_value, parse_build_request,
-    parse_cancel_request, pod_name, readable_id,
+    BuildContext, BuildRequest, GitContext, ImageSpec, REQUEST_HASH_HEX, Resources, RetrySpec,
+    S3Context, configmap_name, is_dns1123_label, is_label_value, label_value, parse_build_request,
+    parse_cancel_request, pod_name, readable_id, request_fingerprint, request_rejected_id,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -188,6 +190,27 @@ fn build_request() -> impl Strategy<Value = BuildRequest> {
         )
 }
 
+/// `v` as JSON with every object's keys in reverse order and spaces
+/// around the punctuation: the same request, written differently.
+fn reversed_json(v: &Value) -> String {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable_by(|a, b| b.cmp(a));
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{} : {}", Value::String(k.clone()), reversed_json(&map[k])))
+                .collect();
+            format!("{{ {} }}", fields.join(" , "))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(reversed_json).collect();
+            format!("[ {} ]", items.join(" , "))
+        }
+        scalar => scalar.to_string(),
+    }
+}
+
 static BUILD_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/build-request.schema.json");
     let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
@@ -289,6 +312,47 @@ proptest! {
         prop_assert!(is_label_value(&l), "{:?}", l);
         if is_label_value(&v) {
             prop_assert_eq!(l, v);
+        }
+    }
+
+    #[test]
+    fn fingerprints_ignore_how_the_request_is_written(req in build_request()) {
+        let value = serde_json::to_value(&req).unwrap();
+        let respelled = reversed_json(&value);
+        let back = parse_build_request(respelled.as_bytes()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let fp = request_fingerprint(&req);
+        prop_assert_eq!(request_fingerprint(&back), fp.clone());
+        prop_assert_eq!(request_fingerprint(&req.clone()), fp.clone());
+        prop_assert_eq!(fp.len(), 64);
+        prop_assert!(fp.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn fingerprints_differ_when_the_request_does(req in build_request(), which in 0usize..5, extra in "[a-z]{1,8}") {
+        let mut other = req.clone();
+        match which {
+            0 => other.id.push_str(&extra),
+            1 => { other.labels.insert(format!("zz{extra}"), extra.clone()); }
+            2 => other.images[0].destinations[0].push_str(&extra),
+            3 => { other.images[0].build_args.insert(format!("ZZ_{extra}"), extra.clone()); }
+            _ => {
+                let n = req.max_attempts().unwrap_or(0) % 10 + 1;
+                other.retry = Some(RetrySpec { max_attempts: Some(if Some(n) == req.max_attempts() { n % 10 + 1 } else { n }) });
+            }
+        }
+        prop_assume!(other != req);
+        prop_assert_ne!(request_fingerprint(&other), request_fingerprint(&req));
+    }
+
+    #[test]
+    fn request_rejected_ids_follow_the_body(build in "[A-Za-z0-9._-]{1,128}", a in vec(any::<u8>(), 0..256), b in vec(any::<u8>(), 0..256)) {
+        let id = request_rejected_id(&build, &a);
+        prop_assert_eq!(&id, &request_rejected_id(&build, &a));
+        let prefix = format!("{build}/request/");
+        prop_assert!(id.starts_with(&prefix), "{}", id);
+        prop_assert_eq!(id.len(), prefix.len() + REQUEST_HASH_HEX);
+        if a != b {
+            prop_assert_ne!(id, request_rejected_id(&build, &b));
         }
     }
 }

@@ -104,11 +104,27 @@ fn built_events_match_the_committed_schema() {
         reason: None,
     }]);
 
-    for data in [failed, retrying, done] {
-        let ev = BuildEvent::new("urn:kiln:test", "kiln-0", time, data).with_traceparent(Some(
+    let rejected = BuildEvent::request_rejected(
+        "urn:kiln:test",
+        "kiln-0",
+        time,
+        br#"{"apiVersion":"kiln/v1","kind":"BuildRequest","id":"b-1"}"#,
+        EventData::request_rejected(
+            "b-1",
+            "bob",
+            Reason::IdConflict,
+            "build b-1 belongs to another tenant",
+        ),
+    );
+
+    let built =
+        [failed, retrying, done].map(|data| BuildEvent::new("urn:kiln:test", "kiln-0", time, data));
+    for ev in built.into_iter().chain([rejected]) {
+        let ev = ev.with_traceparent(Some(
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         ));
         ev.validate().unwrap();
+        assert_eq!(ev.dataschema.as_deref(), Some(kiln_protocol::DATA_SCHEMA));
         let v = serde_json::to_value(&ev).unwrap();
         let problems: Vec<String> = validator
             .iter_errors(&v)

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Client(_)) {
         // The client's promise: one line, never a backtrace.
         std::panic::set_hook(Box::new(|info| {
-            eprintln!(
+            kiln_worker::errln!(
                 "kiln: internal error (please report it): {}",
                 cli::fold(&info.to_string())
             );
@@ -51,9 +51,11 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // Nobody reads the output any more: end quietly (see `cli`).
+        Err(e) if cli::is_broken_pipe_error(&e) => ExitCode::from(cli::exit::BROKEN_PIPE),
         Err(e) => {
             // One line, never a backtrace.
-            eprintln!("kiln: error: {}", cli::one_line(&e));
+            kiln_worker::errln!("kiln: error: {}", cli::one_line(&e));
             ExitCode::from(cli::exit::ERROR)
         }
     }

@@ -1,8 +1,9 @@
 //! Logs and traces.
 //!
-//! [`init`] installs the `tracing` subscriber: human-readable lines on stderr,
-//! or JSON lines with `KILN_LOG_FORMAT=json`, filtered by `RUST_LOG` (default
-//! `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! [`init`] installs the `tracing` subscriber: human-readable lines on stderr
+//! (coloured only when stderr is a terminal and `NO_COLOR` is unset or
+//! empty), or JSON lines with `KILN_LOG_FORMAT=json`, filtered by `RUST_LOG`
+//! (default `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans are also exported over
 //! OTLP/gRPC (e.g. `http://otel-collector:4317`; `https://` uses the system's
 //! roots) in batches; the usual `OTEL_*` variables (`OTEL_SERVICE_NAME`,
@@ -15,6 +16,7 @@
 //! carry the same `traceparent` (DESIGN section 2).
 
 use std::collections::HashMap;
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -90,7 +92,10 @@ pub fn init() -> Guard {
             .with_writer(std::io::stderr)
             .boxed()
     } else {
+        // tracing-subscriber colours whenever NO_COLOR is unset, even into
+        // a file or a log collector: colour only on a terminal.
         tracing_subscriber::fmt::layer()
+            .with_ansi(crate::cli::colour_allowed(std::io::stderr().is_terminal()))
             .with_writer(std::io::stderr)
             .boxed()
     };

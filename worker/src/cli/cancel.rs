@@ -23,7 +23,7 @@ pub struct CancelArgs {
     /// Why (copied into the `build.cancelled` event).
     #[arg(long)]
     pub reason: Option<String>,
-    /// `text`: a sentence; `json`: the request that was published.
+    /// `text`: a sentence; `json`/`yaml`: the request that was published.
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
     /// W3C traceparent to continue.
@@ -37,9 +37,9 @@ pub async fn run(args: CancelArgs) -> anyhow::Result<u8> {
     let request = CancelRequest::new(args.id.clone(), args.reason.clone());
     if let Err(errs) = request.validate() {
         for e in &errs {
-            eprintln!("kiln: {e}");
+            errln!("kiln: {e}");
         }
-        eprintln!("kiln: nothing was published");
+        errln!("kiln: nothing was published");
         return Ok(exit::INVALID);
     }
     let body = serde_json::to_vec(&request)?;
@@ -52,8 +52,8 @@ pub async fn run(args: CancelArgs) -> anyhow::Result<u8> {
     broker.close().await;
     published.map_err(|e| super::explain_amqp(&e.to_string(), &requests))?;
     match args.output {
-        Output::Text => println!("cancel of build {} requested", args.id),
-        Output::Json => println!("{}", serde_json::to_string(&request)?),
+        Output::Text => outln!("cancel of build {} requested", args.id),
+        data => data.print(&request)?,
     }
     Ok(exit::OK)
 }

@@ -20,6 +20,10 @@ pub struct CompletionsArgs {
 pub fn run(args: &CompletionsArgs, command: fn() -> clap::Command) -> anyhow::Result<u8> {
     let mut cmd = command();
     let name = cmd.get_name().to_owned();
-    clap_complete::generate(args.shell, &mut cmd, name, &mut std::io::stdout());
+    // Into a buffer first: `generate` panics when its writer fails (a
+    // closed pipe); the buffer is then written with the usual handling.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, name, &mut script);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
     Ok(exit::OK)
 }

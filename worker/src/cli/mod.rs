@@ -7,10 +7,21 @@
 //!   standard error;
 //! - one exit-code table for all commands ([`exit`]);
 //! - failures to reach RabbitMQ, Redis or the cluster are one line naming
-//!   the address (password hidden) and what failed, never a backtrace.
+//!   the address (password hidden) and what failed, never a backtrace;
+//! - every line goes through [`outln!`] or [`errln!`], never `println!`:
+//!   when the reader of a pipe goes away (`kiln watch | head -1`) the
+//!   command ends at once, silently, with exit code 141 (128 + SIGPIPE,
+//!   what a shell reports for `yes | head -1`), instead of the panic that
+//!   `println!` raises under Rust's ignored SIGPIPE;
+//! - Ctrl-C ends a command that waits (`submit --wait`, `wait`, `watch`)
+//!   with exit code 130; the other commands keep the default SIGINT action,
+//!   which the shell reports as 130 too;
+//! - `--output text|json|yaml` wherever there is output; colour only on a
+//!   terminal and never with `NO_COLOR` set (<https://no-color.org>).
 //!
 //! Only `main.rs` and this module use `anyhow`.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -19,6 +30,24 @@ use clap::Subcommand;
 use crate::amqp::{Broker, EventSubscription, redact_url};
 use crate::config::Connections;
 use crate::lease::Leases;
+
+/// `println!` that ends the process quietly when standard output is a
+/// closed pipe (see the module docs).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that ends the process quietly when standard error is a
+/// closed pipe.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_err(format_args!($($arg)*))
+    };
+}
 
 pub mod cancel;
 pub mod completions;
@@ -50,6 +79,9 @@ pub mod exit {
     pub const ERROR: u8 = 6;
     /// Interrupted (Ctrl-C) while waiting; the build goes on.
     pub const INTERRUPTED: u8 = 130;
+    /// The reader of standard output (or error) went away: 128 + SIGPIPE,
+    /// as a shell reports a process that SIGPIPE ended.
+    pub const BROKEN_PIPE: u8 = 141;
 }
 
 /// The exit-code table, for `--help` (a macro so that `concat!` can use it).
@@ -64,7 +96,9 @@ macro_rules! kiln_exit_codes {
   3  cancelled
   4  rejected
   5  timed out waiting (the build goes on)
-  6  error: RabbitMQ, Redis or the cluster unreachable, publish not routed, ..."
+  6  error: RabbitMQ, Redis or the cluster unreachable, publish not routed, ...
+130  interrupted (Ctrl-C); a build being waited for goes on
+141  the reader of the output went away (`kiln watch | head -1`)"
     };
 }
 
@@ -115,6 +149,57 @@ pub async fn run(cmd: ClientCommand, command: fn() -> clap::Command) -> anyhow::
         ClientCommand::Schema(a) => schema::run(&a),
         ClientCommand::Completions(a) => completions::run(&a, command),
     }
+}
+
+/// One line on standard output; see [`outln!`].
+pub fn print_out(args: std::fmt::Arguments<'_>) {
+    let written = writeln!(std::io::stdout().lock(), "{args}");
+    if let Err(e) = written {
+        write_failed(&e, "standard output");
+    }
+}
+
+/// One line on standard error; see [`errln!`].
+pub fn print_err(args: std::fmt::Arguments<'_>) {
+    if let Err(e) = writeln!(std::io::stderr().lock(), "{args}")
+        && is_broken_pipe(&e)
+    {
+        std::process::exit(i32::from(exit::BROKEN_PIPE));
+    }
+    // Any other failure to write to standard error has nowhere to be told.
+}
+
+/// A closed pipe ends the process at once with [`exit::BROKEN_PIPE`] and
+/// no message (nobody reads it); any other failure is told on standard
+/// error, exit code [`exit::ERROR`]. Exiting here, rather than returning
+/// an error through every caller, also stops a `watch` loop at once.
+fn write_failed(e: &std::io::Error, what: &str) -> ! {
+    if !is_broken_pipe(e) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "kiln: error: cannot write to {what}: {e}"
+        );
+        std::process::exit(i32::from(exit::ERROR));
+    }
+    std::process::exit(i32::from(exit::BROKEN_PIPE))
+}
+
+fn is_broken_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+/// Whether an error came from writing to a closed pipe (errors returned
+/// by `writeln!(…)?` rather than [`outln!`]).
+pub fn is_broken_pipe_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(is_broken_pipe)
+}
+
+/// Whether colour may be written to a stream: only to a terminal, and never
+/// when `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
+pub fn colour_allowed(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// An error as one line: the causes joined with `: `, line breaks folded.
@@ -235,9 +320,28 @@ pub fn explain_amqp(msg: &str, exchange: &str) -> anyhow::Error {
     }
 }
 
-/// Resolves on Ctrl-C (or never, if the signal cannot be caught).
-pub async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        futures::future::pending::<()>().await;
+/// Resolves on Ctrl-C (or never, if the signal cannot be caught). The
+/// handler is installed when this is called, not when first polled: create
+/// it once, before telling the user the command waits, and poll the same
+/// future in every turn of the loop (a fresh `tokio::signal::ctrl_c()` per
+/// turn would leave gaps in which a Ctrl-C is caught and dropped).
+pub fn ctrl_c() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+        async move {
+            match signal {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => futures::future::pending::<()>().await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            futures::future::pending::<()>().await;
+        }
     }
 }

@@ -14,6 +14,37 @@ pub enum Output {
     Text,
     /// JSON for scripts (one document per line).
     Json,
+    /// YAML for people and scripts (each document starts with `---`, so a
+    /// stream of them is one multi-document YAML file).
+    Yaml,
+}
+
+impl Output {
+    /// JSON or YAML: documents on standard output, no progress display.
+    pub fn is_data(self) -> bool {
+        matches!(self, Output::Json | Output::Yaml)
+    }
+
+    /// `value` as one document: JSON on one line, YAML after `---`;
+    /// `None` for text, which each command writes its own way.
+    pub fn document(self, value: &impl serde::Serialize) -> anyhow::Result<Option<String>> {
+        Ok(match self {
+            Output::Text => None,
+            Output::Json => Some(serde_json::to_string(value)?),
+            Output::Yaml => {
+                let yaml = serde_saphyr::to_string(value)?;
+                Some(format!("---\n{}", yaml.trim_end()))
+            }
+        })
+    }
+
+    /// Writes `value` as a document (nothing for text).
+    pub fn print(self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        if let Some(doc) = self.document(value)? {
+            crate::outln!("{doc}");
+        }
+        Ok(())
+    }
 }
 
 /// An event as received: the decoded event and the raw JSON (printed as
@@ -35,6 +66,11 @@ impl Received {
     /// The raw event on one line.
     pub fn json_line(&self) -> String {
         self.raw.to_string()
+    }
+
+    /// Writes the raw event as a `--output json|yaml` document.
+    pub fn print(&self, output: Output) -> anyhow::Result<()> {
+        output.print(&self.raw)
     }
 }
 

@@ -1,6 +1,7 @@
 //! `kiln schema request|cancel|event`: the JSON Schemas of the wire types.
 
 use super::exit;
+use super::output::Output;
 
 pub const AFTER_HELP: &str = "\
 The schemas (JSON Schema draft 2020-12) are generated from the same Rust
@@ -8,7 +9,8 @@ types the worker decodes with, so they cannot drift from it.
 
 Examples:
   kiln schema request > build-request.schema.json
-  kiln schema event | jq '.properties.data'";
+  kiln schema event | jq '.properties.data'
+  kiln schema request --output yaml";
 
 /// Which schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,6 +28,9 @@ pub struct SchemaArgs {
     /// Which message.
     #[arg(value_enum)]
     pub which: Which,
+    /// `json` (indented; also for `text`) or `yaml`.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 pub fn run(args: &SchemaArgs) -> anyhow::Result<u8> {
@@ -34,6 +39,9 @@ pub fn run(args: &SchemaArgs) -> anyhow::Result<u8> {
         Which::Cancel => kiln_protocol::cancel_request_schema(),
         Which::Event => kiln_protocol::build_event_schema(),
     };
-    println!("{}", serde_json::to_string_pretty(&schema)?);
+    match args.output {
+        Output::Text | Output::Json => outln!("{}", serde_json::to_string_pretty(&schema)?),
+        Output::Yaml => Output::Yaml.print(&schema)?,
+    }
     Ok(exit::OK)
 }

@@ -33,7 +33,7 @@ pub struct StatusArgs {
     /// How long to wait for the Kubernetes API.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub kube_timeout: Duration,
-    /// `text`: a summary and a table; `json`: one document.
+    /// `text`: a summary and a table; `json`/`yaml`: one document.
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]
@@ -153,7 +153,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
     let known = st.record.is_some() || st.pods.as_ref().is_some_and(|p| !p.is_empty());
     let unreachable = st.redis_error.is_some() && st.cluster_error.is_some();
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&st)?),
+        Output::Yaml => Output::Yaml.print(&st)?,
         Output::Text => print_text(&st),
     }
     if unreachable {
@@ -164,7 +165,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<u8> {
     }
     if !known {
         if args.output == Output::Text {
-            eprintln!(
+            errln!(
                 "kiln: build {} is unknown: no Redis record{} and no pods in namespace {}",
                 args.id,
                 if st.redis_error.is_some() {
@@ -211,10 +212,10 @@ async fn list_pods(namespace: &str, id: &str, timeout: Duration) -> Result<Vec<P
 
 fn print_text(st: &Status) {
     if let Some(e) = &st.redis_error {
-        eprintln!("kiln: Redis unreachable, showing the cluster's view only: {e}");
+        errln!("kiln: Redis unreachable, showing the cluster's view only: {e}");
     }
     if let Some(e) = &st.cluster_error {
-        eprintln!("kiln: cluster unreachable, showing Redis' view only: {e}");
+        errln!("kiln: cluster unreachable, showing Redis' view only: {e}");
     }
     match &st.record {
         Some(rec) => {
@@ -222,8 +223,8 @@ fn print_text(st: &Status) {
                 .phase
                 .clone()
                 .unwrap_or_else(|| format!("{:?}", rec.state).to_lowercase());
-            println!("build {}: {phase}", st.id);
-            println!(
+            outln!("build {}: {phase}", st.id);
+            outln!(
                 "  tenant {}, namespace {}, worker {}, updated {}",
                 rec.tenant,
                 rec.namespace,
@@ -231,10 +232,10 @@ fn print_text(st: &Status) {
                 rec.updated_at.strftime("%Y-%m-%d %H:%M:%SZ")
             );
             if let Some(h) = &st.lease_holder {
-                println!("  lease held by {h}");
+                outln!("  lease held by {h}");
             }
             if let Some(r) = &st.cancel_requested {
-                println!("  cancel requested: {r}");
+                outln!("  cancel requested: {r}");
             }
             if !rec.images.is_empty() {
                 let rows: Vec<[String; 5]> = rec
@@ -254,24 +255,24 @@ fn print_text(st: &Status) {
             }
         }
         None if st.redis_error.is_none() => {
-            println!("build {}: no Redis record", st.id);
+            outln!("build {}: no Redis record", st.id);
             if let Some(h) = &st.lease_holder {
-                println!("  lease held by {h}");
+                outln!("  lease held by {h}");
             }
             if let Some(r) = &st.cancel_requested {
-                println!("  cancel requested: {r}");
+                outln!("  cancel requested: {r}");
             }
         }
         None => {}
     }
     if let Some(pods) = &st.pods {
         if pods.is_empty() {
-            println!(
+            outln!(
                 "cluster: no pods of the build in namespace {}",
                 st.namespace
             );
         } else {
-            println!("cluster: namespace {}", st.namespace);
+            outln!("cluster: namespace {}", st.namespace);
             let rows: Vec<[String; 5]> = pods
                 .iter()
                 .map(|p| {
@@ -308,7 +309,7 @@ fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
             s.push_str(cell);
             s.push_str(&" ".repeat(w.saturating_sub(cell.chars().count()) + 1));
         }
-        println!("{}", s.trim_end());
+        outln!("{}", s.trim_end());
     };
     line(head.to_vec());
     for row in rows {

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use kiln_protocol::request_rejected_id;
+
 use super::exit;
 use super::input::{STDIN, Source, print_problems};
 use super::output::Output;
-use super::wait::{Follow, follow, optional_redis};
+use super::wait::{Follow, REQUEST_REJECTED_KEY, follow, optional_redis};
 use crate::amqp::{BUILD_KEY, url_user};
 use crate::config::{Connections, parse_duration};
 use crate::lease::RecordState;
@@ -42,8 +44,9 @@ pub struct SubmitArgs {
     /// With --wait: give up waiting after this long (exit code 5).
     #[arg(long, default_value = "30m", value_parser = parse_duration, requires = "wait")]
     pub timeout: Duration,
-    /// `text`: the id (and progress with --wait); `json`: `{"id": …}`, or
-    /// with --wait only the terminal event.
+    /// `text`: the id (and progress with --wait); `json`/`yaml`:
+    /// `{"id": …}`, or with --wait only the terminal event (or the
+    /// `request.rejected` answering this request).
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
     /// W3C traceparent to continue: the worker's spans and every event of
@@ -77,9 +80,10 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
     let user = url_user(&args.connections.amqp_url).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let broker = super::connect_broker(&args.connections, "submit").await?;
-    // Subscribe before publishing, so that no event is missed.
+    // Subscribe before publishing, so that no event is missed (nor the
+    // `request.rejected` answering this very message).
     let sub = if args.wait {
-        Some(super::subscribe(&broker, &["build.*", "image.*"]).await?)
+        Some(super::subscribe(&broker, &["build.*", "image.*", REQUEST_REJECTED_KEY]).await?)
     } else {
         None
     };
@@ -90,13 +94,21 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
     } else {
         None
     };
-    let duplicate = match &leases {
-        Some(l) => matches!(
-            l.record(&request.id).await,
-            Ok(Some(rec)) if rec.state == RecordState::Finished
-        ),
-        None => false,
+    let mut follow_args = Follow {
+        build_id: request.id.clone(),
+        images: request.images.iter().map(|i| i.name.clone()).collect(),
+        timeout: args.timeout,
+        output: args.output,
+        duplicate: false,
+        rejected_id: Some(request_rejected_id(&request.id, &doc.bytes)),
+        tenant: Some(user.clone()),
     };
+    if let Some(l) = &leases {
+        follow_args.duplicate = matches!(
+            l.record(&request.id).await,
+            Ok(Some(rec)) if rec.state == RecordState::Finished && follow_args.ours(&rec)
+        );
+    }
     if let Err(e) = broker
         .publish_request(
             BUILD_KEY,
@@ -113,28 +125,15 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
         ));
     }
     match args.output {
-        Output::Text => println!("{}", request.id),
-        Output::Json if !args.wait => {
-            println!("{}", serde_json::json!({ "id": request.id }));
-        }
-        Output::Json => {}
+        Output::Text => outln!("{}", request.id),
+        data if !args.wait => data.print(&serde_json::json!({ "id": request.id }))?,
+        _ => {}
     }
     let Some(sub) = sub else {
         broker.close().await;
         return Ok(exit::OK);
     };
-    let code = follow(
-        sub,
-        Follow {
-            build_id: request.id.clone(),
-            images: request.images.iter().map(|i| i.name.clone()).collect(),
-            timeout: args.timeout,
-            output: args.output,
-            duplicate,
-        },
-        leases.as_ref(),
-    )
-    .await;
+    let code = follow(sub, follow_args, leases.as_ref()).await;
     broker.close().await;
     code
 }
@@ -142,7 +141,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
 /// Prints the problems; nothing was published.
 fn invalid(name: &str, errs: &[kiln_protocol::ValidationError]) -> u8 {
     let _ = print_problems(&mut std::io::stderr().lock(), name, errs);
-    eprintln!(
+    errln!(
         "kiln: {name} is not a valid build request ({} problem{}); nothing was published",
         errs.len(),
         if errs.len() == 1 { "" } else { "s" }

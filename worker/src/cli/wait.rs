@@ -3,7 +3,10 @@
 //! the digest-pinned references or the reason and the log tail.
 //!
 //! The subscription is made before anything else (before the publish, for
-//! `submit --wait`), so no event is missed. A build that already finished
+//! `submit --wait`), so no event is missed. After a publish, the
+//! `request.rejected` event answering that very message (its id is computed
+//! from the body published) also ends the wait, with exit code 4; the ones
+//! answering other messages under the same id are someone else's. A build that already finished
 //! is answered from its Redis record, which is also polled while waiting:
 //! a terminal event published before the subscription existed would
 //! otherwise never arrive.
@@ -37,6 +40,9 @@ Examples:
     crate::kiln_exit_codes!()
 );
 
+/// Binding key of the answers to refused requests.
+pub const REQUEST_REJECTED_KEY: &str = "request.rejected";
+
 /// How often the Redis record is read while waiting.
 const RECORD_POLL: Duration = Duration::from_secs(2);
 
@@ -56,7 +62,7 @@ pub struct WaitArgs {
 
 pub async fn run(args: WaitArgs) -> anyhow::Result<u8> {
     if !is_valid_build_id(&args.id) {
-        eprintln!(
+        errln!(
             "kiln: {:?} is not a build id (1-128 of A-Z a-z 0-9 . _ -)",
             args.id
         );
@@ -73,6 +79,8 @@ pub async fn run(args: WaitArgs) -> anyhow::Result<u8> {
             timeout: args.timeout,
             output: args.output,
             duplicate: false,
+            rejected_id: None,
+            tenant: None,
         },
         leases.as_ref(),
     )
@@ -87,7 +95,7 @@ pub async fn optional_redis(c: &Connections) -> Option<Leases> {
     match super::connect_redis(c).await {
         Ok(l) => Some(l),
         Err(e) => {
-            eprintln!(
+            errln!(
                 "kiln: warning: {}; following the events only",
                 super::one_line(&e)
             );
@@ -107,6 +115,34 @@ pub struct Follow {
     /// Whether this wait follows a publish (a finished record then means the
     /// id was used before).
     pub duplicate: bool,
+    /// After a publish: the id of the `request.rejected` event that would
+    /// answer the message published (`request_rejected_id`).
+    pub rejected_id: Option<String>,
+    /// After a publish: the publishing tenant (the AMQP user). A Redis
+    /// record of another tenant's build under the same id is not this
+    /// request's answer (the workers answer with `request.rejected`).
+    pub tenant: Option<String>,
+}
+
+impl Follow {
+    /// Whether a record may be of this publisher's build. A build run under
+    /// the policy's `default` tenant may be anyone's: the record cannot
+    /// tell, so it counts as ours, as before tenants were compared.
+    pub fn ours(&self, rec: &BuildRecord) -> bool {
+        self.tenant
+            .as_ref()
+            .is_none_or(|t| *t == rec.tenant || rec.tenant == crate::policy::DEFAULT_TENANT)
+    }
+
+    /// Whether a `build.*`/`image.*` event carrying `tenant` may be of this
+    /// publisher's build (same rule as [`Follow::ours`]); `request.rejected`
+    /// events are matched by their id instead.
+    fn tenant_may_be(&self, tenant: Option<&str>) -> bool {
+        match (&self.tenant, tenant) {
+            (Some(ours), Some(t)) => t == ours || t == crate::policy::DEFAULT_TENANT,
+            _ => true,
+        }
+    }
 }
 
 /// Follows the build to its end; returns the exit code.
@@ -116,9 +152,12 @@ pub async fn follow(
     leases: Option<&Leases>,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
+    let interrupted = super::ctrl_c();
+    tokio::pin!(interrupted);
     let mut tracker = Tracker::new(&f);
     if let Some(leases) = leases {
         match leases.record(&f.build_id).await {
+            Ok(Some(rec)) if !f.ours(&rec) => {}
             Ok(Some(rec)) if rec.state == RecordState::Finished => {
                 tracker.view.clear();
                 sub.close().await;
@@ -126,7 +165,7 @@ pub async fn follow(
             }
             Ok(Some(rec)) => tracker.seed(&rec),
             Ok(None) => {}
-            Err(e) => eprintln!("kiln: warning: cannot read the Redis record: {e}"),
+            Err(e) => errln!("kiln: warning: cannot read the Redis record: {e}"),
         }
     }
     let deadline = tokio::time::Instant::now() + f.timeout;
@@ -147,6 +186,17 @@ pub async fn follow(
                 if r.event.data.build_id != f.build_id || !seen.insert(r.event.id.clone()) {
                     continue;
                 }
+                if r.event.level() == Level::Request {
+                    if f.rejected_id.as_deref() == Some(r.event.id.as_str()) {
+                        tracker.view.clear();
+                        break report_rejected_request(&f, &r);
+                    }
+                    continue;
+                }
+                if !f.tenant_may_be(r.event.data.tenant.as_deref()) {
+                    // Another tenant's build under this id: not ours to show.
+                    continue;
+                }
                 tracker.apply(&r.event);
                 if r.event.level() == Level::Build && r.event.is_terminal() {
                     tracker.view.clear();
@@ -164,6 +214,7 @@ pub async fn follow(
                 if let Some(leases) = leases
                     && let Ok(Some(rec)) = leases.record(&f.build_id).await
                     && rec.state == RecordState::Finished
+                    && f.ours(&rec)
                 {
                     finished_record = Some(rec);
                 }
@@ -171,7 +222,7 @@ pub async fn follow(
             () = tokio::time::sleep_until(deadline) => {
                 tracker.view.abandon();
                 if f.output == Output::Text {
-                    eprintln!(
+                    errln!(
                         "kiln: gave up waiting for build {} after {}; it goes on (kiln wait {0}, kiln status {0})",
                         f.build_id,
                         humantime::format_duration(f.timeout)
@@ -179,9 +230,9 @@ pub async fn follow(
                 }
                 break exit::TIMED_OUT;
             }
-            () = super::ctrl_c() => {
+            () = &mut interrupted => {
                 tracker.view.abandon();
-                eprintln!(
+                errln!(
                     "kiln: stopped waiting; build {} goes on (kiln wait {0}, kiln cancel {0})",
                     f.build_id
                 );
@@ -313,11 +364,11 @@ fn done_style() -> ProgressStyle {
 
 impl View {
     fn new(f: &Follow) -> Self {
-        if f.output == Output::Json {
+        if f.output.is_data() {
             return View::Silent;
         }
         if !std::io::stderr().is_terminal() {
-            eprintln!(
+            errln!(
                 "waiting for build {} (up to {})",
                 f.build_id,
                 humantime::format_duration(f.timeout)
@@ -347,7 +398,7 @@ impl View {
 
     fn event(&self, ev: &BuildEvent) {
         if let View::Lines = self {
-            eprintln!("{}", human_line(ev));
+            errln!("{}", human_line(ev));
         }
     }
 
@@ -417,9 +468,8 @@ impl View {
 fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started: Instant) -> u8 {
     let ev = &r.event;
     let phase = ev.phase();
-    if f.output == Output::Json {
-        println!("{}", r.json_line());
-        return exit_code(phase);
+    if f.output.is_data() {
+        return emit(f.output, &r.raw, exit_code(phase));
     }
     let took = ev.data.duration_seconds.map_or_else(
         || started.elapsed(),
@@ -428,23 +478,23 @@ fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started: Instant) -
     let d = &ev.data;
     match phase {
         Phase::Succeeded => {
-            eprintln!(
+            errln!(
                 "✔ build {} succeeded ({})",
                 f.build_id,
                 short_duration(took)
             );
             for line in pinned_references(d, tracker) {
-                println!("{line}");
+                outln!("{line}");
             }
         }
         Phase::Rejected => {
-            eprintln!(
+            errln!(
                 "✘ build {} rejected: {}",
                 f.build_id,
                 d.reason.map_or("InvalidRequest", |r| r.as_str())
             );
             for line in d.message.as_deref().unwrap_or_default().lines() {
-                eprintln!("  {line}");
+                errln!("  {line}");
             }
         }
         _ => {
@@ -455,7 +505,7 @@ fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started: Instant) -
             if let Some(m) = d.message.as_deref().filter(|m| !m.is_empty()) {
                 let _ = write!(head, ": {}", super::fold(m));
             }
-            eprintln!("{head} ({})", short_duration(took));
+            errln!("{head} ({})", short_duration(took));
             // The failures in detail, then how the other images ended.
             let mut explained = HashSet::new();
             for (name, state) in &tracker.images {
@@ -475,12 +525,12 @@ fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started: Instant) -
                     let _ = write!(line, ": {r}");
                 }
                 let _ = write!(line, " (attempts: {})", img.attempts);
-                eprintln!("{line}");
+                errln!("{line}");
             }
             if let Some(tail) = d.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
-                eprintln!("  --- end of the build log ---");
+                errln!("  --- end of the build log ---");
                 for line in tail.lines() {
-                    eprintln!("  | {line}");
+                    errln!("  | {line}");
                 }
             }
         }
@@ -503,11 +553,11 @@ fn print_failure(name: &str, ev: &BuildEvent) {
     if let Some(c) = d.exit_code {
         let _ = write!(line, " (exit code {c})");
     }
-    eprintln!("{line}");
+    errln!("{line}");
     if let Some(tail) = d.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
-        eprintln!("  --- end of the build log of {name} ---");
+        errln!("  --- end of the build log of {name} ---");
         for l in tail.lines() {
-            eprintln!("  | {l}");
+            errln!("  | {l}");
         }
     }
 }
@@ -556,19 +606,23 @@ fn report_record(f: &Follow, rec: &BuildRecord) -> u8 {
         .as_deref()
         .and_then(|p| serde_json::from_value(serde_json::Value::String(p.to_owned())).ok());
     let Some(phase) = phase else {
-        eprintln!(
+        errln!(
             "kiln: build {} has finished, but its Redis record does not say how ({:?})",
-            f.build_id, rec.phase
+            f.build_id,
+            rec.phase
         );
         return exit::ERROR;
     };
-    if f.output == Output::Json {
-        println!("{}", record_event(&f.build_id, phase, rec));
-        return exit_code(phase);
+    if f.output.is_data() {
+        return emit(
+            f.output,
+            &record_event(&f.build_id, phase, rec),
+            exit_code(phase),
+        );
     }
     let when = rec.updated_at.strftime("%Y-%m-%d %H:%M:%SZ");
     if f.duplicate {
-        eprintln!(
+        errln!(
             "kiln: build {} had already finished ({when}): the id was used before, so nothing new was built",
             f.build_id
         );
@@ -578,32 +632,33 @@ fn report_record(f: &Follow, rec: &BuildRecord) -> u8 {
     } else {
         "✘"
     };
-    eprintln!(
+    errln!(
         "{mark} build {} {phase} (Redis record of {when}, worker {})",
-        f.build_id, rec.worker
+        f.build_id,
+        rec.worker
     );
     for (name, img) in &rec.images {
         let mut line = format!("  {name}: {} (attempt {})", img.phase, img.attempt);
         if let Some(pod) = &img.pod {
             let _ = write!(line, " pod {pod}");
         }
-        eprintln!("{line}");
+        errln!("{line}");
     }
     if phase == Phase::Succeeded {
         for (name, img) in &rec.images {
             if let Some(digest) = &img.digest {
-                println!("{name} {digest}");
+                outln!("{name} {digest}");
             }
         }
     } else {
-        eprintln!("  (the record keeps no reason or log; they were in the build's events)");
+        errln!("  (the record keeps no reason or log; they were in the build's events)");
     }
     exit_code(phase)
 }
 
 /// A terminal build event made from a Redis record, for `--output json`:
 /// `source` is `urn:kiln:record` so that it cannot pass for a real event.
-fn record_event(id: &str, phase: Phase, rec: &BuildRecord) -> String {
+fn record_event(id: &str, phase: Phase, rec: &BuildRecord) -> BuildEvent {
     let mut data = EventData::for_build(id, phase);
     data.tenant = Some(rec.tenant.clone());
     data.images = Some(
@@ -620,6 +675,40 @@ fn record_event(id: &str, phase: Phase, rec: &BuildRecord) -> String {
             })
             .collect(),
     );
-    let ev = BuildEvent::new("urn:kiln:record", rec.worker.clone(), rec.updated_at, data);
-    serde_json::to_string(&ev).unwrap_or_default()
+    BuildEvent::new("urn:kiln:record", rec.worker.clone(), rec.updated_at, data)
+}
+
+/// Writes a `--output json|yaml` document; `code` unless that fails.
+fn emit(output: Output, value: &impl serde::Serialize, code: u8) -> u8 {
+    match output.print(value) {
+        Ok(()) => code,
+        Err(e) => {
+            errln!(
+                "kiln: error: cannot write the result: {}",
+                super::one_line(&e)
+            );
+            exit::ERROR
+        }
+    }
+}
+
+/// The answer when the workers refused the message this command published
+/// (`request.rejected`): the build its id names, if any, is not this one.
+fn report_rejected_request(f: &Follow, r: &Received) -> u8 {
+    if f.output.is_data() {
+        return emit(f.output, &r.raw, exit::REJECTED);
+    }
+    let d = &r.event.data;
+    let reason = d.reason.map_or("InvalidRequest", |r| r.as_str());
+    errln!(
+        "✘ request for build {} rejected: {reason} (the id was not built for this request)",
+        f.build_id
+    );
+    for line in d.message.as_deref().unwrap_or_default().lines() {
+        errln!("  {line}");
+    }
+    if d.reason == Some(kiln_protocol::Reason::IdConflict) {
+        errln!("  (submit it under another id: kiln submit FILE --id NEW-ID)");
+    }
+    exit::REJECTED
 }

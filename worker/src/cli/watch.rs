@@ -8,7 +8,7 @@ use super::output::{Output, Received, human_line};
 use crate::config::Connections;
 
 pub const AFTER_HELP: &str = "\
-Runs until interrupted. Filters combine: --build narrows to one build, each
+Runs until interrupted (Ctrl-C: exit code 130). Filters combine: --build narrows to one build, each
 --phase adds a phase (build and image events of that phase).
 
 Examples:
@@ -28,7 +28,8 @@ pub struct WatchArgs {
     /// Stop after the terminal event of the build given with --build.
     #[arg(long, requires = "build")]
     pub until_done: bool,
-    /// `text`: one line per event; `json`: one CloudEvent per line.
+    /// `text`: one line per event; `json`: one CloudEvent per line; `yaml`:
+    /// one YAML document per CloudEvent.
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]
@@ -52,7 +53,7 @@ fn binding_keys(phases: &[Phase]) -> Vec<String> {
     }
     let mut keys = Vec::new();
     for p in phases {
-        for level in [Level::Build, Level::Image] {
+        for level in Level::ALL {
             let key = kiln_protocol::routing_key(level, *p);
             if p.valid_for(level) && !keys.contains(&key) {
                 keys.push(key);
@@ -67,8 +68,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
     let keys = binding_keys(&args.phases);
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut sub = super::subscribe(&broker, &key_refs).await?;
-    // On standard error in both formats: it says the subscription exists.
-    eprintln!(
+    let interrupted = super::ctrl_c();
+    tokio::pin!(interrupted);
+    // On standard error in every format: it says the subscription exists
+    // (and that Ctrl-C is caught).
+    errln!(
         "watching {}{} (Ctrl-C to stop)",
         broker.names().events(),
         args.build
@@ -84,7 +88,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
                 };
                 let Some(r) = Received::decode(&msg.body) else {
                     if args.output == Output::Text {
-                        eprintln!("kiln: skipped a message that is not a Kiln event (routing key {})", msg.routing_key);
+                        errln!("kiln: skipped a message that is not a Kiln event (routing key {})", msg.routing_key);
                     }
                     continue;
                 };
@@ -92,14 +96,16 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
                     continue;
                 }
                 match args.output {
-                    Output::Text => println!("{}", human_line(&r.event)),
-                    Output::Json => println!("{}", r.json_line()),
+                    Output::Text => outln!("{}", human_line(&r.event)),
+                    data => if let Err(e) = r.print(data) {
+                        break Err(e);
+                    },
                 }
                 if args.until_done && r.event.level() == Level::Build && r.event.is_terminal() {
                     break Ok(exit::OK);
                 }
             }
-            () = super::ctrl_c() => break Ok(exit::OK),
+            () = &mut interrupted => break Ok(exit::INTERRUPTED),
         }
     };
     sub.close().await;
