@@ -100,3 +100,35 @@ async fn a_context_fetch_network_error_is_retried() {
     assert_eq!(retrying.data.reason, Some(Reason::Internal));
     env.cleanup().await;
 }
+
+/// Finding 7: the executor's `--log-format` defaults to `color`; Kiln asks
+/// for `text`, so messages and log tails carry no ANSI escapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_logs_carry_no_colour_codes() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|_| {
+        Fate::Executor(Executor::RunFails {
+            command: "make".into(),
+            exit_code: 2,
+        })
+    });
+    env.start_worker();
+    let id = unique("nocolour");
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    let failed = events
+        .iter()
+        .find(|e| e.event_type == "dev.kiln.image.failed.v1")
+        .unwrap_or_else(|| panic!("no image.failed: {:?}", sequence(&events)));
+    assert_eq!(failed.data.reason, Some(Reason::BuildError));
+    assert_eq!(failed.data.exit_code, Some(2), "the RUN's exit status");
+    let tail = failed.data.log_tail.as_deref().unwrap_or_default();
+    assert!(tail.contains("Running: [/bin/sh -c make]"), "{tail}");
+    assert!(
+        !tail.contains('\x1b'),
+        "colour codes in the log tail: {tail:?}"
+    );
+    let message = failed.data.message.as_deref().unwrap_or_default();
+    assert!(!message.contains('\x1b'), "{message:?}");
+    env.cleanup().await;
+}
