@@ -489,7 +489,7 @@ pub fn two_images(id: &str) -> Value {
         "images": [
             {
                 "name": "api",
-                "context": {"git": {"url": "https://github.com/acme/cart.git", "ref": "refs/heads/main", "commit": "9fceb02", "subPath": "services/api"}},
+                "context": {"git": {"url": "https://github.com/acme/cart.git", "ref": "refs/heads/main", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8", "subPath": "services/api"}},
                 "dockerfile": "Dockerfile",
                 "buildArgs": {"VERSION": "1.2.3"},
                 "destinations": ["registry.example.com/shop/cart-api:1.2.3"],
