@@ -37,7 +37,10 @@ const LABEL_VALUE_PATTERN: &str = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9
 const IDENTIFIER_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
 const GIT_URL_PATTERN: &str =
     r"^(https://[^\s/@]+/\S+|ssh://\S+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+)$";
-const COMMIT_PATTERN: &str = r"^[0-9a-f]{7,64}$";
+/// A full SHA-1 commit: the executor checks out `plumbing.NewHash(commit)`
+/// (pkg/buildcontext/git.go), which zero-pads an abbreviated one, and only
+/// `plumbing.IsHash` (40 hex) makes `repo#<commit>` a commit.
+const COMMIT_PATTERN: &str = r"^[0-9a-f]{40}$";
 const BUCKET_PATTERN: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
 const REGION_PATTERN: &str = r"^[a-z0-9-]{1,32}$";
 const ENDPOINT_PATTERN: &str = r"^https?://[^\s/@]+(/\S*)?$";
@@ -250,10 +253,12 @@ pub struct GitContext {
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 255),
-        pattern(r"^[^-\s~^:?*\[\\][^\s~^:?*\[\\]*$")
+        pattern(r"^[^-\s~^:?*\[\\#][^\s~^:?*\[\\#]*$")
     )]
     pub git_ref: Option<String>,
-    /// Commit to build (7-64 lowercase hex); pins the build when a branch moves.
+    /// Commit to build (all 40 lowercase hex digits); pins the build when a
+    /// branch moves. Without `ref`, the default branch is cloned and the
+    /// commit fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(COMMIT_PATTERN))]
     pub commit: Option<String>,
@@ -576,7 +581,7 @@ impl GitContext {
             errs.push(
                 field(path, "commit"),
                 format!(
-                    "{} is not a commit hash; give 7 to 64 lowercase hex digits",
+                    "{} is not a full commit hash; give all 40 lowercase hex digits (the executor checks out no abbreviated commit)",
                     quote(c)
                 ),
             );
@@ -805,10 +810,11 @@ fn git_ref_problem(r: &str) -> Option<String> {
     if r.starts_with('-')
         || r.contains("..")
         || has_space_or_control(r)
-        || r.contains(['~', '^', ':', '?', '*', '[', '\\'])
+        // '#' is legal in git but the executor splits its context on it.
+        || r.contains(['~', '^', ':', '?', '*', '[', '\\', '#'])
     {
         return Some(format!(
-            "{} is not a valid git ref; use a branch, tag or ref name such as main, v1.2.3 or refs/heads/main",
+            "{} is not a valid git ref; use a branch, tag or ref name such as main, v1.2.3 or refs/heads/main, without '#'",
             quote(r)
         ));
     }

@@ -57,7 +57,7 @@ fn context() -> impl Strategy<Value = BuildContext> {
                 "git@[a-z]{1,8}\\.com:[a-z]{1,8}/[a-z]{1,8}\\.git",
             ],
             proptest::option::of("(main|v[0-9]\\.[0-9]|refs/heads/[a-z]{1,8})"),
-            proptest::option::of("[0-9a-f]{7,40}"),
+            proptest::option::of("[0-9a-f]{40}"),
             proptest::option::of("[a-z]{1,8}(/[a-z]{1,8})?"),
         )
             .prop_map(|(url, git_ref, commit, sub_path)| BuildContext {

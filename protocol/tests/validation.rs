@@ -268,11 +268,26 @@ fn git_context() {
     );
     one(
         git(json!({"url": "https://github.com/a/b", "ref": "--upload-pack=x"})),
-        r#"images[0].context.git.ref: "--upload-pack=x" is not a valid git ref; use a branch, tag or ref name such as main, v1.2.3 or refs/heads/main"#,
+        r#"images[0].context.git.ref: "--upload-pack=x" is not a valid git ref; use a branch, tag or ref name such as main, v1.2.3 or refs/heads/main, without '#'"#,
     );
     one(
         git(json!({"url": "https://github.com/a/b", "commit": "XYZ"})),
-        r#"images[0].context.git.commit: "XYZ" is not a commit hash; give 7 to 64 lowercase hex digits"#,
+        r#"images[0].context.git.commit: "XYZ" is not a full commit hash; give all 40 lowercase hex digits (the executor checks out no abbreviated commit)"#,
+    );
+    // Issue 12, finding 2: pkg/buildcontext/git.go checks a commit out with
+    // `plumbing.NewHash`, which zero-pads a short one.
+    one(
+        git(json!({"url": "https://github.com/a/b", "commit": "9fceb02"})),
+        r#"images[0].context.git.commit: "9fceb02" is not a full commit hash; give all 40 lowercase hex digits (the executor checks out no abbreviated commit)"#,
+    );
+    assert!(
+        git(json!({"url": "https://github.com/a/b", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8"}))
+            .is_empty()
+    );
+    // The executor splits its git context on '#'.
+    one(
+        git(json!({"url": "https://github.com/a/b", "ref": "feature#2"})),
+        r#"images[0].context.git.ref: "feature#2" is not a valid git ref; use a branch, tag or ref name such as main, v1.2.3 or refs/heads/main, without '#'"#,
     );
     one(
         git(json!({"url": "https://github.com/a/b", "subPath": "/abs"})),

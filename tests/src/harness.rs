@@ -154,6 +154,7 @@ impl Env {
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(1),
             kaniko_image: "kaniko:test".to_owned(),
+            s3_region: "us-east-1".to_owned(),
             worker_id: None,
             prefetch: 64,
             record_ttl: Duration::from_secs(600),
@@ -648,7 +649,7 @@ pub fn two_images(id: &str) -> Value {
         "images": [
             {
                 "name": "api",
-                "context": {"git": {"url": "https://github.com/acme/cart.git", "ref": "refs/heads/main", "commit": "9fceb02", "subPath": "services/api"}},
+                "context": {"git": {"url": "https://github.com/acme/cart.git", "ref": "refs/heads/main", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8", "subPath": "services/api"}},
                 "dockerfile": "Dockerfile",
                 "buildArgs": {"VERSION": "1.2.3"},
                 "destinations": ["registry.example.com/shop/cart-api:1.2.3"],

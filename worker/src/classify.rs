@@ -25,8 +25,9 @@ pub enum PodPhase {
 pub struct Terminated {
     pub exit_code: i32,
     pub reason: Option<String>,
-    /// Termination message: the digest on success (`--digest-file
-    /// /dev/termination-log`), the log tail on failure
+    /// Termination message: the digest (`--digest-file
+    /// /dev/termination-log`, written before the push, so also there when
+    /// the push failed), else on failure the log tail
     /// (`FallbackToLogsOnError`).
     pub message: Option<String>,
     pub started_at: Option<jiff::Timestamp>,
@@ -117,16 +118,41 @@ const PUSH_DENIED: &[&str] = &[
     "checking push permissions",
 ];
 
-/// Log fragments that mean the build context could not be fetched or the
-/// Dockerfile is missing: a configuration problem.
-const CONFIG_ERRORS: &[&str] = &[
-    "error resolving dockerfile path",
-    "failed to get fs from context",
-    "error resolving source context",
+/// Log fragments of a build context that cannot be fetched however often we
+/// try (go-git, aws-sdk-go-v2 and os errors as the executor prints them in
+/// `error resolving source context: ...`, cmd/executor/cmd/root.go).
+const CONTEXT_PERMANENT: &[&str] = &[
     "repository not found",
+    "authentication required",
+    "authorization failed",
     "couldn't find remote ref",
+    "reference not found",
+    "object not found",
+    "invalid branch",
     "nosuchkey",
     "nosuchbucket",
+    "accessdenied",
+    "statuscode: 403",
+    "statuscode: 404",
+    "no such file or directory",
+    "unknown build context prefix",
+];
+
+/// Prefixes of the executor's own error line (cmd/executor/cmd/root.go):
+/// `exit()` prints the error plainly with `fmt.Fprintln(os.Stderr, err)`,
+/// cobra prints a `PersistentPreRunE` error as `Error: <err>`.
+const SETUP_CONTEXT: &str = "error resolving source context";
+const SETUP_DOCKERFILE: &str = "error resolving dockerfile path";
+
+/// Lines of cobra's usage text, which cobra prints after a
+/// `PersistentPreRunE` error because the executor does not set
+/// `SilenceUsage`: several KiB, more than the kubelet's 2 KiB tail. The
+/// usage of a command with subcommands (the executor has `version`, `push`,
+/// `login`) ends with the last marker (spf13/cobra `defaultUsageFunc`).
+const USAGE_MARKERS: &[&str] = &[
+    "usage:\n  executor [flags]",
+    "\nflags:\n",
+    "[command] --help\" for more information about a command.",
 ];
 
 /// Classifies the current state of a pod.
@@ -232,29 +258,89 @@ fn failure(pod: &PodView) -> Failure {
             ),
         );
     }
-    let lower = log.as_deref().unwrap_or_default().to_ascii_lowercase();
-    let last_line = last_meaningful_line(log.as_deref().unwrap_or_default());
+    // The executor writes `--digest-file` in `DoPush` before it pushes
+    // (pkg/executor/push.go), so a non-zero exit with a digest as the
+    // termination message is a push that failed after the build: with
+    // Kiln's flags nothing else runs after the digest file is written. A
+    // digest is proof of success only with exit code 0.
+    if let Some(digest) = log.as_deref().and_then(parse_digest) {
+        return Failure {
+            log: None,
+            ..fail(
+                Reason::PushError,
+                true,
+                format!(
+                    "the image was built ({digest}) but pushing it failed with exit code {}; the push error is in the pod log",
+                    t.exit_code
+                ),
+            )
+        };
+    }
+    let text = log.as_deref().unwrap_or_default();
+    let lower = text.to_ascii_lowercase();
+    if let Some(line) = error_line(text) {
+        let l = line.to_ascii_lowercase();
+        if l.contains(SETUP_CONTEXT) {
+            return if CONTEXT_PERMANENT.iter().any(|p| l.contains(p)) {
+                fail(
+                    Reason::ConfigError,
+                    false,
+                    format!("the build context could not be fetched: {line}"),
+                )
+            } else {
+                // A network or server error: DESIGN section 4 has no
+                // reason for a transient fetch failure and `ConfigError`
+                // means "do not retry", so it is `Internal` (retryable),
+                // the reason of other infrastructure faults.
+                fail(
+                    Reason::Internal,
+                    true,
+                    format!("fetching the build context failed: {line}"),
+                )
+            };
+        }
+        if l.contains(SETUP_DOCKERFILE) {
+            return fail(
+                Reason::ConfigError,
+                false,
+                format!("the Dockerfile could not be found in the build context: {line}"),
+            );
+        }
+    }
     if PUSH_DENIED.iter().any(|p| lower.contains(p)) {
         return fail(
             Reason::PushError,
             false,
-            format!("the registry refused the push: {last_line}"),
+            format!(
+                "the registry refused the push: {}",
+                last_meaningful_line(text)
+            ),
         );
     }
     if PUSH_TRANSIENT.iter().any(|p| lower.contains(p)) {
         return fail(
             Reason::PushError,
             true,
-            format!("pushing the image failed: {last_line}"),
+            format!("pushing the image failed: {}", last_meaningful_line(text)),
         );
     }
-    if CONFIG_ERRORS.iter().any(|p| lower.contains(p)) {
+    if error_line(text).is_none() && USAGE_MARKERS.iter().any(|m| lower.contains(m)) {
+        // Cobra's usage text pushed the error line out of the tail: the
+        // executor stopped in its setup (flags, secrets, build context,
+        // Dockerfile path). With the flags Kiln writes, fetching the build
+        // context is the step that fails in practice, and most of its
+        // failures are transient; a permanent one costs the remaining
+        // attempts, a misjudged transient one would cost the build.
         return fail(
-            Reason::ConfigError,
-            false,
-            format!("the build context or Dockerfile could not be read: {last_line}"),
+            Reason::Internal,
+            true,
+            format!(
+                "the executor stopped before building (exit code {}): its setup failed, most likely fetching the build context; the error is above the usage text in the pod log",
+                t.exit_code
+            ),
         );
     }
+    let last_line = last_meaningful_line(text);
     if matches!(t.exit_code, 137 | 143) {
         return fail(
             Reason::Internal,
@@ -284,6 +370,29 @@ fn non_empty(s: String, default: &str) -> String {
     }
 }
 
+/// The executor's own final error line, if the tail shows it: the last line
+/// that names a setup step, or cobra's `Error: ` line.
+fn error_line(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            let lower = l.to_ascii_lowercase();
+            l.starts_with("Error: ")
+                || lower.contains(SETUP_CONTEXT)
+                || lower.contains(SETUP_DOCKERFILE)
+        })
+        .map(|l| truncate(l.strip_prefix("Error: ").unwrap_or(l)))
+}
+
+fn truncate(line: &str) -> String {
+    let mut s: String = line.chars().take(300).collect();
+    if line.chars().count() > 300 {
+        s.push('…');
+    }
+    s
+}
+
 fn last_meaningful_line(log: &str) -> String {
     let line = log
         .lines()
@@ -291,11 +400,7 @@ fn last_meaningful_line(log: &str) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or_default();
-    let mut s: String = line.chars().take(300).collect();
-    if line.chars().count() > 300 {
-        s.push('…');
-    }
-    s
+    truncate(line)
 }
 
 /// Kaniko's digest file holds `sha256:<64 hex>`.
@@ -397,6 +502,104 @@ mod tests {
         };
         let f = failure_of(&deadline);
         assert_eq!((f.reason, f.retryable), (Reason::DeadlineExceeded, false));
+    }
+
+    /// Finding 1 (issue 12): `DoPush` writes `--digest-file` before the push
+    /// loop (pkg/executor/push.go), so a failed push leaves the digest in
+    /// the termination message and no log there.
+    #[test]
+    fn a_digest_with_a_failed_exit_is_a_failed_push() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let f = failure_of(&failed(1, Some("Error"), &digest));
+        assert_eq!((f.reason, f.retryable), (Reason::PushError, true));
+        assert!(f.message.contains(&digest), "{}", f.message);
+        assert_eq!(f.log, None, "a digest is not a log");
+        // Exit 0 with the same message stays a success.
+        let mut p = failed(0, Some("Completed"), &digest);
+        p.phase = Some(PodPhase::Succeeded);
+        assert!(matches!(
+            classify(&p),
+            Observation::Succeeded {
+                digest: Some(_),
+                ..
+            }
+        ));
+    }
+
+    /// Finding 9 (issue 12): a network error while fetching the context is
+    /// worth another attempt; a missing repository or object is not.
+    #[test]
+    fn context_fetch_failures_retry_unless_permanent() {
+        let transient = [
+            "Error: error resolving source context: Get \"https://github.com/acme/cart.git/info/refs?service=git-upload-pack\": dial tcp 140.82.121.4:443: connect: connection refused",
+            "Error: error resolving source context: unexpected client error: unexpected requesting \"https://github.com/acme/cart.git/info/refs?service=git-upload-pack\" status code: 503",
+            "Error: error resolving source context: operation error S3: GetObject, exceeded maximum number of attempts, 3, https response error StatusCode: 0, RequestID: , HostID: , request send failed, Get \"https://ctx.s3.eu-west-1.amazonaws.com/a.tgz\": dial tcp: lookup ctx.s3.eu-west-1.amazonaws.com: i/o timeout",
+        ];
+        for log in transient {
+            let f = failure_of(&failed(1, Some("Error"), log));
+            assert_eq!((f.reason, f.retryable), (Reason::Internal, true), "{log}");
+            assert!(f.message.contains("build context"), "{}", f.message);
+        }
+        let permanent = [
+            "Error: error resolving source context: repository not found",
+            "Error: error resolving source context: authentication required",
+            "Error: error resolving source context: object not found",
+            "Error: error resolving source context: operation error S3: GetObject, https response error StatusCode: 404, api error NoSuchKey: The specified key does not exist.",
+            "Error: error resolving dockerfile path: please provide a valid path to a Dockerfile within the build context with --dockerfile",
+        ];
+        for log in permanent {
+            let f = failure_of(&failed(1, Some("Error"), log));
+            assert_eq!(
+                (f.reason, f.retryable),
+                (Reason::ConfigError, false),
+                "{log}"
+            );
+        }
+    }
+
+    /// Cobra prints its usage after a `PersistentPreRunE` error (no
+    /// `SilenceUsage` in cmd/executor/cmd/root.go), several KiB of flag
+    /// help: the kubelet's 2 KiB tail then holds no error line at all.
+    #[test]
+    fn usage_text_means_the_setup_failed() {
+        use std::fmt::Write;
+        let mut log = "Error: error resolving source context: dial tcp: i/o timeout\nUsage:\n  executor [flags]\n  executor [command]\n\nFlags:\n".to_owned();
+        for i in 0..80 {
+            let _ = writeln!(log, "      --flag-{i} string   help text of flag {i}");
+        }
+        log.push_str(
+            "\nUse \"executor [command] --help\" for more information about a command.\n\n",
+        );
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        let f = failure_of(&failed(1, Some("Error"), &tail));
+        assert_eq!((f.reason, f.retryable), (Reason::Internal, true));
+        assert!(f.message.contains("before building"), "{}", f.message);
+        // With the error line in view, it decides.
+        let f = failure_of(&failed(1, Some("Error"), &log));
+        assert_eq!((f.reason, f.retryable), (Reason::Internal, true));
+        assert!(f.message.contains("i/o timeout"), "{}", f.message);
+    }
+
+    #[test]
+    fn run_failures_keep_their_exit_code() {
+        // exit() in cmd/executor/cmd/root.go propagates the RUN's exit status.
+        let f = failure_of(&failed(
+            2,
+            Some("Error"),
+            "INFO[0003] Running: [/bin/sh -c make]\nerror building image: error building stage: failed to execute command: waiting for process to exit: exit status 2\n",
+        ));
+        assert_eq!(
+            (f.reason, f.retryable, f.exit_code),
+            (Reason::BuildError, false, Some(2))
+        );
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub struct WorkerConfig {
         default_value = "ghcr.io/osscontainertools/kaniko:latest"
     )]
     pub kaniko_image: String,
+    /// `AWS_REGION` of S3 build contexts when neither the request nor the
+    /// tenant policy names one: the executor's AWS SDK sends no request
+    /// without a region, even to an S3-compatible endpoint.
+    #[arg(long, env = "KILN_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
     /// Name of this worker in events (`kilnworker`) and lease values.
     /// Defaults to the host name (the pod name in Kubernetes).
     #[arg(long, env = "KILN_WORKER_ID")]

@@ -48,6 +48,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         PodSettings {
             kaniko_image: config.kaniko_image.clone(),
             fetch_image: FETCH_IMAGE.to_owned(),
+            s3_region: config.s3_region.clone(),
         },
     );
     let settings = Arc::new(Settings {

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::executor::{Executor, Exit, render};
 use super::logs;
 use super::resource::Resource;
 use super::store::{DeleteOptions, Event, EventType, Preconditions, Store, Subresource};
@@ -82,6 +83,12 @@ pub enum Fate {
     StayPending { reason: PendingReason },
     /// Runs until deleted (or its deadline passes).
     RunForever,
+    /// The Kaniko executor does this, rendered from the pod's own args
+    /// (`--log-format`, `--digest-file`, `--destination`, `--push-retry`) as
+    /// the executor would print and write it (see [`executor`](super::executor)).
+    Executor(Executor),
+    /// The container exits like this (what [`Fate::Executor`] renders to).
+    Exit(Exit),
 }
 
 impl Fate {
@@ -104,6 +111,7 @@ impl Fate {
     fn log(&self) -> String {
         match self {
             Self::Succeed { log, .. } | Self::Fail { log, .. } => log.clone(),
+            Self::Exit(e) => e.log.clone(),
             Self::OomKilled => "INFO[0000] Retrieving image manifest alpine:3.20\nINFO[0003] RUN make -j64\n".to_owned(),
             _ => "INFO[0000] Retrieving image manifest alpine:3.20\nINFO[0001] Building stage 'alpine:3.20'\n".to_owned(),
         }
@@ -317,7 +325,7 @@ fn now() -> Time {
     Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
-fn hex_sha256(s: &str) -> String {
+pub(crate) fn hex_sha256(s: &str) -> String {
     let d = Sha256::digest(s.as_bytes());
     d.iter().fold(String::with_capacity(64), |mut s, b| {
         use std::fmt::Write;
@@ -435,7 +443,10 @@ async fn run_pod(shared: Arc<Shared>, pod: Pod, sig: watch::Receiver<Signal>) {
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let fate = script(&pod);
+    let fate = match script(&pod) {
+        Fate::Executor(e) => Fate::Exit(render(&pod, &e)),
+        f => f,
+    };
     let timing = *lock(&shared.timing);
     let meta = &pod.metadata;
     let ns = meta.namespace.clone().unwrap_or_default();
@@ -717,6 +728,19 @@ impl PodRun {
                     message: None,
                 });
             }
+            Fate::Exit(e) => {
+                let phase = if e.exit_code == 0 {
+                    "Succeeded"
+                } else {
+                    "Failed"
+                };
+                self.finish(phase, None, None, |_| Ending {
+                    exit_code: e.exit_code,
+                    reason: e.reason,
+                    // The termination message file; empty means "none".
+                    message: (!e.termination_file.is_empty()).then(|| e.termination_file.clone()),
+                });
+            }
             Fate::OomKilled => {
                 self.finish("Failed", None, None, |_| Ending {
                     exit_code: 137,
@@ -746,7 +770,7 @@ impl PodRun {
             }
             Fate::DeadlineExceeded => self.deadline_exceeded(),
             Fate::NodeLost => self.node_lost(pod, timing).await,
-            Fate::RunForever | Fate::StayPending { .. } => {}
+            Fate::RunForever | Fate::StayPending { .. } | Fate::Executor(_) => {}
         }
     }
 
@@ -979,9 +1003,11 @@ impl PodRun {
                 cs.iter()
                     .map(|c| {
                         let e = ending(ran);
-                        // The termination message file wins; with an empty
-                        // file, FallbackToLogsOnError uses the log tail when
-                        // the container failed.
+                        // As pkg/kubelet/kuberuntime/kuberuntime_container.go
+                        // `convertToKubeContainerStatus`: a non-empty
+                        // termination message file wins; with an empty file,
+                        // FallbackToLogsOnError uses the log tail (80 lines,
+                        // 2 KiB) when the exit code is not 0.
                         let message = e.message.or_else(|| {
                             (e.exit_code != 0 && c.fallback_to_logs && ran && !log.is_empty())
                                 .then(|| logs::termination_tail(&log))

@@ -29,6 +29,7 @@
 
 mod calls;
 mod defaults;
+mod executor;
 mod faults;
 mod gc;
 mod kubelet;
@@ -52,6 +53,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use tokio_util::sync::CancellationToken;
 
 pub use calls::CallRecord;
+pub use executor::{Executor, Exit, digest_of};
 pub use faults::{FaultResponse, FaultRule, Faults, Injected};
 pub use kubelet::{Fate, Kubelet, NODE_NAME, PendingReason, Timing};
 pub use resource::{Resource, Verb};

@@ -189,6 +189,7 @@ async fn list_pods(namespace: &str, id: &str, timeout: Duration) -> Result<Vec<P
             PodSettings {
                 kaniko_image: String::new(),
                 fetch_image: String::new(),
+                s3_region: String::new(),
             },
         );
         pods.build_pods(namespace, id).await

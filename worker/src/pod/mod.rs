@@ -43,6 +43,8 @@ pub struct PodSettings {
     pub kaniko_image: String,
     /// Image of the init container that downloads `url` contexts.
     pub fetch_image: String,
+    /// `AWS_REGION` of S3 contexts whose request and policy name none.
+    pub s3_region: String,
 }
 
 /// How a create went.

@@ -21,7 +21,12 @@ use super::{
 use crate::plan::{BuildPlan, ImagePlan};
 
 const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";
-const CONTEXT_DIR: &str = "/workspace";
+/// Where the init container leaves a `url` context. Under /kaniko, never
+/// /workspace (the executor's working directory, where a Dockerfile may
+/// `COPY`): the executor leaves every mount point out of its snapshots
+/// (pkg/util/fs_util.go `DetectFilesystemIgnoreList`) and /kaniko as a whole
+/// (`defaultIgnoreList`).
+const CONTEXT_DIR: &str = "/kaniko/fetched-context";
 
 /// The Kaniko pod of attempt `attempt` of image `i` (DESIGN section 7).
 pub fn pod_spec(
@@ -66,6 +71,7 @@ pub fn pod_spec(
                 parts.mounts,
             )],
             volumes: non_empty(parts.volumes),
+            node_selector: image.platform.as_deref().map(node_selector),
             ..PodSpec::default()
         }),
         ..Pod::default()
@@ -104,26 +110,27 @@ impl Parts {
     fn context(&mut self, settings: &PodSettings, plan: &BuildPlan, image: &ImagePlan) {
         match (&image.context.git, &image.context.s3, &image.context.url) {
             (Some(git), _, _) => self.git_context(plan, git),
-            (None, Some(s3), _) => self.s3_context(plan, s3),
+            (None, Some(s3), _) => self.s3_context(settings, plan, s3),
             (None, None, Some(url)) => self.url_context(settings, url),
             (None, None, None) => {}
         }
     }
 
     fn git_context(&mut self, plan: &BuildPlan, git: &GitContext) {
-        // Kaniko's git context: git://host/path#ref#commit.
+        // Kaniko's git context (pkg/buildcontext/git.go), split on `#`:
+        // `git://repo#ref` clones the ref, `git://repo#ref#commit` clones
+        // the ref and checks out the commit, `git://repo#<40 hex>` clones
+        // the default branch, fetches the commit and checks it out. The
+        // commit is always 40 hex (validated): `plumbing.NewHash` would
+        // zero-pad a short one into a commit that does not exist.
         let repo = git
             .url
             .trim_start_matches("https://")
             .trim_start_matches("http://");
         let mut ctx = format!("git://{repo}");
-        if git.git_ref.is_some() || git.commit.is_some() {
+        for part in [&git.git_ref, &git.commit].into_iter().flatten() {
             ctx.push('#');
-            ctx.push_str(git.git_ref.as_deref().unwrap_or("refs/heads/main"));
-        }
-        if let Some(commit) = &git.commit {
-            ctx.push('#');
-            ctx.push_str(commit);
+            ctx.push_str(part);
         }
         self.args.push(format!("--context={ctx}"));
         if let Some(sub) = &git.sub_path {
@@ -137,9 +144,12 @@ impl Parts {
         }
     }
 
-    fn s3_context(&mut self, plan: &BuildPlan, s3: &S3Context) {
-        self.args
-            .push(format!("--context=s3://{}/{}", s3.bucket, s3.key));
+    fn s3_context(&mut self, settings: &PodSettings, plan: &BuildPlan, s3: &S3Context) {
+        self.args.push(format!(
+            "--context=s3://{}/{}",
+            s3.bucket,
+            encode_s3_key(&s3.key)
+        ));
         if let Some(s) = &plan.s3_secret {
             self.env
                 .push(secret_env("AWS_ACCESS_KEY_ID", &s.secret, &s.id_key));
@@ -149,9 +159,15 @@ impl Parts {
                 &s.secret_key,
             ));
         }
-        if let Some(region) = s3.region.as_ref().or(plan.s3_region.as_ref()) {
-            self.env.push(value_env("AWS_REGION", region));
-        }
+        // aws-sdk-go-v2 refuses every request without a region ("A region
+        // must be set when sending requests to S3."), S3-compatible
+        // endpoints included: there is always one.
+        let region = s3
+            .region
+            .as_ref()
+            .or(plan.s3_region.as_ref())
+            .unwrap_or(&settings.s3_region);
+        self.env.push(value_env("AWS_REGION", region));
         if let Some(endpoint) = s3.endpoint.as_ref().or(plan.s3_endpoint.as_ref()) {
             self.env.push(value_env("S3_ENDPOINT", endpoint));
             self.env.push(value_env("S3_FORCE_PATH_STYLE", "true"));
@@ -218,6 +234,9 @@ impl Parts {
         }
         args.push("--digest-file=/dev/termination-log".into());
         args.push("--push-retry=3".into());
+        // The executor's default is `color` (cmd/executor/cmd/root.go):
+        // ANSI escapes in every log line, hence in log tails and messages.
+        args.push("--log-format=text".into());
     }
 
     /// The registry secret becomes Kaniko's `config.json`.
@@ -298,6 +317,37 @@ fn kaniko_container(
     }
 }
 
+/// `--custom-platform` only labels the image; every `RUN` executes on the
+/// node ("exec format error" elsewhere), so the pod goes to a node of the
+/// platform: `os/arch[/variant]` (validated) gives the well-known labels.
+fn node_selector(platform: &str) -> BTreeMap<String, String> {
+    let mut parts = platform.split('/');
+    let os = parts.next().unwrap_or_default();
+    let arch = parts.next().unwrap_or_default();
+    BTreeMap::from([
+        ("kubernetes.io/os".to_owned(), os.to_owned()),
+        ("kubernetes.io/arch".to_owned(), arch.to_owned()),
+    ])
+}
+
+/// Percent-encodes an S3 key for `s3://bucket/<key>`: the executor takes
+/// the key from Go's `url.Parse(...).Path` (pkg/util/bucket
+/// `GetNameAndFilepathFromURI`), which ends the path at `?` or `#` and
+/// decodes `%XX`. Encoding every byte that is not unreserved, a sub-delim,
+/// `:`, `@` or `/` makes the decoded path exactly the key.
+fn encode_s3_key(key: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Kubernetes omits empty lists; so does Kiln, to match what it reads back.
 fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
     (!v.is_empty()).then_some(v)
@@ -340,12 +390,97 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::plan::SecretKeys;
-    use kiln_protocol::{BuildContext, GitContext};
+    use kiln_protocol::{BuildContext, GitContext, S3Context};
+
+    const COMMIT: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
+
+    fn args_of(pod: &Pod) -> Vec<String> {
+        pod.spec.as_ref().unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+    }
+
+    fn env_of(pod: &Pod, name: &str) -> Option<String> {
+        pod.spec.as_ref().unwrap().containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    fn s3(key: &str, region: Option<&str>) -> BuildContext {
+        BuildContext {
+            git: None,
+            s3: Some(S3Context {
+                bucket: "ctx".into(),
+                key: key.into(),
+                region: region.map(str::to_owned),
+                endpoint: None,
+            }),
+            url: None,
+        }
+    }
+
+    /// Finding 3 (issue 12): pkg/buildcontext/git.go clones the default
+    /// branch and fetches + checks out `parts[1]` when it is a full hash
+    /// (`plumbing.IsHash`); a made-up `refs/heads/main` breaks repositories
+    /// whose default branch has another name.
+    #[test]
+    fn a_commit_without_a_ref_checks_out_the_sha_from_the_default_branch() {
+        let mut ctx = git();
+        ctx.git.as_mut().unwrap().git_ref = None;
+        let p = plan(ctx, false);
+        let args = args_of(&pod_spec(&settings(), &p, 0, 1, p.accepted_at));
+        assert_eq!(
+            args[0],
+            format!("--context=git://github.com/acme/cart.git#{COMMIT}")
+        );
+    }
+
+    /// Finding 4: aws-sdk-go-v2 refuses to send a request without a region.
+    #[test]
+    fn s3_contexts_always_have_a_region() {
+        let p = plan(s3("a.tgz", None), false);
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        assert_eq!(env_of(&pod, "AWS_REGION").as_deref(), Some("us-east-1"));
+        let p = plan(s3("a.tgz", Some("eu-west-1")), false);
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        assert_eq!(env_of(&pod, "AWS_REGION").as_deref(), Some("eu-west-1"));
+    }
+
+    /// Finding 8: pkg/util/bucket `GetNameAndFilepathFromURI` runs
+    /// `url.Parse` on `s3://bucket/key`, which cuts `?query` and `#fragment`
+    /// and percent-decodes the path: the key is percent-encoded so that the
+    /// decoded path is the key.
+    #[test]
+    fn s3_keys_survive_the_executors_url_parse() {
+        let p = plan(s3("ctx/a b?v=1#x%41.tgz", None), false);
+        let args = args_of(&pod_spec(&settings(), &p, 0, 1, p.accepted_at));
+        assert_eq!(args[0], "--context=s3://ctx/ctx/a%20b%3Fv=1%23x%2541.tgz");
+    }
+
+    /// Finding 6: `--custom-platform` is not emulation; the pod must land on
+    /// a node of that platform.
+    #[test]
+    fn the_platform_picks_the_node() {
+        let p = plan(git(), false);
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        let sel = pod.spec.unwrap().node_selector.unwrap();
+        assert_eq!(sel["kubernetes.io/arch"], "arm64");
+        assert_eq!(sel["kubernetes.io/os"], "linux");
+        let mut p = plan(git(), false);
+        p.images[0].platform = None;
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        assert_eq!(pod.spec.unwrap().node_selector, None);
+    }
 
     fn settings() -> PodSettings {
         PodSettings {
             kaniko_image: "kaniko:1".into(),
             fetch_image: "curl:1".into(),
+            s3_region: "us-east-1".into(),
         }
     }
 
@@ -397,7 +532,7 @@ mod tests {
             git: Some(GitContext {
                 url: "https://github.com/acme/cart.git".into(),
                 git_ref: Some("refs/heads/main".into()),
-                commit: Some("9fceb02".into()),
+                commit: Some(COMMIT.into()),
                 sub_path: Some("services/api".into()),
             }),
             s3: None,
@@ -436,7 +571,8 @@ mod tests {
         assert_eq!(
             args,
             [
-                "--context=git://github.com/acme/cart.git#refs/heads/main#9fceb02",
+                format!("--context=git://github.com/acme/cart.git#refs/heads/main#{COMMIT}")
+                    .as_str(),
                 "--context-sub-path=services/api",
                 "--dockerfile=build/Dockerfile",
                 "--destination=registry.example.com/shop/api:1",
@@ -447,6 +583,8 @@ mod tests {
                 "--cache-repo=registry.example.com/cache",
                 "--digest-file=/dev/termination-log",
                 "--push-retry=3",
+                // Finding 7: the executor defaults to `color`.
+                "--log-format=text",
             ]
         );
         // Credentials only through secretKeyRef.
@@ -473,7 +611,17 @@ mod tests {
         let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
         let spec = pod.spec.unwrap();
         let args = spec.containers[0].args.clone().unwrap();
-        assert!(args.contains(&"--context=tar:///workspace/context.tar.gz".to_owned()));
+        // Finding 5: not /workspace, the executor's working directory: it
+        // leaves every mount point out of its snapshots (pkg/util/fs_util.go
+        // `DetectFilesystemIgnoreList`), /kaniko is left out anyway.
+        assert!(
+            args.contains(&"--context=tar:///kaniko/fetched-context/context.tar.gz".to_owned())
+        );
+        let mounts = spec.containers[0].volume_mounts.clone().unwrap();
+        assert!(
+            mounts.iter().all(|m| m.mount_path.starts_with("/kaniko/")),
+            "{mounts:?}"
+        );
         assert!(args.contains(&"--dockerfile=/kaniko/dockerfile/Dockerfile".to_owned()));
         let init = &spec.init_containers.unwrap()[0];
         // The URL is one argv element of curl, never a shell string.
