@@ -154,6 +154,7 @@ impl Env {
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(1),
             kaniko_image: "kaniko:test".to_owned(),
+            fetch_image: "curl:test".to_owned(),
             s3_region: "us-east-1".to_owned(),
             worker_id: None,
             prefetch: 64,

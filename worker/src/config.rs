@@ -5,6 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The executor image Kiln's pods were checked against (see
+/// `worker/src/pod/EXECUTOR.md`): the fork's v1.28.3 release, by its index
+/// digest, so a re-pushed tag can never change what builds run. The digest is
+/// the one published for that tag; a wrong digest fails the pull loudly
+/// (`ErrImagePull`), it never runs something else.
+pub const DEFAULT_KANIKO_IMAGE: &str = "ghcr.io/osscontainertools/kaniko:v1.28.3@sha256:779f463aaa3219151ceff518249aa043a60bcb09a17fab58b915f63c678ecde6";
+
+/// The context-download image (curl 8.17.0), by its index digest.
+pub const DEFAULT_FETCH_IMAGE: &str = "docker.io/curlimages/curl:8.17.0@sha256:935d9100e9ba842cdb060de42472c7ca90cfe9a7c96e4dacb55e79e560b3ff40";
+
 /// Where the worker finds RabbitMQ and Redis. Shared by the worker and the
 /// client commands so both are configured the same way.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,13 +70,14 @@ pub struct WorkerConfig {
     #[arg(long, env = "KILN_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
     /// Kaniko executor image. Google archived upstream Kaniko in June 2025;
-    /// the default is the community-maintained fork (pin a digest in production).
-    #[arg(
-        long,
-        env = "KILN_KANIKO_IMAGE",
-        default_value = "ghcr.io/osscontainertools/kaniko:latest"
-    )]
+    /// the default is the community-maintained fork, pinned by digest (a
+    /// reference without a digest draws a warning at start).
+    #[arg(long, env = "KILN_KANIKO_IMAGE", default_value = DEFAULT_KANIKO_IMAGE)]
     pub kaniko_image: String,
+    /// Image of the init container that downloads `url` build contexts
+    /// (runs `curl`, non-root); pinned by digest like the executor.
+    #[arg(long, env = "KILN_FETCH_IMAGE", default_value = DEFAULT_FETCH_IMAGE)]
+    pub fetch_image: String,
     /// `AWS_REGION` of S3 build contexts when neither the request nor the
     /// tenant policy names one: the executor's AWS SDK sends no request
     /// without a region, even to an S3-compatible endpoint.
@@ -103,6 +114,19 @@ impl WorkerConfig {
         Ok(())
     }
 
+    /// The configured images that name no digest, as `(flag, reference)`: a
+    /// tag can be moved to other content at any time, so the worker warns
+    /// about each at start.
+    pub fn unpinned_images(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("--kaniko-image (KILN_KANIKO_IMAGE)", self.kaniko_image.as_str()),
+            ("--fetch-image (KILN_FETCH_IMAGE)", self.fetch_image.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, image)| !pinned(image))
+        .collect()
+    }
+
     /// The worker's name: `--worker-id`, else the host name, else a ULID.
     pub fn worker_name(&self) -> String {
         if let Some(id) = &self.worker_id {
@@ -121,6 +145,13 @@ impl WorkerConfig {
     }
 }
 
+/// Whether an image reference names a digest (`…@sha256:<64 hex>`).
+fn pinned(image: &str) -> bool {
+    kiln_protocol::parse_image_reference(image)
+        .ok()
+        .is_some_and(|r| r.digest().is_some())
+}
+
 /// Parses `500ms`, `3s`, `2m`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
@@ -131,6 +162,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn default_images_are_pinned_and_tags_are_not() {
+        assert!(pinned(DEFAULT_KANIKO_IMAGE), "{DEFAULT_KANIKO_IMAGE}");
+        assert!(pinned(DEFAULT_FETCH_IMAGE), "{DEFAULT_FETCH_IMAGE}");
+        assert!(!pinned("ghcr.io/osscontainertools/kaniko:latest"));
+        assert!(!pinned("ghcr.io/osscontainertools/kaniko"));
+        assert!(!pinned("not a reference"));
+    }
 
     #[test]
     fn durations_parse() {

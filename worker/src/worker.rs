@@ -14,7 +14,6 @@ use crate::policy::Policy;
 use crate::supervisor::{self, Context, Supervisor};
 
 /// Image of the init container that downloads `url` build contexts.
-pub const FETCH_IMAGE: &str = "docker.io/curlimages/curl:8.17.0";
 
 /// Connects everything and returns the supervisor, ready to run.
 pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<Supervisor> {
@@ -30,6 +29,12 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         );
         Policy::single_tenant(&config.namespace)
     };
+    for (flag, image) in config.unpinned_images() {
+        tracing::warn!(
+            image,
+            "{flag} names no digest: the tag can be moved to other content; pin it as image:tag@sha256:…"
+        );
+    }
     let c = &config.connections;
     let broker = Broker::connect(
         &c.amqp_url,
@@ -47,7 +52,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         client,
         PodSettings {
             kaniko_image: config.kaniko_image.clone(),
-            fetch_image: FETCH_IMAGE.to_owned(),
+            fetch_image: config.fetch_image.clone(),
             s3_region: config.s3_region.clone(),
         },
     );
