@@ -1,0 +1,272 @@
+//! The pod client: every Kubernetes API call Kiln makes about pods and
+//! their ConfigMaps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditions};
+use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher::Event};
+
+use super::spec::{labels, pod_spec};
+use super::view::view;
+use super::{Created, KANIKO, LABEL_BUILD, PodEvent, PodSettings, SELECTOR};
+use crate::classify::PodView;
+use crate::error::{Error, Result};
+use crate::plan::BuildPlan;
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        let status = match &e {
+            kube::Error::Api(s) => Some(s.code),
+            _ => None,
+        };
+        Error::Kube {
+            message: e.to_string(),
+            status,
+            retry_after: None,
+        }
+    }
+}
+
+/// The pod client.
+#[derive(Clone)]
+pub struct Pods {
+    client: kube::Client,
+    settings: Arc<PodSettings>,
+    /// Bounds concurrent API calls (as client-go's QPS/burst do): a burst of
+    /// requests must not open hundreds of connections to the API server.
+    calls: Arc<tokio::sync::Semaphore>,
+}
+
+/// Concurrent create/delete/log calls per worker.
+pub const MAX_CONCURRENT_CALLS: usize = 32;
+
+impl std::fmt::Debug for Pods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pods")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn api_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .with_max_times(8)
+}
+
+impl Pods {
+    pub fn new(client: kube::Client, settings: PodSettings) -> Self {
+        Self {
+            client,
+            settings: Arc::new(settings),
+            calls: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS)),
+        }
+    }
+
+    /// Builds a client from the usual kubeconfig or in-cluster config.
+    pub async fn default_client() -> Result<kube::Client> {
+        kube::Client::try_default().await.map_err(|e| Error::Kube {
+            message: format!(
+                "cannot configure the Kubernetes client (kubeconfig or in-cluster): {e}"
+            ),
+            status: None,
+            retry_after: None,
+        })
+    }
+
+    /// Round trip to the API server (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        self.client.apiserver_version().await?;
+        Ok(())
+    }
+
+    /// Creates the pod of `attempt` of image `i` (and, for inline
+    /// Dockerfiles, its ConfigMap owned by the pod). A 409 means the pod
+    /// exists: it is returned for adoption. Transient API errors are retried.
+    pub async fn create(
+        &self,
+        plan: &BuildPlan,
+        i: usize,
+        attempt: u32,
+        now: jiff::Timestamp,
+    ) -> Result<Created> {
+        let _permit = self.calls.acquire().await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &plan.namespace);
+        let pod = pod_spec(&self.settings, plan, i, attempt, now);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let attempt_create = || async {
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(p) => Ok(Created::New(view(&p))),
+                Err(kube::Error::Api(s)) if s.code == 409 => match pods.get_opt(&name).await? {
+                    Some(p) => Ok(Created::Existing(view(&p))),
+                    // Deleted between the two calls: the next try creates it.
+                    None => Err(Error::Kube {
+                        message: format!("pod {name} vanished while being adopted"),
+                        status: Some(503),
+                        retry_after: None,
+                    }),
+                },
+                Err(e) => Err(Error::from(e)),
+            }
+        };
+        let created = attempt_create
+            .retry(api_backoff())
+            .when(Error::is_transient)
+            .notify(|e, d| tracing::warn!(build_id = %plan.id, pod = %name, error = %e, retry_in = ?d, "pod create failed; retrying"))
+            .await?;
+        if let Some(rendered) = &plan.images[i].rendered_dockerfile {
+            let owner = match &created {
+                Created::New(v) | Created::Existing(v) => v.uid.clone(),
+            };
+            self.create_configmap(plan, i, attempt, &name, &owner, rendered)
+                .await?;
+        }
+        Ok(created)
+    }
+
+    async fn create_configmap(
+        &self,
+        plan: &BuildPlan,
+        i: usize,
+        attempt: u32,
+        pod_name: &str,
+        pod_uid: &str,
+        dockerfile: &str,
+    ) -> Result<()> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &plan.namespace);
+        let image = &plan.images[i];
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(kiln_protocol::configmap_name(
+                    &plan.id,
+                    &image.name,
+                    attempt,
+                )),
+                namespace: Some(plan.namespace.clone()),
+                labels: Some(labels(plan, image, attempt)),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    name: pod_name.to_owned(),
+                    uid: pod_uid.to_owned(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(false),
+                }]),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                "Dockerfile".to_owned(),
+                dockerfile.to_owned(),
+            )])),
+            ..ConfigMap::default()
+        };
+        (|| async {
+            match cms.create(&PostParams::default(), &cm).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                Err(e) => Err(Error::from(e)),
+            }
+        })
+        .retry(api_backoff())
+        .when(Error::is_transient)
+        .await
+    }
+
+    /// Deletes a pod if it is still the one we mean (uid precondition).
+    /// Gone already is fine.
+    pub async fn delete(&self, namespace: &str, name: &str, uid: &str) -> Result<()> {
+        let _permit = self.calls.acquire().await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let mut dp = DeleteParams::background();
+        if !uid.is_empty() {
+            dp.preconditions = Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            });
+        }
+        (|| async {
+            match pods.delete(name, &dp).await {
+                Ok(_) => Ok(()),
+                // 404: gone; 409: the name now belongs to another pod.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+                Err(e) => Err(Error::from(e)),
+            }
+        })
+        .retry(api_backoff())
+        .when(Error::is_transient)
+        .await
+    }
+
+    /// The last lines of the Kaniko log (at most 8 KiB), or `None` if the
+    /// log cannot be read (the termination message is used instead).
+    pub async fn log_tail(&self, namespace: &str, name: &str) -> Option<String> {
+        let _permit = self.calls.acquire().await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let lp = LogParams {
+            container: Some(KANIKO.into()),
+            tail_lines: Some(50),
+            limit_bytes: Some(i64::try_from(kiln_protocol::LOG_TAIL_MAX_BYTES).unwrap_or(8192)),
+            ..LogParams::default()
+        };
+        match tokio::time::timeout(Duration::from_secs(5), pods.logs(name, &lp)).await {
+            Ok(Ok(log)) if !log.trim().is_empty() => Some(log),
+            _ => None,
+        }
+    }
+
+    /// Every Kiln pod of one build in `namespace`.
+    pub async fn build_pods(&self, namespace: &str, build_id: &str) -> Result<Vec<PodView>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!(
+            "{SELECTOR},{LABEL_BUILD}={}",
+            kiln_protocol::label_value(build_id)
+        );
+        let list = (|| async {
+            pods.list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(Error::from)
+        })
+        .retry(api_backoff())
+        .when(Error::is_transient)
+        .await?;
+        Ok(list
+            .items
+            .iter()
+            .map(view)
+            .filter(|v| v.build_id == build_id)
+            .collect())
+    }
+
+    /// Follows every Kiln pod of `namespace`. The stream never ends: watch
+    /// errors (dropped connections, 410 Gone, 5xx) are retried with backoff
+    /// by kube-runtime, which relists and yields [`PodEvent::Resync`].
+    pub fn watch(&self, namespace: &str) -> impl Stream<Item = PodEvent> + Send + use<> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let cfg = watcher::Config::default().labels(SELECTOR).timeout(290);
+        let ns = namespace.to_owned();
+        watcher(pods, cfg).default_backoff().filter_map(move |ev| {
+            let ns = ns.clone();
+            async move {
+                match ev {
+                    Ok(Event::Apply(p) | Event::InitApply(p)) => Some(PodEvent::Applied(view(&p))),
+                    Ok(Event::Delete(p)) => Some(PodEvent::Deleted(view(&p))),
+                    Ok(Event::Init) => Some(PodEvent::Resync),
+                    Ok(Event::InitDone) => Some(PodEvent::Synced),
+                    Err(e) => {
+                        tracing::warn!(namespace = %ns, error = %e, "pod watch interrupted; resuming");
+                        None
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,493 @@
+//! The Kaniko pod spec (DESIGN section 7), pure: the same plan, attempt and
+//! instant give the same pod. Each part of the pod has its builder: the
+//! build context (git, S3, or a URL fetched by an init container), the
+//! Dockerfile, the Kaniko flags, the registry credentials, and the pod
+//! itself.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, Pod,
+    PodSpec, ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kiln_protocol::{GitContext, S3Context};
+
+use super::{
+    ANN_BUILD_ID, ANN_PLAN, KANIKO, LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE, MANAGED_BY,
+    PodSettings,
+};
+use crate::plan::{BuildPlan, ImagePlan};
+
+const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";
+const CONTEXT_DIR: &str = "/workspace";
+
+/// The Kaniko pod of attempt `attempt` of image `i` (DESIGN section 7).
+pub fn pod_spec(
+    settings: &PodSettings,
+    plan: &BuildPlan,
+    i: usize,
+    attempt: u32,
+    now: jiff::Timestamp,
+) -> Pod {
+    let image = &plan.images[i];
+    let mut parts = Parts::default();
+    // The order of the calls is the order of Kaniko's flags and volumes.
+    parts.context(settings, plan, image);
+    parts.dockerfile(plan, image, attempt);
+    parts.build_flags(plan, image);
+    parts.registry_credentials(plan);
+    let deadline = i64::try_from(plan.remaining(now).as_secs())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(kiln_protocol::pod_name(&plan.id, &image.name, attempt)),
+            namespace: Some(plan.namespace.clone()),
+            labels: Some(labels(plan, image, attempt)),
+            annotations: Some(BTreeMap::from([
+                (ANN_BUILD_ID.to_owned(), plan.id.clone()),
+                (ANN_PLAN.to_owned(), plan.to_annotation()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(deadline),
+            service_account_name: Some(plan.service_account.clone()),
+            automount_service_account_token: Some(false),
+            init_containers: non_empty(parts.init_containers),
+            containers: vec![kaniko_container(
+                settings,
+                image,
+                parts.args,
+                parts.env,
+                parts.mounts,
+            )],
+            volumes: non_empty(parts.volumes),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+/// The labels of every object of one attempt (pod and ConfigMap).
+pub(super) fn labels(
+    plan: &BuildPlan,
+    image: &ImagePlan,
+    attempt: u32,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_owned(), "kiln".to_owned()),
+        (LABEL_BUILD.to_owned(), kiln_protocol::label_value(&plan.id)),
+        (LABEL_IMAGE.to_owned(), image.name.clone()),
+        (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
+    ])
+}
+
+/// What the builders add to the pod, in order.
+#[derive(Default)]
+struct Parts {
+    /// Kaniko's argv, one `--flag=value` per element.
+    args: Vec<String>,
+    /// Kaniko's environment.
+    env: Vec<EnvVar>,
+    volumes: Vec<Volume>,
+    /// Kaniko's mounts.
+    mounts: Vec<VolumeMount>,
+    init_containers: Vec<Container>,
+}
+
+impl Parts {
+    /// Where Kaniko finds the build context.
+    fn context(&mut self, settings: &PodSettings, plan: &BuildPlan, image: &ImagePlan) {
+        match (&image.context.git, &image.context.s3, &image.context.url) {
+            (Some(git), _, _) => self.git_context(plan, git),
+            (None, Some(s3), _) => self.s3_context(plan, s3),
+            (None, None, Some(url)) => self.url_context(settings, url),
+            (None, None, None) => {}
+        }
+    }
+
+    fn git_context(&mut self, plan: &BuildPlan, git: &GitContext) {
+        // Kaniko's git context: git://host/path#ref#commit.
+        let repo = git
+            .url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        let mut ctx = format!("git://{repo}");
+        if git.git_ref.is_some() || git.commit.is_some() {
+            ctx.push('#');
+            ctx.push_str(git.git_ref.as_deref().unwrap_or("refs/heads/main"));
+        }
+        if let Some(commit) = &git.commit {
+            ctx.push('#');
+            ctx.push_str(commit);
+        }
+        self.args.push(format!("--context={ctx}"));
+        if let Some(sub) = &git.sub_path {
+            self.args.push(format!("--context-sub-path={sub}"));
+        }
+        if let Some(s) = &plan.git_secret {
+            self.env
+                .push(secret_env("GIT_USERNAME", &s.secret, &s.id_key));
+            self.env
+                .push(secret_env("GIT_PASSWORD", &s.secret, &s.secret_key));
+        }
+    }
+
+    fn s3_context(&mut self, plan: &BuildPlan, s3: &S3Context) {
+        self.args
+            .push(format!("--context=s3://{}/{}", s3.bucket, s3.key));
+        if let Some(s) = &plan.s3_secret {
+            self.env
+                .push(secret_env("AWS_ACCESS_KEY_ID", &s.secret, &s.id_key));
+            self.env.push(secret_env(
+                "AWS_SECRET_ACCESS_KEY",
+                &s.secret,
+                &s.secret_key,
+            ));
+        }
+        if let Some(region) = s3.region.as_ref().or(plan.s3_region.as_ref()) {
+            self.env.push(value_env("AWS_REGION", region));
+        }
+        if let Some(endpoint) = s3.endpoint.as_ref().or(plan.s3_endpoint.as_ref()) {
+            self.env.push(value_env("S3_ENDPOINT", endpoint));
+            self.env.push(value_env("S3_FORCE_PATH_STYLE", "true"));
+        }
+    }
+
+    /// Kaniko reads no plain https tarballs: an init container downloads it
+    /// into a shared volume.
+    fn url_context(&mut self, settings: &PodSettings, url: &str) {
+        self.volumes.push(Volume {
+            name: "context".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        self.mounts.push(mount("context", CONTEXT_DIR));
+        self.init_containers.push(fetch_container(settings, url));
+        self.args
+            .push(format!("--context=tar://{CONTEXT_DIR}/context.tar.gz"));
+    }
+
+    /// An inline Dockerfile comes from the attempt's ConfigMap; otherwise
+    /// Kaniko finds it in the context.
+    fn dockerfile(&mut self, plan: &BuildPlan, image: &ImagePlan, attempt: u32) {
+        if image.rendered_dockerfile.is_some() {
+            self.volumes.push(Volume {
+                name: "dockerfile".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: kiln_protocol::configmap_name(&plan.id, &image.name, attempt),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            self.mounts.push(mount("dockerfile", DOCKERFILE_DIR));
+            self.args
+                .push(format!("--dockerfile={DOCKERFILE_DIR}/Dockerfile"));
+        } else {
+            self.args.push(format!("--dockerfile={}", image.dockerfile));
+        }
+    }
+
+    /// Destinations, build arguments, target, platform, cache, and where
+    /// Kaniko reports the digest.
+    fn build_flags(&mut self, plan: &BuildPlan, image: &ImagePlan) {
+        let args = &mut self.args;
+        for d in &image.destinations {
+            args.push(format!("--destination={d}"));
+        }
+        // One argv element per flag, `--flag=value`: a value can never turn
+        // into a flag of its own.
+        for (k, v) in &image.build_args {
+            args.push(format!("--build-arg={k}={v}"));
+        }
+        if let Some(t) = &image.target {
+            args.push(format!("--target={t}"));
+        }
+        if let Some(p) = &image.platform {
+            args.push(format!("--custom-platform={p}"));
+        }
+        if image.cache {
+            args.push("--cache=true".into());
+            if let Some(repo) = &plan.cache_repo {
+                args.push(format!("--cache-repo={repo}"));
+            }
+        }
+        args.push("--digest-file=/dev/termination-log".into());
+        args.push("--push-retry=3".into());
+    }
+
+    /// The registry secret becomes Kaniko's `config.json`.
+    fn registry_credentials(&mut self, plan: &BuildPlan) {
+        let Some(secret) = &plan.registry_secret else {
+            return;
+        };
+        self.volumes.push(Volume {
+            name: "registry-credentials".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".into(),
+                    path: "config.json".into(),
+                    mode: None,
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        self.mounts
+            .push(mount("registry-credentials", "/kaniko/.docker"));
+    }
+}
+
+/// The init container that downloads a `url` context. The URL travels as
+/// one argv element, never through a shell command line.
+fn fetch_container(settings: &PodSettings, url: &str) -> Container {
+    Container {
+        name: "fetch-context".into(),
+        image: Some(settings.fetch_image.clone()),
+        command: Some(vec![
+            "curl".into(),
+            "--fail".into(),
+            "--silent".into(),
+            "--show-error".into(),
+            "--location".into(),
+            "--retry".into(),
+            "3".into(),
+            "--proto".into(),
+            "=https".into(),
+            "--output".into(),
+            format!("{CONTEXT_DIR}/context.tar.gz"),
+            "--url".into(),
+            url.to_owned(),
+        ]),
+        volume_mounts: Some(vec![mount("context", CONTEXT_DIR)]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+/// The Kaniko container, with requests equal to limits.
+fn kaniko_container(
+    settings: &PodSettings,
+    image: &ImagePlan,
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    let quantities = BTreeMap::from([
+        ("cpu".to_owned(), Quantity(image.cpu.clone())),
+        ("memory".to_owned(), Quantity(image.memory.clone())),
+    ]);
+    Container {
+        name: KANIKO.into(),
+        image: Some(settings.kaniko_image.clone()),
+        args: Some(args),
+        env: non_empty(env),
+        volume_mounts: non_empty(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities.clone()),
+            limits: Some(quantities),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// Kubernetes omits empty lists; so does Kiln, to match what it reads back.
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(name != "context"),
+        ..VolumeMount::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::plan::SecretKeys;
+    use kiln_protocol::{BuildContext, GitContext};
+
+    fn settings() -> PodSettings {
+        PodSettings {
+            kaniko_image: "kaniko:1".into(),
+            fetch_image: "curl:1".into(),
+        }
+    }
+
+    fn plan(context: BuildContext, inline: bool) -> BuildPlan {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        BuildPlan {
+            id: "Shop.Cart_1".into(),
+            tenant: "payments".into(),
+            namespace: "kiln-payments".into(),
+            app: None,
+            component: None,
+            labels: BTreeMap::new(),
+            max_attempts: 3,
+            accepted_at: now,
+            deadline: now + jiff::SignedDuration::from_secs(600),
+            traceparent: None,
+            service_account: "kiln-builder".into(),
+            registry_secret: Some("regcred".into()),
+            git_secret: Some(SecretKeys {
+                secret: "git".into(),
+                id_key: "username".into(),
+                secret_key: "password".into(),
+            }),
+            s3_secret: None,
+            s3_region: None,
+            s3_endpoint: None,
+            cache_repo: Some("registry.example.com/cache".into()),
+            images: vec![ImagePlan {
+                name: "api".into(),
+                context,
+                dockerfile: "build/Dockerfile".into(),
+                rendered_dockerfile: inline.then(|| "FROM alpine:3.20\n".to_owned()),
+                build_args: BTreeMap::from([(
+                    "VERSION".into(),
+                    "1.2.3 --destination=evil.io/x".into(),
+                )]),
+                target: Some("runtime".into()),
+                destinations: vec!["registry.example.com/shop/api:1".into()],
+                platform: Some("linux/arm64".into()),
+                cache: true,
+                cpu: "2".into(),
+                memory: "4Gi".into(),
+            }],
+        }
+    }
+
+    fn git() -> BuildContext {
+        BuildContext {
+            git: Some(GitContext {
+                url: "https://github.com/acme/cart.git".into(),
+                git_ref: Some("refs/heads/main".into()),
+                commit: Some("9fceb02".into()),
+                sub_path: Some("services/api".into()),
+            }),
+            s3: None,
+            url: None,
+        }
+    }
+
+    #[test]
+    fn kaniko_pod_follows_the_design() {
+        let p = plan(git(), false);
+        let pod = pod_spec(&settings(), &p, 0, 2, p.accepted_at);
+        let meta = &pod.metadata;
+        assert_eq!(
+            meta.name.as_deref(),
+            Some(kiln_protocol::pod_name("Shop.Cart_1", "api", 2).as_str())
+        );
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[MANAGED_BY], "kiln");
+        assert_eq!(labels[LABEL_BUILD], "Shop.Cart_1");
+        assert_eq!(labels[LABEL_ATTEMPT], "2");
+        let ann = meta.annotations.as_ref().unwrap();
+        assert_eq!(ann[ANN_BUILD_ID], "Shop.Cart_1");
+        assert_eq!(BuildPlan::from_annotation(&ann[ANN_PLAN]).unwrap(), p);
+
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.service_account_name.as_deref(), Some("kiln-builder"));
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        let args = c.args.clone().unwrap();
+        assert_eq!(
+            args,
+            [
+                "--context=git://github.com/acme/cart.git#refs/heads/main#9fceb02",
+                "--context-sub-path=services/api",
+                "--dockerfile=build/Dockerfile",
+                "--destination=registry.example.com/shop/api:1",
+                "--build-arg=VERSION=1.2.3 --destination=evil.io/x",
+                "--target=runtime",
+                "--custom-platform=linux/arm64",
+                "--cache=true",
+                "--cache-repo=registry.example.com/cache",
+                "--digest-file=/dev/termination-log",
+                "--push-retry=3",
+            ]
+        );
+        // Credentials only through secretKeyRef.
+        let env = c.env.clone().unwrap();
+        assert!(
+            env.iter()
+                .all(|e| e.value.is_none() && e.value_from.is_some())
+        );
+        let res = c.resources.clone().unwrap();
+        assert_eq!(res.limits, res.requests);
+        assert_eq!(res.limits.unwrap()["memory"].0, "4Gi");
+        let mounts = c.volume_mounts.clone().unwrap();
+        assert!(mounts.iter().any(|m| m.mount_path == "/kaniko/.docker"));
+    }
+
+    #[test]
+    fn inline_dockerfiles_and_url_contexts() {
+        let ctx = BuildContext {
+            git: None,
+            s3: None,
+            url: Some("https://example.com/ctx.tar.gz?sig=abc".into()),
+        };
+        let p = plan(ctx, true);
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        let spec = pod.spec.unwrap();
+        let args = spec.containers[0].args.clone().unwrap();
+        assert!(args.contains(&"--context=tar:///workspace/context.tar.gz".to_owned()));
+        assert!(args.contains(&"--dockerfile=/kaniko/dockerfile/Dockerfile".to_owned()));
+        let init = &spec.init_containers.unwrap()[0];
+        // The URL is one argv element of curl, never a shell string.
+        let cmd = init.command.clone().unwrap();
+        assert_eq!(cmd[0], "curl");
+        assert_eq!(
+            cmd.last().unwrap(),
+            "https://example.com/ctx.tar.gz?sig=abc"
+        );
+        let volumes = spec.volumes.unwrap();
+        let cm = volumes.iter().find_map(|v| v.config_map.clone()).unwrap();
+        assert_eq!(
+            cm.name,
+            kiln_protocol::configmap_name("Shop.Cart_1", "api", 1)
+        );
+    }
+}
