@@ -45,10 +45,11 @@ ends when every image is over and exits with the build's outcome (0
 succeeded, 1 failed, 3 cancelled), read from Redis' record of the build or,
 without Redis, from the pods (0 when every image's last attempt succeeded).
 
-The pods exist until the build's outcome is published. When they are gone,
-the end of each failed attempt's log (8 KiB, secrets masked) is still in its
-image.retrying / image.failed event (data.logTail): see it as it happens
-with `kiln watch --build ID -o json`, or in your event subscribers' records.
+The pods exist until the build's outcome is published. When they are gone
+(exit code 6, one line saying so), the end of each failed attempt's log
+(8 KiB, secrets masked) is still in its image.retrying / image.failed event
+(data.logTail): see it as it happens with `kiln watch --build ID -o json`,
+or in your event subscribers' records.
 The namespace is read from Redis' record; without one, --namespace is used.
 Needs get/list/watch on pods and get on pods/log in the build namespace.
 
