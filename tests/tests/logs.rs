@@ -394,3 +394,48 @@ async fn fake_log_follow_stays_open_until_the_container_terminates() {
         .unwrap();
     assert_eq!(all, "first\nsecond\n");
 }
+
+/// `-f` on a build that is accepted but has no pods yet waits for them,
+/// rather than declaring the build over; the record saying it finished
+/// ends the wait with its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_waits_for_the_pods_of_an_accepted_build() {
+    use kiln_worker::lease::{BuildRecord, Leases, RecordState};
+    let env = Env::new().await;
+    let leases = Leases::connect(
+        &redis_url(),
+        &env.redis_prefix,
+        "test",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let record = |state, phase: Option<&str>| BuildRecord {
+        state,
+        phase: phase.map(str::to_owned),
+        tenant: "guest".into(),
+        namespace: NAMESPACE.into(),
+        worker: "w-1".into(),
+        images: std::collections::BTreeMap::new(),
+        updated_at: jiff::Timestamp::now(),
+    };
+    let id = unique("logs-early");
+    leases
+        .put_record(&id, &record(RecordState::Accepted, None), WAIT)
+        .await
+        .unwrap();
+    let mut child = kiln_logs(&env, &[&id, "-f"]);
+    let mut child = child.cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let early = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
+    assert!(early.is_err(), "still waiting for the pods: {early:?}");
+    leases
+        .put_record(&id, &record(RecordState::Finished, Some("cancelled")), WAIT)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    env.cleanup().await;
+}

@@ -562,7 +562,11 @@ async fn follow(
         for (image, t) in &mut tracks {
             step(ctx, image, t, &seen, finished, &tx, &mut printer)?;
         }
-        if tracks.values().all(|t| t.done) {
+        // No image yet (the build's pods are still to come) is not "all
+        // over", unless the record says the build finished.
+        if (tracks.is_empty() && finished)
+            || (!tracks.is_empty() && tracks.values().all(|t| t.done))
+        {
             break;
         }
     }
@@ -726,9 +730,10 @@ fn retry_coming(v: &PodView) -> bool {
 /// last attempt succeeded; otherwise the build's outcome from Redis' record
 /// (waiting a little for the worker to write it), else 1.
 async fn outcome(redis: Option<&Leases>, id: &str, tracks: &BTreeMap<String, Track>) -> u8 {
-    if tracks
-        .values()
-        .all(|t| matches!(t.last, Some((_, Outcome::Succeeded))))
+    if !tracks.is_empty()
+        && tracks
+            .values()
+            .all(|t| matches!(t.last, Some((_, Outcome::Succeeded))))
     {
         return exit::OK;
     }
