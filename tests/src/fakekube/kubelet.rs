@@ -168,6 +168,9 @@ struct Shared {
     pods: Mutex<HashMap<String, watch::Sender<Signal>>>,
     next_ip: AtomicU32,
     shutdown: CancellationToken,
+    /// Bumped when a log grows or a pod's status changes: wakes the log
+    /// endpoint's `follow=true` streams (the real kubelet uses fsnotify).
+    log_changes: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -200,6 +203,7 @@ impl Kubelet {
             pods: Mutex::new(HashMap::new()),
             next_ip: AtomicU32::new(0),
             shutdown,
+            log_changes: watch::Sender::new(0),
         });
         tokio::spawn(dispatch(shared.clone(), rx));
         Self { shared }
@@ -239,11 +243,23 @@ impl Kubelet {
                 .entry(uid.to_owned())
                 .or_default()
                 .push_str(text);
+            self.shared.log_changed();
         }
     }
 
     pub(crate) fn log_by_uid(&self, uid: &str) -> Option<String> {
         lock(&self.shared.logs).get(uid).cloned()
+    }
+
+    /// Changes whenever a log grows or a pod's status changes.
+    pub(crate) fn log_changes(&self) -> watch::Receiver<u64> {
+        self.shared.log_changes.subscribe()
+    }
+}
+
+impl Shared {
+    fn log_changed(&self) {
+        self.log_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -286,6 +302,7 @@ async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Arc<Event
                     tx.send_modify(|s| s.gone = true);
                 }
                 lock(&shared.logs).remove(uid);
+                shared.log_changed();
             }
         }
     }
@@ -508,6 +525,7 @@ impl PodRun {
                         .map_err(|e| super::status::ApiError::internal(&e.to_string()))
                 },
             )
+            .inspect(|_| self.shared.log_changed())
             .is_ok()
     }
 
@@ -557,6 +575,7 @@ impl PodRun {
 
     fn set_log(&self, log: String) {
         lock(&self.shared.logs).insert(self.uid.clone(), log);
+        self.shared.log_changed();
     }
 
     fn current_log(&self) -> String {

@@ -1,10 +1,18 @@
-//! `GET pods/{name}/log`, as the API server (`pod/rest/log.go`,
+//! `GET pods/{name}/log` (with `follow=true`: streamed until the container
+//! stops), as the API server (`pod/rest/log.go`,
 //! `LogLocation` + `validateContainer`) and the kubelet (`validateContainerLogStatus`)
 //! answer it, and the log tail the kubelet uses as termination message under
 //! `FallbackToLogsOnError` (`readLastStringFromContainerLogs`: the last 80
 //! lines, at most 2048 bytes, keeping the end).
 
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
 use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::status::ApiError;
 
@@ -13,15 +21,20 @@ pub const TERMINATION_LOG_LINES: usize = 80;
 /// `kubecontainer.MaxContainerTerminationMessageLogLength`
 pub const TERMINATION_LOG_BYTES: usize = 2048;
 
-/// Log options used by the fake (`follow`, `timestamps`, `since*` are
-/// accepted and ignored; the log is returned as it is now).
+/// Log options used by the fake (`timestamps` and `since*` are accepted
+/// and ignored).
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
     pub container: Option<String>,
     pub tail_lines: Option<i64>,
     pub limit_bytes: Option<i64>,
     pub previous: bool,
+    pub follow: bool,
 }
+
+/// How often a `follow=true` stream looks again without being woken, as the
+/// kubelet's `logForceCheckPeriod` (1 s there; shorter here, tests are fast).
+const FORCE_CHECK: Duration = Duration::from_millis(100);
 
 /// The last `n` lines (a trailing newline does not start an extra line).
 pub fn tail_lines(log: &str, n: usize) -> &str {
@@ -68,23 +81,29 @@ pub fn termination_tail(log: &str) -> String {
     .to_owned()
 }
 
-/// What the log endpoint answers for `pod`, whose simulated log is `log`.
-pub fn respond(pod: &Value, log: Option<&str>, q: &LogQuery) -> Result<String, ApiError> {
+/// The container whose log `q` asks for, or `None` when the pod is not
+/// bound to a node (the API server then has no kubelet to ask and answers
+/// an empty body). Errors as the API server and kubelet give them.
+pub fn container(pod: &Value, q: &LogQuery) -> Result<Option<String>, ApiError> {
     let name = pod
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let containers: Vec<&str> = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map(|cs| {
-            cs.iter()
-                .filter_map(|c| c.get("name").and_then(Value::as_str))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = |field: &str| -> Vec<&str> {
+        pod.pointer(field)
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let containers = names("/spec/containers");
+    // `validateContainer` accepts init containers by name too.
+    let init = names("/spec/initContainers");
     let container = match q.container.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) if containers.contains(&c) => c.to_owned(),
+        Some(c) if containers.contains(&c) || init.contains(&c) => c.to_owned(),
         Some(c) => {
             return Err(ApiError::bad_request(&format!(
                 "container {c} is not valid for pod {name}"
@@ -103,28 +122,20 @@ pub fn respond(pod: &Value, log: Option<&str>, q: &LogQuery) -> Result<String, A
             )));
         }
     };
-    // Not bound to a node: the API server has no kubelet to ask and returns
-    // an empty body.
     if pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .is_empty()
     {
-        return Ok(String::new());
+        return Ok(None);
     }
     if q.previous {
         return Err(ApiError::bad_request(&format!(
             "previous terminated container {container:?} in pod {name:?} not found"
         )));
     }
-    let status = pod
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .and_then(|s| {
-            s.iter()
-                .find(|c| c.get("name").and_then(Value::as_str) == Some(&container))
-        });
+    let status = container_status(pod, &container);
     let waiting = match status {
         None => Some("ContainerCreating".to_owned()),
         Some(s) => s.pointer("/state/waiting").map(|w| {
@@ -149,14 +160,114 @@ pub fn respond(pod: &Value, log: Option<&str>, q: &LogQuery) -> Result<String, A
             "container {container:?} in pod {name:?} is terminated"
         )));
     }
-    let mut text = log.unwrap_or_default();
-    if let Some(n) = q.tail_lines.filter(|n| *n >= 0) {
-        text = tail_lines(text, usize::try_from(n).unwrap_or(usize::MAX));
+    Ok(Some(container))
+}
+
+fn container_status<'a>(pod: &'a Value, container: &str) -> Option<&'a Value> {
+    ["/status/containerStatuses", "/status/initContainerStatuses"]
+        .iter()
+        .filter_map(|f| pod.pointer(f).and_then(Value::as_array))
+        .flatten()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(container))
+}
+
+/// Whether `container` of `pod` is running (the kubelet's
+/// `isContainerRunning`): a `follow=true` stream ends once it is not.
+pub fn running(pod: &Value, container: &str) -> bool {
+    container_status(pod, container).is_some_and(|s| s.pointer("/state/running").is_some())
+}
+
+/// The part of `log` the query starts with: `tailLines` from the end.
+fn start(log: &str, q: &LogQuery) -> usize {
+    match q.tail_lines.filter(|n| *n >= 0) {
+        Some(n) => log.len() - tail_lines(log, usize::try_from(n).unwrap_or(usize::MAX)).len(),
+        None => 0,
     }
-    if let Some(n) = q.limit_bytes.filter(|n| *n > 0) {
-        text = head_bytes(text, usize::try_from(n).unwrap_or(usize::MAX));
+}
+
+fn limit(q: &LogQuery) -> Option<usize> {
+    q.limit_bytes
+        .filter(|n| *n > 0)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// What the log endpoint answers for `pod`, whose simulated log is `log`,
+/// without `follow`: the log as it is now.
+pub fn respond(pod: &Value, log: Option<&str>, q: &LogQuery) -> Result<String, ApiError> {
+    if container(pod, q)?.is_none() {
+        return Ok(String::new());
+    }
+    let log = log.unwrap_or_default();
+    let mut text = &log[start(log, q)..];
+    if let Some(n) = limit(q) {
+        text = head_bytes(text, n);
     }
     Ok(text.to_owned())
+}
+
+/// The body of `follow=true`: the log from where the query starts, then
+/// every write, until the container is not running any more, the pod is
+/// gone or `limitBytes` is reached, as the kubelet's `ReadLogs` with
+/// `Follow` does (read to the end; if the container is not running, stop;
+/// else wait for a write). `read` returns the pod (if it is still the same
+/// one) and its log, in that order, so that a log read after the pod said
+/// "terminated" is complete. `changes` wakes the stream when something
+/// changed.
+pub fn follow(
+    read: impl Fn() -> Option<(Value, String)> + Send + 'static,
+    container: String,
+    q: LogQuery,
+    changes: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    struct State<R> {
+        read: R,
+        container: String,
+        sent: Option<usize>,
+        left: Option<usize>,
+        tail: LogQuery,
+        changes: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    }
+    let state = State {
+        read,
+        container,
+        sent: None,
+        left: limit(&q),
+        tail: q,
+        changes,
+        shutdown,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.left == Some(0) {
+                return None;
+            }
+            st.changes.borrow_and_update();
+            let (running, log) = match (st.read)() {
+                Some((pod, log)) => (running(&pod, &st.container), log),
+                None => (false, String::new()),
+            };
+            let from = *st.sent.get_or_insert_with(|| start(&log, &st.tail));
+            if log.len() > from {
+                let mut chunk = &log[from..];
+                if let Some(left) = st.left {
+                    chunk = head_bytes(chunk, left);
+                    st.left = Some(left - chunk.len());
+                }
+                st.sent = Some(from + chunk.len());
+                return Some((Ok(Bytes::copy_from_slice(chunk.as_bytes())), st));
+            }
+            if !running {
+                return None;
+            }
+            tokio::select! {
+                _ = st.changes.changed() => {}
+                () = tokio::time::sleep(FORCE_CHECK) => {}
+                () = st.shutdown.cancelled() => return None,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

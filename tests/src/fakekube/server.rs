@@ -785,14 +785,41 @@ fn pod_log(app: &App, ns: &str, name: &str, p: &Params) -> Result<Response, ApiE
         tail_lines: p.int("tailLines")?,
         limit_bytes: p.int("limitBytes")?,
         previous: p.flag("previous"),
+        follow: p.flag("follow"),
     };
     let uid = pod
         .pointer("/metadata/uid")
         .and_then(Value::as_str)
-        .unwrap_or_default();
-    let log = app.kubelet.log_by_uid(uid);
-    let text = logs::respond(&pod, log.as_deref(), &q)?;
-    let mut resp = Response::new(Body::from(text));
+        .unwrap_or_default()
+        .to_owned();
+    let body = match logs::container(&pod, &q)? {
+        Some(container) if q.follow => {
+            // Streamed (chunked) until the container stops, as the kubelet
+            // does; the changes receiver is taken before the first read so
+            // that no write falls between the two.
+            let changes = app.kubelet.log_changes();
+            let (store, kubelet) = (app.store.clone(), app.kubelet.clone());
+            let (ns, name) = (ns.to_owned(), name.to_owned());
+            let read = move || {
+                let pod = store.get(Resource::Pods, &ns, &name)?;
+                (pod.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()))
+                    .then(|| ((*pod).clone(), kubelet.log_by_uid(&uid).unwrap_or_default()))
+            };
+            Body::from_stream(logs::follow(
+                read,
+                container,
+                q,
+                changes,
+                app.shutdown.clone(),
+            ))
+        }
+        _ => Body::from(logs::respond(
+            &pod,
+            app.kubelet.log_by_uid(&uid).as_deref(),
+            &q,
+        )?),
+    };
+    let mut resp = Response::new(body);
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(resp)

@@ -1,5 +1,5 @@
 //! The client side of the `kiln` binary: `submit`, `wait`, `watch`,
-//! `cancel`, `status`, `validate`, `schema` and `completions`.
+//! `cancel`, `status`, `logs`, `validate`, `schema` and `completions`.
 //!
 //! Conventions shared by every command:
 //! - results a script may capture (build ids, digest-pinned references,
@@ -52,6 +52,7 @@ macro_rules! errln {
 pub mod cancel;
 pub mod completions;
 pub mod input;
+pub mod logs;
 pub mod output;
 pub mod schema;
 pub mod status;
@@ -124,6 +125,9 @@ pub enum ClientCommand {
     /// Show where a build stands: Redis' record and the cluster's pods.
     #[command(after_help = status::AFTER_HELP)]
     Status(status::StatusArgs),
+    /// Print (or follow, across retries) the Kaniko logs of a build.
+    #[command(after_help = logs::AFTER_HELP)]
+    Logs(logs::LogsArgs),
     /// Check request files (JSON or YAML) without publishing anything.
     #[command(after_help = validate::AFTER_HELP)]
     Validate(validate::ValidateArgs),
@@ -145,6 +149,7 @@ pub async fn run(cmd: ClientCommand, command: fn() -> clap::Command) -> anyhow::
         ClientCommand::Watch(a) => watch::run(a).await,
         ClientCommand::Cancel(a) => cancel::run(a).await,
         ClientCommand::Status(a) => status::run(a).await,
+        ClientCommand::Logs(a) => logs::run(a).await,
         ClientCommand::Validate(a) => validate::run(&a),
         ClientCommand::Schema(a) => schema::run(&a),
         ClientCommand::Completions(a) => completions::run(&a, command),

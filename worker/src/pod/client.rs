@@ -47,7 +47,7 @@ impl From<kube::Error> for Error {
 /// The pod client.
 #[derive(Clone)]
 pub struct Pods {
-    client: kube::Client,
+    pub(super) client: kube::Client,
     settings: Arc<PodSettings>,
     /// Bounds concurrent API calls (as client-go's QPS/burst do): a burst of
     /// requests must not open hundreds of connections to the API server.

@@ -12,6 +12,7 @@
 //! - [`client`]: the API calls (create-or-adopt, delete, logs, list, watch).
 
 mod client;
+mod logs;
 mod spec;
 mod view;
 
