@@ -281,7 +281,17 @@ fn check_build(id: &str, of: &Of<'_>, out: &mut Vec<Anomaly>) {
         .filter(|e| e.level == EventLevel::Build && e.phase == "accepted")
         .collect();
     let first_accept: Option<Millis> = accepted.first().map(|e| e.at);
-    let owner: Option<&str> = accepted.first().map(|e| tenant_of(e));
+    // The owner is the tenant the build was accepted for; a request
+    // cancelled before it was accepted ends in build.cancelled without
+    // build.accepted, and that terminal names the owner too.
+    let owner: Option<&str> = accepted
+        .first()
+        .or_else(|| {
+            of.events
+                .iter()
+                .find(|e| e.is_build_terminal() && e.phase != "rejected")
+        })
+        .map(|e| tenant_of(e));
     // A build.rejected received before the id was first accepted ended an
     // earlier request under a free id; it is not a terminal of the build.
     let early = |e: &EventOp| {
@@ -319,7 +329,7 @@ fn check_build(id: &str, of: &Of<'_>, out: &mut Vec<Anomaly>) {
             out,
             AnomalyKind::CrossTenant,
             id,
-            format!("accepted as tenant {o}, which sent no valid request under this id"),
+            format!("built for tenant {o}, which sent no valid request under this id"),
         );
     }
 
@@ -427,7 +437,11 @@ fn check_build(id: &str, of: &Of<'_>, out: &mut Vec<Anomaly>) {
             .iter()
             .filter(|e| {
                 (e.level == EventLevel::Request && e.tenant.as_deref() == Some(*tenant))
-                    || (early(e) && e.tenant.as_deref().is_none_or(|t| t == *tenant))
+                    // A build.rejected answers a request too (when it came
+                    // while the id was held, refused-but-built says so).
+                    || (e.level == EventLevel::Build
+                        && e.phase == "rejected"
+                        && e.tenant.as_deref().is_none_or(|t| t == *tenant))
             })
             .map(|e| e.event_id.as_str())
             .collect();

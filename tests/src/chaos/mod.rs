@@ -4,4 +4,6 @@
 //! ([`checker`]).
 
 pub mod checker;
+pub mod faults;
 pub mod history;
+pub mod run;

@@ -179,6 +179,8 @@ fn refused_request_answered_with_build_rejected() {
         .check();
     assert_eq!(v.count(AnomalyKind::RefusedButBuilt), 1, "{}", v.table(5));
     assert_eq!(v.count(AnomalyKind::CrossTenant), 0);
+    // The wrong answer is still an answer: not also unanswered.
+    assert_eq!(v.count(AnomalyKind::Unanswered), 0);
 }
 
 #[test]
@@ -282,6 +284,24 @@ fn the_owner_may_cancel_even_alongside_a_forged_cancel() {
         .ev(12, "build.cancelled", "y", ALICE, None)
         .check();
     clean(&v);
+}
+
+#[test]
+fn a_request_cancelled_before_it_was_accepted_is_answered() {
+    // The owner's cancel came first: the request ends build.cancelled
+    // without ever being accepted.
+    let v = H::default()
+        .req(1, "y", ALICE, "y", true)
+        .cancel(2, "y", ALICE)
+        .ev(10, "build.cancelled", "y", ALICE, None)
+        .check();
+    clean(&v);
+    let v = H::default()
+        .req(1, "y", ALICE, "y", true)
+        .cancel(2, "y", BOB)
+        .ev(10, "build.cancelled", "y", ALICE, None)
+        .check();
+    only(&v, AnomalyKind::CrossTenant);
 }
 
 #[test]
