@@ -519,34 +519,39 @@ async fn timed_fault(w: Arc<World>, f: PlannedFault) {
     let duration = Duration::from_millis(f.duration);
     match f.kind {
         FaultKind::Kill => {
-            let (target, note) = {
-                let mut s = lock(&w.slots);
-                match s.procs.get_mut(f.worker).and_then(Option::take) {
-                    Some(mut p) => {
-                        let killed = p.child.kill().is_ok();
-                        let _ = p.child.wait();
-                        (
-                            p.id,
-                            format!("SIGKILL {}", if killed { "sent" } else { "failed" }),
-                        )
-                    }
-                    None => (
-                        format!("slot {}", f.worker),
-                        "no worker in the slot".to_owned(),
-                    ),
-                }
+            let taken = lock(&w.slots)
+                .procs
+                .get_mut(f.worker)
+                .and_then(Option::take);
+            let Some(mut killed_proc) = taken else {
+                // Another kill of this slot is under way and will restart
+                // it: restarting here too would orphan a process.
+                let slot = format!("slot {}", f.worker);
+                w.rec
+                    .fault(FaultKind::Kill, &slot, start, "no worker (already killed)");
+                return;
             };
+            let killed = killed_proc.child.kill().is_ok();
+            let _ = killed_proc.child.wait();
+            let (target, note) = (
+                killed_proc.id,
+                format!("SIGKILL {}", if killed { "sent" } else { "failed" }),
+            );
             tokio::time::sleep(duration).await;
             let mut s = lock(&w.slots);
-            s.generation += 1;
-            let generation = s.generation;
-            let restarted = match w.spawner.spawn(f.worker, generation) {
-                Ok(p) => {
-                    let id = p.id.clone();
-                    s.procs[f.worker] = Some(p);
-                    id
+            let restarted = if s.procs[f.worker].is_some() {
+                "nothing: the slot was restarted already".to_owned()
+            } else {
+                s.generation += 1;
+                let generation = s.generation;
+                match w.spawner.spawn(f.worker, generation) {
+                    Ok(p) => {
+                        let id = p.id.clone();
+                        s.procs[f.worker] = Some(p);
+                        id
+                    }
+                    Err(e) => format!("restart failed: {e}"),
                 }
-                Err(e) => format!("restart failed: {e}"),
             };
             drop(s);
             w.rec.fault(
