@@ -1,4 +1,5 @@
 //! Kiln test support.
 
+pub mod chaos;
 pub mod fakekube;
 pub mod harness;

@@ -11,6 +11,9 @@
 //! 4. memory — a fresh worker holding M builds whose pods run for an hour;
 //!    VmRSS / VmHWM once every build is running.
 //! 5. ceiling — a bare lapin loop doing only the AMQP work of one build.
+//! 6. takeover — worker A holds K builds whose pods run for an hour, A is
+//!    SIGKILLed and worker B started; the time from the kill until B holds
+//!    every lease, and the API calls B made meanwhile.
 //!
 //! `scripts/bench` builds both binaries in release and runs this one.
 
@@ -24,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use kiln_tests::fakekube::{FakeKube, Timing};
+use kiln_tests::chaos::run::{delete_prefix, keys_with_prefix};
+use kiln_tests::fakekube::{FakeKube, Timing, Verb};
 use kiln_tests::harness::{NAMESPACE, amqp_url, one_image, redis_url, unique};
 use kiln_worker::amqp::{BUILD_KEY, Broker, Names};
 use lapin::options::{
@@ -50,9 +54,11 @@ struct Opts {
     idle_secs: u64,
     kiln: PathBuf,
     phases: Vec<String>,
+    takeover_builds: usize,
+    takeover_ttl: Duration,
 }
 
-const USAGE: &str = "usage: kiln-bench [--builds N] [--rate PER_S] [--latency-secs S] [--in-flight N] [--prefetch N] [--idle-secs S] [--kiln PATH] [--phases throughput,latency,idle,memory,ceiling]";
+const USAGE: &str = "usage: kiln-bench [--builds N] [--rate PER_S] [--latency-secs S] [--in-flight N] [--prefetch N] [--idle-secs S] [--takeover-builds N] [--takeover-ttl DURATION] [--kiln PATH] [--phases throughput,latency,idle,memory,ceiling,takeover]";
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
@@ -63,9 +69,18 @@ fn parse_opts() -> Opts {
         prefetch: 512,
         idle_secs: 5,
         kiln: default_kiln(),
-        phases: ["throughput", "latency", "idle", "memory", "ceiling"]
-            .map(str::to_owned)
-            .to_vec(),
+        phases: [
+            "throughput",
+            "latency",
+            "idle",
+            "memory",
+            "ceiling",
+            "takeover",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        takeover_builds: 10_000,
+        takeover_ttl: Duration::from_secs(5),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -85,6 +100,14 @@ fn parse_opts() -> Opts {
             "--prefetch" => o.prefetch = num(val("--prefetch"), "--prefetch") as u16,
             "--idle-secs" => o.idle_secs = num(val("--idle-secs"), "--idle-secs"),
             "--kiln" => o.kiln = PathBuf::from(val("--kiln")),
+            "--takeover-builds" => {
+                o.takeover_builds = num(val("--takeover-builds"), "--takeover-builds") as usize;
+            }
+            "--takeover-ttl" => {
+                let v = val("--takeover-ttl");
+                o.takeover_ttl = kiln_worker::config::parse_duration(&v)
+                    .unwrap_or_else(|e| die(&format!("--takeover-ttl: {v:?}: {e}")));
+            }
             "--phases" => {
                 o.phases = val("--phases")
                     .split(',')
@@ -256,7 +279,14 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(opts: &Opts, kubeconfig: &Path, prefix: &str, redis_prefix: &str, tag: &str) -> Self {
+    fn spawn(
+        opts: &Opts,
+        kubeconfig: &Path,
+        prefix: &str,
+        redis_prefix: &str,
+        tag: &str,
+        extra_env: &[(&str, String)],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{prefix}-{tag}.log"));
         let file = std::fs::File::create(&log).expect("create the worker log file");
         let child = Command::new(&opts.kiln)
@@ -270,6 +300,7 @@ impl Worker {
             .env("KILN_WORKER_ID", format!("bench-{tag}"))
             .env("KILN_PREFETCH", opts.prefetch.to_string())
             .env("RUST_LOG", "warn,lapin::returned_messages=error")
+            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("KILN_METRICS_ADDR")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
@@ -591,6 +622,7 @@ struct World {
     conn: Connection,
     publisher: Channel,
     worker: Option<Worker>,
+    kubeconfig: PathBuf,
     _dir: TempDir,
 }
 
@@ -603,6 +635,15 @@ impl Drop for TempDir {
 
 impl World {
     async fn new(opts: &Opts, tag: &str, timing: Timing) -> Self {
+        Self::new_with(opts, tag, timing, &[]).await
+    }
+
+    async fn new_with(
+        opts: &Opts,
+        tag: &str,
+        timing: Timing,
+        extra_env: &[(&str, String)],
+    ) -> Self {
         let prefix = unique(&format!("kiln-bench-{tag}"));
         let redis_prefix = format!("{prefix}:");
         let kube = FakeKube::start().await;
@@ -618,7 +659,7 @@ impl World {
         broker.declare_topology().await.expect("declare topology");
         let conn = connect("kiln bench publisher").await;
         let publisher = confirm_channel(&conn).await;
-        let mut worker = Worker::spawn(opts, &kubeconfig, &prefix, &redis_prefix, tag);
+        let mut worker = Worker::spawn(opts, &kubeconfig, &prefix, &redis_prefix, tag, extra_env);
         wait_consumer(&conn, &Names::new(&prefix).builds(), &mut worker).await;
         Self {
             prefix,
@@ -628,6 +669,7 @@ impl World {
             conn,
             publisher,
             worker: Some(worker),
+            kubeconfig,
             _dir: TempDir(dir),
         }
     }
@@ -669,7 +711,12 @@ impl World {
             let _ = writeln!(notes, "    worker {}", w.stop(grace).await);
         }
         let _ = self.broker.delete_topology().await;
-        flush_redis(&self.redis_prefix).await;
+        if let Err(e) = delete_prefix(&self.redis_prefix).await {
+            eprintln!(
+                "kiln-bench: cannot clean up Redis keys {}*: {e:#}",
+                self.redis_prefix
+            );
+        }
         self.broker.close().await;
         let _ = self.conn.close(200, "bench done".into()).await;
         self.kube.shutdown();
@@ -681,39 +728,6 @@ fn truncate(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],
         None => s,
-    }
-}
-
-/// Deletes every Redis key under `prefix` (SCAN, then DEL in chunks).
-async fn flush_redis(prefix: &str) {
-    let Ok(client) = redis::Client::open(redis_url()) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        eprintln!("kiln-bench: cannot reach Redis to clean up {prefix}*");
-        return;
-    };
-    let mut cursor: u64 = 0;
-    loop {
-        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> =
-                redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
     }
 }
 
@@ -1200,6 +1214,152 @@ async fn run_ceiling(opts: &Opts, kiln_rate: Option<f64>, report: &mut String) {
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// How many of the lease keys under `redis_prefix` name `holder` (lease
+/// values start with the worker id; a per-claim token may follow it).
+async fn leases_held(redis_prefix: &str, holder: &str) -> (usize, usize) {
+    let Ok(keys) = keys_with_prefix(&format!("{redis_prefix}lease:")).await else {
+        return (0, 0);
+    };
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return (0, keys.len());
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return (0, keys.len());
+    };
+    let mut held = 0;
+    for chunk in keys.chunks(1000) {
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        held += values
+            .iter()
+            .filter(|v| v.as_deref().is_some_and(|v| v.starts_with(holder)))
+            .count();
+    }
+    (held, keys.len())
+}
+
+/// Phase 6: worker A holds K running builds and is SIGKILLed; worker B
+/// starts at once. How long until B holds every lease, and which API calls
+/// it made to get there (A is dead, so every call after the kill is B's).
+async fn run_takeover(opts: &Opts, report: &mut String) {
+    let n = opts.takeover_builds;
+    let ttl = opts.takeover_ttl;
+    let timing = Timing {
+        pending: Duration::ZERO,
+        running: Duration::from_secs(3600),
+        terminating: Duration::ZERO,
+    };
+    let env = [("KILN_LEASE_TTL", format!("{}ms", ttl.as_millis()))];
+    let mut w = World::new_with(opts, "take-a", timing, &env).await;
+    let exchange = w.names().requests();
+    let (seen, sub) = w.subscribe(&["image.running"], None).await;
+    let (_, bodies) = bodies("take", n);
+    eprintln!("takeover: worker A takes {n} long-running builds ...");
+    publish_all(&w.publisher, &exchange, BUILD_KEY, bodies, 1000).await;
+    let all = wait_for(
+        "takeover: image.running on A",
+        Duration::from_secs(900),
+        w.worker(),
+        || (seen.count("image.running"), n as u64),
+    )
+    .await;
+    let _ = sub.close(200, "done".into()).await;
+    let (held_a, _) = leases_held(&w.redis_prefix, "bench-take-a").await;
+    let _ = writeln!(
+        report,
+        "\n-- 6. takeover: worker A holds {n} running builds (lease TTL {ttl:?}), SIGKILL, worker B starts --"
+    );
+    let _ = writeln!(
+        report,
+        "    A: image.running {}/{n}{}, holding {held_a} leases",
+        seen.count("image.running"),
+        if all { "" } else { "  (INCOMPLETE)" }
+    );
+    // The kill, and B at once.
+    let mut worker_a = w.worker.take().expect("worker A");
+    let calls0 = w.api_calls();
+    let _ = worker_a.child.kill();
+    let killed = Instant::now();
+    let _ = worker_a.child.wait();
+    let _ = std::fs::remove_file(&worker_a.log);
+    let worker_b = Worker::spawn(
+        opts,
+        &w.kubeconfig,
+        &w.prefix,
+        &w.redis_prefix,
+        "take-b",
+        &env,
+    );
+    w.worker = Some(worker_b);
+    eprintln!("takeover: A killed, B started; waiting until B holds every lease ...");
+    let mut first: Option<Duration> = None;
+    let mut last_print = Instant::now();
+    let (owned, took) = loop {
+        w.worker().check_alive();
+        let (held, total) = leases_held(&w.redis_prefix, "bench-take-b").await;
+        if held > 0 && first.is_none() {
+            first = Some(killed.elapsed());
+        }
+        if held >= n {
+            break (held, Some(killed.elapsed()));
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "  ... takeover: B holds {held}/{n} ({total} lease keys) after {:.0?}",
+                killed.elapsed()
+            );
+            last_print = Instant::now();
+        }
+        if killed.elapsed() > ttl + Duration::from_secs(300) {
+            break (held, None);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let calls: Vec<_> = w.kube.calls().into_iter().skip(calls0).collect();
+    let mut by_verb: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for c in &calls {
+        *by_verb.entry(format!("{:?}", c.verb)).or_default() += 1;
+    }
+    let lists = by_verb
+        .get(&format!("{:?}", Verb::List))
+        .copied()
+        .unwrap_or(0);
+    let target = ttl + Duration::from_secs(5);
+    match took {
+        Some(elapsed) => {
+            let _ = writeln!(
+                report,
+                "    TAKEOVER: B holds all {owned} leases {:.2} s after the kill (first one after {:.2} s)   (target <= TTL + 5 s = {:.0} s: {})",
+                elapsed.as_secs_f64(),
+                first.unwrap_or_default().as_secs_f64(),
+                target.as_secs_f64(),
+                verdict(elapsed <= target)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                report,
+                "    TAKEOVER: B holds only {owned}/{n} leases {:.0} s after the kill   (target <= {:.0} s: {})",
+                killed.elapsed().as_secs_f64(),
+                target.as_secs_f64(),
+                verdict(false)
+            );
+        }
+    }
+    let _ = writeln!(
+        report,
+        "    API calls by B until then: {} ({:.2} per build), by verb {by_verb:?}; LIST calls {lists}   (target: not growing with the builds, here fewer than one per 10 builds: {})",
+        calls.len(),
+        calls.len() as f64 / n.max(1) as f64,
+        verdict(calls.len() < n / 10 + 100)
+    );
+    let notes = w.cleanup(Duration::from_secs(60)).await;
+    report.push_str(&notes);
+}
+
 fn main() {
     let opts = parse_opts();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -1228,6 +1388,9 @@ fn main() {
         }
         if opts.phases.iter().any(|p| p == "ceiling") {
             run_ceiling(&opts, rate, &mut report).await;
+        }
+        if opts.phases.iter().any(|p| p == "takeover") {
+            run_takeover(&opts, &mut report).await;
         }
         println!("{report}");
     });
