@@ -213,6 +213,7 @@ async fn connect_kube(timeout: Duration) -> anyhow::Result<Pods> {
         PodSettings {
             kaniko_image: String::new(),
             fetch_image: String::new(),
+            s3_region: String::new(),
         },
     ))
 }
@@ -378,7 +379,7 @@ async fn stream_pod(pods: Pods, ns: String, name: String, follow: bool, tx: mpsc
         Ok(s) => Some(s.boxed()),
         Err(crate::Error::Kube {
             status: Some(400),
-            message,
+            context: message,
             ..
         }) => {
             if let Ok(Some(init)) = pods.failed_init_container(&ns, &name).await {

@@ -49,9 +49,10 @@ impl Pods {
                     Ok(_) => Some((Ok(line), reader)),
                     Err(e) => Some((
                         Err(Error::Kube {
-                            message: format!("log stream interrupted: {e}"),
+                            context: "log stream interrupted".to_owned(),
                             status: None,
                             retry_after: None,
+                            source: Some(e.into()),
                         }),
                         reader,
                     )),
