@@ -119,8 +119,14 @@ impl WorkerConfig {
     /// about each at start.
     pub fn unpinned_images(&self) -> Vec<(&'static str, &str)> {
         [
-            ("--kaniko-image (KILN_KANIKO_IMAGE)", self.kaniko_image.as_str()),
-            ("--fetch-image (KILN_FETCH_IMAGE)", self.fetch_image.as_str()),
+            (
+                "--kaniko-image (KILN_KANIKO_IMAGE)",
+                self.kaniko_image.as_str(),
+            ),
+            (
+                "--fetch-image (KILN_FETCH_IMAGE)",
+                self.fetch_image.as_str(),
+            ),
         ]
         .into_iter()
         .filter(|(_, image)| !pinned(image))

@@ -13,8 +13,6 @@ use crate::pod::{KubeClient, PodSettings, Pods};
 use crate::policy::Policy;
 use crate::supervisor::{self, Context, Supervisor};
 
-/// Image of the init container that downloads `url` build contexts.
-
 /// Connects everything and returns the supervisor, ready to run.
 pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<Supervisor> {
     config.check().map_err(Error::Config)?;
