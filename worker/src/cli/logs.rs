@@ -574,8 +574,13 @@ async fn follow(
         let finished = record
             .as_ref()
             .is_some_and(|r: &BuildRecord| r.state == RecordState::Finished);
+        let mut io = Io {
+            ctx,
+            tx: &tx,
+            printer: &mut printer,
+        };
         for (image, t) in &mut tracks {
-            step(ctx, image, t, &watched.seen, finished, &tx, &mut printer)?;
+            step(&mut io, image, t, &watched.seen, finished)?;
         }
         // No image yet (the build's pods are still to come) is not "all
         // over", unless the record says the build finished.
@@ -593,28 +598,34 @@ fn pod_of<'a>(of: &[&'a (PodView, bool)], attempt: u32) -> Option<&'a (PodView, 
     of.iter().find(|(v, _)| v.attempt == attempt).copied()
 }
 
+/// Where the steps of followed images go: the streams they open and the
+/// printer.
+struct Io<'a> {
+    ctx: &'a Ctx,
+    tx: &'a mpsc::Sender<(Source, Msg)>,
+    printer: &'a mut Printer,
+}
+
 /// Moves one followed image on: streams its next attempt, waits for it, or
 /// decides that it is over.
 fn step(
-    ctx: &Ctx,
+    io: &mut Io<'_>,
     image: &str,
     t: &mut Track,
     seen: &Seen,
     finished: bool,
-    tx: &mpsc::Sender<(Source, Msg)>,
-    printer: &mut Printer,
 ) -> std::io::Result<()> {
     if t.done || t.streaming.is_some() {
         return Ok(());
     }
     let mut of: Vec<&(PodView, bool)> = seen.values().filter(|(v, _)| v.image == image).collect();
     of.sort_by_key(|(v, _)| v.attempt);
-    if !settle_ended(ctx, image, t, &of, tx, printer)? {
+    if !settle_ended(io, image, t, &of)? {
         return Ok(());
     }
-    match show_next(ctx, image, t, &of, tx, printer)? {
+    match show_next(io, image, t, &of)? {
         Next::Busy => Ok(()),
-        Next::Gone => step(ctx, image, t, seen, finished, tx, printer),
+        Next::Gone => step(io, image, t, seen, finished),
         Next::Nothing => {
             // Nothing more to show now: is another attempt coming?
             t.done = finished
@@ -633,12 +644,10 @@ fn step(
 /// false while the image must wait: the pod still runs, so the stream was
 /// cut, and is opened again after [`REOPEN_AFTER`].
 fn settle_ended(
-    ctx: &Ctx,
+    io: &mut Io<'_>,
     image: &str,
     t: &mut Track,
     of: &[&(PodView, bool)],
-    tx: &mpsc::Sender<(Source, Msg)>,
-    printer: &mut Printer,
 ) -> std::io::Result<bool> {
     let Some((a, since)) = t.ended else {
         return Ok(true);
@@ -654,11 +663,11 @@ fn settle_ended(
                 image: image.to_owned(),
                 attempt: a,
             };
-            printer.handle(
+            io.printer.handle(
                 &from,
                 Msg::Note("log stream ended early; following again".into()),
             )?;
-            spawn_stream(ctx, v, tx, Some(0));
+            spawn_stream(io.ctx, v, io.tx, Some(0));
             t.streaming = Some(a);
             t.ended = None;
             Ok(false)
@@ -693,12 +702,10 @@ enum Next {
 /// Shows the next attempt of an image: a note while its pod has not
 /// started, else its log.
 fn show_next(
-    ctx: &Ctx,
+    io: &mut Io<'_>,
     image: &str,
     t: &mut Track,
     of: &[&(PodView, bool)],
-    tx: &mpsc::Sender<(Source, Msg)>,
-    printer: &mut Printer,
 ) -> std::io::Result<Next> {
     let Some((v, gone)) = of.iter().find(|(v, _)| v.attempt >= t.next).copied() else {
         return Ok(Next::Nothing);
@@ -710,12 +717,12 @@ fn show_next(
     if v.phase == Some(PodPhase::Pending) && !gone && !v.deleting {
         if t.noted != Some(v.attempt) {
             t.noted = Some(v.attempt);
-            printer.handle(&from, Msg::Note(pending_note(v)))?;
+            io.printer.handle(&from, Msg::Note(pending_note(v)))?;
         }
         return Ok(Next::Busy);
     }
     if t.last.is_some() || t.next > 1 {
-        printer.handle(
+        io.printer.handle(
             &from,
             Msg::Note(format!("attempt {} (pod {})", v.attempt, v.name)),
         )?;
@@ -725,7 +732,7 @@ fn show_next(
         t.ended = Some((v.attempt, Instant::now()));
         return Ok(Next::Gone);
     }
-    spawn_stream(ctx, v, tx, None);
+    spawn_stream(io.ctx, v, io.tx, None);
     t.streaming = Some(v.attempt);
     Ok(Next::Busy)
 }
