@@ -462,19 +462,51 @@ struct Track {
 /// The pods of the build as the watch shows them: name → (view, gone).
 type Seen = BTreeMap<String, (PodView, bool)>;
 
-/// With `--follow`.
-async fn follow(
-    ctx: &Ctx,
-    args: &LogsArgs,
-    redis: Option<&Leases>,
-    listed: &[PodView],
-) -> anyhow::Result<u8> {
-    let mut ctrl_c = pin!(super::ctrl_c());
-    let mut watch = pin!(ctx.pods.watch_build(&ctx.namespace, &args.id));
-    let (tx, mut rx) = mpsc::channel::<(Source, Msg)>(1024);
+/// The watch of the build's pods, across its re-lists.
+#[derive(Default)]
+struct Watched {
+    seen: Seen,
+    /// During a re-list: the names of the pods listed so far (the others
+    /// are gone once it completes).
+    relist: Option<BTreeSet<String>>,
+    /// The first list is complete: until then no image can be judged over.
+    synced: bool,
+}
+
+impl Watched {
+    /// Takes in one watch event; returns the image of a pod that exists.
+    fn apply(&mut self, ev: PodEvent) -> Option<String> {
+        match ev {
+            PodEvent::Applied(v) => {
+                if let Some(r) = self.relist.as_mut() {
+                    r.insert(v.name.clone());
+                }
+                let image = v.image.clone();
+                self.seen.insert(v.name.clone(), (v, false));
+                return Some(image);
+            }
+            PodEvent::Deleted(v) => {
+                self.seen.insert(v.name.clone(), (v, true));
+            }
+            PodEvent::Resync => self.relist = Some(BTreeSet::new()),
+            PodEvent::Synced => {
+                if let Some(r) = self.relist.take() {
+                    for (name, (_, gone)) in &mut self.seen {
+                        *gone |= !r.contains(name);
+                    }
+                }
+                self.synced = true;
+            }
+        }
+        None
+    }
+}
+
+/// The images followed from the start: each from its newest attempt
+/// listed (the oldest with --all-attempts), and IMAGE from attempt 1 when
+/// it has no pod yet.
+fn first_tracks(args: &LogsArgs, listed: &[PodView]) -> BTreeMap<String, Track> {
     let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
-    // Start at the newest attempt of each image (the oldest present with
-    // --all-attempts).
     for v in listed {
         let t = tracks.entry(v.image.clone()).or_insert_with(|| Track {
             next: v.attempt,
@@ -490,44 +522,39 @@ async fn follow(
             ..Track::default()
         });
     }
+    tracks
+}
+
+/// With `--follow`.
+async fn follow(
+    ctx: &Ctx,
+    args: &LogsArgs,
+    redis: Option<&Leases>,
+    listed: &[PodView],
+) -> anyhow::Result<u8> {
+    let mut ctrl_c = pin!(super::ctrl_c());
+    let mut watch = pin!(ctx.pods.watch_build(&ctx.namespace, &args.id));
+    let (tx, mut rx) = mpsc::channel::<(Source, Msg)>(1024);
+    let mut tracks = first_tracks(args, listed);
     let known = known_images(listed, None);
     let mut printer = Printer::new(
         args.image.is_none() && known.len().max(tracks.len()) > 1,
         ctx.colour,
     );
-    let mut seen = Seen::new();
-    let mut relist: Option<BTreeSet<String>> = None;
-    let mut synced = false;
+    let mut watched = Watched::default();
     let mut record = None;
     let mut polled: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             () = &mut ctrl_c => return Ok(exit::INTERRUPTED),
-            ev = watch.next() => match ev {
-                Some(PodEvent::Applied(v)) => {
-                    if let Some(r) = relist.as_mut() {
-                        r.insert(v.name.clone());
-                    }
-                    if args.image.is_none() {
-                        tracks.entry(v.image.clone()).or_insert_with(|| Track { next: 1, ..Track::default() });
-                    }
-                    seen.insert(v.name.clone(), (v, false));
+            ev = watch.next() => {
+                if let Some(image) = ev.and_then(|ev| watched.apply(ev))
+                    && args.image.is_none()
+                {
+                    tracks.entry(image).or_insert_with(|| Track { next: 1, ..Track::default() });
                 }
-                Some(PodEvent::Deleted(v)) => {
-                    seen.insert(v.name.clone(), (v, true));
-                }
-                Some(PodEvent::Resync) => relist = Some(BTreeSet::new()),
-                Some(PodEvent::Synced) => {
-                    if let Some(r) = relist.take() {
-                        for (name, (_, gone)) in &mut seen {
-                            *gone |= !r.contains(name);
-                        }
-                    }
-                    synced = true;
-                }
-                None => {}
-            },
+            }
             Some((from, msg)) = rx.recv() => {
                 let t = tracks.entry(from.image.clone()).or_default();
                 if printer.handle(&from, msg)? {
@@ -541,14 +568,19 @@ async fn follow(
             polled = Some(Instant::now());
             record = read_record(redis, &args.id).await;
         }
-        if !synced {
+        if !watched.synced {
             continue;
         }
         let finished = record
             .as_ref()
             .is_some_and(|r: &BuildRecord| r.state == RecordState::Finished);
+        let mut io = Io {
+            ctx,
+            tx: &tx,
+            printer: &mut printer,
+        };
         for (image, t) in &mut tracks {
-            step(ctx, image, t, &seen, finished, &tx, &mut printer)?;
+            step(&mut io, image, t, &watched.seen, finished)?;
         }
         // No image yet (the build's pods are still to come) is not "all
         // over", unless the record says the build finished.
@@ -561,99 +593,148 @@ async fn follow(
     Ok(outcome(redis, &args.id, &tracks).await)
 }
 
+/// The pod of an attempt among an image's pods.
+fn pod_of<'a>(of: &[&'a (PodView, bool)], attempt: u32) -> Option<&'a (PodView, bool)> {
+    of.iter().find(|(v, _)| v.attempt == attempt).copied()
+}
+
+/// Where the steps of followed images go: the streams they open and the
+/// printer.
+struct Io<'a> {
+    ctx: &'a Ctx,
+    tx: &'a mpsc::Sender<(Source, Msg)>,
+    printer: &'a mut Printer,
+}
+
 /// Moves one followed image on: streams its next attempt, waits for it, or
 /// decides that it is over.
 fn step(
-    ctx: &Ctx,
+    io: &mut Io<'_>,
     image: &str,
     t: &mut Track,
     seen: &Seen,
     finished: bool,
-    tx: &mpsc::Sender<(Source, Msg)>,
-    printer: &mut Printer,
 ) -> std::io::Result<()> {
     if t.done || t.streaming.is_some() {
         return Ok(());
     }
     let mut of: Vec<&(PodView, bool)> = seen.values().filter(|(v, _)| v.image == image).collect();
     of.sort_by_key(|(v, _)| v.attempt);
-    let pod_of = |a: u32| of.iter().find(|(v, _)| v.attempt == a).copied();
-    // An attempt whose log ended: its pod tells how it went.
-    if let Some((a, since)) = t.ended {
-        match pod_of(a) {
-            Some((v, gone)) if !gone && !v.deleting && !over(v) => {
-                if since.elapsed() < REOPEN_AFTER {
-                    return Ok(());
-                }
-                // Still running: the stream was cut. Open it again from now
-                // on (lines written meanwhile may be missed, never doubled).
-                let from = Source {
-                    image: image.to_owned(),
-                    attempt: a,
-                };
-                printer.handle(
-                    &from,
-                    Msg::Note("log stream ended early; following again".into()),
-                )?;
-                spawn_stream(ctx, v, tx, Some(0));
-                t.streaming = Some(a);
-                t.ended = None;
-                return Ok(());
-            }
-            found => {
-                let ok = found.is_some_and(|(v, _)| v.phase == Some(PodPhase::Succeeded));
-                t.last = Some((
-                    a,
-                    if ok {
-                        Outcome::Succeeded
-                    } else {
-                        Outcome::Failed
-                    },
-                ));
-                t.next = a + 1;
-                t.ended = None;
-            }
-        }
-    }
-    // The next attempt to show.
-    if let Some((v, gone)) = of.iter().find(|(v, _)| v.attempt >= t.next).copied() {
-        let from = Source {
-            image: image.to_owned(),
-            attempt: v.attempt,
-        };
-        if v.phase == Some(PodPhase::Pending) && !gone && !v.deleting {
-            if t.noted != Some(v.attempt) {
-                t.noted = Some(v.attempt);
-                printer.handle(&from, Msg::Note(pending_note(v)))?;
-            }
-            return Ok(());
-        }
-        if t.last.is_some() || t.next > 1 {
-            printer.handle(
-                &from,
-                Msg::Note(format!("attempt {} (pod {})", v.attempt, v.name)),
-            )?;
-        }
-        if *gone {
-            t.ended = Some((v.attempt, Instant::now()));
-            t.next = v.attempt;
-            return step(ctx, image, t, seen, finished, tx, printer);
-        }
-        spawn_stream(ctx, v, tx, None);
-        t.streaming = Some(v.attempt);
-        t.next = v.attempt;
+    if !settle_ended(io, image, t, &of)? {
         return Ok(());
     }
-    // Nothing more to show now: is another attempt coming?
-    t.done = finished
-        || match t.last {
-            Some((_, Outcome::Succeeded)) => true,
-            Some((a, Outcome::Failed)) => {
-                pod_of(a).is_none_or(|(v, gone)| *gone || v.deleting || !retry_coming(v))
+    match show_next(io, image, t, &of)? {
+        Next::Busy => Ok(()),
+        Next::Gone => step(io, image, t, seen, finished),
+        Next::Nothing => {
+            // Nothing more to show now: is another attempt coming?
+            t.done = finished
+                || match t.last {
+                    Some((_, Outcome::Succeeded)) => true,
+                    Some((a, Outcome::Failed)) => pod_of(&of, a)
+                        .is_none_or(|(v, gone)| *gone || v.deleting || !retry_coming(v)),
+                    None => false,
+                };
+            Ok(())
+        }
+    }
+}
+
+/// Settles an attempt whose log ended: its pod tells how it went. Returns
+/// false while the image must wait: the pod still runs, so the stream was
+/// cut, and is opened again after [`REOPEN_AFTER`].
+fn settle_ended(
+    io: &mut Io<'_>,
+    image: &str,
+    t: &mut Track,
+    of: &[&(PodView, bool)],
+) -> std::io::Result<bool> {
+    let Some((a, since)) = t.ended else {
+        return Ok(true);
+    };
+    match pod_of(of, a) {
+        Some((v, gone)) if !gone && !v.deleting && !over(v) => {
+            if since.elapsed() < REOPEN_AFTER {
+                return Ok(false);
             }
-            None => false,
-        };
-    Ok(())
+            // Still running: the stream was cut. Open it again from now
+            // on (lines written meanwhile may be missed, never doubled).
+            let from = Source {
+                image: image.to_owned(),
+                attempt: a,
+            };
+            io.printer.handle(
+                &from,
+                Msg::Note("log stream ended early; following again".into()),
+            )?;
+            spawn_stream(io.ctx, v, io.tx, Some(0));
+            t.streaming = Some(a);
+            t.ended = None;
+            Ok(false)
+        }
+        found => {
+            let ok = found.is_some_and(|(v, _)| v.phase == Some(PodPhase::Succeeded));
+            t.last = Some((
+                a,
+                if ok {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed
+                },
+            ));
+            t.next = a + 1;
+            t.ended = None;
+            Ok(true)
+        }
+    }
+}
+
+/// What [`show_next`] did.
+enum Next {
+    /// Streaming the next attempt, or waiting for its pod to start.
+    Busy,
+    /// The next attempt's pod is gone: it ended unseen, to be settled.
+    Gone,
+    /// No attempt to show now.
+    Nothing,
+}
+
+/// Shows the next attempt of an image: a note while its pod has not
+/// started, else its log.
+fn show_next(
+    io: &mut Io<'_>,
+    image: &str,
+    t: &mut Track,
+    of: &[&(PodView, bool)],
+) -> std::io::Result<Next> {
+    let Some((v, gone)) = of.iter().find(|(v, _)| v.attempt >= t.next).copied() else {
+        return Ok(Next::Nothing);
+    };
+    let from = Source {
+        image: image.to_owned(),
+        attempt: v.attempt,
+    };
+    if v.phase == Some(PodPhase::Pending) && !gone && !v.deleting {
+        if t.noted != Some(v.attempt) {
+            t.noted = Some(v.attempt);
+            io.printer.handle(&from, Msg::Note(pending_note(v)))?;
+        }
+        return Ok(Next::Busy);
+    }
+    if t.last.is_some() || t.next > 1 {
+        io.printer.handle(
+            &from,
+            Msg::Note(format!("attempt {} (pod {})", v.attempt, v.name)),
+        )?;
+    }
+    t.next = v.attempt;
+    if *gone {
+        t.ended = Some((v.attempt, Instant::now()));
+        return Ok(Next::Gone);
+    }
+    spawn_stream(io.ctx, v, io.tx, None);
+    t.streaming = Some(v.attempt);
+    Ok(Next::Busy)
 }
 
 fn spawn_stream(ctx: &Ctx, v: &PodView, tx: &mpsc::Sender<(Source, Msg)>, tail: Option<i64>) {

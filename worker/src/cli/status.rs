@@ -219,80 +219,86 @@ fn print_text(st: &Status) {
         errln!("kiln: cluster unreachable, showing Redis' view only: {e}");
     }
     match &st.record {
-        Some(rec) => {
-            let phase = rec
-                .phase
-                .clone()
-                .unwrap_or_else(|| format!("{:?}", rec.state).to_lowercase());
-            outln!("build {}: {phase}", st.id);
-            outln!(
-                "  tenant {}, namespace {}, worker {}, updated {}",
-                rec.tenant,
-                rec.namespace,
-                rec.worker,
-                rec.updated_at.strftime("%Y-%m-%d %H:%M:%SZ")
-            );
-            if let Some(h) = &st.lease_holder {
-                outln!("  lease held by {h}");
-            }
-            if let Some(r) = &st.cancel_requested {
-                outln!("  cancel requested: {r}");
-            }
-            if !rec.images.is_empty() {
-                let rows: Vec<[String; 5]> = rec
-                    .images
-                    .iter()
-                    .map(|(name, i)| {
-                        [
-                            name.clone(),
-                            i.phase.clone(),
-                            i.attempt.to_string(),
-                            i.pod.clone().unwrap_or_default(),
-                            i.digest.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                table(&["IMAGE", "PHASE", "ATTEMPT", "POD", "DIGEST"], &rows);
-            }
-        }
+        Some(rec) => print_record(st, rec),
         None if st.redis_error.is_none() => {
             outln!("build {}: no Redis record", st.id);
-            if let Some(h) = &st.lease_holder {
-                outln!("  lease held by {h}");
-            }
-            if let Some(r) = &st.cancel_requested {
-                outln!("  cancel requested: {r}");
-            }
+            print_lease_and_cancel(st);
         }
         None => {}
     }
     if let Some(pods) = &st.pods {
-        if pods.is_empty() {
-            outln!(
-                "cluster: no pods of the build in namespace {}",
-                st.namespace
-            );
-        } else {
-            outln!("cluster: namespace {}", st.namespace);
-            let rows: Vec<[String; 5]> = pods
-                .iter()
-                .map(|p| {
-                    [
-                        p.name.clone(),
-                        p.image.clone(),
-                        p.attempt.to_string(),
-                        if p.deleting {
-                            format!("{} (deleting)", p.phase)
-                        } else {
-                            p.phase.clone()
-                        },
-                        p.detail.clone(),
-                    ]
-                })
-                .collect();
-            table(&["POD", "IMAGE", "ATTEMPT", "PHASE", "DETAIL"], &rows);
-        }
+        print_pods(&st.namespace, pods);
     }
+}
+
+/// Redis' view: the build's phase and whereabouts, then a table of images.
+fn print_record(st: &Status, rec: &BuildRecord) {
+    let phase = rec
+        .phase
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", rec.state).to_lowercase());
+    outln!("build {}: {phase}", st.id);
+    outln!(
+        "  tenant {}, namespace {}, worker {}, updated {}",
+        rec.tenant,
+        rec.namespace,
+        rec.worker,
+        rec.updated_at.strftime("%Y-%m-%d %H:%M:%SZ")
+    );
+    print_lease_and_cancel(st);
+    if rec.images.is_empty() {
+        return;
+    }
+    let rows: Vec<[String; 5]> = rec
+        .images
+        .iter()
+        .map(|(name, i)| {
+            [
+                name.clone(),
+                i.phase.clone(),
+                i.attempt.to_string(),
+                i.pod.clone().unwrap_or_default(),
+                i.digest.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["IMAGE", "PHASE", "ATTEMPT", "POD", "DIGEST"], &rows);
+}
+
+/// The lease holder and a pending cancel, with or without a record.
+fn print_lease_and_cancel(st: &Status) {
+    if let Some(h) = &st.lease_holder {
+        outln!("  lease held by {h}");
+    }
+    if let Some(r) = &st.cancel_requested {
+        outln!("  cancel requested: {r}");
+    }
+}
+
+/// The cluster's view: a table of the build's pods.
+fn print_pods(namespace: &str, pods: &[PodStatus]) {
+    if pods.is_empty() {
+        outln!("cluster: no pods of the build in namespace {namespace}");
+        return;
+    }
+    outln!("cluster: namespace {namespace}");
+    let rows: Vec<[String; 5]> = pods
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.image.clone(),
+                p.attempt.to_string(),
+                if p.deleting {
+                    format!("{} (deleting)", p.phase)
+                } else {
+                    p.phase.clone()
+                },
+                p.detail.clone(),
+            ]
+        })
+        .collect();
+    table(&["POD", "IMAGE", "ATTEMPT", "PHASE", "DETAIL"], &rows);
 }
 
 /// A left-aligned table, indented by two spaces.

@@ -1,7 +1,8 @@
 //! `kiln validate FILE…`: checks request files without a broker.
 
-use std::io::Write as _;
+use std::io::Write;
 
+use kiln_protocol::ValidationError;
 use serde::Serialize;
 
 use super::exit;
@@ -54,86 +55,14 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     let mut invalid = 0usize;
     for path in &args.files {
-        let source = match Source::read(path) {
-            Ok(s) => s,
+        let valid = match Source::read(path) {
+            Ok(source) => check(&mut out, args, &source)?,
             Err(e) => {
-                invalid += 1;
-                let reason = super::one_line(&e);
-                if args.output.is_data() {
-                    let problems = vec![Problem {
-                        path: "$".into(),
-                        reason,
-                    }];
-                    let v = Verdict {
-                        file: path,
-                        valid: false,
-                        kind: None,
-                        id: None,
-                        problems,
-                    };
-                    print_doc(&mut out, args.output, &v)?;
-                } else {
-                    writeln!(out, "{path}: $: {reason}")?;
-                }
-                continue;
+                print_unreadable(&mut out, args.output, path, super::one_line(&e))?;
+                false
             }
         };
-        let decoded = source.decode().and_then(|doc| doc.request());
-        if args.output.is_data() {
-            let v = match &decoded {
-                Ok(request) => {
-                    let (kind, id) = match request {
-                        Request::Build(r) => ("BuildRequest", &r.id),
-                        Request::Cancel(c) => ("CancelRequest", &c.id),
-                    };
-                    Verdict {
-                        file: &source.name,
-                        valid: true,
-                        kind: Some(kind),
-                        id: Some(id.clone()),
-                        problems: Vec::new(),
-                    }
-                }
-                Err(errs) => Verdict {
-                    file: &source.name,
-                    valid: false,
-                    kind: None,
-                    id: None,
-                    problems: errs
-                        .iter()
-                        .map(|e| Problem {
-                            path: e.path.clone(),
-                            reason: super::fold(&e.reason),
-                        })
-                        .collect(),
-                },
-            };
-            invalid += usize::from(!v.valid);
-            if !(args.quiet && v.valid) {
-                print_doc(&mut out, args.output, &v)?;
-            }
-            continue;
-        }
-        match decoded {
-            Ok(request) => {
-                if !args.quiet {
-                    let what = match &request {
-                        Request::Build(r) => format!(
-                            "BuildRequest {:?}, {} image{}",
-                            r.id,
-                            r.images.len(),
-                            if r.images.len() == 1 { "" } else { "s" }
-                        ),
-                        Request::Cancel(c) => format!("CancelRequest for build {:?}", c.id),
-                    };
-                    writeln!(out, "{}: ok ({what})", source.name)?;
-                }
-            }
-            Err(errs) => {
-                invalid += 1;
-                print_problems(&mut out, &source.name, &errs)?;
-            }
-        }
+        invalid += usize::from(!valid);
     }
     if invalid > 0 {
         out.flush()?;
@@ -147,9 +76,104 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// A file that cannot be read: one problem at `$`, printed even with
+/// `--quiet` (it is invalid).
+fn print_unreadable(
+    out: &mut impl Write,
+    output: Output,
+    path: &str,
+    reason: String,
+) -> anyhow::Result<()> {
+    if !output.is_data() {
+        writeln!(out, "{path}: $: {reason}")?;
+        return Ok(());
+    }
+    let v = Verdict {
+        file: path,
+        valid: false,
+        kind: None,
+        id: None,
+        problems: vec![Problem {
+            path: "$".into(),
+            reason,
+        }],
+    };
+    print_doc(out, output, &v)
+}
+
+/// Decodes and validates one file read, prints its verdict (nothing for a
+/// valid file with `--quiet`) and says whether it is valid.
+fn check(out: &mut impl Write, args: &ValidateArgs, source: &Source) -> anyhow::Result<bool> {
+    let decoded = source.decode().and_then(|doc| doc.request());
+    if args.output.is_data() {
+        let v = verdict(&source.name, &decoded);
+        if !(args.quiet && v.valid) {
+            print_doc(out, args.output, &v)?;
+        }
+        return Ok(v.valid);
+    }
+    match decoded {
+        Ok(request) => {
+            if !args.quiet {
+                writeln!(out, "{}: ok ({})", source.name, summary(&request))?;
+            }
+            Ok(true)
+        }
+        Err(errs) => {
+            print_problems(out, &source.name, &errs)?;
+            Ok(false)
+        }
+    }
+}
+
+/// The `--output json|yaml` document of a file read.
+fn verdict<'a>(file: &'a str, decoded: &Result<Request, Vec<ValidationError>>) -> Verdict<'a> {
+    match decoded {
+        Ok(request) => {
+            let (kind, id) = match request {
+                Request::Build(r) => ("BuildRequest", &r.id),
+                Request::Cancel(c) => ("CancelRequest", &c.id),
+            };
+            Verdict {
+                file,
+                valid: true,
+                kind: Some(kind),
+                id: Some(id.clone()),
+                problems: Vec::new(),
+            }
+        }
+        Err(errs) => Verdict {
+            file,
+            valid: false,
+            kind: None,
+            id: None,
+            problems: errs
+                .iter()
+                .map(|e| Problem {
+                    path: e.path.clone(),
+                    reason: super::fold(&e.reason),
+                })
+                .collect(),
+        },
+    }
+}
+
+/// What a valid file holds, in the words of the `ok (…)` line.
+fn summary(request: &Request) -> String {
+    match request {
+        Request::Build(r) => format!(
+            "BuildRequest {:?}, {} image{}",
+            r.id,
+            r.images.len(),
+            if r.images.len() == 1 { "" } else { "s" }
+        ),
+        Request::Cancel(c) => format!("CancelRequest for build {:?}", c.id),
+    }
+}
+
 /// One `--output json|yaml` document on `out` (errors, such as a closed
 /// pipe, go back to `main`).
-fn print_doc(out: &mut impl std::io::Write, output: Output, v: &Verdict<'_>) -> anyhow::Result<()> {
+fn print_doc(out: &mut impl Write, output: Output, v: &Verdict<'_>) -> anyhow::Result<()> {
     if let Some(doc) = output.document(v)? {
         writeln!(out, "{doc}")?;
     }

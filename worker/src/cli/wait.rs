@@ -155,18 +155,10 @@ pub async fn follow(
     let interrupted = super::ctrl_c();
     tokio::pin!(interrupted);
     let mut tracker = Tracker::new(&f);
-    if let Some(leases) = leases {
-        match leases.record(&f.build_id).await {
-            Ok(Some(rec)) if !f.ours(&rec) => {}
-            Ok(Some(rec)) if rec.state == RecordState::Finished => {
-                tracker.view.clear();
-                sub.close().await;
-                return Ok(report_record(&f, &rec));
-            }
-            Ok(Some(rec)) => tracker.seed(&rec),
-            Ok(None) => {}
-            Err(e) => errln!("kiln: warning: cannot read the Redis record: {e}"),
-        }
+    if let Some(rec) = first_record(&f, leases, &mut tracker).await {
+        tracker.view.clear();
+        sub.close().await;
+        return Ok(report_record(&f, &rec));
     }
     let deadline = tokio::time::Instant::now() + f.timeout;
     let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + RECORD_POLL, RECORD_POLL);
@@ -182,25 +174,8 @@ pub async fn follow(
                         f.build_id
                     );
                 };
-                let Some(r) = Received::decode(&msg.body) else { continue };
-                if r.event.data.build_id != f.build_id || !seen.insert(r.event.id.clone()) {
-                    continue;
-                }
-                if r.event.level() == Level::Request {
-                    if f.rejected_id.as_deref() == Some(r.event.id.as_str()) {
-                        tracker.view.clear();
-                        break report_rejected_request(&f, &r);
-                    }
-                    continue;
-                }
-                if !f.tenant_may_be(r.event.data.tenant.as_deref()) {
-                    // Another tenant's build under this id: not ours to show.
-                    continue;
-                }
-                tracker.apply(&r.event);
-                if r.event.level() == Level::Build && r.event.is_terminal() {
-                    tracker.view.clear();
-                    break report_event(&f, &r, &tracker, started);
+                if let Some(code) = on_event(&f, &msg.body, &mut tracker, &mut seen, started) {
+                    break code;
                 }
             }
             _ = poll.tick(), if leases.is_some() => {
@@ -221,14 +196,7 @@ pub async fn follow(
             }
             () = tokio::time::sleep_until(deadline) => {
                 tracker.view.abandon();
-                if f.output == Output::Text {
-                    errln!(
-                        "kiln: gave up waiting for build {} after {}; it goes on (kiln wait {0}, kiln status {0})",
-                        f.build_id,
-                        humantime::format_duration(f.timeout)
-                    );
-                }
-                break exit::TIMED_OUT;
+                break timed_out(&f);
             }
             () = &mut interrupted => {
                 tracker.view.abandon();
@@ -242,6 +210,68 @@ pub async fn follow(
     };
     sub.close().await;
     Ok(code)
+}
+
+/// Reads the Redis record before waiting: returns it when this build has
+/// already finished (the answer), else shows what it knows of the build.
+async fn first_record(
+    f: &Follow,
+    leases: Option<&Leases>,
+    tracker: &mut Tracker,
+) -> Option<BuildRecord> {
+    match leases?.record(&f.build_id).await {
+        Ok(Some(rec)) if !f.ours(&rec) => {}
+        Ok(Some(rec)) if rec.state == RecordState::Finished => return Some(rec),
+        Ok(Some(rec)) => tracker.seed(&rec),
+        Ok(None) => {}
+        Err(e) => errln!("kiln: warning: cannot read the Redis record: {e}"),
+    }
+    None
+}
+
+/// Shows one event delivered if it is of this build; returns the exit code
+/// when it ends the wait (the terminal build event, or the
+/// `request.rejected` answering the message published).
+fn on_event(
+    f: &Follow,
+    body: &[u8],
+    tracker: &mut Tracker,
+    seen: &mut HashSet<String>,
+    started: Instant,
+) -> Option<u8> {
+    let r = Received::decode(body)?;
+    if r.event.data.build_id != f.build_id || !seen.insert(r.event.id.clone()) {
+        return None;
+    }
+    if r.event.level() == Level::Request {
+        if f.rejected_id.as_deref() != Some(r.event.id.as_str()) {
+            return None;
+        }
+        tracker.view.clear();
+        return Some(report_rejected_request(f, &r));
+    }
+    if !f.tenant_may_be(r.event.data.tenant.as_deref()) {
+        // Another tenant's build under this id: not ours to show.
+        return None;
+    }
+    tracker.apply(&r.event);
+    if r.event.level() == Level::Build && r.event.is_terminal() {
+        tracker.view.clear();
+        return Some(report_event(f, &r, tracker, started));
+    }
+    None
+}
+
+/// `--timeout` reached: the build goes on without us.
+fn timed_out(f: &Follow) -> u8 {
+    if f.output == Output::Text {
+        errln!(
+            "kiln: gave up waiting for build {} after {}; it goes on (kiln wait {0}, kiln status {0})",
+            f.build_id,
+            humantime::format_duration(f.timeout)
+        );
+    }
+    exit::TIMED_OUT
 }
 
 /// The exit code of a terminal build phase.
