@@ -78,13 +78,15 @@ pub async fn run(sup: Supervisor, shutdown: impl std::future::Future<Output = ()
     tasks.spawn(adoption::adopt_loop(sup.clone()));
 
     let worker = &ctx.settings.worker;
-    let builds = ctx
-        .broker
-        .consume(&names.builds(), ctx.prefetch, &format!("kiln-{worker}"))
-        .await?;
+    // Cancels first: a cancel that waits in its queue while the worker was
+    // down is then flagged before the request it cancels is claimed.
     let cancels = ctx
         .broker
         .consume(&names.cancels(), 64, &format!("kiln-{worker}-cancels"))
+        .await?;
+    let builds = ctx
+        .broker
+        .consume(&names.builds(), ctx.prefetch, &format!("kiln-{worker}"))
         .await?;
     sup.registry.set_consuming(true);
     tracing::info!(worker = %worker, "consuming {} and {}", names.builds(), names.cancels());
@@ -120,15 +122,18 @@ async fn consume_loop(sup: Supervisor, mut builds: Consumer, mut cancels: Consum
     let mut builds_open = true;
     let mut cancels_open = true;
     while builds_open || cancels_open {
+        // Biased, cancels before requests: a cancel never waits behind a
+        // burst of requests (DESIGN section 2).
         tokio::select! {
+            biased;
             () = sup.stop.cancelled() => break,
-            d = builds.next(), if builds_open => match d {
-                Some(d) => { tokio::spawn(intake::handle_request(sup.clone(), d)); }
-                None => builds_open = false,
-            },
             d = cancels.next(), if cancels_open => match d {
                 Some(d) => { tokio::spawn(cancels::handle_cancel(sup.clone(), d)); }
                 None => cancels_open = false,
+            },
+            d = builds.next(), if builds_open => match d {
+                Some(d) => { tokio::spawn(intake::handle_request(sup.clone(), d)); }
+                None => builds_open = false,
             },
         }
     }
