@@ -69,12 +69,17 @@ impl std::fmt::Debug for Env {
     }
 }
 
+/// Worker threads of each worker's runtime.
+const WORKER_THREADS: usize = 2;
+
 /// A worker running on its own runtime.
 pub struct WorkerHandle {
     pub id: String,
     stop: Option<oneshot::Sender<()>>,
     kill: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The worker's runtime, to stall it ([`Env::freeze_worker`]).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl WorkerHandle {
@@ -171,12 +176,14 @@ impl Env {
         let url = self.kube.url();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        let (rt_tx, rt_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(WORKER_THREADS)
                 .enable_all()
                 .build()
                 .expect("runtime");
+            let _ = rt_tx.send(rt.handle().clone());
             let graceful = rt.block_on(async move {
                 let mut kc = kube::Config::new(url.parse().expect("fake url"));
                 NAMESPACE.clone_into(&mut kc.default_namespace);
@@ -209,6 +216,7 @@ impl Env {
             stop: Some(stop_tx),
             kill: Some(kill_tx),
             thread: Some(thread),
+            runtime: rt_rx.recv().ok(),
         }));
         self.workers.len() - 1
     }
@@ -229,6 +237,32 @@ impl Env {
         if let Some(mut w) = self.workers[i].take() {
             w.signal_stop();
             w.join().await;
+        }
+    }
+
+    /// Stalls worker `i` for `pause`, as `SIGSTOP` then `SIGCONT` would:
+    /// every worker thread of its runtime is occupied by a blocking sleep,
+    /// so none of its tasks runs and its timers and sockets are not polled
+    /// (tokio drives timers and IO only from idle worker threads). Returns
+    /// at once; the worker resumes by itself after `pause`, with its clocks
+    /// having moved on, exactly what a stopped process sees when continued.
+    pub fn freeze_worker(&self, i: usize, pause: Duration) {
+        let Some(rt) = self.workers[i].as_ref().and_then(|w| w.runtime.clone()) else {
+            return;
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for _ in 0..WORKER_THREADS {
+            let ready = ready_tx.clone();
+            rt.spawn(async move {
+                let _ = ready.send(());
+                std::thread::sleep(pause);
+            });
+        }
+        // Every thread is asleep once each has started its sleep.
+        for _ in 0..WORKER_THREADS {
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("every worker thread stalls");
         }
     }
 

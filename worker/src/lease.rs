@@ -34,20 +34,18 @@ impl From<redis::RedisError> for Error {
 }
 
 /// Compare-and-extend for many leases in one round trip. Returns per key:
-/// 0 = another worker holds it now, 1 = renewed, 2 = renewed and a cancel is
-/// pending. A lease that vanished (Redis restarted or was flushed) is taken
-/// again with `SET NX`: nobody else holds it, and the pods fence the rest.
+/// 0 = lost (missing, or held under another value), 1 = renewed, 2 =
+/// renewed and a cancel is pending. A lease that vanished is never taken
+/// again here: it may have lapsed while this worker stalled, and another
+/// worker may have adopted and even finished the build since. The build
+/// goes through adoption instead (claim, then pods and record decide).
 const RENEW: &str = r"
 local out = {}
 local n = #KEYS / 2
 for i = 1, n do
-  local holder = redis.call('GET', KEYS[i])
-  local ours = false
-  if holder == ARGV[1] then
+  local ours = redis.call('GET', KEYS[i]) == ARGV[1]
+  if ours then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    ours = true
-  elseif not holder then
-    ours = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) ~= false
   end
   if not ours then
     out[i] = 0
@@ -93,12 +91,14 @@ return 'held\n' .. holder
 ";
 
 /// Writes the final record and releases the lease (compare-and-delete) in one
-/// round trip.
+/// round trip, only while the caller holds the lease: a worker that lost it
+/// must not overwrite what the new holder records. 1 = done, 0 = lost.
 const FINISH: &str = r"
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[1])
 return 1
 ";
 
@@ -302,13 +302,14 @@ impl Leases {
     }
 
     /// Writes the final record of `id` (kept for `keep`) and releases its
-    /// lease, in one round trip.
+    /// lease, in one round trip. [`Error::LeaseLost`], writing nothing, when
+    /// this worker no longer holds the lease.
     pub async fn finish(&self, id: &str, record: &BuildRecord, keep: Duration) -> Result<()> {
         let mut conn = self.conn.clone();
         let json = serde_json::to_string(record)
             .map_err(|e| Error::redis_caused("cannot encode the build record", e))?;
         let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
-        let _: i64 = self
+        let done: i64 = self
             .finish
             .key(self.lease_key(id))
             .key(self.record_key(id))
@@ -317,7 +318,11 @@ impl Leases {
             .arg(keep_ms)
             .invoke_async(&mut conn)
             .await?;
-        Ok(())
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost(id.to_owned()))
+        }
     }
 
     fn ttl_ms(&self) -> u64 {

@@ -86,6 +86,9 @@ pub(super) fn spawn(sup: &Supervisor, id: String, namespace: String) {
 }
 
 async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
+    // The fence of an adopted build counts from the claim's send, not from
+    // after the pods and the record were read.
+    let claimed_at = Instant::now();
     match sup.ctx.leases.claim(id).await {
         Ok(Claim::Acquired) => {}
         _ => return,
@@ -93,14 +96,14 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
     if sup.registry.owns(id) {
         return;
     }
-    if let Err(e) = take_over(sup, id, namespace).await {
+    if let Err(e) = take_over(sup, id, namespace, claimed_at).await {
         tracing::warn!(build_id = %id, error = %e, "adoption failed; releasing the lease");
         let _ = sup.ctx.leases.release(id).await;
     }
 }
 
 /// With the lease in hand: read the pods and the record, and act on them.
-async fn take_over(sup: &Supervisor, id: &str, namespace: &str) -> Result<()> {
+async fn take_over(sup: &Supervisor, id: &str, namespace: &str, claimed_at: Instant) -> Result<()> {
     let ctx = &sup.ctx;
     let pods = ctx.pods.build_pods(namespace, id).await?;
     let record = ctx.leases.record(id).await?;
@@ -116,14 +119,14 @@ async fn take_over(sup: &Supervisor, id: &str, namespace: &str) -> Result<()> {
             tracing::error!(build_id = %id, "pods carry no readable plan; cannot adopt");
         }
         Adoption::Resume(plan) => {
-            resume(sup, *plan, &pods).await;
+            resume(sup, *plan, &pods, claimed_at).await;
             return Ok(());
         }
     }
     ctx.leases.release(id).await.map(drop)
 }
 
-async fn resume(sup: &Supervisor, plan: BuildPlan, pods: &[PodView]) {
+async fn resume(sup: &Supervisor, plan: BuildPlan, pods: &[PodView], claimed_at: Instant) {
     let id = plan.id.clone();
     tracing::info!(build_id = %id, pods = pods.len(), "adopting build whose lease lapsed");
     sup.ctx.metrics.adopted();
@@ -134,7 +137,7 @@ async fn resume(sup: &Supervisor, plan: BuildPlan, pods: &[PodView]) {
         Instant::now().into_std(),
         jiff::Timestamp::now(),
     );
-    if build_task::spawn(sup, machine, actions).is_some()
+    if build_task::spawn_claimed_at(sup, machine, actions, claimed_at).is_some()
         && let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await
     {
         sup.registry.send(&id, Input::Cancel(reason));

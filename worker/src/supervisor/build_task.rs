@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Supervisor;
 use super::context::Context;
+use super::fencing::{Fence, SharedFence};
 use super::registry::BuildHandle;
 use crate::classify::PodPhase;
 use crate::error::{Error, Result};
@@ -25,13 +26,27 @@ use crate::pod::Created;
 use crate::retry;
 
 /// Registers the build and spawns its task. `None` if the id is already
-/// driven here. The receiver turns true once the build is accepted.
+/// driven here. The receiver turns true once the build is accepted. For a
+/// lease claimed just now (intake: no await between the claim's reply and
+/// this call; the fence margin covers the reply's latency).
 pub(super) fn spawn(
     sup: &Supervisor,
     machine: Machine,
     actions: Vec<Action>,
 ) -> Option<watch::Receiver<bool>> {
+    spawn_claimed_at(sup, machine, actions, Instant::now())
+}
+
+/// [`spawn`] for a lease whose claim was sent at `claimed_at`: the build's
+/// fence counts from there.
+pub(super) fn spawn_claimed_at(
+    sup: &Supervisor,
+    machine: Machine,
+    actions: Vec<Action>,
+    claimed_at: Instant,
+) -> Option<watch::Receiver<bool>> {
     let id = machine.plan().id.clone();
+    let fence = SharedFence::new(Fence::from_send(claimed_at, sup.ctx.leases.ttl()));
     let (tx, rx) = mpsc::unbounded_channel();
     let (acc_tx, acc_rx) = watch::channel(false);
     let stop = CancellationToken::new();
@@ -40,8 +55,9 @@ pub(super) fn spawn(
         stop: stop.clone(),
         accepted: acc_rx.clone(),
         namespace: machine.plan().namespace.clone(),
+        fence: fence.clone(),
     };
-    let n = sup.registry.insert(&id, handle).ok()?;
+    let (n, generation) = sup.registry.insert(&id, handle).ok()?;
     sup.set_in_flight(n);
     let sup = sup.clone();
     tokio::spawn(async move {
@@ -53,9 +69,16 @@ pub(super) fn spawn(
             rx,
             stop,
             accepted: acc_tx,
+            fence,
         };
-        let _ = tracing::Instrument::instrument(task.run(actions), span).await;
-        let n = sup.registry.remove(&id);
+        let ended = tracing::Instrument::instrument(task.run(actions), span).await;
+        if let Err(Error::LeaseLost(_)) = ended {
+            // Fenced: the build becomes foreign and goes through adoption
+            // (claim, pods, record) like any other.
+            sup.ctx.metrics.lease_lost();
+            sup.registry.stop_generation(&id, generation);
+        }
+        let n = sup.registry.remove(&id, generation);
         sup.set_in_flight(n);
     });
     Some(acc_rx)
@@ -69,6 +92,7 @@ struct Task {
     /// shutting down): everything the task does, retries included, ends.
     stop: CancellationToken,
     accepted: watch::Sender<bool>,
+    fence: SharedFence,
 }
 
 impl Task {
@@ -79,13 +103,25 @@ impl Task {
             r = self.drive(actions) => r,
             () = stop.cancelled() => {
                 tracing::info!(build_id = %id, "stopped acting on the build (lease lost or shutting down)");
-                Err(Error::LeaseLost(id))
+                Ok(())
             }
         }
     }
 
+    /// Executes the machine's actions behind this build's fence.
+    async fn execute(&mut self, actions: Vec<Action>) -> Result<()> {
+        Box::pin(execute_fenced(
+            &self.sup,
+            &mut self.machine,
+            actions,
+            &self.stop,
+            Some(&self.fence),
+        ))
+        .await
+    }
+
     async fn drive(&mut self, actions: Vec<Action>) -> Result<()> {
-        Box::pin(execute(&self.sup, &mut self.machine, actions, &self.stop)).await?;
+        self.execute(actions).await?;
         if self.machine.pods_exist() || self.machine.stage() != Stage::Active {
             if self.machine.stage() == Stage::Active {
                 self.put_accepted_record().await;
@@ -110,7 +146,7 @@ impl Task {
             if actions.is_empty() {
                 continue;
             }
-            Box::pin(execute(&self.sup, &mut self.machine, actions, &self.stop)).await?;
+            self.execute(actions).await?;
             if !*self.accepted.borrow() && self.machine.pods_exist() {
                 let _ = self.accepted.send(true);
             }
@@ -123,6 +159,9 @@ impl Task {
     /// duplicate even after the lease changes hands.
     async fn put_accepted_record(&self) {
         let ctx = &self.sup.ctx;
+        if !self.fence.holds(Instant::now()) {
+            return;
+        }
         let states = self.machine.image_states();
         let record = ctx.record(self.machine.plan(), RecordState::Accepted, None, &states);
         let keep = ctx.record_ttl.max(Duration::from_secs(86_400));
@@ -148,22 +187,42 @@ async fn enrich(ctx: &Context, input: Input) -> Input {
     }
 }
 
-/// Executes actions front to back; results of pod creation feed back into
-/// the machine and their actions run next. Ends early only when a publish
-/// fails: what follows an event must not run before the event is out.
+/// [`execute_fenced`] without a fence, for a build not registered here (a
+/// request cancelled while queued, finished right after its claim).
 pub(super) async fn execute(
     sup: &Supervisor,
     machine: &mut Machine,
     actions: Vec<Action>,
     stop: &CancellationToken,
 ) -> Result<()> {
+    execute_fenced(sup, machine, actions, stop, None).await
+}
+
+/// Executes actions front to back; results of pod creation feed back into
+/// the machine and their actions run next. Ends early when a publish fails
+/// (what follows an event must not run before the event is out), and with
+/// [`Error::LeaseLost`] as soon as the fence no longer holds: no action
+/// starts after this worker may have lost the lease.
+async fn execute_fenced(
+    sup: &Supervisor,
+    machine: &mut Machine,
+    actions: Vec<Action>,
+    stop: &CancellationToken,
+    fence: Option<&SharedFence>,
+) -> Result<()> {
     let mut queue: VecDeque<Action> = actions.into();
     while let Some(action) = queue.pop_front() {
+        if fence.is_some_and(|f| !f.holds(Instant::now())) {
+            let id = machine.plan().id.clone();
+            tracing::warn!(build_id = %id, "lease not confirmed in time; stopped acting on the build");
+            return Err(Error::LeaseLost(id));
+        }
         match action {
             Action::Publish(ev) => sup.ctx.publish(&ev).await?,
             Action::CreatePod { image, attempt } => {
-                let Some(input) = create_pod(&sup.ctx, machine.plan(), image, attempt, stop).await
-                else {
+                let created =
+                    create_pod(&sup.ctx, machine.plan(), image, attempt, stop, fence).await;
+                let Some(input) = created? else {
                     continue;
                 };
                 let more = machine.handle(input, Instant::now().into_std(), jiff::Timestamp::now());
@@ -191,33 +250,49 @@ pub(super) async fn execute(
 /// Creates the pod of one attempt, retrying transient errors until the
 /// build's deadline: the waits between tries end at the deadline, and no
 /// try starts after it. `None`: stopped, or still failing at the deadline
-/// (the machine's deadline tick then ends the build).
+/// (the machine's deadline tick then ends the build). No try starts once
+/// the fence stops holding: [`Error::LeaseLost`].
 async fn create_pod(
     ctx: &Context,
     plan: &Arc<BuildPlan>,
     image: usize,
     attempt: u32,
     stop: &CancellationToken,
-) -> Option<Input> {
+    fence: Option<&SharedFence>,
+) -> Result<Option<Input>> {
     let started = Instant::now();
     let deadline = started + plan.remaining(jiff::Timestamp::now());
-    let create = (|| ctx.pods.create(plan, image, attempt, jiff::Timestamp::now()))
-        .retry(retry::kube_write())
+    let create = (|| async {
+        if fence.is_some_and(|f| !f.holds(Instant::now())) {
+            return Err(Error::LeaseLost(plan.id.clone()));
+        }
+        ctx.pods
+            .create(plan, image, attempt, jiff::Timestamp::now())
+            .await
+    })
+    .retry(retry::kube_write())
         .sleep(move |wait| retry::sleep_at_most_until(wait, deadline))
         .when(|e| e.is_transient() && Instant::now() < deadline)
         .notify(|e, wait| {
             ctx.metrics.kube_error("create");
             tracing::warn!(build_id = %plan.id, error = %e, retry_in = ?wait, "pod create keeps failing; retrying");
         });
-    let created = retry::bounded(create, stop).await?;
-    if let Err(e) = &created
-        && e.is_transient()
-    {
-        ctx.metrics.kube_error("create");
-        tracing::warn!(build_id = %plan.id, error = %e, "pod create still failing at the build's deadline");
-        return None;
+    let Some(created) = retry::bounded(create, stop).await else {
+        return Ok(None);
+    };
+    let created = match created {
+        Err(Error::LeaseLost(id)) => return Err(Error::LeaseLost(id)),
+        other => other,
+    };
+    match &created {
+        Err(e) if e.is_transient() => {
+            ctx.metrics.kube_error("create");
+            tracing::warn!(build_id = %plan.id, error = %e, "pod create still failing at the build's deadline");
+            return Ok(None);
+        }
+        _ => {}
     }
-    Some(match created {
+    Ok(Some(match created {
         Ok(Created::New(pod) | Created::Existing(pod)) => {
             ctx.metrics.pod_created(started.elapsed());
             Input::PodCreated {
@@ -234,7 +309,7 @@ async fn create_pod(
                 message: e.to_string(),
             }
         }
-    })
+    }))
 }
 
 /// The terminal event is out: remember the outcome, release the lease, count
@@ -248,7 +323,16 @@ async fn finished(sup: &Supervisor, machine: &Machine, phase: Phase, reason: Opt
         Some(phase),
         &machine.image_states(),
     );
-    let _ = ctx.leases.finish(&plan.id, &record, ctx.record_ttl).await;
+    match ctx.leases.finish(&plan.id, &record, ctx.record_ttl).await {
+        Ok(()) => {}
+        Err(Error::LeaseLost(_)) => {
+            ctx.metrics.lease_lost();
+            tracing::warn!(build_id = %plan.id, "lease lost before the record was written; left to its holder");
+        }
+        Err(e) => {
+            tracing::warn!(build_id = %plan.id, error = %e, "could not write the final record");
+        }
+    }
     let secs = jiff::Timestamp::now()
         .duration_since(plan.accepted_at)
         .as_secs_f64();

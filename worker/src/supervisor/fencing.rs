@@ -1,17 +1,91 @@
 //! Lease renewal, and what happens when it fails (fencing).
 //!
 //! Every lease this worker holds is renewed in one batched call every third
-//! of the TTL. A lease another worker took stops its build here. When
-//! renewals keep failing for a whole TTL, the leases may have lapsed and
-//! another worker may have adopted the builds: this worker then stops
-//! acting on all of them and re-adopts them from their pods once Redis
-//! answers again.
+//! of the TTL. A lease another worker took, or one found missing, stops its
+//! build here (renewal is compare-and-extend only). When renewals keep
+//! failing for a whole TTL, the leases may have lapsed and another worker
+//! may have adopted the builds: this worker then stops acting on all of
+//! them and re-adopts them from their pods once Redis answers again.
+//!
+//! Fencing by time: each build carries a [`Fence`], moved forward by every
+//! confirmed renewal to the renewal's SEND time + TTL − [`margin`]. The
+//! build's task checks it before every action (pod create or delete,
+//! publish, finish). A worker that stalled (stopped process, long GC-like
+//! pause, overloaded host) therefore finds its fence closed when it resumes
+//! and acts on nothing, even before its renewal loop runs again: Redis let
+//! the lease expire at most TTL after the send, by Redis's clock, and the
+//! margin absorbs the clock rate difference and the scheduling delay
+//! between checking the fence and the action reaching its target.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Supervisor;
 use crate::lease::Renewal;
 use crate::machine::Input;
+
+/// The safety margin of the fence: a fifth of the TTL, at least a second,
+/// but never more than half the TTL (a fence must open at all).
+pub(super) fn margin(ttl: Duration) -> Duration {
+    (ttl / 5).max(Duration::from_secs(1)).min(ttl / 2)
+}
+
+/// Until when this worker may act on a build: pure, see the module
+/// documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fence {
+    valid_until: Instant,
+}
+
+impl Fence {
+    /// The fence of a lease claimed or renewed by a call sent at `sent`.
+    pub(super) fn from_send(sent: Instant, ttl: Duration) -> Self {
+        Self {
+            valid_until: sent + ttl.saturating_sub(margin(ttl)),
+        }
+    }
+
+    pub(super) fn holds(self, now: Instant) -> bool {
+        now < self.valid_until
+    }
+
+    /// The later of two fences: a slow renewal reply arriving after a
+    /// quicker later one must not move the fence back.
+    #[must_use]
+    pub(super) fn extended(self, other: Self) -> Self {
+        Self {
+            valid_until: self.valid_until.max(other.valid_until),
+        }
+    }
+}
+
+/// A build's fence, shared by its task (reads) and the renewal loop
+/// (writes).
+#[derive(Debug, Clone)]
+pub(super) struct SharedFence(Arc<Mutex<Fence>>);
+
+impl SharedFence {
+    pub(super) fn new(fence: Fence) -> Self {
+        Self(Arc::new(Mutex::new(fence)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fence> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn holds(&self, now: Instant) -> bool {
+        self.lock().holds(now)
+    }
+
+    pub(super) fn extend(&self, fence: Fence) {
+        let mut f = self.lock();
+        *f = f.extended(fence);
+    }
+}
 
 /// What one renewal round means for the builds renewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +121,17 @@ pub(super) async fn renew_loop(sup: Supervisor) {
             last_ok = Instant::now();
             continue;
         }
+        // The fence counts from the send: Redis extended the lease at some
+        // instant after it, so the lease lasts at least until send + TTL.
+        let sent = Instant::now();
         match sup.ctx.leases.renew_many(&ids).await {
             Ok(results) => {
                 last_ok = Instant::now();
+                let fence = Fence::from_send(sent, ttl);
                 for (id, r) in ids.iter().zip(results) {
+                    if r != Renewal::Lost {
+                        sup.registry.extend_fence(id, fence);
+                    }
                     renewed(&sup, id, r).await;
                 }
             }
@@ -81,7 +162,7 @@ async fn renewed(sup: &Supervisor, id: &str, r: Renewal) {
             }
         }
         Renewal::Lost => {
-            tracing::warn!(build_id = %id, "lease taken by another worker; stopping");
+            tracing::warn!(build_id = %id, "lease missing or taken by another worker; stopping");
             lost(sup, id);
         }
     }
@@ -98,6 +179,38 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fence_holds_until_send_plus_ttl_minus_the_margin() {
+        let ttl = Duration::from_secs(10);
+        let sent = Instant::now();
+        let fence = Fence::from_send(sent, ttl);
+        assert!(fence.holds(Instant::now()));
+        tokio::time::advance(Duration::from_millis(7_999)).await;
+        assert!(fence.holds(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!fence.holds(Instant::now()), "closed at 10 s - 2 s margin");
+    }
+
+    #[test]
+    fn the_margin_is_a_fifth_at_least_a_second_at_most_half() {
+        assert_eq!(margin(Duration::from_secs(30)), Duration::from_secs(6));
+        assert_eq!(margin(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(margin(Duration::from_secs(1)), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_reply_never_moves_the_fence_back() {
+        let ttl = Duration::from_secs(10);
+        let early = Fence::from_send(Instant::now(), ttl);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let later = Fence::from_send(Instant::now(), ttl);
+        let shared = SharedFence::new(later);
+        shared.extend(early);
+        tokio::time::advance(Duration::from_millis(7_500)).await;
+        assert!(shared.holds(Instant::now()), "still the later fence");
+        assert_eq!(early.extended(later), later);
+    }
 
     #[test]
     fn failures_fence_only_after_a_whole_ttl() {

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::fencing::{Fence, SharedFence};
 use crate::machine::Input;
 
 /// How the rest of the supervisor reaches one running build task.
@@ -25,6 +26,18 @@ pub(super) struct BuildHandle {
     pub accepted: watch::Receiver<bool>,
     /// Build namespace, to find the pods again after the build is stopped.
     pub namespace: String,
+    /// Until when the worker may act on the build (moved by renewals).
+    pub fence: SharedFence,
+}
+
+/// One registration of a build: a build stopped and adopted again here
+/// gets a new one, so the old task's end cannot remove the new handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Generation(u64);
+
+struct Entry {
+    handle: BuildHandle,
+    generation: Generation,
 }
 
 /// A build seen in the cluster that another worker owns (or owned).
@@ -36,7 +49,8 @@ struct Foreign {
 
 #[derive(Default)]
 struct State {
-    builds: HashMap<String, BuildHandle>,
+    builds: HashMap<String, Entry>,
+    next_generation: u64,
     foreign: HashMap<String, Foreign>,
     adopting: HashSet<String>,
     consuming: bool,
@@ -88,7 +102,10 @@ impl Registry {
 
     /// Acceptance of a build driven here, to ack a duplicate of it.
     pub(super) fn accepted(&self, id: &str) -> Option<watch::Receiver<bool>> {
-        self.lock().builds.get(id).map(|h| h.accepted.clone())
+        self.lock()
+            .builds
+            .get(id)
+            .map(|e| e.handle.accepted.clone())
     }
 
     /// Hands `input` to the build's task; false if the build is not driven
@@ -97,33 +114,64 @@ impl Registry {
         self.lock()
             .builds
             .get(id)
-            .is_some_and(|h| h.tx.send(input).is_ok())
+            .is_some_and(|e| e.handle.tx.send(input).is_ok())
     }
 
     /// Registers a build task; `Err` with the handle back if the id is
-    /// already driven here. `Ok` carries the new number of builds.
-    pub(super) fn insert(&self, id: &str, handle: BuildHandle) -> Result<usize, BuildHandle> {
+    /// already driven here. `Ok` carries the new number of builds and the
+    /// registration's generation, for [`Registry::remove`].
+    pub(super) fn insert(
+        &self,
+        id: &str,
+        handle: BuildHandle,
+    ) -> Result<(usize, Generation), BuildHandle> {
         let mut s = self.lock();
         if s.builds.contains_key(id) {
             return Err(handle);
         }
-        s.builds.insert(id.to_owned(), handle);
+        s.next_generation += 1;
+        let generation = Generation(s.next_generation);
+        s.builds.insert(id.to_owned(), Entry { handle, generation });
         s.foreign.remove(id);
-        Ok(s.builds.len())
+        Ok((s.builds.len(), generation))
     }
 
-    /// The build's task ended; returns the number of builds left.
-    pub(super) fn remove(&self, id: &str) -> usize {
+    /// The task of registration `generation` ended; returns the number of
+    /// builds left. A newer registration of the same id (the build was
+    /// stopped, then adopted here again before the old task ended) stays.
+    pub(super) fn remove(&self, id: &str, generation: Generation) -> usize {
         let mut s = self.lock();
-        s.builds.remove(id);
+        if s.builds.get(id).is_some_and(|e| e.generation == generation) {
+            s.builds.remove(id);
+        }
         s.builds.len()
+    }
+
+    /// A renewal of the lease of `id` was confirmed: its fence moves on.
+    pub(super) fn extend_fence(&self, id: &str, fence: Fence) {
+        if let Some(e) = self.lock().builds.get(id) {
+            e.handle.fence.extend(fence);
+        }
     }
 
     /// Stops acting on a build; its pods stay, so it becomes foreign and can
     /// be adopted again (by this worker too, once its lease is free).
     pub(super) fn stop(&self, id: &str) {
+        self.stop_where(id, |_| true);
+    }
+
+    /// [`Registry::stop`], only if `id` is still registration `generation`
+    /// (a task fencing itself must not stop a newer adoption of its build).
+    pub(super) fn stop_generation(&self, id: &str, generation: Generation) {
+        self.stop_where(id, |g| g == generation);
+    }
+
+    fn stop_where(&self, id: &str, which: impl FnOnce(Generation) -> bool) {
         let mut s = self.lock();
-        if let Some(h) = s.builds.remove(id) {
+        if !s.builds.get(id).is_some_and(|e| which(e.generation)) {
+            return;
+        }
+        if let Some(Entry { handle: h, .. }) = s.builds.remove(id) {
             h.stop.cancel();
             s.foreign.insert(
                 id.to_owned(),
@@ -139,8 +187,8 @@ impl Registry {
     /// stay registered until their tasks end.
     pub(super) fn stop_all(&self) -> Vec<String> {
         let s = self.lock();
-        for h in s.builds.values() {
-            h.stop.cancel();
+        for e in s.builds.values() {
+            e.handle.stop.cancel();
         }
         s.builds.keys().cloned().collect()
     }
@@ -206,6 +254,7 @@ mod tests {
             stop: CancellationToken::new(),
             accepted,
             namespace: namespace.to_owned(),
+            fence: SharedFence::new(Fence::from_send(Instant::now(), Duration::from_secs(10))),
         };
         (h, rx)
     }
@@ -215,13 +264,30 @@ mod tests {
         let r = Registry::default();
         r.seen_foreign("b1", "ns");
         let (h, _rx) = handle("ns");
-        assert_eq!(r.insert("b1", h).ok(), Some(1));
+        let (n, generation) = r.insert("b1", h).ok().unwrap_or_else(|| panic!("insert"));
+        assert_eq!(n, 1);
         assert!(r.foreign_among(&["b1".to_owned()]).is_empty());
         let (again, _rx2) = handle("ns");
         assert!(r.insert("b1", again).is_err());
         assert!(r.owns("b1"));
         assert!(!r.begin_adopting("b1"));
-        assert_eq!(r.remove("b1"), 0);
+        assert_eq!(r.remove("b1", generation), 0);
+    }
+
+    #[test]
+    fn the_end_of_a_stopped_task_leaves_its_readoption_registered() {
+        let r = Registry::default();
+        let (old, _rx) = handle("ns");
+        let (_, old_generation) = r.insert("b1", old).ok().unwrap_or_else(|| panic!("insert"));
+        // Fenced: stopped, then adopted here again before the old task ended.
+        r.stop("b1");
+        let (new, mut new_rx) = handle("ns");
+        let (_, new_generation) = r.insert("b1", new).ok().unwrap_or_else(|| panic!("insert"));
+        assert_eq!(r.remove("b1", old_generation), 1, "the old task ends");
+        assert!(r.owns("b1"), "the new handle stays");
+        assert!(r.send("b1", Input::Tick));
+        assert!(matches!(new_rx.try_recv(), Ok(Input::Tick)));
+        assert_eq!(r.remove("b1", new_generation), 0);
     }
 
     #[test]
