@@ -489,6 +489,7 @@ mod tests {
         BuildPlan {
             id: "Shop.Cart_1".into(),
             tenant: "payments".into(),
+            fingerprint: String::new(),
             namespace: "kiln-payments".into(),
             app: None,
             component: None,

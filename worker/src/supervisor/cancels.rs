@@ -5,44 +5,47 @@ use backon::Retryable;
 use kiln_protocol::Reason;
 
 use super::Supervisor;
-use super::intake::{Rejection, ack, joined, reject};
+use super::intake::{Rejection, ack, joined, refuse, reject, tenant_of};
 use crate::amqp::Incoming;
 use crate::lease::{BuildRecord, RecordState};
 use crate::machine::Input;
-use crate::policy::{DEFAULT_TENANT, Policy};
+use crate::policy::Policy;
 use crate::retry;
 
 /// What to do with a readable cancel request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum CancelStep {
-    /// Flag the cancel and tell the owner.
+    /// Flag the cancel for the owner and tell it.
     Flag,
+    /// Nobody holds the id yet: keep the cancel for this tenant's build
+    /// under it, should one come (never for another tenant's).
+    Keep(String),
     /// The build is over: nothing to cancel.
     Ignore,
+    /// Another tenant's build: `request.rejected`, the build goes on.
     Reject(Rejection),
 }
 
 /// Only the tenant that owns a build may cancel it; a user without a policy
-/// entry of its own acts as `default`, as for requests. A build with no
-/// record (not seen yet, or Redis did not answer) is flagged: the flag waits
-/// for its request. Pure.
+/// entry of its own acts as `default`, as for requests. The owner is the
+/// record's tenant (`record`); a build with no record is kept for the
+/// sender's tenant until its request comes. Pure.
 pub(super) fn decide(
     id: &str,
     user_id: Option<&str>,
     policy: &Policy,
     record: Option<&BuildRecord>,
 ) -> CancelStep {
-    let tenant = user_id
-        .filter(|u| policy.tenant(u).is_some())
-        .unwrap_or(DEFAULT_TENANT);
+    let tenant = tenant_of(user_id, policy);
     match record {
         Some(r) if r.tenant != tenant => CancelStep::Reject(Rejection {
-            id: None,
+            id: Some(id.to_owned()),
             reason: Reason::PolicyViolation,
             message: format!("build {id} belongs to another tenant"),
         }),
         Some(r) if r.state == RecordState::Finished => CancelStep::Ignore,
-        _ => CancelStep::Flag,
+        Some(_) => CancelStep::Flag,
+        None => CancelStep::Keep(tenant.to_owned()),
     }
 }
 
@@ -61,25 +64,34 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         }
     };
     let id = &cancel.id;
-    let record = ctx.leases.record(id).await.ok().flatten();
-    match decide(id, d.user_id.as_deref(), &ctx.policy, record.as_ref()) {
-        CancelStep::Reject(r) => return reject(&sup, &d, r).await,
+    // Redis trouble is waited out while holding the delivery, as for
+    // requests: deciding without the record could stop another tenant's
+    // build. `None`: shutting down; the broker redelivers the cancel.
+    let read = (|| ctx.leases.record(id))
+        .retry(retry::redis())
+        .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot read the build record; retrying"));
+    let Some(Ok(record)) = retry::bounded(read, &sup.stop).await else {
+        return;
+    };
+    let for_tenant = match decide(id, d.user_id.as_deref(), &ctx.policy, record.as_ref()) {
+        CancelStep::Reject(r) => return refuse(&sup, &d, r, true).await,
         CancelStep::Ignore => {
             tracing::info!(build_id = %id, "cancel of a finished build ignored");
             return ack(&d, id).await;
         }
-        CancelStep::Flag => {}
-    }
+        CancelStep::Flag => None,
+        CancelStep::Keep(tenant) => Some(tenant),
+    };
     let reason = cancel.reason.as_deref().unwrap_or("cancelled");
     let keep = ctx.record_ttl.max(std::time::Duration::from_secs(3600));
-    // Redis trouble is waited out while holding the delivery, as for
-    // requests. `None`: shutting down; the broker redelivers the cancel.
-    let flag = (|| ctx.leases.request_cancel(id, reason, keep))
+    let flag = (|| ctx.leases.request_cancel(id, for_tenant.as_deref(), reason, keep))
         .retry(retry::redis())
         .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot record cancel; retrying"));
     if let Some(Ok(())) = retry::bounded(flag, &sup.stop).await {
         // The owner hears it through the notice; if it is us, act now.
-        sup.registry.send(id, Input::Cancel(reason.to_owned()));
+        if for_tenant.is_none() {
+            sup.registry.send(id, Input::Cancel(reason.to_owned()));
+        }
         ack(&d, id).await;
     }
 }
@@ -87,6 +99,7 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::DEFAULT_TENANT;
     use crate::supervisor::intake::tests::policy;
 
     fn record(tenant: &str, state: RecordState) -> BuildRecord {
@@ -94,6 +107,7 @@ mod tests {
             state,
             phase: None,
             tenant: tenant.to_owned(),
+            fingerprint: String::new(),
             namespace: "builds".to_owned(),
             worker: "w1".to_owned(),
             images: std::collections::BTreeMap::new(),
@@ -118,7 +132,19 @@ mod tests {
         };
         assert_eq!(rej.reason, Reason::PolicyViolation);
         assert_eq!(rej.message, "build b belongs to another tenant");
-        assert_eq!(rej.id, None);
+        assert_eq!(rej.id.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_build_in_its_claimed_state_is_flagged_for_its_owner() {
+        let r = record("shop", RecordState::Claimed);
+        assert_eq!(
+            decide("b", Some("shop"), &policy(), Some(&r)),
+            CancelStep::Flag
+        );
+        let CancelStep::Reject(_) = decide("b", None, &policy(), Some(&r)) else {
+            panic!("another tenant's cancel of a claimed build was not refused");
+        };
     }
 
     #[test]
@@ -141,7 +167,14 @@ mod tests {
     }
 
     #[test]
-    fn a_build_without_a_record_is_flagged_for_when_it_comes() {
-        assert_eq!(decide("b", Some("shop"), &policy(), None), CancelStep::Flag);
+    fn a_build_without_a_record_keeps_the_cancel_for_the_senders_tenant() {
+        assert_eq!(
+            decide("b", Some("shop"), &policy(), None),
+            CancelStep::Keep("shop".to_owned())
+        );
+        assert_eq!(
+            decide("b", Some("stranger"), &policy(), None),
+            CancelStep::Keep(DEFAULT_TENANT.to_owned())
+        );
     }
 }

@@ -46,7 +46,8 @@ impl Context {
     /// confirmed) and counts it.
     pub(super) async fn publish(&self, ev: &BuildEvent) -> Result<()> {
         let level = ev.level();
-        let body = serde_json::to_vec(ev).map_err(|e| Error::amqp_caused("cannot encode the event", e))?;
+        let body =
+            serde_json::to_vec(ev).map_err(|e| Error::amqp_caused("cannot encode the event", e))?;
         let out = OutgoingEvent {
             routing_key: kiln_protocol::routing_key(level, ev.data.phase),
             message_id: ev.id.clone(),
@@ -74,6 +75,7 @@ impl Context {
             state,
             phase: phase.map(|p| p.as_str().to_owned()),
             tenant: plan.tenant.clone(),
+            fingerprint: plan.fingerprint.clone(),
             namespace: plan.namespace.clone(),
             worker: self.settings.worker.clone(),
             images: images
