@@ -199,3 +199,29 @@ async fn another_tenants_cancel_of_a_running_build_is_refused_with_request_rejec
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_lost_the_record_the_pods_still_name_the_owner() {
+    let (mut env, id) = running_build_of_default("unrecorded").await;
+    let pod = &env.kube.pods(NAMESPACE)[0];
+    let ann = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        ann.get("kiln.dev/tenant").map(String::as_str),
+        Some("default")
+    );
+    // Redis forgets the build (restart, flush, TTL): only the pods know.
+    env.flush_redis().await;
+    env.cancel_as(&id, "not yours", Some("guest")).await;
+    let events = env
+        .expect_sequence(
+            &id,
+            &[ANY, "request.rejected", ANY, "build.succeeded"],
+            WAIT,
+        )
+        .await;
+    let rejected = request_rejections(&events);
+    assert_eq!(rejected[0].data.reason, Some(Reason::PolicyViolation));
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
+}

@@ -9,6 +9,7 @@ use super::intake::{Rejection, ack, joined, refuse, reject, tenant_of};
 use crate::amqp::Incoming;
 use crate::lease::{BuildRecord, RecordState};
 use crate::machine::Input;
+use crate::plan::BuildPlan;
 use crate::policy::Policy;
 use crate::retry;
 
@@ -26,27 +27,82 @@ pub(super) enum CancelStep {
     Reject(Rejection),
 }
 
+/// Who holds a build id, from its record or, without one, from its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Owner<'a> {
+    pub tenant: &'a str,
+    /// The record says finished (the pods never do: they are deleted).
+    pub finished: bool,
+}
+
+impl<'a> Owner<'a> {
+    pub(super) fn of_record(r: &'a BuildRecord) -> Self {
+        Self {
+            tenant: &r.tenant,
+            finished: r.state == RecordState::Finished,
+        }
+    }
+}
+
 /// Only the tenant that owns a build may cancel it; a user without a policy
-/// entry of its own acts as `default`, as for requests. The owner is the
-/// record's tenant (`record`); a build with no record is kept for the
-/// sender's tenant until its request comes. Pure.
+/// entry of its own acts as `default`, as for requests. The owner comes
+/// from the record or, when Redis has none, from the pods; a build nobody
+/// holds gets the cancel kept for the sender's tenant until its request
+/// comes. Pure.
 pub(super) fn decide(
     id: &str,
     user_id: Option<&str>,
     policy: &Policy,
-    record: Option<&BuildRecord>,
+    owner: Option<Owner<'_>>,
 ) -> CancelStep {
     let tenant = tenant_of(user_id, policy);
-    match record {
-        Some(r) if r.tenant != tenant => CancelStep::Reject(Rejection {
+    match owner {
+        Some(o) if o.tenant != tenant => CancelStep::Reject(Rejection {
             id: Some(id.to_owned()),
             reason: Reason::PolicyViolation,
             message: format!("build {id} belongs to another tenant"),
         }),
-        Some(r) if r.state == RecordState::Finished => CancelStep::Ignore,
+        Some(o) if o.finished => CancelStep::Ignore,
         Some(_) => CancelStep::Flag,
         None => CancelStep::Keep(tenant.to_owned()),
     }
+}
+
+/// The tenant of `id` read from its pods (annotation `kiln.dev/tenant`, or
+/// the plan's for pods written before it), searching the namespaces where
+/// this worker saw the build, else every namespace of the policy. Used only
+/// when Redis has no record: one LIST per namespace.
+async fn tenant_from_pods(sup: &Supervisor, id: &str) -> Option<String> {
+    let ctx = &sup.ctx;
+    let ids = [id.to_owned()];
+    let seen: Vec<String> = sup
+        .registry
+        .foreign_among(&ids)
+        .into_iter()
+        .map(|(_, ns)| ns)
+        .collect();
+    let namespaces = if seen.is_empty() {
+        ctx.policy.namespaces().into_iter().collect()
+    } else {
+        seen
+    };
+    for ns in namespaces {
+        let Ok(pods) = ctx.pods.build_pods(&ns, id).await else {
+            continue;
+        };
+        let tenant = pods.iter().find_map(|p| {
+            p.tenant.clone().or_else(|| {
+                p.plan
+                    .as_deref()
+                    .and_then(BuildPlan::from_annotation)
+                    .map(|plan| plan.tenant)
+            })
+        });
+        if tenant.is_some() {
+            return tenant;
+        }
+    }
+    None
 }
 
 /// One cancel request, from delivery to ack.
@@ -73,7 +129,18 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
     let Some(Ok(record)) = retry::bounded(read, &sup.stop).await else {
         return;
     };
-    let for_tenant = match decide(id, d.user_id.as_deref(), &ctx.policy, record.as_ref()) {
+    let from_pods = match &record {
+        Some(_) => None,
+        None => tenant_from_pods(&sup, id).await,
+    };
+    let owner = record
+        .as_ref()
+        .map(Owner::of_record)
+        .or(from_pods.as_deref().map(|tenant| Owner {
+            tenant,
+            finished: false,
+        }));
+    let for_tenant = match decide(id, d.user_id.as_deref(), &ctx.policy, owner) {
         CancelStep::Reject(r) => return refuse(&sup, &d, r, true).await,
         CancelStep::Ignore => {
             tracing::info!(build_id = %id, "cancel of a finished build ignored");
@@ -119,7 +186,7 @@ mod tests {
     fn the_owning_tenant_may_cancel_a_running_build() {
         let r = record("shop", RecordState::Accepted);
         assert_eq!(
-            decide("b", Some("shop"), &policy(), Some(&r)),
+            decide("b", Some("shop"), &policy(), Some(Owner::of_record(&r))),
             CancelStep::Flag
         );
     }
@@ -127,7 +194,9 @@ mod tests {
     #[test]
     fn another_tenant_is_refused_by_name() {
         let r = record("shop", RecordState::Accepted);
-        let CancelStep::Reject(rej) = decide("b", Some("other"), &policy(), Some(&r)) else {
+        let CancelStep::Reject(rej) =
+            decide("b", Some("other"), &policy(), Some(Owner::of_record(&r)))
+        else {
             panic!("not rejected");
         };
         assert_eq!(rej.reason, Reason::PolicyViolation);
@@ -139,10 +208,10 @@ mod tests {
     fn a_build_in_its_claimed_state_is_flagged_for_its_owner() {
         let r = record("shop", RecordState::Claimed);
         assert_eq!(
-            decide("b", Some("shop"), &policy(), Some(&r)),
+            decide("b", Some("shop"), &policy(), Some(Owner::of_record(&r))),
             CancelStep::Flag
         );
-        let CancelStep::Reject(_) = decide("b", None, &policy(), Some(&r)) else {
+        let CancelStep::Reject(_) = decide("b", None, &policy(), Some(Owner::of_record(&r))) else {
             panic!("another tenant's cancel of a claimed build was not refused");
         };
     }
@@ -151,19 +220,38 @@ mod tests {
     fn a_user_without_a_policy_entry_acts_as_default() {
         let r = record(DEFAULT_TENANT, RecordState::Accepted);
         assert_eq!(
-            decide("b", Some("stranger"), &policy(), Some(&r)),
+            decide("b", Some("stranger"), &policy(), Some(Owner::of_record(&r))),
             CancelStep::Flag
         );
-        assert_eq!(decide("b", None, &policy(), Some(&r)), CancelStep::Flag);
+        assert_eq!(
+            decide("b", None, &policy(), Some(Owner::of_record(&r))),
+            CancelStep::Flag
+        );
     }
 
     #[test]
     fn a_finished_build_is_left_alone() {
         let r = record("shop", RecordState::Finished);
         assert_eq!(
-            decide("b", Some("shop"), &policy(), Some(&r)),
+            decide("b", Some("shop"), &policy(), Some(Owner::of_record(&r))),
             CancelStep::Ignore
         );
+    }
+
+    #[test]
+    fn without_a_record_the_owner_read_from_the_pods_decides() {
+        let pods = Owner {
+            tenant: "shop",
+            finished: false,
+        };
+        assert_eq!(
+            decide("b", Some("shop"), &policy(), Some(pods)),
+            CancelStep::Flag
+        );
+        let CancelStep::Reject(rej) = decide("b", None, &policy(), Some(pods)) else {
+            panic!("another tenant's cancel was not refused");
+        };
+        assert_eq!(rej.reason, Reason::PolicyViolation);
     }
 
     #[test]
