@@ -8,7 +8,10 @@
 //! - `P cancel:<id>` — the cancel reason; set by whichever worker consumed the
 //!   cancel, read by the owner (pushed on `P cancels`, and polled with every
 //!   renewal in case the push was missed).
-//! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe and `kiln status`.
+//! - `P cancel:<id>@<tenant>` — a cancel for an id nobody held when it came,
+//!   read only by a claim of that tenant's request.
+//! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe, ownership (tenant
+//!   and request fingerprint, from the claim on) and `kiln status`.
 //!
 //! Losing Redis costs at worst duplicate work: pod names fence the cluster.
 
