@@ -503,6 +503,7 @@ fn record(phase: &str, digest: Option<&str>) -> BuildRecord {
         state: RecordState::Finished,
         phase: Some(phase.to_owned()),
         tenant: "guest".into(),
+        fingerprint: String::new(),
         namespace: "kiln-builds".into(),
         worker: "w-1".into(),
         images: [(

@@ -61,6 +61,8 @@ pub struct PodView {
     pub disrupted: bool,
     /// The raw `kiln.dev/plan` annotation, parsed only when adopting.
     pub plan: Option<Arc<str>>,
+    /// The owning tenant (annotation `kiln.dev/tenant`).
+    pub tenant: Option<String>,
 }
 
 /// A failed attempt.

@@ -8,7 +8,10 @@
 //! - `P cancel:<id>` — the cancel reason; set by whichever worker consumed the
 //!   cancel, read by the owner (pushed on `P cancels`, and polled with every
 //!   renewal in case the push was missed).
-//! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe and `kiln status`.
+//! - `P cancel:<id>@<tenant>` — a cancel for an id nobody held when it came,
+//!   read only by a claim of that tenant's request.
+//! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe, ownership (tenant
+//!   and request fingerprint, from the claim on) and `kiln status`.
 //!
 //! Losing Redis costs at worst duplicate work: pod names fence the cluster.
 
@@ -66,28 +69,42 @@ end
 return 0
 ";
 
-/// Admission of a new request in one round trip: a duplicate if the record
-/// says accepted or finished; else claim the lease (`SET NX PX`) and return
-/// the pending cancel reason if we hold it, or the holder if not.
+/// Admission of a new request in one round trip. Reply:
+/// `{kind, detail, state, tenant, fingerprint}`, the last three from the
+/// record as it was before the call (empty without one). `dup` when the
+/// record says accepted or finished; otherwise claim the lease (`SET NX PX`):
+/// `ok` with the pending cancel reason (the owner's `KEYS[3]`, or the one kept
+/// for this tenant, `KEYS[4]`) if we hold it, else `held` with the holder.
+/// A lease taken on a free id writes a `claimed` record (`ARGV[3]`) so that
+/// the owner is known from the claim on. The caller compares tenant and
+/// fingerprint (a conflicting claim is released by the caller).
 const CLAIM_REQUEST: &str = r"
-local rec = redis.call('GET', KEYS[2])
-if rec then
-  local ok, r = pcall(cjson.decode, rec)
-  if ok and type(r) == 'table' and (r.state == 'accepted' or r.state == 'finished') then
-    return 'dup'
+local raw = redis.call('GET', KEYS[2])
+local st, tenant, fp = '', '', ''
+if raw then
+  local ok, r = pcall(cjson.decode, raw)
+  if ok and type(r) == 'table' then
+    st = tostring(r.state or '')
+    tenant = tostring(r.tenant or '')
+    if type(r.fingerprint) == 'string' then fp = r.fingerprint end
   end
+end
+if st == 'accepted' or st == 'finished' then
+  return {'dup', '', st, tenant, fp}
 end
 local holder = redis.call('GET', KEYS[1])
 if not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   holder = ARGV[1]
+  if not raw then
+    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  end
 end
 if holder == ARGV[1] then
-  local c = redis.call('GET', KEYS[3])
-  if c then return 'ok\n' .. c end
-  return 'ok'
+  local c = redis.call('GET', KEYS[3]) or redis.call('GET', KEYS[4]) or ''
+  return {'ok', c, st, tenant, fp}
 end
-return 'held\n' .. holder
+return {'held', holder, st, tenant, fp}
 ";
 
 /// Writes the final record and releases the lease (compare-and-delete) in one
@@ -135,6 +152,9 @@ pub struct BuildRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     pub tenant: String,
+    /// The request's fingerprint (see [`crate::plan::BuildPlan::fingerprint`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
     pub namespace: String,
     pub worker: String,
     /// Per image: phase, attempt and pod name.
@@ -223,6 +243,12 @@ impl Leases {
         format!("{}cancel:{id}", self.prefix)
     }
 
+    /// A cancel for an id nobody held when it came, kept for the tenant
+    /// that sent it only: it never stops another tenant's build.
+    fn tenant_cancel_key(&self, id: &str, tenant: &str) -> String {
+        format!("{}cancel:{id}@{tenant}", self.prefix)
+    }
+
     fn record_key(&self, id: &str) -> String {
         format!("{}build:{id}", self.prefix)
     }
@@ -277,28 +303,60 @@ impl Leases {
         Ok(set.is_some())
     }
 
-    /// Admits a new request: [`Admit::Duplicate`] when the build was accepted
-    /// or finished already, else tries to claim its lease and reads its
-    /// pending cancel, all in one round trip.
-    pub async fn claim_request(&self, id: &str) -> Result<Admit> {
+    /// Admits a new request (see `CLAIM_REQUEST`): `claimed` is the record
+    /// written if the lease is taken on a free id, kept for `keep`; a pending
+    /// cancel is read from the owner's key or from the one kept for
+    /// `claimed.tenant`. One round trip.
+    pub async fn claim_request(
+        &self,
+        id: &str,
+        claimed: &BuildRecord,
+        keep: Duration,
+    ) -> Result<Admit> {
         let mut conn = self.conn.clone();
-        let reply: String = self
+        let json = serde_json::to_string(claimed)
+            .map_err(|e| Error::redis_caused("cannot encode the build record", e))?;
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
+        let reply: Vec<String> = self
             .claim_request
             .key(self.lease_key(id))
             .key(self.record_key(id))
             .key(self.cancel_key(id))
+            .key(self.tenant_cancel_key(id, &claimed.tenant))
             .arg(&self.owner)
             .arg(self.ttl_ms())
+            .arg(json)
+            .arg(keep_ms)
             .invoke_async(&mut conn)
             .await?;
-        let (head, rest) = reply.split_once('\n').unwrap_or((reply.as_str(), ""));
-        Ok(match head {
-            "dup" => Admit::Duplicate,
+        let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
+        let record = (!field(2).is_empty()).then(|| Holder {
+            state: field(2),
+            tenant: field(3),
+            fingerprint: field(4),
+        });
+        Ok(match field(0).as_str() {
+            "dup" => Admit::Duplicate(record.unwrap_or_default()),
             "ok" => Admit::Acquired {
-                cancel: (!rest.is_empty()).then(|| rest.to_owned()),
+                cancel: Some(field(1)).filter(|c| !c.is_empty()),
+                record,
             },
-            _ => Admit::HeldBy(rest.to_owned()),
+            _ => Admit::HeldBy {
+                holder: field(1),
+                record,
+            },
         })
+    }
+
+    /// Whether anything in Redis holds `id`: its record or its lease.
+    pub async fn holds(&self, id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.record_key(id))
+            .arg(self.lease_key(id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(n > 0)
     }
 
     /// Writes the final record of `id` (kept for `keep`) and releases its
@@ -391,13 +449,25 @@ impl Leases {
         Ok(values)
     }
 
-    /// Records a cancel for `id` and tells every worker about it.
-    pub async fn request_cancel(&self, id: &str, reason: &str, keep: Duration) -> Result<()> {
+    /// Records a cancel for `id` and tells every worker about it. With
+    /// `for_tenant`, the cancel is kept for a build of that tenant not held
+    /// yet (read when its request is claimed); without, it is the owner's.
+    pub async fn request_cancel(
+        &self,
+        id: &str,
+        for_tenant: Option<&str>,
+        reason: &str,
+        keep: Duration,
+    ) -> Result<()> {
         let mut conn = self.conn.clone();
         let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        let key = match for_tenant {
+            Some(t) => self.tenant_cancel_key(id, t),
+            None => self.cancel_key(id),
+        };
         let _: () = redis::pipe()
             .cmd("SET")
-            .arg(self.cancel_key(id))
+            .arg(key)
             .arg(reason)
             .arg("PX")
             .arg(keep_ms)
@@ -496,12 +566,29 @@ fn notice_of(msg: &redis::Msg, cancels: &str) -> Option<Notice> {
 /// What admitting a new request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
-    /// The build was accepted or finished already.
-    Duplicate,
+    /// The build was accepted or finished already, under this record.
+    Duplicate(Holder),
     /// The lease is ours; a cancel may have come while it was queued.
-    Acquired { cancel: Option<String> },
+    /// `record`: the one found (a `claimed` one), if any.
+    Acquired {
+        cancel: Option<String>,
+        record: Option<Holder>,
+    },
     /// Another worker holds the lease and has not accepted the build yet.
-    HeldBy(String),
+    HeldBy {
+        holder: String,
+        record: Option<Holder>,
+    },
+}
+
+/// Who a record says holds a build id: what a new request is compared with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// `claimed`, `accepted` or `finished`.
+    pub state: String,
+    pub tenant: String,
+    /// Empty in records written before fingerprints existed.
+    pub fingerprint: String,
 }
 
 /// Result of renewing one lease.

@@ -925,6 +925,7 @@ mod tests {
         Arc::new(BuildPlan {
             id: "b1".into(),
             tenant: "default".into(),
+            fingerprint: String::new(),
             namespace: "ns".into(),
             app: Some("shop".into()),
             component: None,

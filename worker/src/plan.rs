@@ -21,6 +21,12 @@ pub const MAX_PLAN_BYTES: usize = 200 * 1024;
 pub struct BuildPlan {
     pub id: String,
     pub tenant: String,
+    /// [`kiln_protocol::request_fingerprint`] of the request: a later
+    /// request under this id is a duplicate only with the same one. On the
+    /// pods too, so it survives the loss of Redis. Empty in plans written
+    /// before it existed (any body then counts as the same).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
     pub namespace: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
@@ -121,6 +127,7 @@ impl BuildPlan {
         Self {
             id: req.id.clone(),
             tenant: admission.tenant.clone(),
+            fingerprint: kiln_protocol::request_fingerprint(req),
             namespace: admission.namespace.clone(),
             app: req.app.clone(),
             component: req.component.clone(),

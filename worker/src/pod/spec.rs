@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kiln_protocol::{GitContext, S3Context};
 
 use super::{
-    ANN_BUILD_ID, ANN_PLAN, KANIKO, LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE, MANAGED_BY,
-    PodSettings,
+    ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE,
+    MANAGED_BY, PodSettings,
 };
 use crate::plan::{BuildPlan, ImagePlan};
 
@@ -54,6 +54,7 @@ pub fn pod_spec(
             annotations: Some(BTreeMap::from([
                 (ANN_BUILD_ID.to_owned(), plan.id.clone()),
                 (ANN_PLAN.to_owned(), plan.to_annotation()),
+                (ANN_TENANT.to_owned(), plan.tenant.clone()),
             ])),
             ..ObjectMeta::default()
         },
@@ -489,6 +490,7 @@ mod tests {
         BuildPlan {
             id: "Shop.Cart_1".into(),
             tenant: "payments".into(),
+            fingerprint: String::new(),
             namespace: "kiln-payments".into(),
             app: None,
             component: None,
@@ -556,6 +558,7 @@ mod tests {
         let ann = meta.annotations.as_ref().unwrap();
         assert_eq!(ann[ANN_BUILD_ID], "Shop.Cart_1");
         assert_eq!(BuildPlan::from_annotation(&ann[ANN_PLAN]).unwrap(), p);
+        assert_eq!(ann[ANN_TENANT], p.tenant);
 
         let spec = pod.spec.unwrap();
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));

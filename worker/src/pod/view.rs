@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::{ANN_BUILD_ID, ANN_PLAN, KANIKO, LABEL_ATTEMPT, LABEL_IMAGE};
+use super::{ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_IMAGE};
 use crate::classify::{PodPhase, PodView, Terminated};
 
 /// Copies what Kiln reads out of a pod.
@@ -96,5 +96,6 @@ pub fn view(p: &Pod) -> PodView {
         plan: annotations
             .and_then(|a| a.get(ANN_PLAN))
             .map(|s| Arc::from(s.as_str())),
+        tenant: annotations.and_then(|a| a.get(ANN_TENANT)).cloned(),
     }
 }

@@ -46,6 +46,7 @@ fn record(state: RecordState) -> BuildRecord {
         state,
         phase: None,
         tenant: "default".to_owned(),
+        fingerprint: String::new(),
         namespace: "builds".to_owned(),
         worker: "w1".to_owned(),
         images: BTreeMap::new(),

@@ -5,45 +5,104 @@ use backon::Retryable;
 use kiln_protocol::Reason;
 
 use super::Supervisor;
-use super::intake::{Rejection, ack, joined, reject};
+use super::intake::{Rejection, ack, joined, refuse, reject, tenant_of};
 use crate::amqp::Incoming;
 use crate::lease::{BuildRecord, RecordState};
 use crate::machine::Input;
-use crate::policy::{DEFAULT_TENANT, Policy};
+use crate::plan::BuildPlan;
+use crate::policy::Policy;
 use crate::retry;
 
 /// What to do with a readable cancel request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum CancelStep {
-    /// Flag the cancel and tell the owner.
+    /// Flag the cancel for the owner and tell it.
     Flag,
+    /// Nobody holds the id yet: keep the cancel for this tenant's build
+    /// under it, should one come (never for another tenant's).
+    Keep(String),
     /// The build is over: nothing to cancel.
     Ignore,
+    /// Another tenant's build: `request.rejected`, the build goes on.
     Reject(Rejection),
 }
 
+/// Who holds a build id, from its record or, without one, from its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Owner<'a> {
+    pub tenant: &'a str,
+    /// The record says finished (the pods never do: they are deleted).
+    pub finished: bool,
+}
+
+impl<'a> Owner<'a> {
+    pub(super) fn of_record(r: &'a BuildRecord) -> Self {
+        Self {
+            tenant: &r.tenant,
+            finished: r.state == RecordState::Finished,
+        }
+    }
+}
+
 /// Only the tenant that owns a build may cancel it; a user without a policy
-/// entry of its own acts as `default`, as for requests. A build with no
-/// record (not seen yet, or Redis did not answer) is flagged: the flag waits
-/// for its request. Pure.
+/// entry of its own acts as `default`, as for requests. The owner comes
+/// from the record or, when Redis has none, from the pods; a build nobody
+/// holds gets the cancel kept for the sender's tenant until its request
+/// comes. Pure.
 pub(super) fn decide(
     id: &str,
     user_id: Option<&str>,
     policy: &Policy,
-    record: Option<&BuildRecord>,
+    owner: Option<Owner<'_>>,
 ) -> CancelStep {
-    let tenant = user_id
-        .filter(|u| policy.tenant(u).is_some())
-        .unwrap_or(DEFAULT_TENANT);
-    match record {
-        Some(r) if r.tenant != tenant => CancelStep::Reject(Rejection {
-            id: None,
+    let tenant = tenant_of(user_id, policy);
+    match owner {
+        Some(o) if o.tenant != tenant => CancelStep::Reject(Rejection {
+            id: Some(id.to_owned()),
             reason: Reason::PolicyViolation,
             message: format!("build {id} belongs to another tenant"),
         }),
-        Some(r) if r.state == RecordState::Finished => CancelStep::Ignore,
-        _ => CancelStep::Flag,
+        Some(o) if o.finished => CancelStep::Ignore,
+        Some(_) => CancelStep::Flag,
+        None => CancelStep::Keep(tenant.to_owned()),
     }
+}
+
+/// The tenant of `id` read from its pods (annotation `kiln.dev/tenant`, or
+/// the plan's for pods written before it), searching the namespaces where
+/// this worker saw the build, else every namespace of the policy. Used only
+/// when Redis has no record: one LIST per namespace.
+async fn tenant_from_pods(sup: &Supervisor, id: &str) -> Option<String> {
+    let ctx = &sup.ctx;
+    let ids = [id.to_owned()];
+    let seen: Vec<String> = sup
+        .registry
+        .foreign_among(&ids)
+        .into_iter()
+        .map(|(_, ns)| ns)
+        .collect();
+    let namespaces = if seen.is_empty() {
+        ctx.policy.namespaces().into_iter().collect()
+    } else {
+        seen
+    };
+    for ns in namespaces {
+        let Ok(pods) = ctx.pods.build_pods(&ns, id).await else {
+            continue;
+        };
+        let tenant = pods.iter().find_map(|p| {
+            p.tenant.clone().or_else(|| {
+                p.plan
+                    .as_deref()
+                    .and_then(BuildPlan::from_annotation)
+                    .map(|plan| plan.tenant)
+            })
+        });
+        if tenant.is_some() {
+            return tenant;
+        }
+    }
+    None
 }
 
 /// One cancel request, from delivery to ack.
@@ -61,25 +120,45 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         }
     };
     let id = &cancel.id;
-    let record = ctx.leases.record(id).await.ok().flatten();
-    match decide(id, d.user_id.as_deref(), &ctx.policy, record.as_ref()) {
-        CancelStep::Reject(r) => return reject(&sup, &d, r).await,
+    // Redis trouble is waited out while holding the delivery, as for
+    // requests: deciding without the record could stop another tenant's
+    // build. `None`: shutting down; the broker redelivers the cancel.
+    let read = (|| ctx.leases.record(id))
+        .retry(retry::redis())
+        .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot read the build record; retrying"));
+    let Some(Ok(record)) = retry::bounded(read, &sup.stop).await else {
+        return;
+    };
+    let from_pods = match &record {
+        Some(_) => None,
+        None => tenant_from_pods(&sup, id).await,
+    };
+    let owner = record
+        .as_ref()
+        .map(Owner::of_record)
+        .or(from_pods.as_deref().map(|tenant| Owner {
+            tenant,
+            finished: false,
+        }));
+    let for_tenant = match decide(id, d.user_id.as_deref(), &ctx.policy, owner) {
+        CancelStep::Reject(r) => return refuse(&sup, &d, r, true).await,
         CancelStep::Ignore => {
             tracing::info!(build_id = %id, "cancel of a finished build ignored");
             return ack(&d, id).await;
         }
-        CancelStep::Flag => {}
-    }
+        CancelStep::Flag => None,
+        CancelStep::Keep(tenant) => Some(tenant),
+    };
     let reason = cancel.reason.as_deref().unwrap_or("cancelled");
     let keep = ctx.record_ttl.max(std::time::Duration::from_secs(3600));
-    // Redis trouble is waited out while holding the delivery, as for
-    // requests. `None`: shutting down; the broker redelivers the cancel.
-    let flag = (|| ctx.leases.request_cancel(id, reason, keep))
+    let flag = (|| ctx.leases.request_cancel(id, for_tenant.as_deref(), reason, keep))
         .retry(retry::redis())
         .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot record cancel; retrying"));
     if let Some(Ok(())) = retry::bounded(flag, &sup.stop).await {
         // The owner hears it through the notice; if it is us, act now.
-        sup.registry.send(id, Input::Cancel(reason.to_owned()));
+        if for_tenant.is_none() {
+            sup.registry.send(id, Input::Cancel(reason.to_owned()));
+        }
         ack(&d, id).await;
     }
 }
@@ -87,6 +166,7 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::DEFAULT_TENANT;
     use crate::supervisor::intake::tests::policy;
 
     fn record(tenant: &str, state: RecordState) -> BuildRecord {
@@ -94,6 +174,7 @@ mod tests {
             state,
             phase: None,
             tenant: tenant.to_owned(),
+            fingerprint: String::new(),
             namespace: "builds".to_owned(),
             worker: "w1".to_owned(),
             images: std::collections::BTreeMap::new(),
@@ -105,7 +186,7 @@ mod tests {
     fn the_owning_tenant_may_cancel_a_running_build() {
         let r = record("shop", RecordState::Accepted);
         assert_eq!(
-            decide("b", Some("shop"), &policy(), Some(&r)),
+            decide("b", Some("shop"), &policy(), Some(Owner::of_record(&r))),
             CancelStep::Flag
         );
     }
@@ -113,35 +194,75 @@ mod tests {
     #[test]
     fn another_tenant_is_refused_by_name() {
         let r = record("shop", RecordState::Accepted);
-        let CancelStep::Reject(rej) = decide("b", Some("other"), &policy(), Some(&r)) else {
+        let CancelStep::Reject(rej) =
+            decide("b", Some("other"), &policy(), Some(Owner::of_record(&r)))
+        else {
             panic!("not rejected");
         };
         assert_eq!(rej.reason, Reason::PolicyViolation);
         assert_eq!(rej.message, "build b belongs to another tenant");
-        assert_eq!(rej.id, None);
+        assert_eq!(rej.id.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_build_in_its_claimed_state_is_flagged_for_its_owner() {
+        let r = record("shop", RecordState::Claimed);
+        assert_eq!(
+            decide("b", Some("shop"), &policy(), Some(Owner::of_record(&r))),
+            CancelStep::Flag
+        );
+        let CancelStep::Reject(_) = decide("b", None, &policy(), Some(Owner::of_record(&r))) else {
+            panic!("another tenant's cancel of a claimed build was not refused");
+        };
     }
 
     #[test]
     fn a_user_without_a_policy_entry_acts_as_default() {
         let r = record(DEFAULT_TENANT, RecordState::Accepted);
         assert_eq!(
-            decide("b", Some("stranger"), &policy(), Some(&r)),
+            decide("b", Some("stranger"), &policy(), Some(Owner::of_record(&r))),
             CancelStep::Flag
         );
-        assert_eq!(decide("b", None, &policy(), Some(&r)), CancelStep::Flag);
+        assert_eq!(
+            decide("b", None, &policy(), Some(Owner::of_record(&r))),
+            CancelStep::Flag
+        );
     }
 
     #[test]
     fn a_finished_build_is_left_alone() {
         let r = record("shop", RecordState::Finished);
         assert_eq!(
-            decide("b", Some("shop"), &policy(), Some(&r)),
+            decide("b", Some("shop"), &policy(), Some(Owner::of_record(&r))),
             CancelStep::Ignore
         );
     }
 
     #[test]
-    fn a_build_without_a_record_is_flagged_for_when_it_comes() {
-        assert_eq!(decide("b", Some("shop"), &policy(), None), CancelStep::Flag);
+    fn without_a_record_the_owner_read_from_the_pods_decides() {
+        let pods = Owner {
+            tenant: "shop",
+            finished: false,
+        };
+        assert_eq!(
+            decide("b", Some("shop"), &policy(), Some(pods)),
+            CancelStep::Flag
+        );
+        let CancelStep::Reject(rej) = decide("b", None, &policy(), Some(pods)) else {
+            panic!("another tenant's cancel was not refused");
+        };
+        assert_eq!(rej.reason, Reason::PolicyViolation);
+    }
+
+    #[test]
+    fn a_build_without_a_record_keeps_the_cancel_for_the_senders_tenant() {
+        assert_eq!(
+            decide("b", Some("shop"), &policy(), None),
+            CancelStep::Keep("shop".to_owned())
+        );
+        assert_eq!(
+            decide("b", Some("stranger"), &policy(), None),
+            CancelStep::Keep(DEFAULT_TENANT.to_owned())
+        );
     }
 }

@@ -75,6 +75,7 @@ impl Context {
             state,
             phase: phase.map(|p| p.as_str().to_owned()),
             tenant: plan.tenant.clone(),
+            fingerprint: plan.fingerprint.clone(),
             namespace: plan.namespace.clone(),
             worker: self.settings.worker.clone(),
             images: images

@@ -15,10 +15,10 @@ use tokio::time::Instant;
 
 use super::{Supervisor, build_task};
 use crate::amqp::Incoming;
-use crate::lease::Admit;
+use crate::lease::{Admit, Holder, RecordState};
 use crate::machine::Machine;
 use crate::plan::{BuildPlan, MAX_PLAN_BYTES};
-use crate::policy::Policy;
+use crate::policy::{DEFAULT_TENANT, Policy};
 use crate::render::render_dockerfile;
 use crate::retry;
 
@@ -42,12 +42,26 @@ pub(super) enum Decision {
 /// What the lease says about a request that passed [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Claimed {
-    /// Accepted or finished already (here or elsewhere): ack it.
+    /// Accepted or finished already (here or elsewhere), from the same
+    /// tenant and the same request: ack it.
     Duplicate,
     /// Ours to start.
     Start,
     /// Ours, but a cancel came while it was queued.
     Cancelled(String),
+    /// The id is held by another tenant's build or by a different request:
+    /// `request.rejected`. `release`: the claim took the lease, give it back.
+    Conflict { rejection: Rejection, release: bool },
+}
+
+/// Whether this worker drives the build of an id, and how far it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Driven {
+    No,
+    /// Its task runs and is creating the first pods.
+    Accepting,
+    /// Its task runs and the build was accepted.
+    Accepted,
 }
 
 /// Parse, admit, render and size-check a request. Pure.
@@ -98,20 +112,70 @@ pub(super) fn decide(
     Decision::Accept(Box::new(plan))
 }
 
-/// What to do with a valid request given the lease and whether this worker
-/// drives the build already. `None`: another worker holds the lease and is
-/// creating the pods; keep this copy until it has accepted the build. Pure.
-pub(super) fn decide_claim(admit: Admit, driven_here: bool) -> Option<Claimed> {
-    match admit {
-        Admit::Duplicate => Some(Claimed::Duplicate),
-        // Adopted here between the duplicate check and the claim.
-        Admit::Acquired { .. } if driven_here => Some(Claimed::Duplicate),
-        Admit::Acquired {
-            cancel: Some(reason),
-        } => Some(Claimed::Cancelled(reason)),
-        Admit::Acquired { cancel: None } => Some(Claimed::Start),
-        Admit::HeldBy(_) => None,
+/// What to do with a valid request (`plan`) given the lease and the record
+/// (`admit`) and whether this worker drives the build already. `None`: the
+/// build under this id is being accepted (here or by another worker); keep
+/// this copy until it has been, then ask again. Pure.
+///
+/// An id is held by the tenant and the request of its record: a request of
+/// another tenant, or of the same tenant with a different fingerprint, is a
+/// conflict, never a duplicate, whatever state the record is in.
+pub(super) fn decide_claim(admit: &Admit, plan: &BuildPlan, driven: Driven) -> Option<Claimed> {
+    let (record, took_lease) = match admit {
+        Admit::Duplicate(r) => (Some(r), false),
+        Admit::Acquired { record, .. } => (record.as_ref(), driven == Driven::No),
+        Admit::HeldBy { record, .. } => (record.as_ref(), false),
+    };
+    if let Some(message) = record.and_then(|r| conflict(r, plan)) {
+        let rejection = Rejection {
+            id: Some(plan.id.clone()),
+            reason: Reason::IdConflict,
+            message,
+        };
+        return Some(Claimed::Conflict {
+            rejection,
+            release: took_lease,
+        });
     }
+    match (admit, driven) {
+        (Admit::Duplicate(_), _) | (Admit::Acquired { .. }, Driven::Accepted) => {
+            Some(Claimed::Duplicate)
+        }
+        // Driven here and not accepted yet: its record comes with acceptance.
+        (Admit::Acquired { .. }, Driven::Accepting) | (Admit::HeldBy { .. }, _) => None,
+        (
+            Admit::Acquired {
+                cancel: Some(reason),
+                ..
+            },
+            Driven::No,
+        ) => Some(Claimed::Cancelled(reason.clone())),
+        (Admit::Acquired { cancel: None, .. }, Driven::No) => Some(Claimed::Start),
+    }
+}
+
+/// Why `plan` cannot be the build `record` names, if it cannot. An empty
+/// fingerprint (older record or plan) compares equal to any.
+fn conflict(record: &Holder, plan: &BuildPlan) -> Option<String> {
+    let id = &plan.id;
+    if record.tenant != plan.tenant {
+        return Some(format!(
+            "build id {id} is held by another tenant; choose another id"
+        ));
+    }
+    let differs = !record.fingerprint.is_empty()
+        && !plan.fingerprint.is_empty()
+        && record.fingerprint != plan.fingerprint;
+    differs.then(|| {
+        format!("build id {id} is held by a different request of this tenant; resend the same request or choose another id")
+    })
+}
+
+/// The tenant a sender acts as: its own policy entry, else `default`.
+pub(super) fn tenant_of<'a>(user_id: Option<&'a str>, policy: &Policy) -> &'a str {
+    user_id
+        .filter(|u| policy.tenant(u).is_some())
+        .unwrap_or(DEFAULT_TENANT)
 }
 
 /// Every problem, in order, as one message.
@@ -161,15 +225,9 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
         Decision::Reject(r) => return reject(&sup, &d, r).await,
     };
     let id = plan.id.clone();
-
-    // Duplicate of a build this worker already drives: ack once it is safe.
-    if let Some(accepted) = sup.registry.accepted(&id) {
-        wait_accepted(accepted).await;
-        return ack(&d, &id).await;
-    }
     // `None`: shutting down; the request goes back to the queue when the
     // channel closes.
-    let Some(claimed) = claim(&sup, &id).await else {
+    let Some(claimed) = claim(&sup, &plan).await else {
         return;
     };
     match claimed {
@@ -178,24 +236,43 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
             ctx.metrics.duplicate();
             ack(&d, &id).await;
         }
+        Claimed::Conflict { rejection, release } => {
+            if release {
+                let _ = ctx.leases.release(&id).await;
+            }
+            refuse(&sup, &d, rejection, true).await;
+        }
         Claimed::Cancelled(reason) => finish_cancelled(&sup, &d, *plan, &reason).await,
         Claimed::Start => start(&sup, &d, *plan, received).await,
     }
 }
 
-/// Claims the lease, waiting while another worker holds it without having
-/// accepted the build yet. Redis trouble is waited out while holding the
-/// delivery: requeueing would spend the queue's delivery limit and
-/// dead-letter a good request. `None`: the worker is stopping.
-async fn claim(sup: &Supervisor, id: &str) -> Option<Claimed> {
+/// Claims the lease, waiting while the build under this id is being
+/// accepted (by another worker, or here). Redis trouble is waited out while
+/// holding the delivery: requeueing would spend the queue's delivery limit
+/// and dead-letter a good request. `None`: the worker is stopping.
+async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
+    let id = plan.id.as_str();
+    let ctx = &sup.ctx;
+    let claimed = ctx.record(plan, RecordState::Claimed, None, &[]);
     let mut waits = retry::lease_held().build();
     loop {
-        let admit = (|| sup.ctx.leases.claim_request(id))
+        let admit = (|| ctx.leases.claim_request(id, &claimed, ctx.record_ttl))
             .retry(retry::redis())
             .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot claim; retrying"));
         let admit = retry::bounded(admit, &sup.stop).await?.ok()?;
-        if let Some(claimed) = decide_claim(admit, sup.registry.owns(id)) {
+        let accepted = sup.registry.accepted(id);
+        let driven = match &accepted {
+            None => Driven::No,
+            Some(rx) if *rx.borrow() => Driven::Accepted,
+            Some(_) => Driven::Accepting,
+        };
+        if let Some(claimed) = decide_claim(&admit, plan, driven) {
             return Some(claimed);
+        }
+        if let Some(rx) = accepted.filter(|_| driven == Driven::Accepting) {
+            retry::bounded(wait_accepted(rx), &sup.stop).await?;
+            continue;
         }
         let wait = waits.next().unwrap_or(std::time::Duration::from_secs(1));
         retry::bounded(tokio::time::sleep(wait), &sup.stop).await?;
@@ -240,34 +317,65 @@ async fn start(sup: &Supervisor, d: &Incoming, plan: BuildPlan, received: Instan
     if wait_accepted(accepted).await {
         ack(d, &id).await;
         sup.ctx.metrics.accepted_latency(received.elapsed());
+    } else {
+        // Stopped before acceptance (lease lost, worker stopping): another
+        // worker takes the request.
+        tracing::info!(build_id = %id, "build stopped before acceptance; requeueing its request");
+        let _ = d.requeue().await;
     }
 }
 
-/// Bad input: `build.rejected` when the id is readable, then the message
-/// goes to the dead-letter queue with `kiln-error`.
+/// Bad input: answered (see [`refuse`]) by `request.rejected` when its id
+/// is held by a build, which it must not touch, else by `build.rejected`
+/// when the id is readable (that ends the request; the id stays free).
 pub(super) async fn reject(sup: &Supervisor, d: &Incoming, r: Rejection) {
+    let held = match &r.id {
+        Some(id) => is_held(sup, id).await,
+        None => false,
+    };
+    refuse(sup, d, r, held).await;
+}
+
+/// Whether a build holds `id`: driven or seen here, or a record or lease in
+/// Redis. Redis trouble counts as held: a `request.rejected` too many is
+/// harmless, a `build.rejected` for a live build is a second outcome.
+async fn is_held(sup: &Supervisor, id: &str) -> bool {
+    let ids = [id.to_owned()];
+    if sup.registry.owns(id) || !sup.registry.foreign_among(&ids).is_empty() {
+        return true;
+    }
+    sup.ctx.leases.holds(id).await.unwrap_or(true)
+}
+
+/// The answer to a refused request or cancel, then its dead letter with
+/// `kiln-error`: `request.rejected` when `held` (the build under its id
+/// goes on untouched), else `build.rejected` when the id is readable.
+pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: bool) {
     let ctx = &sup.ctx;
     let Rejection {
         id,
         reason,
         message,
     } = r;
-    tracing::warn!(build_id = id.as_deref().unwrap_or("?"), %reason, "request rejected: {message}");
+    tracing::warn!(build_id = id.as_deref().unwrap_or("?"), %reason, held, "request rejected: {message}");
     ctx.metrics.rejected(reason);
     if let Some(id) = &id {
-        let mut data = kiln_protocol::EventData::for_build(id, Phase::Rejected);
-        data.reason = Some(reason);
-        data.message = Some(message.clone());
-        data.tenant.clone_from(&d.user_id);
-        let ev = kiln_protocol::BuildEvent::new(
-            ctx.settings.source.clone(),
-            ctx.settings.worker.clone(),
-            jiff::Timestamp::now(),
-            data,
-        )
+        let now = jiff::Timestamp::now();
+        let (source, worker) = (ctx.settings.source.clone(), ctx.settings.worker.clone());
+        let ev = if held {
+            let tenant = tenant_of(d.user_id.as_deref(), &ctx.policy);
+            let data = kiln_protocol::EventData::request_rejected(id, tenant, reason, &message);
+            kiln_protocol::BuildEvent::request_rejected(source, worker, now, &d.body, data)
+        } else {
+            let mut data = kiln_protocol::EventData::for_build(id, Phase::Rejected);
+            data.reason = Some(reason);
+            data.message = Some(message.clone());
+            data.tenant.clone_from(&d.user_id);
+            kiln_protocol::BuildEvent::new(source, worker, now, data)
+        }
         .with_traceparent(d.traceparent.clone());
         if let Err(e) = ctx.publish(&ev).await {
-            tracing::error!(build_id = %id, error = %e, "could not publish build.rejected; requeueing the request");
+            tracing::error!(build_id = %id, error = %e, "could not publish the rejection; requeueing the request");
             let _ = d.requeue().await;
             return;
         }

@@ -122,24 +122,146 @@ fn a_plan_too_large_for_an_annotation_is_rejected() {
     assert!(r.message.contains("200 KiB"), "{}", r.message);
 }
 
+/// The plan of a valid `shop` request with id `b`.
+fn shop_plan() -> BuildPlan {
+    let Decision::Accept(plan) = decide_shop(&request("b", &[image("api")])) else {
+        panic!("rejected");
+    };
+    *plan
+}
+
+fn holder(state: &str, tenant: &str, fingerprint: &str) -> Holder {
+    Holder {
+        state: state.to_owned(),
+        tenant: tenant.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+    }
+}
+
+#[test]
+fn the_plan_carries_the_fingerprint_of_its_request() {
+    let plan = shop_plan();
+    let req = kiln_protocol::parse_build_request(&request("b", &[image("api")])).unwrap();
+    assert_eq!(plan.fingerprint, kiln_protocol::request_fingerprint(&req));
+    assert!(!plan.fingerprint.is_empty());
+}
+
 #[test]
 fn the_lease_decides_between_start_duplicate_cancel_and_wait() {
+    let plan = shop_plan();
     let acquired = |cancel: Option<&str>| Admit::Acquired {
         cancel: cancel.map(str::to_owned),
+        record: None,
     };
-    assert_eq!(decide_claim(acquired(None), false), Some(Claimed::Start));
+    let claim = |admit: Admit, driven| decide_claim(&admit, &plan, driven);
+    assert_eq!(claim(acquired(None), Driven::No), Some(Claimed::Start));
     assert_eq!(
-        decide_claim(acquired(Some("superseded")), false),
+        claim(acquired(Some("superseded")), Driven::No),
         Some(Claimed::Cancelled("superseded".to_owned()))
     );
-    assert_eq!(decide_claim(acquired(None), true), Some(Claimed::Duplicate));
     assert_eq!(
-        decide_claim(acquired(Some("x")), true),
+        claim(acquired(None), Driven::Accepted),
         Some(Claimed::Duplicate)
     );
     assert_eq!(
-        decide_claim(Admit::Duplicate, false),
+        claim(acquired(Some("x")), Driven::Accepted),
         Some(Claimed::Duplicate)
     );
-    assert_eq!(decide_claim(Admit::HeldBy("w2".to_owned()), false), None);
+    // Driven here but not accepted yet: wait for its record.
+    assert_eq!(claim(acquired(None), Driven::Accepting), None);
+    let same = holder("accepted", "shop", &plan.fingerprint);
+    assert_eq!(
+        claim(Admit::Duplicate(same.clone()), Driven::No),
+        Some(Claimed::Duplicate)
+    );
+    let held = Admit::HeldBy {
+        holder: "w2".to_owned(),
+        record: Some(holder("claimed", "shop", &plan.fingerprint)),
+    };
+    assert_eq!(claim(held, Driven::No), None);
+    // A claimed record of the same request (its worker died before
+    // acceptance): ours to start.
+    let reclaimed = Admit::Acquired {
+        cancel: None,
+        record: Some(holder("claimed", "shop", &plan.fingerprint)),
+    };
+    assert_eq!(claim(reclaimed, Driven::No), Some(Claimed::Start));
+}
+
+#[test]
+fn another_tenants_id_is_a_conflict_in_every_state() {
+    let plan = shop_plan();
+    let theirs = holder("accepted", "other", &plan.fingerprint);
+    let admits = [
+        (Admit::Duplicate(theirs.clone()), false),
+        (
+            Admit::HeldBy {
+                holder: "w2".to_owned(),
+                record: Some(theirs.clone()),
+            },
+            false,
+        ),
+        (
+            Admit::Acquired {
+                cancel: None,
+                record: Some(theirs.clone()),
+            },
+            true,
+        ),
+    ];
+    for (admit, release) in admits {
+        let Some(Claimed::Conflict {
+            rejection,
+            release: r,
+        }) = decide_claim(&admit, &plan, Driven::No)
+        else {
+            panic!("no conflict for {admit:?}");
+        };
+        assert_eq!(r, release, "{admit:?}");
+        assert_eq!(rejection.id.as_deref(), Some("b"));
+        assert_eq!(rejection.reason, Reason::IdConflict);
+        assert!(
+            rejection.message.contains("another tenant"),
+            "{}",
+            rejection.message
+        );
+    }
+    // Driven here (another tenant's build this worker runs): the lease is
+    // the running build's, never released.
+    let admit = Admit::Acquired {
+        cancel: None,
+        record: Some(theirs),
+    };
+    assert!(matches!(
+        decide_claim(&admit, &plan, Driven::Accepted),
+        Some(Claimed::Conflict { release: false, .. })
+    ));
+}
+
+#[test]
+fn the_same_tenant_with_a_different_request_is_a_conflict() {
+    let plan = shop_plan();
+    let other = Admit::Duplicate(holder("finished", "shop", "0123"));
+    let Some(Claimed::Conflict { rejection, .. }) = decide_claim(&other, &plan, Driven::No) else {
+        panic!("no conflict");
+    };
+    assert_eq!(rejection.reason, Reason::IdConflict);
+    assert!(
+        rejection.message.contains("different request"),
+        "{}",
+        rejection.message
+    );
+    // A record from before fingerprints: the same tenant's duplicate.
+    let old = Admit::Duplicate(holder("accepted", "shop", ""));
+    assert_eq!(
+        decide_claim(&old, &plan, Driven::No),
+        Some(Claimed::Duplicate)
+    );
+}
+
+#[test]
+fn a_sender_acts_as_its_tenant_or_default() {
+    assert_eq!(tenant_of(Some("shop"), &policy()), "shop");
+    assert_eq!(tenant_of(Some("stranger"), &policy()), DEFAULT_TENANT);
+    assert_eq!(tenant_of(None, &policy()), DEFAULT_TENANT);
 }
