@@ -185,6 +185,12 @@ pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(QUANTITY_PATTERN))]
     pub memory: Option<String>,
+    /// Ephemeral storage (node disk: the unpacked context, the layers
+    /// Kaniko snapshots) as a positive Kubernetes quantity (`10Gi`); the
+    /// pod is evicted when it writes more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(QUANTITY_PATTERN))]
+    pub ephemeral_storage: Option<String>,
 }
 
 // A struct rather than an enum so the JSON stays `{"git": {...}}` and an
@@ -534,6 +540,12 @@ impl ImageSpec {
                 &field(&rp, "memory"),
                 r.memory.as_deref(),
                 "512Mi or 2Gi",
+            );
+            check_quantity(
+                errs,
+                &field(&rp, "ephemeralStorage"),
+                r.ephemeral_storage.as_deref(),
+                "10Gi",
             );
         }
     }

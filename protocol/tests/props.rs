@@ -123,7 +123,11 @@ fn image() -> impl Strategy<Value = ImageSpec> {
                     proptest::option::of("[1-9][0-9]{0,2}m?"),
                     proptest::option::of("[1-9][0-9]{0,3}(Mi|Gi|M|G)?"),
                 )
-                    .prop_map(|(cpu, memory)| Resources { cpu, memory }),
+                    .prop_map(|(cpu, memory)| Resources {
+                        cpu,
+                        memory,
+                        ephemeral_storage: None,
+                    }),
             ),
         ),
     )

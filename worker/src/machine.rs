@@ -940,6 +940,7 @@ mod tests {
             s3_region: None,
             s3_endpoint: None,
             cache_repo: None,
+            runtime_class_name: None,
             images: images
                 .iter()
                 .map(|n| ImagePlan {
@@ -958,6 +959,7 @@ mod tests {
                     cache: false,
                     cpu: "1".into(),
                     memory: "1Gi".into(),
+                    ephemeral_storage: None,
                 })
                 .collect(),
         })

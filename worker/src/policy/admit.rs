@@ -110,7 +110,20 @@ impl Policy {
                 "memory",
                 &who,
             );
-            resources.push(ResourceQuantities { cpu, memory });
+            let ephemeral_storage = check_quantity(
+                &mut errs,
+                format!("images[{i}].resources.ephemeralStorage"),
+                requested.and_then(|r| r.ephemeral_storage.as_deref()),
+                &t.defaults.ephemeral_storage,
+                &caps.max_ephemeral_storage,
+                "ephemeral storage",
+                &who,
+            );
+            resources.push(ResourceQuantities {
+                cpu,
+                memory,
+                ephemeral_storage,
+            });
         }
 
         if !errs.is_empty() {
@@ -130,6 +143,7 @@ impl Policy {
             git_credentials: t.git_credentials.clone().filter(|_| uses_git),
             s3_credentials: t.s3_credentials.clone().filter(|_| uses_s3),
             cache_repo: t.cache_repo.clone(),
+            runtime_class_name: t.runtime_class_name.clone(),
             resources,
         })
     }

@@ -44,6 +44,10 @@ pub(super) struct TenantFile {
     pub(super) service_account_name: Option<String>,
     #[serde(default)]
     pub(super) cache_repo: Option<String>,
+    /// The pod's `runtimeClassName` (gVisor, Kata, a user-namespaced
+    /// runtime): a sandbox around Kaniko's root.
+    #[serde(default)]
+    pub(super) runtime_class_name: Option<String>,
     #[serde(default)]
     pub(super) caps: CapsFile,
     #[serde(default)]
@@ -103,6 +107,8 @@ pub(super) struct CapsFile {
     #[serde(default)]
     pub(super) max_memory: Option<QuantityText>,
     #[serde(default)]
+    pub(super) max_ephemeral_storage: Option<QuantityText>,
+    #[serde(default)]
     pub(super) max_images: Option<usize>,
 }
 
@@ -117,6 +123,8 @@ pub(super) struct DefaultsFile {
     pub(super) cpu: Option<QuantityText>,
     #[serde(default)]
     pub(super) memory: Option<QuantityText>,
+    #[serde(default)]
+    pub(super) ephemeral_storage: Option<QuantityText>,
 }
 
 /// A quantity written as a string (`"500m"`) or a bare number (`2`).
