@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason};
 
-use crate::classify::{Failure, Observation, PodView, classify, hopeless};
+use crate::classify::{Failure, Observation, PodView, classify, classify_with_log, hopeless};
 use crate::plan::{BuildPlan, ImagePlan};
 
 /// Knobs of the machine, from the worker configuration.
@@ -492,7 +492,7 @@ impl Machine {
             // Seen by the watcher before the create call returned.
             return Vec::new();
         }
-        match classify(pod) {
+        match classify_with_log(pod, log_tail.as_deref()) {
             Observation::Pending { stuck } => {
                 if hopeless(pod)
                     && let Some((reason, message)) = stuck.clone()
