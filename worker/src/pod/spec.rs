@@ -191,7 +191,9 @@ impl Parts {
             .or(plan.s3_region.as_ref())
             .unwrap_or(&settings.s3_region);
         self.env.push(value_env("AWS_REGION", region));
-        if let Some(endpoint) = s3.endpoint.as_ref().or(plan.s3_endpoint.as_ref()) {
+        // The tenant's endpoint wins: its credentials are sent there, so a
+        // request must not redirect them to a host of its choosing.
+        if let Some(endpoint) = plan.s3_endpoint.as_ref().or(s3.endpoint.as_ref()) {
             self.env.push(value_env("S3_ENDPOINT", endpoint));
             self.env.push(value_env("S3_FORCE_PATH_STYLE", "true"));
         }
@@ -505,6 +507,21 @@ mod tests {
     }
 
     /// Finding 4: aws-sdk-go-v2 refuses to send a request without a region.
+    /// Issue 10: a request's endpoint overrode the tenant's, sending the
+    /// tenant's signed requests to any host.
+    #[test]
+    fn the_tenants_s3_endpoint_wins() {
+        let mut ctx = s3("a.tgz", None);
+        ctx.s3.as_mut().unwrap().endpoint = Some("https://evil.example.com".into());
+        let mut p = plan(ctx, false);
+        p.s3_endpoint = Some("https://minio.internal".into());
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        assert_eq!(
+            env_of(&pod, "S3_ENDPOINT").as_deref(),
+            Some("https://minio.internal")
+        );
+    }
+
     #[test]
     fn s3_contexts_always_have_a_region() {
         let p = plan(s3("a.tgz", None), false);

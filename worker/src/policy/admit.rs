@@ -91,6 +91,18 @@ impl Policy {
                     ));
                 }
             }
+            if let Some(endpoint) = image.context.s3.as_ref().and_then(|s| s.endpoint.as_ref())
+                && endpoint.starts_with("http://")
+                && !t.allow_insecure_s3_endpoint
+            {
+                errs.push(ValidationError::new(
+                    format!("images[{i}].context.s3.endpoint"),
+                    format!(
+                        "{} is plain http, which {who} may not use: signed requests and the access key id would travel in clear; use https://",
+                        quote(endpoint)
+                    ),
+                ));
+            }
             let requested = image.resources.as_ref();
             let cpu = check_quantity(
                 &mut errs,

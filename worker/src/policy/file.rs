@@ -48,6 +48,10 @@ pub(super) struct TenantFile {
     /// runtime): a sandbox around Kaniko's root.
     #[serde(default)]
     pub(super) runtime_class_name: Option<String>,
+    /// Allows a plain `http://` S3 endpoint (the policy's or a request's):
+    /// the SDK would send signed requests and the access key id in clear.
+    #[serde(default)]
+    pub(super) allow_insecure_s3_endpoint: bool,
     #[serde(default)]
     pub(super) caps: CapsFile,
     #[serde(default)]

@@ -133,6 +133,8 @@ pub struct Tenant {
     pub cache_repo: Option<String>,
     /// The build pods' `runtimeClassName`.
     pub runtime_class_name: Option<String>,
+    /// Whether an `http://` S3 endpoint is allowed.
+    pub allow_insecure_s3_endpoint: bool,
     pub caps: Caps,
     pub defaults: Defaults,
 }
@@ -487,6 +489,7 @@ impl Policy {
             service_account: DEFAULT_SERVICE_ACCOUNT.to_owned(),
             cache_repo: None,
             runtime_class_name: None,
+            allow_insecure_s3_endpoint: false,
             caps: Caps {
                 max_attempts: builtin::MAX_ATTEMPTS,
                 max_timeout_seconds: builtin::MAX_TIMEOUT_SECONDS,

@@ -229,6 +229,17 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
             );
         }
         if let Some(endpoint) = &s.endpoint
+            && endpoint.starts_with("http://")
+            && !tf.allow_insecure_s3_endpoint
+        {
+            r.problem(
+                format!("{p}.endpoint"),
+                format!(
+                    "{} is plain http: signed requests and the access key id would travel in clear; use https:// or set {base}.allowInsecureS3Endpoint = true",
+                    quote(endpoint)
+                ),
+            );
+        } else if let Some(endpoint) = &s.endpoint
             && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
         {
             r.problem(
@@ -347,6 +358,7 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
         service_account,
         cache_repo: tf.cache_repo,
         runtime_class_name: tf.runtime_class_name,
+        allow_insecure_s3_endpoint: tf.allow_insecure_s3_endpoint,
         caps: Caps {
             max_attempts: max_attempts.value,
             max_timeout_seconds: max_timeout.value,

@@ -920,3 +920,32 @@ defaults = { ephemeralStorage = "60Gi" }
         ]
     );
 }
+
+/// Issue 10: a plain-http S3 endpoint sends the tenant's signed requests
+/// in clear; allowed only when the policy says so.
+#[test]
+fn http_s3_endpoints_need_the_policy() {
+    let problems = toml_problems(
+        r#"
+[tenants.t]
+namespace = "t"
+allowedDestinations = ["*"]
+s3Credentials = { secret = "s3", endpoint = "http://minio:9000" }
+"#,
+    );
+    assert_eq!(paths(&problems), ["tenants.t.s3Credentials.endpoint"]);
+    let text = |insecure: bool| {
+        format!(
+            "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\nallowInsecureS3Endpoint = {insecure}\n"
+        )
+    };
+    let mut img = image("a", "r.example.com/a:1");
+    img["context"] =
+        json!({ "s3": { "bucket": "bkt", "key": "k.tgz", "endpoint": "http://minio:9000" } });
+    let req = request(json!({ "images": [img] }));
+    let strict = Policy::from_toml_str(&text(false)).unwrap();
+    let errs = strict.admit(Some("t"), &req).unwrap_err();
+    assert_eq!(violation_paths(&errs), ["images[0].context.s3.endpoint"]);
+    let lax = Policy::from_toml_str(&text(true)).unwrap();
+    assert!(lax.admit(Some("t"), &req).is_ok());
+}
