@@ -25,6 +25,8 @@
 //! registrySecret = "payments-registry"           # mounted at /kaniko/.docker/config.json
 //! serviceAccountName = "kiln-builder"            # the default
 //! cacheRepo = "registry.example.com/payments/cache"
+//! runtimeClassName = "gvisor"                    # optional sandbox around Kaniko's root
+//! allowInsecureS3Endpoint = false                # the default: S3 endpoints must be https
 //! gitCredentials = { secret = "payments-git" }   # usernameKey "username", passwordKey "password" by default
 //! s3Credentials = { secret = "payments-s3", region = "eu-west-1" }
 //! caps = { maxCpu = "2", maxMemory = "4Gi", maxImages = 8 }
