@@ -36,7 +36,10 @@ pub use request::{
     ImageSpec, RESERVED_LABEL_PREFIX, Resources, RetrySpec, S3Context,
 };
 pub use schema::{build_event_schema, build_request_schema, cancel_request_schema};
-pub use secrets::{MASK, mask_secrets};
+pub use secrets::{
+    MASK, mask_secrets, mask_text, redact_url, secret_build_arg_values, secret_looking_name,
+    tail as tail_bytes,
+};
 pub use validate::{
     ROOT_PATH, ValidationError, ValidationErrors, is_label_key, is_label_value, is_valid_build_id,
 };

@@ -35,8 +35,7 @@ pub(crate) const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?
 const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
 const LABEL_VALUE_PATTERN: &str = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
 const IDENTIFIER_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
-const GIT_URL_PATTERN: &str =
-    r"^(https://[^\s/@]+/\S+|ssh://\S+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+)$";
+const GIT_URL_PATTERN: &str = r"^https://[^\s/@]+/\S+$";
 /// A full SHA-1 commit: the executor checks out `plumbing.NewHash(commit)`
 /// (pkg/buildcontext/git.go), which zero-pads an abbreviated one, and only
 /// `plumbing.IsHash` (40 hex) makes `repo#<commit>` a commit.
@@ -61,6 +60,8 @@ static TARGET_RE: LazyLock<Regex> = LazyLock::new(|| re(TARGET_PATTERN));
 static PLATFORM_RE: LazyLock<Regex> = LazyLock::new(|| re(PLATFORM_PATTERN));
 static QUANTITY_RE: LazyLock<Regex> = LazyLock::new(|| re(QUANTITY_PATTERN));
 static SCP_RE: LazyLock<Regex> = LazyLock::new(|| re(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+$"));
+/// Why ssh and scp-style URLs are refused rather than passed on.
+const NO_SSH: &str = "Kiln mounts no SSH key or known_hosts into the build, so the clone could never authenticate; use the https:// URL of the repository (the tenant's git Secret gives the credentials)";
 
 /// A request to build one or more images, published to `kiln.requests` with
 /// routing key `build`. The `id` is the idempotency key: the same id twice is
@@ -185,6 +186,12 @@ pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(QUANTITY_PATTERN))]
     pub memory: Option<String>,
+    /// Ephemeral storage (node disk: the unpacked context, the layers
+    /// Kaniko snapshots) as a positive Kubernetes quantity (`10Gi`); the
+    /// pod is evicted when it writes more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(QUANTITY_PATTERN))]
+    pub ephemeral_storage: Option<String>,
 }
 
 // A struct rather than an enum so the JSON stays `{"git": {...}}` and an
@@ -245,8 +252,8 @@ impl BuildContext {
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GitContext {
-    /// `https://host/path`, `ssh://[user@]host/path` or `user@host:path`.
-    /// Credentials never go in the URL: they come from the tenant's Secret.
+    /// `https://host/path` (ssh and scp-style URLs are refused: no key can
+    /// be supplied). Credentials never go in the URL: they come from the tenant's Secret.
     #[schemars(pattern(GIT_URL_PATTERN), length(max = 2048))]
     pub url: String,
     /// Branch, tag or full ref to check out (`main`, `v1.2`, `refs/heads/main`).
@@ -535,6 +542,12 @@ impl ImageSpec {
                 r.memory.as_deref(),
                 "512Mi or 2Gi",
             );
+            check_quantity(
+                errs,
+                &field(&rp, "ephemeralStorage"),
+                r.ephemeral_storage.as_deref(),
+                "10Gi",
+            );
         }
     }
 }
@@ -767,33 +780,17 @@ fn git_url_problem(url: &str) -> Option<String> {
         }
         return None;
     }
-    if let Some(rest) = url.strip_prefix("ssh://") {
-        let auth = authority(rest);
-        if auth
-            .split_once('@')
-            .is_some_and(|(user, _)| user.contains(':'))
-        {
-            return Some("credentials must not be embedded in the URL; the tenant's git Secret provides them".to_owned());
-        }
-        if auth.is_empty() || rest.len() <= auth.len() + 1 {
-            return Some(format!(
-                "{} has no repository path; use ssh://git@host/owner/repo.git",
-                quote(url)
-            ));
-        }
-        return None;
+    if url.starts_with("ssh://") || (!url.contains("://") && SCP_RE.is_match(url)) {
+        return Some(format!("{} is an SSH URL; {NO_SSH}", quote(url)));
     }
     if url.starts_with("http://") || url.starts_with("git://") {
         return Some(format!(
-            "{} uses an unencrypted protocol; use https://, ssh:// or git@host:path",
+            "{} uses an unencrypted protocol; use https://",
             quote(url)
         ));
     }
-    if !url.contains("://") && SCP_RE.is_match(url) {
-        return None;
-    }
     Some(format!(
-        "{} is not a supported git URL; use https://host/owner/repo.git, ssh://git@host/owner/repo.git or git@host:owner/repo.git",
+        "{} is not a supported git URL; use https://host/owner/repo.git",
         quote(url)
     ))
 }

@@ -1,4 +1,7 @@
-//! Masking secrets in build logs before they leave the cluster in events.
+//! The one masker of Kiln: every text that leaves the worker (event
+//! `message` and `logTail`, validation reasons in `build.rejected`,
+//! `request.rejected`, the `kiln-error` dead-letter header, worker logs,
+//! start-up errors) goes through [`mask_text`] or [`mask_secrets`].
 
 use std::sync::LazyLock;
 
@@ -42,7 +45,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         ),
         // https://user:password@host
         rule(
-            r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@",
+            r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@",
             "${1}***@",
         ),
         // AWS access key ids.
@@ -54,6 +57,27 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         rule(
             r"\b(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}",
             "***",
+        ),
+        // GitLab personal, deploy and CI job tokens.
+        rule(r"\b(?:glpat|gldt|glcbt|glptt)-[A-Za-z0-9_-]{20,}", "***"),
+        // https://token@host: userinfo without a password is a token too.
+        rule(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@'\x22]+@", "${1}***@"),
+        // Private key blocks (PEM), whole.
+        rule(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+            "***",
+        ),
+        // The query string of a URL: presigned S3 URLs carry
+        // X-Amz-Credential (the access key id) and X-Amz-Signature there,
+        // other services their tokens. The path stays to tell which object.
+        rule(
+            r"(?i)\b([a-z][a-z0-9+.-]*://[^\s?'\x22]*\?)[^\s'\x22]+",
+            "${1}***",
+        ),
+        // The same parameters outside a URL.
+        rule(
+            r"(?i)\b(x-amz-(?:signature|credential|security-token)=)[^\s&'\x22]+",
+            "${1}***",
         ),
     ]
 });
@@ -68,7 +92,14 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 /// a leaked credential. Empty secrets are ignored; all others are masked,
 /// however short.
 pub fn mask_secrets(log: &str, secrets: &[&str]) -> String {
-    let mut out = log.to_owned();
+    let out = mask_text(log, secrets);
+    tail(&out, LOG_TAIL_MAX_BYTES).to_owned()
+}
+
+/// Masks `secrets` (exact values) and every credential pattern in `text`,
+/// without truncating: for messages, validation reasons and error texts.
+pub fn mask_text(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
     let mut exact: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
     // Longest first, so a secret containing another is masked whole.
     exact.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -82,7 +113,42 @@ pub fn mask_secrets(log: &str, secrets: &[&str]) -> String {
             out = s;
         }
     }
-    tail(&out, LOG_TAIL_MAX_BYTES).to_owned()
+    out
+}
+
+/// Whether a build-arg (or variable) name looks like it holds a secret.
+pub fn secret_looking_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "TOKEN",
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+        "PAT",
+        "PRIVATE",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// The values of the build args whose names look secret: known values for
+/// [`mask_text`], since a failing `RUN` step may echo them.
+pub fn secret_build_arg_values<'a>(
+    args: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<&'a str> {
+    args.into_iter()
+        .filter(|(k, _)| secret_looking_name(k))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// A URL with its password (and any userinfo-only token) replaced by
+/// [`MASK`], for start-up errors and logs that name a broker or Redis.
+pub fn redact_url(url: &str) -> String {
+    mask_text(url, &[])
 }
 
 /// The last `max` bytes of `s` or fewer, starting on a character boundary.
@@ -144,7 +210,24 @@ mod tests {
                 "clone https://ghp_abcdefghijklmnopqrstuvwxyz0123@github.com/a/b",
                 "clone https://***@github.com/a/b",
             ),
-            ("ssh://git@host/repo.git", "ssh://git@host/repo.git"),
+            ("ssh://git@host/repo.git", "ssh://***@host/repo.git"),
+            (
+                "clone https://oauth2@gitlab.example.com/a/b failed",
+                "clone https://***@gitlab.example.com/a/b failed",
+            ),
+            (
+                "token glpat-abcdefghij0123456789xyz leaked",
+                "token *** leaked",
+            ),
+            (
+                "GET https://b.s3.amazonaws.com/ctx.tgz?X-Amz-Credential=AKIAX%2F2024&X-Amz-Signature=deadbeef failed",
+                "GET https://b.s3.amazonaws.com/ctx.tgz?*** failed",
+            ),
+            ("X-Amz-Signature=deadbeef", "X-Amz-Signature=***"),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY-----\nafter",
+                "***\nafter",
+            ),
             (
                 "plain build output\nSTEP 3/5",
                 "plain build output\nSTEP 3/5",
@@ -153,6 +236,32 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(mask_secrets(input, &[]), want, "input: {input}");
         }
+    }
+
+    #[test]
+    fn secret_build_args_are_known_values() {
+        let args = std::collections::BTreeMap::from([
+            ("NPM_TOKEN".to_owned(), "n0tAPattern".to_owned()),
+            ("VERSION".to_owned(), "1.2.3".to_owned()),
+        ]);
+        let known = secret_build_arg_values(&args);
+        assert_eq!(known, ["n0tAPattern"]);
+        assert_eq!(
+            mask_text("echo n0tAPattern 1.2.3", &known),
+            "echo *** 1.2.3"
+        );
+    }
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("redis://:hunter2@redis:6379/0"),
+            "redis://:***@redis:6379/0"
+        );
+        assert_eq!(
+            redact_url("amqp://kiln:hunter2@rabbit:5672/%2f"),
+            "amqp://kiln:***@rabbit:5672/%2f"
+        );
     }
 
     #[test]

@@ -20,10 +20,14 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
+    /// The reason is masked ([`crate::mask_text`]): reasons quote the
+    /// request's values (`https://user:token@host/repo.git`, presigned S3
+    /// URLs) and travel in `build.rejected`, `request.rejected`, the
+    /// `kiln-error` dead-letter header and the worker log.
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             path: path.into(),
-            reason: reason.into(),
+            reason: crate::mask_text(&reason.into(), &[]),
         }
     }
 }
@@ -249,6 +253,14 @@ pub(crate) fn relative_path_problem(p: &str) -> Option<String> {
     if p.split('/').any(|seg| seg == "..") {
         return Some(format!(
             "{} contains \"..\"; give a path inside the build context",
+            quote(p)
+        ));
+    }
+    // The executor splits a git context on '#' (pkg/buildcontext/git.go)
+    // and Go's url.Parse ends a path there.
+    if p.contains('#') {
+        return Some(format!(
+            "{} contains '#', which the executor reads as a ref delimiter; rename the path",
             quote(p)
         ));
     }

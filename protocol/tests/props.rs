@@ -54,7 +54,7 @@ fn context() -> impl Strategy<Value = BuildContext> {
         (
             prop_oneof![
                 "https://[a-z]{1,8}\\.example\\.com/[a-z]{1,8}/[a-z]{1,8}\\.git",
-                "git@[a-z]{1,8}\\.com:[a-z]{1,8}/[a-z]{1,8}\\.git",
+                "https://[a-z]{1,8}\\.com/[a-z]{1,8}/[a-z]{1,8}",
             ],
             proptest::option::of("(main|v[0-9]\\.[0-9]|refs/heads/[a-z]{1,8})"),
             proptest::option::of("[0-9a-f]{40}"),
@@ -123,7 +123,11 @@ fn image() -> impl Strategy<Value = ImageSpec> {
                     proptest::option::of("[1-9][0-9]{0,2}m?"),
                     proptest::option::of("[1-9][0-9]{0,3}(Mi|Gi|M|G)?"),
                 )
-                    .prop_map(|(cpu, memory)| Resources { cpu, memory }),
+                    .prop_map(|(cpu, memory)| Resources {
+                        cpu,
+                        memory,
+                        ephemeral_storage: None,
+                    }),
             ),
         ),
     )

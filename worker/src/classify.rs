@@ -157,6 +157,41 @@ const USAGE_MARKERS: &[&str] = &[
     "[command] --help\" for more information about a command.",
 ];
 
+/// [`classify`], with the longer pod log (`log`, fetched by the watcher)
+/// read when the kubelet's 2 KiB termination message holds only cobra's
+/// usage text: the executor's `Error:` line sits above that text in the
+/// log, and it tells a missing repository from a network timeout.
+pub fn classify_with_log(pod: &PodView, log: Option<&str>) -> Observation {
+    let message = pod.terminated.as_ref().and_then(|t| t.message.as_deref());
+    if let (Some(PodPhase::Failed), Some(msg), Some(log)) = (pod.phase, message, log)
+        && error_line(msg).is_none()
+        && has_usage(msg)
+    {
+        // Only the part of the log before the usage text: the usage itself
+        // must not decide.
+        let lower = log.to_ascii_lowercase();
+        let cut = USAGE_MARKERS
+            .iter()
+            .filter_map(|m| lower.find(m))
+            .min()
+            .unwrap_or(log.len());
+        let before = log.get(..cut).unwrap_or(log);
+        if error_line(before).is_some() {
+            let mut p = pod.clone();
+            if let Some(t) = p.terminated.as_mut() {
+                t.message = Some(before.to_owned());
+            }
+            return classify(&p);
+        }
+    }
+    classify(pod)
+}
+
+fn has_usage(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    USAGE_MARKERS.iter().any(|m| lower.contains(m))
+}
+
 /// Classifies the current state of a pod.
 pub fn classify(pod: &PodView) -> Observation {
     match pod.phase {
@@ -588,6 +623,16 @@ mod tests {
         let f = failure_of(&failed(1, Some("Error"), &log));
         assert_eq!((f.reason, f.retryable), (Reason::Internal, true));
         assert!(f.message.contains("i/o timeout"), "{}", f.message);
+        // Issue 10: the longer log the watcher fetched shows the error line
+        // the 2 KiB termination message lost; a permanent one decides.
+        let log = log.replace("dial tcp: i/o timeout", "repository not found");
+        let Observation::Failed(f) =
+            classify_with_log(&failed(1, Some("Error"), &tail), Some(&log))
+        else {
+            panic!("not failed");
+        };
+        assert!(f.message.contains("repository not found"), "{}", f.message);
+        assert!(!f.retryable, "{f:?}");
     }
 
     #[test]

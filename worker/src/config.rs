@@ -23,6 +23,8 @@ pub struct Connections {
     #[arg(
         long,
         env = "KILN_AMQP_URL",
+        // `--help` would print the variable's value, password included.
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
@@ -30,7 +32,12 @@ pub struct Connections {
     #[arg(long, env = "KILN_AMQP_PREFIX", default_value = "kiln")]
     pub amqp_prefix: String,
     /// Redis URL.
-    #[arg(long, env = "KILN_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "KILN_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Prefix of every Redis key (`<prefix>lease:<id>`, ...).
     #[arg(long, env = "KILN_REDIS_PREFIX", default_value = "kiln:")]

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason};
 
-use crate::classify::{Failure, Observation, PodView, classify, hopeless};
-use crate::plan::BuildPlan;
+use crate::classify::{Failure, Observation, PodView, classify, classify_with_log, hopeless};
+use crate::plan::{BuildPlan, ImagePlan};
 
 /// Knobs of the machine, from the worker configuration.
 #[derive(Debug, Clone)]
@@ -492,7 +492,7 @@ impl Machine {
             // Seen by the watcher before the create call returned.
             return Vec::new();
         }
-        match classify(pod) {
+        match classify_with_log(pod, log_tail.as_deref()) {
             Observation::Pending { stuck } => {
                 if hopeless(pod)
                     && let Some((reason, message)) = stuck.clone()
@@ -571,6 +571,8 @@ impl Machine {
         let delay = self.backoff(i, attempt);
         let retry = f.retryable && attempt < self.plan.max_attempts && now + delay < self.deadline;
         let log_tail = log_tail.or_else(|| f.log.clone());
+        let plan = Arc::clone(&self.plan);
+        let spec = &plan.images[i];
         let img = &mut self.images[i];
         img.finished_at = Some(wall);
         img.pending_since = None;
@@ -582,13 +584,13 @@ impl Machine {
                 img.stale.push(p);
             }
             vec![self.image_event(i, Phase::Retrying, wall, |d| {
-                fill_failure(d, f, log_tail.clone());
+                fill_failure(d, f, log_tail.clone(), spec);
                 d.retry_in_seconds = Some(delay.as_secs_f64());
             })]
         } else {
             img.state = ImgState::Failed;
             vec![self.image_event(i, Phase::Failed, wall, |d| {
-                fill_failure(d, f, log_tail.clone());
+                fill_failure(d, f, log_tail.clone(), spec);
             })]
         }
     }
@@ -658,7 +660,10 @@ impl Machine {
                     log: None,
                 };
                 img.failure = Some(f.clone());
-                out.push(self.image_event(i, Phase::Failed, wall, |d| fill_failure(d, &f, None)));
+                let spec = &self.plan.images[i];
+                out.push(self.image_event(i, Phase::Failed, wall, |d| {
+                    fill_failure(d, &f, None, spec);
+                }));
             }
             return out;
         }
@@ -872,11 +877,15 @@ impl Machine {
     }
 }
 
-fn fill_failure(d: &mut EventData, f: &Failure, log_tail: Option<String>) {
+/// The failure's text goes through the masker: the message often quotes the
+/// last log line (a `RUN` step that printed `Authorization: Bearer …` or a
+/// secret build arg), and the values of secret-looking build args are known.
+fn fill_failure(d: &mut EventData, f: &Failure, log_tail: Option<String>, image: &ImagePlan) {
+    let known = kiln_protocol::secret_build_arg_values(&image.build_args);
     d.reason = Some(f.reason);
-    d.message = Some(f.message.clone());
+    d.message = Some(kiln_protocol::mask_text(&f.message, &known));
     d.exit_code = f.exit_code;
-    d.log_tail = log_tail.map(|l| kiln_protocol::mask_secrets(&l, &[]));
+    d.log_tail = log_tail.map(|l| kiln_protocol::mask_secrets(&l, &known));
 }
 
 fn delete(p: PodId) -> Action {
@@ -916,7 +925,7 @@ mod tests {
             tokio::time::Instant::now().into_std()
         }
     }
-    use crate::plan::ImagePlan;
+
     use kiln_protocol::BuildContext;
     use std::collections::BTreeMap;
 
@@ -941,6 +950,7 @@ mod tests {
             s3_region: None,
             s3_endpoint: None,
             cache_repo: None,
+            runtime_class_name: None,
             images: images
                 .iter()
                 .map(|n| ImagePlan {
@@ -959,6 +969,7 @@ mod tests {
                     cache: false,
                     cpu: "1".into(),
                     memory: "1Gi".into(),
+                    ephemeral_storage: None,
                 })
                 .collect(),
         })
@@ -1095,6 +1106,39 @@ mod tests {
         assert!(feed(&mut m, Input::Cancel("again".to_owned())).is_empty());
         assert!(feed(&mut m, Input::Tick).is_empty());
         assert_eq!(m.next_wakeup(), None);
+    }
+
+    /// Issue 10: the failure message quotes the last log line, which went
+    /// out unmasked; the value of a secret-looking build arg is masked too.
+    #[tokio::test(start_paused = true)]
+    async fn failure_text_is_masked() {
+        let mut p = (*plan(&["api"], 1, 3600)).clone();
+        p.images[0]
+            .build_args
+            .insert("NPM_TOKEN".into(), "n0tAPattern42".into());
+        let p = Arc::new(p);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        let log = "curl -H 'Authorization: Bearer eyJsecretsecret' failed\necho n0tAPattern42\nerror building image: exit status 1";
+        let w = wall(&m);
+        let out = m.handle(
+            Input::Observed {
+                pod: Box::new(failed("api", 1, "Error", log)),
+                log_tail: Some(log.to_owned()),
+            },
+            Instant::now(),
+            w,
+        );
+        let mut seen = 0;
+        for a in &out {
+            if let Action::Publish(ev) = a {
+                let text = serde_json::to_string(ev).unwrap();
+                assert!(!text.contains("eyJsecretsecret"), "{text}");
+                assert!(!text.contains("n0tAPattern42"), "{text}");
+                seen += usize::from(ev.data.message.is_some());
+            }
+        }
+        assert!(seen > 0, "{out:?}");
     }
 
     #[tokio::test(start_paused = true)]

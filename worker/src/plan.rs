@@ -54,6 +54,9 @@ pub struct BuildPlan {
     pub s3_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_repo: Option<String>,
+    /// The pods' `runtimeClassName` (policy); absent in older annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
     pub images: Vec<ImagePlan>,
 }
 
@@ -88,6 +91,10 @@ pub struct ImagePlan {
     pub cache: bool,
     pub cpu: String,
     pub memory: String,
+    /// Absent in the annotations of workers before ephemeral storage
+    /// existed: such a pod ran without a storage request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<String>,
 }
 
 impl BuildPlan {
@@ -122,6 +129,7 @@ impl BuildPlan {
                 cache: img.cache.unwrap_or(false),
                 cpu: res.cpu.clone(),
                 memory: res.memory.clone(),
+                ephemeral_storage: Some(res.ephemeral_storage.clone()),
             })
             .collect();
         Self {
@@ -157,6 +165,7 @@ impl BuildPlan {
                 .as_ref()
                 .and_then(|s| s.endpoint.clone()),
             cache_repo: admission.cache_repo.clone(),
+            runtime_class_name: admission.runtime_class_name.clone(),
             images,
         }
     }

@@ -13,6 +13,10 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditi
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
 
+/// How much of a failed pod's log the worker reads to classify it (the
+/// event carries only the last [`kiln_protocol::LOG_TAIL_MAX_BYTES`]).
+pub const LOG_SEARCH_BYTES: usize = 64 * 1024;
+
 use super::spec::{labels, pod_spec};
 use super::view::view;
 use super::{Created, KANIKO, LABEL_BUILD, PodEvent, PodSettings, SELECTOR};
@@ -228,19 +232,26 @@ impl Pods {
         with_retries(delete, |_, _| {}).await
     }
 
-    /// The last lines of the Kaniko log (at most 8 KiB), or `None` if the
-    /// log cannot be read (the termination message is used instead).
+    /// The end of the Kaniko log (the last [`LOG_SEARCH_BYTES`] of its last
+    /// 500 lines), or `None` if the log cannot be read (the termination
+    /// message is used instead). Longer than the 8 KiB an event carries:
+    /// the executor's `Error:` line sits above several KiB of cobra usage
+    /// text. The machine masks it and keeps the last 8 KiB.
     pub async fn log_tail(&self, namespace: &str, name: &str) -> Option<String> {
         let _permit = self.calls.acquire().await;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        // `limitBytes` keeps the *first* bytes of the selected lines: it
+        // only bounds memory, the tail is cut here.
         let lp = LogParams {
             container: Some(KANIKO.into()),
-            tail_lines: Some(50),
-            limit_bytes: Some(i64::try_from(kiln_protocol::LOG_TAIL_MAX_BYTES).unwrap_or(8192)),
+            tail_lines: Some(500),
+            limit_bytes: Some(1 << 20),
             ..LogParams::default()
         };
         match tokio::time::timeout(Duration::from_secs(5), pods.logs(name, &lp)).await {
-            Ok(Ok(log)) if !log.trim().is_empty() => Some(log),
+            Ok(Ok(log)) if !log.trim().is_empty() => {
+                Some(kiln_protocol::tail_bytes(&log, LOG_SEARCH_BYTES).to_owned())
+            }
             _ => None,
         }
     }

@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, Pod,
-    PodSpec, ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    KeyToPath, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -27,6 +28,10 @@ const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";
 /// (pkg/util/fs_util.go `DetectFilesystemIgnoreList`) and /kaniko as a whole
 /// (`defaultIgnoreList`).
 const CONTEXT_DIR: &str = "/kaniko/fetched-context";
+/// The uid and gid of every container but Kaniko's: `nobody`-like, numeric
+/// so that the kubelet can check `runAsNonRoot` without reading the
+/// image's `/etc/passwd`.
+pub const NON_ROOT_UID: i64 = 65_532;
 
 /// The Kaniko pod of attempt `attempt` of image `i` (DESIGN section 7).
 pub fn pod_spec(
@@ -39,7 +44,7 @@ pub fn pod_spec(
     let image = &plan.images[i];
     let mut parts = Parts::default();
     // The order of the calls is the order of Kaniko's flags and volumes.
-    parts.context(settings, plan, image);
+    parts.context(settings, plan, image, storage_of(image));
     parts.dockerfile(plan, image, attempt);
     parts.build_flags(plan, image);
     parts.registry_credentials(plan);
@@ -73,6 +78,18 @@ pub fn pod_spec(
             )],
             volumes: non_empty(parts.volumes),
             node_selector: image.platform.as_deref().map(node_selector),
+            // A build reaches Kubernetes services by name only if the
+            // tenant's Dockerfile says so, never through injected
+            // `*_SERVICE_HOST` variables.
+            enable_service_links: Some(false),
+            // The container runtime's default seccomp filter (Pod Security
+            // `baseline` allows omitting it; `restricted` requires it):
+            // Kaniko needs root, not the rarely-used syscalls it blocks.
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(runtime_default()),
+                ..PodSecurityContext::default()
+            }),
+            runtime_class_name: plan.runtime_class_name.clone(),
             ..PodSpec::default()
         }),
         ..Pod::default()
@@ -108,11 +125,17 @@ struct Parts {
 
 impl Parts {
     /// Where Kaniko finds the build context.
-    fn context(&mut self, settings: &PodSettings, plan: &BuildPlan, image: &ImagePlan) {
+    fn context(
+        &mut self,
+        settings: &PodSettings,
+        plan: &BuildPlan,
+        image: &ImagePlan,
+        storage: Option<&str>,
+    ) {
         match (&image.context.git, &image.context.s3, &image.context.url) {
             (Some(git), _, _) => self.git_context(plan, git),
             (None, Some(s3), _) => self.s3_context(settings, plan, s3),
-            (None, None, Some(url)) => self.url_context(settings, url),
+            (None, None, Some(url)) => self.url_context(settings, url, storage),
             (None, None, None) => {}
         }
     }
@@ -169,7 +192,9 @@ impl Parts {
             .or(plan.s3_region.as_ref())
             .unwrap_or(&settings.s3_region);
         self.env.push(value_env("AWS_REGION", region));
-        if let Some(endpoint) = s3.endpoint.as_ref().or(plan.s3_endpoint.as_ref()) {
+        // The tenant's endpoint wins: its credentials are sent there, so a
+        // request must not redirect them to a host of its choosing.
+        if let Some(endpoint) = plan.s3_endpoint.as_ref().or(s3.endpoint.as_ref()) {
             self.env.push(value_env("S3_ENDPOINT", endpoint));
             self.env.push(value_env("S3_FORCE_PATH_STYLE", "true"));
         }
@@ -177,10 +202,20 @@ impl Parts {
 
     /// Kaniko reads no plain https tarballs: an init container downloads it
     /// into a shared volume.
-    fn url_context(&mut self, settings: &PodSettings, url: &str) {
+    fn url_context(&mut self, settings: &PodSettings, url: &str, storage: Option<&str>) {
+        // The download counts against the pod's ephemeral storage; the
+        // size limit makes the kubelet evict this pod, not its neighbours,
+        // when a tarball is larger than the whole allowance.
         self.volumes.push(Volume {
             name: "context".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(
+                    storage
+                        .unwrap_or(crate::policy::builtin::EPHEMERAL_STORAGE)
+                        .to_owned(),
+                )),
+                ..EmptyDirVolumeSource::default()
+            }),
             ..Volume::default()
         });
         self.mounts.push(mount("context", CONTEXT_DIR));
@@ -286,8 +321,35 @@ fn fetch_container(settings: &PodSettings, url: &str) -> Container {
         ]),
         volume_mounts: Some(vec![mount("context", CONTEXT_DIR)]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        // curl needs no privilege at all: it writes only to the mounted
+        // volume. This is Pod Security `restricted` for this container.
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NON_ROOT_UID),
+            run_as_group: Some(NON_ROOT_UID),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
         ..Container::default()
     }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+/// The image's ephemeral storage (absent in plans of older workers).
+fn storage_of(image: &ImagePlan) -> Option<&str> {
+    image.ephemeral_storage.as_deref()
 }
 
 /// The Kaniko container, with requests equal to limits.
@@ -298,10 +360,15 @@ fn kaniko_container(
     env: Vec<EnvVar>,
     mounts: Vec<VolumeMount>,
 ) -> Container {
-    let quantities = BTreeMap::from([
+    let mut quantities = BTreeMap::from([
         ("cpu".to_owned(), Quantity(image.cpu.clone())),
         ("memory".to_owned(), Quantity(image.memory.clone())),
     ]);
+    // Without a limit one build can fill the node's disk and get other
+    // tenants' pods evicted.
+    if let Some(storage) = storage_of(image) {
+        quantities.insert("ephemeral-storage".to_owned(), Quantity(storage.to_owned()));
+    }
     Container {
         name: KANIKO.into(),
         image: Some(settings.kaniko_image.clone()),
@@ -441,6 +508,21 @@ mod tests {
     }
 
     /// Finding 4: aws-sdk-go-v2 refuses to send a request without a region.
+    /// Issue 10: a request's endpoint overrode the tenant's, sending the
+    /// tenant's signed requests to any host.
+    #[test]
+    fn the_tenants_s3_endpoint_wins() {
+        let mut ctx = s3("a.tgz", None);
+        ctx.s3.as_mut().unwrap().endpoint = Some("https://evil.example.com".into());
+        let mut p = plan(ctx, false);
+        p.s3_endpoint = Some("https://minio.internal".into());
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        assert_eq!(
+            env_of(&pod, "S3_ENDPOINT").as_deref(),
+            Some("https://minio.internal")
+        );
+    }
+
     #[test]
     fn s3_contexts_always_have_a_region() {
         let p = plan(s3("a.tgz", None), false);
@@ -477,6 +559,43 @@ mod tests {
         assert_eq!(pod.spec.unwrap().node_selector, None);
     }
 
+    /// Issue 10: the pod is hardened as far as Kaniko allows (seccomp,
+    /// no service links, bounded disk), and the fetch container meets Pod
+    /// Security `restricted`.
+    #[test]
+    fn build_pods_are_hardened() {
+        let ctx = BuildContext {
+            git: None,
+            s3: None,
+            url: Some("https://example.com/ctx.tar.gz".into()),
+        };
+        let mut p = plan(ctx, false);
+        p.runtime_class_name = Some("gvisor".into());
+        let spec = pod_spec(&settings(), &p, 0, 1, p.accepted_at).spec.unwrap();
+        assert_eq!(spec.enable_service_links, Some(false));
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
+        let psc = spec.security_context.unwrap();
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let res = spec.containers[0].resources.clone().unwrap();
+        assert_eq!(res.limits.unwrap()["ephemeral-storage"].0, "12Gi");
+        assert_eq!(res.requests.unwrap()["ephemeral-storage"].0, "12Gi");
+        for v in spec.volumes.unwrap() {
+            if let Some(e) = v.empty_dir {
+                assert_eq!(e.size_limit.map(|q| q.0).as_deref(), Some("12Gi"));
+            }
+        }
+        let init = spec.init_containers.unwrap();
+        assert!(!init.is_empty());
+        for c in init {
+            let sc = c.security_context.unwrap();
+            assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+            assert!(sc.run_as_user.is_some_and(|u| u > 0));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+        }
+    }
+
     fn settings() -> PodSettings {
         PodSettings {
             kaniko_image: "kaniko:1".into(),
@@ -510,6 +629,7 @@ mod tests {
             s3_region: None,
             s3_endpoint: None,
             cache_repo: Some("registry.example.com/cache".into()),
+            runtime_class_name: None,
             images: vec![ImagePlan {
                 name: "api".into(),
                 context,
@@ -525,6 +645,7 @@ mod tests {
                 cache: true,
                 cpu: "2".into(),
                 memory: "4Gi".into(),
+                ephemeral_storage: Some("12Gi".into()),
             }],
         }
     }

@@ -91,6 +91,18 @@ impl Policy {
                     ));
                 }
             }
+            if let Some(endpoint) = image.context.s3.as_ref().and_then(|s| s.endpoint.as_ref())
+                && endpoint.starts_with("http://")
+                && !t.allow_insecure_s3_endpoint
+            {
+                errs.push(ValidationError::new(
+                    format!("images[{i}].context.s3.endpoint"),
+                    format!(
+                        "{} is plain http, which {who} may not use: signed requests and the access key id would travel in clear; use https://",
+                        quote(endpoint)
+                    ),
+                ));
+            }
             let requested = image.resources.as_ref();
             let cpu = check_quantity(
                 &mut errs,
@@ -110,7 +122,20 @@ impl Policy {
                 "memory",
                 &who,
             );
-            resources.push(ResourceQuantities { cpu, memory });
+            let ephemeral_storage = check_quantity(
+                &mut errs,
+                format!("images[{i}].resources.ephemeralStorage"),
+                requested.and_then(|r| r.ephemeral_storage.as_deref()),
+                &t.defaults.ephemeral_storage,
+                &caps.max_ephemeral_storage,
+                "ephemeral storage",
+                &who,
+            );
+            resources.push(ResourceQuantities {
+                cpu,
+                memory,
+                ephemeral_storage,
+            });
         }
 
         if !errs.is_empty() {
@@ -130,6 +155,7 @@ impl Policy {
             git_credentials: t.git_credentials.clone().filter(|_| uses_git),
             s3_credentials: t.s3_credentials.clone().filter(|_| uses_s3),
             cache_repo: t.cache_repo.clone(),
+            runtime_class_name: t.runtime_class_name.clone(),
             resources,
         })
     }

@@ -44,6 +44,14 @@ pub(super) struct TenantFile {
     pub(super) service_account_name: Option<String>,
     #[serde(default)]
     pub(super) cache_repo: Option<String>,
+    /// The pod's `runtimeClassName` (gVisor, Kata, a user-namespaced
+    /// runtime): a sandbox around Kaniko's root.
+    #[serde(default)]
+    pub(super) runtime_class_name: Option<String>,
+    /// Allows a plain `http://` S3 endpoint (the policy's or a request's):
+    /// the SDK would send signed requests and the access key id in clear.
+    #[serde(default)]
+    pub(super) allow_insecure_s3_endpoint: bool,
     #[serde(default)]
     pub(super) caps: CapsFile,
     #[serde(default)]
@@ -103,6 +111,8 @@ pub(super) struct CapsFile {
     #[serde(default)]
     pub(super) max_memory: Option<QuantityText>,
     #[serde(default)]
+    pub(super) max_ephemeral_storage: Option<QuantityText>,
+    #[serde(default)]
     pub(super) max_images: Option<usize>,
 }
 
@@ -117,6 +127,8 @@ pub(super) struct DefaultsFile {
     pub(super) cpu: Option<QuantityText>,
     #[serde(default)]
     pub(super) memory: Option<QuantityText>,
+    #[serde(default)]
+    pub(super) ephemeral_storage: Option<QuantityText>,
 }
 
 /// A quantity written as a string (`"500m"`) or a bare number (`2`).

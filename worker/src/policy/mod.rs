@@ -25,6 +25,8 @@
 //! registrySecret = "payments-registry"           # mounted at /kaniko/.docker/config.json
 //! serviceAccountName = "kiln-builder"            # the default
 //! cacheRepo = "registry.example.com/payments/cache"
+//! runtimeClassName = "gvisor"                    # optional sandbox around Kaniko's root
+//! allowInsecureS3Endpoint = false                # the default: S3 endpoints must be https
 //! gitCredentials = { secret = "payments-git" }   # usernameKey "username", passwordKey "password" by default
 //! s3Credentials = { secret = "payments-s3", region = "eu-west-1" }
 //! caps = { maxCpu = "2", maxMemory = "4Gi", maxImages = 8 }
@@ -45,6 +47,7 @@
 //! | `maxTimeoutSeconds` | 21600 (6 h) | `timeoutSeconds` | 3600 |
 //! | `maxCpu` | `4` | `cpu` | `1` |
 //! | `maxMemory` | `8Gi` | `memory` | `2Gi` |
+//! | `maxEphemeralStorage` | `50Gi` | `ephemeralStorage` | `10Gi` |
 //! | `maxImages` | 32 | | |
 //!
 //! A default above its cap is an error when the default is written at the
@@ -96,11 +99,13 @@ pub mod builtin {
     pub const MAX_TIMEOUT_SECONDS: u64 = 21_600;
     pub const MAX_CPU: &str = "4";
     pub const MAX_MEMORY: &str = "8Gi";
+    pub const MAX_EPHEMERAL_STORAGE: &str = "50Gi";
     pub const MAX_IMAGES: usize = 32;
     pub const ATTEMPTS: u32 = 3;
     pub const TIMEOUT_SECONDS: u64 = 3_600;
     pub const CPU: &str = "1";
     pub const MEMORY: &str = "2Gi";
+    pub const EPHEMERAL_STORAGE: &str = "10Gi";
 }
 
 // ---------------------------------------------------------------------------
@@ -128,6 +133,10 @@ pub struct Tenant {
     pub service_account: String,
     /// Kaniko `--cache-repo`.
     pub cache_repo: Option<String>,
+    /// The build pods' `runtimeClassName`.
+    pub runtime_class_name: Option<String>,
+    /// Whether an `http://` S3 endpoint is allowed.
+    pub allow_insecure_s3_endpoint: bool,
     pub caps: Caps,
     pub defaults: Defaults,
 }
@@ -139,6 +148,7 @@ pub struct Caps {
     pub max_timeout_seconds: u64,
     pub max_cpu: Quantity,
     pub max_memory: Quantity,
+    pub max_ephemeral_storage: Quantity,
     pub max_images: usize,
 }
 
@@ -149,6 +159,7 @@ pub struct Defaults {
     pub timeout_seconds: u64,
     pub cpu: Quantity,
     pub memory: Quantity,
+    pub ephemeral_storage: Quantity,
 }
 
 /// A Kubernetes quantity as written, with its exact value
@@ -358,6 +369,8 @@ pub struct Admission {
     /// Only when an image of the request has an S3 context.
     pub s3_credentials: Option<S3Credentials>,
     pub cache_repo: Option<String>,
+    /// The build pods' `runtimeClassName`.
+    pub runtime_class_name: Option<String>,
     /// One per image, in request order: requests (= limits) with the
     /// tenant's defaults applied.
     pub resources: Vec<ResourceQuantities>,
@@ -368,6 +381,7 @@ pub struct Admission {
 pub struct ResourceQuantities {
     pub cpu: String,
     pub memory: String,
+    pub ephemeral_storage: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -476,11 +490,14 @@ impl Policy {
             s3_credentials: None,
             service_account: DEFAULT_SERVICE_ACCOUNT.to_owned(),
             cache_repo: None,
+            runtime_class_name: None,
+            allow_insecure_s3_endpoint: false,
             caps: Caps {
                 max_attempts: builtin::MAX_ATTEMPTS,
                 max_timeout_seconds: builtin::MAX_TIMEOUT_SECONDS,
                 max_cpu: builtin_quantity(builtin::MAX_CPU),
                 max_memory: builtin_quantity(builtin::MAX_MEMORY),
+                max_ephemeral_storage: builtin_quantity(builtin::MAX_EPHEMERAL_STORAGE),
                 max_images: builtin::MAX_IMAGES,
             },
             defaults: Defaults {
@@ -488,6 +505,7 @@ impl Policy {
                 timeout_seconds: builtin::TIMEOUT_SECONDS,
                 cpu: builtin_quantity(builtin::CPU),
                 memory: builtin_quantity(builtin::MEMORY),
+                ephemeral_storage: builtin_quantity(builtin::EPHEMERAL_STORAGE),
             },
         };
         Policy {

@@ -229,6 +229,17 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
             );
         }
         if let Some(endpoint) = &s.endpoint
+            && endpoint.starts_with("http://")
+            && !tf.allow_insecure_s3_endpoint
+        {
+            r.problem(
+                format!("{p}.endpoint"),
+                format!(
+                    "{} is plain http: signed requests and the access key id would travel in clear; use https:// or set {base}.allowInsecureS3Endpoint = true",
+                    quote(endpoint)
+                ),
+            );
+        } else if let Some(endpoint) = &s.endpoint
             && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
         {
             r.problem(
@@ -290,6 +301,12 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
     let max_images = inherit!(caps, "maxImages", max_images, builtin::MAX_IMAGES);
     let max_cpu = inherit!(caps, "maxCpu", max_cpu, q(builtin::MAX_CPU));
     let max_memory = inherit!(caps, "maxMemory", max_memory, q(builtin::MAX_MEMORY));
+    let max_storage = inherit!(
+        caps,
+        "maxEphemeralStorage",
+        max_ephemeral_storage,
+        q(builtin::MAX_EPHEMERAL_STORAGE)
+    );
     let attempts = inherit!(defaults, "attempts", attempts, builtin::ATTEMPTS);
     let timeout = inherit!(
         defaults,
@@ -299,6 +316,12 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
     );
     let cpu = inherit!(defaults, "cpu", cpu, q(builtin::CPU));
     let memory = inherit!(defaults, "memory", memory, q(builtin::MEMORY));
+    let storage = inherit!(
+        defaults,
+        "ephemeralStorage",
+        ephemeral_storage,
+        q(builtin::EPHEMERAL_STORAGE)
+    );
     r.at_least_one(&max_attempts);
     r.at_least_one(&attempts);
     r.at_least_one(&max_timeout);
@@ -308,13 +331,24 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
     let max_memory = r.quantity(max_memory);
     let cpu = r.quantity(cpu);
     let memory = r.quantity(memory);
+    let max_storage = r.quantity(max_storage);
+    let storage = r.quantity(storage);
 
     let defaults = Defaults {
         attempts: r.bounded(attempts, &max_attempts, "maxAttempts"),
         timeout_seconds: r.bounded(timeout, &max_timeout, "maxTimeoutSeconds"),
         cpu: r.bounded(cpu, &max_cpu, "maxCpu"),
         memory: r.bounded(memory, &max_memory, "maxMemory"),
+        ephemeral_storage: r.bounded(storage, &max_storage, "maxEphemeralStorage"),
     };
+    if let Some(rc) = &tf.runtime_class_name {
+        r.name(
+            format!("{base}.runtimeClassName"),
+            rc,
+            "RuntimeClass name",
+            is_dns1123_subdomain,
+        );
+    }
     Tenant {
         namespace: tf.namespace,
         allowed_destinations: allowed,
@@ -323,11 +357,14 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
         s3_credentials: s3,
         service_account,
         cache_repo: tf.cache_repo,
+        runtime_class_name: tf.runtime_class_name,
+        allow_insecure_s3_endpoint: tf.allow_insecure_s3_endpoint,
         caps: Caps {
             max_attempts: max_attempts.value,
             max_timeout_seconds: max_timeout.value,
             max_cpu: max_cpu.value,
             max_memory: max_memory.value,
+            max_ephemeral_storage: max_storage.value,
             max_images: max_images.value,
         },
         defaults,

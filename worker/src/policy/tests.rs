@@ -148,6 +148,7 @@ allowedDestinations = ["*"]
             max_timeout_seconds: 21_600,
             max_cpu: Quantity::parse("4").unwrap(),
             max_memory: Quantity::parse("8Gi").unwrap(),
+            max_ephemeral_storage: Quantity::parse("50Gi").unwrap(),
             max_images: 32,
         }
     );
@@ -158,6 +159,7 @@ allowedDestinations = ["*"]
             timeout_seconds: 3600,
             cpu: Quantity::parse("1").unwrap(),
             memory: Quantity::parse("2Gi").unwrap(),
+            ephemeral_storage: Quantity::parse("10Gi").unwrap(),
         }
     );
     assert_eq!(t.service_account, "kiln-builder");
@@ -546,18 +548,22 @@ fn admits_with_defaults_applied() {
             // The tenant has no S3 credentials: an S3 context goes without.
             s3_credentials: None,
             cache_repo: Some("registry.example.com/payments/cache".to_owned()),
+            runtime_class_name: None,
             resources: vec![
                 ResourceQuantities {
                     cpu: "1".to_owned(),
-                    memory: "2Gi".to_owned()
+                    memory: "2Gi".to_owned(),
+                    ephemeral_storage: "10Gi".to_owned(),
                 },
                 ResourceQuantities {
                     cpu: "2".to_owned(),
-                    memory: "8Gi".to_owned()
+                    memory: "8Gi".to_owned(),
+                    ephemeral_storage: "10Gi".to_owned(),
                 },
                 ResourceQuantities {
                     cpu: "1".to_owned(),
-                    memory: "512Mi".to_owned()
+                    memory: "512Mi".to_owned(),
+                    ephemeral_storage: "10Gi".to_owned(),
                 },
             ],
         }
@@ -866,4 +872,80 @@ fn prefixes_need_a_registry_host() {
     ] {
         assert!(DestinationPrefix::parse(bad).is_err(), "{bad}");
     }
+}
+
+/// Issue 10: a build's disk is bounded like its memory, and a request asks
+/// within the cap.
+#[test]
+fn ephemeral_storage_has_a_default_and_a_cap() {
+    let p = Policy::from_toml_str(
+        r#"
+[tenants.t]
+namespace = "t"
+allowedDestinations = ["*"]
+runtimeClassName = "gvisor"
+caps = { maxEphemeralStorage = "20Gi" }
+defaults = { ephemeralStorage = "5Gi" }
+"#,
+    )
+    .unwrap();
+    let mut img = image("a", "r.example.com/a:1");
+    let a = p
+        .admit(Some("t"), &request(json!({ "images": [img.clone()] })))
+        .unwrap();
+    assert_eq!(a.resources[0].ephemeral_storage, "5Gi");
+    assert_eq!(a.runtime_class_name.as_deref(), Some("gvisor"));
+    img["resources"] = json!({ "ephemeralStorage": "21Gi" });
+    let errs = p
+        .admit(Some("t"), &request(json!({ "images": [img] })))
+        .unwrap_err();
+    assert_eq!(
+        violation_paths(&errs),
+        ["images[0].resources.ephemeralStorage"]
+    );
+    let problems = toml_problems(
+        r#"
+[tenants.t]
+namespace = "t"
+allowedDestinations = ["*"]
+runtimeClassName = "Not_A_Name"
+defaults = { ephemeralStorage = "60Gi" }
+"#,
+    );
+    assert_eq!(
+        paths(&problems),
+        [
+            "tenants.t.defaults.ephemeralStorage",
+            "tenants.t.runtimeClassName"
+        ]
+    );
+}
+
+/// Issue 10: a plain-http S3 endpoint sends the tenant's signed requests
+/// in clear; allowed only when the policy says so.
+#[test]
+fn http_s3_endpoints_need_the_policy() {
+    let problems = toml_problems(
+        r#"
+[tenants.t]
+namespace = "t"
+allowedDestinations = ["*"]
+s3Credentials = { secret = "s3", endpoint = "http://minio:9000" }
+"#,
+    );
+    assert_eq!(paths(&problems), ["tenants.t.s3Credentials.endpoint"]);
+    let text = |insecure: bool| {
+        format!(
+            "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\nallowInsecureS3Endpoint = {insecure}\n"
+        )
+    };
+    let mut img = image("a", "r.example.com/a:1");
+    img["context"] =
+        json!({ "s3": { "bucket": "bkt", "key": "k.tgz", "endpoint": "http://minio:9000" } });
+    let req = request(json!({ "images": [img] }));
+    let strict = Policy::from_toml_str(&text(false)).unwrap();
+    let errs = strict.admit(Some("t"), &req).unwrap_err();
+    assert_eq!(violation_paths(&errs), ["images[0].context.s3.endpoint"]);
+    let lax = Policy::from_toml_str(&text(true)).unwrap();
+    assert!(lax.admit(Some("t"), &req).is_ok());
 }

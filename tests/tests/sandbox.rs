@@ -1,0 +1,34 @@
+//! Issue 10: secrets that must never leave the worker (CLI output here;
+//! events and reasons are covered by the protocol and machine tests).
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+/// The `kiln` binary next to this test (as in cli.rs), or `KILN_BIN`.
+fn kiln_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("KILN_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(format!("kiln{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// `kiln worker --help` printed `[env: KILN_AMQP_URL=amqp://…:password@…]`.
+#[test]
+fn help_does_not_print_connection_urls() {
+    let out = Command::new(kiln_bin())
+        .args(["worker", "--help"])
+        .env("KILN_AMQP_URL", "amqp://kiln:amqpPlantedPw@rabbit:5672/%2f")
+        .env("KILN_REDIS_URL", "redis://:redisPlantedPw@redis:6379")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("KILN_AMQP_URL"), "{text}");
+    assert!(!text.contains("amqpPlantedPw"), "{text}");
+    assert!(!text.contains("redisPlantedPw"), "{text}");
+}
