@@ -78,6 +78,7 @@ fn record(worker: &str) -> BuildRecord {
         state: RecordState::Finished,
         phase: Some("succeeded".to_owned()),
         tenant: "default".to_owned(),
+        fingerprint: String::new(),
         namespace: "kiln-builds".to_owned(),
         worker: worker.to_owned(),
         images: std::collections::BTreeMap::new(),
