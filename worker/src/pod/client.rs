@@ -121,7 +121,7 @@ impl Pods {
 
     /// Creates the pod of `attempt` of image `i` (and, for inline
     /// Dockerfiles, its ConfigMap owned by the pod). A 409 means the pod
-    /// exists: it is returned for adoption. Transient API errors are retried.
+    /// exists: it is returned for adoption. One try: the caller retries.
     pub async fn create(
         &self,
         plan: &BuildPlan,
@@ -149,10 +149,11 @@ impl Pods {
                 Err(e) => Err(Error::from(e)),
             }
         };
-        let created = with_retries(attempt_create, |e, d| {
-            tracing::warn!(build_id = %plan.id, pod = %name, error = %e, retry_in = ?d, "pod create failed; retrying");
-        })
-        .await?;
+        // One try: the build task retries creation under the build's own
+        // policy (deadline, stop token, `Retry-After`), so a second layer
+        // here would multiply the tries and hold the API-call permit while
+        // sleeping.
+        let created = attempt_create().await?;
         if let Some(rendered) = &plan.images[i].rendered_dockerfile {
             let owner = match &created {
                 Created::New(v) | Created::Existing(v) => v.uid.clone(),
@@ -206,7 +207,9 @@ impl Pods {
                 Err(e) => Err(Error::from(e)),
             }
         };
-        with_retries(create, |_, _| {}).await
+        // One try, like the pod: a retry of `create` finds the pod (409)
+        // and creates the ConfigMap again.
+        create().await
     }
 
     /// Deletes a pod if it is still the one we mean (uid precondition).

@@ -97,6 +97,7 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
         return;
     }
     if let Err(e) = take_over(sup, id, namespace, claimed_at).await {
+        sup.ctx.metrics.error(&e);
         tracing::warn!(build_id = %id, error = %e, "adoption failed; releasing the lease");
         let _ = sup.ctx.leases.release(id).await;
     }

@@ -238,6 +238,7 @@ async fn execute_fenced(
             } => {
                 if let Err(e) = sup.ctx.pods.delete(&namespace, &name, &uid).await {
                     sup.ctx.metrics.kube_error("delete");
+                    sup.ctx.metrics.error(&e);
                     tracing::warn!(pod = %name, error = %e, "could not delete pod");
                 }
             }
@@ -271,10 +272,13 @@ async fn create_pod(
             .await
     })
     .retry(retry::kube_write())
+        // The server's `Retry-After` (429, some 5xx) is a floor on the wait.
+        .adjust(|e, wait| wait.map(|w| e.retry_after().map_or(w, |r| r.max(w))))
         .sleep(move |wait| retry::sleep_at_most_until(wait, deadline))
         .when(|e| e.is_transient() && Instant::now() < deadline)
         .notify(|e, wait| {
             ctx.metrics.kube_error("create");
+            ctx.metrics.error(e);
             tracing::warn!(build_id = %plan.id, error = %e, retry_in = ?wait, "pod create keeps failing; retrying");
         });
     let Some(created) = retry::bounded(create, stop).await else {
@@ -287,6 +291,7 @@ async fn create_pod(
     match &created {
         Err(e) if e.is_transient() => {
             ctx.metrics.kube_error("create");
+            ctx.metrics.error(e);
             tracing::warn!(build_id = %plan.id, error = %e, "pod create still failing at the build's deadline");
             return Ok(None);
         }
@@ -330,6 +335,7 @@ async fn finished(sup: &Supervisor, machine: &Machine, phase: Phase, reason: Opt
             tracing::warn!(build_id = %plan.id, "lease lost before the record was written; left to its holder");
         }
         Err(e) => {
+            ctx.metrics.error(&e);
             tracing::warn!(build_id = %plan.id, error = %e, "could not write the final record");
         }
     }

@@ -129,9 +129,26 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
     let Some(Ok(record)) = retry::bounded(read, &sup.stop).await else {
         return;
     };
+    let reason = cancel.reason.as_deref().unwrap_or("cancelled");
+    let keep = ctx.record_ttl.max(std::time::Duration::from_secs(3600));
     let from_pods = match &record {
         Some(_) => None,
-        None => tenant_from_pods(&sup, id).await,
+        None => {
+            // Without a record the id is most likely not claimed yet: keep
+            // the cancel for the sender's tenant at once (it touches no
+            // other tenant's build), so a request consumed while the pods
+            // are being looked up still starts cancelled. The decision below
+            // writes it again or refuses the cancel.
+            let tenant = tenant_of(d.user_id.as_deref(), &ctx.policy);
+            if let Err(e) = ctx
+                .leases
+                .request_cancel(id, Some(&tenant), reason, keep)
+                .await
+            {
+                tracing::warn!(build_id = %id, error = %e, "cannot keep the cancel yet; deciding first");
+            }
+            tenant_from_pods(&sup, id).await
+        }
     };
     let owner = record
         .as_ref()
@@ -149,8 +166,6 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         CancelStep::Flag => None,
         CancelStep::Keep(tenant) => Some(tenant),
     };
-    let reason = cancel.reason.as_deref().unwrap_or("cancelled");
-    let keep = ctx.record_ttl.max(std::time::Duration::from_secs(3600));
     let flag = (|| ctx.leases.request_cancel(id, for_tenant.as_deref(), reason, keep))
         .retry(retry::redis())
         .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot record cancel; retrying"));

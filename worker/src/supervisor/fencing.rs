@@ -137,6 +137,7 @@ pub(super) async fn renew_loop(sup: Supervisor) {
             }
             Err(e) => {
                 sup.ctx.metrics.lease_renewal_failed();
+                sup.ctx.metrics.error(&e);
                 tracing::warn!(error = %e, "lease renewal failed");
                 if after_failure(last_ok, Instant::now(), ttl) == Verdict::StopAll {
                     tracing::error!(

@@ -375,6 +375,7 @@ pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: b
         }
         .with_traceparent(d.traceparent.clone());
         if let Err(e) = ctx.publish(&ev).await {
+            ctx.metrics.error(&e);
             tracing::error!(build_id = %id, error = %e, "could not publish the rejection; requeueing the request");
             let _ = d.requeue().await;
             return;
@@ -382,6 +383,7 @@ pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: b
     }
     let header = format!("{reason}: {message}");
     if let Err(e) = ctx.broker.dead_letter(d, &header).await {
+        ctx.metrics.error(&e);
         tracing::error!(error = %e, "could not dead-letter a rejected request; requeueing it");
         let _ = d.requeue().await;
     }
