@@ -104,9 +104,9 @@ impl Task {
             // Boxed: the task of an idle build then holds a small future,
             // not the largest state of the API calls it may make.
             let input = Box::pin(enrich(&self.sup.ctx, input)).await;
-            let actions = self
-                .machine
-                .handle(input, Instant::now().into_std(), jiff::Timestamp::now());
+            let actions =
+                self.machine
+                    .handle(input, Instant::now().into_std(), jiff::Timestamp::now());
             if actions.is_empty() {
                 continue;
             }

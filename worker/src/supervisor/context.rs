@@ -46,7 +46,8 @@ impl Context {
     /// confirmed) and counts it.
     pub(super) async fn publish(&self, ev: &BuildEvent) -> Result<()> {
         let level = ev.level();
-        let body = serde_json::to_vec(ev).map_err(|e| Error::amqp_caused("cannot encode the event", e))?;
+        let body =
+            serde_json::to_vec(ev).map_err(|e| Error::amqp_caused("cannot encode the event", e))?;
         let out = OutgoingEvent {
             routing_key: kiln_protocol::routing_key(level, ev.data.phase),
             message_id: ev.id.clone(),
