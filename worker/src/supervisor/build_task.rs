@@ -124,11 +124,12 @@ impl Task {
     async fn put_accepted_record(&self) {
         let ctx = &self.sup.ctx;
         let states = self.machine.image_states();
-        let record = ctx.record(self.machine.plan(), RecordState::Accepted, None, &states);
+        let mut record = ctx.record(self.machine.plan(), RecordState::Accepted, None, &states);
+        record.history = self.sup.cluster.history(&self.machine.plan().id);
         let keep = ctx.record_ttl.max(Duration::from_secs(86_400));
         let _ = ctx
             .leases
-            .put_record(&self.machine.plan().id, &record, keep)
+            .put_indexed_record(&self.machine.plan().id, &record, keep)
             .await;
     }
 }
@@ -160,7 +161,10 @@ pub(super) async fn execute(
     let mut queue: VecDeque<Action> = actions.into();
     while let Some(action) = queue.pop_front() {
         match action {
-            Action::Publish(ev) => sup.ctx.publish(&ev).await?,
+            Action::Publish(ev) => {
+                sup.ctx.publish(&ev).await?;
+                sup.cluster.published(&ev);
+            }
             Action::CreatePod { image, attempt } => {
                 let Some(input) = create_pod(&sup.ctx, machine.plan(), image, attempt, stop).await
                 else {
@@ -242,12 +246,13 @@ async fn create_pod(
 async fn finished(sup: &Supervisor, machine: &Machine, phase: Phase, reason: Option<Reason>) {
     let ctx = &sup.ctx;
     let plan = machine.plan();
-    let record = ctx.record(
+    let mut record = ctx.record(
         plan,
         RecordState::Finished,
         Some(phase),
         &machine.image_states(),
     );
+    record.history = sup.cluster.history(&plan.id);
     let _ = ctx.leases.finish(&plan.id, &record, ctx.record_ttl).await;
     let secs = jiff::Timestamp::now()
         .duration_since(plan.accepted_at)
