@@ -517,6 +517,7 @@ fn record(phase: &str, digest: Option<&str>) -> BuildRecord {
         )]
         .into(),
         updated_at: jiff::Timestamp::now(),
+        history: kiln_worker::lease::History::default(),
     }
 }
 

@@ -132,7 +132,8 @@ async fn metrics_health_and_status_page_over_http() {
             .is_some_and(|(_, recent)| recent.contains(&id) && recent.contains(">succeeded<"))
     })
     .await;
-    let (in_flight, _) = page.body.split_once(r#"id="recent""#).unwrap();
+    // The in-flight section ends where the build history begins.
+    let (in_flight, _) = page.body.split_once(r#"id="history""#).unwrap();
     assert!(!in_flight.contains(&id), "still in flight: {in_flight}");
 
     let metrics = get(addr, "/metrics").await.unwrap();

@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use kiln_protocol::Phase;
 
 use crate::classify::{PodPhase, PodView};
+use crate::lease::History;
 
 /// How many finished builds the view remembers.
 pub const RECENT: usize = 100;
@@ -32,7 +33,14 @@ struct Inner {
     recent: VecDeque<Outcome>,
     /// Relist generation per namespace (see [`ClusterView::resync`]).
     epochs: HashMap<String, u64>,
+    /// What the events of the builds this worker drives said, until the
+    /// build's record is written at its end.
+    histories: HashMap<String, History>,
 }
+
+/// Histories kept at most: builds whose task ended without finishing
+/// (lease lost) leave theirs behind, so the map needs a bound.
+const HISTORIES_MAX: usize = 10_000;
 
 #[derive(Debug)]
 struct Build {
@@ -210,7 +218,34 @@ impl ClusterView {
 
     /// The owner published the build's terminal event.
     pub fn finished(&self, build: &str, phase: Phase) {
-        lock(&self.inner).end(build, Some(phase), jiff::Timestamp::now());
+        let mut inner = lock(&self.inner);
+        inner.histories.remove(build);
+        inner.end(build, Some(phase), jiff::Timestamp::now());
+    }
+
+    /// This worker published `ev`: it joins the build's history.
+    pub fn published(&self, ev: &kiln_protocol::BuildEvent) {
+        let mut inner = lock(&self.inner);
+        if inner.histories.len() >= HISTORIES_MAX
+            && !inner.histories.contains_key(&ev.data.build_id)
+        {
+            inner.histories.clear();
+        }
+        inner
+            .histories
+            .entry(ev.data.build_id.clone())
+            .or_default()
+            .apply(ev);
+    }
+
+    /// The history of `build` so far (empty if this worker published none
+    /// of its events).
+    pub fn history(&self, build: &str) -> History {
+        lock(&self.inner)
+            .histories
+            .get(build)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Drops a build without recording an outcome.

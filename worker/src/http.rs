@@ -6,7 +6,10 @@
 //! | `/metrics` | Prometheus metrics (OpenMetrics text) |
 //! | `/healthz` | 200 `ok` while the process runs |
 //! | `/readyz` | 200 `ok` when RabbitMQ is connected, Redis and the Kubernetes API answer and the build consumer runs; else 503 with one line per failing check |
-//! | `/` | status page: builds in flight across the cluster and recent outcomes (server-rendered HTML, no JavaScript) |
+//! | `/` | status page: builds in flight across the cluster and the build history from Redis, the same on every replica; `?tenant=&phase=&app=` filter it, `?refresh=N` reloads it every N seconds (server-rendered HTML, no JavaScript) |
+//! | `/builds/<id>` | one build: timeline of its events, reasons and messages, masked log tails, digests and pinned references, pods, tenant, trace id |
+//! | `/api/builds` | the history as JSON (same filters) |
+//! | `/api/builds/<id>` | one build's record as JSON |
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,8 +17,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use askama::Template;
+use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -23,6 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
+use crate::lease::{BuildRecord, INDEX_MAX, RecordState};
 use crate::supervisor::Supervisor;
 
 /// How long one readiness check may take before it counts as failed.
@@ -37,6 +42,9 @@ const TEXT: &str = "text/plain; charset=utf-8";
 pub fn router(sup: Supervisor) -> Router {
     Router::new()
         .route("/", get(status_page))
+        .route("/builds/{id}", get(build_page))
+        .route("/api/builds", get(api_builds))
+        .route("/api/builds/{id}", get(api_build))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -187,9 +195,95 @@ struct RecentRow {
     ago: String,
 }
 
+/// The list filters of `/` and `/api/builds`; empty means any.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Filter {
+    #[serde(default)]
+    pub tenant: String,
+    /// A terminal phase, or `running` for builds not finished yet.
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub app: String,
+    /// Seconds between reloads of the HTML page (`<meta refresh>`); 0 = off.
+    #[serde(default)]
+    pub refresh: u32,
+}
+
+/// The phase the list shows for a record: its terminal phase, or
+/// `running` while it is not finished.
+fn record_phase(r: &BuildRecord) -> &str {
+    match (&r.phase, r.state) {
+        (Some(p), RecordState::Finished) => p,
+        _ => "running",
+    }
+}
+
+impl Filter {
+    fn matches(&self, r: &BuildRecord) -> bool {
+        (self.tenant.is_empty() || r.tenant == self.tenant)
+            && (self.phase.is_empty() || record_phase(r) == self.phase)
+            && (self.app.is_empty() || r.history.app.as_deref() == Some(self.app.as_str()))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tenant.is_empty() && self.phase.is_empty() && self.app.is_empty()
+    }
+}
+
+/// One build of the history list.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryRow {
+    pub id: String,
+    pub phase: String,
+    pub tenant: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub images: usize,
+    pub worker: String,
+    pub updated_at: jiff::Timestamp,
+    #[serde(skip)]
+    ago: String,
+}
+
+/// The filtered history, newest first. `None` when Redis does not answer.
+async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<Vec<HistoryRow>> {
+    let records = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.recent_records(INDEX_MAX))
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        records
+            .into_iter()
+            .filter(|(_, r)| f.matches(r))
+            .map(|(id, r)| HistoryRow {
+                phase: record_phase(&r).to_owned(),
+                app: r.history.app.clone(),
+                reason: r
+                    .history
+                    .reason
+                    .clone()
+                    .or_else(|| r.history.images.values().find_map(|i| i.reason.clone())),
+                images: r.images.len(),
+                ago: since(r.updated_at, now),
+                tenant: r.tenant,
+                worker: r.worker,
+                updated_at: r.updated_at,
+                id,
+            })
+            .collect(),
+    )
+}
+
 #[derive(Debug, Template)]
 #[template(path = "status.html")]
 struct StatusPage {
+    filter: Filter,
+    filtered: bool,
+    history: Option<Vec<HistoryRow>>,
     worker: String,
     source: String,
     version: &'static str,
@@ -222,6 +316,8 @@ fn since(from: jiff::Timestamp, now: jiff::Timestamp) -> String {
 }
 
 fn page(
+    filter: Filter,
+    history: Option<Vec<HistoryRow>>,
     sup: &Supervisor,
     snap: &Snapshot,
     holders: &HashMap<String, String>,
@@ -265,6 +361,9 @@ fn page(
         })
         .collect();
     StatusPage {
+        filtered: !filter.is_empty(),
+        filter,
+        history,
         worker: sup.ctx.settings.worker.clone(),
         source: sup.ctx.settings.source.clone(),
         version: env!("CARGO_PKG_VERSION"),
@@ -278,7 +377,9 @@ fn page(
     }
 }
 
-async fn status_page(State(sup): State<Supervisor>) -> Response {
+async fn status_page(State(sup): State<Supervisor>, Query(filter): Query<Filter>) -> Response {
+    let now = jiff::Timestamp::now();
+    let rows = history(&sup, &filter, now).await;
     let snap = sup.cluster.snapshot(PAGE_BUILDS);
     let ids: Vec<String> = snap.in_flight.iter().map(|b| b.id.clone()).collect();
     // The lease holder is the build's worker; without Redis the column
@@ -292,7 +393,10 @@ async fn status_page(State(sup): State<Supervisor>) -> Response {
                 .collect(),
             _ => HashMap::new(),
         };
-    let page = page(&sup, &snap, &holders, jiff::Timestamp::now());
+    html(&page(filter, rows, &sup, &snap, &holders, now))
+}
+
+fn html(page: &impl Template) -> Response {
     match page.render() {
         Ok(html) => (
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
@@ -303,6 +407,71 @@ async fn status_page(State(sup): State<Supervisor>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot render the status page: {e}\n"),
         ),
+    }
+}
+
+/// The record of one build, or the answer to give instead.
+async fn one_record(sup: &Supervisor, id: &str) -> std::result::Result<BuildRecord, Response> {
+    match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.record(id)).await {
+        Ok(Ok(Some(r))) => Ok(r),
+        Ok(Ok(None)) => Err(text(
+            StatusCode::NOT_FOUND,
+            format!("no record of build {id:?}: unknown, or older than the record TTL\n"),
+        )),
+        Ok(Err(e)) => Err(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("redis: {e}\n"),
+        )),
+        Err(_) => Err(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis: no answer\n".to_owned(),
+        )),
+    }
+}
+
+#[derive(Debug, Template)]
+#[template(path = "build.html")]
+struct BuildPage {
+    id: String,
+    phase: String,
+    r: BuildRecord,
+    refresh: u32,
+    generated: String,
+}
+
+async fn build_page(
+    State(sup): State<Supervisor>,
+    Path(id): Path<String>,
+    Query(filter): Query<Filter>,
+) -> Response {
+    match one_record(&sup, &id).await {
+        Ok(r) => html(&BuildPage {
+            phase: record_phase(&r).to_owned(),
+            id,
+            r,
+            refresh: filter.refresh,
+            generated: jiff::Timestamp::now()
+                .strftime("%Y-%m-%d %H:%M:%S UTC")
+                .to_string(),
+        }),
+        Err(resp) => resp,
+    }
+}
+
+async fn api_builds(State(sup): State<Supervisor>, Query(filter): Query<Filter>) -> Response {
+    match history(&sup, &filter, jiff::Timestamp::now()).await {
+        Some(rows) => Json(rows).into_response(),
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis: no answer\n".to_owned(),
+        ),
+    }
+}
+
+async fn api_build(State(sup): State<Supervisor>, Path(id): Path<String>) -> Response {
+    match one_record(&sup, &id).await {
+        Ok(r) => Json(r).into_response(),
+        Err(resp) => resp,
     }
 }
 
@@ -324,6 +493,9 @@ mod tests {
     #[test]
     fn the_page_renders_builds_and_outcomes() {
         let page = StatusPage {
+            filter: Filter::default(),
+            filtered: false,
+            history: None,
             worker: "kiln-a".into(),
             source: "urn:kiln:test".into(),
             version: "0.0.0",

@@ -11,7 +11,11 @@
 //! - `P cancel:<id>@<tenant>` — a cancel for an id nobody held when it came,
 //!   read only by a claim of that tenant's request.
 //! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe, ownership (tenant
-//!   and request fingerprint, from the claim on) and `kiln status`.
+//!   and request fingerprint, from the claim on), `kiln status` and the
+//!   status page.
+//! - `P builds`      — sorted set of build ids by the time (ms) their record
+//!   was last written, trimmed to [`INDEX_MAX`] by the same round trip that
+//!   writes the record: the status page's list, the same on every replica.
 //!
 //! Losing Redis costs at worst duplicate work: pod names fence the cluster.
 
@@ -115,9 +119,18 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1 - tonumber(ARGV[6]))
 redis.call('DEL', KEYS[1])
 return 1
 ";
+
+/// Builds kept in the `P builds` index (newest by record update).
+pub const INDEX_MAX: usize = 1000;
+
+/// Timeline entries kept per record: the first few (accepted, the first
+/// attempts) and the latest, so a build retrying for hours stays bounded.
+pub const TIMELINE_MAX: usize = 100;
 
 /// Keys renewed per script call: bounds the time Redis spends in one script.
 const RENEW_CHUNK: usize = 500;
@@ -161,6 +174,137 @@ pub struct BuildRecord {
     #[serde(default)]
     pub images: BTreeMap<String, ImageRecord>,
     pub updated_at: jiff::Timestamp,
+    /// What the build's events said, for the status page (absent in records
+    /// of older workers).
+    #[serde(default)]
+    pub history: History,
+}
+
+/// What the events of a build said, folded by [`History::apply`]: what a
+/// person looks for on the status page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The W3C trace id of the request's `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Reason and message of the terminal build event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Per image: the latest digest, references, failure and log tail.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageHistory>,
+    /// Every event published, oldest first, at most [`TIMELINE_MAX`].
+    #[serde(default)]
+    pub timeline: Vec<TimelineEntry>,
+    /// Entries dropped from the middle of the timeline to bound it.
+    #[serde(default)]
+    pub dropped: usize,
+}
+
+/// One image's details in a [`History`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageHistory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Destinations pinned to the digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_refs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The masked log tail of the latest failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+    /// Every pod the image ran in, one per attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+}
+
+/// One published event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: jiff::Timestamp,
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The trace id (second field) of a W3C `traceparent`.
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+impl History {
+    /// Folds one published event in. The same event twice (a republish
+    /// after a broker blip) is one timeline entry.
+    pub fn apply(&mut self, ev: &kiln_protocol::BuildEvent) {
+        let d = &ev.data;
+        if self.timeline.iter().any(|e| e.id == ev.id) {
+            return;
+        }
+        if let Some(app) = &d.app {
+            self.app = Some(app.clone());
+        }
+        if self.trace_id.is_none() {
+            self.trace_id = ev.traceparent.as_deref().and_then(trace_id);
+        }
+        let reason = d.reason.map(|r| r.to_string());
+        if let Some(image) = &d.image {
+            let img = self.images.entry(image.clone()).or_default();
+            if let Some(pod) = &d.pod
+                && !img.pods.contains(&pod.name)
+            {
+                img.pods.push(pod.name.clone());
+            }
+            if d.digest.is_some() {
+                img.digest.clone_from(&d.digest);
+                img.image_refs.clone_from(&d.image_refs);
+            }
+            if reason.is_some() {
+                img.reason.clone_from(&reason);
+                img.message.clone_from(&d.message);
+            }
+            if d.log_tail.is_some() {
+                img.log_tail.clone_from(&d.log_tail);
+            }
+        } else if d.phase.is_terminal(ev.level()) {
+            self.reason.clone_from(&reason);
+            self.message.clone_from(&d.message);
+        }
+        if self.timeline.len() >= TIMELINE_MAX {
+            // Keep the beginning; drop the oldest of the rest.
+            self.timeline.remove(TIMELINE_MAX / 4);
+            self.dropped += 1;
+        }
+        self.timeline.push(TimelineEntry {
+            id: ev.id.clone(),
+            event_type: ev.event_type.clone(),
+            time: ev.time,
+            phase: d.phase.as_str().to_owned(),
+            image: d.image.clone(),
+            attempt: d.attempt,
+            reason,
+            message: d.message.clone(),
+        });
+    }
 }
 
 /// One image in a [`BuildRecord`].
@@ -251,6 +395,10 @@ impl Leases {
 
     fn record_key(&self, id: &str) -> String {
         format!("{}build:{id}", self.prefix)
+    }
+
+    fn index_key(&self) -> String {
+        format!("{}builds", self.prefix)
     }
 
     fn cancel_channel(&self) -> String {
@@ -371,9 +519,13 @@ impl Leases {
             .finish
             .key(self.lease_key(id))
             .key(self.record_key(id))
+            .key(self.index_key())
             .arg(&self.owner)
             .arg(json)
             .arg(keep_ms)
+            .arg(record.updated_at.as_millisecond())
+            .arg(id)
+            .arg(INDEX_MAX)
             .invoke_async(&mut conn)
             .await?;
         if done == 1 {
@@ -503,6 +655,65 @@ impl Leases {
         Ok(())
     }
 
+    /// Writes the record of `id` (kept for `keep`) and puts it on top of the
+    /// index, trimmed to [`INDEX_MAX`], in one round trip.
+    pub async fn put_indexed_record(
+        &self,
+        id: &str,
+        record: &BuildRecord,
+        keep: Duration,
+    ) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(record)
+            .map_err(|e| Error::redis_caused("cannot encode the build record", e))?;
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.record_key(id))
+            .arg(json)
+            .arg("PX")
+            .arg(keep_ms.max(1))
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.index_key())
+            .arg(record.updated_at.as_millisecond())
+            .arg(id)
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(self.index_key())
+            .arg(0)
+            .arg(-1 - i64::try_from(INDEX_MAX).unwrap_or(i64::MAX))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The records of the newest builds of the index (at most `limit`),
+    /// newest first, in two round trips. Ids whose record expired are left
+    /// out.
+    pub async fn recent_records(&self, limit: usize) -> Result<Vec<(String, BuildRecord)>> {
+        let mut conn = self.conn.clone();
+        let stop = i64::try_from(limit).unwrap_or(i64::MAX) - 1;
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.index_key())
+            .arg(0)
+            .arg(stop)
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.record_key(id)).collect();
+        let raw: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        Ok(ids
+            .into_iter()
+            .zip(raw)
+            .filter_map(|(id, r)| Some((id, serde_json::from_str(&r?).ok()?)))
+            .collect())
+    }
+
     /// Reads the record of `id`. A record this version cannot read counts as
     /// absent: the pods remain the truth.
     pub async fn record(&self, id: &str) -> Result<Option<BuildRecord>> {
@@ -608,4 +819,82 @@ pub enum Notice {
     Cancel(String),
     /// A worker released these builds (shutting down): adopt them now.
     Released(Vec<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::{BuildEvent, EventData, Phase, PodRef, Reason};
+
+    fn event(id: &str, image: Option<&str>, phase: Phase) -> BuildEvent {
+        let mut data: EventData = serde_json::from_value(serde_json::json!({
+            "buildId": "b",
+            "phase": phase.as_str(),
+        }))
+        .expect("minimal data");
+        data.image = image.map(str::to_owned);
+        BuildEvent {
+            specversion: "1.0".into(),
+            id: id.into(),
+            source: "urn:kiln:test".into(),
+            event_type: format!("dev.kiln.x.{}.v1", phase.as_str()),
+            subject: "b".into(),
+            time: jiff::Timestamp::UNIX_EPOCH,
+            datacontenttype: "application/json".into(),
+            dataschema: None,
+            kilnworker: "w".into(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            data,
+        }
+    }
+
+    #[test]
+    fn history_folds_events_once_and_stays_bounded() {
+        let mut h = History::default();
+        let mut failed = event("b/api/1/failed", Some("api"), Phase::Failed);
+        failed.data.reason = Some(Reason::BuildError);
+        failed.data.message = Some("exit 1".into());
+        failed.data.log_tail = Some("error: no rule".into());
+        failed.data.pod = Some(PodRef {
+            namespace: "n".into(),
+            name: "kiln-b-api-1".into(),
+        });
+        let mut done = event("b/failed", None, Phase::Failed);
+        done.data.reason = Some(Reason::BuildError);
+        done.data.message = Some("api failed".into());
+        for ev in [&failed, &failed, &done] {
+            h.apply(ev);
+        }
+        assert_eq!(h.timeline.len(), 2, "a republished event is one entry");
+        assert_eq!(
+            h.trace_id.as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        assert_eq!(h.reason.as_deref(), Some("BuildError"));
+        assert_eq!(h.message.as_deref(), Some("api failed"));
+        let api = &h.images["api"];
+        assert_eq!(api.log_tail.as_deref(), Some("error: no rule"));
+        assert_eq!(api.pods, ["kiln-b-api-1"]);
+
+        for i in 0..3 * TIMELINE_MAX {
+            h.apply(&event(
+                &format!("b/api/{i}/retrying"),
+                Some("api"),
+                Phase::Retrying,
+            ));
+        }
+        assert_eq!(h.timeline.len(), TIMELINE_MAX);
+        assert_eq!(h.timeline[0].id, "b/api/1/failed", "the beginning is kept");
+        assert_eq!(
+            h.timeline.last().map(|e| e.id.as_str()),
+            Some("b/api/299/retrying")
+        );
+        assert_eq!(h.dropped, 3 * TIMELINE_MAX + 2 - TIMELINE_MAX);
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        assert_eq!(trace_id("00-zz-b7ad6b7169203331-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+    }
 }

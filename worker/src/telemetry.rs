@@ -5,8 +5,12 @@
 //! empty), or JSON lines with `KILN_LOG_FORMAT=json`, filtered by `RUST_LOG`
 //! (default `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans are also exported over
-//! OTLP/gRPC (e.g. `http://otel-collector:4317`; `https://` uses the system's
-//! roots) in batches; the usual `OTEL_*` variables (`OTEL_SERVICE_NAME`,
+//! OTLP in batches, with the transport `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` names ([`protocol`]): `http/protobuf` (the
+//! specification's default, e.g. `http://otel-collector:4318`; the generic
+//! endpoint gets `/v1/traces` appended, the traces one is used as is) or
+//! `grpc` (e.g. `http://otel-collector:4317`); `https://` uses rustls on ring
+//! with the system's roots. The usual `OTEL_*` variables (`OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_*`) apply. Without an endpoint no
 //! OpenTelemetry layer is installed and the trace helpers do nothing.
@@ -65,6 +69,53 @@ impl Drop for Guard {
     }
 }
 
+/// The OTLP transport of spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// The transport the `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or (if unset)
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` variable names, read through `var`; the
+/// specification's default is `http/protobuf`. `http/json` is valid OTLP
+/// but not built in: an error naming the variable, rather than spans sent
+/// in a form the operator did not ask for.
+pub fn protocol(var: impl Fn(&str) -> Option<String>) -> Result<Protocol, String> {
+    let set = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|k| var(k).filter(|v| !v.trim().is_empty()).map(|v| (k, v)));
+    let Some((name, value)) = set else {
+        return Ok(Protocol::HttpProtobuf);
+    };
+    match value.trim() {
+        "grpc" => Ok(Protocol::Grpc),
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        other => Err(format!(
+            "{name}={other:?} is not supported: use \"http/protobuf\" or \"grpc\""
+        )),
+    }
+}
+
+/// Where http/protobuf spans go: the traces endpoint as is, or the generic
+/// one with `/v1/traces` appended (OTLP exporter specification).
+fn http_traces_url(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let non_empty = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+    non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .map(|v| v.trim().to_owned())
+        .or_else(|| {
+            non_empty("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|v| format!("{}/v1/traces", v.trim().trim_end_matches('/')))
+        })
+}
+
+fn env_var(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
 /// The configured OTLP trace endpoint, if any.
 pub fn otlp_endpoint() -> Option<String> {
     [
@@ -99,9 +150,22 @@ pub fn init() -> Guard {
             .with_writer(std::io::stderr)
             .boxed()
     };
-    let (otel, provider, problem) = match otlp_endpoint() {
+    let target = otlp_endpoint().map(|endpoint| {
+        let chosen = protocol(env_var).map(|p| {
+            let url = match p {
+                Protocol::Grpc => endpoint.trim().to_owned(),
+                Protocol::HttpProtobuf => {
+                    http_traces_url(env_var).unwrap_or_else(|| endpoint.trim().to_owned())
+                }
+            };
+            (p, url)
+        });
+        (endpoint, chosen)
+    });
+    let (otel, provider, problem) = match target {
         None => (None, None, None),
-        Some(endpoint) => match tracer_provider(&endpoint) {
+        Some((endpoint, Err(e))) => (None, None, Some(format!("{endpoint}: {e}"))),
+        Some((endpoint, Ok((protocol, url)))) => match tracer_provider(&url, protocol) {
             Ok(provider) => {
                 let tracer = provider.tracer("kiln");
                 // The exporter's own HTTP/2 client must not trace into itself.
@@ -130,7 +194,11 @@ pub fn init() -> Guard {
         .is_ok();
     if exporting && installed {
         EXPORTING.store(true, Ordering::Relaxed);
-        tracing::info!(endpoint = ?otlp_endpoint(), "exporting spans over OTLP/gRPC");
+        let protocol = match protocol(env_var) {
+            Ok(Protocol::Grpc) => "grpc",
+            _ => "http/protobuf",
+        };
+        tracing::info!(endpoint = ?otlp_endpoint(), protocol, "exporting spans over OTLP");
     }
     if let Some(problem) = problem {
         tracing::warn!("not exporting spans: {problem}");
@@ -140,21 +208,38 @@ pub fn init() -> Guard {
     }
 }
 
-fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
+fn tracer_provider(endpoint: &str, protocol: Protocol) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
     if tokio::runtime::Handle::try_current().is_err() {
         return Err("telemetry::init must run inside the tokio runtime".into());
     }
-    // The exporter reads headers and timeout from `OTEL_*` itself.
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint.trim());
-    if endpoint.trim_start().starts_with("https://") {
-        builder = builder.with_tls_config(
-            opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots(),
-        );
+    // reqwest's rustls has no provider of its own (no aws-lc-rs): ring, as
+    // for the rest of the process (a no-op when main installed it already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The exporters read headers and timeout from `OTEL_*` themselves.
+    let exporter = match protocol {
+        Protocol::Grpc => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.trim());
+            if endpoint.trim_start().starts_with("https://") {
+                builder = builder.with_tls_config(
+                    opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                        .with_native_roots(),
+                );
+            }
+            builder.build()
+        }
+        // A blocking reqwest client (built by the exporter on its own
+        // thread): the batch processor exports from a thread of its own,
+        // outside the tokio runtime.
+        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(endpoint.trim())
+            .build(),
     }
-    let exporter = builder.build().map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name("kiln-worker");
@@ -230,6 +315,54 @@ fn own_traceparent(span: &tracing::Span) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn vars<'a>(set: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            set.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn the_otlp_protocol_follows_the_standard_variables() {
+        assert_eq!(
+            protocol(vars(&[])),
+            Ok(Protocol::HttpProtobuf),
+            "spec default"
+        );
+        assert_eq!(
+            protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])),
+            Ok(Protocol::Grpc)
+        );
+        assert_eq!(
+            protocol(vars(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ])),
+            Ok(Protocol::HttpProtobuf),
+            "the signal's variable wins"
+        );
+        let err = protocol(vars(&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")]))
+            .expect_err("not built in");
+        assert!(err.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && err.contains("http/json"));
+    }
+
+    #[test]
+    fn http_spans_go_to_v1_traces_of_the_generic_endpoint() {
+        assert_eq!(
+            http_traces_url(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")])).as_deref(),
+            Some("http://c:4318/v1/traces")
+        );
+        assert_eq!(
+            http_traces_url(vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:9/x"),
+            ]))
+            .as_deref(),
+            Some("http://t:9/x")
+        );
+    }
+
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     #[test]
@@ -248,10 +381,9 @@ mod tests {
         assert_eq!(traceparent_from_headers([("traceparent", "nope")]), None);
     }
 
-    /// Spans reach an OTLP/gRPC endpoint, and a request's traceparent
-    /// becomes the parent of the build span.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn spans_are_exported_under_the_request_s_trace() {
+    /// A listener on a free port and the first `n` bytes its first
+    /// connection sends.
+    async fn first_bytes(n: usize) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
         use tokio::io::AsyncReadExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -259,11 +391,36 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let received = tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.expect("accept");
-            let mut buf = vec![0u8; 24];
+            let mut buf = vec![0u8; n];
             conn.read_exact(&mut buf).await.expect("read");
             buf
         });
-        let provider = tracer_provider(&format!("http://{addr}")).expect("provider");
+        (addr, received)
+    }
+
+    /// Flushes and stops `provider` off the async threads, then waits for
+    /// what the listener of [`first_bytes`] received.
+    async fn flush_and_receive(
+        provider: SdkTracerProvider,
+        received: tokio::task::JoinHandle<Vec<u8>>,
+    ) -> Vec<u8> {
+        tokio::task::spawn_blocking(move || {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(1));
+        });
+        tokio::time::timeout(Duration::from_secs(10), received)
+            .await
+            .expect("the exporter connects")
+            .expect("join")
+    }
+
+    /// Spans reach an OTLP/gRPC endpoint, and a request's traceparent
+    /// becomes the parent of the build span.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_are_exported_under_the_request_s_trace() {
+        let (addr, received) = first_bytes(24).await;
+        let provider =
+            tracer_provider(&format!("http://{addr}"), Protocol::Grpc).expect("provider");
         let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
         let subscriber = tracing_subscriber::registry().with(layer);
         let (trace_id, own) = tracing::subscriber::with_default(subscriber, || {
@@ -284,15 +441,23 @@ mod tests {
             !own.contains("00f067aa0ba902b7"),
             "a child span, not the parent: {own}"
         );
-        tokio::task::spawn_blocking(move || {
-            let _ = provider.force_flush();
-            let _ = provider.shutdown_with_timeout(Duration::from_secs(1));
-        });
-        let preface = tokio::time::timeout(Duration::from_secs(10), received)
-            .await
-            .expect("the exporter connects")
-            .expect("join");
+        let preface = flush_and_receive(provider, received).await;
         assert_eq!(&preface[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_protobuf_spans_are_posted_to_the_traces_path() {
+        let want = "POST /v1/traces HTTP/1.1\r\n";
+        let (addr, received) = first_bytes(want.len()).await;
+        let url = format!("http://{addr}/v1/traces");
+        let provider = tracer_provider(&url, Protocol::HttpProtobuf).expect("provider");
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            drop(tracing::info_span!("build", build_id = "b"));
+        });
+        let head = flush_and_receive(provider, received).await;
+        assert_eq!(String::from_utf8_lossy(&head), want);
     }
 
     #[test]

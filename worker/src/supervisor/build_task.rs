@@ -163,11 +163,12 @@ impl Task {
             return;
         }
         let states = self.machine.image_states();
-        let record = ctx.record(self.machine.plan(), RecordState::Accepted, None, &states);
+        let mut record = ctx.record(self.machine.plan(), RecordState::Accepted, None, &states);
+        record.history = self.sup.cluster.history(&self.machine.plan().id);
         let keep = ctx.record_ttl.max(Duration::from_secs(86_400));
         let _ = ctx
             .leases
-            .put_record(&self.machine.plan().id, &record, keep)
+            .put_indexed_record(&self.machine.plan().id, &record, keep)
             .await;
     }
 }
@@ -218,7 +219,10 @@ async fn execute_fenced(
             return Err(Error::LeaseLost(id));
         }
         match action {
-            Action::Publish(ev) => sup.ctx.publish(&ev).await?,
+            Action::Publish(ev) => {
+                sup.ctx.publish(&ev).await?;
+                sup.cluster.published(&ev);
+            }
             Action::CreatePod { image, attempt } => {
                 let created =
                     create_pod(&sup.ctx, machine.plan(), image, attempt, stop, fence).await;
@@ -322,12 +326,13 @@ async fn create_pod(
 async fn finished(sup: &Supervisor, machine: &Machine, phase: Phase, reason: Option<Reason>) {
     let ctx = &sup.ctx;
     let plan = machine.plan();
-    let record = ctx.record(
+    let mut record = ctx.record(
         plan,
         RecordState::Finished,
         Some(phase),
         &machine.image_states(),
     );
+    record.history = sup.cluster.history(&plan.id);
     match ctx.leases.finish(&plan.id, &record, ctx.record_ttl).await {
         Ok(()) => {}
         Err(Error::LeaseLost(_)) => {

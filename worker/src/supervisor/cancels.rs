@@ -194,6 +194,7 @@ mod tests {
             worker: "w1".to_owned(),
             images: std::collections::BTreeMap::new(),
             updated_at: jiff::Timestamp::UNIX_EPOCH,
+            history: crate::lease::History::default(),
         }
     }
 

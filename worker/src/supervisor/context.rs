@@ -93,6 +93,7 @@ impl Context {
                 })
                 .collect(),
             updated_at: jiff::Timestamp::now(),
+            history: crate::lease::History::default(),
         }
     }
 }
