@@ -79,6 +79,7 @@ fn record(worker: &str) -> BuildRecord {
         phase: Some("succeeded".to_owned()),
         tenant: "default".to_owned(),
         fingerprint: String::new(),
+        history: kiln_worker::lease::History::default(),
         namespace: "kiln-builds".to_owned(),
         worker: worker.to_owned(),
         images: std::collections::BTreeMap::new(),

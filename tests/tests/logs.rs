@@ -415,6 +415,7 @@ async fn logs_follow_waits_for_the_pods_of_an_accepted_build() {
         phase: phase.map(str::to_owned),
         tenant: "guest".into(),
         fingerprint: String::new(),
+        history: kiln_worker::lease::History::default(),
         namespace: NAMESPACE.into(),
         worker: "w-1".into(),
         images: std::collections::BTreeMap::new(),
