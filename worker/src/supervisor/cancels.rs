@@ -131,24 +131,23 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
     };
     let reason = cancel.reason.as_deref().unwrap_or("cancelled");
     let keep = ctx.record_ttl.max(std::time::Duration::from_secs(3600));
-    let from_pods = match &record {
-        Some(_) => None,
-        None => {
-            // Without a record the id is most likely not claimed yet: keep
-            // the cancel for the sender's tenant at once (it touches no
-            // other tenant's build), so a request consumed while the pods
-            // are being looked up still starts cancelled. The decision below
-            // writes it again or refuses the cancel.
-            let tenant = tenant_of(d.user_id.as_deref(), &ctx.policy);
-            if let Err(e) = ctx
-                .leases
-                .request_cancel(id, Some(&tenant), reason, keep)
-                .await
-            {
-                tracing::warn!(build_id = %id, error = %e, "cannot keep the cancel yet; deciding first");
-            }
-            tenant_from_pods(&sup, id).await
+    let from_pods = if record.is_some() {
+        None
+    } else {
+        // Without a record the id is most likely not claimed yet: keep the
+        // cancel for the sender's tenant at once (it touches no other
+        // tenant's build), so a request consumed while the pods are being
+        // looked up still starts cancelled. The decision below writes it
+        // again or refuses the cancel.
+        let tenant = tenant_of(d.user_id.as_deref(), &ctx.policy);
+        if let Err(e) = ctx
+            .leases
+            .request_cancel(id, Some(tenant), reason, keep)
+            .await
+        {
+            tracing::warn!(build_id = %id, error = %e, "cannot keep the cancel yet; deciding first");
         }
+        tenant_from_pods(&sup, id).await
     };
     let owner = record
         .as_ref()
