@@ -1,5 +1,6 @@
 //! Kiln test support.
 
+pub mod binary;
 pub mod chaos;
 pub mod fakekube;
 pub mod harness;

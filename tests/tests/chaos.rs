@@ -7,25 +7,9 @@
 //! Replay a failing run with the seed it prints: `KILN_CHAOS_SEED=<seed>`;
 //! choose fault kinds with `KILN_CHAOS_FAULTS=kill,stop,amqp,redis,api,watch,forge`.
 
-use std::path::PathBuf;
+use kiln_tests::binary::kiln_bin;
 
 use kiln_tests::chaos::run::{RunOptions, run};
-
-/// The `kiln` binary of this build (`KILN_BIN` overrides it).
-fn kiln_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let mut dir = exe
-        .parent()
-        .expect("test executable directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join(format!("kiln{}", std::env::consts::EXE_SUFFIX))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_chaos_run_breaks_no_promise() {

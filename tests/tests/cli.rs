@@ -14,10 +14,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use assert_cmd::Command;
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Phase, PodRef, Reason};
+use kiln_tests::binary::kiln_bin;
 use kiln_tests::fakekube::Fate;
 use kiln_tests::harness::{
     Env, ONE_IMAGE_SUCCEEDS, amqp_url, assert_sequence, one_image, redis_url, two_images, unique,
@@ -29,52 +30,6 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- helpers
-
-fn kiln_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent().unwrap().to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join(format!("kiln{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it first with `cargo build -p kiln-worker --bin kiln` \
-         (scripts/test does), or point KILN_BIN at it",
-        bin.display()
-    );
-    warn_if_stale(&bin);
-    bin
-}
-
-fn warn_if_stale(bin: &Path) {
-    fn newest(dir: &Path) -> Option<SystemTime> {
-        let mut best = None;
-        for e in std::fs::read_dir(dir).ok()?.flatten() {
-            let p = e.path();
-            let t = if p.is_dir() {
-                newest(&p)
-            } else {
-                e.metadata().and_then(|m| m.modified()).ok()
-            };
-            best = best.max(t);
-        }
-        best
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/src");
-    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
-    if let (Some(built), Some(src)) = (built, newest(&src))
-        && src > built
-    {
-        eprintln!(
-            "warning: {} is older than worker/src; run `cargo build -p kiln-worker --bin kiln`",
-            bin.display()
-        );
-    }
-}
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")

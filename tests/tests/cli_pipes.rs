@@ -7,6 +7,7 @@
 //! test itself, as a worker would, so no worker runs here.
 #![allow(clippy::unwrap_used)]
 
+use kiln_tests::binary::kiln_bin;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,10 +20,6 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn kiln_bin() -> PathBuf {
-    std::env::var_os("KILN_BIN").map_or_else(|| assert_cmd::cargo::cargo_bin("kiln"), PathBuf::from)
-}
 
 /// `kiln` with the prefixes of `env` and nothing from the caller's
 /// environment that changes its output.

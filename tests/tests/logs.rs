@@ -4,6 +4,7 @@
 //! the fake API server's `follow=true` log stream against kube-rs.
 #![allow(clippy::unwrap_used)]
 
+use kiln_tests::binary::kiln_bin;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,24 +21,6 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt as _;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn kiln_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent().unwrap().to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join(format!("kiln{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it with `cargo build -p kiln-worker --bin kiln`",
-        bin.display()
-    );
-    bin
-}
 
 /// `kiln logs ARGS` with `env`'s prefixes and a kubeconfig for its fake
 /// cluster.

@@ -2,20 +2,8 @@
 //! events and reasons are covered by the protocol and machine tests).
 #![allow(clippy::unwrap_used)]
 
+use kiln_tests::binary::kiln_bin;
 use std::process::Command;
-
-/// The `kiln` binary next to this test (as in cli.rs), or `KILN_BIN`.
-fn kiln_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("KILN_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent().unwrap().to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join(format!("kiln{}", std::env::consts::EXE_SUFFIX))
-}
 
 /// `kiln worker --help` printed `[env: KILN_AMQP_URL=amqp://…:password@…]`.
 #[test]
