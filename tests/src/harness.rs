@@ -463,6 +463,21 @@ impl Env {
         }
     }
 
+    /// The first request published to the builds queue (taken off it, so no
+    /// worker sees it), waiting up to `timeout`: what a client under test
+    /// published.
+    pub async fn wait_published(&self, timeout: Duration) -> kiln_worker::amqp::Incoming {
+        let builds = self.broker.names().builds();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.broker.get_one(&builds).await.expect("basic.get") {
+                return m;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "nothing published");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Pods of the build namespace.
     pub fn pod_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -660,15 +660,7 @@ async fn submit_wait_subscribes_before_publishing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let builds = env.broker.names().builds();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let request = loop {
-        if let Some(m) = env.broker.get_one(&builds).await.unwrap() {
-            break m;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "nothing published");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let request = env.wait_published(WAIT).await;
     let body: Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["id"], "sw-1");
     let digest = format!("sha256:{}", "cd".repeat(32));

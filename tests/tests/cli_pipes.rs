@@ -291,15 +291,7 @@ async fn submit_wait_shows_the_rejection_of_its_own_request() {
             .args(["--id", &id, "--wait", "--timeout", "20s", "-o", output])
             .spawn()
             .unwrap();
-        let builds = env.broker.names().builds();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let request = loop {
-            if let Some(m) = env.broker.get_one(&builds).await.unwrap() {
-                break m;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "nothing published");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let request = env.wait_published(WAIT).await;
         // Someone else's message under the same id: not this request's answer.
         let mut other = request.body.clone();
         other.extend_from_slice(b" ");
