@@ -7,7 +7,7 @@ use std::time::Duration;
 use kiln_protocol::BuildEvent;
 use kiln_tests::fakekube::Resource;
 use kiln_tests::harness::{Env, one_image, redis_url, unique};
-use kiln_worker::lease::{BuildRecord, Claim, Leases, RecordState, Renewal};
+use kiln_worker::lease::{BuildRecord, Claim, LeaseToken, Leases, RecordState, Renewal};
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -90,8 +90,11 @@ fn record(worker: &str) -> BuildRecord {
 /// Two workers' lease handles on one fresh prefix (keys expire on their
 /// own: short TTLs).
 async fn two_workers() -> (Leases, Leases) {
+    two_workers_with(Duration::from_secs(2)).await
+}
+
+async fn two_workers_with(ttl: Duration) -> (Leases, Leases) {
     let prefix = format!("{}:", unique("kiln-lease-test"));
-    let ttl = Duration::from_secs(2);
     let a = Leases::connect(&redis_url(), &prefix, "worker-a", ttl)
         .await
         .unwrap();
@@ -107,15 +110,18 @@ async fn two_workers() -> (Leases, Leases) {
 async fn finish_without_the_lease_writes_nothing() {
     let (a, b) = two_workers().await;
     let id = unique("finish");
-    assert_eq!(b.claim(&id).await.unwrap(), Claim::Acquired);
+    let b_token = acquired(b.claim(&id).await.unwrap());
     let keep = Duration::from_secs(10);
-    let lost = a.finish(&id, &record("worker-a"), keep).await;
+    let forged = LeaseToken::mint("worker-a");
+    let lost = a.finish(&id, &forged, &record("worker-a"), keep).await;
     assert!(
         matches!(lost, Err(kiln_worker::error::Error::LeaseLost(_))),
         "{lost:?}"
     );
     assert_eq!(b.record(&id).await.unwrap(), None, "no record written");
-    b.finish(&id, &record("worker-b"), keep).await.unwrap();
+    b.finish(&id, &b_token, &record("worker-b"), keep)
+        .await
+        .unwrap();
     assert_eq!(b.record(&id).await.unwrap().unwrap().worker, "worker-b");
     assert_eq!(
         b.holders(std::slice::from_ref(&id)).await.unwrap(),
@@ -132,11 +138,18 @@ async fn renewal_is_compare_and_extend_only() {
     let missing = unique("missing");
     let taken = unique("taken");
     let mine = unique("mine");
-    assert_eq!(b.claim(&taken).await.unwrap(), Claim::Acquired);
-    assert_eq!(a.claim(&mine).await.unwrap(), Claim::Acquired);
+    let b_token = acquired(b.claim(&taken).await.unwrap());
+    let a_token = acquired(a.claim(&mine).await.unwrap());
     let ids = [missing.clone(), taken.clone(), mine.clone()];
+    // A's renewal of `taken` under a token of its own, never B's.
+    let held = [
+        (missing, LeaseToken::mint("worker-a")),
+        (taken, LeaseToken::mint("worker-a")),
+        (mine, a_token),
+    ];
+    assert!(b_token.as_str().starts_with("worker-b/"));
     assert_eq!(
-        a.renew_many(&ids).await.unwrap(),
+        a.renew_many(&held).await.unwrap(),
         [Renewal::Lost, Renewal::Lost, Renewal::Renewed]
     );
     assert_eq!(
@@ -147,4 +160,132 @@ async fn renewal_is_compare_and_extend_only() {
             Some("worker-a".to_owned())
         ]
     );
+}
+
+/// The token of a claim that must have been free.
+fn acquired(claim: Claim) -> LeaseToken {
+    match claim {
+        Claim::Acquired(token) => token,
+        Claim::HeldBy(holder) => panic!("held by {holder}"),
+    }
+}
+
+/// Issue 9: lease values carry a per-claim token. Worker A claims a build,
+/// stalls until its lease lapses, and claims it again (an adoption of its
+/// own build): the old claim's task, still running with the same worker id,
+/// can neither renew nor finish; only the new claim can. With the worker id
+/// as the lease value, the old task's renewal succeeded and it went on
+/// acting beside the new one.
+#[tokio::test]
+async fn an_old_claim_cannot_renew_or_finish_after_a_reclaim_by_the_same_worker() {
+    let (a, _) = two_workers_with(Duration::from_millis(400)).await;
+    let id = unique("reclaim");
+    let old = acquired(a.claim(&id).await.unwrap());
+    assert_eq!(
+        a.claim(&id).await.unwrap(),
+        Claim::HeldBy("worker-a".to_owned()),
+        "a live claim of this worker holds the lease against its next claim"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let new = acquired(a.claim(&id).await.unwrap());
+    assert_ne!(old, new);
+    assert_eq!(new.worker(), "worker-a");
+    let old_held = [(id.clone(), old.clone())];
+    assert_eq!(a.renew_many(&old_held).await.unwrap(), [Renewal::Lost]);
+    let keep = Duration::from_secs(10);
+    let lost = a.finish(&id, &old, &record("worker-a"), keep).await;
+    assert!(
+        matches!(lost, Err(kiln_worker::error::Error::LeaseLost(_))),
+        "{lost:?}"
+    );
+    assert!(!a.release(&id, &old).await.unwrap(), "nor release it");
+    assert_eq!(
+        a.holders(std::slice::from_ref(&id)).await.unwrap(),
+        [Some("worker-a".to_owned())],
+        "holders show the worker id, not the token"
+    );
+    let new_held = [(id.clone(), new.clone())];
+    assert_eq!(a.renew_many(&new_held).await.unwrap(), [Renewal::Renewed]);
+    a.finish(&id, &new, &record("worker-a"), keep)
+        .await
+        .unwrap();
+    assert_eq!(a.record(&id).await.unwrap().unwrap().worker, "worker-a");
+}
+
+/// Messages ready in the build queue of `env` (passive declare).
+async fn builds_ready(env: &Env) -> u32 {
+    let conn = lapin::Connection::connect(
+        &kiln_tests::harness::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(
+            format!("{}.builds", env.prefix).as_str().into(),
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    q.message_count()
+}
+
+/// Issue 9: a build that stops before acceptance has its delivery
+/// requeued, never left unacked. The first pod create keeps failing (503,
+/// retried) while another holder takes the lease key in Redis: the build's
+/// renewal finds the lease lost and its task stops before any pod exists.
+/// Once the stolen lease lapses the redelivered request builds it: exactly
+/// one terminal event, one pod, and no message left behind once the worker
+/// stopped (an unacked delivery would be back in the queue then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_stopped_before_acceptance_is_requeued_and_built_once() {
+    use kiln_tests::fakekube::{FaultResponse, FaultRule, Verb};
+    let mut env = Env::new().await;
+    env.kube.faults().add(
+        FaultRule::new(Verb::Create, Resource::Pods).respond(FaultResponse::ServiceUnavailable),
+    );
+    let w = env.start_worker();
+    let id = unique("requeued");
+    env.publish(&one_image(&id)).await;
+    assert!(
+        env.eventually(WAIT, |e| e.kube.faults().injected_count() > 0)
+            .await,
+        "the first pod create was tried"
+    );
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}lease:{id}", env.redis_prefix);
+    let thief = LeaseToken::mint("thief");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(thief.as_str())
+        .arg("PX")
+        .arg(3_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The renewal (every 667 ms) finds the lease lost and stops the build.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.kube.faults().clear();
+    let events = env.events_of(&id, WAIT).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(count(&events, "build.succeeded.v1"), 1, "{kinds:?}");
+    // The stopped build had published `build.accepted` before its first
+    // create; the rebuild publishes it again under the same event id.
+    let accepted: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e.event_type.ends_with("build.accepted.v1"))
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(accepted.len(), 1, "{kinds:?}");
+    assert_eq!(env.created(Resource::Pods), 1, "built once");
+    env.stop_worker(w).await;
+    assert_eq!(builds_ready(&env).await, 0, "no delivery left behind");
 }

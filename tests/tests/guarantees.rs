@@ -98,24 +98,30 @@ async fn an_invalid_body_naming_a_running_build_does_not_end_it() {
     assert!(dead[0].1.starts_with("InvalidRequest: "), "{}", dead[0].1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_tenants_request_under_a_held_id_is_an_id_conflict() {
-    // Tenant `default` holds the id first.
-    let (mut env, id) = running_build_of_default("squat").await;
-    // Tenant `guest` publishes her own request under it.
-    let theirs = serde_json::to_vec(&other_request(&id)).unwrap();
+/// Tenant `guest` publishes her own request under `id`, held by a build of
+/// `default` that runs to success: she gets `request.rejected`
+/// (`IdConflict`) and no `build.*` or `image.*` event of hers exists.
+async fn guest_conflicts_with_the_running_build(env: &mut Env, id: &str) {
+    let theirs = serde_json::to_vec(&other_request(id)).unwrap();
     env.publish_raw(&theirs, Some("guest")).await;
-    let events = env.events_of(&id, WAIT).await;
+    let events = env.events_of(id, WAIT).await;
     assert_eq!(
         only_outcome(&events).data.phase,
         kiln_protocol::Phase::Succeeded
     );
-    assert_request_rejected(&events, &id, &theirs, "guest", Reason::IdConflict);
+    assert_request_rejected(&events, id, &theirs, "guest", Reason::IdConflict);
     let foreign: Vec<&BuildEvent> = events
         .iter()
         .filter(|e| e.level() != Level::Request && e.data.tenant.as_deref() == Some("guest"))
         .collect();
     assert!(foreign.is_empty(), "{foreign:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_request_under_a_held_id_is_an_id_conflict() {
+    // Tenant `default` holds the id first.
+    let (mut env, id) = running_build_of_default("squat").await;
+    guest_conflicts_with_the_running_build(&mut env, &id).await;
     let dead = env.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].1.starts_with("IdConflict: "), "{}", dead[0].1);
@@ -224,4 +230,68 @@ async fn after_redis_lost_the_record_the_pods_still_name_the_owner() {
     let dead = env.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
+}
+
+/// Deletes one of this test's Redis keys (`build:<id>`, `lease:<id>`), as
+/// Redis losing it (expiry, eviction, a failover to a replica that never
+/// got it) would.
+async fn lose_key(env: &Env, key: &str) {
+    let client = redis::Client::open(kiln_tests::harness::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let n: i64 = redis::cmd("DEL")
+        .arg(format!("{}{key}", env.redis_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "{key} existed");
+}
+
+/// Issue 9, Redis losing a build's record and lease while its pods run:
+/// another tenant's request under the id must still be refused. The owner
+/// then comes from the build driven here and from the pods (tenant, plan).
+/// Before, the claim found a free id: the request was acked as a duplicate
+/// of the running build (or started and adopted its pods), unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_request_is_refused_after_redis_lost_the_record_and_lease() {
+    let (mut env, id) = running_build_of_default("amnesia").await;
+    lose_key(&env, &format!("build:{id}")).await;
+    lose_key(&env, &format!("lease:{id}")).await;
+    guest_conflicts_with_the_running_build(&mut env, &id).await;
+    assert_eq!(env.created(Resource::Pods), 1, "nothing built for guest");
+}
+
+/// Issue 9, Redis losing only the record of a build whose first pod is
+/// still being created (its lease lives on): the owner's cancel must reach
+/// the build. Before, with no record and no pod yet, the cancel was kept
+/// for a request of the sender's tenant still to come, which never came:
+/// the build ran to success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_cancel_reaches_its_build_after_redis_lost_only_the_record() {
+    use kiln_tests::fakekube::{FaultResponse, FaultRule, Verb};
+    let mut env = Env::new().await;
+    env.slow_pods(Duration::from_secs(3));
+    // Pod creation fails (retried) until the record is gone and the cancel
+    // is in.
+    env.kube.faults().add(
+        FaultRule::new(Verb::Create, Resource::Pods).respond(FaultResponse::ServiceUnavailable),
+    );
+    env.start_worker();
+    let id = unique("unrecorded");
+    env.publish(&one_image(&id)).await;
+    assert!(
+        env.eventually(WAIT, |e| e.kube.faults().injected_count() > 0)
+            .await,
+        "the first pod create was tried"
+    );
+    lose_key(&env, &format!("build:{id}")).await;
+    env.cancel(&id, "changed my mind").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.kube.faults().clear();
+    let events = env.events_of(&id, WAIT).await;
+    assert_eq!(
+        only_outcome(&events).data.phase,
+        kiln_protocol::Phase::Cancelled,
+        "{:?}",
+        events.iter().map(|e| &e.event_type).collect::<Vec<_>>()
+    );
 }

@@ -2,9 +2,11 @@
 //! knows Redis.
 //!
 //! Keys (with the configured prefix `P`, default `kiln:`):
-//! - `P lease:<id>`  — the owner's worker id; `SET NX PX` to claim, renewed by
-//!   compare-and-extend, released by compare-and-delete (Lua, so a worker can
-//!   never extend or delete a lease another worker took over).
+//! - `P lease:<id>`  — a [`LeaseToken`], `<worker id>/<ulid>`, minted per
+//!   claim; `SET NX PX` to claim, renewed by compare-and-extend, released by
+//!   compare-and-delete, all against the exact token of that claim (Lua, so
+//!   a worker can never extend or delete a lease another worker, or another
+//!   claim of its own, took over).
 //! - `P cancel:<id>` — the cancel reason; set by whichever worker consumed the
 //!   cancel, read by the owner (pushed on `P cancels`, and polled with every
 //!   renewal in case the push was missed).
@@ -46,13 +48,14 @@ impl From<redis::RedisError> for Error {
 /// again here: it may have lapsed while this worker stalled, and another
 /// worker may have adopted and even finished the build since. The build
 /// goes through adoption instead (claim, then pods and record decide).
+/// `ARGV[i]` is the token of `KEYS[i]`'s claim, `ARGV[n + 1]` the TTL.
 const RENEW: &str = r"
 local out = {}
 local n = #KEYS / 2
 for i = 1, n do
-  local ours = redis.call('GET', KEYS[i]) == ARGV[1]
+  local ours = redis.call('GET', KEYS[i]) == ARGV[i]
   if ours then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    redis.call('PEXPIRE', KEYS[i], ARGV[n + 1])
   end
   if not ours then
     out[i] = 0
@@ -76,9 +79,11 @@ return 0
 /// Admission of a new request in one round trip. Reply:
 /// `{kind, detail, state, tenant, fingerprint}`, the last three from the
 /// record as it was before the call (empty without one). `dup` when the
-/// record says accepted or finished; otherwise claim the lease (`SET NX PX`):
-/// `ok` with the pending cancel reason (the owner's `KEYS[3]`, or the one kept
-/// for this tenant, `KEYS[4]`) if we hold it, else `held` with the holder.
+/// record says accepted or finished; otherwise claim the lease (`SET NX PX`
+/// with the fresh token `ARGV[1]`): `ok` with the pending cancel reason (the
+/// owner's `KEYS[3]`, or the one kept for this tenant, `KEYS[4]`) if it was
+/// free, else `held` with the holder's value (another worker's, or another
+/// claim of this one: a token is never shared).
 /// A lease taken on a free id writes a `claimed` record (`ARGV[3]`) so that
 /// the owner is known from the claim on. The caller compares tenant and
 /// fingerprint (a conflicting claim is released by the caller).
@@ -97,18 +102,15 @@ if st == 'accepted' or st == 'finished' then
   return {'dup', '', st, tenant, fp}
 end
 local holder = redis.call('GET', KEYS[1])
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  holder = ARGV[1]
-  if not raw then
-    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-  end
+if holder then
+  return {'held', holder, st, tenant, fp}
 end
-if holder == ARGV[1] then
-  local c = redis.call('GET', KEYS[3]) or redis.call('GET', KEYS[4]) or ''
-  return {'ok', c, st, tenant, fp}
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if not raw then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 end
-return {'held', holder, st, tenant, fp}
+local c = redis.call('GET', KEYS[3]) or redis.call('GET', KEYS[4]) or ''
+return {'ok', c, st, tenant, fp}
 ";
 
 /// Writes the final record and releases the lease (compare-and-delete) in one
@@ -135,12 +137,60 @@ pub const TIMELINE_MAX: usize = 100;
 /// Keys renewed per script call: bounds the time Redis spends in one script.
 const RENEW_CHUNK: usize = 500;
 
+/// The value of a lease: `<worker id>/<ulid>`, minted per claim. The build
+/// task of the claim keeps it, and renewal, release and FINISH compare it
+/// exactly: a worker that re-claims its own lapsed build gets a new token,
+/// and the old task's renew and finish then fail although the worker id is
+/// the same.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    /// A fresh token of `worker`.
+    pub fn mint(worker: &str) -> Self {
+        Self(format!("{worker}/{}", ulid::Ulid::new()))
+    }
+
+    /// A lease value read back: `None` unless it is `<worker id>/<ulid>`
+    /// with a non-empty worker id (the id itself may contain `/`).
+    pub fn parse(value: &str) -> Option<Self> {
+        (holder_worker(value).len() < value.len()).then(|| Self(value.to_owned()))
+    }
+
+    /// The worker id part.
+    pub fn worker(&self) -> &str {
+        holder_worker(&self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The worker id of a lease value: the part before the token's ulid, or
+/// the whole value when it carries none (a lease of an older worker).
+pub fn holder_worker(value: &str) -> &str {
+    match value.rsplit_once('/') {
+        Some((worker, claim)) if !worker.is_empty() && ulid::Ulid::from_string(claim).is_ok() => {
+            worker
+        }
+        _ => value,
+    }
+}
+
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The lease is ours now (or already was).
-    Acquired,
-    /// Another worker holds it.
+    /// The lease was free and is ours now, under this token.
+    Acquired(LeaseToken),
+    /// Another claim holds it (another worker's, or an older one of this
+    /// worker's): the holder's worker id.
     HeldBy(String),
 }
 
@@ -416,33 +466,34 @@ impl Leases {
         Ok(())
     }
 
-    /// Claims the lease of `id` (`SET NX PX`). Already holding it counts as
-    /// acquired: a redelivered request must not lock its own worker out.
+    /// Claims the lease of `id` (`SET NX PX`) under a fresh token. A lease
+    /// held under any other token, this worker's own older claims included,
+    /// is held: that claim's task may still be acting on the build.
     pub async fn claim(&self, id: &str) -> Result<Claim> {
         let key = self.lease_key(id);
-        if self.set_nx(&key).await? {
-            return Ok(Claim::Acquired);
+        let token = LeaseToken::mint(&self.owner);
+        if self.set_nx(&key, &token).await? {
+            return Ok(Claim::Acquired(token));
         }
         let mut conn = self.conn.clone();
         let holder: Option<String> = conn.get(&key).await?;
         match holder {
-            Some(h) if h == self.owner => Ok(Claim::Acquired),
-            Some(h) => Ok(Claim::HeldBy(h)),
+            Some(h) => Ok(Claim::HeldBy(holder_worker(&h).to_owned())),
             // Expired between the two calls: try once more.
-            None => Ok(if self.set_nx(&key).await? {
-                Claim::Acquired
+            None => Ok(if self.set_nx(&key, &token).await? {
+                Claim::Acquired(token)
             } else {
                 Claim::HeldBy(String::from("another worker"))
             }),
         }
     }
 
-    /// `SET key owner NX PX ttl`: whether the key was ours to take.
-    async fn set_nx(&self, key: &str) -> Result<bool> {
+    /// `SET key token NX PX ttl`: whether the key was ours to take.
+    async fn set_nx(&self, key: &str, token: &LeaseToken) -> Result<bool> {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(key)
-            .arg(&self.owner)
+            .arg(token.as_str())
             .arg("NX")
             .arg("PX")
             .arg(self.ttl_ms())
@@ -465,13 +516,14 @@ impl Leases {
         let json = serde_json::to_string(claimed)
             .map_err(|e| Error::redis_caused("cannot encode the build record", e))?;
         let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
+        let token = LeaseToken::mint(&self.owner);
         let reply: Vec<String> = self
             .claim_request
             .key(self.lease_key(id))
             .key(self.record_key(id))
             .key(self.cancel_key(id))
             .key(self.tenant_cancel_key(id, &claimed.tenant))
-            .arg(&self.owner)
+            .arg(token.as_str())
             .arg(self.ttl_ms())
             .arg(json)
             .arg(keep_ms)
@@ -486,11 +538,12 @@ impl Leases {
         Ok(match field(0).as_str() {
             "dup" => Admit::Duplicate(record.unwrap_or_default()),
             "ok" => Admit::Acquired {
+                token,
                 cancel: Some(field(1)).filter(|c| !c.is_empty()),
                 record,
             },
             _ => Admit::HeldBy {
-                holder: field(1),
+                holder: holder_worker(&field(1)).to_owned(),
                 record,
             },
         })
@@ -509,8 +562,14 @@ impl Leases {
 
     /// Writes the final record of `id` (kept for `keep`) and releases its
     /// lease, in one round trip. [`Error::LeaseLost`], writing nothing, when
-    /// this worker no longer holds the lease.
-    pub async fn finish(&self, id: &str, record: &BuildRecord, keep: Duration) -> Result<()> {
+    /// the lease is no longer held under `token`.
+    pub async fn finish(
+        &self,
+        id: &str,
+        token: &LeaseToken,
+        record: &BuildRecord,
+        keep: Duration,
+    ) -> Result<()> {
         let mut conn = self.conn.clone();
         let json = serde_json::to_string(record)
             .map_err(|e| Error::redis_caused("cannot encode the build record", e))?;
@@ -520,7 +579,7 @@ impl Leases {
             .key(self.lease_key(id))
             .key(self.record_key(id))
             .key(self.index_key())
-            .arg(&self.owner)
+            .arg(token.as_str())
             .arg(json)
             .arg(keep_ms)
             .arg(record.updated_at.as_millisecond())
@@ -539,20 +598,24 @@ impl Leases {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Renews every lease in `ids` that this worker still holds, in chunks.
-    /// Returns, per id, whether it is still ours and whether a cancel waits.
-    pub async fn renew_many(&self, ids: &[String]) -> Result<Vec<Renewal>> {
-        let mut out = Vec::with_capacity(ids.len());
+    /// Renews every lease in `held` still held under its claim's token, in
+    /// chunks. Returns, per lease, whether it is still held and whether a
+    /// cancel waits.
+    pub async fn renew_many(&self, held: &[(String, LeaseToken)]) -> Result<Vec<Renewal>> {
+        let mut out = Vec::with_capacity(held.len());
         let mut conn = self.conn.clone();
-        for chunk in ids.chunks(RENEW_CHUNK) {
+        for chunk in held.chunks(RENEW_CHUNK) {
             let mut inv = self.renew.prepare_invoke();
-            for id in chunk {
+            for (id, _) in chunk {
                 inv.key(self.lease_key(id));
             }
-            for id in chunk {
+            for (id, _) in chunk {
                 inv.key(self.cancel_key(id));
             }
-            inv.arg(&self.owner).arg(self.ttl_ms());
+            for (_, token) in chunk {
+                inv.arg(token.as_str());
+            }
+            inv.arg(self.ttl_ms());
             let codes: Vec<i64> = inv.invoke_async(&mut conn).await?;
             out.extend(codes.into_iter().map(|c| match c {
                 0 => Renewal::Lost,
@@ -563,13 +626,13 @@ impl Leases {
         Ok(out)
     }
 
-    /// Releases the lease of `id` if this worker holds it.
-    pub async fn release(&self, id: &str) -> Result<bool> {
+    /// Releases the lease of `id` if it is still held under `token`.
+    pub async fn release(&self, id: &str, token: &LeaseToken) -> Result<bool> {
         let mut conn = self.conn.clone();
         let n: i64 = self
             .release
             .key(self.lease_key(id))
-            .arg(&self.owner)
+            .arg(token.as_str())
             .invoke_async(&mut conn)
             .await?;
         Ok(n == 1)
@@ -577,19 +640,20 @@ impl Leases {
 
     /// Releases many leases and tells the other workers, so that they adopt
     /// those builds now rather than after the lease would have lapsed.
-    pub async fn release_all(&self, ids: &[String]) -> Result<()> {
-        for id in ids {
-            self.release(id).await?;
+    pub async fn release_all(&self, held: &[(String, LeaseToken)]) -> Result<()> {
+        for (id, token) in held {
+            self.release(id, token).await?;
         }
-        if !ids.is_empty() {
+        if !held.is_empty() {
+            let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
             let mut conn = self.conn.clone();
-            let payload = serde_json::to_string(ids).unwrap_or_default();
+            let payload = serde_json::to_string(&ids).unwrap_or_default();
             let _: i64 = conn.publish(self.released_channel(), payload).await?;
         }
         Ok(())
     }
 
-    /// Current holders of the leases of `ids` (one `MGET`).
+    /// The worker ids holding the leases of `ids` (one `MGET`).
     pub async fn holders(&self, ids: &[String]) -> Result<Vec<Option<String>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -598,7 +662,10 @@ impl Leases {
         let keys: Vec<String> = ids.iter().map(|id| self.lease_key(id)).collect();
         let values: Vec<Option<String>> =
             redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
-        Ok(values)
+        Ok(values
+            .into_iter()
+            .map(|v| v.map(|v| holder_worker(&v).to_owned()))
+            .collect())
     }
 
     /// Records a cancel for `id` and tells every worker about it. With
@@ -779,13 +846,17 @@ fn notice_of(msg: &redis::Msg, cancels: &str) -> Option<Notice> {
 pub enum Admit {
     /// The build was accepted or finished already, under this record.
     Duplicate(Holder),
-    /// The lease is ours; a cancel may have come while it was queued.
-    /// `record`: the one found (a `claimed` one), if any.
+    /// The lease was free and is ours now, under `token`; a cancel may have
+    /// come while it was queued. `record`: the one found (a `claimed` one),
+    /// if any.
     Acquired {
+        token: LeaseToken,
         cancel: Option<String>,
         record: Option<Holder>,
     },
-    /// Another worker holds the lease and has not accepted the build yet.
+    /// Another claim (another worker's, or this worker's own running one)
+    /// holds the lease and has not accepted the build yet: `holder` is its
+    /// worker id.
     HeldBy {
         holder: String,
         record: Option<Holder>,
@@ -890,6 +961,31 @@ mod tests {
             Some("b/api/299/retrying")
         );
         assert_eq!(h.dropped, 3 * TIMELINE_MAX + 2 - TIMELINE_MAX);
+    }
+
+    #[test]
+    fn a_lease_token_is_the_worker_id_and_a_fresh_ulid() {
+        let a = LeaseToken::mint("kiln-7f9c/blue");
+        let b = LeaseToken::mint("kiln-7f9c/blue");
+        assert_ne!(a, b, "one token per claim");
+        assert_eq!(a.worker(), "kiln-7f9c/blue", "a `/` in the worker id stays");
+        let (_, claim) = a.as_str().rsplit_once('/').unwrap_or_default();
+        assert_eq!(claim.len(), 26);
+        assert_eq!(LeaseToken::parse(a.as_str()), Some(a.clone()));
+        assert_eq!(holder_worker(a.as_str()), "kiln-7f9c/blue");
+    }
+
+    #[test]
+    fn values_without_a_token_are_not_tokens_and_name_their_worker_whole() {
+        for value in [
+            "worker-a",
+            "worker-a/",
+            "/01J9ZQ4M6V3X0K8Y2T1R5B7C9D",
+            "w/not-a-ulid",
+        ] {
+            assert_eq!(LeaseToken::parse(value), None, "{value}");
+            assert_eq!(holder_worker(value), value, "{value}");
+        }
     }
 
     #[test]

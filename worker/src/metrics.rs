@@ -70,6 +70,7 @@ pub struct Metrics {
     pub lease_renewal_failures: Counter,
     pub leases_lost: Counter,
     pub adoptions: Counter,
+    pub adoptions_refused: Counter,
     pub duplicates: Counter,
     pub events_published: Family<EventLabels, Counter>,
     pub events_unroutable: Counter,
@@ -139,6 +140,12 @@ impl Metrics {
             "adoptions",
             "Builds adopted from their pods after their lease lapsed",
             adoptions.clone(),
+        );
+        let adoptions_refused = Counter::default();
+        registry.register(
+            "adoptions_refused",
+            "Builds not adopted because their pods' plan fails the current policy",
+            adoptions_refused.clone(),
         );
         let duplicates = Counter::default();
         registry.register(
@@ -214,6 +221,7 @@ impl Metrics {
             lease_renewal_failures,
             leases_lost,
             adoptions,
+            adoptions_refused,
             duplicates,
             events_published,
             events_unroutable,
@@ -336,6 +344,10 @@ impl Metrics {
 
     pub fn adopted(&self) {
         self.adoptions.inc();
+    }
+
+    pub fn adoption_refused(&self) {
+        self.adoptions_refused.inc();
     }
 }
 

@@ -1235,7 +1235,10 @@ async fn leases_held(redis_prefix: &str, holder: &str) -> (usize, usize) {
             .unwrap_or_default();
         held += values
             .iter()
-            .filter(|v| v.as_deref().is_some_and(|v| v.starts_with(holder)))
+            .filter(|v| {
+                v.as_deref()
+                    .is_some_and(|v| kiln_worker::lease::holder_worker(v) == holder)
+            })
             .count();
     }
     (held, keys.len())

@@ -77,6 +77,7 @@
 
 mod admit;
 mod file;
+mod recheck;
 mod resolve;
 
 use std::collections::{BTreeMap, BTreeSet};

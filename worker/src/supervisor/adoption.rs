@@ -11,9 +11,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{Supervisor, build_task};
 use crate::classify::PodView;
 use crate::error::Result;
-use crate::lease::{BuildRecord, Claim, RecordState};
+use crate::lease::{BuildRecord, Claim, LeaseToken, RecordState};
 use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
+use crate::policy::Policy;
 
 /// What a lapsed build's pods and record call for.
 #[derive(Debug)]
@@ -26,22 +27,61 @@ pub(super) enum Adoption {
     Forget,
     /// Pods without a readable plan: nobody can resume them.
     Unreadable,
+    /// Pods whose plan the current policy would not give its tenant, or
+    /// that disagree with it (namespace, tenant, build id): not trusted as
+    /// Kiln's. Nothing is created, published or deleted for them.
+    Refuse(String),
 }
 
-/// Pure: see [`Adoption`].
-pub(super) fn decide(pods: &[PodView], record: Option<&BuildRecord>) -> Adoption {
+/// Pure: see [`Adoption`]. `id` is the build the pods were found under.
+pub(super) fn decide(
+    id: &str,
+    pods: &[PodView],
+    record: Option<&BuildRecord>,
+    policy: &Policy,
+) -> Adoption {
     if pods.is_empty() {
         return Adoption::Forget;
     }
     if record.is_some_and(|r| r.state == RecordState::Finished) {
         return Adoption::CleanUp;
     }
-    pods.iter()
+    let Some(plan) = pods
+        .iter()
         .filter_map(|p| p.plan.as_deref())
         .find_map(BuildPlan::from_annotation)
-        .map_or(Adoption::Unreadable, |plan| {
-            Adoption::Resume(Box::new(plan))
-        })
+    else {
+        return Adoption::Unreadable;
+    };
+    let mut problems = Vec::new();
+    if plan.id != id {
+        problems.push(format!(
+            "the plan is of build {:?}, its pods of {id:?}",
+            plan.id
+        ));
+    }
+    for p in pods {
+        if p.namespace != plan.namespace {
+            problems.push(format!(
+                "pod {} is in namespace {:?}, the plan says {:?}",
+                p.name, p.namespace, plan.namespace
+            ));
+        }
+        if p.tenant.as_deref() != Some(plan.tenant.as_str()) {
+            problems.push(format!(
+                "pod {} says tenant {:?}, the plan says {:?}",
+                p.name,
+                p.tenant.as_deref().unwrap_or(""),
+                plan.tenant
+            ));
+        }
+    }
+    problems.extend(policy.recheck(&plan));
+    if problems.is_empty() {
+        Adoption::Resume(Box::new(plan))
+    } else {
+        Adoption::Refuse(problems.join("; "))
+    }
 }
 
 /// Periodically adopts foreign builds whose lease lapsed.
@@ -89,26 +129,32 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
     // The fence of an adopted build counts from the claim's send, not from
     // after the pods and the record were read.
     let claimed_at = Instant::now();
-    match sup.ctx.leases.claim(id).await {
-        Ok(Claim::Acquired) => {}
-        _ => return,
-    }
+    let Ok(Claim::Acquired(token)) = sup.ctx.leases.claim(id).await else {
+        return;
+    };
     if sup.registry.owns(id) {
+        let _ = sup.ctx.leases.release(id, &token).await;
         return;
     }
-    if let Err(e) = take_over(sup, id, namespace, claimed_at).await {
+    if let Err(e) = take_over(sup, id, namespace, claimed_at, &token).await {
         sup.ctx.metrics.error(&e);
         tracing::warn!(build_id = %id, error = %e, "adoption failed; releasing the lease");
-        let _ = sup.ctx.leases.release(id).await;
+        let _ = sup.ctx.leases.release(id, &token).await;
     }
 }
 
 /// With the lease in hand: read the pods and the record, and act on them.
-async fn take_over(sup: &Supervisor, id: &str, namespace: &str, claimed_at: Instant) -> Result<()> {
+async fn take_over(
+    sup: &Supervisor,
+    id: &str,
+    namespace: &str,
+    claimed_at: Instant,
+    token: &LeaseToken,
+) -> Result<()> {
     let ctx = &sup.ctx;
     let pods = ctx.pods.build_pods(namespace, id).await?;
     let record = ctx.leases.record(id).await?;
-    match decide(&pods, record.as_ref()) {
+    match decide(id, &pods, record.as_ref(), &ctx.policy) {
         Adoption::Forget => sup.registry.forget_foreign(id),
         Adoption::CleanUp => {
             for p in &pods {
@@ -119,15 +165,29 @@ async fn take_over(sup: &Supervisor, id: &str, namespace: &str, claimed_at: Inst
         Adoption::Unreadable => {
             tracing::error!(build_id = %id, "pods carry no readable plan; cannot adopt");
         }
+        Adoption::Refuse(why) => {
+            // Pods Kiln cannot trust as its own: left alone (never deleted,
+            // never driven), and not looked at again by this worker until
+            // they are gone or it restarts with another policy.
+            tracing::error!(build_id = %id, namespace, "refusing to adopt pods the policy does not allow: {why}");
+            ctx.metrics.adoption_refused();
+            sup.registry.refuse_foreign(id);
+        }
         Adoption::Resume(plan) => {
-            resume(sup, *plan, &pods, claimed_at).await;
+            resume(sup, *plan, &pods, claimed_at, token.clone()).await;
             return Ok(());
         }
     }
-    ctx.leases.release(id).await.map(drop)
+    ctx.leases.release(id, token).await.map(drop)
 }
 
-async fn resume(sup: &Supervisor, plan: BuildPlan, pods: &[PodView], claimed_at: Instant) {
+async fn resume(
+    sup: &Supervisor,
+    plan: BuildPlan,
+    pods: &[PodView],
+    claimed_at: Instant,
+    token: LeaseToken,
+) {
     let id = plan.id.clone();
     tracing::info!(build_id = %id, pods = pods.len(), "adopting build whose lease lapsed");
     sup.ctx.metrics.adopted();
@@ -138,9 +198,10 @@ async fn resume(sup: &Supervisor, plan: BuildPlan, pods: &[PodView], claimed_at:
         Instant::now().into_std(),
         jiff::Timestamp::now(),
     );
-    if build_task::spawn_claimed_at(sup, machine, actions, claimed_at).is_some()
-        && let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await
-    {
+    if build_task::spawn_claimed_at(sup, machine, actions, claimed_at, token.clone()).is_none() {
+        // Driven here meanwhile: that task holds its own claim.
+        let _ = sup.ctx.leases.release(&id, &token).await;
+    } else if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await {
         sup.registry.send(&id, Input::Cancel(reason));
     }
 }

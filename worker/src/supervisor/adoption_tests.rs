@@ -6,6 +6,35 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::policy::Policy;
 
+/// Two tenants: `shop` (git credentials, registry Secret, a destination
+/// prefix, small caps) and `bank`, each in a namespace of its own.
+fn policy() -> Policy {
+    Policy::from_toml_str(
+        r#"
+[tenants.shop]
+namespace = "shop-builds"
+allowedDestinations = ["registry.example.com/shop"]
+registrySecret = "shop-registry"
+serviceAccountName = "shop-builder"
+caps = { maxAttempts = 3, maxTimeoutSeconds = 3600, maxCpu = "2", maxMemory = "4Gi" }
+
+[tenants.shop.gitCredentials]
+secret = "shop-git"
+
+[tenants.bank]
+namespace = "bank-builds"
+allowedDestinations = ["registry.example.com/bank"]
+registrySecret = "bank-registry"
+serviceAccountName = "bank-builder"
+
+[tenants.bank.gitCredentials]
+secret = "bank-git"
+"#,
+    )
+    .unwrap()
+}
+
+/// The plan `policy()` gives `shop` for a one-image git build of id `b`.
 fn plan(id: &str) -> BuildPlan {
     let body = serde_json::json!({
         "apiVersion": "kiln/v1",
@@ -18,7 +47,7 @@ fn plan(id: &str) -> BuildPlan {
         }]
     });
     let req = kiln_protocol::parse_build_request(&serde_json::to_vec(&body).unwrap()).unwrap();
-    let admission = Policy::single_tenant("builds").admit(None, &req).unwrap();
+    let admission = policy().admit(Some("shop"), &req).unwrap();
     BuildPlan::new(
         &req,
         &admission,
@@ -30,13 +59,14 @@ fn plan(id: &str) -> BuildPlan {
 
 fn pod(attempt: u32, plan: Option<&str>) -> PodView {
     PodView {
-        namespace: "builds".to_owned(),
+        namespace: "shop-builds".to_owned(),
         name: format!("kiln-b-api-{attempt}"),
         uid: format!("uid-{attempt}"),
         build_id: "b".to_owned(),
         image: "api".to_owned(),
         attempt,
         plan: plan.map(Into::into),
+        tenant: Some("shop".to_owned()),
         ..PodView::default()
     }
 }
@@ -45,9 +75,9 @@ fn record(state: RecordState) -> BuildRecord {
     BuildRecord {
         state,
         phase: None,
-        tenant: "default".to_owned(),
+        tenant: "shop".to_owned(),
         fingerprint: String::new(),
-        namespace: "builds".to_owned(),
+        namespace: "shop-builds".to_owned(),
         worker: "w1".to_owned(),
         images: BTreeMap::new(),
         updated_at: jiff::Timestamp::UNIX_EPOCH,
@@ -55,11 +85,33 @@ fn record(state: RecordState) -> BuildRecord {
     }
 }
 
+/// The decision for pods carrying `plan`, with no record.
+fn decide_plan(plan: &BuildPlan, pod_edit: impl Fn(&mut PodView)) -> Adoption {
+    let annotation = plan.to_annotation();
+    let mut p = pod(1, Some(&annotation));
+    pod_edit(&mut p);
+    decide("b", &[p], None, &policy())
+}
+
+/// The reason of a refusal, or a panic naming what was decided instead.
+fn refusal(adoption: Adoption) -> String {
+    match adoption {
+        Adoption::Refuse(why) => why,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
 #[test]
 fn no_pods_means_nothing_to_adopt() {
-    assert!(matches!(decide(&[], None), Adoption::Forget));
+    assert!(matches!(
+        decide("b", &[], None, &policy()),
+        Adoption::Forget
+    ));
     let finished = record(RecordState::Finished);
-    assert!(matches!(decide(&[], Some(&finished)), Adoption::Forget));
+    assert!(matches!(
+        decide("b", &[], Some(&finished), &policy()),
+        Adoption::Forget
+    ));
 }
 
 #[test]
@@ -67,13 +119,19 @@ fn pods_of_a_finished_build_are_only_cleaned_up() {
     let annotation = plan("b").to_annotation();
     let pods = [pod(1, Some(&annotation))];
     let finished = record(RecordState::Finished);
-    assert!(matches!(decide(&pods, Some(&finished)), Adoption::CleanUp));
+    assert!(matches!(
+        decide("b", &pods, Some(&finished), &policy()),
+        Adoption::CleanUp
+    ));
 }
 
 #[test]
 fn pods_without_a_readable_plan_cannot_be_adopted() {
     let pods = [pod(1, None), pod(2, Some("{not a plan"))];
-    assert!(matches!(decide(&pods, None), Adoption::Unreadable));
+    assert!(matches!(
+        decide("b", &pods, None, &policy()),
+        Adoption::Unreadable
+    ));
 }
 
 #[test]
@@ -82,10 +140,115 @@ fn the_first_readable_plan_resumes_the_build() {
     let pods = [pod(1, Some("{not a plan")), pod(2, Some(&annotation))];
     let accepted = record(RecordState::Accepted);
     for rec in [None, Some(&accepted)] {
-        let Adoption::Resume(p) = decide(&pods, rec) else {
+        let Adoption::Resume(p) = decide("b", &pods, rec, &policy()) else {
             panic!("not resumed with record {rec:?}");
         };
         assert_eq!(p.id, "b");
-        assert_eq!(p.namespace, "builds");
+        assert_eq!(p.namespace, "shop-builds");
     }
+}
+
+/// The forged pod of issue 9: Kiln's labels in shop's namespace, a plan
+/// naming bank's Secrets and service account.
+#[test]
+fn a_plan_naming_another_tenants_secrets_is_refused() {
+    let mut forged = plan("b");
+    forged.registry_secret = Some("bank-registry".to_owned());
+    forged.service_account = "bank-builder".to_owned();
+    if let Some(git) = forged.git_secret.as_mut() {
+        git.secret = "bank-git".to_owned();
+    }
+    let why = refusal(decide_plan(&forged, |_| {}));
+    for field in ["registrySecret", "serviceAccount", "gitSecret.secret"] {
+        assert!(why.contains(field), "{field} not named: {why}");
+    }
+    assert!(
+        why.contains("bank-registry") && why.contains("shop-registry"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_plan_of_a_tenant_without_policy_is_refused() {
+    let mut p = plan("b");
+    p.tenant = "ghost".to_owned();
+    let why = refusal(decide_plan(&p, |pod| pod.tenant = Some("ghost".to_owned())));
+    assert!(why.contains("\"ghost\" has no policy"), "{why}");
+}
+
+#[test]
+fn pods_outside_the_tenants_namespace_are_refused() {
+    // The plan and the pod agree, the policy does not.
+    let mut p = plan("b");
+    p.namespace = "bank-builds".to_owned();
+    let why = refusal(decide_plan(&p, |pod| {
+        pod.namespace = "bank-builds".to_owned();
+    }));
+    assert!(why.contains("namespace"), "{why}");
+    // The plan is right, the pod is elsewhere.
+    let why = refusal(decide_plan(&plan("b"), |pod| {
+        pod.namespace = "bank-builds".to_owned();
+    }));
+    assert!(why.contains("is in namespace \"bank-builds\""), "{why}");
+}
+
+#[test]
+fn a_pod_tenant_disagreeing_with_the_plan_is_refused() {
+    for tenant in [Some("bank"), None] {
+        let why = refusal(decide_plan(&plan("b"), |pod| {
+            pod.tenant = tenant.map(str::to_owned);
+        }));
+        assert!(why.contains("the plan says \"shop\""), "{why}");
+    }
+}
+
+#[test]
+fn a_plan_of_another_build_id_is_refused() {
+    let why = refusal(decide_plan(&plan("other"), |_| {}));
+    assert!(why.contains("the plan is of build \"other\""), "{why}");
+}
+
+#[test]
+fn destinations_outside_the_allowed_prefixes_are_refused() {
+    let mut p = plan("b");
+    p.images[0].destinations = vec!["registry.example.com/bank/api:1".to_owned()];
+    let why = refusal(decide_plan(&p, |_| {}));
+    assert!(why.contains("images[0].destinations[0]"), "{why}");
+}
+
+#[test]
+fn resources_attempts_and_timeouts_over_the_caps_are_refused() {
+    let mut p = plan("b");
+    p.images[0].cpu = "8".to_owned();
+    p.images[0].memory = "64Gi".to_owned();
+    p.max_attempts = 9;
+    p.deadline = p.accepted_at + jiff::SignedDuration::from_hours(10);
+    let why = refusal(decide_plan(&p, |_| {}));
+    for field in [
+        "resources.cpu",
+        "resources.memory",
+        "maxAttempts",
+        "timeoutSeconds",
+    ] {
+        assert!(why.contains(field), "{field} not named: {why}");
+    }
+}
+
+#[test]
+fn a_plan_that_is_no_valid_request_is_refused() {
+    let mut p = plan("b");
+    p.images[0].build_args = BTreeMap::from([("not an identifier".to_owned(), "x".to_owned())]);
+    let why = refusal(decide_plan(&p, |_| {}));
+    assert!(why.contains("plan: images[0].buildArgs"), "{why}");
+    let mut p = plan("b");
+    p.deadline = p.accepted_at + jiff::SignedDuration::from_millis(1500);
+    let why = refusal(decide_plan(&p, |_| {}));
+    assert!(why.contains("whole positive number of seconds"), "{why}");
+}
+
+#[test]
+fn a_plan_of_an_older_worker_without_ephemeral_storage_resumes() {
+    let mut p = plan("b");
+    p.images[0].ephemeral_storage = None;
+    assert!(matches!(decide_plan(&p, |_| {}), Adoption::Resume(_)));
 }

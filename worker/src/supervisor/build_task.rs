@@ -19,7 +19,7 @@ use super::fencing::{Fence, SharedFence};
 use super::registry::BuildHandle;
 use crate::classify::PodPhase;
 use crate::error::{Error, Result};
-use crate::lease::RecordState;
+use crate::lease::{LeaseToken, RecordState};
 use crate::machine::{Action, Input, Machine, Stage};
 use crate::plan::BuildPlan;
 use crate::pod::Created;
@@ -28,13 +28,14 @@ use crate::retry;
 /// Registers the build and spawns its task. `None` if the id is already
 /// driven here. The receiver turns true once the build is accepted. For a
 /// lease claimed just now (intake: no await between the claim's reply and
-/// this call; the fence margin covers the reply's latency).
+/// this call; the fence margin covers the reply's latency) under `token`.
 pub(super) fn spawn(
     sup: &Supervisor,
     machine: Machine,
     actions: Vec<Action>,
+    token: LeaseToken,
 ) -> Option<watch::Receiver<bool>> {
-    spawn_claimed_at(sup, machine, actions, Instant::now())
+    spawn_claimed_at(sup, machine, actions, Instant::now(), token)
 }
 
 /// [`spawn`] for a lease whose claim was sent at `claimed_at`: the build's
@@ -44,6 +45,7 @@ pub(super) fn spawn_claimed_at(
     machine: Machine,
     actions: Vec<Action>,
     claimed_at: Instant,
+    token: LeaseToken,
 ) -> Option<watch::Receiver<bool>> {
     let id = machine.plan().id.clone();
     let fence = SharedFence::new(Fence::from_send(claimed_at, sup.ctx.leases.ttl()));
@@ -56,8 +58,10 @@ pub(super) fn spawn_claimed_at(
         accepted: acc_rx.clone(),
         namespace: machine.plan().namespace.clone(),
         fence: fence.clone(),
+        token: token.clone(),
+        owner: super::owner::of_plan(machine.plan()),
     };
-    let (n, generation) = sup.registry.insert(&id, handle).ok()?;
+    let (n, generation) = sup.registry.insert(&id, handle)?;
     sup.set_in_flight(n);
     let sup = sup.clone();
     tokio::spawn(async move {
@@ -70,6 +74,7 @@ pub(super) fn spawn_claimed_at(
             stop,
             accepted: acc_tx,
             fence,
+            token,
         };
         let ended = tracing::Instrument::instrument(task.run(actions), span).await;
         if let Err(Error::LeaseLost(_)) = ended {
@@ -93,6 +98,8 @@ struct Task {
     stop: CancellationToken,
     accepted: watch::Sender<bool>,
     fence: SharedFence,
+    /// The claim's token: renewal (via the registry) and FINISH use it.
+    token: LeaseToken,
 }
 
 impl Task {
@@ -116,6 +123,7 @@ impl Task {
             actions,
             &self.stop,
             Some(&self.fence),
+            &self.token,
         ))
         .await
     }
@@ -195,8 +203,9 @@ pub(super) async fn execute(
     machine: &mut Machine,
     actions: Vec<Action>,
     stop: &CancellationToken,
+    token: &LeaseToken,
 ) -> Result<()> {
-    execute_fenced(sup, machine, actions, stop, None).await
+    execute_fenced(sup, machine, actions, stop, None, token).await
 }
 
 /// Executes actions front to back; results of pod creation feed back into
@@ -210,6 +219,7 @@ async fn execute_fenced(
     actions: Vec<Action>,
     stop: &CancellationToken,
     fence: Option<&SharedFence>,
+    token: &LeaseToken,
 ) -> Result<()> {
     let mut queue: VecDeque<Action> = actions.into();
     while let Some(action) = queue.pop_front() {
@@ -246,7 +256,7 @@ async fn execute_fenced(
                     tracing::warn!(pod = %name, error = %e, "could not delete pod");
                 }
             }
-            Action::Finished(phase, reason) => finished(sup, machine, phase, reason).await,
+            Action::Finished(phase, reason) => finished(sup, machine, token, phase, reason).await,
         }
     }
     Ok(())
@@ -321,9 +331,15 @@ async fn create_pod(
     }))
 }
 
-/// The terminal event is out: remember the outcome, release the lease, count
-/// it, and tell the status page.
-async fn finished(sup: &Supervisor, machine: &Machine, phase: Phase, reason: Option<Reason>) {
+/// The terminal event is out: remember the outcome, release the lease (only
+/// while held under `token`), count it, and tell the status page.
+async fn finished(
+    sup: &Supervisor,
+    machine: &Machine,
+    token: &LeaseToken,
+    phase: Phase,
+    reason: Option<Reason>,
+) {
     let ctx = &sup.ctx;
     let plan = machine.plan();
     let mut record = ctx.record(
@@ -333,7 +349,11 @@ async fn finished(sup: &Supervisor, machine: &Machine, phase: Phase, reason: Opt
         &machine.image_states(),
     );
     record.history = sup.cluster.history(&plan.id);
-    match ctx.leases.finish(&plan.id, &record, ctx.record_ttl).await {
+    match ctx
+        .leases
+        .finish(&plan.id, token, &record, ctx.record_ttl)
+        .await
+    {
         Ok(()) => {}
         Err(Error::LeaseLost(_)) => {
             ctx.metrics.lease_lost();

@@ -4,12 +4,11 @@
 use backon::Retryable;
 use kiln_protocol::Reason;
 
-use super::Supervisor;
 use super::intake::{Rejection, ack, joined, refuse, reject, tenant_of};
+use super::{Supervisor, owner};
 use crate::amqp::Incoming;
 use crate::lease::{BuildRecord, RecordState};
 use crate::machine::Input;
-use crate::plan::BuildPlan;
 use crate::policy::Policy;
 use crate::retry;
 
@@ -68,43 +67,6 @@ pub(super) fn decide(
     }
 }
 
-/// The tenant of `id` read from its pods (annotation `kiln.dev/tenant`, or
-/// the plan's for pods written before it), searching the namespaces where
-/// this worker saw the build, else every namespace of the policy. Used only
-/// when Redis has no record: one LIST per namespace.
-async fn tenant_from_pods(sup: &Supervisor, id: &str) -> Option<String> {
-    let ctx = &sup.ctx;
-    let ids = [id.to_owned()];
-    let seen: Vec<String> = sup
-        .registry
-        .foreign_among(&ids)
-        .into_iter()
-        .map(|(_, ns)| ns)
-        .collect();
-    let namespaces = if seen.is_empty() {
-        ctx.policy.namespaces().into_iter().collect()
-    } else {
-        seen
-    };
-    for ns in namespaces {
-        let Ok(pods) = ctx.pods.build_pods(&ns, id).await else {
-            continue;
-        };
-        let tenant = pods.iter().find_map(|p| {
-            p.tenant.clone().or_else(|| {
-                p.plan
-                    .as_deref()
-                    .and_then(BuildPlan::from_annotation)
-                    .map(|plan| plan.tenant)
-            })
-        });
-        if tenant.is_some() {
-            return tenant;
-        }
-    }
-    None
-}
-
 /// One cancel request, from delivery to ack.
 pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
     let ctx = &sup.ctx;
@@ -147,7 +109,7 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         {
             tracing::warn!(build_id = %id, error = %e, "cannot keep the cancel yet; deciding first");
         }
-        tenant_from_pods(&sup, id).await
+        owner::known(&sup, id, true).await.map(|o| o.tenant)
     };
     let owner = record
         .as_ref()

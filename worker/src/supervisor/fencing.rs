@@ -1,8 +1,10 @@
 //! Lease renewal, and what happens when it fails (fencing).
 //!
 //! Every lease this worker holds is renewed in one batched call every third
-//! of the TTL. A lease another worker took, or one found missing, stops its
-//! build here (renewal is compare-and-extend only). When renewals keep
+//! of the TTL, each against the token of its claim. A lease held under
+//! another token (another worker's, or a newer claim of this worker's), or
+//! one found missing, stops its build here (renewal is compare-and-extend
+//! only). When renewals keep
 //! failing for a whole TTL, the leases may have lapsed and another worker
 //! may have adopted the builds: this worker then stops acting on all of
 //! them and re-adopts them from their pods once Redis answers again.
@@ -23,7 +25,7 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Supervisor;
-use crate::lease::Renewal;
+use crate::lease::{LeaseToken, Renewal};
 use crate::machine::Input;
 
 /// The safety margin of the fence: a fifth of the TTL, at least a second,
@@ -116,23 +118,23 @@ pub(super) async fn renew_loop(sup: Supervisor) {
             () = sup.stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        let ids = sup.registry.ids();
-        if ids.is_empty() {
+        let held = sup.registry.leases();
+        if held.is_empty() {
             last_ok = Instant::now();
             continue;
         }
         // The fence counts from the send: Redis extended the lease at some
         // instant after it, so the lease lasts at least until send + TTL.
         let sent = Instant::now();
-        match sup.ctx.leases.renew_many(&ids).await {
+        match sup.ctx.leases.renew_many(&held).await {
             Ok(results) => {
                 last_ok = Instant::now();
                 let fence = Fence::from_send(sent, ttl);
-                for (id, r) in ids.iter().zip(results) {
+                for ((id, token), r) in held.iter().zip(results) {
                     if r != Renewal::Lost {
-                        sup.registry.extend_fence(id, fence);
+                        sup.registry.extend_fence(id, token, fence);
                     }
-                    renewed(&sup, id, r).await;
+                    renewed(&sup, id, token, r).await;
                 }
             }
             Err(e) => {
@@ -141,11 +143,11 @@ pub(super) async fn renew_loop(sup: Supervisor) {
                 tracing::warn!(error = %e, "lease renewal failed");
                 if after_failure(last_ok, Instant::now(), ttl) == Verdict::StopAll {
                     tracing::error!(
-                        builds = ids.len(),
+                        builds = held.len(),
                         "leases could not be renewed for a whole TTL; stopping every build until Redis answers"
                     );
-                    for id in &ids {
-                        lost(&sup, id);
+                    for (id, token) in &held {
+                        lost(&sup, id, token);
                     }
                 }
             }
@@ -154,7 +156,7 @@ pub(super) async fn renew_loop(sup: Supervisor) {
 }
 
 /// Acts on the renewal of one lease.
-async fn renewed(sup: &Supervisor, id: &str, r: Renewal) {
+async fn renewed(sup: &Supervisor, id: &str, token: &LeaseToken, r: Renewal) {
     match r {
         Renewal::Renewed => {}
         Renewal::CancelPending => {
@@ -163,16 +165,17 @@ async fn renewed(sup: &Supervisor, id: &str, r: Renewal) {
             }
         }
         Renewal::Lost => {
-            tracing::warn!(build_id = %id, "lease missing or taken by another worker; stopping");
-            lost(sup, id);
+            tracing::warn!(build_id = %id, "lease missing or held under another claim's token; stopping");
+            lost(sup, id, token);
         }
     }
 }
 
-/// Stops acting on a build whose lease is (or may be) gone.
-fn lost(sup: &Supervisor, id: &str) {
+/// Stops acting on a build whose lease (the claim of `token`) is, or may
+/// be, gone; a newer claim's task of the same build goes on.
+fn lost(sup: &Supervisor, id: &str, token: &LeaseToken) {
     sup.ctx.metrics.lease_lost();
-    sup.registry.stop(id);
+    sup.registry.stop_claim(id, token);
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ use kiln_protocol::{Phase, Reason};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Supervisor, build_task};
+use super::{Supervisor, build_task, owner};
 use crate::amqp::Incoming;
-use crate::lease::{Admit, Holder, RecordState};
+use crate::lease::{Admit, Holder, LeaseToken, RecordState};
 use crate::machine::Machine;
 use crate::plan::{BuildPlan, MAX_PLAN_BYTES};
 use crate::policy::{DEFAULT_TENANT, Policy};
@@ -45,13 +45,13 @@ pub(super) enum Claimed {
     /// Accepted or finished already (here or elsewhere), from the same
     /// tenant and the same request: ack it.
     Duplicate,
-    /// Ours to start.
-    Start,
-    /// Ours, but a cancel came while it was queued.
-    Cancelled(String),
+    /// Ours to start, under this claim's token.
+    Start(LeaseToken),
+    /// Ours (this token), but a cancel came while it was queued.
+    Cancelled(String, LeaseToken),
     /// The id is held by another tenant's build or by a different request:
-    /// `request.rejected`. `release`: the claim took the lease, give it back.
-    Conflict { rejection: Rejection, release: bool },
+    /// `request.rejected`.
+    Conflict(Rejection),
 }
 
 /// Whether this worker drives the build of an id, and how far it got.
@@ -120,38 +120,36 @@ pub(super) fn decide(
 /// An id is held by the tenant and the request of its record: a request of
 /// another tenant, or of the same tenant with a different fingerprint, is a
 /// conflict, never a duplicate, whatever state the record is in.
+///
+/// A lease `Acquired` here was free (a fresh token): whatever is decided
+/// but `Start` or `Cancelled`, the caller gives it back. A build driven here
+/// whose lease was free lapsed meanwhile; its task stops at its next renewal.
 pub(super) fn decide_claim(admit: &Admit, plan: &BuildPlan, driven: Driven) -> Option<Claimed> {
-    let (record, took_lease) = match admit {
-        Admit::Duplicate(r) => (Some(r), false),
-        Admit::Acquired { record, .. } => (record.as_ref(), driven == Driven::No),
-        Admit::HeldBy { record, .. } => (record.as_ref(), false),
+    let record = match admit {
+        Admit::Duplicate(r) => Some(r),
+        Admit::Acquired { record, .. } | Admit::HeldBy { record, .. } => record.as_ref(),
     };
     if let Some(message) = record.and_then(|r| conflict(r, plan)) {
-        let rejection = Rejection {
-            id: Some(plan.id.clone()),
-            reason: Reason::IdConflict,
-            message,
-        };
-        return Some(Claimed::Conflict {
-            rejection,
-            release: took_lease,
-        });
+        return Some(id_conflict(plan, message));
     }
     match (admit, driven) {
-        (Admit::Duplicate(_), _) | (Admit::Acquired { .. }, Driven::Accepted) => {
-            Some(Claimed::Duplicate)
-        }
+        // Accepted here: whoever holds the lease now, the request is done.
+        (Admit::Duplicate(_), _) | (_, Driven::Accepted) => Some(Claimed::Duplicate),
         // Driven here and not accepted yet: its record comes with acceptance.
-        (Admit::Acquired { .. }, Driven::Accepting) | (Admit::HeldBy { .. }, _) => None,
-        (
-            Admit::Acquired {
-                cancel: Some(reason),
-                ..
-            },
-            Driven::No,
-        ) => Some(Claimed::Cancelled(reason.clone())),
-        (Admit::Acquired { cancel: None, .. }, Driven::No) => Some(Claimed::Start),
+        (_, Driven::Accepting) | (Admit::HeldBy { .. }, Driven::No) => None,
+        (Admit::Acquired { token, cancel, .. }, Driven::No) => Some(match cancel {
+            Some(reason) => Claimed::Cancelled(reason.clone(), token.clone()),
+            None => Claimed::Start(token.clone()),
+        }),
     }
+}
+
+fn id_conflict(plan: &BuildPlan, message: String) -> Claimed {
+    Claimed::Conflict(Rejection {
+        id: Some(plan.id.clone()),
+        reason: Reason::IdConflict,
+        message,
+    })
 }
 
 /// Why `plan` cannot be the build `record` names, if it cannot. An empty
@@ -236,27 +234,34 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
             ctx.metrics.duplicate();
             ack(&d, &id).await;
         }
-        Claimed::Conflict { rejection, release } => {
-            if release {
-                let _ = ctx.leases.release(&id).await;
-            }
-            refuse(&sup, &d, rejection, true).await;
+        Claimed::Conflict(rejection) => refuse(&sup, &d, rejection, true).await,
+        Claimed::Cancelled(reason, token) => {
+            finish_cancelled(&sup, &d, *plan, &reason, token).await;
         }
-        Claimed::Cancelled(reason) => finish_cancelled(&sup, &d, *plan, &reason).await,
-        Claimed::Start => start(&sup, &d, *plan, received).await,
+        Claimed::Start(token) => start(&sup, &d, *plan, received, token).await,
     }
 }
 
 /// Claims the lease, waiting while the build under this id is being
 /// accepted (by another worker, or here). Redis trouble is waited out while
 /// holding the delivery: requeueing would spend the queue's delivery limit
-/// and dead-letter a good request. `None`: the worker is stopping.
+/// and dead-letter a good request. `None`: the worker is stopping. A lease
+/// taken for anything but `Start` or `Cancelled` is given back here.
 async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
     let id = plan.id.as_str();
     let ctx = &sup.ctx;
     let claimed = ctx.record(plan, RecordState::Claimed, None, &[]);
     let mut waits = retry::lease_held().build();
     loop {
+        // The pods and the build driven here name the owner whatever Redis
+        // remembers (it may have lost the record): another tenant's request
+        // is refused before it can claim a free-looking id.
+        if let Some(message) = owner::known(sup, id, false)
+            .await
+            .and_then(|o| conflict(&o, plan))
+        {
+            return Some(id_conflict(plan, message));
+        }
         let admit = (|| ctx.leases.claim_request(id, &claimed, ctx.record_ttl))
             .retry(retry::redis())
             .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot claim; retrying"));
@@ -267,7 +272,12 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
             Some(rx) if *rx.borrow() => Driven::Accepted,
             Some(_) => Driven::Accepting,
         };
-        if let Some(claimed) = decide_claim(&admit, plan, driven) {
+        let decided = decide_claim(&admit, plan, driven);
+        let starts = matches!(decided, Some(Claimed::Start(_) | Claimed::Cancelled(..)));
+        if let (Admit::Acquired { token, .. }, false) = (&admit, starts) {
+            let _ = ctx.leases.release(id, token).await;
+        }
+        if let Some(claimed) = decided {
             return Some(claimed);
         }
         if let Some(rx) = accepted.filter(|_| driven == Driven::Accepting) {
@@ -281,7 +291,13 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
 
 /// Claimed, but cancelled while queued: the machine publishes
 /// `build.cancelled` and finishes, as for any other build.
-async fn finish_cancelled(sup: &Supervisor, d: &Incoming, plan: BuildPlan, reason: &str) {
+async fn finish_cancelled(
+    sup: &Supervisor,
+    d: &Incoming,
+    plan: BuildPlan,
+    reason: &str,
+    token: LeaseToken,
+) {
     let id = plan.id.clone();
     let (mut machine, actions) = Machine::start_cancelled(
         Arc::new(plan),
@@ -290,19 +306,25 @@ async fn finish_cancelled(sup: &Supervisor, d: &Incoming, plan: BuildPlan, reaso
         Instant::now().into_std(),
         jiff::Timestamp::now(),
     );
-    if build_task::execute(sup, &mut machine, actions, &sup.stop)
+    if build_task::execute(sup, &mut machine, actions, &sup.stop, &token)
         .await
         .is_ok()
     {
         ack(d, &id).await;
     } else {
-        let _ = sup.ctx.leases.release(&id).await;
+        let _ = sup.ctx.leases.release(&id, &token).await;
         let _ = d.requeue().await;
     }
 }
 
 /// Starts the build's task and acks once it is accepted.
-async fn start(sup: &Supervisor, d: &Incoming, plan: BuildPlan, received: Instant) {
+async fn start(
+    sup: &Supervisor,
+    d: &Incoming,
+    plan: BuildPlan,
+    received: Instant,
+    token: LeaseToken,
+) {
     let id = plan.id.clone();
     let (machine, actions) = Machine::start(
         Arc::new(plan),
@@ -310,8 +332,9 @@ async fn start(sup: &Supervisor, d: &Incoming, plan: BuildPlan, received: Instan
         Instant::now().into_std(),
         jiff::Timestamp::now(),
     );
-    let Some(accepted) = build_task::spawn(sup, machine, actions) else {
+    let Some(accepted) = build_task::spawn(sup, machine, actions, token.clone()) else {
         // Someone else started it between our checks (adoption): duplicate.
+        let _ = sup.ctx.leases.release(&id, &token).await;
         return ack(d, &id).await;
     };
     if wait_accepted(accepted).await {

@@ -123,7 +123,7 @@ fn a_plan_too_large_for_an_annotation_is_rejected() {
 }
 
 /// The plan of a valid `shop` request with id `b`.
-fn shop_plan() -> BuildPlan {
+pub(in crate::supervisor) fn shop_plan() -> BuildPlan {
     let Decision::Accept(plan) = decide_shop(&request("b", &[image("api")])) else {
         panic!("rejected");
     };
@@ -149,15 +149,20 @@ fn the_plan_carries_the_fingerprint_of_its_request() {
 #[test]
 fn the_lease_decides_between_start_duplicate_cancel_and_wait() {
     let plan = shop_plan();
+    let token = LeaseToken::mint("w1");
     let acquired = |cancel: Option<&str>| Admit::Acquired {
+        token: token.clone(),
         cancel: cancel.map(str::to_owned),
         record: None,
     };
     let claim = |admit: Admit, driven| decide_claim(&admit, &plan, driven);
-    assert_eq!(claim(acquired(None), Driven::No), Some(Claimed::Start));
+    assert_eq!(
+        claim(acquired(None), Driven::No),
+        Some(Claimed::Start(token.clone()))
+    );
     assert_eq!(
         claim(acquired(Some("superseded")), Driven::No),
-        Some(Claimed::Cancelled("superseded".to_owned()))
+        Some(Claimed::Cancelled("superseded".to_owned(), token.clone()))
     );
     assert_eq!(
         claim(acquired(None), Driven::Accepted),
@@ -179,45 +184,53 @@ fn the_lease_decides_between_start_duplicate_cancel_and_wait() {
         record: Some(holder("claimed", "shop", &plan.fingerprint)),
     };
     assert_eq!(claim(held, Driven::No), None);
+    // Held by this worker's own build, accepted meanwhile: a duplicate.
+    let held_here = Admit::HeldBy {
+        holder: "w1".to_owned(),
+        record: None,
+    };
+    assert_eq!(
+        claim(held_here.clone(), Driven::Accepted),
+        Some(Claimed::Duplicate)
+    );
+    assert_eq!(claim(held_here, Driven::Accepting), None);
     // A claimed record of the same request (its worker died before
     // acceptance): ours to start.
     let reclaimed = Admit::Acquired {
+        token: token.clone(),
         cancel: None,
         record: Some(holder("claimed", "shop", &plan.fingerprint)),
     };
-    assert_eq!(claim(reclaimed, Driven::No), Some(Claimed::Start));
+    assert_eq!(claim(reclaimed, Driven::No), Some(Claimed::Start(token)));
 }
 
 #[test]
 fn another_tenants_id_is_a_conflict_in_every_state() {
     let plan = shop_plan();
     let theirs = holder("accepted", "other", &plan.fingerprint);
+    let acquired = Admit::Acquired {
+        token: LeaseToken::mint("w1"),
+        cancel: None,
+        record: Some(theirs.clone()),
+    };
     let admits = [
-        (Admit::Duplicate(theirs.clone()), false),
+        (Admit::Duplicate(theirs.clone()), Driven::No),
         (
             Admit::HeldBy {
                 holder: "w2".to_owned(),
                 record: Some(theirs.clone()),
             },
-            false,
+            Driven::No,
         ),
-        (
-            Admit::Acquired {
-                cancel: None,
-                record: Some(theirs.clone()),
-            },
-            true,
-        ),
+        (acquired.clone(), Driven::No),
+        // Driven here (another tenant's build this worker runs): still a
+        // conflict, never this request's duplicate.
+        (acquired, Driven::Accepted),
     ];
-    for (admit, release) in admits {
-        let Some(Claimed::Conflict {
-            rejection,
-            release: r,
-        }) = decide_claim(&admit, &plan, Driven::No)
-        else {
+    for (admit, driven) in admits {
+        let Some(Claimed::Conflict(rejection)) = decide_claim(&admit, &plan, driven) else {
             panic!("no conflict for {admit:?}");
         };
-        assert_eq!(r, release, "{admit:?}");
         assert_eq!(rejection.id.as_deref(), Some("b"));
         assert_eq!(rejection.reason, Reason::IdConflict);
         assert!(
@@ -226,23 +239,13 @@ fn another_tenants_id_is_a_conflict_in_every_state() {
             rejection.message
         );
     }
-    // Driven here (another tenant's build this worker runs): the lease is
-    // the running build's, never released.
-    let admit = Admit::Acquired {
-        cancel: None,
-        record: Some(theirs),
-    };
-    assert!(matches!(
-        decide_claim(&admit, &plan, Driven::Accepted),
-        Some(Claimed::Conflict { release: false, .. })
-    ));
 }
 
 #[test]
 fn the_same_tenant_with_a_different_request_is_a_conflict() {
     let plan = shop_plan();
     let other = Admit::Duplicate(holder("finished", "shop", "0123"));
-    let Some(Claimed::Conflict { rejection, .. }) = decide_claim(&other, &plan, Driven::No) else {
+    let Some(Claimed::Conflict(rejection)) = decide_claim(&other, &plan, Driven::No) else {
         panic!("no conflict");
     };
     assert_eq!(rejection.reason, Reason::IdConflict);

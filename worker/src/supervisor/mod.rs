@@ -20,6 +20,7 @@ mod context;
 mod fencing;
 mod intake;
 mod notices;
+mod owner;
 mod registry;
 mod routing;
 
@@ -107,11 +108,11 @@ pub async fn run(sup: Supervisor, shutdown: impl std::future::Future<Output = ()
 /// workers so they adopt the builds at once. Pods are left running.
 async fn hand_over(sup: &Supervisor) {
     sup.stop.cancel();
-    let ids = sup.registry.stop_all();
-    if let Err(e) = sup.ctx.leases.release_all(&ids).await {
+    let held = sup.registry.stop_all();
+    if let Err(e) = sup.ctx.leases.release_all(&held).await {
         tracing::warn!(error = %e, "could not release leases; they lapse after the lease TTL");
     } else {
-        tracing::info!(builds = ids.len(), "released leases for takeover");
+        tracing::info!(builds = held.len(), "released leases for takeover");
     }
     sup.ctx.broker.close().await;
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::fencing::{Fence, SharedFence};
+use crate::lease::{Holder, LeaseToken};
 use crate::machine::Input;
 
 /// How the rest of the supervisor reaches one running build task.
@@ -28,6 +29,11 @@ pub(super) struct BuildHandle {
     pub namespace: String,
     /// Until when the worker may act on the build (moved by renewals).
     pub fence: SharedFence,
+    /// The token of the claim this task drives the build under.
+    pub token: LeaseToken,
+    /// Tenant and fingerprint of the plan driven: the owner of the id, even
+    /// when Redis lost the record.
+    pub owner: Holder,
 }
 
 /// One registration of a build: a build stopped and adopted again here
@@ -52,6 +58,10 @@ struct State {
     builds: HashMap<String, Entry>,
     next_generation: u64,
     foreign: HashMap<String, Foreign>,
+    /// Foreign builds whose pods adoption refused (see
+    /// `adoption::Adoption::Refuse`): never candidates again while they
+    /// have pods.
+    refused: HashSet<String>,
     adopting: HashSet<String>,
     consuming: bool,
 }
@@ -92,12 +102,23 @@ impl Registry {
         self.lock().consuming = on;
     }
 
-    pub(super) fn ids(&self) -> Vec<String> {
-        self.lock().builds.keys().cloned().collect()
+    /// Every build driven here with the token of its claim: what the
+    /// renewal loop renews.
+    pub(super) fn leases(&self) -> Vec<(String, LeaseToken)> {
+        self.lock()
+            .builds
+            .iter()
+            .map(|(id, e)| (id.clone(), e.handle.token.clone()))
+            .collect()
     }
 
     pub(super) fn owns(&self, id: &str) -> bool {
         self.lock().builds.contains_key(id)
+    }
+
+    /// The owner of a build driven here.
+    pub(super) fn owner(&self, id: &str) -> Option<Holder> {
+        self.lock().builds.get(id).map(|e| e.handle.owner.clone())
     }
 
     /// Acceptance of a build driven here, to ack a duplicate of it.
@@ -117,23 +138,19 @@ impl Registry {
             .is_some_and(|e| e.handle.tx.send(input).is_ok())
     }
 
-    /// Registers a build task; `Err` with the handle back if the id is
-    /// already driven here. `Ok` carries the new number of builds and the
-    /// registration's generation, for [`Registry::remove`].
-    pub(super) fn insert(
-        &self,
-        id: &str,
-        handle: BuildHandle,
-    ) -> Result<(usize, Generation), BuildHandle> {
+    /// Registers a build task; `None` if the id is already driven here.
+    /// Else the new number of builds and the registration's generation, for
+    /// [`Registry::remove`].
+    pub(super) fn insert(&self, id: &str, handle: BuildHandle) -> Option<(usize, Generation)> {
         let mut s = self.lock();
         if s.builds.contains_key(id) {
-            return Err(handle);
+            return None;
         }
         s.next_generation += 1;
         let generation = Generation(s.next_generation);
         s.builds.insert(id.to_owned(), Entry { handle, generation });
         s.foreign.remove(id);
-        Ok((s.builds.len(), generation))
+        Some((s.builds.len(), generation))
     }
 
     /// The task of registration `generation` ended; returns the number of
@@ -147,28 +164,33 @@ impl Registry {
         s.builds.len()
     }
 
-    /// A renewal of the lease of `id` was confirmed: its fence moves on.
-    pub(super) fn extend_fence(&self, id: &str, fence: Fence) {
-        if let Some(e) = self.lock().builds.get(id) {
+    /// A renewal of the lease of `id` under `token` was confirmed: the
+    /// fence of that claim's task moves on (not a newer claim's).
+    pub(super) fn extend_fence(&self, id: &str, token: &LeaseToken, fence: Fence) {
+        if let Some(e) = self.lock().builds.get(id)
+            && e.handle.token == *token
+        {
             e.handle.fence.extend(fence);
         }
     }
 
-    /// Stops acting on a build; its pods stay, so it becomes foreign and can
-    /// be adopted again (by this worker too, once its lease is free).
-    pub(super) fn stop(&self, id: &str) {
-        self.stop_where(id, |_| true);
-    }
-
-    /// [`Registry::stop`], only if `id` is still registration `generation`
+    /// Stops acting on a build, only if `id` is still registration `generation`
     /// (a task fencing itself must not stop a newer adoption of its build).
     pub(super) fn stop_generation(&self, id: &str, generation: Generation) {
-        self.stop_where(id, |g| g == generation);
+        self.stop_where(id, |e| e.generation == generation);
     }
 
-    fn stop_where(&self, id: &str, which: impl FnOnce(Generation) -> bool) {
+    /// Stops acting on a build, only if it is still driven under `token` (the
+    /// loss of an old claim's lease must not stop a newer claim's task). Its
+    /// pods stay, so it becomes foreign and can be adopted again (by this
+    /// worker too, once its lease is free).
+    pub(super) fn stop_claim(&self, id: &str, token: &LeaseToken) {
+        self.stop_where(id, |e| e.handle.token == *token);
+    }
+
+    fn stop_where(&self, id: &str, which: impl FnOnce(&Entry) -> bool) {
         let mut s = self.lock();
-        if !s.builds.get(id).is_some_and(|e| which(e.generation)) {
+        if !s.builds.get(id).is_some_and(which) {
             return;
         }
         if let Some(Entry { handle: h, .. }) = s.builds.remove(id) {
@@ -183,30 +205,45 @@ impl Registry {
         }
     }
 
-    /// Stops every build task (shutdown) and returns their ids. The builds
-    /// stay registered until their tasks end.
-    pub(super) fn stop_all(&self) -> Vec<String> {
-        let s = self.lock();
-        for e in s.builds.values() {
-            e.handle.stop.cancel();
+    /// Stops every build task (shutdown) and returns their ids and tokens,
+    /// to release. The builds stay registered until their tasks end.
+    pub(super) fn stop_all(&self) -> Vec<(String, LeaseToken)> {
+        {
+            let s = self.lock();
+            for e in s.builds.values() {
+                e.handle.stop.cancel();
+            }
         }
-        s.builds.keys().cloned().collect()
+        self.leases()
     }
 
     /// A pod of a build not driven here exists: remember the build as an
     /// adoption candidate.
     pub(super) fn seen_foreign(&self, id: &str, namespace: &str) {
-        self.lock()
-            .foreign
-            .entry(id.to_owned())
-            .or_insert_with(|| Foreign {
-                namespace: namespace.to_owned(),
-                checked: None,
-            });
+        let mut s = self.lock();
+        if s.refused.contains(id) {
+            return;
+        }
+        s.foreign.entry(id.to_owned()).or_insert_with(|| Foreign {
+            namespace: namespace.to_owned(),
+            checked: None,
+        });
     }
 
+    /// A pod of `id` went away, or its build was adopted or cleaned up.
+    /// A refused build counts again once one of its pods is gone: the next
+    /// remaining pod is then checked once more.
     pub(super) fn forget_foreign(&self, id: &str) {
-        self.lock().foreign.remove(id);
+        let mut s = self.lock();
+        s.foreign.remove(id);
+        s.refused.remove(id);
+    }
+
+    /// Adoption refused the pods of `id`: stop sweeping it.
+    pub(super) fn refuse_foreign(&self, id: &str) {
+        let mut s = self.lock();
+        s.foreign.remove(id);
+        s.refused.insert(id.to_owned());
     }
 
     /// The foreign builds among `ids`, with their namespaces.
@@ -255,6 +292,8 @@ mod tests {
             accepted,
             namespace: namespace.to_owned(),
             fence: SharedFence::new(Fence::from_send(Instant::now(), Duration::from_secs(10))),
+            token: LeaseToken::mint("w"),
+            owner: Holder::default(),
         };
         (h, rx)
     }
@@ -264,11 +303,11 @@ mod tests {
         let r = Registry::default();
         r.seen_foreign("b1", "ns");
         let (h, _rx) = handle("ns");
-        let (n, generation) = r.insert("b1", h).ok().unwrap_or_else(|| panic!("insert"));
+        let (n, generation) = r.insert("b1", h).unwrap_or_else(|| panic!("insert"));
         assert_eq!(n, 1);
         assert!(r.foreign_among(&["b1".to_owned()]).is_empty());
         let (again, _rx2) = handle("ns");
-        assert!(r.insert("b1", again).is_err());
+        assert!(r.insert("b1", again).is_none());
         assert!(r.owns("b1"));
         assert!(!r.begin_adopting("b1"));
         assert_eq!(r.remove("b1", generation), 0);
@@ -278,11 +317,17 @@ mod tests {
     fn the_end_of_a_stopped_task_leaves_its_readoption_registered() {
         let r = Registry::default();
         let (old, _rx) = handle("ns");
-        let (_, old_generation) = r.insert("b1", old).ok().unwrap_or_else(|| panic!("insert"));
+        let old_token = old.token.clone();
+        let (_, old_generation) = r.insert("b1", old).unwrap_or_else(|| panic!("insert"));
         // Fenced: stopped, then adopted here again before the old task ended.
-        r.stop("b1");
+        r.stop_claim("b1", &old_token);
         let (new, mut new_rx) = handle("ns");
-        let (_, new_generation) = r.insert("b1", new).ok().unwrap_or_else(|| panic!("insert"));
+        let new_token = new.token.clone();
+        let (_, new_generation) = r.insert("b1", new).unwrap_or_else(|| panic!("insert"));
+        // The old claim's renewal fails late: the new claim's task goes on.
+        r.stop_claim("b1", &old_token);
+        assert!(r.owns("b1"), "a lost old token stops nothing newer");
+        assert_eq!(r.leases(), [("b1".to_owned(), new_token)]);
         assert_eq!(r.remove("b1", old_generation), 1, "the old task ends");
         assert!(r.owns("b1"), "the new handle stays");
         assert!(r.send("b1", Input::Tick));
@@ -295,8 +340,9 @@ mod tests {
         let r = Registry::default();
         let (h, _rx) = handle("ns");
         let stop = h.stop.clone();
-        r.insert("b1", h).ok();
-        r.stop("b1");
+        let token = h.token.clone();
+        r.insert("b1", h);
+        r.stop_claim("b1", &token);
         assert!(stop.is_cancelled());
         assert!(!r.owns("b1"));
         assert_eq!(
@@ -309,7 +355,7 @@ mod tests {
     fn inputs_reach_only_builds_driven_here() {
         let r = Registry::default();
         let (h, mut rx) = handle("ns");
-        r.insert("b1", h).ok();
+        r.insert("b1", h);
         assert!(r.send("b1", Input::Tick));
         assert!(matches!(rx.try_recv(), Ok(Input::Tick)));
         assert!(!r.send("b2", Input::Tick));
@@ -327,6 +373,19 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(r.foreign_due(now + every, every).len(), 1);
+    }
+
+    #[test]
+    fn a_refused_build_is_swept_no_more_until_a_pod_of_it_goes() {
+        let r = Registry::default();
+        r.seen_foreign("b1", "ns");
+        r.refuse_foreign("b1");
+        r.seen_foreign("b1", "ns");
+        let now = Instant::now();
+        assert!(r.foreign_due(now, Duration::ZERO).is_empty());
+        r.forget_foreign("b1");
+        r.seen_foreign("b1", "ns");
+        assert_eq!(r.foreign_due(now, Duration::ZERO).len(), 1);
     }
 
     #[test]
