@@ -164,6 +164,34 @@ async fn the_owner_reusing_a_live_id_with_another_request_is_an_id_conflict() {
     assert_eq!(env.created(Resource::Pods), 1);
 }
 
+/// Waits until the worker kept the cancel of `id` for `tenant` (the key it
+/// writes first, as soon as it consumed the cancel), then a little longer
+/// for the rest of its decision (one LIST, one SET). A fixed sleep was not
+/// enough on a loaded machine: the worker may start consuming later than
+/// that, and then takes the cancel and the request together.
+async fn cancel_kept(env: &Env, id: &str, tenant: &str) {
+    let client = redis::Client::open(kiln_tests::harness::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}cancel:{id}@{tenant}", env.redis_prefix);
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "cancel of {id} never kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_before_the_build_is_kept_for_its_tenant_only() {
     let mut env = Env::new().await;
@@ -172,14 +200,14 @@ async fn a_cancel_before_the_build_is_kept_for_its_tenant_only() {
     // Tenant `guest` cancels an id nobody holds yet...
     let id = unique("precancel");
     env.cancel_as(&id, "not yours", Some("guest")).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel_kept(&env, &id, "guest").await;
     // ... and tenant `default`'s build under it runs to success.
     env.publish(&one_image(&id)).await;
     env.expect_sequence(&id, ONE_IMAGE_SUCCEEDS, WAIT).await;
     // Her own build under an id she cancelled beforehand starts cancelled.
     let own = unique("precancel-own");
     env.cancel_as(&own, "changed my mind", Some("guest")).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel_kept(&env, &own, "guest").await;
     let body = serde_json::to_vec(&one_image(&own)).unwrap();
     env.publish_raw(&body, Some("guest")).await;
     let events = env.expect_sequence(&own, &["build.cancelled"], WAIT).await;
