@@ -26,7 +26,8 @@ to the Kubernetes API for the first attempt of the request: the ConfigMaps
 of inline Dockerfiles, then one pod per image, with their labels,
 annotations (the plan) and specs. Fields the API server sets are absent;
 a ConfigMap's owner uid (its pod's, assigned by the API server) is empty.
-`activeDeadlineSeconds` and the plan's `acceptedAt` are counted from now.
+`activeDeadlineSeconds` and the plan's `acceptedAt` are counted from now;
+the plan carries no `traceparent` (a worker copies the message's).
 
 The tenant is the AMQP user the request would be published as (`--tenant`,
 default `default`: a request without user_id). A file without `id` is
