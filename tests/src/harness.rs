@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::BuildEvent;
 use kiln_worker::amqp::{BUILD_KEY, Broker, CANCEL_KEY, EventSubscription};
-use kiln_worker::config::{Connections, WorkerConfig};
+use kiln_worker::config::{BuildConfig, Connections, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -150,17 +150,19 @@ impl Env {
                 redis_url: redis_url(),
                 redis_prefix: self.redis_prefix.clone(),
             },
-            namespace: NAMESPACE.to_owned(),
-            policy: None,
+            build: BuildConfig {
+                namespace: NAMESPACE.to_owned(),
+                policy: None,
+                kaniko_image: "kaniko:test".to_owned(),
+                fetch_image: "curl:test".to_owned(),
+                s3_region: "us-east-1".to_owned(),
+            },
             cluster: "test".to_owned(),
             metrics_addr: None,
             lease_ttl: Duration::from_secs(2),
             pending_timeout: Duration::from_secs(60),
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(1),
-            kaniko_image: "kaniko:test".to_owned(),
-            fetch_image: "curl:test".to_owned(),
-            s3_region: "us-east-1".to_owned(),
             worker_id: None,
             prefetch: 64,
             record_ttl: Duration::from_secs(600),

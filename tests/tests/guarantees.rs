@@ -29,7 +29,7 @@ async fn running_build_of_default(prefix: &str) -> (Env, String) {
     let mut env = Env::new().await;
     let policy = two_tenants(&env);
     env.slow_pods(Duration::from_secs(3));
-    env.start_worker_with(|c| c.policy = Some(policy.clone()));
+    env.start_worker_with(|c| c.build.policy = Some(policy.clone()));
     let id = unique(prefix);
     env.publish(&one_image(&id)).await;
     env.wait_running(&id, 1, WAIT).await;
@@ -196,7 +196,7 @@ async fn cancel_kept(env: &Env, id: &str, tenant: &str) {
 async fn a_cancel_before_the_build_is_kept_for_its_tenant_only() {
     let mut env = Env::new().await;
     let policy = two_tenants(&env);
-    env.start_worker_with(|c| c.policy = Some(policy.clone()));
+    env.start_worker_with(|c| c.build.policy = Some(policy.clone()));
     // Tenant `guest` cancels an id nobody holds yet...
     let id = unique("precancel");
     env.cancel_as(&id, "not yours", Some("guest")).await;

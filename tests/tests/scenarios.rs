@@ -366,7 +366,7 @@ async fn policy_violation_is_rejected() {
     let path = env.write_policy(&format!(
         "[tenants.default]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"registry.example.com/allowed\"]\n"
     ));
-    env.start_worker_with(|c| c.policy = Some(path.clone()));
+    env.start_worker_with(|c| c.build.policy = Some(path.clone()));
     let id = unique("policy");
     env.publish(&one_image(&id)).await;
     let events = env.expect_sequence(&id, &["build.rejected"], WAIT).await;
@@ -383,7 +383,7 @@ async fn only_the_owning_tenant_may_cancel() {
         "[tenants.default]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"*\"]\n\n[tenants.guest]\nnamespace = \"{NAMESPACE}\"\nallowedDestinations = [\"*\"]\n"
     ));
     env.kube.kubelet().set_script(|_| Fate::RunForever);
-    env.start_worker_with(|c| c.policy = Some(path.clone()));
+    env.start_worker_with(|c| c.build.policy = Some(path.clone()));
     // Published without a user id: tenant "default".
     let id = unique("owned");
     env.publish(&one_image(&id)).await;

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pod::PodSettings;
+use crate::policy::Policy;
+
 /// The executor image Kiln's pods were checked against (see
 /// `worker/src/pod/EXECUTOR.md`): the fork's v1.28.3 release, by its index
 /// digest, so a re-pushed tag can never change what builds run. The digest is
@@ -44,11 +47,12 @@ pub struct Connections {
     pub redis_prefix: String,
 }
 
-/// Everything `kiln worker` needs.
+/// What turns a request into pods: the policy and the pods' images and
+/// defaults. Shared by `kiln worker` and `kiln plan`, so that a plan is made
+/// under exactly the settings a worker with the same flags and `KILN_*`
+/// variables uses.
 #[derive(Debug, Clone, clap::Args)]
-pub struct WorkerConfig {
-    #[command(flatten)]
-    pub connections: Connections,
+pub struct BuildConfig {
     /// Build namespace of the `default` tenant when no policy file is given.
     #[arg(long, env = "KILN_NAMESPACE", default_value = "kiln-builds")]
     pub namespace: String,
@@ -56,6 +60,57 @@ pub struct WorkerConfig {
     /// as the `default` tenant in `--namespace` with any destination.
     #[arg(long, env = "KILN_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Kaniko executor image. Google archived upstream Kaniko in June 2025;
+    /// the default is the community-maintained fork, pinned by digest (a
+    /// reference without a digest draws a warning at start).
+    #[arg(long, env = "KILN_KANIKO_IMAGE", default_value = DEFAULT_KANIKO_IMAGE)]
+    pub kaniko_image: String,
+    /// Image of the init container that downloads `url` build contexts
+    /// (runs `curl`, non-root); pinned by digest like the executor.
+    #[arg(long, env = "KILN_FETCH_IMAGE", default_value = DEFAULT_FETCH_IMAGE)]
+    pub fetch_image: String,
+    /// `AWS_REGION` of S3 build contexts when neither the request nor the
+    /// tenant policy names one: the executor's AWS SDK sends no request
+    /// without a region, even to an S3-compatible endpoint.
+    #[arg(long, env = "KILN_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+}
+
+impl BuildConfig {
+    /// The policy file or, without one, the single `default` tenant in
+    /// `--namespace`, with the warning that deserves (`None` with a file).
+    pub fn load_policy(&self) -> Result<(Policy, Option<String>), String> {
+        match &self.policy {
+            Some(path) => Policy::load(path)
+                .map(|p| (p, None))
+                .map_err(|e| e.to_string()),
+            None => Ok((
+                Policy::single_tenant(&self.namespace),
+                Some(format!(
+                    "no policy file (KILN_POLICY): every request runs as tenant \"default\" in {} and may push anywhere",
+                    self.namespace
+                )),
+            )),
+        }
+    }
+
+    /// The pods' images and the S3 region default.
+    pub fn pod_settings(&self) -> PodSettings {
+        PodSettings {
+            kaniko_image: self.kaniko_image.clone(),
+            fetch_image: self.fetch_image.clone(),
+            s3_region: self.s3_region.clone(),
+        }
+    }
+}
+
+/// Everything `kiln worker` needs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub connections: Connections,
+    #[command(flatten)]
+    pub build: BuildConfig,
     /// Cluster name, used as the CloudEvents `source` (`urn:kiln:<cluster>`).
     #[arg(long, env = "KILN_CLUSTER", default_value = "default")]
     pub cluster: String,
@@ -76,20 +131,6 @@ pub struct WorkerConfig {
     /// Upper bound of the retry delay.
     #[arg(long, env = "KILN_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
-    /// Kaniko executor image. Google archived upstream Kaniko in June 2025;
-    /// the default is the community-maintained fork, pinned by digest (a
-    /// reference without a digest draws a warning at start).
-    #[arg(long, env = "KILN_KANIKO_IMAGE", default_value = DEFAULT_KANIKO_IMAGE)]
-    pub kaniko_image: String,
-    /// Image of the init container that downloads `url` build contexts
-    /// (runs `curl`, non-root); pinned by digest like the executor.
-    #[arg(long, env = "KILN_FETCH_IMAGE", default_value = DEFAULT_FETCH_IMAGE)]
-    pub fetch_image: String,
-    /// `AWS_REGION` of S3 build contexts when neither the request nor the
-    /// tenant policy names one: the executor's AWS SDK sends no request
-    /// without a region, even to an S3-compatible endpoint.
-    #[arg(long, env = "KILN_S3_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
     /// Name of this worker in events (`kilnworker`) and lease values.
     /// Defaults to the host name (the pod name in Kubernetes).
     #[arg(long, env = "KILN_WORKER_ID")]
@@ -128,11 +169,11 @@ impl WorkerConfig {
         [
             (
                 "--kaniko-image (KILN_KANIKO_IMAGE)",
-                self.kaniko_image.as_str(),
+                self.build.kaniko_image.as_str(),
             ),
             (
                 "--fetch-image (KILN_FETCH_IMAGE)",
-                self.fetch_image.as_str(),
+                self.build.fetch_image.as_str(),
             ),
         ]
         .into_iter()

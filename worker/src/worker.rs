@@ -9,24 +9,17 @@ use crate::error::{Error, Result};
 use crate::lease::Leases;
 use crate::machine::Settings;
 use crate::metrics::Metrics;
-use crate::pod::{KubeClient, PodSettings, Pods};
-use crate::policy::Policy;
+use crate::pod::{KubeClient, Pods};
 use crate::supervisor::{self, Context, Supervisor};
 
 /// Connects everything and returns the supervisor, ready to run.
 pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<Supervisor> {
     config.check().map_err(Error::Config)?;
     let worker = config.worker_name();
-    let policy = if let Some(path) = &config.policy {
-        Policy::load(path).map_err(|e| Error::Config(e.to_string()))?
-    } else {
-        tracing::warn!(
-            namespace = %config.namespace,
-            "no policy file (KILN_POLICY): every request runs as tenant \"default\" in {} and may push anywhere",
-            config.namespace
-        );
-        Policy::single_tenant(&config.namespace)
-    };
+    let (policy, warning) = config.build.load_policy().map_err(Error::Config)?;
+    if let Some(warning) = warning {
+        tracing::warn!(namespace = %config.build.namespace, "{warning}");
+    }
     for (flag, image) in config.unpinned_images() {
         tracing::warn!(
             image,
@@ -46,14 +39,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         Some(k) => k,
         None => Pods::default_client().await?,
     };
-    let pods = Pods::new(
-        client,
-        PodSettings {
-            kaniko_image: config.kaniko_image.clone(),
-            fetch_image: config.fetch_image.clone(),
-            s3_region: config.s3_region.clone(),
-        },
-    );
+    let pods = Pods::new(client, config.build.pod_settings());
     let settings = Arc::new(Settings {
         pending_timeout: config.pending_timeout,
         retry_base_delay: config.retry_base_delay,

@@ -53,6 +53,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use tokio_util::sync::CancellationToken;
 
 pub use calls::CallRecord;
+pub use defaults::pod_on_create;
 pub use executor::{Executor, Exit, digest_of};
 pub use faults::{FaultResponse, FaultRule, Faults, Injected};
 pub use kubelet::{Fate, Kubelet, NODE_NAME, PendingReason, Timing};

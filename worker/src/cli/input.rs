@@ -119,6 +119,28 @@ impl Source {
     }
 }
 
+/// A request file to publish or plan: the name its problems are reported
+/// under and its document, or every problem found decoding it.
+#[derive(Debug)]
+pub struct RequestFile {
+    pub name: String,
+    pub decoded: Result<Document, Vec<ValidationError>>,
+}
+
+impl RequestFile {
+    /// Reads and decodes `path` (`-`: standard input).
+    pub fn read(path: &str) -> anyhow::Result<Self> {
+        let source = Source::read(path)?;
+        let name = if path == STDIN {
+            source.name.clone()
+        } else {
+            path.to_owned()
+        };
+        let decoded = source.decode();
+        Ok(Self { name, decoded })
+    }
+}
+
 /// A request document as JSON.
 #[derive(Debug, Clone)]
 pub struct Document {
@@ -161,6 +183,21 @@ impl Document {
         {
             self.bytes = bytes;
             self.verbatim = false;
+        }
+    }
+
+    /// Sets the id to `id` (`--id`) or, when there is none and the
+    /// document names none, to a fresh ULID, which it returns.
+    pub fn assign_id(&mut self, id: Option<&str>) -> Option<String> {
+        if let Some(id) = id {
+            self.set_id(id);
+            None
+        } else if self.id().is_none() {
+            let fresh = ulid::Ulid::new().to_string();
+            self.set_id(&fresh);
+            Some(fresh)
+        } else {
+            None
         }
     }
 

@@ -1,5 +1,6 @@
 //! The client side of the `kiln` binary: `submit`, `wait`, `watch`,
-//! `cancel`, `status`, `logs`, `validate`, `schema` and `completions`.
+//! `cancel`, `status`, `logs`, `validate`, `plan`, `schema` and
+//! `completions`.
 //!
 //! Conventions shared by every command:
 //! - results a script may capture (build ids, digest-pinned references,
@@ -54,6 +55,7 @@ pub mod completions;
 pub mod input;
 pub mod logs;
 pub mod output;
+pub mod plan;
 pub mod schema;
 pub mod status;
 pub mod submit;
@@ -131,6 +133,9 @@ pub enum ClientCommand {
     /// Check request files (JSON or YAML) without publishing anything.
     #[command(after_help = validate::AFTER_HELP)]
     Validate(validate::ValidateArgs),
+    /// Print the ConfigMaps and pods a worker would create for a request.
+    #[command(after_help = plan::AFTER_HELP)]
+    Plan(Box<plan::PlanArgs>),
     /// Print the JSON Schema of a request or of the events.
     #[command(after_help = schema::AFTER_HELP)]
     Schema(schema::SchemaArgs),
@@ -151,6 +156,7 @@ pub async fn run(cmd: ClientCommand, command: fn() -> clap::Command) -> anyhow::
         ClientCommand::Status(a) => status::run(a).await,
         ClientCommand::Logs(a) => logs::run(a).await,
         ClientCommand::Validate(a) => validate::run(&a),
+        ClientCommand::Plan(a) => plan::run(&a),
         ClientCommand::Schema(a) => schema::run(&a),
         ClientCommand::Completions(a) => completions::run(&a, command),
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use kiln_protocol::request_rejected_id;
 
 use super::exit;
-use super::input::{STDIN, Source, print_problems};
+use super::input::{RequestFile, print_problems};
 use super::output::Output;
 use super::wait::{Follow, REQUEST_REJECTED_KEY, follow, optional_redis};
 use crate::amqp::{BUILD_KEY, url_user};
@@ -58,21 +58,13 @@ pub struct SubmitArgs {
 }
 
 pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
-    let source = Source::read(&args.file)?;
-    let name = if args.file == STDIN {
-        source.name.clone()
-    } else {
-        args.file.clone()
-    };
-    let mut doc = match source.decode() {
+    let file = RequestFile::read(&args.file)?;
+    let name = file.name;
+    let mut doc = match file.decoded {
         Ok(doc) => doc,
         Err(errs) => return Ok(invalid(&name, &errs)),
     };
-    if let Some(id) = &args.id {
-        doc.set_id(id);
-    } else if doc.id().is_none() {
-        doc.set_id(&ulid::Ulid::new().to_string());
-    }
+    doc.assign_id(args.id.as_deref());
     let request = match doc.build_request() {
         Ok(r) => r,
         Err(errs) => return Ok(invalid(&name, &errs)),

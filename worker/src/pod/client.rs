@@ -1,14 +1,12 @@
 //! The pod client: every Kubernetes API call Kiln makes about pods and
 //! their ConfigMaps.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
@@ -17,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher::Event};
 /// event carries only the last [`kiln_protocol::LOG_TAIL_MAX_BYTES`]).
 pub const LOG_SEARCH_BYTES: usize = 64 * 1024;
 
-use super::spec::{labels, pod_spec};
+use super::spec::{configmap_spec, pod_spec};
 use super::view::view;
 use super::{Created, KANIKO, LABEL_BUILD, PodEvent, PodSettings, SELECTOR};
 use crate::classify::PodView;
@@ -154,54 +152,19 @@ impl Pods {
         // here would multiply the tries and hold the API-call permit while
         // sleeping.
         let created = attempt_create().await?;
-        if let Some(rendered) = &plan.images[i].rendered_dockerfile {
-            let owner = match &created {
-                Created::New(v) | Created::Existing(v) => v.uid.clone(),
-            };
-            self.create_configmap(plan, i, attempt, &name, &owner, rendered)
-                .await?;
+        let owner = match &created {
+            Created::New(v) | Created::Existing(v) => v.uid.clone(),
+        };
+        if let Some(cm) = configmap_spec(plan, i, attempt, &name, &owner) {
+            self.create_configmap(&plan.namespace, &cm).await?;
         }
         Ok(created)
     }
 
-    async fn create_configmap(
-        &self,
-        plan: &BuildPlan,
-        i: usize,
-        attempt: u32,
-        pod_name: &str,
-        pod_uid: &str,
-        dockerfile: &str,
-    ) -> Result<()> {
-        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &plan.namespace);
-        let image = &plan.images[i];
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(kiln_protocol::configmap_name(
-                    &plan.id,
-                    &image.name,
-                    attempt,
-                )),
-                namespace: Some(plan.namespace.clone()),
-                labels: Some(labels(plan, image, attempt)),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "Pod".into(),
-                    name: pod_name.to_owned(),
-                    uid: pod_uid.to_owned(),
-                    controller: Some(true),
-                    block_owner_deletion: Some(false),
-                }]),
-                ..ObjectMeta::default()
-            },
-            data: Some(BTreeMap::from([(
-                "Dockerfile".to_owned(),
-                dockerfile.to_owned(),
-            )])),
-            ..ConfigMap::default()
-        };
+    async fn create_configmap(&self, namespace: &str, cm: &ConfigMap) -> Result<()> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
         let create = || async {
-            match cms.create(&PostParams::default(), &cm).await {
+            match cms.create(&PostParams::default(), cm).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
                 Err(e) => Err(Error::from(e)),

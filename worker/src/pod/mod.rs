@@ -17,7 +17,7 @@ mod spec;
 mod view;
 
 pub use client::{MAX_CONCURRENT_CALLS, Pods};
-pub use spec::pod_spec;
+pub use spec::{attempt_objects, configmap_spec, pod_spec};
 pub use view::view;
 
 use crate::classify::PodView;

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    KeyToPath, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kiln_protocol::{GitContext, S3Context};
 
 use super::{
@@ -96,12 +96,71 @@ pub fn pod_spec(
     }
 }
 
-/// The labels of every object of one attempt (pod and ConfigMap).
-pub(super) fn labels(
+/// The objects the worker sends to the API for attempt `attempt` of every
+/// image of `plan`, as their JSON: the ConfigMaps of inline Dockerfiles,
+/// then the pods (`kiln plan`). A ConfigMap's owner is its pod, whose uid
+/// only the API server assigns: it is empty here.
+pub fn attempt_objects(
+    settings: &PodSettings,
     plan: &BuildPlan,
-    image: &ImagePlan,
     attempt: u32,
-) -> BTreeMap<String, String> {
+    now: jiff::Timestamp,
+) -> Vec<serde_json::Value> {
+    let pods: Vec<Pod> = (0..plan.images.len())
+        .map(|i| pod_spec(settings, plan, i, attempt, now))
+        .collect();
+    let configmaps = pods.iter().enumerate().filter_map(|(i, pod)| {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        configmap_spec(plan, i, attempt, name, "")
+    });
+    configmaps
+        .filter_map(|cm| serde_json::to_value(cm).ok())
+        .chain(pods.iter().filter_map(|p| serde_json::to_value(p).ok()))
+        .collect()
+}
+
+/// The ConfigMap of attempt `attempt` of image `i` when its Dockerfile is
+/// inline (`None` otherwise), owned by the attempt's pod `pod_name` with
+/// uid `pod_uid`: the worker creates the pod first and this right after,
+/// so the pod's deletion takes the ConfigMap with it.
+pub fn configmap_spec(
+    plan: &BuildPlan,
+    i: usize,
+    attempt: u32,
+    pod_name: &str,
+    pod_uid: &str,
+) -> Option<ConfigMap> {
+    let image = &plan.images[i];
+    let dockerfile = image.rendered_dockerfile.as_ref()?;
+    Some(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(kiln_protocol::configmap_name(
+                &plan.id,
+                &image.name,
+                attempt,
+            )),
+            namespace: Some(plan.namespace.clone()),
+            labels: Some(labels(plan, image, attempt)),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: pod_name.to_owned(),
+                uid: pod_uid.to_owned(),
+                controller: Some(true),
+                block_owner_deletion: Some(false),
+            }]),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "Dockerfile".to_owned(),
+            dockerfile.clone(),
+        )])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The labels of every object of one attempt (pod and ConfigMap).
+fn labels(plan: &BuildPlan, image: &ImagePlan, attempt: u32) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.to_owned(), "kiln".to_owned()),
         (LABEL_BUILD.to_owned(), kiln_protocol::label_value(&plan.id)),

@@ -9,7 +9,7 @@ use std::fmt::Display;
 use std::sync::Arc;
 
 use backon::{BackoffBuilder, Retryable};
-use kiln_protocol::{Phase, Reason};
+use kiln_protocol::{BuildRequest, Phase, ROOT_PATH, Reason, ValidationError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -64,37 +64,41 @@ pub(super) enum Driven {
     Accepted,
 }
 
-/// Parse, admit, render and size-check a request. Pure.
-pub(super) fn decide(
+/// Why a request cannot become a plan: what its `build.rejected` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The build id, when the request is readable enough to have one.
+    pub id: Option<String>,
+    pub reason: Reason,
+    /// Every problem, in order, with its path in the request.
+    pub problems: Vec<ValidationError>,
+}
+
+/// Parse, admit, render and size-check a request: the plan the worker
+/// builds it by, or why it refuses it. Pure. `kiln plan` calls it too, so
+/// that the plan it prints is the one a worker would make.
+pub fn plan_request(
     body: &[u8],
     user_id: Option<&str>,
     traceparent: Option<&str>,
     policy: &Policy,
     now: jiff::Timestamp,
-) -> Decision {
-    let reject = |id: Option<&str>, reason, message| {
-        Decision::Reject(Rejection {
-            id: id.map(str::to_owned),
-            reason,
-            message,
-        })
+) -> Result<BuildPlan, Refusal> {
+    let refuse = |id: Option<&str>, reason, problems| Refusal {
+        id: id.map(str::to_owned),
+        reason,
+        problems,
     };
-    let req = match kiln_protocol::parse_build_request(body) {
-        Ok(r) => r,
-        Err(e) => {
-            let id = kiln_protocol::readable_id(body);
-            return reject(id.as_deref(), Reason::InvalidRequest, joined(&e.errors()));
-        }
-    };
+    let req = kiln_protocol::parse_build_request(body).map_err(|e| {
+        let id = kiln_protocol::readable_id(body);
+        refuse(id.as_deref(), Reason::InvalidRequest, e.errors())
+    })?;
     let id = Some(req.id.as_str());
-    let admission = match policy.admit(user_id, &req) {
-        Ok(a) => a,
-        Err(violations) => return reject(id, Reason::PolicyViolation, joined(&violations)),
-    };
-    let rendered = match render_all(&req) {
-        Ok(r) => r,
-        Err(problems) => return reject(id, Reason::ConfigError, problems.join("; ")),
-    };
+    let admission = policy
+        .admit(user_id, &req)
+        .map_err(|violations| refuse(id, Reason::PolicyViolation, violations))?;
+    let rendered =
+        render_all(&req).map_err(|problems| refuse(id, Reason::ConfigError, problems))?;
     let plan = BuildPlan::new(
         &req,
         &admission,
@@ -107,9 +111,28 @@ pub(super) fn decide(
             "the normalised request is larger than the {} KiB a pod annotation can carry; shorten inline Dockerfiles or split the build",
             MAX_PLAN_BYTES / 1024
         );
-        return reject(id, Reason::InvalidRequest, message);
+        let problem = ValidationError::new(ROOT_PATH, message);
+        return Err(refuse(id, Reason::InvalidRequest, vec![problem]));
     }
-    Decision::Accept(Box::new(plan))
+    Ok(plan)
+}
+
+/// [`plan_request`], as the accept-or-reject decision of the intake. Pure.
+pub(super) fn decide(
+    body: &[u8],
+    user_id: Option<&str>,
+    traceparent: Option<&str>,
+    policy: &Policy,
+    now: jiff::Timestamp,
+) -> Decision {
+    match plan_request(body, user_id, traceparent, policy, now) {
+        Ok(plan) => Decision::Accept(Box::new(plan)),
+        Err(r) => Decision::Reject(Rejection {
+            id: r.id,
+            reason: r.reason,
+            message: joined(&r.problems),
+        }),
+    }
 }
 
 /// What to do with a valid request (`plan`) given the lease and the record
@@ -187,7 +210,7 @@ pub(super) fn joined<T: Display>(items: &[T]) -> String {
 
 /// Renders every inline Dockerfile; every problem, with its path, if any
 /// fails.
-fn render_all(req: &kiln_protocol::BuildRequest) -> Result<Vec<Option<String>>, Vec<String>> {
+fn render_all(req: &BuildRequest) -> Result<Vec<Option<String>>, Vec<ValidationError>> {
     let mut rendered = Vec::with_capacity(req.images.len());
     let mut problems = Vec::new();
     for (i, img) in req.images.iter().enumerate() {
@@ -197,7 +220,10 @@ fn render_all(req: &kiln_protocol::BuildRequest) -> Result<Vec<Option<String>>, 
         };
         match render_dockerfile(template, &img.template_args) {
             Ok(s) => rendered.push(Some(s)),
-            Err(e) => problems.push(format!("images[{i}].dockerfileInline: {e}")),
+            Err(e) => problems.push(ValidationError::new(
+                format!("images[{i}].dockerfileInline"),
+                e.to_string(),
+            )),
         }
     }
     if problems.is_empty() {

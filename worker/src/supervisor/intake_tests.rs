@@ -268,3 +268,54 @@ fn a_sender_acts_as_its_tenant_or_default() {
     assert_eq!(tenant_of(Some("stranger"), &policy()), DEFAULT_TENANT);
     assert_eq!(tenant_of(None, &policy()), DEFAULT_TENANT);
 }
+
+/// Two images with `field` set to `values` (one each), refused by
+/// [`plan_request`]: its reason and the path of every problem, and whether
+/// the intake's rejection message is those problems joined.
+fn refused_paths(field: &str, values: [Value; 2]) -> (Reason, Vec<String>, bool) {
+    let images: Vec<Value> = ["api", "web"]
+        .into_iter()
+        .zip(values)
+        .map(|(name, v)| {
+            let mut img = image(name);
+            img[field] = v;
+            img
+        })
+        .collect();
+    let body = request("b-9", &images);
+    let refused = plan_request(&body, Some("shop"), None, &policy(), now()).unwrap_err();
+    let message = rejection(decide(&body, Some("shop"), None, &policy(), now())).message;
+    let paths = refused.problems.iter().map(|p| p.path.clone()).collect();
+    (refused.reason, paths, message == joined(&refused.problems))
+}
+
+#[test]
+fn plan_request_keeps_every_problem_with_its_own_path() {
+    // Every problem of the failing step, each at its own path (`kiln plan`
+    // prints them one per line).
+    let outside = |d: &str| json!([d]);
+    let (reason, paths, joined) = refused_paths(
+        "destinations",
+        [
+            outside("registry.example.com/other/api:1"),
+            outside("docker.io/library/web:1"),
+        ],
+    );
+    assert_eq!(reason, Reason::PolicyViolation);
+    assert_eq!(
+        paths,
+        ["images[0].destinations[0]", "images[1].destinations[0]"]
+    );
+    assert!(joined);
+
+    let (reason, paths, joined) = refused_paths(
+        "dockerfileInline",
+        [json!("FROM {{ base }}\n"), json!("FROM {% if %}\n")],
+    );
+    assert_eq!(reason, Reason::ConfigError);
+    assert_eq!(
+        paths,
+        ["images[0].dockerfileInline", "images[1].dockerfileInline"]
+    );
+    assert!(joined);
+}

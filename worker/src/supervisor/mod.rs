@@ -33,6 +33,7 @@ use crate::cluster::ClusterView;
 use crate::error::Result;
 
 pub use context::Context;
+pub use intake::{Refusal, plan_request};
 pub use registry::Registry;
 
 /// The supervisor of one worker: what its tasks share. Cloning is cheap.
