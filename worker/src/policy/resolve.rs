@@ -316,37 +316,38 @@ impl Resolver {
                 )
             };
         }
-        let max_attempts = inherit!(caps, "maxAttempts", max_attempts, builtin::MAX_ATTEMPTS);
-        let max_timeout = inherit!(
-            caps,
-            "maxTimeoutSeconds",
-            max_timeout_seconds,
-            builtin::MAX_TIMEOUT_SECONDS
+        // A cap with the default it bounds: the name in the file, the
+        // field and the built-in of each.
+        macro_rules! capped {
+            ($cap:literal, $cap_field:ident, $cap_builtin:expr;
+             $default:literal, $default_field:ident, $default_builtin:expr) => {
+                (
+                    inherit!(caps, $cap, $cap_field, $cap_builtin),
+                    inherit!(defaults, $default, $default_field, $default_builtin),
+                )
+            };
+        }
+        let (max_attempts, attempts) = capped!(
+            "maxAttempts", max_attempts, builtin::MAX_ATTEMPTS;
+            "attempts", attempts, builtin::ATTEMPTS
+        );
+        let (max_timeout, timeout) = capped!(
+            "maxTimeoutSeconds", max_timeout_seconds, builtin::MAX_TIMEOUT_SECONDS;
+            "timeoutSeconds", timeout_seconds, builtin::TIMEOUT_SECONDS
+        );
+        let (max_cpu, cpu) = capped!(
+            "maxCpu", max_cpu, q(builtin::MAX_CPU);
+            "cpu", cpu, q(builtin::CPU)
+        );
+        let (max_memory, memory) = capped!(
+            "maxMemory", max_memory, q(builtin::MAX_MEMORY);
+            "memory", memory, q(builtin::MEMORY)
+        );
+        let (max_storage, storage) = capped!(
+            "maxEphemeralStorage", max_ephemeral_storage, q(builtin::MAX_EPHEMERAL_STORAGE);
+            "ephemeralStorage", ephemeral_storage, q(builtin::EPHEMERAL_STORAGE)
         );
         let max_images = inherit!(caps, "maxImages", max_images, builtin::MAX_IMAGES);
-        let max_cpu = inherit!(caps, "maxCpu", max_cpu, q(builtin::MAX_CPU));
-        let max_memory = inherit!(caps, "maxMemory", max_memory, q(builtin::MAX_MEMORY));
-        let max_storage = inherit!(
-            caps,
-            "maxEphemeralStorage",
-            max_ephemeral_storage,
-            q(builtin::MAX_EPHEMERAL_STORAGE)
-        );
-        let attempts = inherit!(defaults, "attempts", attempts, builtin::ATTEMPTS);
-        let timeout = inherit!(
-            defaults,
-            "timeoutSeconds",
-            timeout_seconds,
-            builtin::TIMEOUT_SECONDS
-        );
-        let cpu = inherit!(defaults, "cpu", cpu, q(builtin::CPU));
-        let memory = inherit!(defaults, "memory", memory, q(builtin::MEMORY));
-        let storage = inherit!(
-            defaults,
-            "ephemeralStorage",
-            ephemeral_storage,
-            q(builtin::EPHEMERAL_STORAGE)
-        );
         self.at_least_one(&max_attempts);
         self.at_least_one(&attempts);
         self.at_least_one(&max_timeout);
