@@ -385,7 +385,37 @@ impl ImageSpec {
             errs.push(field(path, "name"), dns_label_reason(&self.name));
         }
         self.context.check(errs, &field(path, "context"));
+        self.check_dockerfile(errs, path);
+        self.check_template_args(errs, path);
+        self.check_build_args(errs, path);
+        if let Some(t) = &self.target
+            && !TARGET_RE.is_match(t)
+        {
+            errs.push(
+                field(path, "target"),
+                format!(
+                    "{} is not a valid build stage name; use a letter followed by letters, digits, '_', '.' or '-' (at most 128)",
+                    quote(t)
+                ),
+            );
+        }
+        self.check_destinations(errs, path);
+        if let Some(p) = &self.platform
+            && !PLATFORM_RE.is_match(p)
+        {
+            errs.push(
+                field(path, "platform"),
+                format!(
+                    "{} is not a valid platform; use os/arch or os/arch/variant in lowercase, e.g. linux/amd64 or linux/arm64/v8",
+                    quote(p)
+                ),
+            );
+        }
+        self.check_resources(errs, path);
+    }
 
+    /// `dockerfile` or `dockerfileInline`, not both, and each well-formed.
+    fn check_dockerfile(&self, errs: &mut ValidationErrors, path: &str) {
         match (&self.dockerfile, &self.dockerfile_inline) {
             (Some(_), Some(_)) => {
                 errs.push(path, "set either dockerfile or dockerfileInline, not both");
@@ -410,7 +440,10 @@ impl ImageSpec {
             }
             (None, None) => {}
         }
+    }
 
+    /// `templateArgs`: only with an inline Dockerfile, few, with identifier names.
+    fn check_template_args(&self, errs: &mut ValidationErrors, path: &str) {
         let ta_path = field(path, "templateArgs");
         if !self.template_args.is_empty() && self.dockerfile_inline.is_none() {
             errs.push(
@@ -438,7 +471,10 @@ impl ImageSpec {
                 );
             }
         }
+    }
 
+    /// `buildArgs`: few, identifier names, bounded values without NUL.
+    fn check_build_args(&self, errs: &mut ValidationErrors, path: &str) {
         let ba_path = field(path, "buildArgs");
         if self.build_args.len() > MAX_BUILD_ARGS {
             errs.push(
@@ -472,19 +508,10 @@ impl ImageSpec {
                 errs.push(&p, "the value contains a NUL character; remove it");
             }
         }
+    }
 
-        if let Some(t) = &self.target
-            && !TARGET_RE.is_match(t)
-        {
-            errs.push(
-                field(path, "target"),
-                format!(
-                    "{} is not a valid build stage name; use a letter followed by letters, digits, '_', '.' or '-' (at most 128)",
-                    quote(t)
-                ),
-            );
-        }
-
+    /// `destinations`: 1 to the limit, valid references, no image twice.
+    fn check_destinations(&self, errs: &mut ValidationErrors, path: &str) {
         let d_path = field(path, "destinations");
         if self.destinations.is_empty() {
             errs.push(&d_path, "at least one destination is required");
@@ -520,19 +547,10 @@ impl ImageSpec {
                 ),
             }
         }
+    }
 
-        if let Some(p) = &self.platform
-            && !PLATFORM_RE.is_match(p)
-        {
-            errs.push(
-                field(path, "platform"),
-                format!(
-                    "{} is not a valid platform; use os/arch or os/arch/variant in lowercase, e.g. linux/amd64 or linux/arm64/v8",
-                    quote(p)
-                ),
-            );
-        }
-
+    /// `resources`: each a Kubernetes quantity.
+    fn check_resources(&self, errs: &mut ValidationErrors, path: &str) {
         if let Some(r) = &self.resources {
             let rp = field(path, "resources");
             check_quantity(errs, &field(&rp, "cpu"), r.cpu.as_deref(), "500m or 2");

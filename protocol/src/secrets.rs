@@ -146,9 +146,26 @@ pub fn secret_build_arg_values<'a>(
 }
 
 /// A URL with its password (and any userinfo-only token) replaced by
-/// [`MASK`], for start-up errors and logs that name a broker or Redis.
+/// [`MASK`], for start-up errors and logs that name a broker, Redis or a
+/// collector; the query string is masked as in [`mask_text`].
+///
+/// Unlike free text, the input is known to be one URL, so everything
+/// between `://` and the last `@` is userinfo: a password with a raw `@`,
+/// `/` or `:` in it is masked whole (the patterns of [`mask_text`] stop at
+/// those characters and would leave its tail).
 pub fn redact_url(url: &str) -> String {
-    mask_text(url, &[])
+    let Some(scheme_end) = url.find("://") else {
+        return mask_text(url, &[]);
+    };
+    let (head, rest) = url.split_at(scheme_end + 3);
+    let Some(at) = rest.rfind('@') else {
+        return mask_text(url, &[]);
+    };
+    let userinfo = match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:{MASK}"),
+        None => MASK.to_owned(),
+    };
+    mask_text(&format!("{head}{userinfo}{}", &rest[at..]), &[])
 }
 
 /// The last `max` bytes of `s` or fewer, starting on a character boundary.
@@ -250,6 +267,36 @@ mod tests {
             mask_text("echo n0tAPattern 1.2.3", &known),
             "echo *** 1.2.3"
         );
+    }
+
+    /// A connection URL is one value: everything between `://` and the
+    /// last `@` is userinfo, whatever characters a password holds (a raw
+    /// `@` or `/` is common in generated passwords, and the patterns for
+    /// free text stop at both).
+    #[test]
+    fn a_url_loses_its_whole_password() {
+        let cases = [
+            (
+                "amqp://kiln:p@ss/w0rd@rabbit:5672/%2f",
+                "amqp://kiln:***@rabbit:5672/%2f",
+            ),
+            ("redis://:a/b@c@redis:6379/0", "redis://:***@redis:6379/0"),
+            ("rediss://default:pw@r:6380", "rediss://default:***@r:6380"),
+            ("redis://tok3n@redis:6379", "redis://***@redis:6379"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "http://otel:pw@collector:4318/v1/traces",
+                "http://otel:***@collector:4318/v1/traces",
+            ),
+            (
+                "amqps://u:pw@mq:5671/%2f?heartbeat=10&auth_mechanism=plain",
+                "amqps://u:***@mq:5671/%2f?***",
+            ),
+            ("not a url: password=x", "not a url: password=***"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_url(input), want, "input: {input}");
+        }
     }
 
     #[test]

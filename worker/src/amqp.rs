@@ -114,18 +114,6 @@ fn publish_backoff() -> ExponentialBuilder {
         .without_max_times()
 }
 
-/// Hides the password of an AMQP URL for error messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 impl Broker {
     /// Connects with auto-recovery and opens the publishing channel.
     pub async fn connect(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
@@ -141,7 +129,10 @@ impl Broker {
     ) -> Result<Self> {
         let props = props.with_connection_name(LongString::from(connection_name.to_owned()));
         let conn = Connection::connect(url, props).await.map_err(|e| {
-            Error::amqp_caused(&format!("cannot connect to {}", redact_url(url)), e)
+            Error::amqp_caused(
+                &format!("cannot connect to {}", kiln_protocol::redact_url(url)),
+                e,
+            )
         })?;
         let publisher = Self::confirm_channel(&conn).await?;
         Ok(Self {
@@ -643,9 +634,12 @@ impl Broker {
 /// client then logs in as `guest`): the tenant of the requests the client
 /// publishes, set as their `user_id` so that RabbitMQ verifies it.
 pub fn url_user(url: &str) -> Result<String> {
-    let uri: lapin::uri::AMQPUri = url
-        .parse()
-        .map_err(|e| Error::Config(format!("invalid AMQP URL {}: {e}", redact_url(url))))?;
+    let uri: lapin::uri::AMQPUri = url.parse().map_err(|e| {
+        Error::Config(format!(
+            "invalid AMQP URL {}: {e}",
+            kiln_protocol::redact_url(url)
+        ))
+    })?;
     Ok(uri.authority.userinfo.username)
 }
 
@@ -657,5 +651,31 @@ impl Broker {
         let props = ConnectionProperties::default()
             .with_backoff(ExponentialBuilder::default().with_max_times(0));
         Self::connect_with(url, prefix, connection_name, props).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: what the client and the worker print about a broker they
+    /// cannot reach or parse names it without the password.
+    #[tokio::test]
+    async fn connect_errors_hide_the_password() {
+        let e =
+            url_user("amqp://guest:pl4ntedAmqpPw@127.0.0.1:notaport/%2f").expect_err("not a port");
+        let text = format!("{e} / {e:?}");
+        assert!(!text.contains("pl4ntedAmqpPw"), "{text}");
+        assert!(text.contains("amqp://guest:***@127.0.0.1"), "{text}");
+
+        let url = "amqp://guest:pl4nted@mqPw@127.0.0.1:1/%2f";
+        let connect = Broker::connect_client(url, "kiln-unit", "kiln unit test");
+        let e = tokio::time::timeout(Duration::from_secs(20), connect)
+            .await
+            .expect("nothing listens on port 1: refused at once")
+            .expect_err("cannot connect");
+        let text = format!("{e} / {e:?}");
+        assert!(!text.contains("mqPw"), "{text}");
+        assert!(text.contains("amqp://guest:***@127.0.0.1:1"), "{text}");
     }
 }

@@ -241,126 +241,99 @@ pub fn hopeless(pod: &PodView) -> bool {
     )
 }
 
+/// A failure's reason, whether another attempt may help, and its message.
+type Verdict = (Reason, bool, String);
+
 fn failure(pod: &PodView) -> Failure {
     let t = pod.terminated.as_ref();
     let exit_code = t.map(|t| t.exit_code);
     let log = t.and_then(|t| t.message.clone()).filter(|m| !m.is_empty());
-    let pod_msg = pod.pod_message.clone().unwrap_or_default();
-    let fail = |reason, retryable, message: String| Failure {
+    let (reason, retryable, message) = if let Some(verdict) = kubelet_verdict(pod) {
+        verdict
+    } else if let Some(t) = t {
+        // The executor writes `--digest-file` in `DoPush` before it pushes
+        // (pkg/executor/push.go), so a non-zero exit with a digest as the
+        // termination message is a push that failed after the build: with
+        // Kiln's flags nothing else runs after the digest file is written. A
+        // digest is proof of success only with exit code 0.
+        if let Some(digest) = log.as_deref().and_then(parse_digest) {
+            return Failure {
+                reason: Reason::PushError,
+                retryable: true,
+                message: format!(
+                    "the image was built ({digest}) but pushing it failed with exit code {}; the push error is in the pod log",
+                    t.exit_code
+                ),
+                exit_code,
+                log: None,
+            };
+        }
+        log_verdict(log.as_deref().unwrap_or_default(), t.exit_code)
+    } else {
+        // Failed without a container state: the node went away.
+        (
+            Reason::Internal,
+            true,
+            pod_message_or(pod, "the pod failed before its container ran"),
+        )
+    };
+    Failure {
         reason,
         retryable,
         message,
         exit_code,
-        log: log.clone(),
-    };
+        log,
+    }
+}
+
+/// What the kubelet itself says ended the pod: an eviction, the deadline,
+/// a disruption, an OOM kill. These decide before any log does.
+fn kubelet_verdict(pod: &PodView) -> Option<Verdict> {
     match pod.pod_reason.as_deref() {
         Some("Evicted") => {
-            return fail(
+            return Some((
                 Reason::Evicted,
                 true,
-                non_empty(pod_msg, "the pod was evicted"),
-            );
+                pod_message_or(pod, "the pod was evicted"),
+            ));
         }
         Some("DeadlineExceeded") => {
-            return fail(
+            return Some((
                 Reason::DeadlineExceeded,
                 false,
-                non_empty(pod_msg, "the pod ran past its activeDeadlineSeconds"),
-            );
+                pod_message_or(pod, "the pod ran past its activeDeadlineSeconds"),
+            ));
         }
         _ => {}
     }
     if pod.disrupted {
-        return fail(
+        return Some((
             Reason::Evicted,
             true,
-            non_empty(pod_msg, "the pod was disrupted (preemption or node loss)"),
-        );
+            pod_message_or(pod, "the pod was disrupted (preemption or node loss)"),
+        ));
     }
-    let Some(t) = t else {
-        // Failed without a container state: the node went away.
-        return fail(
-            Reason::Internal,
-            true,
-            non_empty(pod_msg, "the pod failed before its container ran"),
-        );
-    };
-    if t.reason.as_deref() == Some("OOMKilled") {
-        return fail(
+    let t = pod.terminated.as_ref()?;
+    (t.reason.as_deref() == Some("OOMKilled")).then(|| {
+        (
             Reason::OOMKilled,
             true,
             format!(
                 "the build ran out of memory (exit code {}); raise resources.memory",
                 t.exit_code
             ),
-        );
+        )
+    })
+}
+
+/// What the container's log tail (`text`) and exit code say: a setup step
+/// that failed, a push, an executor that stopped before building, a kill,
+/// else a build error.
+fn log_verdict(text: &str, exit_code: i32) -> Verdict {
+    if let Some(verdict) = setup_verdict(text).or_else(|| push_verdict(text)) {
+        return verdict;
     }
-    // The executor writes `--digest-file` in `DoPush` before it pushes
-    // (pkg/executor/push.go), so a non-zero exit with a digest as the
-    // termination message is a push that failed after the build: with
-    // Kiln's flags nothing else runs after the digest file is written. A
-    // digest is proof of success only with exit code 0.
-    if let Some(digest) = log.as_deref().and_then(parse_digest) {
-        return Failure {
-            log: None,
-            ..fail(
-                Reason::PushError,
-                true,
-                format!(
-                    "the image was built ({digest}) but pushing it failed with exit code {}; the push error is in the pod log",
-                    t.exit_code
-                ),
-            )
-        };
-    }
-    let text = log.as_deref().unwrap_or_default();
     let lower = text.to_ascii_lowercase();
-    if let Some(line) = error_line(text) {
-        let l = line.to_ascii_lowercase();
-        if l.contains(SETUP_CONTEXT) {
-            return if CONTEXT_PERMANENT.iter().any(|p| l.contains(p)) {
-                fail(
-                    Reason::ConfigError,
-                    false,
-                    format!("the build context could not be fetched: {line}"),
-                )
-            } else {
-                // A network or server error: DESIGN section 4 has no
-                // reason for a transient fetch failure and `ConfigError`
-                // means "do not retry", so it is `Internal` (retryable),
-                // the reason of other infrastructure faults.
-                fail(
-                    Reason::Internal,
-                    true,
-                    format!("fetching the build context failed: {line}"),
-                )
-            };
-        }
-        if l.contains(SETUP_DOCKERFILE) {
-            return fail(
-                Reason::ConfigError,
-                false,
-                format!("the Dockerfile could not be found in the build context: {line}"),
-            );
-        }
-    }
-    if PUSH_DENIED.iter().any(|p| lower.contains(p)) {
-        return fail(
-            Reason::PushError,
-            false,
-            format!(
-                "the registry refused the push: {}",
-                last_meaningful_line(text)
-            ),
-        );
-    }
-    if PUSH_TRANSIENT.iter().any(|p| lower.contains(p)) {
-        return fail(
-            Reason::PushError,
-            true,
-            format!("pushing the image failed: {}", last_meaningful_line(text)),
-        );
-    }
     if error_line(text).is_none() && USAGE_MARKERS.iter().any(|m| lower.contains(m)) {
         // Cobra's usage text pushed the error line out of the tail: the
         // executor stopped in its setup (flags, secrets, build context,
@@ -368,35 +341,89 @@ fn failure(pod: &PodView) -> Failure {
         // context is the step that fails in practice, and most of its
         // failures are transient; a permanent one costs the remaining
         // attempts, a misjudged transient one would cost the build.
-        return fail(
+        return (
             Reason::Internal,
             true,
             format!(
-                "the executor stopped before building (exit code {}): its setup failed, most likely fetching the build context; the error is above the usage text in the pod log",
-                t.exit_code
+                "the executor stopped before building (exit code {exit_code}): its setup failed, most likely fetching the build context; the error is above the usage text in the pod log"
             ),
         );
     }
-    let last_line = last_meaningful_line(text);
-    if matches!(t.exit_code, 137 | 143) {
-        return fail(
+    if matches!(exit_code, 137 | 143) {
+        return (
             Reason::Internal,
             true,
-            format!("the build container was killed (exit code {})", t.exit_code),
+            format!("the build container was killed (exit code {exit_code})"),
         );
     }
-    fail(
-        Reason::BuildError,
-        false,
-        if last_line.is_empty() {
-            format!("the build failed with exit code {}", t.exit_code)
-        } else {
-            format!(
-                "the build failed with exit code {}: {last_line}",
-                t.exit_code
+    let last_line = last_meaningful_line(text);
+    let message = if last_line.is_empty() {
+        format!("the build failed with exit code {exit_code}")
+    } else {
+        format!("the build failed with exit code {exit_code}: {last_line}")
+    };
+    (Reason::BuildError, false, message)
+}
+
+/// The executor's setup error line: a build context that could not be
+/// fetched (permanently or not) or a Dockerfile that is not in it.
+fn setup_verdict(text: &str) -> Option<Verdict> {
+    let line = error_line(text)?;
+    let l = line.to_ascii_lowercase();
+    if l.contains(SETUP_CONTEXT) {
+        return Some(if CONTEXT_PERMANENT.iter().any(|p| l.contains(p)) {
+            (
+                Reason::ConfigError,
+                false,
+                format!("the build context could not be fetched: {line}"),
             )
-        },
-    )
+        } else {
+            // A network or server error: DESIGN section 4 has no reason for
+            // a transient fetch failure and `ConfigError` means "do not
+            // retry", so it is `Internal` (retryable), the reason of other
+            // infrastructure faults.
+            (
+                Reason::Internal,
+                true,
+                format!("fetching the build context failed: {line}"),
+            )
+        });
+    }
+    l.contains(SETUP_DOCKERFILE).then(|| {
+        (
+            Reason::ConfigError,
+            false,
+            format!("the Dockerfile could not be found in the build context: {line}"),
+        )
+    })
+}
+
+/// A push the registry refused (permanent) or that failed on the way
+/// (transient).
+fn push_verdict(text: &str) -> Option<Verdict> {
+    let lower = text.to_ascii_lowercase();
+    if PUSH_DENIED.iter().any(|p| lower.contains(p)) {
+        return Some((
+            Reason::PushError,
+            false,
+            format!(
+                "the registry refused the push: {}",
+                last_meaningful_line(text)
+            ),
+        ));
+    }
+    PUSH_TRANSIENT.iter().any(|p| lower.contains(p)).then(|| {
+        (
+            Reason::PushError,
+            true,
+            format!("pushing the image failed: {}", last_meaningful_line(text)),
+        )
+    })
+}
+
+/// The pod's `status.message`, or `default` when it has none.
+fn pod_message_or(pod: &PodView, default: &str) -> String {
+    non_empty(pod.pod_message.clone().unwrap_or_default(), default)
 }
 
 fn non_empty(s: String, default: &str) -> String {

@@ -397,8 +397,11 @@ impl Leases {
     /// a Redis restart; commands issued meanwhile fail and are retried by
     /// the caller.
     pub async fn connect(url: &str, prefix: &str, owner: &str, ttl: Duration) -> Result<Self> {
+        // Errors name the URL without its password: they end up on the
+        // worker's stderr and in the client's one line.
+        let shown = kiln_protocol::redact_url(url);
         let client = redis::Client::open(url)
-            .map_err(|e| Error::redis_caused(&format!("invalid Redis URL {url:?}"), e))?;
+            .map_err(|e| Error::redis_caused(&format!("invalid Redis URL {shown:?}"), e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)))
@@ -406,7 +409,7 @@ impl Leases {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|e| Error::redis_caused(&format!("cannot connect to {url}"), e))?;
+            .map_err(|e| Error::redis_caused(&format!("cannot connect to {shown}"), e))?;
         Ok(Self {
             conn,
             client,
@@ -916,6 +919,25 @@ mod tests {
             kilnworker: "w".into(),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             data,
+        }
+    }
+
+    /// Issue 10: the connect errors named the Redis URL, password included
+    /// (the worker prints them as it exits, the client as its one line).
+    #[tokio::test]
+    async fn connect_errors_hide_the_password() {
+        for url in [
+            // Nothing listens on port 1.
+            "redis://kiln:pl4ntedRedisPw@127.0.0.1:1/0",
+            // Not a URL redis-rs can open.
+            "redis://kiln:pl4ntedRedisPw@127.0.0.1:notaport/0",
+        ] {
+            let e = Leases::connect(url, "kiln-unit:", "w", Duration::from_secs(1))
+                .await
+                .expect_err("cannot connect");
+            let text = format!("{e} / {e:?}");
+            assert!(!text.contains("pl4ntedRedisPw"), "{text}");
+            assert!(text.contains("redis://kiln:***@127.0.0.1"), "{text}");
         }
     }
 

@@ -722,10 +722,13 @@ impl Machine {
                 out.extend(self.cancel_image(i, &format!("image {name} failed"), wall));
             }
             let f = self.images[first].failure.clone();
+            let message = f
+                .as_ref()
+                .map(|f| masked_message(f, &self.plan.images[first]));
             out.extend(self.finish(Phase::Failed, wall, |d| {
-                if let Some(f) = &f {
+                if let (Some(f), Some(message)) = (&f, message) {
                     d.reason = Some(f.reason);
-                    d.message = Some(format!("image {name}: {}", f.message));
+                    d.message = Some(format!("image {name}: {message}"));
                     d.exit_code = f.exit_code;
                 }
             }));
@@ -883,9 +886,16 @@ impl Machine {
 fn fill_failure(d: &mut EventData, f: &Failure, log_tail: Option<String>, image: &ImagePlan) {
     let known = kiln_protocol::secret_build_arg_values(&image.build_args);
     d.reason = Some(f.reason);
-    d.message = Some(kiln_protocol::mask_text(&f.message, &known));
+    d.message = Some(masked_message(f, image));
     d.exit_code = f.exit_code;
     d.log_tail = log_tail.map(|l| kiln_protocol::mask_secrets(&l, &known));
+}
+
+/// The failure's message as every event that quotes it shows it: the
+/// image's and the build's (`build.failed` repeats it).
+fn masked_message(f: &Failure, image: &ImagePlan) -> String {
+    let known = kiln_protocol::secret_build_arg_values(&image.build_args);
+    kiln_protocol::mask_text(&f.message, &known)
 }
 
 fn delete(p: PodId) -> Action {
@@ -1108,27 +1118,31 @@ mod tests {
         assert_eq!(m.next_wakeup(), None);
     }
 
-    /// Issue 10: the failure message quotes the last log line, which went
-    /// out unmasked; the value of a secret-looking build arg is masked too.
-    #[tokio::test(start_paused = true)]
-    async fn failure_text_is_masked() {
+    /// The actions of a one-attempt build with build arg `arg` whose pod
+    /// fails with `log` as its termination message and log tail.
+    fn fails_once_with_secret_arg(arg: (&str, &str), log: &str) -> Vec<Action> {
         let mut p = (*plan(&["api"], 1, 3600)).clone();
-        p.images[0]
-            .build_args
-            .insert("NPM_TOKEN".into(), "n0tAPattern42".into());
+        p.images[0].build_args.insert(arg.0.into(), arg.1.into());
         let p = Arc::new(p);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
-        let log = "curl -H 'Authorization: Bearer eyJsecretsecret' failed\necho n0tAPattern42\nerror building image: exit status 1";
         let w = wall(&m);
-        let out = m.handle(
+        m.handle(
             Input::Observed {
                 pod: Box::new(failed("api", 1, "Error", log)),
                 log_tail: Some(log.to_owned()),
             },
             Instant::now(),
             w,
-        );
+        )
+    }
+
+    /// Issue 10: the failure message quotes the last log line, which went
+    /// out unmasked; the value of a secret-looking build arg is masked too.
+    #[tokio::test(start_paused = true)]
+    async fn failure_text_is_masked() {
+        let log = "curl -H 'Authorization: Bearer eyJsecretsecret' failed\necho n0tAPattern42\nerror building image: exit status 1";
+        let out = fails_once_with_secret_arg(("NPM_TOKEN", "n0tAPattern42"), log);
         let mut seen = 0;
         for a in &out {
             if let Action::Publish(ev) = a {
@@ -1139,6 +1153,29 @@ mod tests {
             }
         }
         assert!(seen > 0, "{out:?}");
+    }
+
+    /// Issue 10: `build.failed` repeats the failed image's message, and
+    /// took it unmasked from the failure (the last log line, here with a
+    /// URL password and a secret build arg's value).
+    #[tokio::test(start_paused = true)]
+    async fn the_build_failed_message_is_masked_too() {
+        let log = "fetching https://ci:pw0rdInUrl@git.example.com/x.git with n0tAPattern43: exit status 1";
+        let out = fails_once_with_secret_arg(("GIT_TOKEN", "n0tAPattern43"), log);
+        let build_failed = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Publish(ev) if ev.event_type.contains(".build.failed.") => Some(ev),
+                _ => None,
+            })
+            .expect("build.failed");
+        let message = build_failed.data.message.as_deref().unwrap_or_default();
+        assert!(
+            message.starts_with("image api: the build failed"),
+            "{message}"
+        );
+        assert!(!message.contains("pw0rdInUrl"), "{message}");
+        assert!(!message.contains("n0tAPattern43"), "{message}");
     }
 
     #[tokio::test(start_paused = true)]

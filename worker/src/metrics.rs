@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -88,149 +88,143 @@ impl Default for Metrics {
     }
 }
 
+/// Name (after `kiln_`) and help text of every metric, in the order they
+/// are registered and so exposed.
+mod about {
+    type About = (&'static str, &'static str);
+    pub const BUILDS: About = (
+        "builds",
+        "Builds that reached a terminal phase, by outcome and reason",
+    );
+    pub const BUILD_DURATION: About = (
+        "build_duration_seconds",
+        "Time from build.accepted to the terminal event",
+    );
+    pub const POD_CREATE: About = (
+        "pod_create_duration_seconds",
+        "Time to create (or adopt) one attempt's pod, API retries included",
+    );
+    pub const ACCEPTED_LATENCY: About = (
+        "request_to_pods_created_seconds",
+        "Time from receiving a request to all first-attempt pods existing (the ack)",
+    );
+    pub const BUILDS_IN_FLIGHT: About = (
+        "builds_in_flight",
+        "Builds this worker drives now (each holds a lease)",
+    );
+    pub const RENEWAL_FAILURES: About = (
+        "lease_renewal_failures",
+        "Batch lease renewals that failed (Redis unreachable)",
+    );
+    pub const LEASES_LOST: About = ("leases_lost", "Builds whose lease another worker took over");
+    pub const ADOPTIONS: About = (
+        "adoptions",
+        "Builds adopted from their pods after their lease lapsed",
+    );
+    pub const ADOPTIONS_REFUSED: About = (
+        "adoptions_refused",
+        "Builds not adopted because their pods' plan fails the current policy",
+    );
+    pub const DUPLICATES: About = (
+        "duplicate_requests",
+        "Requests acked as duplicates of a known build",
+    );
+    pub const EVENTS_PUBLISHED: About = (
+        "events_published",
+        "Events confirmed by the broker, by routing key",
+    );
+    pub const EVENTS_UNROUTABLE: About = (
+        "events_unroutable",
+        "Confirmed events that no subscriber queue received",
+    );
+    pub const REJECTED: About = (
+        "rejected_messages",
+        "Requests rejected and dead-lettered, by reason",
+    );
+    pub const KUBE_ERRORS: About = ("kube_api_errors", "Failed Kubernetes API calls, by verb");
+    pub const ERRORS: About = (
+        "errors",
+        "Errors the worker handled (logged, retried later, or gave up on), by kind (Error::metric_label)",
+    );
+    pub const ATTEMPT_DURATION: About = (
+        "attempt_duration_seconds",
+        "Duration of one image attempt (its pod), by outcome and reason, as published in events",
+    );
+    pub const CLUSTER_IN_FLIGHT: About = (
+        "cluster_builds_in_flight",
+        "Builds with pods in the cluster, whichever worker drives them (same on every worker)",
+    );
+    pub const DEPENDENCY_UP: About = (
+        "dependency_up",
+        "1 when the last readiness check of a dependency passed (rabbitmq, redis, kubernetes, consumer)",
+    );
+}
+
+/// Registers `metric` under `about` and hands it back for the struct.
+fn add<M: Metric + Clone>(
+    registry: &mut Registry,
+    (name, help): (&'static str, &'static str),
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// `registry` with the `kiln_worker_info` metric: the worker's version.
+fn with_version(mut registry: Registry) -> Registry {
+    registry.register(
+        "worker",
+        "Version of the kiln worker",
+        prometheus_client::metrics::info::Info::new(vec![(
+            "version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )]),
+    );
+    registry
+}
+
+/// A family of histograms of durations from 1 s to about 9 h.
+fn seconds_family<L>() -> Family<L, Histogram>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    Family::new_with_constructor(
+        (|| Histogram::new(exponential_buckets(1.0, 2.0, 16))) as fn() -> Histogram,
+    )
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("kiln");
-        let builds = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "builds",
-            "Builds that reached a terminal phase, by outcome and reason",
-            builds.clone(),
-        );
-        let build_duration = Family::<PhaseLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(1.0, 2.0, 16))) as fn() -> Histogram,
-        );
-        registry.register(
-            "build_duration_seconds",
-            "Time from build.accepted to the terminal event",
-            build_duration.clone(),
-        );
-        let attempt_pod_created = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
-            "pod_create_duration_seconds",
-            "Time to create (or adopt) one attempt's pod, API retries included",
-            attempt_pod_created.clone(),
-        );
-        let accepted_latency = Histogram::new(DISPATCH_BUCKETS);
-        registry.register(
-            "request_to_pods_created_seconds",
-            "Time from receiving a request to all first-attempt pods existing (the ack)",
-            accepted_latency.clone(),
-        );
-        let builds_in_flight = Gauge::default();
-        registry.register(
-            "builds_in_flight",
-            "Builds this worker drives now (each holds a lease)",
-            builds_in_flight.clone(),
-        );
-        let lease_renewal_failures = Counter::default();
-        registry.register(
-            "lease_renewal_failures",
-            "Batch lease renewals that failed (Redis unreachable)",
-            lease_renewal_failures.clone(),
-        );
-        let leases_lost = Counter::default();
-        registry.register(
-            "leases_lost",
-            "Builds whose lease another worker took over",
-            leases_lost.clone(),
-        );
-        let adoptions = Counter::default();
-        registry.register(
-            "adoptions",
-            "Builds adopted from their pods after their lease lapsed",
-            adoptions.clone(),
-        );
-        let adoptions_refused = Counter::default();
-        registry.register(
-            "adoptions_refused",
-            "Builds not adopted because their pods' plan fails the current policy",
-            adoptions_refused.clone(),
-        );
-        let duplicates = Counter::default();
-        registry.register(
-            "duplicate_requests",
-            "Requests acked as duplicates of a known build",
-            duplicates.clone(),
-        );
-        let events_published = Family::<EventLabels, Counter>::default();
-        registry.register(
-            "events_published",
-            "Events confirmed by the broker, by routing key",
-            events_published.clone(),
-        );
-        let events_unroutable = Counter::default();
-        registry.register(
-            "events_unroutable",
-            "Confirmed events that no subscriber queue received",
-            events_unroutable.clone(),
-        );
-        let rejected = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "rejected_messages",
-            "Requests rejected and dead-lettered, by reason",
-            rejected.clone(),
-        );
-        let kube_errors = Family::<VerbLabels, Counter>::default();
-        registry.register(
-            "kube_api_errors",
-            "Failed Kubernetes API calls, by verb",
-            kube_errors.clone(),
-        );
-        let errors = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "errors",
-            "Errors the worker handled (logged, retried later, or gave up on), by kind (Error::metric_label)",
-            errors.clone(),
-        );
-        let attempt_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(1.0, 2.0, 16))) as fn() -> Histogram,
-        );
-        registry.register(
-            "attempt_duration_seconds",
-            "Duration of one image attempt (its pod), by outcome and reason, as published in events",
-            attempt_duration.clone(),
-        );
-        let cluster_builds_in_flight = Gauge::default();
-        registry.register(
-            "cluster_builds_in_flight",
-            "Builds with pods in the cluster, whichever worker drives them (same on every worker)",
-            cluster_builds_in_flight.clone(),
-        );
-        let dependency_up = Family::<CheckLabels, Gauge>::default();
-        registry.register(
-            "dependency_up",
-            "1 when the last readiness check of a dependency passed (rabbitmq, redis, kubernetes, consumer)",
-            dependency_up.clone(),
-        );
-        registry.register(
-            "worker",
-            "Version of the kiln worker",
-            prometheus_client::metrics::info::Info::new(vec![(
-                "version".to_owned(),
-                env!("CARGO_PKG_VERSION").to_owned(),
-            )]),
-        );
+        let mut r = Registry::with_prefix("kiln");
         Self {
-            registry,
-            builds,
-            build_duration,
-            attempt_pod_created,
-            accepted_latency,
-            builds_in_flight,
-            lease_renewal_failures,
-            leases_lost,
-            adoptions,
-            adoptions_refused,
-            duplicates,
-            events_published,
-            events_unroutable,
-            rejected,
-            kube_errors,
-            errors,
-            attempt_duration,
-            cluster_builds_in_flight,
-            dependency_up,
+            builds: add(&mut r, about::BUILDS, Family::default()),
+            build_duration: add(&mut r, about::BUILD_DURATION, seconds_family()),
+            attempt_pod_created: add(
+                &mut r,
+                about::POD_CREATE,
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            accepted_latency: add(
+                &mut r,
+                about::ACCEPTED_LATENCY,
+                Histogram::new(DISPATCH_BUCKETS),
+            ),
+            builds_in_flight: add(&mut r, about::BUILDS_IN_FLIGHT, Gauge::default()),
+            lease_renewal_failures: add(&mut r, about::RENEWAL_FAILURES, Counter::default()),
+            leases_lost: add(&mut r, about::LEASES_LOST, Counter::default()),
+            adoptions: add(&mut r, about::ADOPTIONS, Counter::default()),
+            adoptions_refused: add(&mut r, about::ADOPTIONS_REFUSED, Counter::default()),
+            duplicates: add(&mut r, about::DUPLICATES, Counter::default()),
+            events_published: add(&mut r, about::EVENTS_PUBLISHED, Family::default()),
+            events_unroutable: add(&mut r, about::EVENTS_UNROUTABLE, Counter::default()),
+            rejected: add(&mut r, about::REJECTED, Family::default()),
+            kube_errors: add(&mut r, about::KUBE_ERRORS, Family::default()),
+            errors: add(&mut r, about::ERRORS, Family::default()),
+            attempt_duration: add(&mut r, about::ATTEMPT_DURATION, seconds_family()),
+            cluster_builds_in_flight: add(&mut r, about::CLUSTER_IN_FLIGHT, Gauge::default()),
+            dependency_up: add(&mut r, about::DEPENDENCY_UP, Family::default()),
+            // Last: the fields above borrow `r` one after the other.
+            registry: with_version(r),
         }
     }
 

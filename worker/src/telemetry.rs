@@ -126,6 +126,15 @@ pub fn otlp_endpoint() -> Option<String> {
     .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
 }
 
+/// Why spans are not exported, for the log: the endpoint may carry a
+/// password (basic auth in the URL) and the exporter's error may quote it.
+fn export_problem(endpoint: &str, error: &str) -> String {
+    kiln_protocol::mask_text(
+        &format!("{}: {error}", kiln_protocol::redact_url(endpoint)),
+        &[],
+    )
+}
+
 /// Installs the global subscriber (see the module docs). Call once, inside
 /// the tokio runtime, and keep the guard until the process ends.
 /// Log filter when `RUST_LOG` is unset. lapin warns about every returned
@@ -164,7 +173,7 @@ pub fn init() -> Guard {
     });
     let (otel, provider, problem) = match target {
         None => (None, None, None),
-        Some((endpoint, Err(e))) => (None, None, Some(format!("{endpoint}: {e}"))),
+        Some((endpoint, Err(e))) => (None, None, Some(export_problem(&endpoint, &e))),
         Some((endpoint, Ok((protocol, url)))) => match tracer_provider(&url, protocol) {
             Ok(provider) => {
                 let tracer = provider.tracer("kiln");
@@ -182,7 +191,7 @@ pub fn init() -> Guard {
                     .with_filter(quiet);
                 (Some(layer), Some(provider), None)
             }
-            Err(e) => (None, None, Some(format!("{endpoint}: {e}"))),
+            Err(e) => (None, None, Some(export_problem(&endpoint, &e))),
         },
     };
     let exporting = provider.is_some();
@@ -198,7 +207,8 @@ pub fn init() -> Guard {
             Ok(Protocol::Grpc) => "grpc",
             _ => "http/protobuf",
         };
-        tracing::info!(endpoint = ?otlp_endpoint(), protocol, "exporting spans over OTLP");
+        let endpoint = otlp_endpoint().map(|e| kiln_protocol::redact_url(&e));
+        tracing::info!(endpoint = ?endpoint, protocol, "exporting spans over OTLP");
     }
     if let Some(problem) = problem {
         tracing::warn!("not exporting spans: {problem}");
@@ -345,6 +355,20 @@ mod tests {
         let err = protocol(vars(&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")]))
             .expect_err("not built in");
         assert!(err.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && err.contains("http/json"));
+    }
+
+    /// Issue 10: the endpoint was logged as configured, password included.
+    #[test]
+    fn export_problems_hide_the_endpoint_password() {
+        let text = export_problem(
+            "https://otel:pl4ntedOtlpPw@collector:4318",
+            "invalid URI https://otel:pl4ntedOtlpPw@collector:4318/v1/traces",
+        );
+        assert!(!text.contains("pl4ntedOtlpPw"), "{text}");
+        assert!(
+            text.starts_with("https://otel:***@collector:4318: "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -28,9 +28,10 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Subcommand;
 
-use crate::amqp::{Broker, EventSubscription, redact_url};
+use crate::amqp::{Broker, EventSubscription};
 use crate::config::Connections;
 use crate::lease::Leases;
+use kiln_protocol::redact_url;
 
 /// `println!` that ends the process quietly when standard output is a
 /// closed pipe (see the module docs).

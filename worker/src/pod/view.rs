@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, Pod, PodCondition, PodStatus,
+};
 
 use super::{ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_IMAGE};
 use crate::classify::{PodPhase, PodView, Terminated};
@@ -14,50 +16,8 @@ pub fn view(p: &Pod) -> PodView {
     let labels = meta.labels.as_ref();
     let annotations = meta.annotations.as_ref();
     let status = p.status.as_ref();
-    let kaniko = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == KANIKO));
-    // An init container (context download) that failed explains the pod.
-    let init_failed = status
-        .and_then(|s| s.init_container_statuses.as_ref())
-        .and_then(|cs| {
-            cs.iter().find(|c| {
-                c.state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .is_some_and(|t| t.exit_code != 0)
-            })
-        });
-    let state = init_failed
-        .and_then(|c| c.state.as_ref())
-        .or_else(|| kaniko.and_then(|c| c.state.as_ref()));
-    let waiting = state
-        .and_then(|s| s.waiting.as_ref())
-        .and_then(|w| Some((w.reason.clone()?, w.message.clone().unwrap_or_default())));
-    let terminated = state
-        .and_then(|s| s.terminated.as_ref())
-        .map(|t| Terminated {
-            exit_code: t.exit_code,
-            reason: t.reason.clone(),
-            message: t.message.clone(),
-            started_at: t.started_at.as_ref().map(|x| x.0),
-            finished_at: t.finished_at.as_ref().map(|x| x.0),
-        });
+    let state = status.and_then(explaining_state);
     let conditions = status.and_then(|s| s.conditions.as_ref());
-    let unschedulable = conditions.and_then(|cs| {
-        cs.iter()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-            .map(|c| {
-                (
-                    c.reason.clone().unwrap_or_else(|| "Unschedulable".into()),
-                    c.message.clone().unwrap_or_default(),
-                )
-            })
-    });
-    let disrupted = conditions.is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
-    });
     PodView {
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
@@ -74,28 +34,80 @@ pub fn view(p: &Pod) -> PodView {
             .and_then(|l| l.get(LABEL_ATTEMPT))
             .and_then(|a| a.parse().ok())
             .unwrap_or(0),
-        phase: status.and_then(|s| s.phase.as_deref()).map(|ph| match ph {
-            "Pending" => PodPhase::Pending,
-            "Running" => PodPhase::Running,
-            "Succeeded" => PodPhase::Succeeded,
-            "Failed" => PodPhase::Failed,
-            _ => PodPhase::Unknown,
-        }),
+        phase: status.and_then(|s| s.phase.as_deref()).map(phase),
         deleting: meta.deletion_timestamp.is_some(),
         created_at: meta.creation_timestamp.as_ref().map(|t| t.0),
-        unschedulable,
-        waiting,
+        unschedulable: conditions.and_then(|cs| unschedulable(cs)),
+        waiting: state
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| Some((w.reason.clone()?, w.message.clone().unwrap_or_default()))),
         running_since: state
             .and_then(|s| s.running.as_ref())
             .and_then(|r| r.started_at.as_ref())
             .map(|t| t.0),
-        terminated,
+        terminated: state.and_then(|s| s.terminated.as_ref()).map(terminated),
         pod_reason: status.and_then(|s| s.reason.clone()),
         pod_message: status.and_then(|s| s.message.clone()),
-        disrupted,
+        disrupted: conditions.is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+        }),
         plan: annotations
             .and_then(|a| a.get(ANN_PLAN))
             .map(|s| Arc::from(s.as_str())),
         tenant: annotations.and_then(|a| a.get(ANN_TENANT)).cloned(),
     }
+}
+
+/// The state of the container that explains the pod: an init container
+/// (context download) that failed, else the Kaniko container.
+fn explaining_state(status: &PodStatus) -> Option<&ContainerState> {
+    let kaniko = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.name == KANIKO));
+    let init_failed = status.init_container_statuses.as_ref().and_then(|cs| {
+        cs.iter().find(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.exit_code != 0)
+        })
+    });
+    init_failed
+        .and_then(|c| c.state.as_ref())
+        .or_else(|| kaniko.and_then(|c| c.state.as_ref()))
+}
+
+fn phase(phase: &str) -> PodPhase {
+    match phase {
+        "Pending" => PodPhase::Pending,
+        "Running" => PodPhase::Running,
+        "Succeeded" => PodPhase::Succeeded,
+        "Failed" => PodPhase::Failed,
+        _ => PodPhase::Unknown,
+    }
+}
+
+fn terminated(t: &ContainerStateTerminated) -> Terminated {
+    Terminated {
+        exit_code: t.exit_code,
+        reason: t.reason.clone(),
+        message: t.message.clone(),
+        started_at: t.started_at.as_ref().map(|x| x.0),
+        finished_at: t.finished_at.as_ref().map(|x| x.0),
+    }
+}
+
+/// `PodScheduled=False`: its reason and message.
+fn unschedulable(conditions: &[PodCondition]) -> Option<(String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_else(|| "Unschedulable".into()),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
 }

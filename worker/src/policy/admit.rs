@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kiln_protocol::{BuildRequest, ROOT_PATH, ValidationError};
+use kiln_protocol::{BuildRequest, ImageSpec, ROOT_PATH, ValidationError};
 
 use super::{
     Admission, DEFAULT_TENANT, DestinationPrefix, Policy, Quantity, ResourceQuantities, Tenant,
@@ -24,16 +24,7 @@ impl Policy {
         req: &BuildRequest,
     ) -> Result<Admission, Vec<ValidationError>> {
         let Some((name, t)) = self.resolve_tenant(tenant) else {
-            let reason = match tenant {
-                Some(user) => format!(
-                    "tenant {} has no policy on this worker (and there is no \"{DEFAULT_TENANT}\" tenant); ask the Kiln operators to add it",
-                    quote(user)
-                ),
-                None => format!(
-                    "the request names no tenant (no AMQP user_id) and there is no \"{DEFAULT_TENANT}\" tenant; publish with user_id set"
-                ),
-            };
-            return Err(vec![ValidationError::new(ROOT_PATH, reason)]);
+            return Err(vec![ValidationError::new(ROOT_PATH, no_tenant(tenant))]);
         };
         let who = match tenant {
             Some(user) if user != name => {
@@ -41,9 +32,60 @@ impl Policy {
             }
             _ => format!("tenant {}", quote(name)),
         };
-        let caps = &t.caps;
         let mut errs = Vec::new();
+        t.check_request_caps(req, &who, &mut errs);
+        let resources: Vec<ResourceQuantities> = (req.images.iter().enumerate())
+            .map(|(i, image)| t.admit_image(i, image, &who, &mut errs))
+            .collect();
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let uses_git = req.images.iter().any(|i| i.context.git.is_some());
+        let uses_s3 = req.images.iter().any(|i| i.context.s3.is_some());
+        Ok(Admission {
+            tenant: name.to_owned(),
+            namespace: t.namespace.clone(),
+            max_attempts: req
+                .retry
+                .as_ref()
+                .and_then(|r| r.max_attempts)
+                .unwrap_or(t.defaults.attempts),
+            timeout: Duration::from_secs(req.timeout_seconds.unwrap_or(t.defaults.timeout_seconds)),
+            service_account: t.service_account.clone(),
+            registry_secret: t.registry_secret.clone(),
+            git_credentials: t.git_credentials.clone().filter(|_| uses_git),
+            s3_credentials: t.s3_credentials.clone().filter(|_| uses_s3),
+            cache_repo: t.cache_repo.clone(),
+            runtime_class_name: t.runtime_class_name.clone(),
+            resources,
+        })
+    }
 
+    fn resolve_tenant(&self, tenant: Option<&str>) -> Option<(&str, &Tenant)> {
+        tenant
+            .and_then(|n| self.tenants.get_key_value(n))
+            .or_else(|| self.tenants.get_key_value(DEFAULT_TENANT))
+            .map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// Why a request from `tenant` has no policy to be admitted under.
+fn no_tenant(tenant: Option<&str>) -> String {
+    match tenant {
+        Some(user) => format!(
+            "tenant {} has no policy on this worker (and there is no \"{DEFAULT_TENANT}\" tenant); ask the Kiln operators to add it",
+            quote(user)
+        ),
+        None => format!(
+            "the request names no tenant (no AMQP user_id) and there is no \"{DEFAULT_TENANT}\" tenant; publish with user_id set"
+        ),
+    }
+}
+
+impl Tenant {
+    /// The request-wide caps: timeout, attempts, number of images.
+    fn check_request_caps(&self, req: &BuildRequest, who: &str, errs: &mut Vec<ValidationError>) {
+        let caps = &self.caps;
         if let Some(secs) = req.timeout_seconds
             && secs > caps.max_timeout_seconds
         {
@@ -76,99 +118,74 @@ impl Policy {
                 ),
             ));
         }
+    }
 
-        let mut resources = Vec::with_capacity(req.images.len());
-        let mut uses_git = false;
-        let mut uses_s3 = false;
-        for (i, image) in req.images.iter().enumerate() {
-            uses_git |= image.context.git.is_some();
-            uses_s3 |= image.context.s3.is_some();
-            for (j, dest) in image.destinations.iter().enumerate() {
-                if let Some(reason) = t.destination_problem(dest, &who) {
-                    errs.push(ValidationError::new(
-                        format!("images[{i}].destinations[{j}]"),
-                        reason,
-                    ));
-                }
-            }
-            if let Some(endpoint) = image.context.s3.as_ref().and_then(|s| s.endpoint.as_ref())
-                && endpoint.starts_with("http://")
-                && !t.allow_insecure_s3_endpoint
-            {
+    /// Checks image `i` (destinations, S3 endpoint, resources) and returns
+    /// the resources it gets.
+    fn admit_image(
+        &self,
+        i: usize,
+        image: &ImageSpec,
+        who: &str,
+        errs: &mut Vec<ValidationError>,
+    ) -> ResourceQuantities {
+        for (j, dest) in image.destinations.iter().enumerate() {
+            if let Some(reason) = self.destination_problem(dest, who) {
                 errs.push(ValidationError::new(
-                    format!("images[{i}].context.s3.endpoint"),
-                    format!(
-                        "{} is plain http, which {who} may not use: signed requests and the access key id would travel in clear; use https://",
-                        quote(endpoint)
-                    ),
+                    format!("images[{i}].destinations[{j}]"),
+                    reason,
                 ));
             }
-            let requested = image.resources.as_ref();
-            let cpu = check_quantity(
-                &mut errs,
-                format!("images[{i}].resources.cpu"),
+        }
+        if let Some(endpoint) = image.context.s3.as_ref().and_then(|s| s.endpoint.as_ref())
+            && endpoint.starts_with("http://")
+            && !self.allow_insecure_s3_endpoint
+        {
+            errs.push(ValidationError::new(
+                format!("images[{i}].context.s3.endpoint"),
+                format!(
+                    "{} is plain http, which {who} may not use: signed requests and the access key id would travel in clear; use https://",
+                    quote(endpoint)
+                ),
+            ));
+        }
+        let requested = image.resources.as_ref();
+        let (defaults, caps) = (&self.defaults, &self.caps);
+        // Field in the request, what it asks, default, cap, what it is.
+        let table = [
+            (
+                "cpu",
                 requested.and_then(|r| r.cpu.as_deref()),
-                &t.defaults.cpu,
+                &defaults.cpu,
                 &caps.max_cpu,
                 "CPU",
-                &who,
-            );
-            let memory = check_quantity(
-                &mut errs,
-                format!("images[{i}].resources.memory"),
+            ),
+            (
+                "memory",
                 requested.and_then(|r| r.memory.as_deref()),
-                &t.defaults.memory,
+                &defaults.memory,
                 &caps.max_memory,
                 "memory",
-                &who,
-            );
-            let ephemeral_storage = check_quantity(
-                &mut errs,
-                format!("images[{i}].resources.ephemeralStorage"),
+            ),
+            (
+                "ephemeralStorage",
                 requested.and_then(|r| r.ephemeral_storage.as_deref()),
-                &t.defaults.ephemeral_storage,
+                &defaults.ephemeral_storage,
                 &caps.max_ephemeral_storage,
                 "ephemeral storage",
-                &who,
-            );
-            resources.push(ResourceQuantities {
-                cpu,
-                memory,
-                ephemeral_storage,
-            });
+            ),
+        ];
+        let [cpu, memory, ephemeral_storage] = table.map(|(field, asked, default, cap, what)| {
+            let path = format!("images[{i}].resources.{field}");
+            check_quantity(errs, path, asked, default, cap, what, who)
+        });
+        ResourceQuantities {
+            cpu,
+            memory,
+            ephemeral_storage,
         }
-
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        Ok(Admission {
-            tenant: name.to_owned(),
-            namespace: t.namespace.clone(),
-            max_attempts: req
-                .retry
-                .as_ref()
-                .and_then(|r| r.max_attempts)
-                .unwrap_or(t.defaults.attempts),
-            timeout: Duration::from_secs(req.timeout_seconds.unwrap_or(t.defaults.timeout_seconds)),
-            service_account: t.service_account.clone(),
-            registry_secret: t.registry_secret.clone(),
-            git_credentials: t.git_credentials.clone().filter(|_| uses_git),
-            s3_credentials: t.s3_credentials.clone().filter(|_| uses_s3),
-            cache_repo: t.cache_repo.clone(),
-            runtime_class_name: t.runtime_class_name.clone(),
-            resources,
-        })
     }
 
-    fn resolve_tenant(&self, tenant: Option<&str>) -> Option<(&str, &Tenant)> {
-        tenant
-            .and_then(|n| self.tenants.get_key_value(n))
-            .or_else(|| self.tenants.get_key_value(DEFAULT_TENANT))
-            .map(|(k, v)| (k.as_str(), v))
-    }
-}
-
-impl Tenant {
     /// Why `dest` may not be pushed to by this tenant, if it may not.
     fn destination_problem(&self, dest: &str, who: &str) -> Option<String> {
         if self.allowed_destinations.contains(&DestinationPrefix::Any) {

@@ -8,7 +8,10 @@ use std::fmt;
 
 use kiln_protocol::is_dns1123_label;
 
-use super::file::{InheritedFile, PolicyFile, QuantityText, TenantFile};
+use super::file::{
+    CapsFile, DefaultsFile, GitCredentialsFile, InheritedFile, PolicyFile, QuantityText,
+    S3CredentialsFile, TenantFile,
+};
 use super::{
     Caps, DEFAULT_SERVICE_ACCOUNT, Defaults, DestinationPrefix, GitCredentials, Policy,
     PolicyError, PolicyProblem, Quantity, S3Credentials, Tenant, builtin, builtin_quantity, key,
@@ -164,100 +167,17 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
         "namespace name",
         is_dns1123_label,
     );
-
-    if tf.allowed_destinations.is_empty() {
-        r.problem(
-            format!("{base}.allowedDestinations"),
-            "list at least one prefix (\"*\" allows any destination)",
-        );
-    }
-    let mut allowed = Vec::new();
-    for (i, p) in tf.allowed_destinations.iter().enumerate() {
-        match DestinationPrefix::parse(p) {
-            Ok(p) => allowed.push(p),
-            Err(reason) => r.problem(format!("{base}.allowedDestinations[{i}]"), reason),
-        }
-    }
-
+    let allowed = r.allowed_destinations(base, &tf.allowed_destinations);
     if let Some(s) = &tf.registry_secret {
-        r.name(
-            format!("{base}.registrySecret"),
-            s,
-            "Secret name",
-            is_dns1123_subdomain,
-        );
+        r.secret_name(format!("{base}.registrySecret"), s);
     }
-    let git = tf.git_credentials.map(|g| {
-        let p = format!("{base}.gitCredentials");
-        r.name(
-            format!("{p}.secret"),
-            &g.secret,
-            "Secret name",
-            is_dns1123_subdomain,
-        );
-        check_secret_key(r, format!("{p}.usernameKey"), &g.username_key);
-        check_secret_key(r, format!("{p}.passwordKey"), &g.password_key);
-        GitCredentials {
-            secret: g.secret,
-            username_key: g.username_key,
-            password_key: g.password_key,
-        }
-    });
-    let s3 = tf.s3_credentials.map(|s| {
-        let p = format!("{base}.s3Credentials");
-        r.name(
-            format!("{p}.secret"),
-            &s.secret,
-            "Secret name",
-            is_dns1123_subdomain,
-        );
-        check_secret_key(r, format!("{p}.accessKeyIdKey"), &s.access_key_id_key);
-        check_secret_key(
-            r,
-            format!("{p}.secretAccessKeyKey"),
-            &s.secret_access_key_key,
-        );
-        if let Some(region) = &s.region
-            && !is_region(region)
-        {
-            r.problem(
-                format!("{p}.region"),
-                format!(
-                    "{} is not a region name (e.g. \"eu-west-1\")",
-                    quote(region)
-                ),
-            );
-        }
-        if let Some(endpoint) = &s.endpoint
-            && endpoint.starts_with("http://")
-            && !tf.allow_insecure_s3_endpoint
-        {
-            r.problem(
-                format!("{p}.endpoint"),
-                format!(
-                    "{} is plain http: signed requests and the access key id would travel in clear; use https:// or set {base}.allowInsecureS3Endpoint = true",
-                    quote(endpoint)
-                ),
-            );
-        } else if let Some(endpoint) = &s.endpoint
-            && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
-        {
-            r.problem(
-                format!("{p}.endpoint"),
-                format!(
-                    "{} must be an http(s) URL, e.g. \"https://minio.example.com\"",
-                    quote(endpoint)
-                ),
-            );
-        }
-        S3Credentials {
-            secret: s.secret,
-            access_key_id_key: s.access_key_id_key,
-            secret_access_key_key: s.secret_access_key_key,
-            region: s.region,
-            endpoint: s.endpoint,
-        }
-    });
+    let git = tf
+        .git_credentials
+        .map(|g| r.git_credentials(&format!("{base}.gitCredentials"), g));
+    let allow_insecure = tf.allow_insecure_s3_endpoint;
+    let s3 = tf
+        .s3_credentials
+        .map(|s| r.s3_credentials(base, s, allow_insecure));
     let service_account = match tf.service_account_name {
         Some(sa) => {
             r.name(
@@ -275,72 +195,7 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
     {
         r.problem(format!("{base}.cacheRepo"), reason);
     }
-
-    // Caps and defaults, field by field.
-    // The table of caps and defaults: section, name in the file, field,
-    // built-in. Each is the tenant's, else the top-level one, else built in.
-    let q = |text: &str| QuantityText(text.to_owned());
-    macro_rules! inherit {
-        ($section:ident, $name:literal, $field:ident, $builtin:expr) => {
-            pick(
-                base,
-                concat!(stringify!($section), ".", $name),
-                tf.$section.$field.as_ref(),
-                top.$section.$field.as_ref(),
-                $builtin,
-            )
-        };
-    }
-    let max_attempts = inherit!(caps, "maxAttempts", max_attempts, builtin::MAX_ATTEMPTS);
-    let max_timeout = inherit!(
-        caps,
-        "maxTimeoutSeconds",
-        max_timeout_seconds,
-        builtin::MAX_TIMEOUT_SECONDS
-    );
-    let max_images = inherit!(caps, "maxImages", max_images, builtin::MAX_IMAGES);
-    let max_cpu = inherit!(caps, "maxCpu", max_cpu, q(builtin::MAX_CPU));
-    let max_memory = inherit!(caps, "maxMemory", max_memory, q(builtin::MAX_MEMORY));
-    let max_storage = inherit!(
-        caps,
-        "maxEphemeralStorage",
-        max_ephemeral_storage,
-        q(builtin::MAX_EPHEMERAL_STORAGE)
-    );
-    let attempts = inherit!(defaults, "attempts", attempts, builtin::ATTEMPTS);
-    let timeout = inherit!(
-        defaults,
-        "timeoutSeconds",
-        timeout_seconds,
-        builtin::TIMEOUT_SECONDS
-    );
-    let cpu = inherit!(defaults, "cpu", cpu, q(builtin::CPU));
-    let memory = inherit!(defaults, "memory", memory, q(builtin::MEMORY));
-    let storage = inherit!(
-        defaults,
-        "ephemeralStorage",
-        ephemeral_storage,
-        q(builtin::EPHEMERAL_STORAGE)
-    );
-    r.at_least_one(&max_attempts);
-    r.at_least_one(&attempts);
-    r.at_least_one(&max_timeout);
-    r.at_least_one(&timeout);
-    r.at_least_one(&max_images);
-    let max_cpu = r.quantity(max_cpu);
-    let max_memory = r.quantity(max_memory);
-    let cpu = r.quantity(cpu);
-    let memory = r.quantity(memory);
-    let max_storage = r.quantity(max_storage);
-    let storage = r.quantity(storage);
-
-    let defaults = Defaults {
-        attempts: r.bounded(attempts, &max_attempts, "maxAttempts"),
-        timeout_seconds: r.bounded(timeout, &max_timeout, "maxTimeoutSeconds"),
-        cpu: r.bounded(cpu, &max_cpu, "maxCpu"),
-        memory: r.bounded(memory, &max_memory, "maxMemory"),
-        ephemeral_storage: r.bounded(storage, &max_storage, "maxEphemeralStorage"),
-    };
+    let (caps, defaults) = r.limits(base, &tf.caps, &tf.defaults, top);
     if let Some(rc) = &tf.runtime_class_name {
         r.name(
             format!("{base}.runtimeClassName"),
@@ -358,32 +213,197 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
         service_account,
         cache_repo: tf.cache_repo,
         runtime_class_name: tf.runtime_class_name,
-        allow_insecure_s3_endpoint: tf.allow_insecure_s3_endpoint,
-        caps: Caps {
+        allow_insecure_s3_endpoint: allow_insecure,
+        caps,
+        defaults,
+    }
+}
+
+/// The tenant's part of a resolution: each group of fields checked, and
+/// turned into its resolved form.
+impl Resolver {
+    fn allowed_destinations(&mut self, base: &str, prefixes: &[String]) -> Vec<DestinationPrefix> {
+        if prefixes.is_empty() {
+            self.problem(
+                format!("{base}.allowedDestinations"),
+                "list at least one prefix (\"*\" allows any destination)",
+            );
+        }
+        let mut allowed = Vec::new();
+        for (i, p) in prefixes.iter().enumerate() {
+            match DestinationPrefix::parse(p) {
+                Ok(p) => allowed.push(p),
+                Err(reason) => self.problem(format!("{base}.allowedDestinations[{i}]"), reason),
+            }
+        }
+        allowed
+    }
+
+    fn secret_name(&mut self, path: String, name: &str) {
+        self.name(path, name, "Secret name", is_dns1123_subdomain);
+    }
+
+    /// `path` is `tenants.<name>.gitCredentials`.
+    fn git_credentials(&mut self, path: &str, g: GitCredentialsFile) -> GitCredentials {
+        self.secret_name(format!("{path}.secret"), &g.secret);
+        self.secret_key(format!("{path}.usernameKey"), &g.username_key);
+        self.secret_key(format!("{path}.passwordKey"), &g.password_key);
+        GitCredentials {
+            secret: g.secret,
+            username_key: g.username_key,
+            password_key: g.password_key,
+        }
+    }
+
+    /// `base` is `tenants.<name>`; a plain-http endpoint needs the tenant's
+    /// `allowInsecureS3Endpoint`.
+    fn s3_credentials(
+        &mut self,
+        base: &str,
+        s: S3CredentialsFile,
+        allow_insecure: bool,
+    ) -> S3Credentials {
+        let p = format!("{base}.s3Credentials");
+        self.secret_name(format!("{p}.secret"), &s.secret);
+        self.secret_key(format!("{p}.accessKeyIdKey"), &s.access_key_id_key);
+        self.secret_key(format!("{p}.secretAccessKeyKey"), &s.secret_access_key_key);
+        if let Some(region) = &s.region
+            && !is_region(region)
+        {
+            self.problem(
+                format!("{p}.region"),
+                format!(
+                    "{} is not a region name (e.g. \"eu-west-1\")",
+                    quote(region)
+                ),
+            );
+        }
+        if let Some(endpoint) = &s.endpoint
+            && let Some(reason) = s3_endpoint_problem(endpoint, allow_insecure, base)
+        {
+            self.problem(format!("{p}.endpoint"), reason);
+        }
+        S3Credentials {
+            secret: s.secret,
+            access_key_id_key: s.access_key_id_key,
+            secret_access_key_key: s.secret_access_key_key,
+            region: s.region,
+            endpoint: s.endpoint,
+        }
+    }
+
+    /// Caps and defaults, field by field: each is the tenant's (`caps`,
+    /// `defaults`), else the top-level one, else built in; a default is then
+    /// bounded by its cap.
+    fn limits(
+        &mut self,
+        base: &str,
+        caps: &CapsFile,
+        defaults: &DefaultsFile,
+        top: &InheritedFile,
+    ) -> (Caps, Defaults) {
+        let q = |text: &str| QuantityText(text.to_owned());
+        // `$section` is `caps` or `defaults`: the tenant's parameter and
+        // the field of `top` of that name.
+        macro_rules! inherit {
+            ($section:ident, $name:literal, $field:ident, $builtin:expr) => {
+                pick(
+                    base,
+                    concat!(stringify!($section), ".", $name),
+                    $section.$field.as_ref(),
+                    top.$section.$field.as_ref(),
+                    $builtin,
+                )
+            };
+        }
+        // A cap with the default it bounds: the name in the file, the
+        // field and the built-in of each.
+        macro_rules! capped {
+            ($cap:literal, $cap_field:ident, $cap_builtin:expr;
+             $default:literal, $default_field:ident, $default_builtin:expr) => {
+                (
+                    inherit!(caps, $cap, $cap_field, $cap_builtin),
+                    inherit!(defaults, $default, $default_field, $default_builtin),
+                )
+            };
+        }
+        let (max_attempts, attempts) = capped!(
+            "maxAttempts", max_attempts, builtin::MAX_ATTEMPTS;
+            "attempts", attempts, builtin::ATTEMPTS
+        );
+        let (max_timeout, timeout) = capped!(
+            "maxTimeoutSeconds", max_timeout_seconds, builtin::MAX_TIMEOUT_SECONDS;
+            "timeoutSeconds", timeout_seconds, builtin::TIMEOUT_SECONDS
+        );
+        let (max_cpu, cpu) = capped!(
+            "maxCpu", max_cpu, q(builtin::MAX_CPU);
+            "cpu", cpu, q(builtin::CPU)
+        );
+        let (max_memory, memory) = capped!(
+            "maxMemory", max_memory, q(builtin::MAX_MEMORY);
+            "memory", memory, q(builtin::MEMORY)
+        );
+        let (max_storage, storage) = capped!(
+            "maxEphemeralStorage", max_ephemeral_storage, q(builtin::MAX_EPHEMERAL_STORAGE);
+            "ephemeralStorage", ephemeral_storage, q(builtin::EPHEMERAL_STORAGE)
+        );
+        let max_images = inherit!(caps, "maxImages", max_images, builtin::MAX_IMAGES);
+        self.at_least_one(&max_attempts);
+        self.at_least_one(&attempts);
+        self.at_least_one(&max_timeout);
+        self.at_least_one(&timeout);
+        self.at_least_one(&max_images);
+        let [max_cpu, max_memory, cpu, memory, max_storage, storage] =
+            [max_cpu, max_memory, cpu, memory, max_storage, storage].map(|q| self.quantity(q));
+        let defaults = Defaults {
+            attempts: self.bounded(attempts, &max_attempts, "maxAttempts"),
+            timeout_seconds: self.bounded(timeout, &max_timeout, "maxTimeoutSeconds"),
+            cpu: self.bounded(cpu, &max_cpu, "maxCpu"),
+            memory: self.bounded(memory, &max_memory, "maxMemory"),
+            ephemeral_storage: self.bounded(storage, &max_storage, "maxEphemeralStorage"),
+        };
+        let caps = Caps {
             max_attempts: max_attempts.value,
             max_timeout_seconds: max_timeout.value,
             max_cpu: max_cpu.value,
             max_memory: max_memory.value,
             max_ephemeral_storage: max_storage.value,
             max_images: max_images.value,
-        },
-        defaults,
+        };
+        (caps, defaults)
+    }
+
+    fn secret_key(&mut self, path: String, k: &str) {
+        let ok = !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            self.problem(
+                path,
+                format!(
+                    "{} is not a valid Secret key (letters, digits, '-', '_' and '.')",
+                    quote(k)
+                ),
+            );
+        }
     }
 }
 
-fn check_secret_key(r: &mut Resolver, path: String, k: &str) {
-    let ok = !k.is_empty()
-        && k.len() <= 253
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !ok {
-        r.problem(
-            path,
-            format!(
-                "{} is not a valid Secret key (letters, digits, '-', '_' and '.')",
-                quote(k)
-            ),
-        );
+/// Why an S3 endpoint of the tenant at `base` is refused, if it is.
+fn s3_endpoint_problem(endpoint: &str, allow_insecure: bool, base: &str) -> Option<String> {
+    if endpoint.starts_with("http://") && !allow_insecure {
+        Some(format!(
+            "{} is plain http: signed requests and the access key id would travel in clear; use https:// or set {base}.allowInsecureS3Endpoint = true",
+            quote(endpoint)
+        ))
+    } else if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+        Some(format!(
+            "{} must be an http(s) URL, e.g. \"https://minio.example.com\"",
+            quote(endpoint)
+        ))
+    } else {
+        None
     }
 }
 
