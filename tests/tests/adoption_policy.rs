@@ -88,7 +88,7 @@ async fn a_forged_pod_naming_another_tenants_secrets_is_not_adopted() {
     pods.create(&kube::api::PostParams::default(), &pod)
         .await
         .unwrap();
-    env.start_worker_with(|c| c.policy = Some(path.clone()));
+    env.start_worker_with(|c| c.build.policy = Some(path.clone()));
     // TTL 2 s: the worker sees the pod at once and sweeps it within a
     // second; a worker trusting the plan creates the missing pod within 3 s.
     let events = env.events_of(&id, Duration::from_secs(8)).await;
