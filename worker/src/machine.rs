@@ -411,6 +411,11 @@ impl Machine {
         self.waits
     }
 
+    /// Whether an image waits for a ResourceQuota now.
+    pub fn quota_waiting(&self) -> bool {
+        self.stage == Stage::Active && self.images.iter().any(|i| i.state == ImgState::Waiting)
+    }
+
     /// Whether every image's current pod exists (or the image is over):
     /// the moment a build request may be acked.
     pub fn pods_exist(&self) -> bool {

@@ -70,8 +70,11 @@ pub(super) fn spawn_claimed_at(
             stop,
             accepted: acc_tx,
             fence,
+            holds_delivery: false,
         };
-        let ended = tracing::Instrument::instrument(task.run(actions), span).await;
+        let lending = Arc::clone(&sup.lending);
+        let (ended, held) = tracing::Instrument::instrument(task.run(actions), span).await;
+        lending.set_held(held, false);
         if let Err(Error::LeaseLost(_)) = ended {
             // Fenced: the build becomes foreign and goes through adoption
             // (claim, pods, record) like any other.
@@ -93,19 +96,25 @@ struct Task {
     stop: CancellationToken,
     accepted: watch::Sender<bool>,
     fence: SharedFence,
+    /// The request's delivery is unacked because an image waits for quota
+    /// (counted in the supervisor's [`super::lending::Lending`]).
+    holds_delivery: bool,
 }
 
 impl Task {
-    async fn run(mut self, actions: Vec<Action>) -> Result<()> {
+    /// Drives the build; also says whether its delivery was still held by
+    /// a quota wait at the end (the lent slot is then given back).
+    async fn run(mut self, actions: Vec<Action>) -> (Result<()>, bool) {
         let id = self.machine.plan().id.clone();
         let stop = self.stop.clone();
-        tokio::select! {
+        let ended = tokio::select! {
             r = self.drive(actions) => r,
             () = stop.cancelled() => {
                 tracing::info!(build_id = %id, "stopped acting on the build (lease lost or shutting down)");
                 Ok(())
             }
-        }
+        };
+        (ended, self.holds_delivery)
     }
 
     /// Executes the machine's actions behind this build's fence.
@@ -169,6 +178,9 @@ impl Task {
             self.put_record(state).await;
         }
         *waits = self.machine.waits();
+        let holds = !*self.accepted.borrow() && self.machine.quota_waiting();
+        self.sup.lending.set_held(self.holds_delivery, holds);
+        self.holds_delivery = holds;
     }
 
     /// The record says "accepted" so that a redelivered request is a
