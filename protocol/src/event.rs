@@ -70,8 +70,9 @@ impl fmt::Display for Level {
 
 /// Where a build or an image is in its life. Build events use `accepted`,
 /// `succeeded`, `failed`, `cancelled`, `rejected`; image events use
-/// `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled`;
-/// request events only `rejected`.
+/// `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled`
+/// and `waiting` (the pod of the attempt is refused for now, e.g. by a
+/// ResourceQuota; non-terminal); request events only `rejected`.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -83,10 +84,11 @@ pub enum Phase {
     Failed,
     Cancelled,
     Rejected,
+    Waiting,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Accepted,
         Phase::Scheduled,
         Phase::Running,
@@ -95,6 +97,7 @@ impl Phase {
         Phase::Failed,
         Phase::Cancelled,
         Phase::Rejected,
+        Phase::Waiting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +110,7 @@ impl Phase {
             Phase::Failed => "failed",
             Phase::Cancelled => "cancelled",
             Phase::Rejected => "rejected",
+            Phase::Waiting => "waiting",
         }
     }
 
@@ -129,6 +133,7 @@ impl Phase {
                     | Phase::Succeeded
                     | Phase::Failed
                     | Phase::Cancelled
+                    | Phase::Waiting
             ),
             Level::Request => self == Phase::Rejected,
         }
@@ -190,9 +195,10 @@ pub enum Reason {
     /// the same tenant's build of a different request.
     IdConflict,
     /// A Kubernetes ResourceQuota of the build namespace refuses the pod for
-    /// now. Not terminal: the worker keeps trying while the build's deadline
-    /// allows (events and status show it meanwhile); a build that runs out
-    /// of time ends with `DeadlineExceeded`.
+    /// now: the reason of `image.waiting`. Not terminal: the worker keeps
+    /// trying while the build's deadline allows (events and status show it
+    /// meanwhile); a build that runs out of time ends with
+    /// `DeadlineExceeded`, its message naming the quota.
     QuotaExceeded,
 }
 
@@ -315,7 +321,7 @@ pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub duration_seconds: Option<f64>,
-    /// On `failed`, `cancelled`, `rejected` and `retrying`.
+    /// On `failed`, `cancelled`, `rejected`, `retrying` and `waiting`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
     /// A sentence for people; for `rejected`, every problem, one per line.
@@ -327,7 +333,8 @@ pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8192))]
     pub log_tail: Option<String>,
-    /// On `retrying`: the backoff before the next attempt.
+    /// On `retrying`: the backoff before the next attempt. On `waiting`: the
+    /// wait before the next try to create the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub retry_in_seconds: Option<f64>,
@@ -679,7 +686,8 @@ mod tests {
                 "retrying",
                 "succeeded",
                 "failed",
-                "cancelled"
+                "cancelled",
+                "waiting"
             ]
         );
         let terminal_build: Vec<_> = Phase::ALL

@@ -468,6 +468,7 @@ fn record(phase: &str, digest: Option<&str>) -> BuildRecord {
                 attempt: 2,
                 pod: Some("kiln-b-api-2".into()),
                 digest: digest.map(str::to_owned),
+                reason: None,
             },
         )]
         .into(),

@@ -114,6 +114,29 @@ impl Error {
             Error::LeaseLost(_) | Error::Config(_) => false,
         }
     }
+
+    /// Whether the API server refused a create because a ResourceQuota of
+    /// the namespace is used up for now (see [`is_quota_refusal`]).
+    pub fn is_quota_refusal(&self) -> bool {
+        match self {
+            Error::Kube {
+                status, context, ..
+            } => is_quota_refusal(*status, context),
+            _ => false,
+        }
+    }
+}
+
+/// Whether an API answer is a ResourceQuota refusal that waiting can cure:
+/// 403 with the quota admission's `exceeded quota:` text (the apiserver's
+/// `resourcequota/controller.go`: `<resource> "<name>" is forbidden:
+/// exceeded quota: <quota>, requested: ..., used: ..., limited: ...`).
+///
+/// Every other 403 stays permanent: RBAC denials, Pod Security admission,
+/// and the quota's own `failed quota: <quota>: must specify limits.cpu`
+/// (the pod lacks what the quota requires: no wait will change that).
+pub fn is_quota_refusal(status: Option<u16>, message: &str) -> bool {
+    status == Some(403) && message.contains("is forbidden: exceeded quota: ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -162,5 +185,45 @@ mod tests {
             assert!(kube(Some(code)).is_transient(), "{code}");
         }
         assert!(kube(None).is_transient());
+    }
+
+    const QUOTA: &str = r#"pods "kiln-b-api-1" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"#;
+
+    #[test]
+    fn only_an_exceeded_quota_403_is_a_quota_refusal() {
+        assert!(is_quota_refusal(Some(403), QUOTA));
+        // The same text under another status, or no status, is something else.
+        for status in [None, Some(400), Some(409), Some(422), Some(500)] {
+            assert!(!is_quota_refusal(status, QUOTA), "{status:?}");
+        }
+        // Other 403s stay permanent: RBAC, Pod Security, a pod lacking what
+        // the quota requires.
+        for other in [
+            r#"pods is forbidden: User "system:serviceaccount:kiln:kiln" cannot create resource "pods" in API group "" in the namespace "x""#,
+            r#"pods "p" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true"#,
+            r#"pods "p" is forbidden: failed quota: compute: must specify limits.cpu for: kaniko"#,
+        ] {
+            assert!(!is_quota_refusal(Some(403), other), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_error_answers_from_its_status_and_message() {
+        let kube = |status, context: &str| Error::Kube {
+            context: format!("ApiError: {context}: Forbidden"),
+            status,
+            retry_after: None,
+            source: None,
+        };
+        assert!(kube(Some(403), QUOTA).is_quota_refusal());
+        assert!(!kube(Some(403), QUOTA).is_transient());
+        assert!(!kube(Some(403), "pods is forbidden: User x").is_quota_refusal());
+        assert!(
+            !Error::Redis {
+                context: QUOTA.into(),
+                source: None
+            }
+            .is_quota_refusal()
+        );
     }
 }

@@ -367,6 +367,9 @@ pub struct ImageRecord {
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Why the image waits (`QuotaExceeded`) or why its last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Handle to the lease store; cheap to clone.

@@ -38,6 +38,14 @@ pub enum Input {
         attempt: u32,
         pod: Box<PodView>,
     },
+    /// A ResourceQuota of the namespace refused the pod of `attempt` for
+    /// now (403 `exceeded quota`): wait and try again, within the deadline.
+    QuotaExceeded {
+        image: usize,
+        attempt: u32,
+        /// The API server's message (quota name, requested, used, limited).
+        message: String,
+    },
     /// The pod cannot be created and retrying will not help (invalid spec,
     /// forbidden, namespace missing).
     PodCreateFailed {
@@ -85,6 +93,9 @@ enum ImgState {
     Running,
     /// Waiting out the backoff before the next attempt.
     Retrying,
+    /// The pod of the current attempt was refused by a ResourceQuota:
+    /// waiting before trying to create it again.
+    Waiting,
     Succeeded,
     Failed,
     Cancelled,
@@ -100,6 +111,7 @@ impl ImgState {
             Self::Creating | Self::Pending => Phase::Scheduled,
             Self::Running => Phase::Running,
             Self::Retrying => Phase::Retrying,
+            Self::Waiting => Phase::Waiting,
             Self::Succeeded => Phase::Succeeded,
             Self::Failed => Phase::Failed,
             Self::Cancelled => Phase::Cancelled,
@@ -139,6 +151,10 @@ struct Img {
     finished_at: Option<jiff::Timestamp>,
     digest: Option<String>,
     failure: Option<Failure>,
+    /// Refusals by a ResourceQuota of the current attempt's pod so far, and
+    /// the API server's last message about it.
+    quota_tries: u32,
+    quota_message: Option<String>,
 }
 
 impl Img {
@@ -155,6 +171,8 @@ impl Img {
             finished_at: None,
             digest: None,
             failure: None,
+            quota_tries: 0,
+            quota_message: None,
         }
     }
 }
@@ -167,6 +185,8 @@ pub struct ImageState {
     pub attempt: u32,
     pub pod: Option<String>,
     pub digest: Option<String>,
+    /// Why the image waits (`QuotaExceeded`) or why its last attempt failed.
+    pub reason: Option<Reason>,
 }
 
 /// Where the build as a whole stands.
@@ -196,6 +216,23 @@ pub fn backoff(settings: &Settings, build_id: &str, image: &str, attempt: u32) -
     (delay + delay.mul_f64(fraction)).min(settings.retry_max_delay)
 }
 
+/// First wait after a ResourceQuota refusal.
+pub const QUOTA_WAIT_MIN: Duration = Duration::from_secs(1);
+/// Cap of the wait between tries while a ResourceQuota refuses the pod.
+pub const QUOTA_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The wait after the `tries`-th (1-based) ResourceQuota refusal of one
+/// attempt's pod: 1 s, doubled per refusal, capped at 30 s. No jitter: a
+/// refused create is cheap for the API server (admission answers before
+/// storage), and builds waiting on the same quota are spread anyway by when
+/// they were refused. The deadline caps it through [`Machine::next_wakeup`].
+pub fn quota_wait(tries: u32) -> Duration {
+    let doublings = tries.saturating_sub(1).min(16);
+    QUOTA_WAIT_MIN
+        .saturating_mul(1 << doublings)
+        .min(QUOTA_WAIT_MAX)
+}
+
 /// A number in `[0, 1)` spread evenly by FNV-1a over build id, image and
 /// attempt (FNV rather than `DefaultHasher`, whose output may change
 /// between Rust releases).
@@ -223,6 +260,9 @@ pub struct Machine {
     images: Vec<Img>,
     deadline: Instant,
     stage: Stage,
+    /// Quota waits begun so far (each publishes one `image.waiting`): the
+    /// build task writes the record when this changes.
+    waits: u64,
 }
 
 impl Machine {
@@ -241,6 +281,7 @@ impl Machine {
             images,
             deadline,
             stage: Stage::Active,
+            waits: 0,
         }
     }
 
@@ -365,6 +406,16 @@ impl Machine {
         self.stage
     }
 
+    /// How many quota waits began so far (one `image.waiting` each).
+    pub fn waits(&self) -> u64 {
+        self.waits
+    }
+
+    /// Whether an image waits for a ResourceQuota now.
+    pub fn quota_waiting(&self) -> bool {
+        self.stage == Stage::Active && self.images.iter().any(|i| i.state == ImgState::Waiting)
+    }
+
     /// Whether every image's current pod exists (or the image is over):
     /// the moment a build request may be acked.
     pub fn pods_exist(&self) -> bool {
@@ -385,6 +436,11 @@ impl Machine {
                 attempt: img.attempt,
                 pod: img.pod.as_ref().map(|p| p.name.clone()),
                 digest: img.digest.clone(),
+                reason: match img.state {
+                    ImgState::Waiting => Some(Reason::QuotaExceeded),
+                    ImgState::Retrying | ImgState::Failed => img.failure.as_ref().map(|f| f.reason),
+                    _ => None,
+                },
             })
             .collect()
     }
@@ -420,6 +476,11 @@ impl Machine {
                 attempt,
                 pod,
             } => out.extend(self.created(image, attempt, &pod, now, wall)),
+            Input::QuotaExceeded {
+                image,
+                attempt,
+                message,
+            } => out.extend(self.quota_refused(image, attempt, message, now, wall)),
             Input::PodCreateFailed {
                 image,
                 attempt,
@@ -465,6 +526,8 @@ impl Machine {
         img.state = ImgState::Pending;
         img.pod = Some(PodId::of(pod));
         img.pending_since = Some(now);
+        img.quota_tries = 0;
+        img.quota_message = None;
         let stale = std::mem::take(&mut img.stale);
         out.push(self.image_event(i, Phase::Scheduled, wall, |_| {}));
         // The previous attempt's pod stayed until this one existed.
@@ -472,6 +535,47 @@ impl Machine {
         // The pod may already be past Pending (it existed: 409).
         out.extend(self.observe(pod, None, now, wall));
         out
+    }
+
+    /// A ResourceQuota refused the pod of the current attempt: wait
+    /// [`quota_wait`] and try again. The first refusal of an attempt
+    /// publishes `image.waiting` (id `<build>/<image>/<attempt>/waiting`);
+    /// later ones only lengthen the wait. The request stays unacked (no pod
+    /// exists), so nothing is lost if this worker dies meanwhile.
+    fn quota_refused(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        message: String,
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> Vec<Action> {
+        let Some(img) = self.images.get_mut(i) else {
+            return Vec::new();
+        };
+        if img.attempt != attempt || img.state != ImgState::Creating {
+            return Vec::new();
+        }
+        img.quota_tries += 1;
+        let wait = quota_wait(img.quota_tries);
+        img.state = ImgState::Waiting;
+        img.retry_at = Some(now + wait);
+        if img.quota_tries > 1 {
+            img.quota_message = Some(message);
+            return Vec::new();
+        }
+        self.waits += 1;
+        let known = kiln_protocol::secret_build_arg_values(&self.plan.images[i].build_args);
+        let event = self.image_event(i, Phase::Waiting, wall, |d| {
+            d.reason = Some(Reason::QuotaExceeded);
+            d.message = Some(kiln_protocol::mask_text(
+                &format!("a ResourceQuota refuses the build pod for now: {message}"),
+                &known,
+            ));
+            d.retry_in_seconds = Some(wait.as_secs_f64());
+        });
+        self.images[i].quota_message = Some(message);
+        vec![event]
     }
 
     fn observe(
@@ -491,6 +595,14 @@ impl Machine {
         if img.state == ImgState::Creating {
             // Seen by the watcher before the create call returned.
             return Vec::new();
+        }
+        if img.state == ImgState::Waiting {
+            // The pod exists although the quota refused our create: the
+            // previous owner created it (quota admission answers before the
+            // name is checked, so a refused create may be a pod that exists).
+            img.state = ImgState::Creating;
+            img.retry_at = None;
+            return self.created(i, pod.attempt, pod, now, wall);
         }
         match classify_with_log(pod, log_tail.as_deref()) {
             Observation::Pending { stuck } => {
@@ -636,37 +748,53 @@ impl Machine {
         out
     }
 
-    fn tick(&mut self, now: Instant, wall: jiff::Timestamp) -> Vec<Action> {
+    /// The build's deadline passed: every unfinished image fails.
+    fn expire(&mut self, wall: jiff::Timestamp) -> Vec<Action> {
         let mut out = Vec::new();
-        if now >= self.deadline {
-            let secs = self
-                .plan
-                .deadline
-                .duration_since(self.plan.accepted_at)
-                .as_secs();
-            for i in 0..self.images.len() {
-                let img = &mut self.images[i];
-                if img.state.terminal() {
-                    continue;
-                }
-                img.state = ImgState::Failed;
-                img.retry_at = None;
-                img.finished_at = Some(wall);
-                let f = Failure {
-                    reason: Reason::DeadlineExceeded,
-                    retryable: false,
-                    message: format!("the build did not finish within timeoutSeconds ({secs}s)"),
-                    exit_code: None,
-                    log: None,
-                };
-                img.failure = Some(f.clone());
-                let spec = &self.plan.images[i];
-                out.push(self.image_event(i, Phase::Failed, wall, |d| {
-                    fill_failure(d, &f, None, spec);
-                }));
+        let secs = self
+            .plan
+            .deadline
+            .duration_since(self.plan.accepted_at)
+            .as_secs();
+        for i in 0..self.images.len() {
+            let img = &mut self.images[i];
+            if img.state.terminal() {
+                continue;
             }
-            return out;
+            let mut message = format!("the build did not finish within timeoutSeconds ({secs}s)");
+            if img.state == ImgState::Waiting
+                && let Some(refused) = &img.quota_message
+            {
+                // Why it never ran: the quota, in the API server's words.
+                message = format!(
+                    "{message}: a ResourceQuota refused the build pod {} times, last: {refused}",
+                    img.quota_tries
+                );
+            }
+            img.state = ImgState::Failed;
+            img.retry_at = None;
+            img.finished_at = Some(wall);
+            let f = Failure {
+                reason: Reason::DeadlineExceeded,
+                retryable: false,
+                message,
+                exit_code: None,
+                log: None,
+            };
+            img.failure = Some(f.clone());
+            let spec = &self.plan.images[i];
+            out.push(self.image_event(i, Phase::Failed, wall, |d| {
+                fill_failure(d, &f, None, spec);
+            }));
         }
+        out
+    }
+
+    fn tick(&mut self, now: Instant, wall: jiff::Timestamp) -> Vec<Action> {
+        if now >= self.deadline {
+            return self.expire(wall);
+        }
+        let mut out = Vec::new();
         for i in 0..self.images.len() {
             let img = &mut self.images[i];
             match img.state {
@@ -690,6 +818,14 @@ impl Machine {
                         log: None,
                     };
                     out.extend(self.fail_attempt(i, &f, None, now, wall));
+                }
+                ImgState::Waiting if img.retry_at.is_some_and(|at| now >= at) => {
+                    img.retry_at = None;
+                    img.state = ImgState::Creating;
+                    out.push(Action::CreatePod {
+                        image: i,
+                        attempt: img.attempt,
+                    });
                 }
                 ImgState::Retrying if img.retry_at.is_some_and(|at| now >= at) => {
                     img.retry_at = None;
@@ -1451,5 +1587,171 @@ mod tests {
             ),
             ["image.retrying:api#1"]
         );
+    }
+
+    fn refused(m: &mut Machine, i: usize, attempt: u32) -> Vec<Action> {
+        let w = wall(m);
+        m.handle(
+            Input::QuotaExceeded {
+                image: i,
+                attempt,
+                message: QUOTA_MESSAGE.to_owned(),
+            },
+            Instant::now(),
+            w,
+        )
+    }
+
+    const QUOTA_MESSAGE: &str = r#"pods "kiln-b1-api-1" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=1, limited: pods=1"#;
+
+    #[test]
+    fn quota_wait_doubles_from_one_second_and_is_capped_at_thirty() {
+        let waits: Vec<u64> = (1..=8).map(|n| quota_wait(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(quota_wait(u32::MAX), QUOTA_WAIT_MAX);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quota_refusal_waits_publishes_once_and_creates_again() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        let out = refused(&mut m, 0, 1);
+        assert_eq!(summary(&out), ["image.waiting:api#1"]);
+        let Action::Publish(ev) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(ev.id, "b1/api/1/waiting");
+        assert_eq!(ev.event_type, "dev.kiln.image.waiting.v1");
+        assert_eq!(ev.data.reason, Some(Reason::QuotaExceeded));
+        assert_eq!(ev.data.retry_in_seconds, Some(1.0));
+        assert!(
+            ev.data
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("exceeded quota: compute"),
+            "{ev:?}"
+        );
+        // No pod: the request must stay unacked.
+        assert!(!m.pods_exist());
+        assert_eq!(m.waits(), 1);
+        let st = &m.image_states()[0];
+        assert_eq!(
+            (st.phase, st.reason),
+            (Phase::Waiting, Some(Reason::QuotaExceeded))
+        );
+        assert_eq!(m.next_wakeup(), Some(Instant::now() + secs(1)));
+        tokio::time::advance(secs(1).checked_sub(Duration::from_nanos(1)).unwrap()).await;
+        assert!(feed(&mut m, Input::Tick).is_empty());
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert_eq!(feed(&mut m, Input::Tick), ["create:0#1"]);
+        // Refused again: a longer wait, no second event.
+        assert!(refused(&mut m, 0, 1).is_empty());
+        assert_eq!(m.waits(), 1);
+        assert_eq!(m.next_wakeup(), Some(Instant::now() + secs(2)));
+        tokio::time::advance(secs(2)).await;
+        assert_eq!(feed(&mut m, Input::Tick), ["create:0#1"]);
+        assert_eq!(created(&mut m, 0, "api", 1), ["image.scheduled:api#1"]);
+        assert!(m.pods_exist());
+        assert_eq!(m.image_states()[0].reason, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quota_wait_ends_at_the_deadline_with_one_terminal_event() {
+        let p = plan(&["api", "worker"], 3, 5);
+        let start = Instant::now();
+        let (mut m, _) = Machine::start(p.clone(), settings(), start, p.accepted_at);
+        created(&mut m, 1, "worker", 1);
+        assert_eq!(summary(&refused(&mut m, 0, 1)), ["image.waiting:api#1"]);
+        tokio::time::advance(secs(1)).await;
+        assert_eq!(feed(&mut m, Input::Tick), ["create:0#1"]);
+        assert!(refused(&mut m, 0, 1).is_empty());
+        tokio::time::advance(secs(2)).await;
+        assert_eq!(feed(&mut m, Input::Tick), ["create:0#1"]);
+        assert!(refused(&mut m, 0, 1).is_empty());
+        // The next try would be at 3 s + 4 s; the deadline (5 s) comes first.
+        assert_eq!(m.next_wakeup(), Some(start + secs(5)));
+        tokio::time::advance(secs(2)).await;
+        let out = m.handle(Input::Tick, Instant::now(), p.accepted_at);
+        assert_eq!(
+            summary(&out),
+            [
+                "image.failed:api#1",
+                "image.failed:worker#1",
+                "build.failed",
+                "delete:kiln-b1-worker-1",
+                "finished:failed"
+            ]
+        );
+        let Action::Publish(ev) = &out[2] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(ev.data.reason, Some(Reason::DeadlineExceeded));
+        let message = ev.data.message.as_deref().unwrap();
+        assert!(
+            message.contains("refused the build pod 3 times") && message.contains("exceeded quota"),
+            "{message}"
+        );
+        assert!(feed(&mut m, Input::Tick).is_empty());
+        assert_eq!(m.next_wakeup(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_ends_a_quota_wait() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        refused(&mut m, 0, 1);
+        assert_eq!(
+            feed(&mut m, Input::Cancel("superseded".into())),
+            [
+                "image.cancelled:api#1",
+                "build.cancelled",
+                "finished:cancelled"
+            ]
+        );
+        assert_eq!(m.next_wakeup(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_attempt_refused_by_the_quota_waits_the_same_way() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        created(&mut m, 0, "api", 1);
+        assert_eq!(
+            observed(&mut m, failed("api", 1, "OOMKilled", "")),
+            ["image.retrying:api#1"]
+        );
+        tokio::time::advance(backoff(&settings(), "b1", "api", 1)).await;
+        assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
+        // A refusal of attempt 1 is stale; attempt 2's waits.
+        assert!(refused(&mut m, 0, 1).is_empty());
+        assert_eq!(summary(&refused(&mut m, 0, 2)), ["image.waiting:api#2"]);
+        assert_eq!(m.next_wakeup(), Some(Instant::now() + secs(1)));
+        tokio::time::advance(secs(1)).await;
+        assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
+        // The failed attempt's pod stays until attempt 2's exists.
+        assert_eq!(
+            created(&mut m, 0, "api", 2),
+            ["image.scheduled:api#2", "delete:kiln-b1-api-1"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_seen_while_waiting_is_the_attempt_created() {
+        let p = plan(&["api"], 3, 3600);
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        refused(&mut m, 0, 1);
+        // Quota admission refuses before the name is checked: the pod may
+        // exist (created by a previous owner).
+        assert_eq!(
+            observed(&mut m, pod("api", 1, PodPhase::Running)),
+            ["image.scheduled:api#1", "image.running:api#1"]
+        );
+        assert!(m.pods_exist());
+        // A pod of another attempt changes nothing.
+        let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+        refused(&mut m, 0, 1);
+        assert!(observed(&mut m, pod("api", 2, PodPhase::Running)).is_empty());
+        assert!(!m.pods_exist());
     }
 }

@@ -11,6 +11,8 @@
 //! * real pod deletion semantics (graceful deletion, preconditions) and owner
 //!   reference garbage collection ([`gc`]);
 //! * a scheduler + kubelet simulator driven by a per-pod script ([`Kubelet`]);
+//! * a pods ResourceQuota per namespace, refusing creates over it with the
+//!   quota admission's 403 ([`FakeKube::set_pod_quota`]);
 //! * fault injection ([`Faults`]) and a log of every call ([`CallRecord`]).
 //!
 //! ```ignore
@@ -36,6 +38,7 @@ mod kubelet;
 mod logs;
 mod pagination;
 mod patch;
+mod quota;
 mod resource;
 mod selector;
 mod server;
@@ -57,6 +60,7 @@ pub use defaults::pod_on_create;
 pub use executor::{Executor, Exit, digest_of};
 pub use faults::{FaultResponse, FaultRule, Faults, Injected};
 pub use kubelet::{Fate, Kubelet, NODE_NAME, PendingReason, Timing};
+pub use quota::Quota;
 pub use resource::{Resource, Verb};
 
 use calls::CallLog;
@@ -197,6 +201,24 @@ impl FakeKube {
 
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// A ResourceQuota named `name` limiting namespace `ns` to `pods` pods
+    /// that count (not Succeeded or Failed); creates beyond it get the API
+    /// server's 403 `exceeded quota`.
+    pub fn set_pod_quota(&self, ns: &str, name: &str, pods: u64) {
+        self.store.set_quota(
+            ns,
+            Some(Quota {
+                name: name.to_owned(),
+                pods,
+            }),
+        );
+    }
+
+    /// Removes the ResourceQuota of `ns`.
+    pub fn clear_quota(&self, ns: &str) {
+        self.store.set_quota(ns, None);
     }
 
     pub fn kubelet(&self) -> &Kubelet {

@@ -192,6 +192,17 @@ impl ApiError {
         )
     }
 
+    /// `<resource> "<name>" is forbidden: <why>` (403), as
+    /// `admission.NewForbidden` builds it (quota, Pod Security, RBAC).
+    pub fn forbidden(resource: &str, name: &str, why: &str) -> Self {
+        failure(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!("{resource} {name:?} is forbidden: {why}"),
+            Some(json!({"name": name, "kind": resource})),
+        )
+    }
+
     /// 429 as the API Priority and Fairness filter sends it, with
     /// `Retry-After: 1`.
     pub fn too_many_requests() -> Self {

@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::defaults;
 use super::pagination::Continue;
+use super::quota::{self, Quota};
 use super::resource::Resource;
 use super::selector::Selectors;
 use super::status::{ApiError, FieldError};
@@ -193,6 +194,8 @@ struct Inner {
     namespaces: BTreeSet<String>,
     kubelet: Option<mpsc::UnboundedSender<Arc<Event>>>,
     gc: Option<mpsc::UnboundedSender<GcWork>>,
+    /// ResourceQuota (pods) per namespace.
+    quotas: BTreeMap<String, Quota>,
 }
 
 pub struct Store {
@@ -518,6 +521,7 @@ impl Store {
                 namespaces: BTreeSet::new(),
                 kubelet: None,
                 gc: None,
+                quotas: BTreeMap::new(),
             }),
             events,
         })
@@ -533,6 +537,15 @@ impl Store {
 
     pub fn set_gc(&self, tx: mpsc::UnboundedSender<GcWork>) {
         self.lock().gc = Some(tx);
+    }
+
+    /// Sets (or with `None` removes) the pods ResourceQuota of `ns`.
+    pub fn set_quota(&self, ns: &str, q: Option<Quota>) {
+        let mut inner = self.lock();
+        match q {
+            Some(q) => inner.quotas.insert(ns.to_owned(), q),
+            None => inner.quotas.remove(ns),
+        };
     }
 
     pub fn current_rv(&self) -> u64 {
@@ -659,6 +672,19 @@ impl Store {
         } else {
             name
         };
+        // Quota admission runs before storage: a create over quota is
+        // refused even when the name exists (no 409 then).
+        if r == Resource::Pods
+            && let Some(q) = inner.quotas.get(ns)
+        {
+            let now = jiff::Timestamp::now();
+            let used = inner
+                .pods
+                .iter()
+                .filter(|(k, v)| k.0 == ns && quota::counts(v, now))
+                .count();
+            quota::admit(q, used as u64, &name)?;
+        }
         let key = (ns.to_owned(), name.clone());
         if inner.map(r).contains_key(&key) {
             return Err(ApiError::already_exists(r, &name));

@@ -130,7 +130,14 @@ fn details_with(ev: &BuildEvent, compact: bool) -> String {
         parts.push(format!("exit code {code}"));
     }
     if let Some(s) = d.retry_in_seconds {
-        parts.push(format!("next attempt in {}", seconds(s)));
+        // `waiting` tries the same attempt's pod again; `retrying` starts
+        // the next attempt.
+        let next = if d.phase == Phase::Waiting {
+            "next try"
+        } else {
+            "next attempt"
+        };
+        parts.push(format!("{next} in {}", seconds(s)));
     }
     if let Some(digest) = &d.digest {
         match digest.char_indices().nth(19) {
@@ -200,6 +207,16 @@ mod tests {
         assert_eq!(
             human_line(&ev),
             "10:00:00Z  b-1/api  image.retrying  attempt 2/3  PushError: push refused  next attempt in 20s"
+        );
+        let mut d = EventData::for_image("b-1", "api", 1, Phase::Waiting);
+        d.max_attempts = Some(3);
+        d.reason = Some(Reason::QuotaExceeded);
+        d.message = Some("exceeded quota: compute".into());
+        d.retry_in_seconds = Some(2.0);
+        let ev = BuildEvent::new("s", "w", "2026-01-01T10:00:00Z".parse().unwrap(), d);
+        assert_eq!(
+            human_line(&ev),
+            "10:00:00Z  b-1/api  image.waiting  attempt 1/3  QuotaExceeded: exceeded quota: compute  next try in 2s"
         );
         let mut d = EventData::for_build("b-1", Phase::Rejected);
         d.reason = Some(Reason::InvalidRequest);

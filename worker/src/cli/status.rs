@@ -255,7 +255,10 @@ fn print_record(st: &Status, rec: &BuildRecord) {
         .map(|(name, i)| {
             [
                 name.clone(),
-                i.phase.clone(),
+                // `waiting (QuotaExceeded)`: why an image has no pod yet.
+                i.reason
+                    .as_ref()
+                    .map_or_else(|| i.phase.clone(), |r| format!("{} ({r})", i.phase)),
                 i.attempt.to_string(),
                 i.pod.clone().unwrap_or_default(),
                 i.digest.clone().unwrap_or_default(),

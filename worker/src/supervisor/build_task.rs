@@ -75,8 +75,11 @@ pub(super) fn spawn_claimed_at(
             accepted: acc_tx,
             fence,
             token,
+            holds_delivery: false,
         };
-        let ended = tracing::Instrument::instrument(task.run(actions), span).await;
+        let lending = Arc::clone(&sup.lending);
+        let (ended, held) = tracing::Instrument::instrument(task.run(actions), span).await;
+        lending.set_held(held, false);
         if let Err(Error::LeaseLost(_)) = ended {
             // Fenced: the build becomes foreign and goes through adoption
             // (claim, pods, record) like any other.
@@ -100,19 +103,25 @@ struct Task {
     fence: SharedFence,
     /// The claim's token: renewal (via the registry) and FINISH use it.
     token: LeaseToken,
+    /// The request's delivery is unacked because an image waits for quota
+    /// (counted in the supervisor's [`super::lending::Lending`]).
+    holds_delivery: bool,
 }
 
 impl Task {
-    async fn run(mut self, actions: Vec<Action>) -> Result<()> {
+    /// Drives the build; also says whether its delivery was still held by
+    /// a quota wait at the end (the lent slot is then given back).
+    async fn run(mut self, actions: Vec<Action>) -> (Result<()>, bool) {
         let id = self.machine.plan().id.clone();
         let stop = self.stop.clone();
-        tokio::select! {
+        let ended = tokio::select! {
             r = self.drive(actions) => r,
             () = stop.cancelled() => {
                 tracing::info!(build_id = %id, "stopped acting on the build (lease lost or shutting down)");
                 Ok(())
             }
-        }
+        };
+        (ended, self.holds_delivery)
     }
 
     /// Executes the machine's actions behind this build's fence.
@@ -130,12 +139,8 @@ impl Task {
 
     async fn drive(&mut self, actions: Vec<Action>) -> Result<()> {
         self.execute(actions).await?;
-        if self.machine.pods_exist() || self.machine.stage() != Stage::Active {
-            if self.machine.stage() == Stage::Active {
-                self.put_accepted_record().await;
-            }
-            let _ = self.accepted.send(true);
-        }
+        let mut waits = 0;
+        self.after_actions(&mut waits).await;
         while self.machine.stage() == Stage::Active {
             let wake = self.machine.next_wakeup();
             let input = tokio::select! {
@@ -155,23 +160,48 @@ impl Task {
                 continue;
             }
             self.execute(actions).await?;
-            if !*self.accepted.borrow() && self.machine.pods_exist() {
-                let _ = self.accepted.send(true);
-            }
+            self.after_actions(&mut waits).await;
         }
         let _ = self.accepted.send(true);
         Ok(())
     }
 
+    /// What the record and the request's delivery learn after actions ran:
+    /// once every first-attempt pod exists, the record says "accepted" and
+    /// the delivery may be acked; a new quota wait goes into the record
+    /// (`kiln status` shows it) while the delivery stays unacked.
+    async fn after_actions(&mut self, waits: &mut u64) {
+        let accepted = *self.accepted.borrow();
+        if self.machine.stage() != Stage::Active {
+            let _ = self.accepted.send(true);
+        } else if !accepted && self.machine.pods_exist() {
+            self.put_record(RecordState::Accepted).await;
+            let _ = self.accepted.send(true);
+        } else if self.machine.waits() != *waits {
+            let state = if accepted {
+                RecordState::Accepted
+            } else {
+                RecordState::Claimed
+            };
+            self.put_record(state).await;
+        }
+        *waits = self.machine.waits();
+        let holds = !*self.accepted.borrow() && self.machine.quota_waiting();
+        self.sup.lending.set_held(self.holds_delivery, holds);
+        self.holds_delivery = holds;
+    }
+
     /// The record says "accepted" so that a redelivered request is a
-    /// duplicate even after the lease changes hands.
-    async fn put_accepted_record(&self) {
+    /// duplicate even after the lease changes hands; "claimed" with the
+    /// images' phases while a first-attempt pod waits for quota (the owner
+    /// stays in it, and a redelivery starts the build again).
+    async fn put_record(&self, state: RecordState) {
         let ctx = &self.sup.ctx;
         if !self.fence.holds(Instant::now()) {
             return;
         }
         let states = self.machine.image_states();
-        let mut record = ctx.record(self.machine.plan(), RecordState::Accepted, None, &states);
+        let mut record = ctx.record(self.machine.plan(), state, None, &states);
         record.history = self.sup.cluster.history(&self.machine.plan().id);
         let keep = ctx.record_ttl.max(Duration::from_secs(86_400));
         let _ = ctx
@@ -320,6 +350,17 @@ async fn create_pod(
                 pod: Box::new(pod),
             }
         }
+        // Only a quota refusal waits (the machine's timer); every other
+        // permanent error fails the image.
+        Err(e) if e.is_quota_refusal() => {
+            ctx.metrics.kube_error("create_quota");
+            tracing::info!(build_id = %plan.id, error = %e, "a ResourceQuota refuses the pod for now; waiting");
+            Input::QuotaExceeded {
+                image,
+                attempt,
+                message: quota_message(&e),
+            }
+        }
         Err(e) => {
             ctx.metrics.kube_error("create");
             Input::PodCreateFailed {
@@ -329,6 +370,20 @@ async fn create_pod(
             }
         }
     }))
+}
+
+/// The API server's own sentence (`pods "…" is forbidden: exceeded quota:
+/// …`) without the client's decoration around it.
+fn quota_message(e: &Error) -> String {
+    let text = e.to_string();
+    match text.find("pods \"") {
+        Some(at) => text[at..]
+            .split(": Forbidden")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        None => text,
+    }
 }
 
 /// The terminal event is out: remember the outcome, release the lease (only

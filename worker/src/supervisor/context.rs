@@ -88,6 +88,7 @@ impl Context {
                             attempt: s.attempt,
                             pod: s.pod.clone(),
                             digest: s.digest.clone(),
+                            reason: s.reason.map(|r| r.as_str().to_owned()),
                         },
                     )
                 })

@@ -11,6 +11,7 @@
 //! - [`adoption`]: finding builds whose lease lapsed and taking them over;
 //! - [`notices`]: cancel and release notices from other workers;
 //! - [`routing`]: pod events from the watchers to the builds;
+//! - [`lending`]: prefetch slots lent while quota waits hold deliveries;
 //! - this file: running all of it, and the hand-over at shutdown.
 
 mod adoption;
@@ -19,6 +20,7 @@ mod cancels;
 mod context;
 mod fencing;
 mod intake;
+mod lending;
 mod notices;
 mod owner;
 mod registry;
@@ -43,6 +45,8 @@ pub struct Supervisor {
     pub registry: Arc<Registry>,
     /// Every Kiln build seen in the cluster, for the status page.
     pub cluster: Arc<ClusterView>,
+    /// Deliveries held by quota waits (see [`lending`]).
+    pub lending: Arc<lending::Lending>,
     /// Cancelled at shutdown: ends the loops and every retry that serves
     /// no build yet (claims, cancel flags).
     stop: CancellationToken,
@@ -54,6 +58,7 @@ impl Supervisor {
             ctx: Arc::new(ctx),
             registry: Arc::new(Registry::default()),
             cluster: Arc::new(ClusterView::new()),
+            lending: Arc::new(lending::Lending::default()),
             stop: CancellationToken::new(),
         }
     }
@@ -78,6 +83,7 @@ pub async fn run(sup: Supervisor, shutdown: impl std::future::Future<Output = ()
     tasks.spawn(fencing::renew_loop(sup.clone()));
     tasks.spawn(notices::notice_loop(sup.clone()));
     tasks.spawn(adoption::adopt_loop(sup.clone()));
+    tasks.spawn(lending::lend_loop(sup.clone()));
 
     let worker = &ctx.settings.worker;
     // Cancels first: a cancel that waits in its queue while the worker was
