@@ -160,7 +160,7 @@ async fn a_tenant_over_quota_does_not_starve_another() {
     env.kube.set_pod_quota("tenant-a", "compute", 1);
     env.slow_pods(Duration::from_secs(2));
     env.start_worker_with(|c| {
-        c.policy = Some(path.clone());
+        c.build.policy = Some(path.clone());
         c.prefetch = 4;
     });
     let a: Vec<String> = (0..6).map(|i| unique(&format!("quota-a{i}"))).collect();
