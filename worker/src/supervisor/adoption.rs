@@ -86,6 +86,16 @@ pub(super) fn spawn(sup: &Supervisor, id: String, namespace: String) {
 }
 
 async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
+    // The pods come from the watch cache, and a namespace whose first list
+    // is still arriving is a partial view: wait for it before claiming, so
+    // the lease does not run down meanwhile.
+    if !sup
+        .pod_cache
+        .wait_synced(&[namespace.to_owned()], &sup.stop)
+        .await
+    {
+        return;
+    }
     // The fence of an adopted build counts from the claim's send, not from
     // after the pods and the record were read.
     let claimed_at = Instant::now();
@@ -103,10 +113,14 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
     }
 }
 
-/// With the lease in hand: read the pods and the record, and act on them.
+/// With the lease in hand: read the pods (from the watch cache, synced:
+/// see [`adopt`]) and the record, and act on them.
 async fn take_over(sup: &Supervisor, id: &str, namespace: &str, claimed_at: Instant) -> Result<()> {
     let ctx = &sup.ctx;
-    let pods = ctx.pods.build_pods(namespace, id).await?;
+    let Some(pods) = sup.pod_cache.build_pods(namespace, id) else {
+        // A namespace never unsyncs once synced; should it, decide nothing.
+        return ctx.leases.release(id).await.map(drop);
+    };
     let record = ctx.leases.record(id).await?;
     match decide(&pods, record.as_ref()) {
         Adoption::Forget => sup.registry.forget_foreign(id),

@@ -11,6 +11,7 @@
 //! - [`adoption`]: finding builds whose lease lapsed and taking them over;
 //! - [`notices`]: cancel and release notices from other workers;
 //! - [`routing`]: pod events from the watchers to the builds;
+//! - [`pod_cache`]: the pods the watchers saw, for adoption and cancels;
 //! - this file: running all of it, and the hand-over at shutdown.
 
 mod adoption;
@@ -20,6 +21,7 @@ mod context;
 mod fencing;
 mod intake;
 mod notices;
+mod pod_cache;
 mod registry;
 mod routing;
 
@@ -32,6 +34,7 @@ use crate::cluster::ClusterView;
 use crate::error::Result;
 
 pub use context::Context;
+pub use pod_cache::PodCache;
 pub use registry::Registry;
 
 /// The supervisor of one worker: what its tasks share. Cloning is cheap.
@@ -41,6 +44,9 @@ pub struct Supervisor {
     pub registry: Arc<Registry>,
     /// Every Kiln build seen in the cluster, for the status page.
     pub cluster: Arc<ClusterView>,
+    /// The pods of every build namespace, from the watch: adoption and
+    /// cancels read them here, never with a LIST.
+    pub pod_cache: Arc<PodCache>,
     /// Cancelled at shutdown: ends the loops and every retry that serves
     /// no build yet (claims, cancel flags).
     stop: CancellationToken,
@@ -52,6 +58,7 @@ impl Supervisor {
             ctx: Arc::new(ctx),
             registry: Arc::new(Registry::default()),
             cluster: Arc::new(ClusterView::new()),
+            pod_cache: Arc::new(PodCache::default()),
             stop: CancellationToken::new(),
         }
     }
