@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Supervisor, build_task};
+use super::{Supervisor, build_task, pod_cache};
 use crate::classify::PodView;
 use crate::error::Result;
 use crate::lease::{BuildRecord, Claim, RecordState};
@@ -142,7 +142,7 @@ async fn take_over(sup: &Supervisor, id: &str, namespace: &str, claimed_at: Inst
 }
 
 async fn resume(sup: &Supervisor, plan: BuildPlan, pods: &[PodView], claimed_at: Instant) {
-    let id = plan.id.clone();
+    let (id, namespace) = (plan.id.clone(), plan.namespace.clone());
     tracing::info!(build_id = %id, pods = pods.len(), "adopting build whose lease lapsed");
     sup.ctx.metrics.adopted();
     let (machine, actions) = Machine::adopt(
@@ -152,9 +152,18 @@ async fn resume(sup: &Supervisor, plan: BuildPlan, pods: &[PodView], claimed_at:
         Instant::now().into_std(),
         jiff::Timestamp::now(),
     );
-    if build_task::spawn_claimed_at(sup, machine, actions, claimed_at).is_some()
-        && let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await
-    {
+    if build_task::spawn_claimed_at(sup, machine, actions, claimed_at).is_none() {
+        return;
+    }
+    // Pod events since `pods` were read went to the foreign set.
+    let now = sup
+        .pod_cache
+        .build_pods(&namespace, &id)
+        .unwrap_or_default();
+    for input in pod_cache::missed(pods, &now) {
+        sup.registry.send(&id, input);
+    }
+    if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await {
         sup.registry.send(&id, Input::Cancel(reason));
     }
 }

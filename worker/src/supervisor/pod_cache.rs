@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::PodView;
+use crate::machine::Input;
 use crate::plan::BuildPlan;
 
 /// See the module documentation.
@@ -106,6 +107,27 @@ impl PodCache {
             r = syncs.wait_for(all) => r.is_ok(),
         }
     }
+}
+
+/// Pure: what a build task that started from the pods `read` missed if
+/// the view is `now`: the pods gone since (deleted), then every pod whose
+/// view changed or appeared. Pod events that arrive between a read and the
+/// task's registration go to the foreign set, not to the task; a task
+/// ignores what it knows already, so an event also delivered by the watch
+/// does no harm.
+pub(super) fn missed(read: &[PodView], now: &[PodView]) -> Vec<Input> {
+    let gone = read
+        .iter()
+        .filter(|r| !now.iter().any(|n| n.uid == r.uid))
+        .map(|r| Input::Deleted(Box::new(r.clone())));
+    let changed = now
+        .iter()
+        .filter(|n| !read.contains(n))
+        .map(|n| Input::Observed {
+            pod: Box::new(n.clone()),
+            log_tail: None,
+        });
+    gone.chain(changed).collect()
 }
 
 /// The view itself: pure, no IO, no clock.

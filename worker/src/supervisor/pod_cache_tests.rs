@@ -145,3 +145,28 @@ async fn waiting_for_a_sync_ends_with_the_sync_or_the_stop() {
     stop.cancel();
     assert!(!c.wait_synced(&["c".to_owned()], &stop).await);
 }
+
+#[test]
+fn a_task_started_from_a_read_gets_what_changed_since() {
+    let one = pod("ns", "b", 1);
+    let two = pod("ns", "b", 2);
+    let same = std::slice::from_ref(&one);
+    assert!(missed(same, same).is_empty());
+    let mut running = one.clone();
+    running.phase = Some(crate::classify::PodPhase::Running);
+    let inputs = missed(&[one.clone(), two.clone()], &[running.clone()]);
+    let [
+        Input::Deleted(gone),
+        Input::Observed {
+            pod: seen,
+            log_tail: None,
+        },
+    ] = &inputs[..]
+    else {
+        panic!("{inputs:?}");
+    };
+    assert_eq!(**gone, two);
+    assert_eq!(**seen, running);
+    let inputs = missed(&[], std::slice::from_ref(&one));
+    assert!(matches!(&inputs[..], [Input::Observed { pod, .. }] if **pod == one));
+}
