@@ -1,6 +1,5 @@
-//! A cancel request: checked against the build's record or, without one,
-//! the pods in the watch cache ([`decide`], pure), flagged in Redis, and
-//! handed to the owner, whoever it is.
+//! A cancel request: checked against the build's record ([`decide`], pure),
+//! flagged in Redis, and handed to the owner, whoever it is.
 
 use backon::Retryable;
 use kiln_protocol::Reason;
@@ -10,6 +9,7 @@ use super::intake::{Rejection, ack, joined, refuse, reject, tenant_of};
 use crate::amqp::Incoming;
 use crate::lease::{BuildRecord, RecordState};
 use crate::machine::Input;
+use crate::plan::BuildPlan;
 use crate::policy::Policy;
 use crate::retry;
 
@@ -69,16 +69,40 @@ pub(super) fn decide(
 }
 
 /// The tenant of `id` read from its pods (annotation `kiln.dev/tenant`, or
-/// the plan's for pods written before it) in the watch cache, once every
-/// namespace of the policy completed its first list: a partial view could
-/// miss the owner. Used only when Redis has no record. `None`: the worker
-/// stops first.
-async fn tenant_from_pods(sup: &Supervisor, id: &str) -> Option<Option<String>> {
-    let namespaces: Vec<String> = sup.ctx.policy.namespaces().into_iter().collect();
-    if !sup.pod_cache.wait_synced(&namespaces, &sup.stop).await {
-        return None;
+/// the plan's for pods written before it), searching the namespaces where
+/// this worker saw the build, else every namespace of the policy. Used only
+/// when Redis has no record: one LIST per namespace.
+async fn tenant_from_pods(sup: &Supervisor, id: &str) -> Option<String> {
+    let ctx = &sup.ctx;
+    let ids = [id.to_owned()];
+    let seen: Vec<String> = sup
+        .registry
+        .foreign_among(&ids)
+        .into_iter()
+        .map(|(_, ns)| ns)
+        .collect();
+    let namespaces = if seen.is_empty() {
+        ctx.policy.namespaces().into_iter().collect()
+    } else {
+        seen
+    };
+    for ns in namespaces {
+        let Ok(pods) = ctx.pods.build_pods(&ns, id).await else {
+            continue;
+        };
+        let tenant = pods.iter().find_map(|p| {
+            p.tenant.clone().or_else(|| {
+                p.plan
+                    .as_deref()
+                    .and_then(BuildPlan::from_annotation)
+                    .map(|plan| plan.tenant)
+            })
+        });
+        if tenant.is_some() {
+            return tenant;
+        }
     }
-    Some(sup.pod_cache.tenant(id))
+    None
 }
 
 /// One cancel request, from delivery to ack.
@@ -123,11 +147,7 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         {
             tracing::warn!(build_id = %id, error = %e, "cannot keep the cancel yet; deciding first");
         }
-        // Shutting down: the broker redelivers the cancel.
-        let Some(tenant) = tenant_from_pods(&sup, id).await else {
-            return;
-        };
-        tenant
+        tenant_from_pods(&sup, id).await
     };
     let owner = record
         .as_ref()

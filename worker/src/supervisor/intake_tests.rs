@@ -123,7 +123,7 @@ fn a_plan_too_large_for_an_annotation_is_rejected() {
 }
 
 /// The plan of a valid `shop` request with id `b`.
-pub(in crate::supervisor) fn shop_plan() -> BuildPlan {
+fn shop_plan() -> BuildPlan {
     let Decision::Accept(plan) = decide_shop(&request("b", &[image("api")])) else {
         panic!("rejected");
     };

@@ -11,7 +11,7 @@
 //! - [`adoption`]: finding builds whose lease lapsed and taking them over;
 //! - [`notices`]: cancel and release notices from other workers;
 //! - [`routing`]: pod events from the watchers to the builds;
-//! - [`pod_cache`]: the pods the watchers saw, for adoption and cancels;
+//! - [`pod_cache`]: the pods the watchers saw, for adoption;
 //! - this file: running all of it, and the hand-over at shutdown.
 
 mod adoption;
@@ -44,8 +44,8 @@ pub struct Supervisor {
     pub registry: Arc<Registry>,
     /// Every Kiln build seen in the cluster, for the status page.
     pub cluster: Arc<ClusterView>,
-    /// The pods of every build namespace, from the watch: adoption and
-    /// cancels read them here, never with a LIST.
+    /// The pods of every build namespace, from the watch: adoption reads
+    /// them here, never with a LIST.
     pub pod_cache: Arc<PodCache>,
     /// Cancelled at shutdown: ends the loops and every retry that serves
     /// no build yet (claims, cancel flags).

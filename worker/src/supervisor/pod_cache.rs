@@ -1,6 +1,6 @@
 //! The Kiln pods of every build namespace as the watch last showed them,
-//! fed only by the watchers (`routing.rs`): adoption and cancels read a
-//! build's pods here instead of one LIST per build.
+//! fed only by the watchers (`routing.rs`): adoption reads a build's pods
+//! here instead of one LIST per build.
 //!
 //! Relist-aware: kube-runtime's watcher relists after a 410 or a failed
 //! re-watch, announcing it with `Init` ([`PodEvent::Resync`]) and ending it
@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::classify::PodView;
 use crate::machine::Input;
-use crate::plan::BuildPlan;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -83,11 +82,6 @@ impl PodCache {
     /// has not completed its first list.
     pub(super) fn build_pods(&self, namespace: &str, id: &str) -> Option<Vec<PodView>> {
         self.lock().build_pods(namespace, id)
-    }
-
-    /// The tenant of build `id` read from its pods in any namespace.
-    pub(super) fn tenant(&self, id: &str) -> Option<String> {
-        self.lock().tenant(id)
     }
 
     /// Waits until every namespace in `namespaces` completed its first
@@ -223,24 +217,6 @@ impl Pods {
         self.namespaces
             .values()
             .any(|ns| ns.builds.contains_key(id))
-    }
-
-    /// Annotation `kiln.dev/tenant`, or the plan's tenant for pods written
-    /// before it.
-    fn tenant(&self, id: &str) -> Option<String> {
-        self.namespaces
-            .values()
-            .filter_map(|ns| ns.builds.get(id))
-            .flat_map(HashMap::values)
-            .find_map(|p| {
-                p.view.tenant.clone().or_else(|| {
-                    p.view
-                        .plan
-                        .as_deref()
-                        .and_then(BuildPlan::from_annotation)
-                        .map(|plan| plan.tenant)
-                })
-            })
     }
 }
 

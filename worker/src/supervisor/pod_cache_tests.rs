@@ -1,11 +1,10 @@
 //! The pod cache: watch events, relists that miss deletions, the first
-//! sync, and owners read from pods.
+//! sync, and what a task started from a read missed.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use super::*;
-use crate::supervisor::intake::tests::shop_plan;
 
 fn pod(ns: &str, build: &str, attempt: u32) -> PodView {
     PodView {
@@ -109,22 +108,6 @@ fn a_later_relist_keeps_the_namespace_synced() {
     let c = listed("ns", &[pod("ns", "a", 1)]);
     c.resync("ns");
     assert_eq!(names(c.build_pods("ns", "a").unwrap()), ["kiln-a-api-1"]);
-}
-
-#[test]
-fn the_tenant_comes_from_the_annotation_else_the_plan() {
-    let mut annotated = pod("ns", "a", 1);
-    annotated.tenant = Some("shop".to_owned());
-    let mut old = pod("other", "b", 1);
-    old.plan = Some(shop_plan().to_annotation().into());
-    let mut unreadable = pod("ns", "c", 1);
-    unreadable.plan = Some("{not a plan".into());
-    let c = listed("ns", &[annotated, unreadable]);
-    c.apply(&old, false);
-    assert_eq!(c.tenant("a").as_deref(), Some("shop"));
-    assert_eq!(c.tenant("b").as_deref(), Some("shop"));
-    assert_eq!(c.tenant("c"), None);
-    assert_eq!(c.tenant("nope"), None);
 }
 
 #[tokio::test]
