@@ -7,7 +7,8 @@ use std::time::Duration;
 use kiln_protocol::Phase;
 use kiln_tests::fakekube::{Fate, FaultResponse, FaultRule, Resource, Verb};
 use kiln_tests::harness::{
-    ANY, Env, ONE_IMAGE_SUCCEEDS, one_image, only_outcome, pod_labels, two_images, unique,
+    ANY, Env, NAMESPACE, ONE_IMAGE_SUCCEEDS, one_image, only_outcome, pod_labels, two_images,
+    unique,
 };
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -36,6 +37,47 @@ async fn killed_worker_is_taken_over_without_rebuilding() {
     // Exactly one pod per image: nothing was built again.
     assert_eq!(env.created(Resource::Pods), 2);
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+}
+
+/// The worker that takes over reads the builds' pods from its watch cache:
+/// one LIST (its watcher's initial list) whatever the number of builds,
+/// never one per build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_lists_pods_once_not_once_per_build() {
+    let mut env = Env::new().await;
+    env.slow_pods(Duration::from_secs(10));
+    let first = env.start_worker();
+    let ids: Vec<String> = (0..3).map(|_| unique("takeover-list")).collect();
+    for id in &ids {
+        env.publish(&one_image(id)).await;
+    }
+    let running = |e: &Env| {
+        let pods = e.kube.pods(NAMESPACE);
+        pods.len() == ids.len()
+            && pods
+                .iter()
+                .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    };
+    assert!(env.eventually(WAIT, running).await);
+    env.kill_worker(first).await;
+    env.kube.clear_calls();
+    env.start_worker();
+    for id in &ids {
+        env.expect_sequence(id, &[ANY, "build.succeeded"], WAIT)
+            .await;
+    }
+    let lists = env
+        .kube
+        .calls()
+        .iter()
+        .filter(|c| c.verb == Verb::List && c.resource == Resource::Pods)
+        .count();
+    assert_eq!(lists, 1, "the watcher's list only");
+    assert_eq!(
+        env.created(Resource::Pods),
+        0,
+        "the second worker rebuilt nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,6 +135,48 @@ async fn watch_interruptions_lose_nothing() {
     env.kube.faults().close_watches();
     env.expect_sequence(&id, &[ANY, "build.succeeded"], WAIT)
         .await;
+}
+
+/// A running build's pod is deleted (an operator, a node drain) while the
+/// watch is down, and the watch history ages out meanwhile: the worker's
+/// re-watch gets 410 and relists, and the relist no longer has the pod. The
+/// build must hear of the deletion (and retry the image) instead of waiting
+/// for a pod that is gone until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_deleted_while_the_watch_is_down_is_retried() {
+    let mut env = Env::new().await;
+    env.slow_pods(Duration::from_secs(6));
+    env.start_worker();
+    let id = unique("relist");
+    env.publish(&one_image(&id)).await;
+    env.wait_running(&id, 1, WAIT).await;
+    // Every watch call fails from now on, and the open one is cut.
+    env.kube.faults().add(
+        FaultRule::new(Verb::Watch, Resource::Pods).respond(FaultResponse::ServiceUnavailable),
+    );
+    env.kube.faults().close_watches();
+    let [pod] = env.pod_names().try_into().unwrap();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(env.kube.client(), NAMESPACE);
+    pods.delete(&pod, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+    env.kube.faults().expire_history();
+    env.kube.faults().clear();
+    env.expect_sequence(
+        &id,
+        &[
+            ANY,
+            "image.running:api#1",
+            "image.retrying:api#1",
+            ANY,
+            "build.succeeded",
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(env.created(Resource::Pods), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Supervisor, build_task};
+use super::{Supervisor, build_task, pod_cache};
 use crate::classify::PodView;
 use crate::error::Result;
 use crate::lease::{BuildRecord, Claim, LeaseToken, RecordState};
@@ -126,6 +126,16 @@ pub(super) fn spawn(sup: &Supervisor, id: String, namespace: String) {
 }
 
 async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
+    // The pods come from the watch cache, and a namespace whose first list
+    // is still arriving is a partial view: wait for it before claiming, so
+    // the lease does not run down meanwhile.
+    if !sup
+        .pod_cache
+        .wait_synced(&[namespace.to_owned()], &sup.stop)
+        .await
+    {
+        return;
+    }
     // The fence of an adopted build counts from the claim's send, not from
     // after the pods and the record were read.
     let claimed_at = Instant::now();
@@ -143,7 +153,8 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
     }
 }
 
-/// With the lease in hand: read the pods and the record, and act on them.
+/// With the lease in hand: read the pods (from the watch cache, synced:
+/// see [`adopt`]) and the record, and act on them.
 async fn take_over(
     sup: &Supervisor,
     id: &str,
@@ -152,7 +163,10 @@ async fn take_over(
     token: &LeaseToken,
 ) -> Result<()> {
     let ctx = &sup.ctx;
-    let pods = ctx.pods.build_pods(namespace, id).await?;
+    let Some(pods) = sup.pod_cache.build_pods(namespace, id) else {
+        // A namespace never unsyncs once synced; should it, decide nothing.
+        return ctx.leases.release(id, token).await.map(drop);
+    };
     let record = ctx.leases.record(id).await?;
     match decide(id, &pods, record.as_ref(), &ctx.policy) {
         Adoption::Forget => sup.registry.forget_foreign(id),
@@ -188,7 +202,7 @@ async fn resume(
     claimed_at: Instant,
     token: LeaseToken,
 ) {
-    let id = plan.id.clone();
+    let (id, namespace) = (plan.id.clone(), plan.namespace.clone());
     tracing::info!(build_id = %id, pods = pods.len(), "adopting build whose lease lapsed");
     sup.ctx.metrics.adopted();
     let (machine, actions) = Machine::adopt(
@@ -201,7 +215,17 @@ async fn resume(
     if build_task::spawn_claimed_at(sup, machine, actions, claimed_at, token.clone()).is_none() {
         // Driven here meanwhile: that task holds its own claim.
         let _ = sup.ctx.leases.release(&id, &token).await;
-    } else if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await {
+        return;
+    }
+    // Pod events since `pods` were read went to the foreign set.
+    let now = sup
+        .pod_cache
+        .build_pods(&namespace, &id)
+        .unwrap_or_default();
+    for input in pod_cache::missed(pods, &now) {
+        sup.registry.send(&id, input);
+    }
+    if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await {
         sup.registry.send(&id, Input::Cancel(reason));
     }
 }

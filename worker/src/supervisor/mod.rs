@@ -12,6 +12,7 @@
 //! - [`notices`]: cancel and release notices from other workers;
 //! - [`routing`]: pod events from the watchers to the builds;
 //! - [`lending`]: prefetch slots lent while quota waits hold deliveries;
+//! - [`pod_cache`]: the pods the watchers saw, for adoption;
 //! - this file: running all of it, and the hand-over at shutdown.
 
 mod adoption;
@@ -23,6 +24,7 @@ mod intake;
 mod lending;
 mod notices;
 mod owner;
+mod pod_cache;
 mod registry;
 mod routing;
 
@@ -36,6 +38,7 @@ use crate::error::Result;
 
 pub use context::Context;
 pub use intake::{Refusal, plan_request};
+pub use pod_cache::PodCache;
 pub use registry::Registry;
 
 /// The supervisor of one worker: what its tasks share. Cloning is cheap.
@@ -47,6 +50,9 @@ pub struct Supervisor {
     pub cluster: Arc<ClusterView>,
     /// Deliveries held by quota waits (see [`lending`]).
     pub lending: Arc<lending::Lending>,
+    /// The pods of every build namespace, from the watch: adoption reads
+    /// them here, never with a LIST.
+    pub pod_cache: Arc<PodCache>,
     /// Cancelled at shutdown: ends the loops and every retry that serves
     /// no build yet (claims, cancel flags).
     stop: CancellationToken,
@@ -59,6 +65,7 @@ impl Supervisor {
             registry: Arc::new(Registry::default()),
             cluster: Arc::new(ClusterView::new()),
             lending: Arc::new(lending::Lending::default()),
+            pod_cache: Arc::new(PodCache::default()),
             stop: CancellationToken::new(),
         }
     }

@@ -1,5 +1,7 @@
-//! Pod events from the watchers to the builds: to the build's task when it
-//! is driven here, else into the foreign set that adoption sweeps.
+//! Pod events from the watchers to the builds: into the pod cache, then to
+//! the build's task when it is driven here, else into the foreign set that
+//! adoption sweeps. Pods a relist no longer lists were deleted while the
+//! watch was down: they are routed as deletions.
 
 use futures::StreamExt;
 
@@ -20,8 +22,20 @@ pub(super) async fn watch_namespace(sup: Supervisor, namespace: String) {
         match ev {
             PodEvent::Applied(v) => route(&sup, v, false),
             PodEvent::Deleted(v) => route(&sup, v, true),
-            PodEvent::Resync => sup.cluster.resync(&namespace),
-            PodEvent::Synced => sup.cluster.synced(&namespace),
+            PodEvent::Resync => {
+                sup.pod_cache.resync(&namespace);
+                sup.cluster.resync(&namespace);
+            }
+            PodEvent::Synced => {
+                let gone = sup.pod_cache.synced(&namespace);
+                if !gone.is_empty() {
+                    tracing::info!(namespace = %namespace, pods = gone.len(), "pods deleted while the watch was down");
+                }
+                for v in gone {
+                    route(&sup, v, true);
+                }
+                sup.cluster.synced(&namespace);
+            }
         }
     }
 }
@@ -29,8 +43,8 @@ pub(super) async fn watch_namespace(sup: Supervisor, namespace: String) {
 /// What an event of a pod whose build is not driven here means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Foreign {
-    /// A pod of a build owned elsewhere went away: most likely the build
-    /// ended. Forget it; a remaining pod's next event brings it back.
+    /// The last pod of a build owned elsewhere went away: most likely the
+    /// build ended. Forget it.
     Forget,
     /// A live pod: the build is an adoption candidate.
     Remember,
@@ -40,9 +54,11 @@ pub(super) enum Foreign {
     Ignore,
 }
 
-/// Pure: see [`Foreign`].
-pub(super) fn foreign(deleted: bool, deleting: bool) -> Foreign {
+/// Pure: see [`Foreign`]. `pods_left`: the build has other pods (a
+/// retried attempt's old pod going leaves the build a candidate).
+pub(super) fn foreign(deleted: bool, deleting: bool, pods_left: bool) -> Foreign {
     match (deleted, deleting) {
+        (true, _) if pods_left => Foreign::Ignore,
         (true, _) => Foreign::Forget,
         (false, false) => Foreign::Remember,
         (false, true) => Foreign::Ignore,
@@ -53,10 +69,13 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
     if v.build_id.is_empty() {
         return;
     }
+    // The cache first: whoever reads it after the build task heard of the
+    // pod sees at least as much as the task.
+    let pods_left = sup.pod_cache.apply(&v, deleted);
     sup.cluster.apply(&v, deleted);
     let id = v.build_id.clone();
     let ns = v.namespace.clone();
-    let verdict = foreign(deleted, v.deleting);
+    let verdict = foreign(deleted, v.deleting, pods_left);
     let input = if deleted {
         Input::Deleted(Box::new(v))
     } else {
@@ -81,9 +100,17 @@ mod tests {
 
     #[test]
     fn deletions_forget_live_pods_remember_dying_pods_do_nothing() {
-        assert_eq!(foreign(true, false), Foreign::Forget);
-        assert_eq!(foreign(true, true), Foreign::Forget);
-        assert_eq!(foreign(false, false), Foreign::Remember);
-        assert_eq!(foreign(false, true), Foreign::Ignore);
+        for pods_left in [false, true] {
+            assert_eq!(foreign(false, false, pods_left), Foreign::Remember);
+            assert_eq!(foreign(false, true, pods_left), Foreign::Ignore);
+        }
+        assert_eq!(foreign(true, false, false), Foreign::Forget);
+        assert_eq!(foreign(true, true, false), Foreign::Forget);
+    }
+
+    #[test]
+    fn a_deletion_that_leaves_pods_keeps_the_build_a_candidate() {
+        assert_eq!(foreign(true, false, true), Foreign::Ignore);
+        assert_eq!(foreign(true, true, true), Foreign::Ignore);
     }
 }
