@@ -247,6 +247,27 @@ async fn cancel_while_queued() {
     assert!(env.pod_names().is_empty());
 }
 
+/// A backlog of requests, each cancelled while queued: every cancel wins,
+/// however the worker interleaves the two queues when it starts. (A single
+/// request races only under load; many make the race likely on any host.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_cancels_while_queued_all_win() {
+    let mut env = Env::new().await;
+    let ids: Vec<String> = (0..16).map(|i| unique(&format!("cm{i}-"))).collect();
+    for id in &ids {
+        env.publish(&one_image(id)).await;
+    }
+    for id in &ids {
+        env.cancel(id, "superseded").await;
+    }
+    env.start_worker();
+    for id in &ids {
+        let events = env.expect_sequence(id, &["build.cancelled"], WAIT).await;
+        assert_eq!(events[0].data.reason, Some(Reason::Cancelled), "{id}");
+    }
+    assert_eq!(env.created(Resource::Pods), 0, "{:?}", env.pod_names());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_while_running() {
     let mut env = Env::new().await;

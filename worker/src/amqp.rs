@@ -220,6 +220,22 @@ impl Broker {
         Ok(())
     }
 
+    /// How many messages `queue` holds ready for delivery (a passive
+    /// declare: never creates the queue, and unacked deliveries are not
+    /// counted).
+    pub async fn ready_count(&self, queue: &str) -> Result<u32> {
+        let ch = self.conn.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = ch
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await;
+        let _ = ch.close(200, "counted".into()).await;
+        Ok(declared?.message_count())
+    }
+
     /// Starts consuming `queue` on a channel of its own with at most
     /// `prefetch` unacknowledged deliveries.
     pub async fn consume(&self, queue: &str, prefetch: u16, tag: &str) -> Result<Consumer> {

@@ -712,6 +712,18 @@ impl Leases {
         Ok(conn.get(self.cancel_key(id)).await?)
     }
 
+    /// The cancel pending for a build of `tenant` under `id`: the owner's
+    /// (`cancel:<id>`), else the one kept for the tenant
+    /// (`cancel:<id>@<tenant>`). One round trip.
+    pub async fn pending_cancel(&self, id: &str, tenant: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let keys = [self.cancel_key(id), self.tenant_cancel_key(id, tenant)];
+        let mut values: Vec<Option<String>> = conn.mget(&keys).await?;
+        values.resize(2, None);
+        let kept = values.pop().flatten();
+        Ok(first_cancel(values.pop().flatten(), kept))
+    }
+
     /// Writes the record of `id`, kept for `keep`.
     pub async fn put_record(&self, id: &str, record: &BuildRecord, keep: Duration) -> Result<()> {
         let mut conn = self.conn.clone();
@@ -838,6 +850,15 @@ impl Leases {
 }
 
 /// The notice a pub/sub message carries; `None` when it is unreadable.
+/// The reason of a pending cancel: the owner's flag first, else the one
+/// kept for the tenant; an empty value is no cancel (as in `CLAIM_REQUEST`).
+/// Pure.
+fn first_cancel(owners: Option<String>, kept: Option<String>) -> Option<String> {
+    owners
+        .filter(|r| !r.is_empty())
+        .or(kept.filter(|r| !r.is_empty()))
+}
+
 fn notice_of(msg: &redis::Msg, cancels: &str) -> Option<Notice> {
     let payload = msg.get_payload::<String>().ok()?;
     Some(if msg.get_channel_name() == cancels {
@@ -902,6 +923,17 @@ pub enum Notice {
 mod tests {
     use super::*;
     use kiln_protocol::{BuildEvent, EventData, Phase, PodRef, Reason};
+
+    #[test]
+    fn the_owners_cancel_comes_before_the_kept_one() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(first_cancel(some("a"), some("b")), some("a"));
+        assert_eq!(first_cancel(None, some("b")), some("b"));
+        assert_eq!(first_cancel(some(""), some("b")), some("b"));
+        assert_eq!(first_cancel(some("a"), None), some("a"));
+        assert_eq!(first_cancel(None, some("")), None);
+        assert_eq!(first_cancel(None, None), None);
+    }
 
     fn event(id: &str, image: Option<&str>, phase: Phase) -> BuildEvent {
         let mut data: EventData = serde_json::from_value(serde_json::json!({

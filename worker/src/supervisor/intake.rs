@@ -264,7 +264,24 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
         Claimed::Cancelled(reason, token) => {
             finish_cancelled(&sup, &d, *plan, &reason, token).await;
         }
-        Claimed::Start(token) => start(&sup, &d, *plan, received, token).await,
+        Claimed::Start(token) => match cancelled_meanwhile(&sup, &plan).await {
+            Some(reason) => finish_cancelled(&sup, &d, *plan, &reason, token).await,
+            None => start(&sup, &d, *plan, received, token).await,
+        },
+    }
+}
+
+/// The cancel flagged or kept while the claim ran, read once more just
+/// before the first pods: a cancel handled during the claim still wins.
+/// Redis trouble counts as none (the build starts; a cancel flagged later
+/// reaches its task).
+async fn cancelled_meanwhile(sup: &Supervisor, plan: &BuildPlan) -> Option<String> {
+    match sup.ctx.leases.pending_cancel(&plan.id, &plan.tenant).await {
+        Ok(reason) => reason,
+        Err(e) => {
+            tracing::warn!(build_id = %plan.id, error = %e, "cannot re-check the cancel flags; starting");
+            None
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //!   executing its actions;
 //! - [`fencing`]: lease renewal, and stopping builds whose lease is lost;
 //! - [`adoption`]: finding builds whose lease lapsed and taking them over;
+//! - [`backlog`]: the cancels waiting at start-up, handled before any request;
 //! - [`notices`]: cancel and release notices from other workers;
 //! - [`routing`]: pod events from the watchers to the builds;
 //! - [`lending`]: prefetch slots lent while quota waits hold deliveries;
@@ -16,6 +17,7 @@
 //! - this file: running all of it, and the hand-over at shutdown.
 
 mod adoption;
+mod backlog;
 mod build_task;
 mod cancels;
 mod context;
@@ -93,12 +95,15 @@ pub async fn run(sup: Supervisor, shutdown: impl std::future::Future<Output = ()
     tasks.spawn(lending::lend_loop(sup.clone()));
 
     let worker = &ctx.settings.worker;
-    // Cancels first: a cancel that waits in its queue while the worker was
-    // down is then flagged before the request it cancels is claimed.
-    let cancels = ctx
+    // Cancels first, and the ones that waited while nobody consumed handled
+    // to the end before the first request is taken: a cancel already queued
+    // when its request is consumed always wins (ARCHITECTURE.md).
+    let ready = backlog::count(&sup, &names.cancels()).await;
+    let mut cancels = ctx
         .broker
         .consume(&names.cancels(), 64, &format!("kiln-{worker}-cancels"))
         .await?;
+    backlog::drain(&sup, &mut cancels, ready).await;
     let builds = ctx
         .broker
         .consume(&names.builds(), ctx.prefetch, &format!("kiln-{worker}"))
