@@ -84,6 +84,11 @@ pub(super) fn spawn_claimed_at(
             sup.registry.stop_generation(&id, generation);
         }
         let n = sup.registry.remove(&id, generation);
+        if !sup.registry.owns(&id) {
+            // Unless the build was adopted here again meanwhile: a task
+            // that ended without finishing must not leave its history.
+            sup.cluster.forget_history(&id);
+        }
         sup.set_in_flight(n);
     });
     Some(acc_rx)
@@ -132,7 +137,9 @@ impl Task {
         self.execute(actions).await?;
         if self.machine.pods_exist() || self.machine.stage() != Stage::Active {
             if self.machine.stage() == Stage::Active {
-                self.put_accepted_record().await;
+                // Boxed like `execute`: the Redis write's state is not
+                // part of the future every idle build keeps.
+                Box::pin(self.put_accepted_record()).await;
             }
             let _ = self.accepted.send(true);
         }
@@ -231,7 +238,7 @@ async fn execute_fenced(
         match action {
             Action::Publish(ev) => {
                 sup.ctx.publish(&ev).await?;
-                sup.cluster.published(&ev);
+                sup.cluster.published(&ev, |b| sup.registry.owns(b));
             }
             Action::CreatePod { image, attempt } => {
                 let created =
