@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use kiln_protocol::Phase;
 
 use crate::classify::{PodPhase, PodView};
+use crate::journal::Journal;
 use crate::lease::History;
 
 /// How many finished builds the view remembers.
@@ -34,12 +35,17 @@ struct Inner {
     /// Relist generation per namespace (see [`ClusterView::resync`]).
     epochs: HashMap<String, u64>,
     /// What the events of the builds this worker drives said, until the
-    /// build's record is written at its end.
-    histories: HashMap<String, History>,
+    /// build's record is written at its end (compact: one per build in
+    /// flight).
+    histories: HashMap<String, Journal>,
+    /// When `histories` reaches this size, those of builds no longer driven
+    /// here are dropped (see [`ClusterView::published`]).
+    histories_bound: usize,
 }
 
-/// Histories kept at most: builds whose task ended without finishing
-/// (lease lost) leave theirs behind, so the map needs a bound.
+/// Histories kept before looking for ones left behind. A build task removes
+/// its build's history when it ends, however it ends; this bound only
+/// catches what a path that publishes without a task might leave.
 const HISTORIES_MAX: usize = 10_000;
 
 #[derive(Debug)]
@@ -223,19 +229,22 @@ impl ClusterView {
         inner.end(build, Some(phase), jiff::Timestamp::now());
     }
 
-    /// This worker published `ev`: it joins the build's history.
-    pub fn published(&self, ev: &kiln_protocol::BuildEvent) {
+    /// This worker published `ev`: it joins the build's history. `driven`
+    /// tells whether a build is still driven here: at the bound, only the
+    /// histories of builds that are not are dropped, never an in-flight
+    /// build's.
+    pub fn published(&self, ev: &kiln_protocol::BuildEvent, driven: impl Fn(&str) -> bool) {
         let mut inner = lock(&self.inner);
-        if inner.histories.len() >= HISTORIES_MAX
-            && !inner.histories.contains_key(&ev.data.build_id)
+        let id = &ev.data.build_id;
+        if !inner.histories.contains_key(id)
+            && inner.histories.len() >= inner.histories_bound.max(HISTORIES_MAX)
         {
-            inner.histories.clear();
+            inner.histories.retain(|b, _| driven(b.as_str()));
+            // More builds in flight than the bound: look again only when
+            // the map has doubled, not at every new build.
+            inner.histories_bound = 2 * inner.histories.len();
         }
-        inner
-            .histories
-            .entry(ev.data.build_id.clone())
-            .or_default()
-            .apply(ev);
+        inner.histories.entry(id.clone()).or_default().apply(ev);
     }
 
     /// The history of `build` so far (empty if this worker published none
@@ -244,8 +253,14 @@ impl ClusterView {
         lock(&self.inner)
             .histories
             .get(build)
-            .cloned()
+            .map(|j| j.to_history(build))
             .unwrap_or_default()
+    }
+
+    /// The task driving `build` here ended: its history is no longer
+    /// needed (the record has it when the build finished).
+    pub fn forget_history(&self, build: &str) {
+        lock(&self.inner).histories.remove(build);
     }
 
     /// Drops a build without recording an outcome.
@@ -426,6 +441,42 @@ mod tests {
             created_at: Some(jiff::Timestamp::UNIX_EPOCH),
             ..PodView::default()
         }
+    }
+
+    fn accepted(build: &str) -> kiln_protocol::BuildEvent {
+        let data = kiln_protocol::EventData::for_build(build, Phase::Accepted);
+        kiln_protocol::BuildEvent::new("urn:kiln:t", "w", jiff::Timestamp::UNIX_EPOCH, data)
+    }
+
+    #[test]
+    fn at_the_bound_only_histories_of_builds_no_longer_driven_go() {
+        let view = ClusterView::new();
+        // Even ids are in flight here, odd ones were left behind.
+        let driven = |b: &str| b.ends_with(['0', '2', '4', '6', '8']);
+        for i in 0..HISTORIES_MAX {
+            view.published(&accepted(&format!("b{i}")), driven);
+        }
+        view.published(&accepted("new"), driven);
+        for id in ["b0", "b9998", "new"] {
+            assert_eq!(view.history(id).timeline.len(), 1, "{id} keeps its history");
+        }
+        assert!(
+            view.history("b9999").timeline.is_empty(),
+            "left behind: dropped"
+        );
+        assert_eq!(lock(&view.inner).histories.len(), HISTORIES_MAX / 2 + 1);
+    }
+
+    #[test]
+    fn more_builds_in_flight_than_the_bound_all_keep_their_history() {
+        let view = ClusterView::new();
+        for i in 0..HISTORIES_MAX + 10 {
+            view.published(&accepted(&format!("b{i}")), |_| true);
+        }
+        assert_eq!(lock(&view.inner).histories.len(), HISTORIES_MAX + 10);
+        assert_eq!(view.history("b0").timeline.len(), 1);
+        view.forget_history("b0");
+        assert!(view.history("b0").timeline.is_empty(), "the task ended");
     }
 
     #[test]

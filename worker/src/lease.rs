@@ -230,7 +230,8 @@ pub struct BuildRecord {
     pub history: History,
 }
 
-/// What the events of a build said, folded by [`History::apply`]: what a
+/// What the events of a build said (folded in memory by
+/// [`crate::journal::Journal`] while the build runs): what a
 /// person looks for on the status page.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -300,61 +301,6 @@ pub struct TimelineEntry {
 pub fn trace_id(traceparent: &str) -> Option<String> {
     let id = traceparent.split('-').nth(1)?;
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
-}
-
-impl History {
-    /// Folds one published event in. The same event twice (a republish
-    /// after a broker blip) is one timeline entry.
-    pub fn apply(&mut self, ev: &kiln_protocol::BuildEvent) {
-        let d = &ev.data;
-        if self.timeline.iter().any(|e| e.id == ev.id) {
-            return;
-        }
-        if let Some(app) = &d.app {
-            self.app = Some(app.clone());
-        }
-        if self.trace_id.is_none() {
-            self.trace_id = ev.traceparent.as_deref().and_then(trace_id);
-        }
-        let reason = d.reason.map(|r| r.to_string());
-        if let Some(image) = &d.image {
-            let img = self.images.entry(image.clone()).or_default();
-            if let Some(pod) = &d.pod
-                && !img.pods.contains(&pod.name)
-            {
-                img.pods.push(pod.name.clone());
-            }
-            if d.digest.is_some() {
-                img.digest.clone_from(&d.digest);
-                img.image_refs.clone_from(&d.image_refs);
-            }
-            if reason.is_some() {
-                img.reason.clone_from(&reason);
-                img.message.clone_from(&d.message);
-            }
-            if d.log_tail.is_some() {
-                img.log_tail.clone_from(&d.log_tail);
-            }
-        } else if d.phase.is_terminal(ev.level()) {
-            self.reason.clone_from(&reason);
-            self.message.clone_from(&d.message);
-        }
-        if self.timeline.len() >= TIMELINE_MAX {
-            // Keep the beginning; drop the oldest of the rest.
-            self.timeline.remove(TIMELINE_MAX / 4);
-            self.dropped += 1;
-        }
-        self.timeline.push(TimelineEntry {
-            id: ev.id.clone(),
-            event_type: ev.event_type.clone(),
-            time: ev.time,
-            phase: d.phase.as_str().to_owned(),
-            image: d.image.clone(),
-            attempt: d.attempt,
-            reason,
-            message: d.message.clone(),
-        });
-    }
 }
 
 /// One image in a [`BuildRecord`].
@@ -922,7 +868,6 @@ pub enum Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_protocol::{BuildEvent, EventData, Phase, PodRef, Reason};
 
     #[test]
     fn the_owners_cancel_comes_before_the_kept_one() {
@@ -933,91 +878,6 @@ mod tests {
         assert_eq!(first_cancel(some("a"), None), some("a"));
         assert_eq!(first_cancel(None, some("")), None);
         assert_eq!(first_cancel(None, None), None);
-    }
-
-    fn event(id: &str, image: Option<&str>, phase: Phase) -> BuildEvent {
-        let mut data: EventData = serde_json::from_value(serde_json::json!({
-            "buildId": "b",
-            "phase": phase.as_str(),
-        }))
-        .expect("minimal data");
-        data.image = image.map(str::to_owned);
-        BuildEvent {
-            specversion: "1.0".into(),
-            id: id.into(),
-            source: "urn:kiln:test".into(),
-            event_type: format!("dev.kiln.x.{}.v1", phase.as_str()),
-            subject: "b".into(),
-            time: jiff::Timestamp::UNIX_EPOCH,
-            datacontenttype: "application/json".into(),
-            dataschema: None,
-            kilnworker: "w".into(),
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            data,
-        }
-    }
-
-    /// Issue 10: the connect errors named the Redis URL, password included
-    /// (the worker prints them as it exits, the client as its one line).
-    #[tokio::test]
-    async fn connect_errors_hide_the_password() {
-        for url in [
-            // Nothing listens on port 1.
-            "redis://kiln:pl4ntedRedisPw@127.0.0.1:1/0",
-            // Not a URL redis-rs can open.
-            "redis://kiln:pl4ntedRedisPw@127.0.0.1:notaport/0",
-        ] {
-            let e = Leases::connect(url, "kiln-unit:", "w", Duration::from_secs(1))
-                .await
-                .expect_err("cannot connect");
-            let text = format!("{e} / {e:?}");
-            assert!(!text.contains("pl4ntedRedisPw"), "{text}");
-            assert!(text.contains("redis://kiln:***@127.0.0.1"), "{text}");
-        }
-    }
-
-    #[test]
-    fn history_folds_events_once_and_stays_bounded() {
-        let mut h = History::default();
-        let mut failed = event("b/api/1/failed", Some("api"), Phase::Failed);
-        failed.data.reason = Some(Reason::BuildError);
-        failed.data.message = Some("exit 1".into());
-        failed.data.log_tail = Some("error: no rule".into());
-        failed.data.pod = Some(PodRef {
-            namespace: "n".into(),
-            name: "kiln-b-api-1".into(),
-        });
-        let mut done = event("b/failed", None, Phase::Failed);
-        done.data.reason = Some(Reason::BuildError);
-        done.data.message = Some("api failed".into());
-        for ev in [&failed, &failed, &done] {
-            h.apply(ev);
-        }
-        assert_eq!(h.timeline.len(), 2, "a republished event is one entry");
-        assert_eq!(
-            h.trace_id.as_deref(),
-            Some("0af7651916cd43dd8448eb211c80319c")
-        );
-        assert_eq!(h.reason.as_deref(), Some("BuildError"));
-        assert_eq!(h.message.as_deref(), Some("api failed"));
-        let api = &h.images["api"];
-        assert_eq!(api.log_tail.as_deref(), Some("error: no rule"));
-        assert_eq!(api.pods, ["kiln-b-api-1"]);
-
-        for i in 0..3 * TIMELINE_MAX {
-            h.apply(&event(
-                &format!("b/api/{i}/retrying"),
-                Some("api"),
-                Phase::Retrying,
-            ));
-        }
-        assert_eq!(h.timeline.len(), TIMELINE_MAX);
-        assert_eq!(h.timeline[0].id, "b/api/1/failed", "the beginning is kept");
-        assert_eq!(
-            h.timeline.last().map(|e| e.id.as_str()),
-            Some("b/api/299/retrying")
-        );
-        assert_eq!(h.dropped, 3 * TIMELINE_MAX + 2 - TIMELINE_MAX);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod journal;
 pub mod lease;
 pub mod machine;
 pub mod metrics;

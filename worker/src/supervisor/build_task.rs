@@ -87,6 +87,11 @@ pub(super) fn spawn_claimed_at(
             sup.registry.stop_generation(&id, generation);
         }
         let n = sup.registry.remove(&id, generation);
+        if !sup.registry.owns(&id) {
+            // Unless the build was adopted here again meanwhile: a task
+            // that ended without finishing must not leave its history.
+            sup.cluster.forget_history(&id);
+        }
         sup.set_in_flight(n);
     });
     Some(acc_rx)
@@ -175,7 +180,9 @@ impl Task {
         if self.machine.stage() != Stage::Active {
             let _ = self.accepted.send(true);
         } else if !accepted && self.machine.pods_exist() {
-            self.put_record(RecordState::Accepted).await;
+            // Boxed like `execute`: the Redis write's state is not part of
+            // the future every idle build keeps.
+            Box::pin(self.put_record(RecordState::Accepted)).await;
             let _ = self.accepted.send(true);
         } else if self.machine.waits() != *waits {
             let state = if accepted {
@@ -183,7 +190,7 @@ impl Task {
             } else {
                 RecordState::Claimed
             };
-            self.put_record(state).await;
+            Box::pin(self.put_record(state)).await;
         }
         *waits = self.machine.waits();
         let holds = !*self.accepted.borrow() && self.machine.quota_waiting();
@@ -261,7 +268,7 @@ async fn execute_fenced(
         match action {
             Action::Publish(ev) => {
                 sup.ctx.publish(&ev).await?;
-                sup.cluster.published(&ev);
+                sup.cluster.published(&ev, |b| sup.registry.owns(b));
             }
             Action::CreatePod { image, attempt } => {
                 let created =
