@@ -24,6 +24,8 @@ pub struct Journal {
     dropped: u32,
 }
 
+// `image_refs` is the record's own name for the pinned references.
+#[allow(clippy::struct_field_names)]
 #[derive(Debug, Clone, PartialEq)]
 struct Image {
     name: Box<str>,
@@ -125,12 +127,11 @@ impl Journal {
     }
 
     fn image_index(&mut self, name: &str) -> u16 {
-        let i = match self.images.iter().position(|i| &*i.name == name) {
-            Some(i) => i,
-            None => {
-                self.images.push(Image::new(name));
-                self.images.len() - 1
-            }
+        let i = if let Some(i) = self.images.iter().position(|i| &*i.name == name) {
+            i
+        } else {
+            self.images.push(Image::new(name));
+            self.images.len() - 1
         };
         // A plan has at most a few dozen images (validated at intake).
         u16::try_from(i).unwrap_or(u16::MAX)
