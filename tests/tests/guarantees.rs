@@ -37,6 +37,22 @@ async fn running_build_of_default(prefix: &str) -> (Env, String) {
 }
 
 /// The `request.rejected` events among `events`.
+/// `guest` cancels `id`, a running build of `default`: the cancel is
+/// answered by `request.rejected` (PolicyViolation) and dead-lettered, and
+/// the build still succeeds. Returns the build's events.
+async fn guest_cancel_is_refused(env: &mut Env, id: &str) -> Vec<BuildEvent> {
+    env.cancel_as(id, "not yours", Some("guest")).await;
+    let events = env
+        .expect_sequence(id, &[ANY, "request.rejected", ANY, "build.succeeded"], WAIT)
+        .await;
+    let rejected = request_rejections(&events);
+    assert_eq!(rejected[0].data.reason, Some(Reason::PolicyViolation));
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
+    events
+}
+
 fn request_rejections(events: &[BuildEvent]) -> Vec<&BuildEvent> {
     events
         .iter()
@@ -218,20 +234,9 @@ async fn a_cancel_before_the_build_is_kept_for_its_tenant_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_cancel_of_a_running_build_is_refused_with_request_rejected() {
     let (mut env, id) = running_build_of_default("owned").await;
-    env.cancel_as(&id, "not yours", Some("guest")).await;
-    let events = env
-        .expect_sequence(
-            &id,
-            &[ANY, "request.rejected", ANY, "build.succeeded"],
-            WAIT,
-        )
-        .await;
+    let events = guest_cancel_is_refused(&mut env, &id).await;
     let rejected = request_rejections(&events);
-    assert_eq!(rejected[0].data.reason, Some(Reason::PolicyViolation));
     assert_eq!(rejected[0].data.tenant.as_deref(), Some("guest"));
-    let dead = env.dead_letters().await;
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,19 +250,7 @@ async fn after_redis_lost_the_record_the_pods_still_name_the_owner() {
     );
     // Redis forgets the build (restart, flush, TTL): only the pods know.
     env.flush_redis().await;
-    env.cancel_as(&id, "not yours", Some("guest")).await;
-    let events = env
-        .expect_sequence(
-            &id,
-            &[ANY, "request.rejected", ANY, "build.succeeded"],
-            WAIT,
-        )
-        .await;
-    let rejected = request_rejections(&events);
-    assert_eq!(rejected[0].data.reason, Some(Reason::PolicyViolation));
-    let dead = env.dead_letters().await;
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
+    guest_cancel_is_refused(&mut env, &id).await;
 }
 
 /// Deletes one of this test's Redis keys (`build:<id>`, `lease:<id>`), as
