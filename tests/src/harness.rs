@@ -176,6 +176,9 @@ impl Env {
         config.worker_id = Some(id.clone());
         tweak(&mut config);
         let url = self.kube.url();
+        // Each worker's API client says who it is, so a fault rule can
+        // target one worker's calls (`FaultRule::user_agent_contains`).
+        let user_agent = worker_user_agent(config.worker_id.as_deref().unwrap_or(&id));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (kill_tx, kill_rx) = oneshot::channel::<()>();
         let (rt_tx, rt_rx) = std::sync::mpsc::channel();
@@ -189,6 +192,10 @@ impl Env {
             let graceful = rt.block_on(async move {
                 let mut kc = kube::Config::new(url.parse().expect("fake url"));
                 NAMESPACE.clone_into(&mut kc.default_namespace);
+                kc.headers.push((
+                    axum::http::header::USER_AGENT,
+                    axum::http::HeaderValue::from_str(&user_agent).expect("user agent"),
+                ));
                 let client = kube::Client::try_from(kc).expect("kube client");
                 let shutdown = async move {
                     let _ = stop_rx.await;
@@ -643,6 +650,11 @@ pub async fn redis_keys(
         .query_async(conn)
         .await
         .map_err(|e| format!("redis KEYS: {e}"))
+}
+
+/// The `User-Agent` of the in-process worker `worker_id`'s API client.
+pub fn worker_user_agent(worker_id: &str) -> String {
+    format!("kiln-test/worker {worker_id}")
 }
 
 /// The AMQP connection name of the in-process worker `worker_id`.

@@ -298,3 +298,73 @@ async fn worker_cut_off_from_redis_stops_and_another_finishes() {
     env.expect_sequence(&next, &[ANY, "build.succeeded"], WAIT)
         .await;
 }
+
+/// Issue 9 (found by the chaos run, seed 12162024716214587899). Worker B's
+/// watch is down while worker A finishes a build and deletes its pod, so
+/// B's cache still shows the pod running. Redis then loses the build's
+/// record and lease. Adopting from that stale view resumed the build; the
+/// relist that followed reported the pod gone, and the image was built a
+/// second time. With no record to order things, the pods are the only
+/// truth about the build, and adoption must read them fresh from the API
+/// server, not from a cache that may lag behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_watch_after_redis_lost_the_record_builds_nothing_twice() {
+    let mut env = Env::new().await;
+    env.slow_pods(Duration::from_secs(3));
+    env.start_worker();
+    let id = unique("stale");
+    env.publish(&one_image(&id)).await;
+    env.wait_running(&id, 1, WAIT).await;
+    let lists = |e: &Env| {
+        e.kube
+            .calls()
+            .iter()
+            .filter(|c| c.verb == Verb::List && c.resource == Resource::Pods && c.succeeded())
+            .count()
+    };
+    let before = lists(&env);
+    // B's sweep looks at a foreign build every half of its lease TTL: at
+    // 8 s, its second look comes after A finished and Redis was flushed
+    // (a shorter TTL would let it clean up the finished build first).
+    let b = env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(8));
+    // B listed the running pod: the build is foreign to it, held by A.
+    assert!(env.eventually(WAIT, |e| lists(e) > before).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // From now on B's watch is down (and B cannot relist); A's re-watch
+    // works.
+    let ua = kiln_tests::harness::worker_user_agent(&env.worker_id(b));
+    for verb in [Verb::Watch, Verb::List] {
+        env.kube.faults().add(
+            FaultRule::new(verb, Resource::Pods)
+                .user_agent_contains(ua.clone())
+                .respond(FaultResponse::ServiceUnavailable),
+        );
+    }
+    env.kube.faults().close_watches();
+    env.expect_sequence(&id, &[ANY, "build.succeeded"], WAIT)
+        .await;
+    assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+    // Redis loses the finished record; B's adoption sweep (every half TTL)
+    // finds the build without a holder.
+    env.flush_redis().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // B's watch comes back, from a history that has aged out: it relists.
+    env.kube.faults().expire_history();
+    env.kube.faults().clear();
+    let mut late = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        match env.next_event(left).await {
+            Some(ev) if ev.data.build_id == id => late.push(ev),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(
+        late.iter().all(|e| e.data.phase != Phase::Retrying),
+        "rebuilt after the stale adoption: {:?}",
+        late.iter().map(|e| e.id.as_str()).collect::<Vec<_>>()
+    );
+    assert_eq!(env.created(Resource::Pods), 1, "one pod, never a second");
+    assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+}

@@ -49,6 +49,9 @@ pub struct FaultRule {
     verb: Option<Verb>,
     resource: Option<Resource>,
     name_contains: Option<String>,
+    /// Only calls whose `User-Agent` header contains this: one client's
+    /// calls (the harness names each worker's client after the worker).
+    user_agent_contains: Option<String>,
     response: FaultResponse,
     /// `None`: no limit.
     remaining: Option<u64>,
@@ -63,6 +66,7 @@ impl FaultRule {
             verb: Some(verb),
             resource: Some(resource),
             name_contains: None,
+            user_agent_contains: None,
             response: FaultResponse::InternalError,
             remaining: None,
             probability: 1.0,
@@ -93,6 +97,13 @@ impl FaultRule {
         self
     }
 
+    /// Only calls of the client whose `User-Agent` contains this.
+    #[must_use]
+    pub fn user_agent_contains(mut self, s: impl Into<String>) -> Self {
+        self.user_agent_contains = Some(s.into());
+        self
+    }
+
     #[must_use]
     pub fn respond(mut self, response: FaultResponse) -> Self {
         self.response = response;
@@ -113,15 +124,34 @@ impl FaultRule {
         self
     }
 
-    fn matches(&self, verb: Verb, resource: Resource, name: Option<&str>) -> bool {
+    fn matches(&self, call: &Call<'_>) -> bool {
+        let Call {
+            verb,
+            resource,
+            name,
+            user_agent,
+        } = *call;
         self.verb.is_none_or(|v| v == verb)
             && self.resource.is_none_or(|r| r == resource)
             && self
                 .name_contains
                 .as_deref()
                 .is_none_or(|s| name.is_some_and(|n| n.contains(s)))
+            && self
+                .user_agent_contains
+                .as_deref()
+                .is_none_or(|s| user_agent.is_some_and(|u| u.contains(s)))
             && self.remaining != Some(0)
     }
+}
+
+/// What a fault rule looks at in a call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub verb: Verb,
+    pub resource: Resource,
+    pub name: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
 }
 
 /// One injected failure, for inspection.
@@ -214,17 +244,9 @@ impl Faults {
     }
 
     /// The injected error for this call, if a rule fires.
-    pub(crate) fn check(
-        &self,
-        verb: Verb,
-        resource: Resource,
-        name: Option<&str>,
-    ) -> Option<ApiError> {
+    pub(crate) fn check(&self, call: &Call<'_>) -> Option<ApiError> {
         let mut s = self.lock();
-        let rule = s
-            .rules
-            .iter_mut()
-            .find(|r| r.matches(verb, resource, name))?;
+        let rule = s.rules.iter_mut().find(|r| r.matches(call))?;
         if rule.probability < 1.0 && rand::random::<f64>() >= rule.probability {
             return None;
         }
@@ -233,9 +255,9 @@ impl Faults {
         }
         let err = rule.response.error();
         s.injected.push(Injected {
-            verb,
-            resource,
-            name: name.map(str::to_owned),
+            verb: call.verb,
+            resource: call.resource,
+            name: call.name.map(str::to_owned),
             status: err.code.as_u16(),
         });
         self.injected.fetch_add(1, Ordering::Relaxed);

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::calls::{CallLog, CallRecord};
-use super::faults::Faults;
+use super::faults::{Call, Faults};
 use super::kubelet::Kubelet;
 use super::logs::{self, LogQuery};
 use super::pagination::Continue;
@@ -249,6 +249,11 @@ pub(crate) async fn dispatch(State(app): State<App>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY).await;
     let r = route(uri.path());
     let (verb, resource, sub, ns, mut name) = describe(&r, &method, &params);
@@ -265,7 +270,13 @@ pub(crate) async fn dispatch(State(app): State<App>, req: Request) -> Response {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            match app.faults.check(verb, resource, name.as_deref()) {
+            let call = Call {
+                verb,
+                resource,
+                name: name.as_deref(),
+                user_agent: user_agent.as_deref(),
+            };
+            match app.faults.check(&call) {
                 Some(err) if verb != Verb::Other => err.into_response(),
                 _ => handle(&app, r, &method, &params, &content_type, &body)
                     .await

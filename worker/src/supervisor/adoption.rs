@@ -84,6 +84,32 @@ pub(super) fn decide(
     }
 }
 
+/// Where adoption reads a lapsed build's pods from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// The watch cache: enough while the record exists. The cache may lag
+    /// behind the server (a watch down or relisting), but the record
+    /// orders what matters: a build that finished says so there, and a
+    /// pod that is really gone is one the build must hear of anyway.
+    Cache,
+    /// One LIST of the build's pods. Without a record (Redis lost it) the
+    /// pods are the only truth: a lagging cache can show a pod running
+    /// that its owner saw succeed and deleted, and resuming from it would
+    /// build the image again once the watch catches up.
+    Server,
+}
+
+impl Source {
+    /// Pure: see [`Source`].
+    pub(super) fn of(record: Option<&BuildRecord>) -> Self {
+        if record.is_some() {
+            Self::Cache
+        } else {
+            Self::Server
+        }
+    }
+}
+
 /// Periodically adopts foreign builds whose lease lapsed.
 pub(super) async fn adopt_loop(sup: Supervisor) {
     // A build seen for the first time is checked at the next tick; after
@@ -153,8 +179,9 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
     }
 }
 
-/// With the lease in hand: read the pods (from the watch cache, synced:
-/// see [`adopt`]) and the record, and act on them.
+/// With the lease in hand: read the record and the pods (from the watch
+/// cache, synced: see [`adopt`]; from the server when there is no record,
+/// see [`Source`]), and act on them.
 async fn take_over(
     sup: &Supervisor,
     id: &str,
@@ -163,11 +190,15 @@ async fn take_over(
     token: &LeaseToken,
 ) -> Result<()> {
     let ctx = &sup.ctx;
-    let Some(pods) = sup.pod_cache.build_pods(namespace, id) else {
+    let Some(cached) = sup.pod_cache.build_pods(namespace, id) else {
         // A namespace never unsyncs once synced; should it, decide nothing.
         return ctx.leases.release(id, token).await.map(drop);
     };
     let record = ctx.leases.record(id).await?;
+    let pods = match Source::of(record.as_ref()) {
+        Source::Cache => cached,
+        Source::Server => ctx.pods.build_pods(namespace, id).await?,
+    };
     match decide(id, &pods, record.as_ref(), &ctx.policy) {
         Adoption::Forget => sup.registry.forget_foreign(id),
         Adoption::CleanUp => {

@@ -252,3 +252,15 @@ fn a_plan_of_an_older_worker_without_ephemeral_storage_resumes() {
     p.images[0].ephemeral_storage = None;
     assert!(matches!(decide_plan(&p, |_| {}), Adoption::Resume(_)));
 }
+
+#[test]
+fn pods_come_from_the_cache_while_a_record_orders_things_else_from_the_server() {
+    for state in [
+        RecordState::Claimed,
+        RecordState::Accepted,
+        RecordState::Finished,
+    ] {
+        assert_eq!(Source::of(Some(&record(state))), Source::Cache);
+    }
+    assert_eq!(Source::of(None), Source::Server);
+}
