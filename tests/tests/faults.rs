@@ -315,32 +315,10 @@ async fn a_stale_watch_after_redis_lost_the_record_builds_nothing_twice() {
     let id = unique("stale");
     env.publish(&one_image(&id)).await;
     env.wait_running(&id, 1, WAIT).await;
-    let lists = |e: &Env| {
-        e.kube
-            .calls()
-            .iter()
-            .filter(|c| c.verb == Verb::List && c.resource == Resource::Pods && c.succeeded())
-            .count()
-    };
-    let before = lists(&env);
     // B's sweep looks at a foreign build every half of its lease TTL: at
     // 8 s, its second look comes after A finished and Redis was flushed
     // (a shorter TTL would let it clean up the finished build first).
-    let b = env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(8));
-    // B listed the running pod: the build is foreign to it, held by A.
-    assert!(env.eventually(WAIT, |e| lists(e) > before).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // From now on B's watch is down (and B cannot relist); A's re-watch
-    // works.
-    let ua = kiln_tests::harness::worker_user_agent(&env.worker_id(b));
-    for verb in [Verb::Watch, Verb::List] {
-        env.kube.faults().add(
-            FaultRule::new(verb, Resource::Pods)
-                .user_agent_contains(ua.clone())
-                .respond(FaultResponse::ServiceUnavailable),
-        );
-    }
-    env.kube.faults().close_watches();
+    start_blind_observer(&mut env).await;
     env.expect_sequence(&id, &[ANY, "build.succeeded"], WAIT)
         .await;
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
@@ -367,4 +345,79 @@ async fn a_stale_watch_after_redis_lost_the_record_builds_nothing_twice() {
     );
     assert_eq!(env.created(Resource::Pods), 1, "one pod, never a second");
     assert!(env.eventually(WAIT, |e| e.pod_names().is_empty()).await);
+}
+
+/// Starts worker B (lease TTL 8 s: its sweep looks at a foreign build every
+/// 4 s) and waits until it listed the pods, so the running build is foreign
+/// to it; then B's watch goes down for good (B cannot relist either) while
+/// every other client's re-watch works. `faults().clear()` gives B its
+/// watch back.
+async fn start_blind_observer(env: &mut Env) -> usize {
+    let lists = |e: &Env| {
+        e.kube
+            .calls()
+            .iter()
+            .filter(|c| c.verb == Verb::List && c.resource == Resource::Pods && c.succeeded())
+            .count()
+    };
+    let before = lists(env);
+    let b = env.start_worker_with(|c| c.lease_ttl = Duration::from_secs(8));
+    assert!(env.eventually(WAIT, |e| lists(e) > before).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ua = kiln_tests::harness::worker_user_agent(&env.worker_id(b));
+    for verb in [Verb::Watch, Verb::List] {
+        env.kube.faults().add(
+            FaultRule::new(verb, Resource::Pods)
+                .user_agent_contains(ua.clone())
+                .respond(FaultResponse::ServiceUnavailable),
+        );
+    }
+    env.kube.faults().close_watches();
+    b
+}
+
+/// Issue 9 (chaos, seed 42, after the fix above): adoption without a
+/// record read the pods from the server, then handed the build "what the
+/// watch delivered since" as the difference between those pods and the
+/// cache. B's cache lagged behind the server: it had never seen attempt 2's
+/// pod, so the difference said attempt 2 was deleted, and a third attempt
+/// was built. The hand-over must compare the cache with itself (before and
+/// after), never with what the server said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_the_adopters_cache_never_saw_is_not_taken_for_deleted() {
+    let mut env = Env::new().await;
+    env.slow_pods(Duration::from_secs(6));
+    env.kube.kubelet().set_script(|pod| {
+        if pod_labels(pod).1 == 1 {
+            Fate::Evicted
+        } else {
+            Fate::succeed()
+        }
+    });
+    let a = env.start_worker();
+    let id = unique("unseen");
+    env.publish(&one_image(&id)).await;
+    env.wait_running(&id, 1, WAIT).await;
+    start_blind_observer(&mut env).await;
+    // Attempt 1 is evicted; A retries, and B does not see attempt 2.
+    env.wait_running(&id, 1, WAIT).await;
+    // A dies and Redis loses the build: B adopts it (record-less) from the
+    // server's pods while attempt 2 still runs.
+    env.kill_worker(a).await;
+    env.flush_redis().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    env.kube.faults().expire_history();
+    env.kube.faults().clear();
+    let events = env.events_of(&id, WAIT).await;
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert!(
+        ids.iter()
+            .any(|i| i.ends_with("/succeeded") && !i.contains("/api/")),
+        "the build succeeded: {ids:?}"
+    );
+    assert!(
+        !ids.iter().any(|i| i.ends_with("/api/2/retrying")),
+        "attempt 2 was taken for deleted: {ids:?}"
+    );
+    assert_eq!(env.created(Resource::Pods), 2, "attempts 1 and 2, no third");
 }

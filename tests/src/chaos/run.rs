@@ -757,7 +757,13 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
             ("KILN_PENDING_TIMEOUT", "60s".to_owned()),
             ("KILN_PREFETCH", "64".to_owned()),
             ("KILN_RECORD_TTL", "600s".to_owned()),
-            ("RUST_LOG", "warn,lapin=error".to_owned()),
+            // KILN_CHAOS_WORKER_LOG: the workers' RUST_LOG (e.g. `info` to
+            // follow adoptions in the logs KILN_CHAOS_KEEP_LOGS keeps).
+            (
+                "RUST_LOG",
+                std::env::var("KILN_CHAOS_WORKER_LOG")
+                    .unwrap_or_else(|_| "warn,lapin=error".to_owned()),
+            ),
         ]
         .map(|(k, v)| (k.to_owned(), v))
         .to_vec(),

@@ -195,8 +195,10 @@ async fn take_over(
         return ctx.leases.release(id, token).await.map(drop);
     };
     let record = ctx.leases.record(id).await?;
+    // `cached` stays the base against which the watch's later events are
+    // handed to the build (see [`resume`]), whichever source `pods` is.
     let pods = match Source::of(record.as_ref()) {
-        Source::Cache => cached,
+        Source::Cache => cached.clone(),
         Source::Server => ctx.pods.build_pods(namespace, id).await?,
     };
     match decide(id, &pods, record.as_ref(), &ctx.policy) {
@@ -219,17 +221,24 @@ async fn take_over(
             sup.registry.refuse_foreign(id);
         }
         Adoption::Resume(plan) => {
-            resume(sup, *plan, &pods, claimed_at, token.clone()).await;
+            resume(sup, *plan, &pods, &cached, claimed_at, token.clone()).await;
             return Ok(());
         }
     }
     ctx.leases.release(id, token).await.map(drop)
 }
 
+/// Drives the build from `pods`. `cached` is what the watch cache showed
+/// before `pods` were read: what the watch delivered since (it went to the
+/// foreign set, not to the task) is handed over as the difference between
+/// it and the cache now. Not the difference from `pods`: when they come
+/// from the server, a cache that lags behind it would make a pod it has
+/// not seen yet look deleted.
 async fn resume(
     sup: &Supervisor,
     plan: BuildPlan,
     pods: &[PodView],
+    cached: &[PodView],
     claimed_at: Instant,
     token: LeaseToken,
 ) {
@@ -253,7 +262,7 @@ async fn resume(
         .pod_cache
         .build_pods(&namespace, &id)
         .unwrap_or_default();
-    for input in pod_cache::missed(pods, &now) {
+    for input in pod_cache::missed(cached, &now) {
         sup.registry.send(&id, input);
     }
     if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await {
