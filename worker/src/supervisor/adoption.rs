@@ -11,7 +11,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{Supervisor, build_task, pod_cache};
 use crate::classify::PodView;
 use crate::error::Result;
-use crate::lease::{BuildRecord, Claim, LeaseToken, RecordState};
+use crate::lease::{BuildRecord, Claim, LeaseToken, RecordState, Renewal};
 use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
 use crate::policy::Policy;
@@ -95,7 +95,8 @@ pub(super) enum Source {
     /// One LIST of the build's pods. Without a record (Redis lost it) the
     /// pods are the only truth: a lagging cache can show a pod running
     /// that its owner saw succeed and deleted, and resuming from it would
-    /// build the image again once the watch catches up.
+    /// build the image again once the watch catches up. Read only after
+    /// the previous owner must have stopped ([`outwait_previous_owner`]).
     Server,
 }
 
@@ -197,9 +198,21 @@ async fn take_over(
     let record = ctx.leases.record(id).await?;
     // `cached` stays the base against which the watch's later events are
     // handed to the build (see [`resume`]), whichever source `pods` is.
-    let pods = match Source::of(record.as_ref()) {
-        Source::Cache => cached.clone(),
-        Source::Server => ctx.pods.build_pods(namespace, id).await?,
+    let (cached, pods, claimed_at) = match Source::of(record.as_ref()) {
+        Source::Cache => (cached.clone(), cached, claimed_at),
+        Source::Server => {
+            let Some(renewed_at) = outwait_previous_owner(sup, id, token).await? else {
+                return ctx.leases.release(id, token).await.map(drop);
+            };
+            let Some(cached) = sup.pod_cache.build_pods(namespace, id) else {
+                return ctx.leases.release(id, token).await.map(drop);
+            };
+            (
+                cached,
+                ctx.pods.build_pods(namespace, id).await?,
+                renewed_at,
+            )
+        }
     };
     match decide(id, &pods, record.as_ref(), &ctx.policy) {
         Adoption::Forget => sup.registry.forget_foreign(id),
@@ -234,6 +247,38 @@ async fn take_over(
 /// it and the cache now. Not the difference from `pods`: when they come
 /// from the server, a cache that lags behind it would make a pod it has
 /// not seen yet look deleted.
+/// A build without a record may have lost its lease with it (Redis lost
+/// its keys), while its owner lives: that owner acts until its fence
+/// closes, which is at most one TTL after its last renewal, and every
+/// renewal since the loss fails. Holding the new claim (renewed every third
+/// of the TTL) for one whole TTL before reading the pods and acting makes
+/// sure it has stopped: two workers never drive one build. Returns the send
+/// time of the last renewal (the fence counts from it); `None` if the
+/// claim was lost meanwhile or the worker is stopping.
+async fn outwait_previous_owner(
+    sup: &Supervisor,
+    id: &str,
+    token: &LeaseToken,
+) -> Result<Option<Instant>> {
+    let ttl = sup.ctx.leases.ttl();
+    let held = [(id.to_owned(), token.clone())];
+    let mut renewed_at = None;
+    for _ in 0..3 {
+        if crate::retry::bounded(tokio::time::sleep(ttl / 3), &sup.stop)
+            .await
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let sent = Instant::now();
+        match sup.ctx.leases.renew_many(&held).await?.first() {
+            Some(Renewal::Renewed | Renewal::CancelPending) => renewed_at = Some(sent),
+            _ => return Ok(None),
+        }
+    }
+    Ok(renewed_at)
+}
+
 async fn resume(
     sup: &Supervisor,
     plan: BuildPlan,
