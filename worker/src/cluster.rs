@@ -10,7 +10,7 @@
 //! last pods seen (all succeeded: `succeeded`; one failed: `failed`; else
 //! `cancelled`) and marked as inferred. Nothing here does IO.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use kiln_protocol::Phase;
@@ -54,9 +54,62 @@ struct Build {
     first_seen: jiff::Timestamp,
     /// Latest attempt seen per image, kept after its pod is gone so that the
     /// outcome can be inferred.
-    images: BTreeMap<String, ImageState>,
+    images: Few<ImageState>,
     /// Pods that exist now, by name.
-    pods: HashMap<String, PodState>,
+    pods: Few<PodState>,
+}
+
+/// A few entries by name, in name order: what one build has (an image or
+/// two, a pod or two). A `BTreeMap` allocates a node for eleven entries on
+/// the first insert and a `HashMap` four buckets; with ten thousand builds
+/// in flight that was over a kilobyte per build.
+#[derive(Debug)]
+struct Few<V>(Vec<(String, V)>);
+
+impl<V> Default for Few<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V> Few<V> {
+    fn get_mut(&mut self, name: &str) -> Option<&mut V> {
+        self.0.iter_mut().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, name: &str, value: V) {
+        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name.to_owned(), value));
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        self.0.retain(|(_, v)| keep(v));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.0.iter().map(|(n, v)| (n, v))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -161,15 +214,15 @@ impl ClusterView {
             .or_insert_with(|| Build {
                 namespace: v.namespace.clone(),
                 first_seen: v.created_at.unwrap_or(now),
-                images: BTreeMap::new(),
-                pods: HashMap::new(),
+                images: Few::default(),
+                pods: Few::default(),
             });
         if let Some(created) = v.created_at
             && created < build.first_seen
         {
             build.first_seen = created;
         }
-        build.pods.insert(v.name.clone(), PodState { epoch });
+        build.pods.insert(&v.name, PodState { epoch });
         let state = ImageState {
             attempt: v.attempt,
             pod: v.name.clone(),
@@ -181,9 +234,7 @@ impl ClusterView {
         match build.images.get_mut(&v.image) {
             Some(old) if old.attempt > v.attempt => {}
             Some(old) => *old = state,
-            None => {
-                build.images.insert(v.image.clone(), state);
-            }
+            None => build.images.insert(&v.image, state),
         }
     }
 
@@ -287,7 +338,7 @@ impl ClusterView {
             if b.namespace != namespace {
                 continue;
             }
-            b.pods.retain(|_, p| p.epoch >= epoch);
+            b.pods.retain(|p| p.epoch >= epoch);
             if b.pods.is_empty() {
                 ended.push(id.clone());
             }

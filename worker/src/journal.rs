@@ -105,6 +105,9 @@ impl Journal {
         let want = derived(&d.build_id, level, d.image.as_deref(), d.attempt, d.phase);
         let odd = (want.0 != ev.id || want.1 != ev.event_type)
             .then(|| Box::new((ev.id.clone(), ev.event_type.clone())));
+        // Exact growth: a Vec's first push reserves four entries, most of
+        // them never used by a build's handful of events.
+        self.timeline.reserve_exact(1);
         self.timeline.push(Entry {
             time: ev.time,
             message: boxed(d.message.as_deref()),
@@ -130,6 +133,7 @@ impl Journal {
         let i = if let Some(i) = self.images.iter().position(|i| &*i.name == name) {
             i
         } else {
+            self.images.reserve_exact(1);
             self.images.push(Image::new(name));
             self.images.len() - 1
         };
@@ -201,6 +205,7 @@ impl Image {
         if let Some(pod) = &d.pod
             && !self.pods.iter().any(|p| **p == *pod.name)
         {
+            self.pods.reserve_exact(1);
             self.pods.push(pod.name.as_str().into());
         }
         if d.digest.is_some() {

@@ -136,8 +136,10 @@ struct Namespace {
     synced: bool,
     /// Relist generation: bumped by each `Init`.
     epoch: u64,
-    /// Pods by build id, then by pod name.
-    builds: HashMap<String, HashMap<String, Cached>>,
+    /// Pods by build id. A build has a pod or two (one per image, and an
+    /// old attempt's while it goes): a short list, not a map that would
+    /// reserve room for four views per build.
+    builds: HashMap<String, Vec<Cached>>,
 }
 
 #[derive(Debug)]
@@ -151,13 +153,18 @@ impl Pods {
     fn apply(&mut self, v: &PodView) {
         let ns = self.namespaces.entry(v.namespace.clone()).or_default();
         let epoch = ns.epoch;
-        ns.builds.entry(v.build_id.clone()).or_default().insert(
-            v.name.clone(),
-            Cached {
-                view: v.clone(),
-                epoch,
-            },
-        );
+        let cached = Cached {
+            view: v.clone(),
+            epoch,
+        };
+        let pods = ns.builds.entry(v.build_id.clone()).or_default();
+        match pods.iter_mut().find(|p| p.view.name == v.name) {
+            Some(p) => *p = cached,
+            None => {
+                pods.reserve_exact(1);
+                pods.push(cached);
+            }
+        }
     }
 
     /// Returns whether the build still has pods in the view.
@@ -166,7 +173,7 @@ impl Pods {
             return self.has_pods(&v.build_id);
         };
         if let Some(pods) = ns.builds.get_mut(&v.build_id) {
-            pods.remove(&v.name);
+            pods.retain(|p| p.view.name != v.name);
             if pods.is_empty() {
                 ns.builds.remove(&v.build_id);
             }
@@ -187,7 +194,7 @@ impl Pods {
         let epoch = ns.epoch;
         let mut gone = Vec::new();
         ns.builds.retain(|_, pods| {
-            pods.retain(|_, p| {
+            pods.retain(|p| {
                 let seen = p.epoch >= epoch;
                 if !seen {
                     gone.push(p.view.clone());
@@ -208,7 +215,7 @@ impl Pods {
         Some(
             ns.builds
                 .get(id)
-                .map(|pods| pods.values().map(|p| p.view.clone()).collect())
+                .map(|pods| pods.iter().map(|p| p.view.clone()).collect())
                 .unwrap_or_default(),
         )
     }

@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use futures::channel::mpsc;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -135,7 +136,7 @@ impl Registry {
         self.lock()
             .builds
             .get(id)
-            .is_some_and(|e| e.handle.tx.send(input).is_ok())
+            .is_some_and(|e| e.handle.tx.unbounded_send(input).is_ok())
     }
 
     /// Registers a build task; `None` if the id is already driven here.
@@ -284,7 +285,7 @@ mod tests {
     use super::*;
 
     fn handle(namespace: &str) -> (BuildHandle, mpsc::UnboundedReceiver<Input>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded();
         let (_, accepted) = watch::channel(false);
         let h = BuildHandle {
             tx,
