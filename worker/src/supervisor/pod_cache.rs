@@ -158,12 +158,11 @@ impl Pods {
             epoch,
         };
         let pods = ns.builds.entry(v.build_id.clone()).or_default();
-        match pods.iter_mut().find(|p| p.view.name == v.name) {
-            Some(p) => *p = cached,
-            None => {
-                pods.reserve_exact(1);
-                pods.push(cached);
-            }
+        if let Some(p) = pods.iter_mut().find(|p| p.view.name == v.name) {
+            *p = cached;
+        } else {
+            pods.reserve_exact(1);
+            pods.push(cached);
         }
     }
 
