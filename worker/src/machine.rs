@@ -738,14 +738,14 @@ impl Machine {
         img.finished_at = Some(wall);
         img.retry_at = None;
         img.pending_since = None;
-        let pods: Vec<PodId> = img.pod.iter().cloned().chain(img.stale.drain(..)).collect();
-        img.pod = None;
-        let mut out = vec![self.image_event(i, Phase::Cancelled, wall, |d| {
+        // The pods stay until the build's terminal event is out (`finish`
+        // deletes them after it): a worker that dies in between leaves the
+        // pods, and whoever adopts them publishes the end. Deleted first,
+        // they would take the only trace of the build with them.
+        vec![self.image_event(i, Phase::Cancelled, wall, |d| {
             d.reason = Some(Reason::Cancelled);
             d.message = Some(message.to_owned());
-        })];
-        out.extend(pods.into_iter().map(delete));
-        out
+        })]
     }
 
     /// The build's deadline passed: every unfinished image fails.
@@ -1458,9 +1458,9 @@ mod tests {
             [
                 "image.failed:api#1",
                 "image.cancelled:worker#1",
-                "delete:kiln-b1-worker-1",
                 "build.failed",
                 "delete:kiln-b1-api-1",
+                "delete:kiln-b1-worker-1",
                 "finished:failed"
             ]
         );
@@ -1547,8 +1547,8 @@ mod tests {
             feed(&mut m, Input::Cancel("superseded".into())),
             [
                 "image.cancelled:api#1",
-                "delete:kiln-b1-api-1",
                 "build.cancelled",
+                "delete:kiln-b1-api-1",
                 "finished:cancelled"
             ]
         );

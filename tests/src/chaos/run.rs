@@ -798,12 +798,17 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
     }
     world.kube.shutdown();
     let settled = result?;
+    let history = rec.snapshot();
     if std::env::var_os("KILN_CHAOS_KEEP_LOGS").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        eprintln!("chaos: worker logs kept in {}", dir.display());
+        // The whole history beside the logs, to follow one build.
+        let _ = std::fs::write(dir.join("history.txt"), format!("{history:#?}"));
+        eprintln!(
+            "chaos: worker logs and history.txt kept in {}",
+            dir.display()
+        );
     }
-    let history = rec.snapshot();
     let verdict = check(&history);
     Ok(Outcome {
         schedule: described,
