@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Supervisor, build_task, pod_cache};
-use crate::classify::PodView;
+use crate::classify::{PodPhase, PodView};
 use crate::error::Result;
 use crate::lease::{BuildRecord, Claim, LeaseToken, RecordState, Renewal};
 use crate::machine::{Input, Machine};
@@ -21,7 +21,9 @@ use crate::policy::Policy;
 pub(super) enum Adoption {
     /// Resume driving the build from the plan its pods carry.
     Resume(Box<BuildPlan>),
-    /// The terminal event is out; only deleting the pods was missing.
+    /// The terminal event is out (the record says so, or the pods are what
+    /// an interrupted clean-up leaves: [`cleanup_interrupted`]); only
+    /// deleting the pods was missing.
     CleanUp,
     /// No pods left: nothing to adopt.
     Forget,
@@ -77,11 +79,32 @@ pub(super) fn decide(
         }
     }
     problems.extend(policy.recheck(&plan));
-    if problems.is_empty() {
-        Adoption::Resume(Box::new(plan))
-    } else {
-        Adoption::Refuse(problems.join("; "))
+    if !problems.is_empty() {
+        return Adoption::Refuse(problems.join("; "));
     }
+    if cleanup_interrupted(&plan, pods, record) {
+        return Adoption::CleanUp;
+    }
+    Adoption::Resume(Box::new(plan))
+}
+
+/// Pure: whether the pods are what an interrupted clean-up leaves. A build's
+/// pods are deleted only after its terminal event is out (besides an old
+/// attempt's, once the next one exists), so an image with no pod left while
+/// every remaining pod has ended means the build ended and its owner was
+/// stopped between the deletes: resuming would build that image again.
+/// Not when the record says the first pods were still being created (the
+/// owner died mid-way, the request is still unacked): then the missing pod
+/// never existed, and resuming creates it.
+fn cleanup_interrupted(plan: &BuildPlan, pods: &[PodView], record: Option<&BuildRecord>) -> bool {
+    let ended =
+        |p: &PodView| p.deleting || matches!(p.phase, Some(PodPhase::Succeeded | PodPhase::Failed));
+    let missing = plan
+        .images
+        .iter()
+        .any(|i| !pods.iter().any(|p| p.image == i.name));
+    let creating = record.is_some_and(|r| r.state == RecordState::Claimed);
+    missing && !creating && pods.iter().all(ended)
 }
 
 /// Where adoption reads a lapsed build's pods from.
@@ -250,8 +273,8 @@ async fn take_over(
 /// A build without a record may have lost its lease with it (Redis lost
 /// its keys), while its owner lives: that owner acts until its fence
 /// closes, which is at most one TTL after its last renewal, and every
-/// renewal since the loss fails. Holding the new claim (renewed every third
-/// of the TTL) for one whole TTL before reading the pods and acting makes
+/// renewal since the loss fails. Holding the new claim (renewed as the
+/// renewal loop would) for one whole TTL before reading the pods and acting makes
 /// sure it has stopped: two workers never drive one build. Returns the send
 /// time of the last renewal (the fence counts from it); `None` if the
 /// claim was lost meanwhile or the worker is stopping.
@@ -261,10 +284,12 @@ async fn outwait_previous_owner(
     token: &LeaseToken,
 ) -> Result<Option<Instant>> {
     let ttl = sup.ctx.leases.ttl();
+    let period = super::fencing::renew_period(ttl);
     let held = [(id.to_owned(), token.clone())];
+    let until = Instant::now() + ttl;
     let mut renewed_at = None;
-    for _ in 0..3 {
-        if crate::retry::bounded(tokio::time::sleep(ttl / 3), &sup.stop)
+    while renewed_at.is_none_or(|at| at < until) {
+        if crate::retry::bounded(tokio::time::sleep(period), &sup.stop)
             .await
             .is_none()
         {

@@ -264,3 +264,77 @@ fn pods_come_from_the_cache_while_a_record_orders_things_else_from_the_server() 
     }
     assert_eq!(Source::of(None), Source::Server);
 }
+
+/// A two-image plan of `shop` (images `api` and `worker`).
+fn two_image_plan(id: &str) -> BuildPlan {
+    let image = |name: &str| {
+        serde_json::json!({
+            "name": name,
+            "context": {"git": {"url": "https://github.com/acme/cart.git", "ref": "refs/heads/main"}},
+            "destinations": [format!("registry.example.com/shop/{name}:1.0.0")]
+        })
+    };
+    let body = serde_json::json!({
+        "apiVersion": "kiln/v1", "kind": "BuildRequest", "id": id,
+        "images": [image("api"), image("worker")]
+    });
+    let req = kiln_protocol::parse_build_request(&serde_json::to_vec(&body).unwrap()).unwrap();
+    let admission = policy().admit(Some("shop"), &req).unwrap();
+    BuildPlan::new(
+        &req,
+        &admission,
+        vec![None, None],
+        jiff::Timestamp::UNIX_EPOCH,
+        None,
+    )
+}
+
+/// Only the `worker` image's pod of [`two_image_plan`], in `phase`.
+fn worker_pod_only(phase: PodPhase) -> Vec<PodView> {
+    let annotation = two_image_plan("b").to_annotation();
+    let mut p = pod(1, Some(&annotation));
+    "worker".clone_into(&mut p.image);
+    "kiln-b-worker-1".clone_into(&mut p.name);
+    p.phase = Some(phase);
+    vec![p]
+}
+
+/// Chaos (seed 42): the owner published `build.succeeded`, deleted the
+/// `api` pod, and was fenced before deleting the `worker` pod. Resuming
+/// from what is left created `api`'s pod again.
+#[test]
+fn an_image_without_pods_beside_ended_pods_is_an_interrupted_clean_up() {
+    let pods = worker_pod_only(PodPhase::Succeeded);
+    for rec in [None, Some(record(RecordState::Accepted))] {
+        assert!(
+            matches!(
+                decide("b", &pods, rec.as_ref(), &policy()),
+                Adoption::CleanUp
+            ),
+            "{rec:?}"
+        );
+    }
+    let mut deleting = worker_pod_only(PodPhase::Running);
+    deleting[0].deleting = true;
+    assert!(matches!(
+        decide("b", &deleting, None, &policy()),
+        Adoption::CleanUp
+    ));
+}
+
+#[test]
+fn an_image_without_pods_beside_a_live_pod_or_while_creating_is_resumed() {
+    let running = worker_pod_only(PodPhase::Running);
+    assert!(matches!(
+        decide("b", &running, None, &policy()),
+        Adoption::Resume(_)
+    ));
+    // The record says the first pods were being created: `api`'s never
+    // existed, and the request is still unacked.
+    let ended = worker_pod_only(PodPhase::Succeeded);
+    let claimed = record(RecordState::Claimed);
+    assert!(matches!(
+        decide("b", &ended, Some(&claimed), &policy()),
+        Adoption::Resume(_)
+    ));
+}

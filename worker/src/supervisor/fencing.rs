@@ -1,7 +1,8 @@
 //! Lease renewal, and what happens when it fails (fencing).
 //!
 //! Every lease this worker holds is renewed in one batched call every third
-//! of the TTL, each against the token of its claim. A lease held under
+//! of the TTL (more often for short TTLs: [`renew_period`]), each against
+//! the token of its claim. A lease held under
 //! another token (another worker's, or a newer claim of this worker's), or
 //! one found missing, stops its build here (renewal is compare-and-extend
 //! only). When renewals keep
@@ -32,6 +33,14 @@ use crate::machine::Input;
 /// but never more than half the TTL (a fence must open at all).
 pub(super) fn margin(ttl: Duration) -> Duration {
     (ttl / 5).max(Duration::from_secs(1)).min(ttl / 2)
+}
+
+/// How often leases are renewed: a third of the TTL, and at least twice
+/// within a fence's life (TTL − margin), so that one late reply does not
+/// close the fences of every build. With a 30 s TTL that is every 10 s
+/// (fences last 24 s); with a 2 s TTL, every 500 ms (fences last 1 s).
+pub(super) fn renew_period(ttl: Duration) -> Duration {
+    (ttl / 3).min(ttl.saturating_sub(margin(ttl)) / 2)
 }
 
 /// Until when this worker may act on a build: pure, see the module
@@ -109,7 +118,8 @@ pub(super) fn after_failure(last_ok: Instant, now: Instant, ttl: std::time::Dura
 
 pub(super) async fn renew_loop(sup: Supervisor) {
     let ttl = sup.ctx.leases.ttl();
-    let mut every = tokio::time::interval_at(Instant::now() + ttl / 3, ttl / 3);
+    let period = renew_period(ttl);
+    let mut every = tokio::time::interval_at(Instant::now() + period, period);
     // A late round (a slow Redis) is followed by a full period, not a burst.
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_ok = Instant::now();
@@ -214,6 +224,23 @@ mod tests {
         tokio::time::advance(Duration::from_millis(7_500)).await;
         assert!(shared.holds(Instant::now()), "still the later fence");
         assert_eq!(early.extended(later), later);
+    }
+
+    #[test]
+    fn renewals_come_at_least_twice_per_fence() {
+        assert_eq!(
+            renew_period(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            renew_period(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        for ttl in [1, 2, 5, 9, 30, 120].map(Duration::from_secs) {
+            let fence = ttl.saturating_sub(margin(ttl));
+            assert!(renew_period(ttl) * 2 <= fence, "{ttl:?}");
+            assert!(renew_period(ttl) <= ttl / 3, "{ttl:?}");
+        }
     }
 
     #[test]
