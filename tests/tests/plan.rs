@@ -117,15 +117,18 @@ fn plan_of_an_example_prints_its_pods_with_labels_and_args() {
             kiln_protocol::pod_name(id, name, 1)
         );
         assert_eq!(pod["metadata"]["namespace"], "kiln-builds");
-        assert_eq!(
-            pod["metadata"]["labels"],
-            json!({
-                "app.kubernetes.io/managed-by": "kiln",
-                "kiln.dev/build": kiln_protocol::label_value(id),
-                "kiln.dev/image": name,
-                "kiln.dev/attempt": "1",
-            })
-        );
+        // The request's labels, then Kiln's own.
+        let mut labels = request["labels"].clone();
+        for (k, v) in [
+            ("app.kubernetes.io/managed-by", "kiln".to_owned()),
+            ("kiln.dev/build", kiln_protocol::label_value(id)),
+            ("kiln.dev/image", name.to_owned()),
+            ("kiln.dev/attempt", "1".to_owned()),
+        ] {
+            labels[k] = json!(v);
+        }
+        assert_eq!(pod["metadata"]["labels"], labels);
+        assert_eq!(pod["metadata"]["labels"]["team"], "payments");
         assert_eq!(pod["metadata"]["annotations"]["kiln.dev/build-id"], id);
         assert_eq!(pod["metadata"]["annotations"]["kiln.dev/tenant"], "default");
         let args = kaniko_args(pod);

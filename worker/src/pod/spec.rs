@@ -159,14 +159,19 @@ pub fn configmap_spec(
     })
 }
 
-/// The labels of every object of one attempt (pod and ConfigMap).
+/// The labels of every object of one attempt (pod and ConfigMap): the
+/// request's `labels` (validated at intake: `kiln.dev/` keys are refused),
+/// then Kiln's own, which win over a request label of the same key (the
+/// watch selects on `app.kubernetes.io/managed-by=kiln`).
 fn labels(plan: &BuildPlan, image: &ImagePlan, attempt: u32) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut labels = plan.labels.clone();
+    labels.extend([
         (MANAGED_BY.to_owned(), "kiln".to_owned()),
         (LABEL_BUILD.to_owned(), kiln_protocol::label_value(&plan.id)),
         (LABEL_IMAGE.to_owned(), image.name.clone()),
         (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
-    ])
+    ]);
+    labels
 }
 
 /// What the builders add to the pod, in order.
@@ -720,6 +725,23 @@ mod tests {
             s3: None,
             url: None,
         }
+    }
+
+    #[test]
+    fn request_labels_reach_the_pod_and_never_replace_kilns() {
+        let mut p = plan(git(), true);
+        p.labels = BTreeMap::from([
+            ("team".to_owned(), "payments".to_owned()),
+            (MANAGED_BY.to_owned(), "someone-else".to_owned()),
+        ]);
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(
+            labels[MANAGED_BY], "kiln",
+            "the watch's selector stays true"
+        );
+        assert_eq!(labels[LABEL_IMAGE], "api");
     }
 
     #[test]
