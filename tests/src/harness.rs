@@ -622,6 +622,42 @@ fn remove_test_state(prefix: &str, redis_prefix: &str) -> Result<(), String> {
     })
 }
 
+/// The Redis key prefix of a test that needs no whole [`Env`] (lease
+/// tests): every key under it is deleted when this drops, also when the
+/// test panics. Keys with no TTL (the `builds` index) would outlive it.
+pub struct RedisPrefix(String);
+
+impl RedisPrefix {
+    pub fn new(name: &str) -> Self {
+        Self(format!("{}:", unique(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        // Synchronous, on any runtime: the removal runs on a thread of its
+        // own (as `Env`'s clean-up does).
+        let prefix = self.0.clone();
+        let removal = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(delete_redis_keys(&prefix))
+        });
+        if let Ok(Err(e)) = removal.join() {
+            eprintln!(
+                "warning: could not delete the Redis keys of {}: {e}",
+                self.0
+            );
+        }
+    }
+}
+
 /// Deletes every Redis key whose name starts with `redis_prefix`.
 async fn delete_redis_keys(redis_prefix: &str) -> Result<(), String> {
     let client = redis::Client::open(redis_url()).map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kiln_protocol::BuildEvent;
 use kiln_tests::fakekube::Resource;
-use kiln_tests::harness::{Env, one_image, redis_url, unique};
+use kiln_tests::harness::{Env, RedisPrefix, one_image, redis_url, unique};
 use kiln_worker::lease::{BuildRecord, Claim, LeaseToken, Leases, RecordState, Renewal};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -87,28 +87,28 @@ fn record(worker: &str) -> BuildRecord {
     }
 }
 
-/// Two workers' lease handles on one fresh prefix (keys expire on their
-/// own: short TTLs).
-async fn two_workers() -> (Leases, Leases) {
+/// Two workers' lease handles on one fresh prefix, whose keys go when the
+/// returned guard drops.
+async fn two_workers() -> (Leases, Leases, RedisPrefix) {
     two_workers_with(Duration::from_secs(2)).await
 }
 
-async fn two_workers_with(ttl: Duration) -> (Leases, Leases) {
-    let prefix = format!("{}:", unique("kiln-lease-test"));
-    let a = Leases::connect(&redis_url(), &prefix, "worker-a", ttl)
+async fn two_workers_with(ttl: Duration) -> (Leases, Leases, RedisPrefix) {
+    let prefix = RedisPrefix::new("kiln-lease-test");
+    let a = Leases::connect(&redis_url(), prefix.as_str(), "worker-a", ttl)
         .await
         .unwrap();
-    let b = Leases::connect(&redis_url(), &prefix, "worker-b", ttl)
+    let b = Leases::connect(&redis_url(), prefix.as_str(), "worker-b", ttl)
         .await
         .unwrap();
-    (a, b)
+    (a, b, prefix)
 }
 
 /// FINISH of a worker that lost the lease writes no record and reports the
 /// loss; the holder's record stands.
 #[tokio::test]
 async fn finish_without_the_lease_writes_nothing() {
-    let (a, b) = two_workers().await;
+    let (a, b, _keys) = two_workers().await;
     let id = unique("finish");
     let b_token = acquired(b.claim(&id).await.unwrap());
     let keep = Duration::from_secs(10);
@@ -134,7 +134,7 @@ async fn finish_without_the_lease_writes_nothing() {
 /// flushed) nor one another worker holds: both are lost.
 #[tokio::test]
 async fn renewal_is_compare_and_extend_only() {
-    let (a, b) = two_workers().await;
+    let (a, b, _keys) = two_workers().await;
     let missing = unique("missing");
     let taken = unique("taken");
     let mine = unique("mine");
@@ -178,7 +178,7 @@ fn acquired(claim: Claim) -> LeaseToken {
 /// acting beside the new one.
 #[tokio::test]
 async fn an_old_claim_cannot_renew_or_finish_after_a_reclaim_by_the_same_worker() {
-    let (a, _) = two_workers_with(Duration::from_millis(400)).await;
+    let (a, _, _keys) = two_workers_with(Duration::from_millis(400)).await;
     let id = unique("reclaim");
     let old = acquired(a.claim(&id).await.unwrap());
     assert_eq!(
