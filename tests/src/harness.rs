@@ -13,7 +13,7 @@ use kiln_worker::config::{BuildConfig, Connections, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::fakekube::{FakeKube, Fate, Resource, Timing, Verb};
+use crate::fakekube::{FakeKube, Fate, FaultResponse, FaultRule, Resource, Timing, Verb};
 
 mod sequence;
 pub use sequence::{
@@ -361,6 +361,24 @@ impl Env {
         });
     }
 
+    /// Makes every pod create fail (503, retried by the worker), publishes
+    /// a one-image build of a fresh id and waits until its first create was
+    /// tried: a build held before acceptance. `kube.faults().clear()` lets
+    /// it go on.
+    pub async fn publish_while_pod_creates_fail(&self, prefix: &str, timeout: Duration) -> String {
+        self.kube.faults().add(
+            FaultRule::new(Verb::Create, Resource::Pods).respond(FaultResponse::ServiceUnavailable),
+        );
+        let id = unique(prefix);
+        self.publish(&one_image(&id)).await;
+        assert!(
+            self.eventually(timeout, |e| e.kube.faults().injected_count() > 0)
+                .await,
+            "the first pod create was tried"
+        );
+        id
+    }
+
     /// Waits until `n` `image.running` events of `build` arrived.
     pub async fn wait_running(&mut self, build: &str, n: usize, timeout: Duration) {
         let mut running = 0;
@@ -561,18 +579,10 @@ impl Drop for Env {
         // runtime of its own, with connections of its own (the `Env`'s
         // broker lives on the test's runtime, which may be the one blocked
         // here).
-        let removal = std::thread::Builder::new()
-            .name("kiln-test-cleanup".to_owned())
-            .spawn(move || {
-                stop_all(workers);
-                remove_test_state(&prefix, &redis_prefix)
-            });
-        let outcome = match removal {
-            Ok(thread) => thread
-                .join()
-                .unwrap_or_else(|_| Err("the clean-up thread panicked".to_owned())),
-            Err(e) => Err(format!("cannot start the clean-up thread: {e}")),
-        };
+        let outcome = on_cleanup_thread(move || {
+            stop_all(workers);
+            remove_test_state(&prefix, &redis_prefix)
+        });
         if let Err(e) = outcome {
             // Never panic in a drop (it may run during a panic already).
             eprintln!("clean-up of {} incomplete: {e}", self.prefix);
@@ -602,20 +612,41 @@ fn stop_all(mut workers: Vec<WorkerHandle>) {
 /// `redis_prefix` and the test's files, on a runtime of its own.
 fn remove_test_state(prefix: &str, redis_prefix: &str) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(prefix));
+    block_on_removal(async {
+        let broker = Broker::connect_client(&amqp_url(), prefix, "kiln test clean-up")
+            .await
+            .map_err(|e| e.to_string())?;
+        let topology = broker.delete_topology().await.map_err(|e| e.to_string());
+        broker.close().await;
+        topology?;
+        delete_redis_keys(redis_prefix).await
+    })
+}
+
+/// Runs a drop's clean-up to its end on a thread of its own: a drop is
+/// synchronous and may run on a current-thread runtime (which it would
+/// block) or while a test unwinds.
+fn on_cleanup_thread(
+    work: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
+    match std::thread::Builder::new()
+        .name("kiln-test-cleanup".to_owned())
+        .spawn(work)
+    {
+        Ok(thread) => thread
+            .join()
+            .unwrap_or_else(|_| Err("the clean-up thread panicked".to_owned())),
+        Err(e) => Err(format!("cannot start the clean-up thread: {e}")),
+    }
+}
+
+/// Runs `removal` on a runtime of its own, within [`REMOVE_TIMEOUT`].
+fn block_on_removal(removal: impl Future<Output = Result<(), String>>) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     rt.block_on(async {
-        let removal = async {
-            let broker = Broker::connect_client(&amqp_url(), prefix, "kiln test clean-up")
-                .await
-                .map_err(|e| e.to_string())?;
-            let topology = broker.delete_topology().await.map_err(|e| e.to_string());
-            broker.close().await;
-            topology?;
-            delete_redis_keys(redis_prefix).await
-        };
         tokio::time::timeout(REMOVE_TIMEOUT, removal)
             .await
             .map_err(|_| format!("no answer within {REMOVE_TIMEOUT:?}"))?
@@ -639,21 +670,10 @@ impl RedisPrefix {
 
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
-        // Synchronous, on any runtime: the removal runs on a thread of its
-        // own (as `Env`'s clean-up does).
+        // As `Env`'s clean-up: on a thread and a runtime of its own.
         let prefix = self.0.clone();
-        let removal = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(delete_redis_keys(&prefix))
-        });
-        if let Ok(Err(e)) = removal.join() {
-            eprintln!(
-                "warning: could not delete the Redis keys of {}: {e}",
-                self.0
-            );
+        if let Err(e) = on_cleanup_thread(move || block_on_removal(delete_redis_keys(&prefix))) {
+            eprintln!("clean-up of the Redis keys of {} incomplete: {e}", self.0);
         }
     }
 }

@@ -246,19 +246,9 @@ async fn builds_ready(env: &Env) -> u32 {
 /// stopped (an unacked delivery would be back in the queue then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_stopped_before_acceptance_is_requeued_and_built_once() {
-    use kiln_tests::fakekube::{FaultResponse, FaultRule, Verb};
     let mut env = Env::new().await;
-    env.kube.faults().add(
-        FaultRule::new(Verb::Create, Resource::Pods).respond(FaultResponse::ServiceUnavailable),
-    );
     let w = env.start_worker();
-    let id = unique("requeued");
-    env.publish(&one_image(&id)).await;
-    assert!(
-        env.eventually(WAIT, |e| e.kube.faults().injected_count() > 0)
-            .await,
-        "the first pod create was tried"
-    );
+    let id = env.publish_while_pod_creates_fail("requeued", WAIT).await;
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("{}lease:{id}", env.redis_prefix);

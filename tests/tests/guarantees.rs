@@ -288,22 +288,12 @@ async fn another_tenants_request_is_refused_after_redis_lost_the_record_and_leas
 /// the build ran to success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owners_cancel_reaches_its_build_after_redis_lost_only_the_record() {
-    use kiln_tests::fakekube::{FaultResponse, FaultRule, Verb};
     let mut env = Env::new().await;
     env.slow_pods(Duration::from_secs(3));
+    env.start_worker();
     // Pod creation fails (retried) until the record is gone and the cancel
     // is in.
-    env.kube.faults().add(
-        FaultRule::new(Verb::Create, Resource::Pods).respond(FaultResponse::ServiceUnavailable),
-    );
-    env.start_worker();
-    let id = unique("unrecorded");
-    env.publish(&one_image(&id)).await;
-    assert!(
-        env.eventually(WAIT, |e| e.kube.faults().injected_count() > 0)
-            .await,
-        "the first pod create was tried"
-    );
+    let id = env.publish_while_pod_creates_fail("unrecorded", WAIT).await;
     lose_key(&env, &format!("build:{id}")).await;
     env.cancel(&id, "changed my mind").await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -214,33 +214,31 @@ async fn take_over(
     token: &LeaseToken,
 ) -> Result<()> {
     let ctx = &sup.ctx;
-    let Some(cached) = sup.pod_cache.build_pods(namespace, id) else {
-        // A namespace never unsyncs once synced; should it, decide nothing.
+    let record = ctx.leases.record(id).await?;
+    // `cached` is the base against which the watch's later events are
+    // handed to the build (see [`resume`]); `fresh`, the server's pods
+    // when they are read instead of the cache's.
+    let (cached, fresh, claimed_at) = match Source::of(record.as_ref()) {
+        Source::Cache => (sup.pod_cache.build_pods(namespace, id), None, claimed_at),
+        Source::Server => match outwait_previous_owner(sup, id, token).await? {
+            Some(renewed_at) => (
+                sup.pod_cache.build_pods(namespace, id),
+                Some(ctx.pods.build_pods(namespace, id).await?),
+                renewed_at,
+            ),
+            None => (None, None, claimed_at),
+        },
+    };
+    // No view: a namespace that unsynced (it never does once synced), or
+    // the claim lost while waiting out the previous owner. Decide nothing.
+    let Some(cached) = cached else {
         return ctx.leases.release(id, token).await.map(drop);
     };
-    let record = ctx.leases.record(id).await?;
-    // `cached` stays the base against which the watch's later events are
-    // handed to the build (see [`resume`]), whichever source `pods` is.
-    let (cached, pods, claimed_at) = match Source::of(record.as_ref()) {
-        Source::Cache => (cached.clone(), cached, claimed_at),
-        Source::Server => {
-            let Some(renewed_at) = outwait_previous_owner(sup, id, token).await? else {
-                return ctx.leases.release(id, token).await.map(drop);
-            };
-            let Some(cached) = sup.pod_cache.build_pods(namespace, id) else {
-                return ctx.leases.release(id, token).await.map(drop);
-            };
-            (
-                cached,
-                ctx.pods.build_pods(namespace, id).await?,
-                renewed_at,
-            )
-        }
-    };
-    match decide(id, &pods, record.as_ref(), &ctx.policy) {
+    let pods = fresh.as_deref().unwrap_or(&cached);
+    match decide(id, pods, record.as_ref(), &ctx.policy) {
         Adoption::Forget => sup.registry.forget_foreign(id),
         Adoption::CleanUp => {
-            for p in &pods {
+            for p in pods {
                 ctx.pods.delete(&p.namespace, &p.name, &p.uid).await?;
             }
             sup.registry.forget_foreign(id);
@@ -257,19 +255,13 @@ async fn take_over(
             sup.registry.refuse_foreign(id);
         }
         Adoption::Resume(plan) => {
-            resume(sup, *plan, &pods, &cached, claimed_at, token.clone()).await;
+            resume(sup, *plan, pods, &cached, claimed_at, token.clone()).await;
             return Ok(());
         }
     }
     ctx.leases.release(id, token).await.map(drop)
 }
 
-/// Drives the build from `pods`. `cached` is what the watch cache showed
-/// before `pods` were read: what the watch delivered since (it went to the
-/// foreign set, not to the task) is handed over as the difference between
-/// it and the cache now. Not the difference from `pods`: when they come
-/// from the server, a cache that lags behind it would make a pod it has
-/// not seen yet look deleted.
 /// A build without a record may have lost its lease with it (Redis lost
 /// its keys), while its owner lives: that owner acts until its fence
 /// closes, which is at most one TTL after its last renewal, and every
@@ -304,6 +296,12 @@ async fn outwait_previous_owner(
     Ok(renewed_at)
 }
 
+/// Drives the build from `pods`. `cached` is what the watch cache showed
+/// before `pods` were read: what the watch delivered since (it went to the
+/// foreign set, not to the task) is handed over as the difference between
+/// it and the cache now. Not the difference from `pods`: when they come
+/// from the server, a cache that lags behind it would make a pod it has
+/// not seen yet look deleted.
 async fn resume(
     sup: &Supervisor,
     plan: BuildPlan,
