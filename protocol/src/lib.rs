@@ -12,6 +12,7 @@ mod cancel;
 mod decode;
 mod event;
 mod names;
+pub mod provenance;
 mod quantity;
 mod reference;
 mod request;
