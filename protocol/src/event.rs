@@ -341,6 +341,10 @@ pub struct EventData {
     /// On terminal build events: how each image ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<ImageSummary>>,
+    /// On `image.succeeded` when the worker has a signing key: the signed
+    /// SLSA provenance of the digest (docs/protocol.md, "Provenance").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::provenance::Envelope>,
 }
 
 /// A Kubernetes pod.
@@ -444,6 +448,7 @@ impl EventData {
             log_tail: None,
             retry_in_seconds: None,
             images: None,
+            provenance: None,
         }
     }
 
@@ -627,6 +632,14 @@ impl BuildEvent {
         }
         if self.subject != want.subject {
             errs.push("subject", format!("must be \"{}\"", want.subject));
+        }
+        if self.data.provenance.is_some()
+            && (level, self.phase()) != (Level::Image, Phase::Succeeded)
+        {
+            errs.push(
+                "data.provenance",
+                "only image.succeeded events carry provenance",
+            );
         }
         if let Some(t) = &self.data.log_tail
             && t.len() > crate::LOG_TAIL_MAX_BYTES

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::fakekube::{FakeKube, Fate, FaultResponse, FaultRule, Resource, Timing, Verb};
 
+pub mod provenance;
 mod sequence;
 pub use sequence::{
     ANY, ONE_IMAGE_FAILS, ONE_IMAGE_SUCCEEDS, assert_sequence, check_sequence, is_build_terminal,
@@ -59,6 +60,9 @@ pub struct Env {
     pub events: EventSubscription,
     workers: Vec<Option<WorkerHandle>>,
     seen: Vec<BuildEvent>,
+    /// Whether every in-process worker started so far signs provenance
+    /// (`None` before the first).
+    signing: Option<bool>,
 }
 
 impl std::fmt::Debug for Env {
@@ -138,6 +142,7 @@ impl Env {
             events,
             workers: Vec::new(),
             seen: Vec::new(),
+            signing: None,
         }
     }
 
@@ -166,6 +171,7 @@ impl Env {
             worker_id: None,
             prefetch: 64,
             record_ttl: Duration::from_secs(600),
+            provenance_key: Some(provenance::test_key_path()),
         }
     }
 
@@ -175,6 +181,7 @@ impl Env {
         let id = unique("w");
         config.worker_id = Some(id.clone());
         tweak(&mut config);
+        self.signing = Some(self.signing.unwrap_or(true) && config.provenance_key.is_some());
         let url = self.kube.url();
         // Each worker's API client says who it is, so a fault rule can
         // target one worker's calls (`FaultRule::user_agent_contains`).
@@ -346,6 +353,7 @@ impl Env {
             Some(ev.data.phase.as_str()),
             "kiln-phase header"
         );
+        provenance::check(&ev, &msg.body, self.signing);
         self.seen.push(ev.clone());
         Some(ev)
     }

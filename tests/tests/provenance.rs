@@ -1,6 +1,8 @@
 //! Signed provenance checked by verifiers no one here wrote: Python's
 //! securesystemslib (tests/provenance/verify.py) and the openssl CLI for the
-//! keys, plus `kiln verify` run as a process.
+//! keys, plus `kiln verify` and `kiln provenance` run as processes, and
+//! workers with and without a key against real RabbitMQ and Redis and the
+//! fake Kubernetes API.
 //!
 //! The Python verifier needs `pip install -r tests/provenance/requirements.txt`
 //! (.ci/run does it into a venv and names its interpreter in `KILN_PYTHON`;
@@ -18,8 +20,21 @@ use kiln_protocol::provenance::{
 use kiln_protocol::{BuildEvent, EventData, Phase};
 use kiln_tests::binary::kiln_bin;
 use kiln_tests::harness::unique;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kiln_tests::fakekube::Fate;
+use kiln_tests::harness::provenance::{test_key_path, test_public_key_path};
+use kiln_tests::harness::{
+    Env, NAMESPACE, ONE_IMAGE_SUCCEEDS, amqp_url, one_image, pod_labels, redis_url, two_images,
+};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
+
+const WAIT: Duration = Duration::from_secs(30);
 
 const EXECUTOR: &str = "gcr.io/kaniko-project/executor:v1.23.2";
 
@@ -337,4 +352,213 @@ fn keys_of_another_kind_are_refused_with_the_reason() {
         "",
     );
     assert!(SigningKey::from_pem(&p384).is_err());
+}
+
+/// Every pod created in the build namespace from now on, as the API served
+/// it to a watch.
+async fn record_pods(env: &Env) -> Arc<Mutex<Vec<Pod>>> {
+    let api: Api<Pod> = Api::namespaced(env.kube.client(), NAMESPACE);
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    let rv = list.metadata.resource_version.unwrap_or_default();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let pods = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&pods);
+    tokio::spawn(async move {
+        while let Some(Ok(ev)) = stream.next().await {
+            if let WatchEvent::Added(pod) = ev {
+                sink.lock().unwrap().push(pod);
+            }
+        }
+    });
+    pods
+}
+
+/// `kiln` with the connection settings of `env`.
+fn kiln(env: &Env, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(kiln_bin())
+        .args(args)
+        .env("KILN_AMQP_URL", amqp_url())
+        .env("KILN_AMQP_PREFIX", &env.prefix)
+        .env("KILN_REDIS_URL", redis_url())
+        .env("KILN_REDIS_PREFIX", &env.redis_prefix)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        let mut input = input;
+        input.write_all(bytes).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_worker_attests_every_image_and_never_hands_the_key_to_a_pod() {
+    let mut env = Env::new().await;
+    // The first attempt of every `api` fails and is retried: the statement
+    // is the second attempt's.
+    env.kube.kubelet().set_script(|pod| {
+        let (image, attempt) = pod_labels(pod);
+        if image == "api" && attempt == 1 {
+            Fate::fail(1, "error pushing image: 503 Service Unavailable")
+        } else {
+            Fate::succeed()
+        }
+    });
+    let pods = record_pods(&env).await;
+    env.start_worker();
+    let two = unique("signed");
+    env.publish(&two_images(&two)).await;
+    let mut events = env.events_of(&two, WAIT).await;
+    let one = unique("signed");
+    env.publish(&one_image(&one)).await;
+    events.extend(env.events_of(&one, WAIT).await);
+
+    let succeeded: Vec<&kiln_protocol::BuildEvent> = events
+        .iter()
+        .filter(|e| e.event_type == "dev.kiln.image.succeeded.v1")
+        .collect();
+    assert_eq!(succeeded.len(), 3, "{events:#?}");
+    let api = succeeded
+        .iter()
+        .find(|e| e.data.build_id == two && e.data.image.as_deref() == Some("api"))
+        .unwrap();
+    assert_eq!(api.data.attempt, Some(2));
+    let key =
+        VerifyingKey::from_pem(&std::fs::read_to_string(test_public_key_path()).unwrap()).unwrap();
+    let envelope = api.data.provenance.clone().unwrap();
+    let statement = kiln_protocol::provenance::verify_envelope(&key, &envelope).unwrap();
+    let p = &statement.predicate;
+    assert_eq!(p.run_details.builder.id, "urn:kiln:test");
+    assert_eq!(
+        p.run_details.metadata.invocation_id,
+        Some(format!("{two}/api/2"))
+    );
+    assert!(p.run_details.metadata.started_on.is_some());
+    let deps = &p.build_definition.resolved_dependencies;
+    assert_eq!(
+        deps[0].digest_of("gitCommit"),
+        Some("9fceb02d0ae598e95dc970b74767f19372d61af8")
+    );
+    // The executor by the digest the (fake) kubelet reported it ran.
+    let executor = deps
+        .iter()
+        .find(|d| d.uri.as_deref() == Some("oci://kaniko"))
+        .unwrap();
+    assert_eq!(
+        executor.digest_of("sha256").map(str::len),
+        Some(64),
+        "{deps:?}"
+    );
+
+    // The independent verifier agrees on everything the events carry.
+    let dir = TempDir::new();
+    let lines: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    let file = dir.write("events.jsonl", &jsonl(&lines));
+    let public = test_public_key_path();
+    let out = verify_py(&["--key", public.to_str().unwrap()], &file);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The record keeps the envelope: `kiln provenance` prints it, and
+    // `kiln verify` accepts it from a pipe.
+    let out = kiln(&env, &["provenance", &two, "api"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let printed: Envelope = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, envelope);
+    let out = kiln(
+        &env,
+        &["verify", "--key", public.to_str().unwrap(), "-"],
+        Some(&out.stdout),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("registry.example.com/shop/cart-api:1.2.3 sha256:"),
+        "{}",
+        text(&out)
+    );
+
+    // No pod refers to the key: not its path, its file name or its bytes.
+    let pem = std::fs::read_to_string(test_key_path()).unwrap();
+    let body_line = pem.lines().nth(1).unwrap().to_owned();
+    let pods = pods.lock().unwrap().clone();
+    assert_eq!(pods.len(), 5, "three images, two retried");
+    for pod in &pods {
+        let spec = serde_json::to_string(pod).unwrap();
+        for needle in [
+            test_key_path().to_str().unwrap(),
+            "test-key",
+            body_line.as_str(),
+            "PRIVATE KEY",
+            "PROVENANCE",
+        ] {
+            assert!(
+                !spec
+                    .to_ascii_uppercase()
+                    .contains(&needle.to_ascii_uppercase()),
+                "pod {:?} refers to the key ({needle})",
+                pod.metadata.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_nothing_is_signed() {
+    let mut env = Env::new().await;
+    env.start_worker_with(|c| c.provenance_key = None);
+    let id = unique("unsigned");
+    env.publish(&one_image(&id)).await;
+    let events = env.expect_sequence(&id, ONE_IMAGE_SUCCEEDS, WAIT).await;
+    assert!(events.iter().all(|e| e.data.provenance.is_none()));
+    let dir = TempDir::new();
+    let lines: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    let raw = jsonl(&lines);
+    assert!(!raw.contains("provenance"), "{raw}");
+    let file = dir.write("events.jsonl", &raw);
+    let out = verify_py(&["--expect-none"], &file);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kiln(&env, &["provenance", &id], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no signed provenance"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_one_stops_the_worker_at_start() {
+    let env = Env::new().await;
+    let dir = TempDir::new();
+    let public = test_public_key_path();
+    for (path, why) in [
+        (dir.0.join("missing.pem"), "cannot read"),
+        (public.clone(), "no PEM key block found"),
+    ] {
+        let mut config = env.config();
+        config.provenance_key = Some(path.clone());
+        let err = kiln_worker::worker::connect(&config, Some(env.kube.client()))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--provenance-key (KILN_PROVENANCE_KEY)") && err.contains(why),
+            "{err}"
+        );
+    }
 }

@@ -63,6 +63,9 @@ pub struct PodView {
     pub plan: Option<Arc<str>>,
     /// The owning tenant (annotation `kiln.dev/tenant`).
     pub tenant: Option<String>,
+    /// The Kaniko container's `imageID` once it started: the digest the
+    /// node actually ran, for the provenance.
+    pub executor_image_id: Option<String>,
 }
 
 /// A failed attempt.

@@ -276,6 +276,9 @@ pub struct ImageHistory {
     /// Every pod the image ran in, one per attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
+    /// The signed provenance of `digest` (`kiln provenance` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<kiln_protocol::provenance::Envelope>,
 }
 
 /// One published event.

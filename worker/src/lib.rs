@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod plan;
 pub mod pod;
 pub mod policy;
+pub mod provenance;
 pub mod render;
 pub mod retry;
 pub mod supervisor;

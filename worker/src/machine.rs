@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiln_protocol::provenance::Envelope;
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason};
 
 use crate::classify::{Failure, Observation, PodView, classify, classify_with_log, hopeless};
@@ -26,6 +27,26 @@ pub struct Settings {
     pub source: String,
     /// CloudEvents `kilnworker`.
     pub worker: String,
+    /// Signs the provenance of each succeeded image (`image.succeeded`
+    /// `data.provenance`); `None` without a signing key.
+    pub provenance: Option<Arc<dyn Attest>>,
+}
+
+/// What signs a succeeded attempt's provenance: the worker's key, kept out
+/// of this pure module. A pure function of its inputs (deterministic
+/// signatures), so a worker that re-publishes the event after a takeover
+/// attaches the same envelope.
+pub trait Attest: std::fmt::Debug + Send + Sync {
+    /// The envelope for attempt `attempt` of image `image` of `plan`, whose
+    /// pod `pod` reported `digest`; `None` when no statement can be made.
+    fn attest(
+        &self,
+        plan: &BuildPlan,
+        image: usize,
+        attempt: u32,
+        digest: &str,
+        pod: &PodView,
+    ) -> Option<Envelope>;
 }
 
 /// Something that happened to the build. Pod views are boxed: inputs wait
@@ -637,12 +658,19 @@ impl Machine {
                 started_at,
                 finished_at,
             } => {
+                let attempt = img.attempt;
                 img.state = ImgState::Succeeded;
                 img.digest = digest;
                 img.started_at = img.started_at.or(started_at);
                 img.finished_at = finished_at.or(Some(wall));
                 img.pending_since = None;
-                vec![self.image_event(i, Phase::Succeeded, wall, |_| {})]
+                let provenance = match (&self.settings.provenance, &self.images[i].digest) {
+                    (Some(a), Some(digest)) => a.attest(&self.plan, i, attempt, digest, pod),
+                    _ => None,
+                };
+                vec![self.image_event(i, Phase::Succeeded, wall, |d| {
+                    d.provenance = provenance;
+                })]
             }
             Observation::Failed(f) => self.fail_attempt(i, &f, log_tail, now, wall),
         }
@@ -1128,6 +1156,7 @@ mod tests {
             retry_max_delay: Duration::from_secs(40),
             source: "urn:kiln:test".into(),
             worker: "w1".into(),
+            provenance: None,
         })
     }
 
@@ -1350,6 +1379,86 @@ mod tests {
         assert_eq!(m.stage(), Stage::Done(Phase::Succeeded));
         // Nothing happens after the end.
         assert!(observed(&mut m, succeeded("api", 1)).is_empty());
+    }
+
+    /// Stands for the worker's key: "signs" what it was given, in clear.
+    #[derive(Debug)]
+    struct Echo;
+    impl Attest for Echo {
+        fn attest(
+            &self,
+            plan: &BuildPlan,
+            image: usize,
+            attempt: u32,
+            digest: &str,
+            pod: &PodView,
+        ) -> Option<Envelope> {
+            Some(Envelope {
+                payload_type: "test".into(),
+                payload: format!("{}/{image}/{attempt} {digest} {}", plan.id, pod.name),
+                signatures: Vec::new(),
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_image_succeeded_carries_provenance_of_the_pod_that_pushed() {
+        let p = plan(&["api", "worker"], 3, 3600);
+        let mut s = (*settings()).clone();
+        s.provenance = Some(Arc::new(Echo));
+        let (mut m, mut out) =
+            Machine::start(p.clone(), Arc::new(s), Instant::now(), p.accepted_at);
+        for (i, image) in [(0, "api"), (1, "worker")] {
+            out.extend(m.handle(
+                Input::PodCreated {
+                    image: i,
+                    attempt: 1,
+                    pod: Box::new(pod(image, 1, PodPhase::Pending)),
+                },
+                Instant::now(),
+                wall(&m),
+            ));
+        }
+        for image in ["api", "worker"] {
+            for p in [pod(image, 1, PodPhase::Running), succeeded(image, 1)] {
+                out.extend(m.handle(
+                    Input::Observed {
+                        pod: Box::new(p),
+                        log_tail: None,
+                    },
+                    Instant::now(),
+                    wall(&m),
+                ));
+            }
+        }
+        let signed: Vec<(String, String)> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(ev) => Some(ev),
+                _ => None,
+            })
+            .filter_map(|ev| {
+                let key = kiln_protocol::routing_key(ev.level(), ev.data.phase);
+                ev.data
+                    .provenance
+                    .as_ref()
+                    .map(|e| (key, e.payload.clone()))
+            })
+            .collect();
+        let digest = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(
+            signed,
+            [
+                (
+                    "image.succeeded".into(),
+                    format!("b1/0/1 {digest} kiln-b1-api-1")
+                ),
+                (
+                    "image.succeeded".into(),
+                    format!("b1/1/1 {digest} kiln-b1-worker-1")
+                ),
+            ]
+        );
     }
 
     fn secs(n: u64) -> Duration {

@@ -46,6 +46,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         retry_max_delay: config.retry_max_delay,
         source: format!("urn:kiln:{}", config.cluster),
         worker: worker.clone(),
+        provenance: config.attestor().map_err(Error::Config)?,
     });
     Ok(Supervisor::new(Context {
         broker: Arc::new(broker),

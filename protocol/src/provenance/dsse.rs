@@ -9,22 +9,27 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The `payloadType` of an in-toto statement.
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
 /// A DSSE envelope as JSON: `payload` and each `sig` are standard base64.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
+    /// `application/vnd.in-toto+json`.
     pub payload_type: String,
+    /// Base64 of the in-toto Statement v1.
+    #[schemars(length(min = 1))]
     pub payload: String,
+    #[schemars(length(min = 1))]
     pub signatures: Vec<EnvelopeSignature>,
 }
 
 /// One signature of an envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EnvelopeSignature {
     /// `sha256:` + hex SHA-256 of the signer's DER SubjectPublicKeyInfo. DSSE
     /// makes it an unauthenticated hint; verifiers match keys by it.
