@@ -20,6 +20,12 @@ cluster.
         dashboard ConfigMap, and the first two carry every label K=V (the
         labels Prometheus' ruleSelector and podMonitorSelector match).
 
+  check_monitoring.py --dashboard-rules OUT.yaml [--break]
+      Writes every query of deploy/grafana/kiln.json as a recording rule, so
+      that `promtool check rules OUT.yaml` parses them as PromQL (Grafana's
+      variables replaced: $job by .*, $__rate_interval and the like by 5m).
+      With --break, one query is made invalid, for a run that must fail.
+
   check_monitoring.py --self-test [--labels K=V,...] FILE...
       Breaks the inputs in each way the check guards against and fails unless
       every break is caught.
@@ -281,7 +287,49 @@ def self_test(files, want_labels, rules_text, committed_text, validators):
     )
 
 
+# Grafana's variables in the queries, and a value each that PromQL accepts.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "5m",
+    "$__interval": "5m",
+    "$__range": "5m",
+    "$job": ".*",
+}
+
+
+def dashboard_rules(breaking):
+    """The dashboard's queries as a Prometheus rule file (text)."""
+    import yaml
+
+    rules = []
+
+    def walk(panels):
+        for panel in panels:
+            for target in panel.get("targets", []):
+                expr = target.get("expr", "")
+                for variable, value in GRAFANA_VARIABLES.items():
+                    expr = expr.replace(variable, value)
+                if "$" in expr:
+                    raise SystemExit(
+                        f"{DASHBOARD.relative_to(ROOT)}: panel {panel.get('title')!r} uses a"
+                        f" variable this check does not know: {expr}"
+                    )
+                rules.append(
+                    {"record": f"kiln:dashboard:panel{panel['id']}_{target.get('refId', 'A')}", "expr": expr}
+                )
+            walk(panel.get("panels", []))
+
+    walk(json.loads(DASHBOARD.read_text())["panels"])
+    if not rules:
+        raise SystemExit(f"{DASHBOARD.relative_to(ROOT)}: no queries found")
+    if breaking:
+        rules[0]["expr"] += ")"
+    return yaml.safe_dump({"groups": [{"name": "kiln-dashboard", "rules": rules}]}, sort_keys=False)
+
+
 def main(argv):
+    if argv[:1] == ["--dashboard-rules"]:
+        pathlib.Path(argv[1]).write_text(dashboard_rules("--break" in argv[2:]))
+        return 0
     if argv == ["--write"]:
         PROMETHEUS_RULE.write_text(generate(RULES.read_text()))
         print(f"wrote {PROMETHEUS_RULE.relative_to(ROOT)}")
