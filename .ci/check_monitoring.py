@@ -18,7 +18,11 @@ cluster.
         unchanged;
       - with --labels: FILEs hold at least one PrometheusRule, PodMonitor and
         dashboard ConfigMap, and the first two carry every label K=V (the
-        labels Prometheus' ruleSelector and podMonitorSelector match).
+        labels Prometheus' ruleSelector and podMonitorSelector match);
+      - when FILEs also hold the workloads (the rendered base), every
+        PodMonitor selects pods of one of them, in a namespace it looks in,
+        and names a port their containers have: a PodMonitor that matches
+        nothing scrapes nothing, silently.
 
   check_monitoring.py --dashboard-rules OUT.yaml [--break]
       Writes every query of deploy/grafana/kiln.json as a recording rule, so
@@ -131,6 +135,12 @@ def load_validators():
     }
 
 
+def is_dashboard(doc):
+    return doc.get("kind") == "ConfigMap" and DASHBOARD_LABEL in (
+        (doc.get("metadata") or {}).get("labels") or {}
+    )
+
+
 def metadata_problems(where, doc):
     meta = doc.get("metadata") or {}
     problems = []
@@ -160,7 +170,7 @@ def document_problems(where, doc, validators, want_labels):
                     f"{where}: label {key}={value} missing (has {key}={labels.get(key)!r});"
                     " Prometheus' selector would not pick it up"
                 )
-    if kind == "ConfigMap" and DASHBOARD_LABEL in ((doc.get("metadata") or {}).get("labels") or {}):
+    if is_dashboard(doc):
         if doc["metadata"]["labels"][DASHBOARD_LABEL] != "1":
             problems.append(f"{where}: label {DASHBOARD_LABEL} must be \"1\" (the sidecar's default)")
         data = doc.get("data") or {}
@@ -171,16 +181,59 @@ def document_problems(where, doc, validators, want_labels):
     return problems
 
 
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+def scrape_problems(docs):
+    """PodMonitors that would find no pod, or no port, among the workloads
+    in `docs` (none when `docs` holds no workload)."""
+    workloads = [d for d in docs if d.get("kind") in WORKLOADS]
+    if not workloads:
+        return []
+    problems = []
+    for monitor in (d for d in docs if d.get("kind") == "PodMonitor"):
+        name = monitor["metadata"]["name"]
+        spec = monitor.get("spec") or {}
+        where = spec.get("namespaceSelector") or {}
+        namespaces = None if where.get("any") else (
+            where.get("matchNames") or [monitor["metadata"].get("namespace")]
+        )
+        want = ((spec.get("selector") or {}).get("matchLabels") or {}).items()
+        matched = [
+            w
+            for w in workloads
+            if (namespaces is None or w["metadata"].get("namespace") in namespaces)
+            and want <= (w["spec"]["template"]["metadata"].get("labels") or {}).items()
+        ]
+        if not matched:
+            problems.append(
+                f"PodMonitor {name}: selects no pod of the workloads given"
+                f" (labels {dict(want)} in namespaces {namespaces})"
+            )
+        for w in matched:
+            ports = {
+                port.get("name")
+                for c in w["spec"]["template"]["spec"].get("containers", [])
+                for port in c.get("ports") or []
+            }
+            for endpoint in spec.get("podMetricsEndpoints") or []:
+                if endpoint.get("port") not in ports:
+                    problems.append(
+                        f"PodMonitor {name}: port {endpoint.get('port')!r} is no container port of"
+                        f" {w['kind']} {w['metadata']['name']} (it has {sorted(ports)})"
+                    )
+    return problems
+
+
 def check(files, want_labels, rules_text, committed_text, validators):
     """Every problem of the inputs; `files` maps a name to its documents."""
     problems = drift_problems(rules_text, committed_text)
+    problems += scrape_problems([d for docs in files.values() for d in docs])
     kinds = set()
     for where, docs in files.items():
         for doc in docs:
             kinds.add(doc.get("kind"))
-            if doc.get("kind") == "ConfigMap" and DASHBOARD_LABEL in (
-                (doc.get("metadata") or {}).get("labels") or {}
-            ):
+            if is_dashboard(doc):
                 kinds.add("dashboard")
             problems += document_problems(where, doc, validators, want_labels)
     if want_labels:
@@ -209,11 +262,11 @@ def self_test(files, want_labels, rules_text, committed_text, validators):
                     return doc
         return None
 
-    def broken(kind, change):
+    def broken(kind, change, only=lambda doc: True):
         changed = copy.deepcopy(files)
         for docs in changed.values():
             for doc in docs:
-                if doc.get("kind") == kind:
+                if doc.get("kind") == kind and only(doc):
                     change(doc)
                     return changed
         raise SystemExit(f"self-test: no {kind} in the inputs to break")
@@ -257,13 +310,30 @@ def self_test(files, want_labels, rules_text, committed_text, validators):
             files=broken("PodMonitor", lambda d: d["spec"].pop("selector"))
         ),
     }
-    if first("ConfigMap") is not None:
+    if any(is_dashboard(d) for docs in files.values() for d in docs):
         breaks["a dashboard that differs from kiln.json"] = dict(
             files=broken(
                 "ConfigMap",
                 lambda d: d["data"].update(
                     {"kiln.json": d["data"]["kiln.json"].replace('"Kiln"', '"Kiln (edited)"', 1)}
                 ),
+                only=is_dashboard,
+            )
+        )
+    if first("Deployment") is not None:
+        breaks["a PodMonitor port the pods do not have"] = dict(
+            files=broken("PodMonitor", lambda d: endpoint(d).update({"port": "http"}))
+        )
+        breaks["a PodMonitor moved away without a namespaceSelector"] = dict(
+            files=broken(
+                "PodMonitor",
+                lambda d: (d["spec"].pop("namespaceSelector"), d["metadata"].update({"namespace": "monitoring"})),
+            )
+        )
+        breaks["a PodMonitor selecting other pods"] = dict(
+            files=broken(
+                "PodMonitor",
+                lambda d: d["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/name": "kiln"}),
             )
         )
     if want_labels:
