@@ -278,7 +278,9 @@ _kiln_stop_rabbitmq() {
 _kiln_ports=()
 ensure_services() {
   _kiln_ensure redis "${KILN_REDIS_URL:-redis://127.0.0.1:6379}" 6379 start_private_redis
-  _kiln_ensure rabbitmq "${KILN_AMQP_URL:-amqp://127.0.0.1:5672}" 5672 start_private_rabbitmq
+  local amqp=${KILN_AMQP_URL:-amqp://127.0.0.1:5672}
+  _kiln_ensure rabbitmq "$amqp" "$([[ $amqp == amqps:* ]] && echo 5671 || echo 5672)" \
+    start_private_rabbitmq
 }
 # _kiln_ensure NAME URL DEFAULT_PORT START: runs START unless something
 # answers at URL.
