@@ -312,11 +312,13 @@ async fn connection_passwords_appear_nowhere() {
     let amqp_port = plants.add("amqp url port");
     let amqp_auth = plants.add("amqp url auth");
     let dead_redis = format!("redis://kiln:{redis_port}@127.0.0.1:1/0");
-    // Redis on 6379 has no such user: AUTH fails.
-    let refused_redis = format!("redis://nobody:{redis_auth}@127.0.0.1:6379/0");
+    // The tests' Redis has no such user: AUTH fails.
+    let redis_at = kiln_tests::host_port(&redis_url(), 6379);
+    let refused_redis = format!("redis://nobody:{redis_auth}@{redis_at}/0");
     let dead_amqp = format!("amqp://guest:{amqp_port}@127.0.0.1:1/%2f");
     // RabbitMQ refuses guest with this password.
-    let refused_amqp = format!("amqp://guest:{amqp_auth}@127.0.0.1:5672/%2f");
+    let amqp_at = kiln_tests::host_port(&amqp_url(), 5672);
+    let refused_amqp = format!("amqp://guest:{amqp_auth}@{amqp_at}/%2f");
     // The workers that reach RabbitMQ declare the topology under the
     // Env's prefix, which its clean-up removes.
     let env = Env::new().await;
