@@ -36,7 +36,10 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// The problems as path/reason pairs; never empty. Whole-document
-    /// problems (size, syntax) have the path `$`.
+    /// problems (size, syntax) have the path `$`. At most
+    /// [`MAX_PROBLEMS`](crate::MAX_PROBLEMS), then one
+    /// [`ValidationError::more`] (`$: … and N more problems`) counting the
+    /// rest: what a rejection reports.
     pub fn errors(&self) -> Vec<ValidationError> {
         match self {
             DecodeError::TooLarge { size, limit } => vec![ValidationError::new(

@@ -9,15 +9,17 @@
 //! extending it.
 //!
 //! Files by concept: `request/` (types, validation, URLs), `cancel`,
-//! `decode` (bytes to validated requests), `event/` (vocabularies, payload,
-//! envelope, ids, routing keys), `tenant`, `names` (Kubernetes object names,
-//! request fingerprints), `reference` (image references), `quantity`,
-//! `validate` (problems and shared syntax rules), `secrets` (masking),
-//! `bounded` (size bounds on derived text), `limits`, `schema`. This file
-//! only re-exports: no module imports the crate root.
+//! `decode` (bytes to validated requests), `event/` (vocabularies,
+//! payload, envelope, ids, routing keys), `dead_letter` (the `kiln-error`
+//! header), `tenant`, `names` (Kubernetes object names, request
+//! fingerprints), `reference` (image references), `quantity`, `validate`
+//! (problems and shared syntax rules), `secrets` (masking), `bounded` (size
+//! bounds on derived text), `limits`, `schema`. This file only re-exports:
+//! no module imports the crate root.
 
 mod bounded;
 mod cancel;
+mod dead_letter;
 mod decode;
 mod event;
 mod limits;
@@ -32,6 +34,7 @@ mod validate;
 
 pub use bounded::bounded;
 pub use cancel::{CANCEL_REQUEST_KIND, CancelRequest, MAX_CANCEL_REASON_LEN};
+pub use dead_letter::{ERROR_HEADER, error_header};
 pub use decode::{DecodeError, parse_build_request, parse_cancel_request, readable_id};
 pub use event::{
     BuildEvent, CLOUDEVENTS_SPEC_VERSION, DATA_CONTENT_TYPE, DATA_SCHEMA, EVENT_CONTENT_TYPE,

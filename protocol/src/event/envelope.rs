@@ -254,6 +254,8 @@ mod tests {
     use super::super::phase::Reason;
     use super::*;
 
+    /// The event of the contract's example (section 4 of the design, in
+    /// docs/protocol.md) round-trips and is what `new` builds.
     #[test]
     fn design_example() {
         let json = r#"{
@@ -300,7 +302,7 @@ mod tests {
             "2026-11-25T10:00:00Z".parse().unwrap(),
             data,
         );
-        // DESIGN.md's example predates `dataschema`; `new` adds it.
+        // The contract's example predates `dataschema`; `new` adds it.
         assert_eq!(built.dataschema.as_deref(), Some(DATA_SCHEMA));
         assert_eq!(
             BuildEvent {

@@ -271,7 +271,6 @@ mod tests {
         }
     }
 
-    /// The event of DESIGN.md section 4 round-trips and is what `new` builds.
     #[test]
     fn new_reasons_serialise_by_name() {
         for r in [Reason::IdConflict, Reason::QuotaExceeded] {
