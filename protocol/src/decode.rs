@@ -16,7 +16,7 @@ use serde_json::error::Category;
 
 use crate::bounded::bounded;
 use crate::cancel::{CANCEL_REQUEST_KIND, CancelRequest};
-use crate::limits::{API_VERSION, MAX_REASON_BYTES, MAX_REQUEST_BYTES};
+use crate::limits::{API_VERSION, MAX_IMAGES, MAX_REASON_BYTES, MAX_REQUEST_BYTES};
 use crate::request::{BUILD_REQUEST_KIND, BuildRequest};
 use crate::validate::{
     ROOT_PATH, ValidationError, ValidationErrors, field, is_identifier, is_valid_build_id, quote,
@@ -110,7 +110,9 @@ fn check_build_request_shape(errs: &mut ValidationErrors, v: &serde_json::Value)
     let Some(images) = v.get("images").and_then(serde_json::Value::as_array) else {
         return;
     };
-    for (i, image) in images.iter().enumerate() {
+    // Past the limit the count alone refuses the request; checking each
+    // image would let one message buy as much work as it likes.
+    for (i, image) in images.iter().enumerate().take(MAX_IMAGES) {
         let p = crate::validate::index("images", i).to_string();
         no_array(errs, &p, Some(image));
         no_array(errs, &field(&p, "resources"), image.get("resources"));
