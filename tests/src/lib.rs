@@ -4,3 +4,4 @@ pub mod binary;
 pub mod chaos;
 pub mod fakekube;
 pub mod harness;
+pub mod process;

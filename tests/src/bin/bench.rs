@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use futures::stream::FuturesUnordered;
 use kiln_tests::chaos::run::{delete_prefix, keys_with_prefix};
 use kiln_tests::fakekube::{FakeKube, Timing, Verb};
 use kiln_tests::harness::{NAMESPACE, amqp_url, one_image, redis_url, unique};
+use kiln_tests::process::{Stopped, WorkerProcess};
 use kiln_worker::amqp::{BUILD_KEY, Broker, Names};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -273,9 +273,10 @@ impl CpuProbe {
 
 // ---------------------------------------------------------------- worker process
 
+/// The worker under measurement, with what the bench needs on top of the
+/// harness's process: dying loudly when it exits, and its warnings.
 struct Worker {
-    child: Child,
-    log: PathBuf,
+    process: WorkerProcess,
 }
 
 impl Worker {
@@ -288,78 +289,64 @@ impl Worker {
         extra_env: &[(&str, String)],
     ) -> Self {
         let log = std::env::temp_dir().join(format!("{prefix}-{tag}.log"));
-        let file = std::fs::File::create(&log).expect("create the worker log file");
-        let child = Command::new(&opts.kiln)
-            .arg("worker")
-            .env("KUBECONFIG", kubeconfig)
-            .env("KILN_AMQP_URL", amqp_url())
-            .env("KILN_REDIS_URL", redis_url())
-            .env("KILN_AMQP_PREFIX", prefix)
-            .env("KILN_REDIS_PREFIX", redis_prefix)
-            .env("KILN_NAMESPACE", NAMESPACE)
-            .env("KILN_WORKER_ID", format!("bench-{tag}"))
-            .env("KILN_PREFETCH", opts.prefetch.to_string())
-            .env("RUST_LOG", "warn,lapin::returned_messages=error")
-            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env_remove("KILN_METRICS_ADDR")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                file.try_clone().expect("clone the worker log file"),
+        let envs = [
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("KILN_AMQP_URL", amqp_url()),
+            ("KILN_REDIS_URL", redis_url()),
+            ("KILN_AMQP_PREFIX", prefix.to_owned()),
+            ("KILN_REDIS_PREFIX", redis_prefix.to_owned()),
+            ("KILN_NAMESPACE", NAMESPACE.to_owned()),
+            ("KILN_WORKER_ID", format!("bench-{tag}")),
+            ("KILN_PREFETCH", opts.prefetch.to_string()),
+            ("RUST_LOG", "warn,lapin::returned_messages=error".to_owned()),
+        ];
+        let envs = envs
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(extra_env.iter().map(|(k, v)| (*k, v.as_str())));
+        let process = WorkerProcess::spawn(&opts.kiln, envs, &log).unwrap_or_else(|e| {
+            die(&format!(
+                "{e:#} (in release: `cargo build --release -p kiln-worker --bin kiln`)"
             ))
-            .spawn()
-            .unwrap_or_else(|e| {
-                die(&format!(
-                    "cannot start {} (build it with `cargo build --release -p kiln-worker --bin kiln`): {e}",
-                    opts.kiln.display()
-                ))
-            });
-        Self { child, log }
+        });
+        Self { process }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+        if let Some(status) = self.process.exit_status() {
             die(&format!(
                 "the worker exited ({status}); its log:\n{}",
-                tail.join("\n")
+                self.process.log_tail(20)
             ));
         }
     }
 
-    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns how it ended.
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Says how it ended; the log
+    /// is kept when it had to be killed.
     async fn stop(mut self, grace: Duration) -> String {
-        let pid = self.pid().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let _ = std::fs::remove_file(&self.log);
-                return format!("stopped by SIGTERM in {:.2?} ({status})", start.elapsed());
-            }
-            if start.elapsed() > grace {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return format!(
-                    "did not stop within {grace:?} of SIGTERM; killed (log kept at {})",
-                    self.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let how = self.process.stop(grace).await;
+        if let Stopped::Killed(_) = how {
+            format!("{how} (log kept at {})", self.process.log_path().display())
+        } else {
+            let _ = std::fs::remove_file(self.process.log_path());
+            how.to_string()
         }
+    }
+
+    /// SIGKILL, as a crash; the log goes.
+    fn kill(mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_file(self.process.log_path());
     }
 
     /// Warnings and errors the worker logged.
     fn log_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        self.process
+            .log_text()
             .lines()
             .filter(|l| !l.contains("no policy file"))
             .map(str::to_owned)
@@ -1282,12 +1269,10 @@ async fn run_takeover(opts: &Opts, report: &mut String) {
         if all { "" } else { "  (INCOMPLETE)" }
     );
     // The kill, and B at once.
-    let mut worker_a = w.worker.take().expect("worker A");
+    let worker_a = w.worker.take().expect("worker A");
     let calls0 = w.api_calls();
-    let _ = worker_a.child.kill();
     let killed = Instant::now();
-    let _ = worker_a.child.wait();
-    let _ = std::fs::remove_file(&worker_a.log);
+    worker_a.kill();
     let worker_b = Worker::spawn(
         opts,
         &w.kubeconfig,
