@@ -423,6 +423,11 @@ fn header(props: &BasicProperties, name: &str) -> Option<String> {
 /// Binds an exclusive queue to `exchange` with `keys` and counts what arrives
 /// (no-ack consumer: the subscriber must never be what slows the run down).
 /// Records the arrival time of the first `stamp_key` event of each build.
+///
+/// Each key is bound as `<key>.#` and counted by its first two words, so
+/// `build.succeeded` matches the event both as `build.succeeded` and with the
+/// tenant word the routing keys carry since the tenant split
+/// (`build.succeeded.<tenant>`).
 async fn subscribe(
     conn: &Connection,
     exchange: &str,
@@ -446,7 +451,7 @@ async fn subscribe(
         ch.queue_bind(
             q.name().clone(),
             exchange.into(),
-            (*k).into(),
+            format!("{k}.#").into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -471,7 +476,7 @@ async fn subscribe(
     tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
             let now = Instant::now();
-            let key = d.routing_key.as_str();
+            let key = phase_key(d.routing_key.as_str());
             if stamp_key.as_deref() == Some(key)
                 && let Some(id) = header(&d.properties, "kiln-build-id")
             {
@@ -491,6 +496,14 @@ async fn subscribe(
         }
     });
     (seen, ch)
+}
+
+/// `build.succeeded` of `build.succeeded` and of `build.succeeded.<tenant>`.
+fn phase_key(routing_key: &str) -> &str {
+    match routing_key.match_indices('.').nth(1) {
+        Some((i, _)) => &routing_key[..i],
+        None => routing_key,
+    }
 }
 
 fn request_props() -> BasicProperties {
@@ -1130,14 +1143,16 @@ async fn run_ceiling(opts: &Opts, kiln_rate: Option<f64>, report: &mut String) {
                         "kiln-phase".into(),
                         AMQPValue::LongString(key.to_owned().into()),
                     );
+                    // Not mandatory: only `build.*` is bound, and every
+                    // returned image event would make lapin log a warning
+                    // with its body, byte by byte (issue 22). The broker
+                    // drops an unroutable message either way; only the
+                    // return to the publisher is saved.
                     let c = pch
                         .basic_publish(
                             events.as_str().into(),
                             key.into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                ..BasicPublishOptions::default()
-                            },
+                            BasicPublishOptions::default(),
                             &body,
                             BasicProperties::default()
                                 .with_content_type("application/cloudevents+json".into())
