@@ -69,13 +69,29 @@ async function main() {
   const user = decodeURIComponent(new URL(url).username || 'guest');
   const tenant = process.env.KILN_TENANT;
 
-  const conn = await amqp.connect(url);
+  let conn;
+  try {
+    conn = await amqp.connect(url);
+  } catch (e) {
+    fail(`cannot connect to the broker: ${e.message}`);
+  }
+  // A channel closed by the broker is reported on both; the rejected call
+  // below says what failed.
+  conn.on('error', () => {});
+  let closing = false;
+  conn.on('close', () => closing || fail('the connection to the broker closed before the outcome'));
   const ch = await conn.createConfirmChannel();
+  ch.on('error', () => {});
   // Subscribe first: events published before the queue is bound are lost to
   // this subscriber. A server-named, exclusive queue goes away with the
   // connection.
   const { queue } = await ch.assertQueue('', { exclusive: true, autoDelete: true });
-  for (const key of BINDINGS) await ch.bindQueue(queue, `${prefix}.events`, key);
+  try {
+    for (const key of BINDINGS) await ch.bindQueue(queue, `${prefix}.events`, key);
+  } catch (e) {
+    // 404: the workers declare the exchanges; none has run with this prefix.
+    fail(`cannot subscribe to ${prefix}.events (${e.message}): is a worker with prefix ${JSON.stringify(prefix)} running?`);
+  }
 
   let outcome = null;
   const done = new Promise((resolve) => {
@@ -141,6 +157,7 @@ async function main() {
   const timer = setTimeout(() => fail(`no outcome for ${buildId} within ${timeout} s`), timeout * 1000);
   const code = await done;
   clearTimeout(timer);
+  closing = true;
   await conn.close();
   return code;
 }

@@ -73,14 +73,21 @@ def main():
     user = urllib.parse.unquote(urllib.parse.urlparse(url).username or "guest")
     tenant = os.environ.get("KILN_TENANT")
 
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError as e:
+        fail(f"cannot connect to the broker: {e!r}")
     ch = conn.channel()
     # Subscribe first: events published before the queue is bound are lost
     # to this subscriber. A server-named, exclusive queue goes away with the
     # connection.
     queue = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
-    for key in BINDINGS:
-        ch.queue_bind(queue=queue, exchange=f"{prefix}.events", routing_key=key)
+    try:
+        for key in BINDINGS:
+            ch.queue_bind(queue=queue, exchange=f"{prefix}.events", routing_key=key)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        # 404: the workers declare the exchanges; none has run with this prefix.
+        fail(f"cannot subscribe to {prefix}.events ({e.reply_text}): is a worker with prefix {prefix!r} running?")
 
     # Publish persistent, mandatory and confirmed: an unroutable request (no
     # worker has declared the queue) is an error, not a silent loss.
@@ -132,4 +139,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except pika.exceptions.AMQPError as e:
+        fail(f"the connection to the broker failed before the outcome: {e!r}")
