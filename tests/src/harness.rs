@@ -618,7 +618,7 @@ fn stop_all(mut workers: Vec<WorkerHandle>) {
 
 /// Deletes the queues and exchanges of `prefix`, the Redis keys of
 /// `redis_prefix` and the test's files, on a runtime of its own.
-fn remove_test_state(prefix: &str, redis_prefix: &str) -> Result<(), String> {
+pub fn remove_test_state(prefix: &str, redis_prefix: &str) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(prefix));
     block_on_removal(async {
         let broker = Broker::connect_client(&amqp_url(), prefix, "kiln test clean-up")

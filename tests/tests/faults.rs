@@ -271,7 +271,8 @@ async fn retry_attempt_pod_exists_before_the_failed_one_goes() {
 async fn worker_cut_off_from_redis_stops_and_another_finishes() {
     let mut env = Env::new().await;
     env.slow_pods(Duration::from_secs(8));
-    let proxy = kiln_tests::harness::TcpProxy::start("127.0.0.1:6379").await;
+    let redis = kiln_tests::host_port(&kiln_tests::harness::redis_url(), 6379);
+    let proxy = kiln_tests::harness::TcpProxy::start(&redis).await;
     let url = format!("redis://{}", proxy.addr);
     let first = env.start_worker_with(|c| c.connections.redis_url = url);
     let id = unique("fenced");

@@ -35,7 +35,8 @@ pub struct EnvelopeSignature {
     /// makes it an unauthenticated hint; verifiers match keys by it.
     #[serde(default)]
     pub keyid: String,
-    /// Base64 of the ASN.1 DER ECDSA signature over [`pae`].
+    /// Base64 of the ASN.1 DER ECDSA P-256 SHA-256 signature over the DSSE
+    /// pre-authentication encoding of the payload type and payload.
     pub sig: String,
 }
 
