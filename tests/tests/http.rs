@@ -135,6 +135,13 @@ async fn metrics_health_and_status_page_over_http() {
     // The in-flight section ends where the build history begins.
     let (in_flight, _) = page.body.split_once(r#"id="history""#).unwrap();
     assert!(!in_flight.contains(&id), "still in flight: {in_flight}");
+    // The build page says the image's provenance is signed, and by which key.
+    let build = wait_for(addr, &format!("/builds/{id}"), |r| r.status == 200).await;
+    assert!(
+        build.body.contains("signed provenance (key <code>sha256:"),
+        "{}",
+        build.body
+    );
 
     let metrics = get(addr, "/metrics").await.unwrap();
     assert_eq!(metrics.status, 200);
