@@ -490,6 +490,65 @@ VWbYFlhVY28TqBWXO0ftlSNcUA49/rZjwGzwv96N9gmb1TFe/yxhJZtv
         );
     }
 
+    /// The `image.succeeded` envelopes among `actions`.
+    fn envelopes(actions: &[crate::machine::Action]) -> Vec<Envelope> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                crate::machine::Action::Publish(ev) => ev.data.provenance.clone(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_worker_that_adopts_the_build_republishes_the_same_envelope() {
+        use crate::machine::{Input, Machine, Settings};
+        let settings = Arc::new(Settings {
+            pending_timeout: std::time::Duration::from_secs(60),
+            retry_base_delay: std::time::Duration::from_secs(1),
+            retry_max_delay: std::time::Duration::from_secs(2),
+            source: "urn:kiln:test".into(),
+            worker: "w1".into(),
+            provenance: Some(Arc::new(attestor())),
+        });
+        let plan = Arc::new(plan());
+        let now = std::time::Instant::now();
+        let executor = format!("kaniko@sha256:{}", "cd".repeat(32));
+        let mut done = pod(Some(&executor));
+        done.terminated.as_mut().unwrap().message = Some(digest());
+        let mut running = done.clone();
+        running.phase = Some(PodPhase::Running);
+        running.terminated = None;
+        running.running_since = Some("2027-01-15T08:00:00Z".parse().unwrap());
+
+        // One worker watches attempt 2 run, then succeed.
+        let mut m = Machine::adopt(
+            plan.clone(),
+            settings.clone(),
+            &[running],
+            now,
+            plan.accepted_at,
+        )
+        .0;
+        let wall = plan.accepted_at + jiff::SignedDuration::from_secs(300);
+        let seen = m.handle(
+            Input::Observed {
+                pod: Box::new(done.clone()),
+                log_tail: None,
+            },
+            now,
+            wall,
+        );
+        // Another worker adopts the build after the success, an hour later,
+        // and publishes the outcome again.
+        let later = wall + jiff::SignedDuration::from_secs(3600);
+        let (_, again) = Machine::adopt(plan.clone(), settings, &[done], now, later);
+        let (a, b) = (envelopes(&seen), envelopes(&again));
+        assert_eq!(a.len(), 1, "{seen:?}");
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn a_bad_key_file_names_the_setting() {
         let pods = attestor().pods;
