@@ -24,7 +24,7 @@ use kiln_tests::harness::{
     Env, ONE_IMAGE_SUCCEEDS, amqp_url, assert_sequence, one_image, redis_url, two_images, unique,
 };
 use kiln_worker::amqp::OutgoingEvent;
-use kiln_worker::lease::{BuildRecord, ImageRecord, Leases, RecordState};
+use kiln_worker::store::{BuildRecord, ImageRecord, RecordState, Store};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -473,14 +473,14 @@ fn record(phase: &str, digest: Option<&str>) -> BuildRecord {
         )]
         .into(),
         updated_at: jiff::Timestamp::now(),
-        history: kiln_worker::lease::History::default(),
+        history: kiln_worker::store::History::default(),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_answers_a_finished_build_from_redis() {
     let env = Env::new().await;
-    let leases = Leases::connect(
+    let leases = Store::connect(
         &redis_url(),
         &env.redis_prefix,
         "test",

@@ -17,7 +17,7 @@ use kiln_protocol::Phase;
 
 use crate::classify::{PodPhase, PodView};
 use crate::journal::Journal;
-use crate::lease::History;
+use crate::store::History;
 
 /// How many finished builds the view remembers.
 pub const RECENT: usize = 100;

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
-use crate::lease::{BuildRecord, INDEX_MAX, RecordState};
+use crate::store::{BuildRecord, INDEX_MAX, RecordState};
 use crate::supervisor::Supervisor;
 
 /// How long one readiness check may take before it counts as failed.
@@ -130,7 +130,7 @@ async fn timed(f: impl Future<Output = Result<()>>) -> Option<String> {
 /// in `kiln_dependency_up`.
 pub async fn readiness(sup: &Supervisor) -> Vec<Check> {
     let ctx = &sup.ctx;
-    let (redis, kube) = tokio::join!(timed(ctx.leases.ping()), timed(ctx.pods.ping()));
+    let (redis, kube) = tokio::join!(timed(ctx.store.ping()), timed(ctx.pods.ping()));
     let checks = vec![
         Check {
             name: "rabbitmq",
@@ -251,7 +251,7 @@ pub struct HistoryRow {
 
 /// The filtered history, newest first. `None` when Redis does not answer.
 async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<Vec<HistoryRow>> {
-    let records = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.recent_records(INDEX_MAX))
+    let records = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.recent_records(INDEX_MAX))
         .await
         .ok()?
         .ok()?;
@@ -385,7 +385,7 @@ async fn status_page(State(sup): State<Supervisor>, Query(filter): Query<Filter>
     // The lease holder is the build's worker; without Redis the column
     // stays empty rather than the page failing.
     let holders: HashMap<String, String> =
-        match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.holders(&ids)).await {
+        match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.holders(&ids)).await {
             Ok(Ok(h)) => ids
                 .into_iter()
                 .zip(h)
@@ -412,7 +412,7 @@ fn html(page: &impl Template) -> Response {
 
 /// The record of one build, or the answer to give instead.
 async fn one_record(sup: &Supervisor, id: &str) -> std::result::Result<BuildRecord, Response> {
-    match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.record(id)).await {
+    match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.record(id)).await {
         Ok(Ok(Some(r))) => Ok(r),
         Ok(Ok(None)) => Err(text(
             StatusCode::NOT_FOUND,

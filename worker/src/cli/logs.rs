@@ -28,9 +28,9 @@ use tokio::sync::mpsc;
 use super::exit;
 use crate::classify::{Observation, PodPhase, PodView, classify};
 use crate::config::{Connections, parse_duration};
-use crate::lease::{BuildRecord, Leases, RecordState};
 use crate::plan::BuildPlan;
 use crate::pod::{PodEvent, PodSettings, Pods};
+use crate::store::{BuildRecord, RecordState, Store};
 
 pub const AFTER_HELP: &str = concat!(
     "\
@@ -191,7 +191,7 @@ fn gone_message(args: &LogsArgs, namespace: &str, record: Option<&BuildRecord>) 
     )
 }
 
-async fn read_record(redis: Option<&Leases>, id: &str) -> Option<BuildRecord> {
+async fn read_record(redis: Option<&Store>, id: &str) -> Option<BuildRecord> {
     redis?.record(id).await.ok().flatten()
 }
 
@@ -529,7 +529,7 @@ fn first_tracks(args: &LogsArgs, listed: &[PodView]) -> BTreeMap<String, Track> 
 async fn follow(
     ctx: &Ctx,
     args: &LogsArgs,
-    redis: Option<&Leases>,
+    redis: Option<&Store>,
     listed: &[PodView],
 ) -> anyhow::Result<u8> {
     let mut ctrl_c = pin!(super::ctrl_c());
@@ -798,7 +798,7 @@ fn retry_coming(v: &PodView) -> bool {
 /// The exit code once every image is over: 0 when each followed image's
 /// last attempt succeeded; otherwise the build's outcome from Redis' record
 /// (waiting a little for the worker to write it), else 1.
-async fn outcome(redis: Option<&Leases>, id: &str, tracks: &BTreeMap<String, Track>) -> u8 {
+async fn outcome(redis: Option<&Store>, id: &str, tracks: &BTreeMap<String, Track>) -> u8 {
     if !tracks.is_empty()
         && tracks
             .values()

@@ -30,7 +30,7 @@ use clap::Subcommand;
 
 use crate::amqp::{Broker, EventSubscription};
 use crate::config::Connections;
-use crate::lease::Leases;
+use crate::store::Store;
 use kiln_protocol::redact_url;
 
 /// `println!` that ends the process quietly when standard output is a
@@ -257,9 +257,9 @@ pub async fn connect_broker(c: &Connections, what: &str) -> anyhow::Result<Broke
 
 /// Connects to Redis (read-only use: records, leases, cancel flags), with a
 /// timeout.
-pub async fn connect_redis(c: &Connections) -> anyhow::Result<Leases> {
+pub async fn connect_redis(c: &Connections) -> anyhow::Result<Store> {
     let url = redact_url(&c.redis_url);
-    let connect = Leases::connect(
+    let connect = Store::connect(
         &c.redis_url,
         &c.redis_prefix,
         "kiln-cli",

@@ -11,8 +11,8 @@ use super::exit;
 use super::output::Output;
 use crate::classify::PodView;
 use crate::config::{Connections, parse_duration};
-use crate::lease::BuildRecord;
 use crate::pod::{PodSettings, Pods};
+use crate::store::BuildRecord;
 
 pub const AFTER_HELP: &str = "\
 Redis keeps a record of each build for a while after it ends (KILN_RECORD_TTL

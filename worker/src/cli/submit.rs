@@ -11,7 +11,7 @@ use super::output::Output;
 use super::wait::{Follow, REQUEST_REJECTED_KEY, follow, optional_redis};
 use crate::amqp::{BUILD_KEY, url_user};
 use crate::config::{Connections, parse_duration};
-use crate::lease::RecordState;
+use crate::store::RecordState;
 
 pub const AFTER_HELP: &str = concat!(
     "\

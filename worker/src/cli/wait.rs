@@ -23,7 +23,7 @@ use super::exit;
 use super::output::{Output, Received, attempt, human_line, short_duration};
 use crate::amqp::EventSubscription;
 use crate::config::{Connections, parse_duration};
-use crate::lease::{BuildRecord, Leases, RecordState};
+use crate::store::{BuildRecord, RecordState, Store};
 
 pub const AFTER_HELP: &str = concat!(
     "\
@@ -91,7 +91,7 @@ pub async fn run(args: WaitArgs) -> anyhow::Result<u8> {
 
 /// Redis for the record, or a one-line warning and none: waiting works on
 /// the events alone.
-pub async fn optional_redis(c: &Connections) -> Option<Leases> {
+pub async fn optional_redis(c: &Connections) -> Option<Store> {
     match super::connect_redis(c).await {
         Ok(l) => Some(l),
         Err(e) => {
@@ -149,7 +149,7 @@ impl Follow {
 pub async fn follow(
     mut sub: EventSubscription,
     f: Follow,
-    leases: Option<&Leases>,
+    leases: Option<&Store>,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
     let interrupted = super::ctrl_c();
@@ -216,7 +216,7 @@ pub async fn follow(
 /// already finished (the answer), else shows what it knows of the build.
 async fn first_record(
     f: &Follow,
-    leases: Option<&Leases>,
+    leases: Option<&Store>,
     tracker: &mut Tracker,
 ) -> Option<BuildRecord> {
     match leases?.record(&f.build_id).await {

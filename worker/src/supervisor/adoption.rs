@@ -11,10 +11,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{Supervisor, build_task, pod_cache};
 use crate::classify::{PodPhase, PodView};
 use crate::error::Result;
-use crate::lease::{BuildRecord, Claim, LeaseToken, RecordState, Renewal};
 use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
 use crate::policy::Policy;
+use crate::store::{BuildRecord, Claim, LeaseToken, RecordState, Renewal};
 
 /// What a lapsed build's pods and record call for.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ impl Source {
 pub(super) async fn adopt_loop(sup: Supervisor) {
     // A build seen for the first time is checked at the next tick; after
     // that, every half lease TTL (a lapsed lease is found within one TTL).
-    let every = (sup.ctx.leases.ttl() / 2).max(Duration::from_millis(200));
+    let every = (sup.ctx.store.ttl() / 2).max(Duration::from_millis(200));
     let period = every.min(Duration::from_secs(1));
     let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -150,7 +150,7 @@ pub(super) async fn adopt_loop(sup: Supervisor) {
         let due = sup.registry.foreign_due(Instant::now(), every);
         for chunk in due.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
-            let Ok(holders) = sup.ctx.leases.holders(&ids).await else {
+            let Ok(holders) = sup.ctx.store.holders(&ids).await else {
                 continue;
             };
             for ((id, ns), holder) in chunk.iter().zip(holders) {
@@ -189,17 +189,17 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
     // The fence of an adopted build counts from the claim's send, not from
     // after the pods and the record were read.
     let claimed_at = Instant::now();
-    let Ok(Claim::Acquired(token)) = sup.ctx.leases.claim(id).await else {
+    let Ok(Claim::Acquired(token)) = sup.ctx.store.claim(id).await else {
         return;
     };
     if sup.registry.owns(id) {
-        let _ = sup.ctx.leases.release(id, &token).await;
+        let _ = sup.ctx.store.release(id, &token).await;
         return;
     }
     if let Err(e) = take_over(sup, id, namespace, claimed_at, &token).await {
         sup.ctx.metrics.error(&e);
         tracing::warn!(build_id = %id, error = %e, "adoption failed; releasing the lease");
-        let _ = sup.ctx.leases.release(id, &token).await;
+        let _ = sup.ctx.store.release(id, &token).await;
     }
 }
 
@@ -214,7 +214,7 @@ async fn take_over(
     token: &LeaseToken,
 ) -> Result<()> {
     let ctx = &sup.ctx;
-    let record = ctx.leases.record(id).await?;
+    let record = ctx.store.record(id).await?;
     // `cached` is the base against which the watch's later events are
     // handed to the build (see [`resume`]); `fresh`, the server's pods
     // when they are read instead of the cache's.
@@ -232,7 +232,7 @@ async fn take_over(
     // No view: a namespace that unsynced (it never does once synced), or
     // the claim lost while waiting out the previous owner. Decide nothing.
     let Some(cached) = cached else {
-        return ctx.leases.release(id, token).await.map(drop);
+        return ctx.store.release(id, token).await.map(drop);
     };
     let pods = fresh.as_deref().unwrap_or(&cached);
     match decide(id, pods, record.as_ref(), &ctx.policy) {
@@ -259,7 +259,7 @@ async fn take_over(
             return Ok(());
         }
     }
-    ctx.leases.release(id, token).await.map(drop)
+    ctx.store.release(id, token).await.map(drop)
 }
 
 /// A build without a record may have lost its lease with it (Redis lost
@@ -275,7 +275,7 @@ async fn outwait_previous_owner(
     id: &str,
     token: &LeaseToken,
 ) -> Result<Option<Instant>> {
-    let ttl = sup.ctx.leases.ttl();
+    let ttl = sup.ctx.store.ttl();
     let period = super::fencing::renew_period(ttl);
     let held = [(id.to_owned(), token.clone())];
     let until = Instant::now() + ttl;
@@ -288,7 +288,7 @@ async fn outwait_previous_owner(
             return Ok(None);
         }
         let sent = Instant::now();
-        match sup.ctx.leases.renew_many(&held).await?.first() {
+        match sup.ctx.store.renew_many(&held).await?.first() {
             Some(Renewal::Renewed | Renewal::CancelPending) => renewed_at = Some(sent),
             _ => return Ok(None),
         }
@@ -322,7 +322,7 @@ async fn resume(
     );
     if build_task::spawn_claimed_at(sup, machine, actions, claimed_at, token.clone()).is_none() {
         // Driven here meanwhile: that task holds its own claim.
-        let _ = sup.ctx.leases.release(&id, &token).await;
+        let _ = sup.ctx.store.release(&id, &token).await;
         return;
     }
     // Pod events since `pods` were read went to the foreign set.
@@ -333,7 +333,7 @@ async fn resume(
     for input in pod_cache::missed(cached, &now) {
         sup.registry.send(&id, input);
     }
-    if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await {
+    if let Ok(Some(reason)) = sup.ctx.store.cancel_reason(&id).await {
         sup.registry.send(&id, Input::Cancel(reason));
     }
 }

@@ -81,7 +81,7 @@ fn record(state: RecordState) -> BuildRecord {
         worker: "w1".to_owned(),
         images: BTreeMap::new(),
         updated_at: jiff::Timestamp::UNIX_EPOCH,
-        history: crate::lease::History::default(),
+        history: crate::store::History::default(),
     }
 }
 

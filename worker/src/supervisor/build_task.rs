@@ -21,11 +21,11 @@ use super::fencing::{Fence, SharedFence};
 use super::registry::BuildHandle;
 use crate::classify::PodPhase;
 use crate::error::{Error, Result};
-use crate::lease::{LeaseToken, RecordState};
 use crate::machine::{Action, Input, Machine, Stage};
 use crate::plan::BuildPlan;
 use crate::pod::Created;
 use crate::retry;
+use crate::store::{LeaseToken, RecordState};
 
 /// Registers the build and spawns its task. `None` if the id is already
 /// driven here. The receiver turns true once the build is accepted. For a
@@ -50,7 +50,7 @@ pub(super) fn spawn_claimed_at(
     token: LeaseToken,
 ) -> Option<watch::Receiver<bool>> {
     let id = machine.plan().id.clone();
-    let fence = SharedFence::new(Fence::from_send(claimed_at, sup.ctx.leases.ttl()));
+    let fence = SharedFence::new(Fence::from_send(claimed_at, sup.ctx.store.ttl()));
     // futures' channel, not tokio's: tokio allocates a block of 32 slots
     // per channel up front (about 1.3 kB per build held idle), futures one
     // node per message in flight.
@@ -217,7 +217,7 @@ impl Task {
         record.history = self.sup.cluster.history(&self.machine.plan().id);
         let keep = ctx.record_ttl.max(Duration::from_secs(86_400));
         let _ = ctx
-            .leases
+            .store
             .put_indexed_record(&self.machine.plan().id, &record, keep)
             .await;
     }
@@ -417,7 +417,7 @@ async fn finished(
     );
     record.history = sup.cluster.history(&plan.id);
     match ctx
-        .leases
+        .store
         .finish(&plan.id, token, &record, ctx.record_ttl)
         .await
     {

@@ -7,10 +7,10 @@ use kiln_protocol::Reason;
 use super::intake::{Rejection, ack, joined, refuse, reject, tenant_of};
 use super::{Supervisor, owner};
 use crate::amqp::Incoming;
-use crate::lease::{BuildRecord, RecordState};
 use crate::machine::Input;
 use crate::policy::Policy;
 use crate::retry;
+use crate::store::{BuildRecord, RecordState};
 
 /// What to do with a readable cancel request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
     // Redis trouble is waited out while holding the delivery, as for
     // requests: deciding without the record could stop another tenant's
     // build. `None`: shutting down; the broker redelivers the cancel.
-    let read = (|| ctx.leases.record(id))
+    let read = (|| ctx.store.record(id))
         .retry(retry::redis())
         .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot read the build record; retrying"));
     let Some(Ok(record)) = retry::bounded(read, &sup.stop).await else {
@@ -103,7 +103,7 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         // again or refuses the cancel.
         let tenant = tenant_of(d.user_id.as_deref(), &ctx.policy);
         if let Err(e) = ctx
-            .leases
+            .store
             .request_cancel(id, Some(tenant), reason, keep)
             .await
         {
@@ -127,7 +127,7 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         CancelStep::Flag => None,
         CancelStep::Keep(tenant) => Some(tenant),
     };
-    let flag = (|| ctx.leases.request_cancel(id, for_tenant.as_deref(), reason, keep))
+    let flag = (|| ctx.store.request_cancel(id, for_tenant.as_deref(), reason, keep))
         .retry(retry::redis())
         .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot record cancel; retrying"));
     if let Some(Ok(())) = retry::bounded(flag, &sup.stop).await {
@@ -155,7 +155,7 @@ mod tests {
             worker: "w1".to_owned(),
             images: std::collections::BTreeMap::new(),
             updated_at: jiff::Timestamp::UNIX_EPOCH,
-            history: crate::lease::History::default(),
+            history: crate::store::History::default(),
         }
     }
 

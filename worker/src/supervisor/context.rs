@@ -9,19 +9,19 @@ use kiln_protocol::{BuildEvent, Phase};
 
 use crate::amqp::{Broker, OutgoingEvent, Routed};
 use crate::error::{Error, Result};
-use crate::lease::{BuildRecord, ImageRecord, Leases, RecordState};
 use crate::machine::{ImageState, Settings};
 use crate::metrics::Metrics;
 use crate::plan::BuildPlan;
 use crate::pod::Pods;
 use crate::policy::Policy;
+use crate::store::{BuildRecord, ImageRecord, RecordState, Store};
 
 /// Clients and settings: built once at start-up, never changed, shared
 /// through an `Arc` (as controller-rs's `Context`). What changes while the
 /// worker runs lives in [`super::Registry`].
 pub struct Context {
     pub broker: Arc<Broker>,
-    pub leases: Leases,
+    pub store: Store,
     pub pods: Pods,
     pub policy: Arc<Policy>,
     /// The machine's knobs and the worker's CloudEvents identity.
@@ -94,7 +94,7 @@ impl Context {
                 })
                 .collect(),
             updated_at: jiff::Timestamp::now(),
-            history: crate::lease::History::default(),
+            history: crate::store::History::default(),
         }
     }
 }

@@ -26,8 +26,8 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Supervisor;
-use crate::lease::{LeaseToken, Renewal};
 use crate::machine::Input;
+use crate::store::{LeaseToken, Renewal};
 
 /// The safety margin of the fence: a fifth of the TTL, at least a second,
 /// but never more than half the TTL (a fence must open at all).
@@ -117,7 +117,7 @@ pub(super) fn after_failure(last_ok: Instant, now: Instant, ttl: std::time::Dura
 }
 
 pub(super) async fn renew_loop(sup: Supervisor) {
-    let ttl = sup.ctx.leases.ttl();
+    let ttl = sup.ctx.store.ttl();
     let period = renew_period(ttl);
     let mut every = tokio::time::interval_at(Instant::now() + period, period);
     // A late round (a slow Redis) is followed by a full period, not a burst.
@@ -136,7 +136,7 @@ pub(super) async fn renew_loop(sup: Supervisor) {
         // The fence counts from the send: Redis extended the lease at some
         // instant after it, so the lease lasts at least until send + TTL.
         let sent = Instant::now();
-        match sup.ctx.leases.renew_many(&held).await {
+        match sup.ctx.store.renew_many(&held).await {
             Ok(results) => {
                 last_ok = Instant::now();
                 let fence = Fence::from_send(sent, ttl);
@@ -170,7 +170,7 @@ async fn renewed(sup: &Supervisor, id: &str, token: &LeaseToken, r: Renewal) {
     match r {
         Renewal::Renewed => {}
         Renewal::CancelPending => {
-            if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(id).await {
+            if let Ok(Some(reason)) = sup.ctx.store.cancel_reason(id).await {
                 sup.registry.send(id, Input::Cancel(reason));
             }
         }

@@ -15,12 +15,12 @@ use tokio::time::Instant;
 
 use super::{Supervisor, build_task, owner};
 use crate::amqp::Incoming;
-use crate::lease::{Admit, Holder, LeaseToken, RecordState};
 use crate::machine::Machine;
 use crate::plan::{BuildPlan, MAX_PLAN_BYTES};
 use crate::policy::{DEFAULT_TENANT, Policy};
 use crate::render::render_dockerfile;
 use crate::retry;
+use crate::store::{Admit, Holder, LeaseToken, RecordState};
 
 /// Why a request (or a cancel) is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +276,7 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
 /// Redis trouble counts as none (the build starts; a cancel flagged later
 /// reaches its task).
 async fn cancelled_meanwhile(sup: &Supervisor, plan: &BuildPlan) -> Option<String> {
-    match sup.ctx.leases.pending_cancel(&plan.id, &plan.tenant).await {
+    match sup.ctx.store.pending_cancel(&plan.id, &plan.tenant).await {
         Ok(reason) => reason,
         Err(e) => {
             tracing::warn!(build_id = %plan.id, error = %e, "cannot re-check the cancel flags; starting");
@@ -305,7 +305,7 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
         {
             return Some(id_conflict(plan, message));
         }
-        let admit = (|| ctx.leases.claim_request(id, &claimed, ctx.record_ttl))
+        let admit = (|| ctx.store.claim_request(id, &claimed, ctx.record_ttl))
             .retry(retry::redis())
             .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot claim; retrying"));
         let admit = retry::bounded(admit, &sup.stop).await?.ok()?;
@@ -318,7 +318,7 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
         let decided = decide_claim(&admit, plan, driven);
         let starts = matches!(decided, Some(Claimed::Start(_) | Claimed::Cancelled(..)));
         if let (Admit::Acquired { token, .. }, false) = (&admit, starts) {
-            let _ = ctx.leases.release(id, token).await;
+            let _ = ctx.store.release(id, token).await;
         }
         if let Some(claimed) = decided {
             return Some(claimed);
@@ -355,7 +355,7 @@ async fn finish_cancelled(
     {
         ack(d, &id).await;
     } else {
-        let _ = sup.ctx.leases.release(&id, &token).await;
+        let _ = sup.ctx.store.release(&id, &token).await;
         let _ = d.requeue().await;
     }
 }
@@ -377,7 +377,7 @@ async fn start(
     );
     let Some(accepted) = build_task::spawn(sup, machine, actions, token.clone()) else {
         // Someone else started it between our checks (adoption): duplicate.
-        let _ = sup.ctx.leases.release(&id, &token).await;
+        let _ = sup.ctx.store.release(&id, &token).await;
         return ack(d, &id).await;
     };
     if wait_accepted(accepted).await {
@@ -410,7 +410,7 @@ async fn is_held(sup: &Supervisor, id: &str) -> bool {
     if sup.registry.owns(id) || !sup.registry.foreign_among(&ids).is_empty() {
         return true;
     }
-    sup.ctx.leases.holds(id).await.unwrap_or(true)
+    sup.ctx.store.holds(id).await.unwrap_or(true)
 }
 
 /// The answer to a refused request or cancel, then its dead letter with

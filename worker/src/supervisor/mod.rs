@@ -128,7 +128,7 @@ pub async fn run(sup: Supervisor, shutdown: impl std::future::Future<Output = ()
 async fn hand_over(sup: &Supervisor) {
     sup.stop.cancel();
     let held = sup.registry.stop_all();
-    if let Err(e) = sup.ctx.leases.release_all(&held).await {
+    if let Err(e) = sup.ctx.store.release_all(&held).await {
         tracing::warn!(error = %e, "could not release leases; they lapse after the lease TTL");
     } else {
         tracing::info!(builds = held.len(), "released leases for takeover");

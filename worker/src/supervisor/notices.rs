@@ -3,11 +3,11 @@
 //! builds it names adoption candidates at once.
 
 use super::{Supervisor, adoption};
-use crate::lease::Notice;
 use crate::machine::Input;
+use crate::store::Notice;
 
 pub(super) async fn notice_loop(sup: Supervisor) {
-    let mut rx = sup.ctx.leases.notices();
+    let mut rx = sup.ctx.store.notices();
     loop {
         let notice = tokio::select! {
             () = sup.stop.cancelled() => return,
@@ -16,7 +16,7 @@ pub(super) async fn notice_loop(sup: Supervisor) {
         match notice {
             Notice::Cancel(id) => {
                 if sup.registry.owns(&id)
-                    && let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await
+                    && let Ok(Some(reason)) = sup.ctx.store.cancel_reason(&id).await
                 {
                     sup.registry.send(&id, Input::Cancel(reason));
                 }

@@ -6,8 +6,8 @@
 
 use super::Supervisor;
 use crate::classify::PodView;
-use crate::lease::Holder;
 use crate::plan::BuildPlan;
+use crate::store::Holder;
 
 /// The owner of `id` as this worker knows it from the cluster: the build
 /// driven here, else the pods of `id` in the namespaces where this worker

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::fencing::{Fence, SharedFence};
-use crate::lease::{Holder, LeaseToken};
 use crate::machine::Input;
+use crate::store::{Holder, LeaseToken};
 
 /// How the rest of the supervisor reaches one running build task.
 pub(super) struct BuildHandle {
