@@ -37,6 +37,17 @@ pub fn redis_subscribe() -> ExponentialBuilder {
     redis()
 }
 
+/// Publishing to RabbitMQ (an event, a dead-letter copy) that was nacked
+/// or lost with the connection: fast after a blip, since a build waits on
+/// its event, and calm during an outage.
+pub fn amqp_publish() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}
+
 /// Waiting for another worker that holds a build's lease to accept it (its
 /// pods are being created): short at first, since acceptance usually takes
 /// a few hundred milliseconds, never slower than once a second.
@@ -111,7 +122,13 @@ mod tests {
     #[test]
     fn policies_never_give_up_on_their_own() {
         use backon::BackoffBuilder;
-        for policy in [redis(), redis_subscribe(), lease_held(), kube_write()] {
+        for policy in [
+            redis(),
+            redis_subscribe(),
+            amqp_publish(),
+            lease_held(),
+            kube_write(),
+        ] {
             let mut delays = policy.build();
             let last = (0..1000).filter_map(|_| delays.next()).last();
             let last = last.unwrap_or_default();
