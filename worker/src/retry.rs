@@ -1,8 +1,8 @@
 //! The worker's retry policies, one per kind of call, so that how hard Kiln
 //! insists on a dependency is decided in one place.
 //!
-//! Every policy here retries without a limit of attempts: what bounds a
-//! retry is the thing it serves. Callers wrap the retrying future in
+//! Every policy here but [`kube_call`] retries without a limit of attempts:
+//! what bounds a retry is the thing it serves. Callers wrap the retrying future in
 //! [`bounded`] with the stop token of the build or the worker and, inside a
 //! build, stop retrying at the build's deadline ([`sleep_at_most_until`]),
 //! so no retry outlives what it is for.
@@ -66,6 +66,26 @@ pub fn kube_write() -> ExponentialBuilder {
         .with_max_delay(Duration::from_secs(10))
         .with_jitter()
         .without_max_times()
+}
+
+/// One Kubernetes API call of the pod client (create, delete, log tail,
+/// list) that failed transiently. Bounded by attempts (about a minute in
+/// all): the caller owns the longer retry (the build's `kube_write`, the
+/// machine's timers, the next adoption sweep). The client waits at least
+/// the server's `Retry-After` on top of these delays.
+pub fn kube_call() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .with_max_times(8)
+}
+
+/// No retry at all: the short-lived client commands connect once and say
+/// why they could not, rather than retry for minutes (lapin's reconnect
+/// policy for them).
+pub fn never() -> ExponentialBuilder {
+    ExponentialBuilder::default().with_max_times(0)
 }
 
 /// Runs `fut` (usually a backon retry) until it ends or `stop` is

@@ -15,7 +15,6 @@ mod subscription;
 mod testing;
 mod topology;
 
-use backon::ExponentialBuilder;
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::LongString;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -137,8 +136,7 @@ impl Broker {
     /// short-lived client commands, which should fail at once (and say why)
     /// when the broker cannot be reached rather than retry for minutes.
     pub async fn connect_client(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
-        let props = ConnectionProperties::default()
-            .with_backoff(ExponentialBuilder::default().with_max_times(0));
+        let props = ConnectionProperties::default().with_backoff(crate::retry::never());
         Self::connect_with(url, prefix, connection_name, props).await
     }
 
