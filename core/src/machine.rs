@@ -1062,14 +1062,30 @@ mod tests {
     use super::*;
     use crate::classify::{PodPhase, Terminated};
 
-    /// The machine takes `std::time::Instant`s; the tests read tokio's
-    /// paused clock (moved by `tokio::time::advance`) and convert, so every
-    /// instant and delay they assert is exact.
+    /// The machine takes `std::time::Instant`s as inputs; the tests inject
+    /// them from a clock of their own (a fixed origin plus what `advance`
+    /// added; one per test thread), so every instant and delay they assert
+    /// is exact.
     struct Instant;
     impl Instant {
         fn now() -> std::time::Instant {
-            tokio::time::Instant::now().into_std()
+            CLOCK.with(|(origin, elapsed)| *origin + elapsed.get())
         }
+    }
+
+    thread_local! {
+        static CLOCK: (std::time::Instant, std::cell::Cell<Duration>) = (
+            // Any origin will do (an `Instant` has no other constructor):
+            // the tests compare instants with each other only.
+            #[expect(clippy::disallowed_methods, reason = "the test clock's origin")]
+            std::time::Instant::now(),
+            std::cell::Cell::new(Duration::ZERO),
+        );
+    }
+
+    /// Moves the test clock forward.
+    fn advance(by: Duration) {
+        CLOCK.with(|(_, elapsed)| elapsed.set(elapsed.get() + by));
     }
 
     use kiln_protocol::BuildContext;
@@ -1213,8 +1229,8 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn cancelled_while_queued_publishes_only_the_build_event() {
+    #[test]
+    fn cancelled_while_queued_publishes_only_the_build_event() {
         let p = plan(&["api", "worker"], 3, 3600);
         let (m, out) = Machine::start_cancelled(
             p.clone(),
@@ -1244,8 +1260,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn cancelled_while_queued_ignores_later_inputs() {
+    #[test]
+    fn cancelled_while_queued_ignores_later_inputs() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) =
             Machine::start_cancelled(p.clone(), settings(), "gone", Instant::now(), p.accepted_at);
@@ -1275,8 +1291,8 @@ mod tests {
 
     /// Issue 10: the failure message quotes the last log line, which went
     /// out unmasked; the value of a secret-looking build arg is masked too.
-    #[tokio::test(start_paused = true)]
-    async fn failure_text_is_masked() {
+    #[test]
+    fn failure_text_is_masked() {
         let log = "curl -H 'Authorization: Bearer eyJsecretsecret' failed\necho n0tAPattern42\nerror building image: exit status 1";
         let out = fails_once_with_secret_arg(("NPM_TOKEN", "n0tAPattern42"), log);
         let mut seen = 0;
@@ -1294,8 +1310,8 @@ mod tests {
     /// Issue 10: `build.failed` repeats the failed image's message, and
     /// took it unmasked from the failure (the last log line, here with a
     /// URL password and a secret build arg's value).
-    #[tokio::test(start_paused = true)]
-    async fn the_build_failed_message_is_masked_too() {
+    #[test]
+    fn the_build_failed_message_is_masked_too() {
         let log = "fetching https://ci:pw0rdInUrl@git.example.com/x.git with n0tAPattern43: exit status 1";
         let out = fails_once_with_secret_arg(("GIT_TOKEN", "n0tAPattern43"), log);
         let build_failed = out
@@ -1314,8 +1330,8 @@ mod tests {
         assert!(!message.contains("n0tAPattern43"), "{message}");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn two_images_succeed() {
+    #[test]
+    fn two_images_succeed() {
         let p = plan(&["api", "worker"], 3, 3600);
         let (mut m, start) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         assert_eq!(
@@ -1388,8 +1404,8 @@ mod tests {
         assert_ne!(backoff(&s, "b1", "api", 1), backoff(&s, "b1", "web", 1));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retryable_failure_waits_out_the_backoff() {
+    #[test]
+    fn retryable_failure_waits_out_the_backoff() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
@@ -1418,9 +1434,9 @@ mod tests {
         assert_eq!(ev.data.log_tail.as_deref(), Some("push failed"));
         // Exactly after the backoff, not a nanosecond before.
         assert_eq!(m.next_wakeup(), Some(Instant::now() + delay));
-        tokio::time::advance(delay.checked_sub(Duration::from_nanos(1)).unwrap()).await;
+        advance(delay.checked_sub(Duration::from_nanos(1)).unwrap());
         assert!(feed(&mut m, Input::Tick).is_empty());
-        tokio::time::advance(Duration::from_nanos(1)).await;
+        advance(Duration::from_nanos(1));
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
         // The failed attempt's pod goes only once attempt 2 exists.
         assert_eq!(
@@ -1438,8 +1454,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn build_error_fails_at_once_and_cancels_siblings() {
+    #[test]
+    fn build_error_fails_at_once_and_cancels_siblings() {
         let p = plan(&["api", "worker"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
@@ -1466,8 +1482,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn oom_retries_until_attempts_run_out() {
+    #[test]
+    fn oom_retries_until_attempts_run_out() {
         let p = plan(&["api"], 2, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
@@ -1475,7 +1491,7 @@ mod tests {
             observed(&mut m, failed("api", 1, "OOMKilled", "")),
             ["image.retrying:api#1"]
         );
-        tokio::time::advance(Duration::from_secs(40)).await;
+        advance(Duration::from_secs(40));
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
         created(&mut m, 0, "api", 2);
         let out = m.handle(
@@ -1494,17 +1510,17 @@ mod tests {
         assert_eq!(ev.data.images.as_ref().unwrap()[0].attempts, 2);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn pending_timeout_fails_with_the_stuck_reason() {
+    #[test]
+    fn pending_timeout_fails_with_the_stuck_reason() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
         let mut stuck = pod("api", 1, PodPhase::Pending);
         stuck.unschedulable = Some(("Unschedulable".into(), "0/3 nodes are available".into()));
         assert!(observed(&mut m, stuck).is_empty());
-        tokio::time::advance(Duration::from_secs(59)).await;
+        advance(Duration::from_secs(59));
         assert!(feed(&mut m, Input::Tick).is_empty());
-        tokio::time::advance(Duration::from_secs(1)).await;
+        advance(Duration::from_secs(1));
         let out = m.handle(Input::Tick, Instant::now(), p.accepted_at);
         assert_eq!(summary(&out)[0], "image.failed:api#1");
         let Action::Publish(ev) = &out[0] else {
@@ -1513,14 +1529,14 @@ mod tests {
         assert_eq!(ev.data.reason, Some(Reason::Unschedulable));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn deadline_fails_every_unfinished_image() {
+    #[test]
+    fn deadline_fails_every_unfinished_image() {
         let p = plan(&["api", "worker"], 3, 30);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
         created(&mut m, 1, "worker", 1);
         observed(&mut m, succeeded("worker", 1));
-        tokio::time::advance(Duration::from_secs(30)).await;
+        advance(Duration::from_secs(30));
         let out = m.handle(Input::Tick, Instant::now(), p.accepted_at);
         assert_eq!(
             summary(&out),
@@ -1538,8 +1554,8 @@ mod tests {
         assert_eq!(ev.data.reason, Some(Reason::DeadlineExceeded));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn cancel_publishes_before_deleting() {
+    #[test]
+    fn cancel_publishes_before_deleting() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
@@ -1554,8 +1570,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn adoption_resumes_without_rebuilding() {
+    #[test]
+    fn adoption_resumes_without_rebuilding() {
         let p = plan(&["api", "worker"], 3, 3600);
         let pods = vec![pod("api", 1, PodPhase::Running), succeeded("worker", 1)];
         let (mut m, out) =
@@ -1575,8 +1591,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn deleted_pod_counts_as_a_retryable_failure() {
+    #[test]
+    fn deleted_pod_counts_as_a_retryable_failure() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
@@ -1611,8 +1627,8 @@ mod tests {
         assert_eq!(quota_wait(u32::MAX), QUOTA_WAIT_MAX);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn quota_refusal_waits_publishes_once_and_creates_again() {
+    #[test]
+    fn quota_refusal_waits_publishes_once_and_creates_again() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         let out = refused(&mut m, 0, 1);
@@ -1641,37 +1657,37 @@ mod tests {
             (Phase::Waiting, Some(Reason::QuotaExceeded))
         );
         assert_eq!(m.next_wakeup(), Some(Instant::now() + secs(1)));
-        tokio::time::advance(secs(1).checked_sub(Duration::from_nanos(1)).unwrap()).await;
+        advance(secs(1).checked_sub(Duration::from_nanos(1)).unwrap());
         assert!(feed(&mut m, Input::Tick).is_empty());
-        tokio::time::advance(Duration::from_nanos(1)).await;
+        advance(Duration::from_nanos(1));
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#1"]);
         // Refused again: a longer wait, no second event.
         assert!(refused(&mut m, 0, 1).is_empty());
         assert_eq!(m.waits(), 1);
         assert_eq!(m.next_wakeup(), Some(Instant::now() + secs(2)));
-        tokio::time::advance(secs(2)).await;
+        advance(secs(2));
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#1"]);
         assert_eq!(created(&mut m, 0, "api", 1), ["image.scheduled:api#1"]);
         assert!(m.pods_exist());
         assert_eq!(m.image_states()[0].reason, None);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn quota_wait_ends_at_the_deadline_with_one_terminal_event() {
+    #[test]
+    fn quota_wait_ends_at_the_deadline_with_one_terminal_event() {
         let p = plan(&["api", "worker"], 3, 5);
         let start = Instant::now();
         let (mut m, _) = Machine::start(p.clone(), settings(), start, p.accepted_at);
         created(&mut m, 1, "worker", 1);
         assert_eq!(summary(&refused(&mut m, 0, 1)), ["image.waiting:api#1"]);
-        tokio::time::advance(secs(1)).await;
+        advance(secs(1));
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#1"]);
         assert!(refused(&mut m, 0, 1).is_empty());
-        tokio::time::advance(secs(2)).await;
+        advance(secs(2));
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#1"]);
         assert!(refused(&mut m, 0, 1).is_empty());
         // The next try would be at 3 s + 4 s; the deadline (5 s) comes first.
         assert_eq!(m.next_wakeup(), Some(start + secs(5)));
-        tokio::time::advance(secs(2)).await;
+        advance(secs(2));
         let out = m.handle(Input::Tick, Instant::now(), p.accepted_at);
         assert_eq!(
             summary(&out),
@@ -1696,8 +1712,8 @@ mod tests {
         assert_eq!(m.next_wakeup(), None);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn cancel_ends_a_quota_wait() {
+    #[test]
+    fn cancel_ends_a_quota_wait() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         refused(&mut m, 0, 1);
@@ -1712,8 +1728,8 @@ mod tests {
         assert_eq!(m.next_wakeup(), None);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_retry_attempt_refused_by_the_quota_waits_the_same_way() {
+    #[test]
+    fn a_retry_attempt_refused_by_the_quota_waits_the_same_way() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         created(&mut m, 0, "api", 1);
@@ -1721,13 +1737,13 @@ mod tests {
             observed(&mut m, failed("api", 1, "OOMKilled", "")),
             ["image.retrying:api#1"]
         );
-        tokio::time::advance(backoff(&settings(), "b1", "api", 1)).await;
+        advance(backoff(&settings(), "b1", "api", 1));
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
         // A refusal of attempt 1 is stale; attempt 2's waits.
         assert!(refused(&mut m, 0, 1).is_empty());
         assert_eq!(summary(&refused(&mut m, 0, 2)), ["image.waiting:api#2"]);
         assert_eq!(m.next_wakeup(), Some(Instant::now() + secs(1)));
-        tokio::time::advance(secs(1)).await;
+        advance(secs(1));
         assert_eq!(feed(&mut m, Input::Tick), ["create:0#2"]);
         // The failed attempt's pod stays until attempt 2's exists.
         assert_eq!(
@@ -1736,8 +1752,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pod_seen_while_waiting_is_the_attempt_created() {
+    #[test]
+    fn a_pod_seen_while_waiting_is_the_attempt_created() {
         let p = plan(&["api"], 3, 3600);
         let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
         refused(&mut m, 0, 1);

@@ -1,7 +1,7 @@
 use kiln_protocol::{BuildEvent, EventData, Phase, PodRef, Reason};
 
 use super::{Entry, Journal};
-use crate::store::TIMELINE_MAX;
+use crate::record::TIMELINE_MAX;
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 

@@ -161,9 +161,14 @@ impl<'de> Deserialize<'de> for QuantityText {
 }
 
 impl Policy {
-    /// Loads a policy file; the extension (`.toml`, `.yaml`, `.yml`) picks
-    /// the format.
-    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    /// A policy file: the extension of `path` (`.toml`, `.yaml`, `.yml`)
+    /// picks the format, checked before `read` is called; errors name the
+    /// file. `read` fetches its text: the core does no IO itself (the
+    /// worker's `policy::load` passes `std::fs::read_to_string`).
+    pub fn from_file(
+        path: &Path,
+        read: impl FnOnce() -> std::io::Result<String>,
+    ) -> Result<Policy, PolicyError> {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -177,7 +182,7 @@ impl Policy {
                 });
             }
         };
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        let text = read().map_err(|source| PolicyError::Io {
             file: path.to_owned(),
             source,
         })?;

@@ -9,7 +9,7 @@
 
 use kiln_protocol::{BuildEvent, Level, Phase, Reason, build_event_id, event_type, image_event_id};
 
-use crate::store::{History, ImageHistory, TIMELINE_MAX, TimelineEntry, trace_id};
+use crate::record::{History, ImageHistory, TIMELINE_MAX, TimelineEntry, trace_id};
 
 /// What the events of one build said, folded by [`Journal::apply`].
 #[derive(Debug, Clone, Default, PartialEq)]

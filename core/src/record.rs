@@ -1,0 +1,147 @@
+//! The build record Redis keeps under `P build:<id>`: its state, owner,
+//! images and the [`History`] the status page shows. The schema only; the
+//! worker's store reads and writes it. Records written by older workers must
+//! keep parsing, so every field added later has a default.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Timeline entries kept per record: the first few (accepted, the first
+/// attempts) and the latest, so a build retrying for hours stays bounded.
+pub const TIMELINE_MAX: usize = 100;
+
+/// Where a build stands, as far as Redis remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordState {
+    /// A worker claimed the request and is creating its pods.
+    Claimed,
+    /// Every first-attempt pod exists and `build.accepted` is confirmed.
+    Accepted,
+    /// The terminal `build.*` event is confirmed.
+    Finished,
+}
+
+/// The short-lived record of a build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRecord {
+    pub state: RecordState,
+    /// Terminal phase once finished (`succeeded`, `failed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    pub tenant: String,
+    /// The request's fingerprint (see [`crate::plan::BuildPlan::fingerprint`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+    pub namespace: String,
+    pub worker: String,
+    /// Per image: phase, attempt and pod name.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageRecord>,
+    pub updated_at: jiff::Timestamp,
+    /// What the build's events said, for the status page (absent in records
+    /// of older workers).
+    #[serde(default)]
+    pub history: History,
+}
+
+/// What the events of a build said (folded in memory by
+/// [`crate::journal::Journal`] while the build runs): what a
+/// person looks for on the status page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The W3C trace id of the request's `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Reason and message of the terminal build event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Per image: the latest digest, references, failure and log tail.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageHistory>,
+    /// Every event published, oldest first, at most [`TIMELINE_MAX`].
+    #[serde(default)]
+    pub timeline: Vec<TimelineEntry>,
+    /// Entries dropped from the middle of the timeline to bound it.
+    #[serde(default)]
+    pub dropped: usize,
+}
+
+/// One image's details in a [`History`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageHistory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Destinations pinned to the digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_refs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The masked log tail of the latest failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+    /// Every pod the image ran in, one per attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+}
+
+/// One published event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: jiff::Timestamp,
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The trace id (second field) of a W3C `traceparent`.
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+/// One image in a [`BuildRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    pub phase: String,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why the image waits (`QuotaExceeded`) or why its last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        assert_eq!(trace_id("00-zz-b7ad6b7169203331-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+    }
+}
