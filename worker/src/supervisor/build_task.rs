@@ -21,6 +21,7 @@ use super::fencing::{Fence, SharedFence};
 use super::registry::BuildHandle;
 use crate::classify::PodPhase;
 use crate::error::{Error, Result};
+use crate::journal::Journal;
 use crate::machine::{Action, Input, Machine, Stage};
 use crate::plan::BuildPlan;
 use crate::pod::Created;
@@ -81,6 +82,7 @@ pub(super) fn spawn_claimed_at(
             fence,
             token,
             holds_delivery: false,
+            journal: Journal::default(),
         };
         let lending = Arc::clone(&sup.lending);
         let (ended, held) = tracing::Instrument::instrument(task.run(actions), span).await;
@@ -92,11 +94,6 @@ pub(super) fn spawn_claimed_at(
             sup.registry.stop_generation(&id, generation);
         }
         let n = sup.registry.remove(&id, generation);
-        if !sup.registry.owns(&id) {
-            // Unless the build was adopted here again meanwhile: a task
-            // that ended without finishing must not leave its history.
-            sup.cluster.forget_history(&id);
-        }
         sup.set_in_flight(n);
     });
     Some(acc_rx)
@@ -116,6 +113,9 @@ struct Task {
     /// The request's delivery is unacked because an image waits for quota
     /// (counted in the supervisor's [`super::lending::Lending`]).
     holds_delivery: bool,
+    /// What the build's events said, for its record: owned by the build,
+    /// so it goes with the task however the task ends.
+    journal: Journal,
 }
 
 impl Task {
@@ -139,6 +139,7 @@ impl Task {
         Box::pin(execute_fenced(
             &self.sup,
             &mut self.machine,
+            &mut self.journal,
             actions,
             &self.stop,
             Some(&self.fence),
@@ -214,12 +215,16 @@ impl Task {
         }
         let states = self.machine.image_states();
         let mut record = ctx.record(self.machine.plan(), state, None, &states);
-        record.history = self.sup.cluster.history(&self.machine.plan().id);
+        record.history = self.journal.to_history(&self.machine.plan().id);
         let keep = ctx.record_ttl.max(Duration::from_secs(86_400));
-        let _ = ctx
-            .store
-            .put_indexed_record(&self.machine.plan().id, &record, keep)
-            .await;
+        let id = &self.machine.plan().id;
+        if let Err(e) = ctx.store.put_indexed_record(id, &record, keep).await {
+            // The build goes on: the pods are the truth, and a redelivery
+            // finds the lease held. Only `kiln status` and a duplicate's
+            // answer lag until the next write.
+            ctx.metrics.error(&e);
+            tracing::warn!(build_id = %id, state = ?state, error = %e, "could not write the build record");
+        }
     }
 }
 
@@ -247,7 +252,9 @@ pub(super) async fn execute(
     stop: &CancellationToken,
     token: &LeaseToken,
 ) -> Result<()> {
-    execute_fenced(sup, machine, actions, stop, None, token).await
+    // A build run to its end in this one call: its journal lives as long.
+    let mut journal = Journal::default();
+    execute_fenced(sup, machine, &mut journal, actions, stop, None, token).await
 }
 
 /// Executes actions front to back; results of pod creation feed back into
@@ -258,6 +265,7 @@ pub(super) async fn execute(
 async fn execute_fenced(
     sup: &Supervisor,
     machine: &mut Machine,
+    journal: &mut Journal,
     actions: Vec<Action>,
     stop: &CancellationToken,
     fence: Option<&SharedFence>,
@@ -273,7 +281,7 @@ async fn execute_fenced(
         match action {
             Action::Publish(ev) => {
                 sup.ctx.publish(&ev).await?;
-                sup.cluster.published(&ev, |b| sup.registry.owns(b));
+                journal.apply(&ev);
             }
             Action::CreatePod { image, attempt } => {
                 let created =
@@ -298,7 +306,9 @@ async fn execute_fenced(
                     tracing::warn!(pod = %name, error = %e, "could not delete pod");
                 }
             }
-            Action::Finished(phase, reason) => finished(sup, machine, token, phase, reason).await,
+            Action::Finished(phase, reason) => {
+                finished(sup, machine, journal, token, phase, reason).await;
+            }
         }
     }
     Ok(())
@@ -403,6 +413,7 @@ fn quota_message(e: &Error) -> String {
 async fn finished(
     sup: &Supervisor,
     machine: &Machine,
+    journal: &Journal,
     token: &LeaseToken,
     phase: Phase,
     reason: Option<Reason>,
@@ -415,7 +426,7 @@ async fn finished(
         Some(phase),
         &machine.image_states(),
     );
-    record.history = sup.cluster.history(&plan.id);
+    record.history = journal.to_history(&plan.id);
     match ctx
         .store
         .finish(&plan.id, token, &record, ctx.record_ttl)

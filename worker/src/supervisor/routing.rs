@@ -22,19 +22,17 @@ pub(super) async fn watch_namespace(sup: Supervisor, namespace: String) {
         match ev {
             PodEvent::Applied(v) => route(&sup, v, false),
             PodEvent::Deleted(v) => route(&sup, v, true),
-            PodEvent::Resync => {
-                sup.pod_cache.resync(&namespace);
-                sup.cluster.resync(&namespace);
-            }
+            PodEvent::Resync => sup.pod_cache.resync(&namespace),
             PodEvent::Synced => {
                 let gone = sup.pod_cache.synced(&namespace);
                 if !gone.is_empty() {
                     tracing::info!(namespace = %namespace, pods = gone.len(), "pods deleted while the watch was down");
                 }
+                // Routed like any deletion: the status view, derived from
+                // the cache, hears of them here and has no relist of its own.
                 for v in gone {
                     route(&sup, v, true);
                 }
-                sup.cluster.synced(&namespace);
             }
         }
     }
@@ -72,6 +70,7 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
     // The cache first: whoever reads it after the build task heard of the
     // pod sees at least as much as the task.
     let pods_left = sup.pod_cache.apply(&v, deleted);
+    // The status view follows the cache: the same events, in the same order.
     sup.cluster.apply(&v, deleted);
     let id = v.build_id.clone();
     let ns = v.namespace.clone();
