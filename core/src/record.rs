@@ -23,6 +23,18 @@ pub enum RecordState {
     Finished,
 }
 
+impl RecordState {
+    /// A state as the record spells it (`claimed`, `accepted`, `finished`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "claimed" => Some(Self::Claimed),
+            "accepted" => Some(Self::Accepted),
+            "finished" => Some(Self::Finished),
+            _ => None,
+        }
+    }
+}
+
 /// The short-lived record of a build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -137,7 +149,21 @@ pub struct ImageRecord {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_state_parses_as_the_record_spells_it() {
+        for state in [
+            RecordState::Claimed,
+            RecordState::Accepted,
+            RecordState::Finished,
+        ] {
+            let spelled = serde_json::to_value(state).unwrap();
+            assert_eq!(RecordState::parse(spelled.as_str().unwrap()), Some(state));
+        }
+        assert_eq!(RecordState::parse("pods"), None);
+    }
 
     #[test]
     fn trace_ids_come_from_valid_traceparents_only() {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 
 use super::index::INDEX_MAX;
-use super::{BuildRecord, Store, encode, millis};
+use kiln_core::owner::{Learnt, Owner};
+
+use super::{BuildRecord, RecordState, Store, encode, millis};
 use crate::error::{Error, Result};
 
 /// Compare-and-extend for many leases in one round trip. Returns per key:
@@ -182,32 +184,22 @@ pub enum Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
     /// The build was accepted or finished already, under this record.
-    Duplicate(Holder),
+    Duplicate(Owner),
     /// The lease was free and is ours now, under `token`; a cancel may have
     /// come while it was queued. `record`: the one found (a `claimed` one),
     /// if any.
     Acquired {
         token: LeaseToken,
         cancel: Option<String>,
-        record: Option<Holder>,
+        record: Option<Owner>,
     },
     /// Another claim (another worker's, or this worker's own running one)
     /// holds the lease and has not accepted the build yet: `holder` is its
     /// worker id.
     HeldBy {
         holder: String,
-        record: Option<Holder>,
+        record: Option<Owner>,
     },
-}
-
-/// Who a record says holds a build id: what a new request is compared with.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Holder {
-    /// `claimed`, `accepted` or `finished`.
-    pub state: String,
-    pub tenant: String,
-    /// Empty in records written before fingerprints existed.
-    pub fingerprint: String,
 }
 
 /// Result of renewing one lease.
@@ -285,13 +277,14 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
-        let record = (!field(2).is_empty()).then(|| Holder {
-            state: field(2),
+        let record = (!field(2).is_empty()).then(|| Owner {
+            // Unreadable only in a record of a newer worker: the least final.
+            learnt: Learnt::Record(RecordState::parse(&field(2)).unwrap_or(RecordState::Claimed)),
             tenant: field(3),
             fingerprint: field(4),
         });
         Ok(match field(0).as_str() {
-            "dup" => Admit::Duplicate(record.unwrap_or_default()),
+            "dup" => Admit::Duplicate(record.unwrap_or_else(Owner::unknown)),
             "ok" => Admit::Acquired {
                 token,
                 cancel: Some(field(1)).filter(|c| !c.is_empty()),

@@ -37,7 +37,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::error::{Error, Result};
 
 pub use index::INDEX_MAX;
-pub use lease::{Admit, Claim, Holder, LeaseToken, Renewal, holder_worker};
+pub use lease::{Admit, Claim, LeaseToken, Renewal, holder_worker};
 pub use notices::Notice;
 pub use record::{
     BuildRecord, History, ImageHistory, ImageRecord, RecordState, TIMELINE_MAX, TimelineEntry,

@@ -1,138 +1,21 @@
 //! Finding builds whose lease lapsed and taking them over from their pods:
 //! a periodic sweep of the foreign builds, plus the release notices of
-//! workers that shut down. What to do with a build is [`decide`]d purely
-//! from its pods and its record.
+//! workers that shut down. What to do with a build is decided purely from
+//! its pods and its record (`kiln_core::adoption::decide`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
+use kiln_core::adoption::{Adoption, PodSource, decide};
+
 use super::{Supervisor, build_task, pod_cache};
-use crate::classify::{PodPhase, PodView};
+use crate::classify::PodView;
 use crate::error::Result;
+use crate::store::{Claim, LeaseToken, Renewal};
 use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
-use crate::policy::Policy;
-use crate::store::{BuildRecord, Claim, LeaseToken, RecordState, Renewal};
-
-/// What a lapsed build's pods and record call for.
-#[derive(Debug)]
-pub(super) enum Adoption {
-    /// Resume driving the build from the plan its pods carry.
-    Resume(Box<BuildPlan>),
-    /// The terminal event is out (the record says so, or the pods are what
-    /// an interrupted clean-up leaves: [`cleanup_interrupted`]); only
-    /// deleting the pods was missing.
-    CleanUp,
-    /// No pods left: nothing to adopt.
-    Forget,
-    /// Pods without a readable plan: nobody can resume them.
-    Unreadable,
-    /// Pods whose plan the current policy would not give its tenant, or
-    /// that disagree with it (namespace, tenant, build id): not trusted as
-    /// Kiln's. Nothing is created, published or deleted for them.
-    Refuse(String),
-}
-
-/// Pure: see [`Adoption`]. `id` is the build the pods were found under.
-pub(super) fn decide(
-    id: &str,
-    pods: &[PodView],
-    record: Option<&BuildRecord>,
-    policy: &Policy,
-) -> Adoption {
-    if pods.is_empty() {
-        return Adoption::Forget;
-    }
-    if record.is_some_and(|r| r.state == RecordState::Finished) {
-        return Adoption::CleanUp;
-    }
-    let Some(plan) = pods
-        .iter()
-        .filter_map(|p| p.plan.as_deref())
-        .find_map(BuildPlan::from_annotation)
-    else {
-        return Adoption::Unreadable;
-    };
-    let mut problems = Vec::new();
-    if plan.id != id {
-        problems.push(format!(
-            "the plan is of build {:?}, its pods of {id:?}",
-            plan.id
-        ));
-    }
-    for p in pods {
-        if p.namespace != plan.namespace {
-            problems.push(format!(
-                "pod {} is in namespace {:?}, the plan says {:?}",
-                p.name, p.namespace, plan.namespace
-            ));
-        }
-        if p.tenant.as_deref() != Some(plan.tenant.as_str()) {
-            problems.push(format!(
-                "pod {} says tenant {:?}, the plan says {:?}",
-                p.name,
-                p.tenant.as_deref().unwrap_or(""),
-                plan.tenant
-            ));
-        }
-    }
-    problems.extend(policy.recheck(&plan));
-    if !problems.is_empty() {
-        return Adoption::Refuse(problems.join("; "));
-    }
-    if cleanup_interrupted(&plan, pods, record) {
-        return Adoption::CleanUp;
-    }
-    Adoption::Resume(Box::new(plan))
-}
-
-/// Pure: whether the pods are what an interrupted clean-up leaves. A build's
-/// pods are deleted only after its terminal event is out (besides an old
-/// attempt's, once the next one exists), so an image with no pod left while
-/// every remaining pod has ended means the build ended and its owner was
-/// stopped between the deletes: resuming would build that image again.
-/// Not when the record says the first pods were still being created (the
-/// owner died mid-way, the request is still unacked): then the missing pod
-/// never existed, and resuming creates it.
-fn cleanup_interrupted(plan: &BuildPlan, pods: &[PodView], record: Option<&BuildRecord>) -> bool {
-    let ended =
-        |p: &PodView| p.deleting || matches!(p.phase, Some(PodPhase::Succeeded | PodPhase::Failed));
-    let missing = plan
-        .images
-        .iter()
-        .any(|i| !pods.iter().any(|p| p.image == i.name));
-    let creating = record.is_some_and(|r| r.state == RecordState::Claimed);
-    missing && !creating && pods.iter().all(ended)
-}
-
-/// Where adoption reads a lapsed build's pods from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Source {
-    /// The watch cache: enough while the record exists. The cache may lag
-    /// behind the server (a watch down or relisting), but the record
-    /// orders what matters: a build that finished says so there, and a
-    /// pod that is really gone is one the build must hear of anyway.
-    Cache,
-    /// One LIST of the build's pods. Without a record (Redis lost it) the
-    /// pods are the only truth: a lagging cache can show a pod running
-    /// that its owner saw succeed and deleted, and resuming from it would
-    /// build the image again once the watch catches up. Read only after
-    /// the previous owner must have stopped ([`outwait_previous_owner`]).
-    Server,
-}
-
-impl Source {
-    /// Pure: see [`Source`].
-    pub(super) fn of(record: Option<&BuildRecord>) -> Self {
-        if record.is_some() {
-            Self::Cache
-        } else {
-            Self::Server
-        }
-    }
-}
 
 /// Periodically adopts foreign builds whose lease lapsed.
 pub(super) async fn adopt_loop(sup: Supervisor) {
@@ -205,7 +88,7 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
 
 /// With the lease in hand: read the record and the pods (from the watch
 /// cache, synced: see [`adopt`]; from the server when there is no record,
-/// see [`Source`]), and act on them.
+/// see `PodSource`), and act on them.
 async fn take_over(
     sup: &Supervisor,
     id: &str,
@@ -218,9 +101,9 @@ async fn take_over(
     // `cached` is the base against which the watch's later events are
     // handed to the build (see [`resume`]); `fresh`, the server's pods
     // when they are read instead of the cache's.
-    let (cached, fresh, claimed_at) = match Source::of(record.as_ref()) {
-        Source::Cache => (sup.pod_cache.build_pods(namespace, id), None, claimed_at),
-        Source::Server => match outwait_previous_owner(sup, id, token).await? {
+    let (cached, fresh, claimed_at) = match PodSource::of(record.as_ref()) {
+        PodSource::Cache => (sup.pod_cache.build_pods(namespace, id), None, claimed_at),
+        PodSource::Server => match outwait_previous_owner(sup, id, token).await? {
             Some(renewed_at) => (
                 sup.pod_cache.build_pods(namespace, id),
                 Some(ctx.pods.build_pods(namespace, id).await?),
@@ -246,7 +129,7 @@ async fn take_over(
         Adoption::Unreadable => {
             tracing::error!(build_id = %id, "pods carry no readable plan; cannot adopt");
         }
-        Adoption::Refuse(why) => {
+        Adoption::Untrusted(why) => {
             // Pods Kiln cannot trust as its own: left alone (never deleted,
             // never driven), and not looked at again by this worker until
             // they are gone or it restarts with another policy.
@@ -337,7 +220,3 @@ async fn resume(
         sup.registry.send(&id, Input::Cancel(reason));
     }
 }
-
-#[cfg(test)]
-#[path = "adoption_tests.rs"]
-mod tests;

@@ -65,7 +65,7 @@ pub(super) fn spawn_claimed_at(
         namespace: machine.plan().namespace.clone(),
         fence: fence.clone(),
         token: token.clone(),
-        owner: super::owner::of_plan(machine.plan()),
+        owner: kiln_core::owner::Owner::of_plan(machine.plan()),
     };
     let (n, generation) = sup.registry.insert(&id, handle)?;
     sup.set_in_flight(n);

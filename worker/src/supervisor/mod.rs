@@ -39,7 +39,6 @@ use crate::cluster::ClusterView;
 use crate::error::Result;
 
 pub use context::Context;
-pub use intake::{Refusal, plan_request};
 pub use pod_cache::PodCache;
 pub use registry::Registry;
 

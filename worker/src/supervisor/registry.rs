@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::fencing::{Fence, SharedFence};
 use crate::machine::Input;
-use crate::store::{Holder, LeaseToken};
+use crate::store::LeaseToken;
+use kiln_core::owner::Owner;
 
 /// How the rest of the supervisor reaches one running build task.
 pub(super) struct BuildHandle {
@@ -34,7 +35,7 @@ pub(super) struct BuildHandle {
     pub token: LeaseToken,
     /// Tenant and fingerprint of the plan driven: the owner of the id, even
     /// when Redis lost the record.
-    pub owner: Holder,
+    pub owner: Owner,
 }
 
 /// One registration of a build: a build stopped and adopted again here
@@ -118,7 +119,7 @@ impl Registry {
     }
 
     /// The owner of a build driven here.
-    pub(super) fn owner(&self, id: &str) -> Option<Holder> {
+    pub(super) fn owner(&self, id: &str) -> Option<Owner> {
         self.lock().builds.get(id).map(|e| e.handle.owner.clone())
     }
 
@@ -294,7 +295,11 @@ mod tests {
             namespace: namespace.to_owned(),
             fence: SharedFence::new(Fence::from_send(Instant::now(), Duration::from_secs(10))),
             token: LeaseToken::mint("w"),
-            owner: Holder::default(),
+            owner: Owner {
+                tenant: String::new(),
+                fingerprint: String::new(),
+                learnt: kiln_core::owner::Learnt::Driven,
+            },
         };
         (h, rx)
     }

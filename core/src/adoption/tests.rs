@@ -81,7 +81,7 @@ fn record(state: RecordState) -> BuildRecord {
         worker: "w1".to_owned(),
         images: BTreeMap::new(),
         updated_at: jiff::Timestamp::UNIX_EPOCH,
-        history: crate::store::History::default(),
+        history: crate::record::History::default(),
     }
 }
 
@@ -96,7 +96,7 @@ fn decide_plan(plan: &BuildPlan, pod_edit: impl Fn(&mut PodView)) -> Adoption {
 /// The reason of a refusal, or a panic naming what was decided instead.
 fn refusal(adoption: Adoption) -> String {
     match adoption {
-        Adoption::Refuse(why) => why,
+        Adoption::Untrusted(why) => why,
         other => panic!("not refused: {other:?}"),
     }
 }
@@ -260,9 +260,9 @@ fn pods_come_from_the_cache_while_a_record_orders_things_else_from_the_server() 
         RecordState::Accepted,
         RecordState::Finished,
     ] {
-        assert_eq!(Source::of(Some(&record(state))), Source::Cache);
+        assert_eq!(PodSource::of(Some(&record(state))), PodSource::Cache);
     }
-    assert_eq!(Source::of(None), Source::Server);
+    assert_eq!(PodSource::of(None), PodSource::Server);
 }
 
 /// A two-image plan of `shop` (images `api` and `worker`).
