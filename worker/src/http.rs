@@ -251,10 +251,23 @@ pub struct HistoryRow {
 
 /// The filtered history, newest first. `None` when Redis does not answer.
 async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<Vec<HistoryRow>> {
-    let records = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.recent_records(INDEX_MAX))
-        .await
-        .ok()?
-        .ok()?;
+    let read = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.recent_records(INDEX_MAX)).await;
+    let records = match read {
+        Ok(Ok(records)) => records,
+        Ok(Err(e)) => {
+            sup.ctx.metrics.error(&e);
+            tracing::warn!(error = %e, "status page: cannot read the build records");
+            return None;
+        }
+        Err(_) => {
+            sup.ctx.metrics.error(&crate::Error::Redis {
+                context: "status page: reading the build records timed out".into(),
+                source: None,
+            });
+            tracing::warn!("status page: reading the build records timed out");
+            return None;
+        }
+    };
     Some(
         records
             .into_iter()

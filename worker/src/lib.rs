@@ -15,6 +15,7 @@ pub mod retry;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod terminal;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -94,6 +94,7 @@ fn refused(name: &str, errs: &[ValidationError], reason: Reason) -> u8 {
     {
         let mut err = std::io::stderr().lock();
         // A closed standard error has nobody to tell.
+        // Standard error closed: the exit code still says it.
         let _ = print_problems(&mut err, name, errs);
     }
     errln!("kiln: a worker would reject {name} ({reason}): nothing to plan");

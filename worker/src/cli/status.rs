@@ -85,6 +85,7 @@ impl PodStatus {
         if let Some(t) = &v.terminated {
             let mut s = format!("exit code {}", t.exit_code);
             if let Some(r) = &t.reason {
+                // Writing to a String cannot fail.
                 let _ = write!(s, " ({r})");
             }
             detail.push(s);

@@ -132,6 +132,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
 
 /// Prints the problems; nothing was published.
 fn invalid(name: &str, errs: &[kiln_protocol::ValidationError]) -> u8 {
+    // Standard error closed: the exit code still says it.
     let _ = print_problems(&mut std::io::stderr().lock(), name, errs);
     errln!(
         "kiln: {name} is not a valid build request ({} problem{}); nothing was published",

@@ -113,6 +113,7 @@ pub fn attempt_objects(
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         configmap_spec(plan, i, attempt, name, "")
     });
+    // k8s-openapi objects always serialise: nothing is dropped here.
     configmaps
         .filter_map(|cm| serde_json::to_value(cm).ok())
         .chain(pods.iter().filter_map(|p| serde_json::to_value(p).ok()))
@@ -474,6 +475,7 @@ fn encode_s3_key(key: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
             out.push(char::from(b));
         } else {
+            // Writing to a String cannot fail.
             let _ = write!(out, "%{b:02X}");
         }
     }

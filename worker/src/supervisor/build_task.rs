@@ -173,7 +173,7 @@ impl Task {
             self.execute(actions).await?;
             self.after_actions(&mut waits).await;
         }
-        let _ = self.accepted.send(true);
+        self.accepted.send_replace(true);
         Ok(())
     }
 
@@ -184,12 +184,12 @@ impl Task {
     async fn after_actions(&mut self, waits: &mut u64) {
         let accepted = *self.accepted.borrow();
         if self.machine.stage() != Stage::Active {
-            let _ = self.accepted.send(true);
+            self.accepted.send_replace(true);
         } else if !accepted && self.machine.pods_exist() {
             // Boxed like `execute`: the Redis write's state is not part of
             // the future every idle build keeps.
             Box::pin(self.put_record(RecordState::Accepted)).await;
-            let _ = self.accepted.send(true);
+            self.accepted.send_replace(true);
         } else if self.machine.waits() != *waits {
             let state = if accepted {
                 RecordState::Accepted

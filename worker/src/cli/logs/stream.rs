@@ -155,6 +155,7 @@ pub(super) async fn stream_pod(
             }
         }
     }
+    // The printer is gone (the command is ending): nobody to tell.
     let _ = tx.send(Msg::End).await;
 }
 
@@ -200,5 +201,6 @@ pub(super) async fn follow_from_now(pods: Pods, ns: String, name: String, tx: mp
             }
         }
     }
+    // The printer is gone (the command is ending): nobody to tell.
     let _ = tx.send(Msg::End).await;
 }

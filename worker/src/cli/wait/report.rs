@@ -47,9 +47,11 @@ pub(super) fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started:
         _ => {
             let mut head = format!("✘ build {} {phase}", f.build_id);
             if let Some(reason) = d.reason {
+                // Writing to a String cannot fail.
                 let _ = write!(head, ": {reason}");
             }
             if let Some(m) = d.message.as_deref().filter(|m| !m.is_empty()) {
+                // Writing to a String cannot fail.
                 let _ = write!(head, ": {}", crate::cli::fold(m));
             }
             errln!("{head} ({})", short_duration(took));
@@ -69,8 +71,10 @@ pub(super) fn report_event(f: &Follow, r: &Received, tracker: &Tracker, started:
                 }
                 let mut line = format!("  {} {}", img.name, img.phase);
                 if let Some(r) = img.reason {
+                    // Writing to a String cannot fail.
                     let _ = write!(line, ": {r}");
                 }
+                // Writing to a String cannot fail.
                 let _ = write!(line, " (attempts: {})", img.attempts);
                 errln!("{line}");
             }
@@ -89,15 +93,19 @@ pub(super) fn print_failure(name: &str, ev: &BuildEvent) {
     let d = &ev.data;
     let mut line = format!("  {name} failed");
     if let Some(a) = attempt(ev) {
+        // Writing to a String cannot fail.
         let _ = write!(line, " on {a}");
     }
     if let Some(r) = d.reason {
+        // Writing to a String cannot fail.
         let _ = write!(line, ": {r}");
     }
     if let Some(m) = d.message.as_deref().filter(|m| !m.is_empty()) {
+        // Writing to a String cannot fail.
         let _ = write!(line, ": {}", crate::cli::fold(m));
     }
     if let Some(c) = d.exit_code {
+        // Writing to a String cannot fail.
         let _ = write!(line, " (exit code {c})");
     }
     errln!("{line}");
@@ -187,6 +195,7 @@ pub(super) fn report_record(f: &Follow, rec: &BuildRecord) -> u8 {
     for (name, img) in &rec.images {
         let mut line = format!("  {name}: {} (attempt {})", img.phase, img.attempt);
         if let Some(pod) = &img.pod {
+            // Writing to a String cannot fail.
             let _ = write!(line, " pod {pod}");
         }
         errln!("{line}");
