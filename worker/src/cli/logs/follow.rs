@@ -9,9 +9,15 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::stream::spawn_stream;
-use super::*;
+use super::stream::{Msg, Printer, Source};
+use super::{
+    Ctx, LogsArgs, RECORD_POLL, RECORD_WAIT, REOPEN_AFTER, known_images, pending_note, plan_of,
+    read_record,
+};
 use crate::classify::{Observation, PodPhase, PodView, classify};
+use crate::cli::exit;
 use crate::pod::PodEvent;
+use crate::store::BuildRecord;
 use crate::store::{RecordState, Store};
 
 /// How the last shown attempt of an image ended, as far as the pods say.

@@ -9,7 +9,7 @@ use std::pin::pin;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::*;
+use super::Ctx;
 use crate::classify::PodView;
 use crate::pod::Pods;
 

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Phase};
 
-use super::*;
+use super::progress::Tracker;
+use super::{Follow, exit_code};
+use crate::cli::exit;
 use crate::cli::output::{Output, Received, attempt, short_duration};
 use crate::store::BuildRecord;
 
