@@ -100,7 +100,7 @@ impl SharedFence {
 
 /// What one renewal round means for the builds renewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(super) enum RenewalVerdict {
     /// Keep going (renewed, or failing for less than a TTL).
     Keep,
     /// Renewals failed for a whole TTL: stop every build.
@@ -108,11 +108,15 @@ pub(super) enum Verdict {
 }
 
 /// Whether a failed renewal round fences the worker. Pure.
-pub(super) fn after_failure(last_ok: Instant, now: Instant, ttl: std::time::Duration) -> Verdict {
+pub(super) fn after_failure(
+    last_ok: Instant,
+    now: Instant,
+    ttl: std::time::Duration,
+) -> RenewalVerdict {
     if now.duration_since(last_ok) >= ttl {
-        Verdict::StopAll
+        RenewalVerdict::StopAll
     } else {
-        Verdict::Keep
+        RenewalVerdict::Keep
     }
 }
 
@@ -151,7 +155,7 @@ pub(super) async fn renew_loop(sup: Supervisor) {
                 sup.ctx.metrics.lease_renewal_failed();
                 sup.ctx.metrics.error(&e);
                 tracing::warn!(error = %e, "lease renewal failed");
-                if after_failure(last_ok, Instant::now(), ttl) == Verdict::StopAll {
+                if after_failure(last_ok, Instant::now(), ttl) == RenewalVerdict::StopAll {
                     tracing::error!(
                         builds = held.len(),
                         "leases could not be renewed for a whole TTL; stopping every build until Redis answers"
@@ -249,15 +253,15 @@ mod tests {
         let ok = Instant::now();
         assert_eq!(
             after_failure(ok, ok + Duration::from_secs(3), ttl),
-            Verdict::Keep
+            RenewalVerdict::Keep
         );
         assert_eq!(
             after_failure(ok, ok + Duration::from_secs(9), ttl),
-            Verdict::StopAll
+            RenewalVerdict::StopAll
         );
         assert_eq!(
             after_failure(ok, ok + Duration::from_secs(12), ttl),
-            Verdict::StopAll
+            RenewalVerdict::StopAll
         );
     }
 }

@@ -49,7 +49,7 @@ struct Entry {
 }
 
 /// A build seen in the cluster that another worker owns (or owned).
-struct Foreign {
+struct ForeignBuild {
     namespace: String,
     /// When its lease was last looked at; `None`: at the next sweep.
     checked: Option<Instant>,
@@ -59,7 +59,7 @@ struct Foreign {
 struct State {
     builds: HashMap<String, Entry>,
     next_generation: u64,
-    foreign: HashMap<String, Foreign>,
+    foreign: HashMap<String, ForeignBuild>,
     /// Foreign builds whose pods adoption refused (see
     /// `adoption::Adoption::Refuse`): never candidates again while they
     /// have pods.
@@ -199,7 +199,7 @@ impl Registry {
             h.stop.cancel();
             s.foreign.insert(
                 id.to_owned(),
-                Foreign {
+                ForeignBuild {
                     namespace: h.namespace,
                     checked: None,
                 },
@@ -226,10 +226,12 @@ impl Registry {
         if s.refused.contains(id) {
             return;
         }
-        s.foreign.entry(id.to_owned()).or_insert_with(|| Foreign {
-            namespace: namespace.to_owned(),
-            checked: None,
-        });
+        s.foreign
+            .entry(id.to_owned())
+            .or_insert_with(|| ForeignBuild {
+                namespace: namespace.to_owned(),
+                checked: None,
+            });
     }
 
     /// A pod of `id` went away, or its build was adopted or cleaned up.

@@ -40,7 +40,7 @@ pub(super) async fn watch_namespace(sup: Supervisor, namespace: String) {
 
 /// What an event of a pod whose build is not driven here means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Foreign {
+pub(super) enum ForeignPod {
     /// The last pod of a build owned elsewhere went away: most likely the
     /// build ended. Forget it.
     Forget,
@@ -52,14 +52,14 @@ pub(super) enum Foreign {
     Ignore,
 }
 
-/// Pure: see [`Foreign`]. `pods_left`: the build has other pods (a
+/// Pure: see [`ForeignPod`]. `pods_left`: the build has other pods (a
 /// retried attempt's old pod going leaves the build a candidate).
-pub(super) fn foreign(deleted: bool, deleting: bool, pods_left: bool) -> Foreign {
+pub(super) fn foreign(deleted: bool, deleting: bool, pods_left: bool) -> ForeignPod {
     match (deleted, deleting) {
-        (true, _) if pods_left => Foreign::Ignore,
-        (true, _) => Foreign::Forget,
-        (false, false) => Foreign::Remember,
-        (false, true) => Foreign::Ignore,
+        (true, _) if pods_left => ForeignPod::Ignore,
+        (true, _) => ForeignPod::Forget,
+        (false, false) => ForeignPod::Remember,
+        (false, true) => ForeignPod::Ignore,
     }
 }
 
@@ -87,9 +87,9 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
         return;
     }
     match verdict {
-        Foreign::Forget => sup.registry.forget_foreign(&id),
-        Foreign::Remember => sup.registry.seen_foreign(&id, &ns),
-        Foreign::Ignore => {}
+        ForeignPod::Forget => sup.registry.forget_foreign(&id),
+        ForeignPod::Remember => sup.registry.seen_foreign(&id, &ns),
+        ForeignPod::Ignore => {}
     }
 }
 
@@ -100,16 +100,16 @@ mod tests {
     #[test]
     fn deletions_forget_live_pods_remember_dying_pods_do_nothing() {
         for pods_left in [false, true] {
-            assert_eq!(foreign(false, false, pods_left), Foreign::Remember);
-            assert_eq!(foreign(false, true, pods_left), Foreign::Ignore);
+            assert_eq!(foreign(false, false, pods_left), ForeignPod::Remember);
+            assert_eq!(foreign(false, true, pods_left), ForeignPod::Ignore);
         }
-        assert_eq!(foreign(true, false, false), Foreign::Forget);
-        assert_eq!(foreign(true, true, false), Foreign::Forget);
+        assert_eq!(foreign(true, false, false), ForeignPod::Forget);
+        assert_eq!(foreign(true, true, false), ForeignPod::Forget);
     }
 
     #[test]
     fn a_deletion_that_leaves_pods_keeps_the_build_a_candidate() {
-        assert_eq!(foreign(true, false, true), Foreign::Ignore);
-        assert_eq!(foreign(true, true, true), Foreign::Ignore);
+        assert_eq!(foreign(true, false, true), ForeignPod::Ignore);
+        assert_eq!(foreign(true, true, true), ForeignPod::Ignore);
     }
 }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::stream::spawn_stream;
-use super::stream::{Msg, Printer, Source};
+use super::stream::{LineSource, Msg, Printer};
 use super::{
     Ctx, LogsArgs, RECORD_POLL, RECORD_WAIT, REOPEN_AFTER, known_images, pending_note, plan_of,
     read_record,
@@ -22,7 +22,7 @@ use crate::store::{RecordState, Store};
 
 /// How the last shown attempt of an image ended, as far as the pods say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outcome {
+pub(super) enum AttemptOutcome {
     Succeeded,
     Failed,
 }
@@ -37,7 +37,7 @@ pub(super) struct Track {
     /// The attempt whose stream ended, waiting for its pod's outcome.
     pub(super) ended: Option<(u32, Instant)>,
     /// The last attempt shown, and how it ended.
-    pub(super) last: Option<(u32, Outcome)>,
+    pub(super) last: Option<(u32, AttemptOutcome)>,
     /// A "not started yet" note was printed for this attempt.
     pub(super) noted: Option<u32>,
     pub(super) done: bool,
@@ -118,7 +118,7 @@ pub(super) async fn follow(
 ) -> anyhow::Result<u8> {
     let mut ctrl_c = pin!(crate::cli::ctrl_c());
     let mut watch = pin!(ctx.pods.watch_build(&ctx.namespace, &args.id));
-    let (tx, mut rx) = mpsc::channel::<(Source, Msg)>(1024);
+    let (tx, mut rx) = mpsc::channel::<(LineSource, Msg)>(1024);
     let mut tracks = first_tracks(args, listed);
     let known = known_images(listed, None);
     let mut printer = Printer::new(
@@ -186,7 +186,7 @@ pub(super) fn pod_of<'a>(of: &[&'a (PodView, bool)], attempt: u32) -> Option<&'a
 /// printer.
 pub(super) struct Io<'a> {
     ctx: &'a Ctx,
-    tx: &'a mpsc::Sender<(Source, Msg)>,
+    tx: &'a mpsc::Sender<(LineSource, Msg)>,
     printer: &'a mut Printer,
 }
 
@@ -214,8 +214,8 @@ pub(super) fn step(
             // Nothing more to show now: is another attempt coming?
             t.done = finished
                 || match t.last {
-                    Some((_, Outcome::Succeeded)) => true,
-                    Some((a, Outcome::Failed)) => pod_of(&of, a)
+                    Some((_, AttemptOutcome::Succeeded)) => true,
+                    Some((a, AttemptOutcome::Failed)) => pod_of(&of, a)
                         .is_none_or(|(v, gone)| *gone || v.deleting || !retry_coming(v)),
                     None => false,
                 };
@@ -243,7 +243,7 @@ pub(super) fn settle_ended(
             }
             // Still running: the stream was cut. Open it again from now
             // on (lines written meanwhile may be missed, never doubled).
-            let from = Source {
+            let from = LineSource {
                 image: image.to_owned(),
                 attempt: a,
             };
@@ -261,9 +261,9 @@ pub(super) fn settle_ended(
             t.last = Some((
                 a,
                 if ok {
-                    Outcome::Succeeded
+                    AttemptOutcome::Succeeded
                 } else {
-                    Outcome::Failed
+                    AttemptOutcome::Failed
                 },
             ));
             t.next = a + 1;
@@ -294,7 +294,7 @@ pub(super) fn show_next(
     let Some((v, gone)) = of.iter().find(|(v, _)| v.attempt >= t.next).copied() else {
         return Ok(Next::Nothing);
     };
-    let from = Source {
+    let from = LineSource {
         image: image.to_owned(),
         attempt: v.attempt,
     };
@@ -350,7 +350,7 @@ pub(super) async fn outcome(
     if !tracks.is_empty()
         && tracks
             .values()
-            .all(|t| matches!(t.last, Some((_, Outcome::Succeeded))))
+            .all(|t| matches!(t.last, Some((_, AttemptOutcome::Succeeded))))
     {
         return exit::OK;
     }

@@ -21,7 +21,7 @@ mod follow;
 mod stream;
 
 use follow::follow;
-use stream::{Msg, Printer, Source, stream_pod};
+use stream::{LineSource, Msg, Printer, stream_pod};
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
@@ -266,7 +266,7 @@ async fn show(ctx: &Ctx, args: &LogsArgs, listed: &[PodView]) -> anyhow::Result<
     }
     let mut printer = Printer::new(images.len() > 1, ctx.colour);
     for v in chosen {
-        let from = Source {
+        let from = LineSource {
             image: v.image.clone(),
             attempt: v.attempt,
         };

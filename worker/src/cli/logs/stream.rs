@@ -23,7 +23,7 @@ pub(super) enum Msg {
 
 /// Who a line belongs to.
 #[derive(Clone)]
-pub(super) struct Source {
+pub(super) struct LineSource {
     pub(super) image: String,
     pub(super) attempt: u32,
 }
@@ -44,7 +44,7 @@ impl Printer {
         }
     }
 
-    pub(super) fn line(&mut self, from: &Source, line: &[u8]) -> std::io::Result<()> {
+    pub(super) fn line(&mut self, from: &LineSource, line: &[u8]) -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         if self.prefix {
             let p = format!("{}#{} | ", from.image, from.attempt);
@@ -65,7 +65,7 @@ impl Printer {
         out.flush()
     }
 
-    pub(super) fn handle(&mut self, from: &Source, msg: Msg) -> std::io::Result<bool> {
+    pub(super) fn handle(&mut self, from: &LineSource, msg: Msg) -> std::io::Result<bool> {
         match msg {
             Msg::Line(l) => self.line(from, &l)?,
             Msg::Note(n) => {
@@ -162,11 +162,11 @@ pub(super) async fn stream_pod(
 pub(super) fn spawn_stream(
     ctx: &Ctx,
     v: &PodView,
-    tx: &mpsc::Sender<(Source, Msg)>,
+    tx: &mpsc::Sender<(LineSource, Msg)>,
     tail: Option<i64>,
 ) {
     let (pods, ns, name) = (ctx.pods.clone(), ctx.namespace.clone(), v.name.clone());
-    let from = Source {
+    let from = LineSource {
         image: v.image.clone(),
         attempt: v.attempt,
     };
