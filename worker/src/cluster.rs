@@ -138,7 +138,7 @@ pub struct Outcome {
     pub id: String,
     pub namespace: String,
     pub phase: Phase,
-    /// True when read from the pods rather than told by the build's owner.
+    /// True when read from the pods rather than told by the worker driving the build.
     pub inferred: bool,
     pub first_seen: Option<jiff::Timestamp>,
     pub finished_at: jiff::Timestamp,
@@ -316,7 +316,7 @@ impl Inner {
         if build.is_none()
             && let Some(o) = self.recent.iter_mut().rev().find(|o| o.id == id)
         {
-            // Told once already: the last pod's deletion, then the owner,
+            // Told once already: the last pod's deletion, then the driving worker,
             // whose word replaces the inference.
             if let Some(p) = phase
                 && o.inferred

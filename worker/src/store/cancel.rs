@@ -14,7 +14,7 @@ use crate::error::Result;
 impl Store {
     /// Records a cancel for `id` and tells every worker about it. With
     /// `for_tenant`, the cancel is kept for a build of that tenant not held
-    /// yet (read when its request is claimed); without, it is the owner's.
+    /// yet (read when its request is claimed); without, it is the holder's.
     pub async fn request_cancel(
         &self,
         id: &str,
@@ -50,7 +50,7 @@ impl Store {
         Ok(conn.get(self.cancel_key(id)).await?)
     }
 
-    /// The cancel pending for a build of `tenant` under `id`: the owner's
+    /// The cancel pending for a build of `tenant` under `id`: the holder's
     /// (`cancel:<id>`), else the one kept for the tenant
     /// (`cancel:<id>@<tenant>`). One round trip.
     pub async fn pending_cancel(&self, id: &str, tenant: &str) -> Result<Option<String>> {
@@ -63,11 +63,11 @@ impl Store {
     }
 }
 
-/// The reason of a pending cancel: the owner's flag first, else the one
+/// The reason of a pending cancel: the holder's flag first, else the one
 /// kept for the tenant; an empty value is no cancel (as in `CLAIM_REQUEST`).
 /// Pure.
-fn first_cancel(owners: Option<String>, kept: Option<String>) -> Option<String> {
-    owners
+fn first_cancel(holders: Option<String>, kept: Option<String>) -> Option<String> {
+    holders
         .filter(|r| !r.is_empty())
         .or(kept.filter(|r| !r.is_empty()))
 }
@@ -77,7 +77,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_owners_cancel_comes_before_the_kept_one() {
+    fn the_holders_cancel_comes_before_the_kept_one() {
         let some = |s: &str| Some(s.to_owned());
         assert_eq!(first_cancel(some("a"), some("b")), some("a"));
         assert_eq!(first_cancel(None, some("b")), some("b"));

@@ -54,7 +54,7 @@ return 0
 /// record as it was before the call (empty without one). `dup` when the
 /// record says accepted or finished; otherwise claim the lease (`SET NX PX`
 /// with the fresh token `ARGV[1]`): `ok` with the pending cancel reason (the
-/// owner's `KEYS[3]`, or the one kept for this tenant, `KEYS[4]`) if it was
+/// holder's `KEYS[3]`, or the one kept for this tenant, `KEYS[4]`) if it was
 /// free, else `held` with the holder's value (another worker's, or another
 /// claim of this one: a token is never shared).
 /// A lease taken on a free id writes a `claimed` record (`ARGV[3]`) so that
@@ -251,7 +251,7 @@ impl Store {
 
     /// Admits a new request (see `CLAIM_REQUEST`): `claimed` is the record
     /// written if the lease is taken on a free id, kept for `keep`; a pending
-    /// cancel is read from the owner's key or from the one kept for
+    /// cancel is read from the holder's key or from the one kept for
     /// `claimed.tenant`. One round trip.
     pub async fn claim_request(
         &self,

@@ -10,7 +10,7 @@
 //!   a worker can never extend or delete a lease another worker, or another
 //!   claim of its own, took over).
 //! - `P cancel:<id>` — the cancel reason; set by whichever worker consumed the
-//!   cancel, read by the owner (pushed on `P cancels`, and polled with every
+//!   cancel, read by the lease's holder (pushed on `P cancels`, and polled with every
 //!   renewal in case the push was missed).
 //! - `P cancel:<id>@<tenant>` — a cancel for an id nobody held when it came,
 //!   read only by a claim of that tenant's request.

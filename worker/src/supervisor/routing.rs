@@ -41,13 +41,13 @@ pub(super) async fn watch_namespace(sup: Supervisor, namespace: String) {
 /// What an event of a pod whose build is not driven here means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ForeignPod {
-    /// The last pod of a build owned elsewhere went away: most likely the
+    /// The last pod of a build driven elsewhere went away: most likely the
     /// build ended. Forget it.
     Forget,
     /// A live pod: the build is an adoption candidate.
     Remember,
     /// A pod being deleted mostly belongs to a build that just ended (its
-    /// owner deletes pods after the terminal event): it does not make a
+    /// holder deletes pods after the terminal event): it does not make a
     /// build a candidate, though it keeps one that already is.
     Ignore,
 }
