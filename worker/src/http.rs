@@ -70,6 +70,7 @@ pub async fn serve_on(
     sup: Supervisor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Only for the log line: a socket without a local address still serves.
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the status page");
     }

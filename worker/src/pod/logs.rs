@@ -109,6 +109,8 @@ impl Pods {
                     Ok(Event::Delete(p)) => Some(PodEvent::Deleted(view(&p))),
                     Ok(Event::Init) => Some(PodEvent::Resync),
                     Ok(Event::InitDone) => Some(PodEvent::Synced),
+                    // The watcher's backoff retries on its own; `kiln logs`
+                    // goes on with the events that follow.
                     Err(_) => None,
                 };
                 // A hashed label value may, in theory, be shared by two ids.

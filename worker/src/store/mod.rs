@@ -10,8 +10,8 @@
 //!   a worker can never extend or delete a lease another worker, or another
 //!   claim of its own, took over).
 //! - `P cancel:<id>` — the cancel reason; set by whichever worker consumed the
-//!   cancel, read by the lease's holder (pushed on `P cancels`, and polled with every
-//!   renewal in case the push was missed).
+//!   cancel, read by the lease's holder (pushed on `P cancels`, and polled
+//!   with every renewal in case the push was missed).
 //! - `P cancel:<id>@<tenant>` — a cancel for an id nobody held when it came,
 //!   read only by a claim of that tenant's request.
 //! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe, ownership (tenant
@@ -25,9 +25,9 @@
 
 mod cancel;
 mod index;
-pub mod lease;
+mod lease;
 mod notices;
-pub mod record;
+mod record;
 mod records;
 
 use std::time::Duration;

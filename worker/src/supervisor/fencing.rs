@@ -174,7 +174,7 @@ async fn renewed(sup: &Supervisor, id: &str, token: &LeaseToken, r: Renewal) {
     match r {
         Renewal::Renewed => {}
         Renewal::CancelPending => {
-            if let Ok(Some(reason)) = sup.ctx.store.cancel_reason(id).await {
+            if let Some(reason) = super::notices::cancel_reason(sup, id).await {
                 sup.registry.send(id, Input::Cancel(reason));
             }
         }
