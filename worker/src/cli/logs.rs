@@ -180,7 +180,7 @@ fn gone_message(args: &LogsArgs, namespace: &str, record: Option<&BuildRecord>) 
     let why = match record {
         Some(r) if r.state == RecordState::Finished => format!(
             "the build {} and its pods were deleted",
-            r.phase.as_deref().unwrap_or("finished")
+            r.phase.map_or("finished", kiln_protocol::Phase::as_str)
         ),
         Some(_) => "its pods are not there yet, or were deleted".to_owned(),
         None => "Redis has no record of it: it finished long ago or never existed".to_owned(),
@@ -811,9 +811,9 @@ async fn outcome(redis: Option<&Leases>, id: &str, tracks: &BTreeMap<String, Tra
         if let Some(r) = read_record(redis, id).await
             && r.state == RecordState::Finished
         {
-            return match r.phase.as_deref() {
-                Some("succeeded") => exit::OK,
-                Some("cancelled") => exit::CANCELLED,
+            return match r.phase {
+                Some(kiln_protocol::Phase::Succeeded) => exit::OK,
+                Some(kiln_protocol::Phase::Cancelled) => exit::CANCELLED,
                 _ => exit::FAILED,
             };
         }

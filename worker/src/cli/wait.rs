@@ -318,15 +318,13 @@ impl Tracker {
         for (name, img) in &rec.images {
             let state = self.images.entry(name.clone()).or_default();
             state.attempt = img.attempt;
-            let phase: Option<Phase> =
-                serde_json::from_value(serde_json::Value::String(img.phase.clone())).ok();
-            let ended = phase.is_some_and(|p| p.is_terminal(Level::Image));
+            let ended = img.phase.is_terminal(Level::Image);
             if ended {
-                state.phase = phase;
+                state.phase = Some(img.phase);
             }
-            let msg = format!("{:<9}  attempt {}", img.phase, img.attempt);
+            let msg = format!("{:<9}  attempt {}", img.phase.as_str(), img.attempt);
             self.view
-                .image(name, &msg, ended, phase == Some(Phase::Succeeded));
+                .image(name, &msg, ended, img.phase == Phase::Succeeded);
         }
     }
 
@@ -631,11 +629,7 @@ fn pinned_references(d: &EventData, tracker: &Tracker) -> Vec<String> {
 
 /// The answer for a build Redis says has finished.
 fn report_record(f: &Follow, rec: &BuildRecord) -> u8 {
-    let phase: Option<Phase> = rec
-        .phase
-        .as_deref()
-        .and_then(|p| serde_json::from_value(serde_json::Value::String(p.to_owned())).ok());
-    let Some(phase) = phase else {
+    let Some(phase) = rec.phase else {
         errln!(
             "kiln: build {} has finished, but its Redis record does not say how ({:?})",
             f.build_id,
@@ -696,8 +690,7 @@ fn record_event(id: &str, phase: Phase, rec: &BuildRecord) -> BuildEvent {
             .iter()
             .map(|(name, img)| ImageSummary {
                 name: name.clone(),
-                phase: serde_json::from_value(serde_json::Value::String(img.phase.clone()))
-                    .unwrap_or(phase),
+                phase: img.phase,
                 digest: img.digest.clone(),
                 attempts: img.attempt,
                 image_refs: Vec::new(),

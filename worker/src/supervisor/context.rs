@@ -73,7 +73,7 @@ impl Context {
     ) -> BuildRecord {
         BuildRecord {
             state,
-            phase: phase.map(|p| p.as_str().to_owned()),
+            phase,
             tenant: plan.tenant.clone(),
             fingerprint: plan.fingerprint.clone(),
             namespace: plan.namespace.clone(),
@@ -84,11 +84,11 @@ impl Context {
                     (
                         s.name.clone(),
                         ImageRecord {
-                            phase: s.phase.as_str().to_owned(),
+                            phase: s.phase,
                             attempt: s.attempt,
                             pod: s.pod.clone(),
                             digest: s.digest.clone(),
-                            reason: s.reason.map(|r| r.as_str().to_owned()),
+                            reason: s.reason,
                         },
                     )
                 })
