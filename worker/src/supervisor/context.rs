@@ -10,7 +10,7 @@ use kiln_protocol::{BuildEvent, Phase};
 use crate::amqp::{Broker, OutgoingEvent, Routed};
 use crate::error::{Error, Result};
 use crate::lease::{BuildRecord, ImageRecord, Leases, RecordState};
-use crate::machine::{ImageState, Settings};
+use crate::machine::{ImageProgress, Settings};
 use crate::metrics::Metrics;
 use crate::plan::BuildPlan;
 use crate::pod::Pods;
@@ -69,7 +69,7 @@ impl Context {
         plan: &BuildPlan,
         state: RecordState,
         phase: Option<Phase>,
-        images: &[ImageState],
+        images: &[ImageProgress],
     ) -> BuildRecord {
         BuildRecord {
             state,
