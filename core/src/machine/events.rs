@@ -4,8 +4,7 @@
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason};
 
 use super::image::{ImgState, PodId};
-use super::pods::delete;
-use super::{Action, Machine, Stage};
+use super::state::{Action, Machine, Stage};
 use crate::classify::Failure;
 use crate::plan::ImagePlan;
 
@@ -44,6 +43,15 @@ pub(super) fn image_refs(destinations: &[String], digest: Option<&str>) -> Vec<S
 pub(super) fn seconds_between(a: jiff::Timestamp, b: jiff::Timestamp) -> f64 {
     let secs = b.duration_since(a).as_secs_f64();
     (secs * 1000.0).round() / 1000.0
+}
+
+/// The action that deletes pod `p` (its uid a precondition).
+pub(super) fn delete(p: PodId) -> Action {
+    Action::DeletePod {
+        namespace: p.namespace,
+        name: p.name,
+        uid: p.uid,
+    }
 }
 
 impl Machine {

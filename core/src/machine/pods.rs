@@ -7,19 +7,11 @@ use std::time::Instant;
 
 use kiln_protocol::{Phase, Reason};
 
-use super::events::{fill_failure, masked_message};
+use super::events::{delete, fill_failure, masked_message};
 use super::image::{ImgState, PodId};
+use super::state::{Action, Machine, Stage};
 use super::timers::quota_wait;
-use super::{Action, Machine, Stage};
 use crate::classify::{Failure, Observation, PodView, classify_with_log, hopeless};
-
-pub(super) fn delete(p: PodId) -> Action {
-    Action::DeletePod {
-        namespace: p.namespace,
-        name: p.name,
-        uid: p.uid,
-    }
-}
 
 impl Machine {
     pub(super) fn created(

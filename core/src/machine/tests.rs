@@ -1,9 +1,14 @@
 //! The machine's behaviour, input by input, with injected time.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_protocol::{Phase, Reason};
+
 use super::*;
-use crate::classify::{PodPhase, Terminated};
-use crate::plan::ImagePlan;
+use crate::classify::{PodPhase, PodView, Terminated};
+use crate::plan::{BuildPlan, ImagePlan};
 
 /// The machine takes `std::time::Instant`s as inputs; the tests inject
 /// them from a clock of their own (a fixed origin plus what `advance`

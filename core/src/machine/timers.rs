@@ -7,7 +7,7 @@ use kiln_protocol::{Phase, Reason};
 
 use super::events::fill_failure;
 use super::image::ImgState;
-use super::{Action, Machine, Settings, Stage};
+use super::state::{Action, Machine, Settings, Stage};
 use crate::classify::Failure;
 
 /// The wait after failed attempt `attempt` (1-based) of one image:
