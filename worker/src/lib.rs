@@ -15,6 +15,7 @@ pub mod policy;
 pub mod retry;
 pub mod supervisor;
 pub mod telemetry;
+pub mod terminal;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -162,7 +162,7 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     let ctx = Ctx {
         pods,
         namespace,
-        colour: super::colour_allowed(std::io::stdout().is_terminal()),
+        colour: crate::terminal::colour_allowed(std::io::stdout().is_terminal()),
     };
     if args.follow {
         follow(&ctx, &args, redis.as_ref(), &listed).await

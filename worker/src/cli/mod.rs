@@ -208,12 +208,6 @@ pub fn is_broken_pipe_error(e: &anyhow::Error) -> bool {
         .any(is_broken_pipe)
 }
 
-/// Whether colour may be written to a stream: only to a terminal, and never
-/// when `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
-pub fn colour_allowed(is_terminal: bool) -> bool {
-    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
 /// An error as one line: the causes joined with `: `, line breaks folded.
 pub fn one_line(e: &anyhow::Error) -> String {
     fold(&format!("{e:#}"))
