@@ -155,7 +155,9 @@ pub fn init() -> Guard {
         // tracing-subscriber colours whenever NO_COLOR is unset, even into
         // a file or a log collector: colour only on a terminal.
         tracing_subscriber::fmt::layer()
-            .with_ansi(crate::terminal::colour_allowed(std::io::stderr().is_terminal()))
+            .with_ansi(crate::terminal::colour_allowed(
+                std::io::stderr().is_terminal(),
+            ))
             .with_writer(std::io::stderr)
             .boxed()
     };
