@@ -157,7 +157,7 @@ impl Journal {
         History {
             app: unboxed(self.app.as_deref()),
             trace_id: unboxed(self.trace_id.as_deref()),
-            reason: self.reason.map(|r| r.to_string()),
+            reason: self.reason,
             message: unboxed(self.message.as_deref()),
             images: self
                 .images
@@ -175,13 +175,13 @@ impl Journal {
             id,
             event_type,
             time: e.time,
-            phase: e.phase.as_str().to_owned(),
+            phase: e.phase,
             image: e
                 .image
                 .and_then(|i| self.images.get(usize::from(i)))
                 .map(|i| i.name.to_string()),
             attempt: e.attempt,
-            reason: e.reason.map(|r| r.to_string()),
+            reason: e.reason,
             message: unboxed(e.message.as_deref()),
         }
     }
@@ -225,7 +225,7 @@ impl Image {
         ImageHistory {
             digest: unboxed(self.digest.as_deref()),
             image_refs: self.image_refs.iter().map(ToString::to_string).collect(),
-            reason: self.reason.map(|r| r.to_string()),
+            reason: self.reason,
             message: unboxed(self.message.as_deref()),
             log_tail: unboxed(self.log_tail.as_deref()),
             pods: self.pods.iter().map(ToString::to_string).collect(),

@@ -215,7 +215,7 @@ pub struct Filter {
 /// `running` while it is not finished.
 fn record_phase(r: &BuildRecord) -> &str {
     match (&r.phase, r.state) {
-        (Some(p), RecordState::Finished) => p,
+        (Some(p), RecordState::Finished) => p.as_str(),
         _ => "running",
     }
 }
@@ -279,8 +279,8 @@ async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<V
                 reason: r
                     .history
                     .reason
-                    .clone()
-                    .or_else(|| r.history.images.values().find_map(|i| i.reason.clone())),
+                    .or_else(|| r.history.images.values().find_map(|i| i.reason))
+                    .map(|r| r.to_string()),
                 images: r.images.len(),
                 ago: since(r.updated_at, now),
                 tenant: r.tenant,

@@ -1,5 +1,5 @@
-//! What the terminal allows, shared by the client's output and the worker's
-//! logs (a module of its own so that telemetry does not import the CLI).
+//! What the client and the worker's logs share about the terminal they
+//! write to. A module of its own so that telemetry need not import the CLI.
 
 /// Whether colour may be written to a stream: only to a terminal, and never
 /// when `NO_COLOR` is set to a non-empty value (<https://no-color.org>).

@@ -42,11 +42,11 @@ fn a_journal_folds_events_once_into_the_history() {
         Some("0af7651916cd43dd8448eb211c80319c")
     );
     assert_eq!(h.app.as_deref(), Some("shop"));
-    assert_eq!(h.reason.as_deref(), Some("BuildError"));
+    assert_eq!(h.reason, Some(Reason::BuildError));
     assert_eq!(h.message.as_deref(), Some("api failed"));
     let api = &h.images["api"];
     assert_eq!(api.log_tail.as_deref(), Some("error: no rule"));
-    assert_eq!(api.reason.as_deref(), Some("BuildError"));
+    assert_eq!(api.reason, Some(Reason::BuildError));
     assert_eq!(api.message.as_deref(), Some("exit 1"));
     assert_eq!(api.pods, ["kiln-b-api-1"]);
     for (entry, ev) in h.timeline.iter().zip([&failed, &done]) {
@@ -55,10 +55,10 @@ fn a_journal_folds_events_once_into_the_history() {
             entry.event_type, ev.event_type,
             "the derived type comes back"
         );
-        assert_eq!(entry.phase, ev.data.phase.as_str());
+        assert_eq!(entry.phase, ev.data.phase);
         assert_eq!(entry.image, ev.data.image);
         assert_eq!(entry.attempt, ev.data.attempt);
-        assert_eq!(entry.reason.as_deref(), Some("BuildError"));
+        assert_eq!(entry.reason, Some(Reason::BuildError));
         assert_eq!(entry.message, ev.data.message);
     }
 }

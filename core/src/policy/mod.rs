@@ -77,6 +77,7 @@
 
 mod admit;
 mod file;
+mod parse;
 mod recheck;
 mod resolve;
 

@@ -234,10 +234,10 @@ fn print_text(st: &Status) {
 
 /// Redis' view: the build's phase and whereabouts, then a table of images.
 fn print_record(st: &Status, rec: &BuildRecord) {
-    let phase = rec
-        .phase
-        .clone()
-        .unwrap_or_else(|| format!("{:?}", rec.state).to_lowercase());
+    let phase = rec.phase.map_or_else(
+        || format!("{:?}", rec.state).to_lowercase(),
+        |p| p.to_string(),
+    );
     outln!("build {}: {phase}", st.id);
     outln!(
         "  tenant {}, namespace {}, worker {}, updated {}",
@@ -259,7 +259,7 @@ fn print_record(st: &Status, rec: &BuildRecord) {
                 // `waiting (QuotaExceeded)`: why an image has no pod yet.
                 i.reason
                     .as_ref()
-                    .map_or_else(|| i.phase.clone(), |r| format!("{} ({r})", i.phase)),
+                    .map_or_else(|| i.phase.to_string(), |r| format!("{} ({r})", i.phase)),
                 i.attempt.to_string(),
                 i.pod.clone().unwrap_or_default(),
                 i.digest.clone().unwrap_or_default(),

@@ -9,7 +9,7 @@ use kiln_protocol::{BuildEvent, Phase};
 
 use crate::amqp::{Broker, OutgoingEvent, Routed};
 use crate::error::{Error, Result};
-use crate::machine::{ImageState, Settings};
+use crate::machine::{ImageProgress, Settings};
 use crate::metrics::Metrics;
 use crate::plan::BuildPlan;
 use crate::pod::Pods;
@@ -69,11 +69,11 @@ impl Context {
         plan: &BuildPlan,
         state: RecordState,
         phase: Option<Phase>,
-        images: &[ImageState],
+        images: &[ImageProgress],
     ) -> BuildRecord {
         BuildRecord {
             state,
-            phase: phase.map(|p| p.as_str().to_owned()),
+            phase,
             tenant: plan.tenant.clone(),
             fingerprint: plan.fingerprint.clone(),
             namespace: plan.namespace.clone(),
@@ -84,11 +84,11 @@ impl Context {
                     (
                         s.name.clone(),
                         ImageRecord {
-                            phase: s.phase.as_str().to_owned(),
+                            phase: s.phase,
                             attempt: s.attempt,
                             pod: s.pod.clone(),
                             digest: s.digest.clone(),
-                            reason: s.reason.map(|r| r.as_str().to_owned()),
+                            reason: s.reason,
                         },
                     )
                 })

@@ -359,9 +359,9 @@ pub(super) async fn outcome(
         if let Some(r) = read_record(redis, id).await
             && r.state == RecordState::Finished
         {
-            return match r.phase.as_deref() {
-                Some("succeeded") => exit::OK,
-                Some("cancelled") => exit::CANCELLED,
+            return match r.phase {
+                Some(kiln_protocol::Phase::Succeeded) => exit::OK,
+                Some(kiln_protocol::Phase::Cancelled) => exit::CANCELLED,
                 _ => exit::FAILED,
             };
         }

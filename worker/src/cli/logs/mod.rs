@@ -184,7 +184,7 @@ fn gone_message(args: &LogsArgs, namespace: &str, record: Option<&BuildRecord>) 
     let why = match record {
         Some(r) if r.state == RecordState::Finished => format!(
             "the build {} and its pods were deleted",
-            r.phase.as_deref().unwrap_or("finished")
+            r.phase.map_or("finished", kiln_protocol::Phase::as_str)
         ),
         Some(_) => "its pods are not there yet, or were deleted".to_owned(),
         None => "Redis has no record of it: it finished long ago or never existed".to_owned(),

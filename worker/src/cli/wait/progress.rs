@@ -14,7 +14,7 @@ use crate::store::BuildRecord;
 
 /// Where each image stands, from the events seen.
 #[derive(Debug, Clone, Default)]
-pub(super) struct ImageProgress {
+pub(super) struct WaitedImage {
     pub(super) phase: Option<Phase>,
     pub(super) attempt: u32,
     /// The last `failed` (or `retrying`) event, for the report.
@@ -23,7 +23,7 @@ pub(super) struct ImageProgress {
 }
 
 pub(super) struct Tracker {
-    pub(super) images: BTreeMap<String, ImageProgress>,
+    pub(super) images: BTreeMap<String, WaitedImage>,
     pub(super) view: View,
 }
 
@@ -32,7 +32,7 @@ impl Tracker {
         let mut view = View::new(f);
         let mut images = BTreeMap::new();
         for name in &f.images {
-            images.insert(name.clone(), ImageProgress::default());
+            images.insert(name.clone(), WaitedImage::default());
             view.image(name, "waiting", false, false);
         }
         Self { images, view }
@@ -45,15 +45,13 @@ impl Tracker {
         for (name, img) in &rec.images {
             let state = self.images.entry(name.clone()).or_default();
             state.attempt = img.attempt;
-            let phase: Option<Phase> =
-                serde_json::from_value(serde_json::Value::String(img.phase.clone())).ok();
-            let ended = phase.is_some_and(|p| p.is_terminal(Level::Image));
+            let ended = img.phase.is_terminal(Level::Image);
             if ended {
-                state.phase = phase;
+                state.phase = Some(img.phase);
             }
-            let msg = format!("{:<9}  attempt {}", img.phase, img.attempt);
+            let msg = format!("{:<9}  attempt {}", img.phase.as_str(), img.attempt);
             self.view
-                .image(name, &msg, ended, phase == Some(Phase::Succeeded));
+                .image(name, &msg, ended, img.phase == Phase::Succeeded);
         }
     }
 

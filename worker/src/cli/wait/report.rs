@@ -158,11 +158,7 @@ pub(super) fn pinned_references(d: &EventData, tracker: &Tracker) -> Vec<String>
 
 /// The answer for a build Redis says has finished.
 pub(super) fn report_record(f: &Follow, rec: &BuildRecord) -> u8 {
-    let phase: Option<Phase> = rec
-        .phase
-        .as_deref()
-        .and_then(|p| serde_json::from_value(serde_json::Value::String(p.to_owned())).ok());
-    let Some(phase) = phase else {
+    let Some(phase) = rec.phase else {
         errln!(
             "kiln: build {} has finished, but its Redis record does not say how ({:?})",
             f.build_id,
@@ -224,8 +220,7 @@ pub(super) fn record_event(id: &str, phase: Phase, rec: &BuildRecord) -> BuildEv
             .iter()
             .map(|(name, img)| ImageSummary {
                 name: name.clone(),
-                phase: serde_json::from_value(serde_json::Value::String(img.phase.clone()))
-                    .unwrap_or(phase),
+                phase: img.phase,
                 digest: img.digest.clone(),
                 attempts: img.attempt,
                 image_refs: Vec::new(),
