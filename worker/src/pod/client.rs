@@ -15,9 +15,10 @@ use kube::runtime::{WatchStreamExt, watcher::Event};
 /// event carries only the last [`kiln_protocol::LOG_TAIL_MAX_BYTES`]).
 pub const LOG_SEARCH_BYTES: usize = 64 * 1024;
 
+use super::labels::{KANIKO, LABEL_BUILD, SELECTOR};
+use super::model::{Created, PodEvent, PodSettings};
 use super::spec::{configmap_spec, pod_spec};
 use super::view::view;
-use super::{Created, KANIKO, LABEL_BUILD, PodEvent, PodSettings, SELECTOR};
 use crate::classify::PodView;
 use crate::error::{Error, Result};
 use crate::plan::BuildPlan;

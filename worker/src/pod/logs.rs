@@ -9,8 +9,10 @@ use kube::api::{Api, LogParams};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
 
+use super::client::Pods;
+use super::labels::{KANIKO, LABEL_BUILD, SELECTOR};
+use super::model::PodEvent;
 use super::view::view;
-use super::{KANIKO, LABEL_BUILD, PodEvent, Pods, SELECTOR};
 use crate::error::{Error, Result};
 
 impl Pods {

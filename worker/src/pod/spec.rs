@@ -15,10 +15,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kiln_protocol::{GitContext, S3Context};
 
-use super::{
-    ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE,
-    MANAGED_BY, PodSettings,
+use super::labels::{
+    ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE, MANAGED_BY,
 };
+use super::model::PodSettings;
 use crate::plan::{BuildPlan, ImagePlan};
 
 const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Supervisor;
 use super::context::Context;
-use super::fencing::{Fence, SharedFence};
+use super::fence::{Fence, SharedFence};
 use super::registry::BuildHandle;
 use crate::classify::PodPhase;
 use crate::error::{Error, Result};

@@ -21,6 +21,7 @@ mod backlog;
 mod build_task;
 mod cancels;
 mod context;
+mod fence;
 mod fencing;
 mod intake;
 mod lending;

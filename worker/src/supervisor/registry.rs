@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::fencing::{Fence, SharedFence};
+use super::fence::{Fence, SharedFence};
 use crate::machine::Input;
 use crate::store::LeaseToken;
 use kiln_core::owner::Owner;
