@@ -136,6 +136,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::supervisor::fence::SharedFence;
 
     #[tokio::test(start_paused = true)]
     async fn the_fence_holds_until_send_plus_ttl_minus_the_margin() {
