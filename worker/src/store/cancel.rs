@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{Store, millis};
+use super::client::{Store, millis};
 use crate::error::Result;
 
 impl Store {

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use super::{BuildRecord, Store, encode, millis};
+use super::client::{Store, encode, millis};
+use super::record::BuildRecord;
 use crate::error::Result;
 
 /// Builds kept in the `P builds` index (newest by record update).

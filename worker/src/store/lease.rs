@@ -5,14 +5,16 @@
 //! lease another worker, or another claim of its own, took over). The
 //! final record is written by the same script that releases (`FINISH`).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::index::INDEX_MAX;
 use kiln_core::owner::{Learnt, Owner};
 
-use super::{BuildRecord, RecordState, Store, encode, millis};
+use super::client::{Store, encode, millis};
+use super::index::INDEX_MAX;
+use super::record::{BuildRecord, RecordState};
 use crate::error::{Error, Result};
 
 /// Compare-and-extend for many leases in one round trip. Returns per key:
@@ -103,24 +105,19 @@ return 1
 /// Keys renewed per script call: bounds the time Redis spends in one script.
 const RENEW_CHUNK: usize = 500;
 
-/// The Lua scripts of the lease commands, loaded once per [`Store`].
-#[derive(Clone)]
-pub(super) struct Scripts {
+/// The Lua scripts of the lease commands, each hashed once per process.
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    renew: redis::Script::new(RENEW),
+    release: redis::Script::new(RELEASE),
+    claim_request: redis::Script::new(CLAIM_REQUEST),
+    finish: redis::Script::new(FINISH),
+});
+
+struct Scripts {
     renew: redis::Script,
     release: redis::Script,
     claim_request: redis::Script,
     finish: redis::Script,
-}
-
-impl Scripts {
-    pub(super) fn new() -> Self {
-        Self {
-            renew: redis::Script::new(RENEW),
-            release: redis::Script::new(RELEASE),
-            claim_request: redis::Script::new(CLAIM_REQUEST),
-            finish: redis::Script::new(FINISH),
-        }
-    }
 }
 
 /// The value of a lease: `<worker id>/<ulid>`, minted per claim. The build
@@ -263,8 +260,7 @@ impl Store {
         let json = encode(claimed)?;
         let keep_ms = millis(keep).max(1);
         let token = LeaseToken::mint(&self.worker);
-        let reply: Vec<String> = self
-            .scripts
+        let reply: Vec<String> = SCRIPTS
             .claim_request
             .key(self.lease_key(id))
             .key(self.record_key(id))
@@ -321,8 +317,7 @@ impl Store {
         let mut conn = self.conn.clone();
         let json = encode(record)?;
         let keep_ms = millis(keep).max(1);
-        let done: i64 = self
-            .scripts
+        let done: i64 = SCRIPTS
             .finish
             .key(self.lease_key(id))
             .key(self.record_key(id))
@@ -349,7 +344,7 @@ impl Store {
         let mut out = Vec::with_capacity(held.len());
         let mut conn = self.conn.clone();
         for chunk in held.chunks(RENEW_CHUNK) {
-            let mut inv = self.scripts.renew.prepare_invoke();
+            let mut inv = SCRIPTS.renew.prepare_invoke();
             for (id, _) in chunk {
                 inv.key(self.lease_key(id));
             }
@@ -373,8 +368,7 @@ impl Store {
     /// Releases the lease of `id` if it is still held under `token`.
     pub async fn release(&self, id: &str, token: &LeaseToken) -> Result<bool> {
         let mut conn = self.conn.clone();
-        let n: i64 = self
-            .scripts
+        let n: i64 = SCRIPTS
             .release
             .key(self.lease_key(id))
             .arg(token.as_str())

@@ -7,7 +7,7 @@ use backon::BackoffBuilder;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::Store;
+use super::client::Store;
 
 /// A notice from another worker.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{BuildRecord, Store, encode, millis};
+use super::client::{Store, encode, millis};
+use super::record::BuildRecord;
 use crate::error::Result;
 
 impl Store {
