@@ -9,7 +9,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
 
-use super::Broker;
+use super::broker::Broker;
 use crate::error::Result;
 
 impl Broker {
@@ -63,7 +63,7 @@ impl Consumer {
     /// Stops consuming: the broker delivers nothing more on this channel and
     /// requeues what was not acked when the channel closes.
     pub async fn cancel(self) {
-        super::close_channel(&self.channel, "consumer stopped").await;
+        super::broker::close_channel(&self.channel, "consumer stopped").await;
     }
 }
 

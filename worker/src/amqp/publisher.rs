@@ -7,7 +7,9 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 
-use super::{Broker, ERROR_HEADER, Incoming};
+use super::broker::Broker;
+use super::consumer::Incoming;
+use super::names::ERROR_HEADER;
 use crate::error::{Error, Result};
 
 /// One event ready to publish.

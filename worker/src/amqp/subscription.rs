@@ -5,7 +5,8 @@ use lapin::Channel;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 
-use super::{Broker, Consumer, Incoming};
+use super::broker::Broker;
+use super::consumer::{Consumer, Incoming};
 use crate::error::Result;
 
 /// A plain AMQP subscriber to the events exchange, for the client and tests.
@@ -79,6 +80,6 @@ impl EventSubscription {
     }
 
     pub async fn close(self) {
-        super::close_channel(&self.channel, "done").await;
+        super::broker::close_channel(&self.channel, "done").await;
     }
 }

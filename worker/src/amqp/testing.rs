@@ -1,7 +1,8 @@
 //! Helpers for tests and operators: deleting a prefix's topology and taking
 //! one message off a queue without a consumer.
 
-use super::{Broker, Incoming};
+use super::broker::Broker;
+use super::consumer::Incoming;
 use crate::error::Result;
 
 impl Broker {
@@ -22,7 +23,7 @@ impl Broker {
                 .exchange_delete(x.into(), lapin::options::ExchangeDeleteOptions::default())
                 .await;
         }
-        super::close_channel(&ch, "deleted").await;
+        super::broker::close_channel(&ch, "deleted").await;
         Ok(())
     }
 
@@ -43,7 +44,7 @@ impl Broker {
             }
             None => None,
         };
-        super::close_channel(&ch, "done").await;
+        super::broker::close_channel(&ch, "done").await;
         Ok(out)
     }
 }

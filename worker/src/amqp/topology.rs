@@ -6,7 +6,8 @@ use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::{BUILD_KEY, Broker, CANCEL_KEY, DELIVERY_LIMIT};
+use super::broker::Broker;
+use super::names::{BUILD_KEY, CANCEL_KEY, DELIVERY_LIMIT};
 use crate::error::Result;
 
 impl Broker {
@@ -69,7 +70,7 @@ impl Broker {
             FieldTable::default(),
         )
         .await?;
-        super::close_channel(&ch, "topology declared").await;
+        super::broker::close_channel(&ch, "topology declared").await;
         Ok(())
     }
 
@@ -85,7 +86,7 @@ impl Broker {
         let declared = ch
             .queue_declare(queue.into(), passive, FieldTable::default())
             .await;
-        super::close_channel(&ch, "counted").await;
+        super::broker::close_channel(&ch, "counted").await;
         Ok(declared?.message_count())
     }
 }
