@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_protocol::{BuildEvent, Level, Phase};
 
-use super::Follow;
+use super::followed::Follow;
 use crate::cli::output::{human_line, short_duration};
 use crate::store::BuildRecord;
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Phase};
 
+use super::followed::{Follow, exit_code};
 use super::progress::Tracker;
-use super::{Follow, exit_code};
 use crate::cli::exit;
 use crate::cli::output::{Output, Received, attempt, short_duration};
 use crate::store::BuildRecord;
