@@ -8,17 +8,25 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::args::LogsArgs;
+use super::pods::{known_images, pending_note, plan_of, read_record};
+use super::stream::Ctx;
 use super::stream::spawn_stream;
 use super::stream::{LineSource, Msg, Printer};
-use super::{
-    Ctx, LogsArgs, RECORD_POLL, RECORD_WAIT, REOPEN_AFTER, known_images, pending_note, plan_of,
-    read_record,
-};
 use crate::classify::{Observation, PodPhase, PodView, classify};
 use crate::cli::exit;
 use crate::pod::PodEvent;
 use crate::store::BuildRecord;
 use crate::store::{RecordState, Store};
+
+/// How long an attempt whose log stream ended may still look running
+/// before the stream is opened again (a connection cut by a proxy).
+const REOPEN_AFTER: Duration = Duration::from_secs(5);
+/// How long to wait for the worker to write the build's final record once
+/// the pods say the build is over.
+const RECORD_WAIT: Duration = Duration::from_secs(10);
+/// How often Redis' record is read while following.
+const RECORD_POLL: Duration = Duration::from_secs(1);
 
 /// How the last shown attempt of an image ended, as far as the pods say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,11 +17,15 @@
 //! its pod was deleted with no newer attempt. Redis' record, when it says
 //! the build finished, ends every image at once and gives the exit code.
 
+mod args;
 mod follow;
+mod pods;
 mod stream;
 
+pub use args::{AFTER_HELP, LogsArgs};
 use follow::follow;
-use stream::{LineSource, Msg, Printer, stream_pod};
+use pods::{known_images, pending_note, read_record};
+use stream::{Ctx, LineSource, Msg, Printer, stream_pod};
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
@@ -31,75 +35,8 @@ use tokio::sync::mpsc;
 
 use super::exit;
 use crate::classify::{PodPhase, PodView};
-use crate::config::{Connections, parse_duration};
-use crate::plan::BuildPlan;
 use crate::pod::{PodSettings, Pods};
-use crate::store::{BuildRecord, RecordState, Store};
-
-pub const AFTER_HELP: &str = concat!(
-    "\
-Prints the Kaniko log of the newest attempt of each image of the build (or
-of IMAGE only). With more than one image each line starts with
-`image#attempt | ` (coloured on a terminal, never with NO_COLOR); notes
-about attempts go to standard error.
-
---follow streams the log while the build runs and, when an attempt fails
-and a retry is coming, waits for the next attempt and goes on with it; it
-ends when every image is over and exits with the build's outcome (0
-succeeded, 1 failed, 3 cancelled), read from Redis' record of the build or,
-without Redis, from the pods (0 when every image's last attempt succeeded).
-
-The pods exist until the build's outcome is published. When they are gone
-(exit code 6, one line saying so), the end of each failed attempt's log
-(8 KiB, secrets masked) is still in its image.retrying / image.failed event
-(data.logTail): see it as it happens with `kiln watch --build ID -o json`,
-or in your event subscribers' records.
-The namespace is read from Redis' record; without one, --namespace is used.
-Needs get/list/watch on pods and get on pods/log in the build namespace.
-
-Examples:
-  kiln logs shop-cart-1.2.3-7f3a
-  kiln logs shop-cart-1.2.3-7f3a api --follow
-  kiln logs shop-cart-1.2.3-7f3a --all-attempts
-
-",
-    crate::kiln_exit_codes!()
-);
-
-/// 128 + SIGPIPE, what a shell reports for a process a closed pipe ended.
-/// How long an attempt whose log stream ended may still look running
-/// before the stream is opened again (a connection cut by a proxy).
-const REOPEN_AFTER: Duration = Duration::from_secs(5);
-/// How long to wait for the worker to write the build's final record once
-/// the pods say the build is over.
-const RECORD_WAIT: Duration = Duration::from_secs(10);
-/// How often Redis' record is read while following.
-const RECORD_POLL: Duration = Duration::from_secs(1);
-
-#[derive(Debug, clap::Args)]
-pub struct LogsArgs {
-    /// The build id.
-    pub id: String,
-    /// Only this image of the build.
-    pub image: Option<String>,
-    /// Follow the logs until the build ends, across retries.
-    #[arg(long, short)]
-    pub follow: bool,
-    /// Show this attempt instead of the newest (its pod must still exist).
-    #[arg(long, conflicts_with_all = ["follow", "all_attempts"])]
-    pub attempt: Option<u32>,
-    /// Show every attempt whose pod still exists, oldest first.
-    #[arg(long)]
-    pub all_attempts: bool,
-    /// Namespace of the build pods when Redis has no record naming it.
-    #[arg(long, env = "KILN_NAMESPACE", default_value = "kiln-builds")]
-    pub namespace: String,
-    /// How long to wait for the Kubernetes API to list the pods.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub kube_timeout: Duration,
-    #[command(flatten)]
-    pub connections: Connections,
-}
+use crate::store::{BuildRecord, RecordState};
 
 pub async fn run(args: LogsArgs) -> anyhow::Result<u8> {
     match logs(args).await {
@@ -195,10 +132,6 @@ fn gone_message(args: &LogsArgs, namespace: &str, record: Option<&BuildRecord>) 
     )
 }
 
-async fn read_record(redis: Option<&Store>, id: &str) -> Option<BuildRecord> {
-    redis?.record(id).await.ok().flatten()
-}
-
 async fn connect_kube(timeout: Duration) -> anyhow::Result<Pods> {
     let client = tokio::time::timeout(timeout, Pods::default_client())
         .await
@@ -220,27 +153,6 @@ async fn connect_kube(timeout: Duration) -> anyhow::Result<Pods> {
             s3_region: String::new(),
         },
     ))
-}
-
-fn known_images(pods: &[PodView], record: Option<&BuildRecord>) -> BTreeSet<String> {
-    let mut known: BTreeSet<String> = pods.iter().map(|v| v.image.clone()).collect();
-    if let Some(r) = record {
-        known.extend(r.images.keys().cloned());
-    }
-    if let Some(plan) = pods.iter().find_map(plan_of) {
-        known.extend(plan.images.iter().map(|i| i.name.clone()));
-    }
-    known
-}
-
-fn plan_of(v: &PodView) -> Option<BuildPlan> {
-    serde_json::from_str(v.plan.as_deref()?).ok()
-}
-
-struct Ctx {
-    pods: Pods,
-    namespace: String,
-    colour: bool,
 }
 
 /// Without `--follow`: the chosen attempts, one after the other.
@@ -289,14 +201,4 @@ async fn show(ctx: &Ctx, args: &LogsArgs, listed: &[PodView]) -> anyhow::Result<
         }
     }
     Ok(exit::OK)
-}
-
-fn pending_note(v: &PodView) -> String {
-    let why = v
-        .waiting
-        .as_ref()
-        .map(|(r, _)| r.clone())
-        .or_else(|| v.unschedulable.as_ref().map(|(r, _)| r.clone()))
-        .unwrap_or_else(|| "Pending".to_owned());
-    format!("pod {} has not started yet ({why}): no log yet", v.name)
 }

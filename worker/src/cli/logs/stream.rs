@@ -9,9 +9,15 @@ use std::pin::pin;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::Ctx;
 use crate::classify::PodView;
 use crate::pod::Pods;
+
+/// What every log task of the command shares.
+pub(super) struct Ctx {
+    pub(super) pods: Pods,
+    pub(super) namespace: String,
+    pub(super) colour: bool,
+}
 
 /// What a log task tells the printer, in order.
 pub(super) enum Msg {
