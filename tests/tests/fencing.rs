@@ -76,7 +76,7 @@ async fn a_stalled_worker_does_not_publish_after_its_lease_was_taken() {
 fn record(worker: &str) -> BuildRecord {
     BuildRecord {
         state: RecordState::Finished,
-        phase: Some("succeeded".to_owned()),
+        phase: Some(kiln_protocol::Phase::Succeeded),
         tenant: "default".to_owned(),
         fingerprint: String::new(),
         history: kiln_worker::lease::History::default(),
