@@ -22,6 +22,7 @@ mod build_task;
 mod cancels;
 mod context;
 mod fencing;
+mod give_back;
 mod intake;
 mod lending;
 mod notices;
