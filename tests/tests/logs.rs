@@ -393,9 +393,9 @@ async fn logs_follow_waits_for_the_pods_of_an_accepted_build() {
     )
     .await
     .unwrap();
-    let record = |state, phase: Option<&str>| BuildRecord {
+    let record = |state, phase: Option<kiln_protocol::Phase>| BuildRecord {
         state,
-        phase: phase.map(str::to_owned),
+        phase,
         tenant: "guest".into(),
         fingerprint: String::new(),
         history: kiln_worker::store::History::default(),
@@ -414,7 +414,11 @@ async fn logs_follow_waits_for_the_pods_of_an_accepted_build() {
     let early = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
     assert!(early.is_err(), "still waiting for the pods: {early:?}");
     leases
-        .put_record(&id, &record(RecordState::Finished, Some("cancelled")), WAIT)
+        .put_record(
+            &id,
+            &record(RecordState::Finished, Some(kiln_protocol::Phase::Cancelled)),
+            WAIT,
+        )
         .await
         .unwrap();
     let status = tokio::time::timeout(WAIT, child.wait())

@@ -26,7 +26,10 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if path.is_dir() {
             sources(&path, out);
-        } else if name.ends_with(".rs") && name != "tests.rs" && !name.ends_with("_tests.rs") {
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && name != "tests.rs"
+            && !name.ends_with("_tests.rs")
+        {
             out.push(path);
         }
     }

@@ -1,4 +1,6 @@
 #![allow(clippy::unwrap_used)]
+// The loading tests write and read files, as the worker does.
+#![allow(clippy::disallowed_methods)]
 
 use super::*;
 use kiln_protocol::{BuildRequest, ROOT_PATH, ValidationError};

@@ -10,12 +10,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use kiln_core::adoption::{Adoption, PodSource, decide};
 
-use super::{Supervisor, build_task, pod_cache};
+use super::{Supervisor, build_task, give_back, pod_cache};
 use crate::classify::PodView;
 use crate::error::Result;
+use crate::store::{Claim, LeaseToken, Renewal};
 use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
-use crate::store::{Claim, LeaseToken, Renewal};
 
 /// Periodically adopts foreign builds whose lease lapsed.
 pub(super) async fn adopt_loop(sup: Supervisor) {
@@ -33,8 +33,14 @@ pub(super) async fn adopt_loop(sup: Supervisor) {
         let due = sup.registry.foreign_due(Instant::now(), every);
         for chunk in due.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
-            let Ok(holders) = sup.ctx.store.holders(&ids).await else {
-                continue;
+            let holders = match sup.ctx.store.holders(&ids).await {
+                Ok(holders) => holders,
+                // Tried again at the next tick.
+                Err(e) => {
+                    sup.ctx.metrics.error(&e);
+                    tracing::warn!(error = %e, "cannot read the leases of foreign builds; trying at the next tick");
+                    continue;
+                }
             };
             for ((id, ns), holder) in chunk.iter().zip(holders) {
                 if holder.is_none() {
@@ -72,17 +78,24 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
     // The fence of an adopted build counts from the claim's send, not from
     // after the pods and the record were read.
     let claimed_at = Instant::now();
-    let Ok(Claim::Acquired(token)) = sup.ctx.store.claim(id).await else {
-        return;
+    let token = match sup.ctx.store.claim(id).await {
+        Ok(Claim::Acquired(token)) => token,
+        Ok(Claim::HeldBy(_)) => return,
+        // The sweep tries again while the build stays foreign.
+        Err(e) => {
+            sup.ctx.metrics.error(&e);
+            tracing::warn!(build_id = %id, error = %e, "cannot claim a lapsed build; trying again later");
+            return;
+        }
     };
     if sup.registry.owns(id) {
-        let _ = sup.ctx.store.release(id, &token).await;
+        give_back::release(sup, id, &token).await;
         return;
     }
     if let Err(e) = take_over(sup, id, namespace, claimed_at, &token).await {
         sup.ctx.metrics.error(&e);
         tracing::warn!(build_id = %id, error = %e, "adoption failed; releasing the lease");
-        let _ = sup.ctx.store.release(id, &token).await;
+        give_back::release(sup, id, &token).await;
     }
 }
 
@@ -205,7 +218,7 @@ async fn resume(
     );
     if build_task::spawn_claimed_at(sup, machine, actions, claimed_at, token.clone()).is_none() {
         // Driven here meanwhile: that task holds its own claim.
-        let _ = sup.ctx.store.release(&id, &token).await;
+        give_back::release(sup, &id, &token).await;
         return;
     }
     // Pod events since `pods` were read went to the foreign set.

@@ -31,8 +31,12 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
     let read = (|| ctx.store.record(id))
         .retry(retry::redis())
         .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot read the build record; retrying"));
-    let Some(Ok(record)) = retry::bounded(read, &sup.stop).await else {
-        return;
+    let record = match retry::bounded(read, &sup.stop).await {
+        Some(Ok(record)) => record,
+        None => return,
+        // Not expected (`retry::redis` retries without end): the cancel is
+        // held, and redelivered when the channel closes.
+        Some(Err(e)) => return gave_up(&sup, id, &e),
     };
     let reason = cancel.reason.as_deref().unwrap_or("cancelled");
     let keep = ctx.record_ttl.max(std::time::Duration::from_secs(3600));
@@ -59,7 +63,7 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         CancelStep::Reject(r) => return refuse(&sup, &d, r, Held::Yes).await,
         CancelStep::Ignore => {
             tracing::info!(build_id = %id, "cancel of a finished build ignored");
-            return ack(&d, id).await;
+            return ack(&sup, &d, id).await;
         }
         CancelStep::Flag => None,
         CancelStep::Keep(tenant) => Some(tenant),
@@ -67,11 +71,23 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
     let flag = (|| ctx.store.request_cancel(id, for_tenant.as_deref(), reason, keep))
         .retry(retry::redis())
         .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot record cancel; retrying"));
-    if let Some(Ok(())) = retry::bounded(flag, &sup.stop).await {
-        // The owner hears it through the notice; if it is us, act now.
-        if for_tenant.is_none() {
-            sup.registry.send(id, Input::Cancel(reason.to_owned()));
+    match retry::bounded(flag, &sup.stop).await {
+        Some(Ok(())) => {
+            // The owner hears it through the notice; if it is us, act now.
+            if for_tenant.is_none() {
+                sup.registry.send(id, Input::Cancel(reason.to_owned()));
+            }
+            ack(&sup, &d, id).await;
         }
-        ack(&d, id).await;
+        None => {}
+        Some(Err(e)) => gave_up(&sup, id, &e),
     }
+}
+
+/// A Redis call of a cancel ended in an error (`retry::redis` retries
+/// without end, so it should not): the cancel stays held until its channel
+/// closes and the broker redelivers it.
+fn gave_up(sup: &Supervisor, id: &str, e: &crate::Error) {
+    sup.ctx.metrics.error(e);
+    tracing::error!(build_id = %id, error = %e, "cancel gave up; holding the message");
 }

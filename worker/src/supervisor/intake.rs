@@ -15,12 +15,12 @@ use kiln_protocol::Phase;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Supervisor, build_task, owner};
+use super::{Supervisor, build_task, give_back, owner};
 use crate::amqp::Incoming;
+use crate::store::{Admit, LeaseToken, RecordState};
 use crate::machine::Machine;
 use crate::plan::BuildPlan;
 use crate::retry;
-use crate::store::{Admit, LeaseToken, RecordState};
 
 /// What the lease says about a request that became a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +104,7 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
         Claimed::Duplicate => {
             tracing::info!(build_id = %id, "duplicate request acked");
             ctx.metrics.duplicate();
-            ack(&d, &id).await;
+            ack(&sup, &d, &id).await;
         }
         Claimed::Conflict(rejection) => refuse(&sup, &d, rejection, Held::Yes).await,
         Claimed::Cancelled(reason, token) => {
@@ -154,7 +154,16 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
         let admit = (|| ctx.store.claim_request(id, &claimed, ctx.record_ttl))
             .retry(retry::redis())
             .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot claim; retrying"));
-        let admit = retry::bounded(admit, &sup.stop).await?.ok()?;
+        let admit = match retry::bounded(admit, &sup.stop).await? {
+            Ok(admit) => admit,
+            // Not expected: `retry::redis` retries without end. Holding the
+            // delivery (it is redelivered when the channel closes) is safe.
+            Err(e) => {
+                ctx.metrics.error(&e);
+                tracing::error!(build_id = %id, error = %e, "claim gave up; holding the request");
+                return None;
+            }
+        };
         let accepted = sup.registry.accepted(id);
         let driven = match &accepted {
             None => Driven::No,
@@ -164,7 +173,7 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
         let decided = decide_claim(&admit, plan, driven);
         let starts = matches!(decided, Some(Claimed::Start(_) | Claimed::Cancelled(..)));
         if let (Admit::Acquired { token, .. }, false) = (&admit, starts) {
-            let _ = ctx.store.release(id, token).await;
+            give_back::release(sup, id, token).await;
         }
         if let Some(claimed) = decided {
             return Some(claimed);
@@ -199,10 +208,10 @@ async fn finish_cancelled(
         .await
         .is_ok()
     {
-        ack(d, &id).await;
+        ack(sup, d, &id).await;
     } else {
-        let _ = sup.ctx.store.release(&id, &token).await;
-        let _ = d.requeue().await;
+        give_back::release(sup, &id, &token).await;
+        give_back::requeue(sup, d, &id).await;
     }
 }
 
@@ -223,17 +232,17 @@ async fn start(
     );
     let Some(accepted) = build_task::spawn(sup, machine, actions, token.clone()) else {
         // Someone else started it between our checks (adoption): duplicate.
-        let _ = sup.ctx.store.release(&id, &token).await;
-        return ack(d, &id).await;
+        give_back::release(sup, &id, &token).await;
+        return ack(sup, d, &id).await;
     };
     if wait_accepted(accepted).await {
-        ack(d, &id).await;
+        ack(sup, d, &id).await;
         sup.ctx.metrics.accepted_latency(received.elapsed());
     } else {
         // Stopped before acceptance (lease lost, worker stopping): another
         // worker takes the request.
         tracing::info!(build_id = %id, "build stopped before acceptance; requeueing its request");
-        let _ = d.requeue().await;
+        give_back::requeue(sup, d, &id).await;
     }
 }
 
@@ -254,7 +263,11 @@ async fn is_held(sup: &Supervisor, id: &str) -> bool {
     if sup.registry.owns(id) || !sup.registry.foreign_among(&ids).is_empty() {
         return true;
     }
-    sup.ctx.store.holds(id).await.unwrap_or(true)
+    sup.ctx.store.holds(id).await.unwrap_or_else(|e| {
+        sup.ctx.metrics.error(&e);
+        tracing::warn!(build_id = %id, error = %e, "cannot tell whether the id is held; answering as if it were");
+        true
+    })
 }
 
 /// The answer to a refused request or cancel, then its dead letter with
@@ -290,7 +303,7 @@ pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: H
         if let Err(e) = ctx.publish(&ev).await {
             ctx.metrics.error(&e);
             tracing::error!(build_id = %id, error = %e, "could not publish the rejection; requeueing the request");
-            let _ = d.requeue().await;
+            give_back::requeue(sup, d, id).await;
             return;
         }
     }
@@ -298,7 +311,7 @@ pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: H
     if let Err(e) = ctx.broker.dead_letter(d, &header).await {
         ctx.metrics.error(&e);
         tracing::error!(error = %e, "could not dead-letter a rejected request; requeueing it");
-        let _ = d.requeue().await;
+        give_back::requeue(sup, d, id.as_deref().unwrap_or("?")).await;
     }
 }
 
@@ -308,8 +321,9 @@ async fn wait_accepted(mut rx: watch::Receiver<bool>) -> bool {
     rx.wait_for(|accepted| *accepted).await.is_ok()
 }
 
-pub(super) async fn ack(d: &Incoming, id: &str) {
+pub(super) async fn ack(sup: &Supervisor, d: &Incoming, id: &str) {
     if let Err(e) = d.ack().await {
+        sup.ctx.metrics.error(&e);
         // The channel was recovered meanwhile: the broker redelivers the
         // request, which is then acked as a duplicate.
         tracing::warn!(build_id = %id, error = %e, "ack failed; the request will be redelivered");

@@ -23,6 +23,7 @@ mod cancels;
 mod context;
 mod fence;
 mod fencing;
+mod give_back;
 mod intake;
 mod lending;
 mod notices;

@@ -28,8 +28,15 @@ pub(super) async fn known(sup: &Supervisor, id: &str, everywhere: bool) -> Optio
         namespaces = sup.ctx.policy.namespaces().into_iter().collect();
     }
     for ns in namespaces {
-        let Ok(pods) = sup.ctx.pods.build_pods(&ns, id).await else {
-            continue;
+        let pods = match sup.ctx.pods.build_pods(&ns, id).await {
+            Ok(pods) => pods,
+            // The other namespaces may still name the owner; without it the
+            // caller goes by the record alone.
+            Err(e) => {
+                sup.ctx.metrics.error(&e);
+                tracing::warn!(build_id = %id, namespace = %ns, error = %e, "cannot list the build's pods to find its owner");
+                continue;
+            }
         };
         if let Some(owner) = Owner::of_pods(&pods) {
             return Some(owner);
