@@ -61,7 +61,7 @@ struct State {
     next_generation: u64,
     foreign: HashMap<String, ForeignBuild>,
     /// Foreign builds whose pods adoption refused (see
-    /// `adoption::Adoption::Refuse`): never candidates again while they
+    /// `kiln_core::adoption::Adoption::Untrusted`): never candidates again while they
     /// have pods.
     refused: HashSet<String>,
     adopting: HashSet<String>,
