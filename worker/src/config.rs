@@ -81,7 +81,7 @@ impl BuildConfig {
     /// `--namespace`, with the warning that deserves (`None` with a file).
     pub fn load_policy(&self) -> Result<(Policy, Option<String>), String> {
         match &self.policy {
-            Some(path) => Policy::load(path)
+            Some(path) => crate::policy::load(path)
                 .map(|p| (p, None))
                 .map_err(|e| e.to_string()),
             None => Ok((
