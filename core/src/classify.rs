@@ -1,4 +1,4 @@
-//! What a pod says about its attempt (DESIGN section 6).
+//! What a pod says about its attempt (docs/protocol.md, "Reasons").
 //!
 //! [`classify`] turns it into an [`Observation`]: still pending (maybe stuck),
 //! running, succeeded with a digest, or failed with a `Reason` and whether a
@@ -322,7 +322,7 @@ fn setup_verdict(text: &str) -> Option<Verdict> {
                 format!("the build context could not be fetched: {line}"),
             )
         } else {
-            // A network or server error: DESIGN section 4 has no reason for
+            // A network or server error: the protocol has no reason for
             // a transient fetch failure and `ConfigError` means "do not
             // retry", so it is `Internal` (retryable), the reason of other
             // infrastructure faults.

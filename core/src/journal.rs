@@ -1,7 +1,7 @@
 //! The compact in-memory form of a build's [`History`] while the build is in
 //! flight: a worker holds one per build it drives (10,000 and more), so every
 //! byte counts. What can be derived is not stored: event ids and types follow
-//! from the build id, level, image, attempt and phase (DESIGN section 3), so
+//! from the build id, level, image, attempt and phase (docs/protocol.md, "Events"), so
 //! an entry keeps them only when an event does not have the derived ones;
 //! phases and reasons are enums, image names are stored once per image.
 //! [`Journal::to_history`] expands it into the [`History`] the record and the

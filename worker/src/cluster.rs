@@ -2,7 +2,7 @@
 //! page: the builds in flight (from the pods the watchers see, whoever owns
 //! them) and a bounded ring of recent outcomes.
 //!
-//! Pods are the state (DESIGN section 5), so the view is rebuilt from the pod
+//! Pods are the state (docs/guarantees.md), so the view is rebuilt from the pod
 //! watch alone: a build appears with its first pod and leaves when its last
 //! pod is deleted (Kiln deletes a build's pods only after its terminal event is
 //! confirmed). The driving worker calls [`ClusterView::finished`] with the

@@ -1,5 +1,5 @@
 //! `kiln worker` configuration: flags with `KILN_*` environment fallbacks
-//! (DESIGN section 9). Durations are written like `500ms`, `3s`, `2m`.
+//! (docs/configuration.md). Durations are written like `500ms`, `3s`, `2m`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

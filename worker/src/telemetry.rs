@@ -17,7 +17,7 @@
 //!
 //! A request's W3C `traceparent` header becomes the parent of the build's span
 //! ([`set_parent`]), so a build's spans join the publisher's trace; events
-//! carry the same `traceparent` (DESIGN section 2).
+//! carry the same `traceparent` (docs/protocol.md, "Message properties and headers").
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;

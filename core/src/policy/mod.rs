@@ -1,4 +1,4 @@
-//! Tenancy (DESIGN section 8): who may build what, where, with which
+//! Tenancy (docs/configuration.md, "The policy file"): who may build what, where, with which
 //! credentials and within which caps.
 //!
 //! A policy file maps a tenant — the AMQP `user_id` of the request, which

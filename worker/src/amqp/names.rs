@@ -11,7 +11,7 @@ pub const ERROR_HEADER: &str = "kiln-error";
 /// workers is dead-lettered after this many deliveries.
 pub const DELIVERY_LIMIT: i64 = 10;
 
-/// Exchange and queue names under one prefix (DESIGN section 2).
+/// Exchange and queue names under one prefix (docs/protocol.md, "Topology").
 #[derive(Debug, Clone)]
 pub struct Names {
     pub(super) prefix: String,

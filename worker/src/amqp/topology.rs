@@ -11,7 +11,7 @@ use super::names::{BUILD_KEY, CANCEL_KEY, DELIVERY_LIMIT};
 use crate::error::Result;
 
 impl Broker {
-    /// Declares the topology of DESIGN section 2. Idempotent.
+    /// Declares the topology of docs/protocol.md, "Topology". Idempotent.
     pub async fn declare_topology(&self) -> Result<()> {
         let ch = self.conn.create_channel().await?;
         let n = &self.names;

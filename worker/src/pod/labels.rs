@@ -8,7 +8,7 @@ pub const LABEL_ATTEMPT: &str = "kiln.dev/attempt";
 pub const ANN_BUILD_ID: &str = "kiln.dev/build-id";
 pub const ANN_PLAN: &str = "kiln.dev/plan";
 /// The tenant that owns the build: read without parsing the plan, and kept
-/// where it survives the loss of Redis (DESIGN 10).
+/// where it survives the loss of Redis (docs/protocol.md, "Ownership and rejections").
 pub const ANN_TENANT: &str = "kiln.dev/tenant";
 /// Selector of every pod Kiln manages.
 pub const SELECTOR: &str = "app.kubernetes.io/managed-by=kiln";

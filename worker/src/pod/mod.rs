@@ -2,7 +2,7 @@
 //! logs, and the label-selected pod watcher. The only module that knows
 //! kube and k8s-openapi.
 //!
-//! Pods carry everything needed to resume their build (DESIGN section 5):
+//! Pods carry everything needed to resume their build (docs/guarantees.md):
 //! deterministic names, labels `app.kubernetes.io/managed-by=kiln`,
 //! `kiln.dev/build`, `kiln.dev/image`, `kiln.dev/attempt`, and annotations
 //! with the full build id and the [`BuildPlan`](crate::plan::BuildPlan).

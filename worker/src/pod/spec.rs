@@ -1,4 +1,4 @@
-//! The Kaniko pod spec (DESIGN section 7), pure: the same plan, attempt and
+//! The Kaniko pod spec (docs/security.md, "The build sandbox"), pure: the same plan, attempt and
 //! instant give the same pod. Each part of the pod has its builder: the
 //! build context (git, S3, or a URL fetched by an init container), the
 //! Dockerfile, the Kaniko flags, the registry credentials, and the pod
@@ -33,7 +33,7 @@ const CONTEXT_DIR: &str = "/kaniko/fetched-context";
 /// image's `/etc/passwd`.
 pub const NON_ROOT_UID: i64 = 65_532;
 
-/// The Kaniko pod of attempt `attempt` of image `i` (DESIGN section 7).
+/// The Kaniko pod of attempt `attempt` of image `i` (docs/security.md, "The build sandbox").
 pub fn pod_spec(
     settings: &PodSettings,
     plan: &BuildPlan,

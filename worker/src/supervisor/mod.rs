@@ -144,7 +144,7 @@ async fn consume_loop(sup: Supervisor, mut builds: Consumer, mut cancels: Consum
     let mut cancels_open = true;
     while builds_open || cancels_open {
         // Biased, cancels before requests: a cancel never waits behind a
-        // burst of requests (DESIGN section 2).
+        // burst of requests (docs/protocol.md, "Topology").
         tokio::select! {
             biased;
             () = sup.stop.cancelled() => break,

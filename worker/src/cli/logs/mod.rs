@@ -9,7 +9,7 @@
 //! on with it.
 //!
 //! When is an image over? The pods say it, as the worker keeps them
-//! (DESIGN section 5): a failed attempt's pod stays until the next
+//! (docs/guarantees.md): a failed attempt's pod stays until the next
 //! attempt's pod exists, and pods are deleted only when the build ends or
 //! the image is cancelled. So an image is over when its newest attempt
 //! succeeded, failed for good (not retryable, its last attempt, or past the
