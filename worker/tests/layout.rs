@@ -297,3 +297,65 @@ fn the_scan_resolves_braces_relative_paths_and_re_exports() {
     let graph = crate_graph(&src);
     assert!(graph[&src.join("machine/pods.rs")].contains(&src.join("pod_view.rs")));
 }
+
+/// The code of `line` without its `//` comment and string literals (a plain
+/// scan: enough for paths, which never sit inside either in real code).
+fn code_of(line: &str) -> String {
+    let mut out = String::new();
+    let mut in_str = false;
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        if !in_str && c == '/' && line[i..].starts_with("//") {
+            break;
+        }
+        if c == '"' && prev != '\\' {
+            in_str = !in_str;
+        } else if !in_str {
+            out.push(c);
+        }
+        prev = c;
+    }
+    out
+}
+
+/// Which files of `worker/src` outside `home` name `client::` (a library
+/// path) in their non-test code.
+fn knowers(home: &str, client: &str) -> Vec<String> {
+    let src = repo().join("worker/src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    files
+        .into_iter()
+        .filter(|f| !f.starts_with(src.join(home)))
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).expect("source readable");
+            non_test(&text).iter().any(|l| {
+                let code = code_of(l);
+                code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                    .any(|w| w.starts_with(&format!("{client}::")))
+            })
+        })
+        .map(|f| rel(&f))
+        .collect()
+}
+
+/// Only the store module knows Redis, only the amqp module knows lapin, only
+/// the pod module knows kube and k8s-openapi: everything above them works
+/// on Kiln's own types, so a client library can be swapped or faulted in one
+/// place.
+#[test]
+fn each_client_library_is_known_to_one_module() {
+    for (home, client) in [
+        ("store", "redis"),
+        ("amqp", "lapin"),
+        ("pod", "kube"),
+        ("pod", "k8s_openapi"),
+    ] {
+        let outside = knowers(home, client);
+        assert!(
+            outside.is_empty(),
+            "{client} is named outside worker/src/{home}: {outside:?}"
+        );
+    }
+    assert_eq!(code_of(r#"let f = "lapin::x"; // kube::y"#), "let f = ; ");
+}
