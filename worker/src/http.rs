@@ -1,5 +1,7 @@
 //! The worker's HTTP server on `KILN_METRICS_ADDR`: Prometheus metrics,
-//! liveness, readiness and a status page of the builds in the cluster.
+//! liveness, readiness and (on `KILN_STATUS_ADDR` when set, else on the same
+//! port) a status page of the builds in the cluster. The status page and
+//! `/api/*` are for operators only (see [`crate::http_auth`]).
 //!
 //! | path | answer |
 //! |---|---|
@@ -13,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use askama::Template;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
+use crate::http_auth::{StatusAuth, require_operator};
 use crate::store::{BuildRecord, INDEX_MAX, RecordState};
 use crate::supervisor::Supervisor;
 
@@ -38,46 +40,58 @@ const PAGE_BUILDS: usize = 500;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// The routes, for [`serve`] and for tests that bring their own listener.
-pub fn router(sup: Supervisor) -> Router {
+/// `/metrics`, `/healthz` and `/readyz`: open to monitoring and probes,
+/// and free of tenant data.
+pub fn ops_router(sup: Supervisor) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(sup)
+}
+
+/// The status page and `/api/*`, behind [`require_operator`].
+pub fn status_router(sup: Supervisor, auth: StatusAuth) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/builds/{id}", get(build_page))
         .route("/api/builds", get(api_builds))
         .route("/api/builds/{id}", get(api_build))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
+        .route_layer(axum::middleware::from_fn_with_state(auth, require_operator))
         .with_state(sup)
 }
 
-/// Serves until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
-    sup: Supervisor,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {addr} (KILN_METRICS_ADDR): {e}")))?;
-    serve_on(listener, sup, shutdown).await
+/// Every route on one port (when `KILN_STATUS_ADDR` is unset).
+pub fn router(sup: Supervisor, auth: StatusAuth) -> Router {
+    ops_router(sup.clone())
+        .merge(status_router(sup, auth))
+        .fallback(not_found)
 }
 
-/// Serves on a bound listener (port 0 in tests) until `shutdown` resolves.
+/// The two ports' routes (when `KILN_STATUS_ADDR` is set): monitoring's
+/// and operators'.
+pub fn split_routers(sup: Supervisor, auth: StatusAuth) -> (Router, Router) {
+    (
+        ops_router(sup.clone()).fallback(not_found),
+        status_router(sup, auth).fallback(not_found),
+    )
+}
+
+/// Serves `app` on a bound listener (port 0 in tests) until `shutdown`
+/// resolves.
 pub async fn serve_on(
     listener: TcpListener,
-    sup: Supervisor,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     // Only for the log line: a socket without a local address still serves.
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the status page");
+        tracing::info!(%addr, "serving HTTP");
     }
-    axum::serve(listener, router(sup))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| Error::Config(format!("metrics server failed: {e}")))
+        .map_err(|e| Error::Config(format!("HTTP server failed: {e}")))
 }
 
 fn text(status: StatusCode, body: String) -> Response {
