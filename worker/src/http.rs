@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
 use crate::http_auth::{StatusAuth, require_operator};
-use crate::store::{BuildRecord, INDEX_MAX, RecordState};
+use crate::store::{BuildRecord, BuildSummary, INDEX_MAX, RecordState};
 use crate::supervisor::Supervisor;
 
 /// How long one readiness check may take before it counts as failed.
@@ -235,10 +235,10 @@ fn record_phase(r: &BuildRecord) -> &str {
 }
 
 impl Filter {
-    fn matches(&self, r: &BuildRecord) -> bool {
-        (self.tenant.is_empty() || r.tenant == self.tenant)
-            && (self.phase.is_empty() || record_phase(r) == self.phase)
-            && (self.app.is_empty() || r.history.app.as_deref() == Some(self.app.as_str()))
+    fn matches(&self, s: &BuildSummary) -> bool {
+        (self.tenant.is_empty() || s.tenant == self.tenant)
+            && (self.phase.is_empty() || s.phase == self.phase)
+            && (self.app.is_empty() || s.app.as_deref() == Some(self.app.as_str()))
     }
 
     fn is_empty(&self) -> bool {
@@ -259,48 +259,60 @@ pub struct HistoryRow {
     pub reason: Option<String>,
     pub images: usize,
     pub worker: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<jiff::Timestamp>,
+    /// From the first event to the terminal one, when both are known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u64>,
     pub updated_at: jiff::Timestamp,
     #[serde(skip)]
     ago: String,
 }
 
-/// The filtered history, newest first. `None` when Redis does not answer.
+/// The filtered history, newest first, from the builds' summaries (never
+/// their records: a view's cost does not grow with log tails). `None` when
+/// Redis does not answer.
 async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<Vec<HistoryRow>> {
-    let read = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.recent_records(INDEX_MAX)).await;
-    let records = match read {
-        Ok(Ok(records)) => records,
+    let read = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.recent_summaries(INDEX_MAX)).await;
+    let summaries = match read {
+        Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             sup.ctx.metrics.error(&e);
-            tracing::warn!(error = %e, "status page: cannot read the build records");
+            tracing::warn!(error = %e, "status page: cannot read the build summaries");
             return None;
         }
         Err(_) => {
             sup.ctx.metrics.error(&crate::Error::Redis {
-                context: "status page: reading the build records timed out".into(),
+                context: "status page: reading the build summaries timed out".into(),
                 source: None,
             });
-            tracing::warn!("status page: reading the build records timed out");
+            tracing::warn!("status page: reading the build summaries timed out");
             return None;
         }
     };
     Some(
-        records
+        summaries
             .into_iter()
-            .filter(|(_, r)| f.matches(r))
-            .map(|(id, r)| HistoryRow {
-                phase: record_phase(&r).to_owned(),
-                app: r.history.app.clone(),
-                reason: r
-                    .history
-                    .reason
-                    .or_else(|| r.history.images.values().find_map(|i| i.reason))
-                    .map(|r| r.to_string()),
-                images: r.images.len(),
-                ago: since(r.updated_at, now),
-                tenant: r.tenant,
-                worker: r.worker,
-                updated_at: r.updated_at,
-                id,
+            .filter(|s| f.matches(s))
+            .map(|s| HistoryRow {
+                duration_seconds: s.started.zip(s.finished).and_then(|(a, b)| {
+                    Duration::try_from(b.duration_since(a))
+                        .ok()
+                        .map(|d| d.as_secs())
+                }),
+                started_at: s.started,
+                finished_at: s.finished,
+                phase: s.phase,
+                app: s.app,
+                reason: s.reason.map(|r| r.to_string()),
+                images: s.images,
+                ago: since(s.updated_at, now),
+                tenant: s.tenant,
+                worker: s.worker,
+                updated_at: s.updated_at,
+                id: s.id,
             })
             .collect(),
     )
