@@ -33,6 +33,7 @@ mod lease;
 mod notices;
 mod record;
 mod records;
+mod share;
 
 pub use client::Store;
 pub use index::INDEX_MAX;
