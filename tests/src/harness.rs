@@ -164,6 +164,7 @@ impl Env {
             },
             cluster: "test".to_owned(),
             metrics_addr: None,
+            status: kiln_worker::http_auth::StatusConfig::default(),
             lease_ttl: Duration::from_secs(2),
             pending_timeout: Duration::from_secs(60),
             retry_base_delay: Duration::from_millis(200),

@@ -121,6 +121,9 @@ pub struct WorkerConfig {
     /// Address of the metrics, health and status HTTP server.
     #[arg(long, env = "KILN_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the status page listens and who may read it.
+    #[command(flatten)]
+    pub status: crate::http_auth::StatusConfig,
     /// How long a build lease lives without renewal. A killed worker's builds
     /// are adopted by another worker after at most this long.
     #[arg(long, env = "KILN_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod http_auth;
 pub mod metrics;
 pub mod pod;
 pub mod policy;

@@ -12,6 +12,7 @@
 mod broker;
 mod consumer;
 mod names;
+mod park;
 mod publisher;
 mod subscription;
 mod testing;
@@ -20,5 +21,6 @@ mod topology;
 pub use broker::{Broker, url_user};
 pub use consumer::{Consumer, Incoming};
 pub use names::{BUILD_KEY, CANCEL_KEY, DELIVERY_LIMIT, ERROR_HEADER, Names};
+pub use park::PARKED_HEADER;
 pub use publisher::{OutgoingEvent, Routed};
 pub use subscription::EventSubscription;

@@ -32,6 +32,10 @@ impl Names {
     pub fn cancels(&self) -> String {
         format!("{}.cancels", self.prefix)
     }
+    /// Requests parked for a while (see `park.rs`).
+    pub fn parked(&self) -> String {
+        format!("{}.parked", self.prefix)
+    }
     pub fn dead(&self) -> String {
         format!("{}.dead", self.prefix)
     }
