@@ -69,6 +69,26 @@ pub fn decide(
             ));
         }
     }
+    // The record names the owner from the claim on: pods that name another
+    // tenant, request or namespace are not its build's (a forged
+    // `kiln.dev/tenant` or plan squats no id).
+    if let Some(r) = record {
+        if r.tenant != plan.tenant {
+            problems.push(format!(
+                "the record says tenant {:?}, the pods' plan {:?}",
+                r.tenant, plan.tenant
+            ));
+        }
+        if !r.fingerprint.is_empty() && r.fingerprint != plan.fingerprint {
+            problems.push("the pods' plan is not the request the record holds".to_owned());
+        }
+        if !r.namespace.is_empty() && r.namespace != plan.namespace {
+            problems.push(format!(
+                "the record says namespace {:?}, the pods' plan {:?}",
+                r.namespace, plan.namespace
+            ));
+        }
+    }
     problems.extend(policy.recheck(&plan));
     if !problems.is_empty() {
         return Adoption::Untrusted(problems.join("; "));
