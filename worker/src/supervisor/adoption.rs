@@ -42,37 +42,33 @@ pub(super) async fn adopt_loop(sup: Supervisor) {
                     continue;
                 }
             };
-            for ((id, ns), holder) in chunk.iter().zip(holders) {
+            for ((id, namespaces), holder) in chunk.iter().zip(holders) {
                 if holder.is_none() {
-                    spawn(&sup, id.clone(), ns.clone());
+                    spawn(&sup, id.clone(), namespaces.clone());
                 }
             }
         }
     }
 }
 
-/// Tries to take over `id` in a task of its own (one adoption per build at
-/// a time).
-pub(super) fn spawn(sup: &Supervisor, id: String, namespace: String) {
+/// Tries to take over `id`, seen in `namespaces`, in a task of its own
+/// (one adoption per build at a time).
+pub(super) fn spawn(sup: &Supervisor, id: String, namespaces: Vec<String>) {
     let sup = sup.clone();
     tokio::spawn(async move {
         if !sup.registry.begin_adopting(&id) {
             return;
         }
-        adopt(&sup, &id, &namespace).await;
+        adopt(&sup, &id, &namespaces).await;
         sup.registry.end_adopting(&id);
     });
 }
 
-async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
+async fn adopt(sup: &Supervisor, id: &str, namespaces: &[String]) {
     // The pods come from the watch cache, and a namespace whose first list
     // is still arriving is a partial view: wait for it before claiming, so
     // the lease does not run down meanwhile.
-    if !sup
-        .pod_cache
-        .wait_synced(&[namespace.to_owned()], &sup.stop)
-        .await
-    {
+    if namespaces.is_empty() || !sup.pod_cache.wait_synced(namespaces, &sup.stop).await {
         return;
     }
     // The fence of an adopted build counts from the claim's send, not from
@@ -92,7 +88,14 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
         give_back::release(sup, id, &token).await;
         return;
     }
-    if let Err(e) = take_over(sup, id, namespace, claimed_at, &token).await {
+    // The build's namespace is the one its record names (the plan's): a
+    // pod under its id elsewhere (anyone may write an id on a pod) is not
+    // its build's. Without a record, the first namespace it was seen in.
+    let namespace = match sup.ctx.store.record(id).await {
+        Ok(Some(r)) if !r.namespace.is_empty() => r.namespace,
+        _ => namespaces[0].clone(),
+    };
+    if let Err(e) = take_over(sup, id, &namespace, claimed_at, &token).await {
         sup.ctx.metrics.error(&e);
         tracing::warn!(build_id = %id, error = %e, "adoption failed; releasing the lease");
         give_back::release(sup, id, &token).await;
