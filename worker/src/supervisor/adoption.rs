@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use kiln_core::adoption::{Adoption, PodSource, decide};
+use kiln_core::adoption::{Adoption, PodSource, decide, named_by_kiln};
 
 use super::{Supervisor, build_task, give_back, pod_cache};
 use crate::classify::PodView;
@@ -133,7 +133,17 @@ async fn take_over(
     let Some(cached) = cached else {
         return ctx.store.release(id, token).await.map(drop);
     };
-    let pods = fresh.as_deref().unwrap_or(&cached);
+    // Only pods under Kiln's own names: another pod with the build's labels
+    // (anyone may copy them) is neither adopted, nor refused for, nor
+    // deleted.
+    let pods: Vec<PodView> = fresh
+        .as_deref()
+        .unwrap_or(&cached)
+        .iter()
+        .filter(|p| named_by_kiln(id, p))
+        .cloned()
+        .collect();
+    let pods = pods.as_slice();
     match decide(id, pods, record.as_ref(), &ctx.policy) {
         Adoption::Forget => sup.registry.forget_foreign(id),
         Adoption::CleanUp => {
