@@ -26,17 +26,8 @@ pub enum Adoption {
     Untrusted(String),
 }
 
-/// Pure: whether `p` is under the name Kiln gives attempt `p.attempt` of
-/// image `p.image` of build `id`. Names are unique in a namespace, so a pod
-/// of the build's labels under another name is not one Kiln made (anyone
-/// who may create pods can copy labels): adoption neither reads, drives
-/// nor deletes it.
-pub fn named_by_kiln(id: &str, p: &PodView) -> bool {
-    p.name == kiln_protocol::pod_name(id, &p.image, p.attempt)
-}
-
 /// Pure: see [`Adoption`]. `id` is the build the pods were found under;
-/// `pods` are those [`named_by_kiln`].
+/// the worker passes only pods under Kiln's own names.
 pub fn decide(
     id: &str,
     pods: &[PodView],
@@ -161,22 +152,3 @@ impl PodSource {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod names {
-    use super::*;
-
-    #[test]
-    fn only_kilns_names_are_kilns() {
-        let mut p = PodView {
-            name: kiln_protocol::pod_name("b", "api", 2),
-            image: "api".into(),
-            attempt: 2,
-            ..PodView::default()
-        };
-        assert!(named_by_kiln("b", &p));
-        assert!(!named_by_kiln("c", &p));
-        p.name = "forged".into();
-        assert!(!named_by_kiln("b", &p));
-    }
-}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use kiln_core::adoption::{Adoption, PodSource, decide, named_by_kiln};
+use kiln_core::adoption::{Adoption, PodSource, decide};
 
 use super::{Supervisor, build_task, give_back, pod_cache};
 use crate::classify::PodView;
@@ -16,6 +16,15 @@ use crate::error::Result;
 use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
 use crate::store::{Claim, LeaseToken, Renewal};
+
+/// Whether `p` is under the name Kiln gives attempt `p.attempt` of image
+/// `p.image` of build `id`. Names are unique in a namespace, so a pod of
+/// the build's labels under another name is not one Kiln made (anyone who
+/// may create pods can copy labels): adoption neither reads, drives nor
+/// deletes it.
+fn named_by_kiln(id: &str, p: &PodView) -> bool {
+    p.name == kiln_protocol::pod_name(id, &p.image, p.attempt)
+}
 
 /// Periodically adopts foreign builds whose lease lapsed.
 pub(super) async fn adopt_loop(sup: Supervisor) {
@@ -244,5 +253,24 @@ async fn resume(
     }
     if let Ok(Some(reason)) = sup.ctx.store.cancel_reason(&id).await {
         sup.registry.send(&id, Input::Cancel(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kilns_names_are_kilns() {
+        let mut p = PodView {
+            name: kiln_protocol::pod_name("b", "api", 2),
+            image: "api".into(),
+            attempt: 2,
+            ..PodView::default()
+        };
+        assert!(named_by_kiln("b", &p));
+        assert!(!named_by_kiln("c", &p));
+        p.name = "forged".into();
+        assert!(!named_by_kiln("b", &p));
     }
 }
