@@ -26,7 +26,8 @@ pub enum Adoption {
     Untrusted(String),
 }
 
-/// Pure: see [`Adoption`]. `id` is the build the pods were found under.
+/// Pure: see [`Adoption`]. `id` is the build the pods were found under;
+/// the worker passes only pods under Kiln's own names.
 pub fn decide(
     id: &str,
     pods: &[PodView],
@@ -66,6 +67,26 @@ pub fn decide(
                 p.name,
                 p.tenant.as_deref().unwrap_or(""),
                 plan.tenant
+            ));
+        }
+    }
+    // The record names the owner from the claim on: pods that name another
+    // tenant, request or namespace are not its build's (a forged
+    // `kiln.dev/tenant` or plan squats no id).
+    if let Some(r) = record {
+        if r.tenant != plan.tenant {
+            problems.push(format!(
+                "the record says tenant {:?}, the pods' plan {:?}",
+                r.tenant, plan.tenant
+            ));
+        }
+        if !r.fingerprint.is_empty() && r.fingerprint != plan.fingerprint {
+            problems.push("the pods' plan is not the request the record holds".to_owned());
+        }
+        if !r.namespace.is_empty() && r.namespace != plan.namespace {
+            problems.push(format!(
+                "the record says namespace {:?}, the pods' plan {:?}",
+                r.namespace, plan.namespace
             ));
         }
     }

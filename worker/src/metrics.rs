@@ -81,6 +81,7 @@ pub struct Metrics {
     pub leases_lost: Counter,
     pub adoptions: Counter,
     pub adoptions_refused: Counter,
+    pub foreign_pods_ignored: Counter,
     pub duplicates: Counter,
     pub events_published: Family<EventLabels, Counter>,
     pub events_unroutable: Counter,
@@ -134,6 +135,10 @@ mod about {
     pub const ADOPTIONS_REFUSED: About = (
         "adoptions_refused",
         "Builds not adopted because their pods' plan fails the current policy",
+    );
+    pub const FOREIGN_PODS_IGNORED: About = (
+        "foreign_pods_ignored",
+        "Pod events ignored because the pod is not the one its build created or adopted (another namespace)",
     );
     pub const DUPLICATES: About = (
         "duplicate_requests",
@@ -224,6 +229,7 @@ impl Metrics {
             leases_lost: add(&mut r, about::LEASES_LOST, Counter::default()),
             adoptions: add(&mut r, about::ADOPTIONS, Counter::default()),
             adoptions_refused: add(&mut r, about::ADOPTIONS_REFUSED, Counter::default()),
+            foreign_pods_ignored: add(&mut r, about::FOREIGN_PODS_IGNORED, Counter::default()),
             duplicates: add(&mut r, about::DUPLICATES, Counter::default()),
             events_published: add(&mut r, about::EVENTS_PUBLISHED, Family::default()),
             events_unroutable: add(&mut r, about::EVENTS_UNROUTABLE, Counter::default()),
@@ -353,6 +359,10 @@ impl Metrics {
 
     pub fn adoption_refused(&self) {
         self.adoptions_refused.inc();
+    }
+
+    pub fn foreign_pod_ignored(&self) {
+        self.foreign_pods_ignored.inc();
     }
 }
 

@@ -338,3 +338,22 @@ fn an_image_without_pods_beside_a_live_pod_or_while_creating_is_resumed() {
         Adoption::Resume(_)
     ));
 }
+
+/// Issue 18: another tenant's pods (its own plan, tenant label and
+/// namespace, all consistent) under an id whose record names its owner do
+/// not take the build over.
+#[test]
+fn pods_of_another_owner_than_the_records_are_refused() {
+    let annotation = plan("b").to_annotation();
+    let pods = [pod(1, Some(&annotation))];
+    let mut bank = record(RecordState::Accepted);
+    bank.tenant = "bank".to_owned();
+    bank.namespace = "bank-builds".to_owned();
+    let why = refusal(decide("b", &pods, Some(&bank), &policy()));
+    assert!(why.contains("the record says tenant \"bank\""), "{why}");
+    assert!(why.contains("the record says namespace"), "{why}");
+    let mut other_request = record(RecordState::Accepted);
+    other_request.fingerprint = "another".to_owned();
+    let why = refusal(decide("b", &pods, Some(&other_request), &policy()));
+    assert!(why.contains("not the request the record holds"), "{why}");
+}

@@ -57,6 +57,12 @@ impl PodId {
             uid: v.uid.clone(),
         }
     }
+
+    /// `v` is this very pod: same namespace and uid (the API server assigns
+    /// uids; a pod with another uid is another pod, whatever its name).
+    pub(super) fn is(&self, v: &PodView) -> bool {
+        self.uid == v.uid && self.namespace == v.namespace
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -94,6 +94,7 @@ impl Machine {
         let Some(i) = self.plan.image_index(&pod.image) else {
             return Vec::new();
         };
+        let namespace = &self.plan.namespace;
         let img = &mut self.images[i];
         if pod.attempt != img.attempt || img.state.terminal() || img.state == ImgState::Retrying {
             return Vec::new();
@@ -103,12 +104,29 @@ impl Machine {
             return Vec::new();
         }
         if img.state == ImgState::Waiting {
-            // The pod exists although the quota refused our create: the
-            // previous owner created it (quota admission answers before the
-            // name is checked, so a refused create may be a pod that exists).
+            // A pod under this attempt's name exists although the quota
+            // refused our create: the previous owner may have created it
+            // (quota admission answers before the name is checked). Its
+            // labels prove nothing (anyone who may create pods in the
+            // namespace can copy them): create again now, and the pod
+            // client takes the existing pod only if it is provably the one
+            // Kiln creates (its content hash, plan and tenant).
+            if pod.namespace != *namespace {
+                return Vec::new();
+            }
             img.state = ImgState::Creating;
             img.retry_at = None;
-            return self.created(i, pod.attempt, pod, now, wall);
+            return vec![Action::CreatePod {
+                image: i,
+                attempt: img.attempt,
+            }];
+        }
+        // Only the pod this build created or adopted speaks for it: same
+        // namespace, same uid. Another pod with its annotations and labels
+        // (made by anyone who may create pods somewhere Kiln watches)
+        // changes nothing (DESIGN: only Kiln's own objects speak for a build).
+        if !img.pod.as_ref().is_some_and(|p| p.is(pod)) {
+            return Vec::new();
         }
         match classify_with_log(pod, log_tail.as_deref()) {
             Observation::Pending { stuck } => {
@@ -171,7 +189,7 @@ impl Machine {
             return Vec::new();
         };
         let img = &self.images[i];
-        let current = img.pod.as_ref().is_some_and(|p| p.uid == pod.uid);
+        let current = img.pod.as_ref().is_some_and(|p| p.is(pod));
         if !current || img.state.terminal() || img.state == ImgState::Retrying {
             return Vec::new();
         }

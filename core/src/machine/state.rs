@@ -218,7 +218,18 @@ impl Machine {
         let mut images: Vec<Img> = Vec::with_capacity(plan.images.len());
         let mut latest: Vec<Option<PodView>> = Vec::with_capacity(plan.images.len());
         for spec in &plan.images {
-            let mut mine: Vec<&PodView> = pods.iter().filter(|p| p.image == spec.name).collect();
+            // Only pods under the names Kiln gives its own, in the plan's
+            // namespace: names are unique there, so a pod of this build's
+            // labels under another name (anyone who may create pods can
+            // make one) is not one of its attempts.
+            let mut mine: Vec<&PodView> = pods
+                .iter()
+                .filter(|p| {
+                    p.image == spec.name
+                        && p.namespace == plan.namespace
+                        && p.name == kiln_protocol::pod_name(&plan.id, &spec.name, p.attempt)
+                })
+                .collect();
             mine.sort_by_key(|p| p.attempt);
             let mut img = Img::new(mine.last().map_or(1, |p| p.attempt));
             img.stale = mine

@@ -703,22 +703,53 @@ fn a_retry_attempt_refused_by_the_quota_waits_the_same_way() {
 }
 
 #[test]
-fn a_pod_seen_while_waiting_is_the_attempt_created() {
+fn a_pod_seen_while_waiting_is_created_again_for_the_client_to_check() {
     let p = plan(&["api"], 3, 3600);
     let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
     refused(&mut m, 0, 1);
     // Quota admission refuses before the name is checked: the pod may
-    // exist (created by a previous owner).
+    // exist (created by a previous owner), or be anyone's with our labels.
+    // The create that follows finds it, and the pod client decides.
     assert_eq!(
         observed(&mut m, pod("api", 1, PodPhase::Running)),
-        ["image.scheduled:api#1", "image.running:api#1"]
+        ["create:0#1"]
     );
+    assert!(!m.pods_exist());
+    assert_eq!(created(&mut m, 0, "api", 1), ["image.scheduled:api#1"]);
     assert!(m.pods_exist());
     // A pod of another attempt changes nothing.
     let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
     refused(&mut m, 0, 1);
     assert!(observed(&mut m, pod("api", 2, PodPhase::Running)).is_empty());
     assert!(!m.pods_exist());
+}
+
+/// Issue 18: a pod with this build's annotations and labels that is not
+/// the pod it created (another namespace, or another uid under any name)
+/// changes nothing, not even with a terminated exit-0 status.
+#[test]
+fn only_the_pod_the_build_created_speaks_for_it() {
+    let p = plan(&["api"], 3, 3600);
+    let (mut m, _) = Machine::start(p.clone(), settings(), Instant::now(), p.accepted_at);
+    created(&mut m, 0, "api", 1);
+    let forged = |edit: &dyn Fn(&mut PodView)| {
+        let mut f = succeeded("api", 1);
+        if let Some(t) = f.terminated.as_mut() {
+            t.message = Some(format!("sha256:{}", "e".repeat(64)));
+        }
+        edit(&mut f);
+        f
+    };
+    let elsewhere = forged(&|f| f.namespace = "bob-builds".into());
+    assert!(observed(&mut m, elsewhere.clone()).is_empty());
+    assert!(feed(&mut m, Input::Deleted(Box::new(elsewhere))).is_empty());
+    let other_uid = forged(&|f| f.uid = "forged".into());
+    assert!(observed(&mut m, other_uid.clone()).is_empty());
+    assert!(feed(&mut m, Input::Deleted(Box::new(other_uid))).is_empty());
+    assert_eq!(m.stage(), Stage::Active);
+    // The real pod still ends the build.
+    let out = observed(&mut m, succeeded("api", 1));
+    assert!(out.contains(&"build.succeeded".to_owned()), "{out:?}");
 }
 
 /// Stands for the worker's key: "signs" what it was given, in clear.

@@ -39,10 +39,11 @@ pub enum AnomalyKind {
     EndedUnasked,
     Leftover,
     MalformedEvent,
+    ForgedDigest,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 9] = [
+    pub const ALL: [AnomalyKind; 10] = [
         Self::Lost,
         Self::Unanswered,
         Self::ConflictingTerminals,
@@ -52,6 +53,7 @@ impl AnomalyKind {
         Self::EndedUnasked,
         Self::Leftover,
         Self::MalformedEvent,
+        Self::ForgedDigest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +67,7 @@ impl AnomalyKind {
             Self::EndedUnasked => "ended-unasked",
             Self::Leftover => "leftover",
             Self::MalformedEvent => "malformed-event",
+            Self::ForgedDigest => "forged-digest",
         }
     }
 
@@ -80,6 +83,7 @@ impl AnomalyKind {
             Self::EndedUnasked => "a build is cancelled only by its owner",
             Self::Leftover => "no pod or lease outlives its build",
             Self::MalformedEvent => "every event is a readable CloudEvent",
+            Self::ForgedDigest => "only Kiln's own pods speak for a build (no forged digest)",
         }
     }
 }
@@ -224,6 +228,19 @@ pub fn check(h: &History) -> Verdict {
     let mut out = Vec::new();
     for (id, of) in &by_id {
         check_build(id, of, &mut out);
+    }
+    for e in &h.events {
+        if e.digests.iter().any(|d| d == super::faults::FORGED_DIGEST) {
+            push(
+                &mut out,
+                AnomalyKind::ForgedDigest,
+                &e.build_id,
+                format!(
+                    "{} ({}) carries the forged digest",
+                    e.routing_key, e.event_id
+                ),
+            );
+        }
     }
     for p in &h.end.pods {
         out.push(Anomaly {

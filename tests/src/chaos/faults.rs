@@ -93,7 +93,21 @@ pub enum Forge {
     OtherTenantCancel,
     /// The other tenant cancels an id before its owner publishes it.
     PreCancel,
+    /// A forging tenant, who may create pods and ConfigMaps, imitates the
+    /// live build: pods with its build id, labels and tenant that exit 0
+    /// with [`FORGED_DIGEST`], in its own namespace and in the victim's
+    /// (under another name), and ConfigMaps under the build's predictable
+    /// inline-Dockerfile names.
+    ForgedObjects,
 }
+
+/// The digest every forged pod reports: no `*.succeeded` may carry it.
+pub const FORGED_DIGEST: &str =
+    "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+
+/// The label the run puts on forged objects, so that its own bookkeeping
+/// (pod history, leftovers) can tell them apart; Kiln never reads it.
+pub const FORGED_LABEL: &str = "chaos.kiln.dev/forged";
 
 /// One fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +191,7 @@ fn forge_for(rng: &mut Rng, builds: &[PlannedBuild], at: Millis) -> (Forge, usiz
         Forge::InvalidBody { by_owner: true },
         Forge::OtherTenantCancel,
         Forge::PreCancel,
+        Forge::ForgedObjects,
     ]);
     let target = if forge == Forge::PreCancel {
         builds.iter().position(|b| b.at >= at + 300)

@@ -71,6 +71,8 @@ pub struct EventOp {
     pub reason: Option<String>,
     /// `kilnworker`: who published it.
     pub worker: String,
+    /// Every digest the event names (`data.digest`, `data.images[].digest`).
+    pub digests: Vec<String>,
 }
 
 impl EventOp {
@@ -110,6 +112,19 @@ impl EventOp {
             attempt,
             reason: s("/data/reason"),
             worker: s("/kilnworker").unwrap_or_default(),
+            digests: v
+                .pointer("/data/digest")
+                .into_iter()
+                .chain(
+                    v.pointer("/data/images")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i.get("digest")),
+                )
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
         })
     }
 

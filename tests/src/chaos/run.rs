@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::checker::{Verdict, check};
-use super::faults::{Forge, Params, PlannedFault, Schedule, Tenant, fresh_seed, schedule};
+use super::faults::{
+    FORGED_DIGEST, FORGED_LABEL, Forge, Params, PlannedFault, Schedule, Tenant, fresh_seed,
+    schedule,
+};
 use super::history::{EndState, FaultKind, History, LeftPod, PodOp, Recorder};
 use crate::fakekube::{FakeKube, Fate, FaultResponse, FaultRule, Timing};
 use crate::harness::{amqp_url, redis_url, unique};
@@ -483,12 +486,110 @@ async fn forge(
         Forge::OtherTenantCancel | Forge::PreCancel => {
             w.cancel(other, &b.id, "forged").await?;
         }
+        Forge::ForgedObjects => forge_objects(&w, &b, other).await?,
     }
     if kind == Forge::PreCancel {
         confirmed.mark(format!("precancel:{i}"));
     }
     w.rec
         .fault(FaultKind::Forge, &b.id, start, &format!("{kind:?}"));
+    Ok(())
+}
+
+/// The forging tenant `other` imitates build `b` with pods and ConfigMaps:
+/// in its own namespace under the names Kiln gives `b`'s objects, and in
+/// the victim's under other names (Kiln's own names there belong to Kiln:
+/// an attempt that meets a forged one fails `ConfigError`, which the
+/// checker counts as an answer, not an anomaly; the next attempt's
+/// ConfigMap name is taken, which matters to inline Dockerfiles only).
+/// Every forged pod exits 0 with [`FORGED_DIGEST`] at once.
+async fn forge_objects(
+    w: &World,
+    b: &super::faults::PlannedBuild,
+    other: Tenant,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::api::{Api, PostParams};
+    let victim_ns = TENANTS[b.owner];
+    let forger_ns = TENANTS[other];
+    let meta = |ns: &str, name: String, image: &str, attempt: u32| ObjectMeta {
+        name: Some(name),
+        namespace: Some(ns.to_owned()),
+        labels: Some(
+            [
+                ("app.kubernetes.io/managed-by", "kiln".to_owned()),
+                ("kiln.dev/build", kiln_protocol::label_value(&b.id)),
+                (LABEL_IMAGE, image.to_owned()),
+                (LABEL_ATTEMPT, attempt.to_string()),
+                (FORGED_LABEL, "true".to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        ),
+        annotations: Some(
+            [
+                (ANN_BUILD_ID, b.id.clone()),
+                ("kiln.dev/tenant", victim_ns.to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        ),
+        ..ObjectMeta::default()
+    };
+    let pod = |m: ObjectMeta| Pod {
+        metadata: m,
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            containers: vec![Container {
+                name: "kaniko".into(),
+                image: Some("forger/executor:latest".into()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    let image = "api";
+    let mut pods = vec![pod(meta(
+        forger_ns,
+        kiln_protocol::pod_name(&b.id, image, 1),
+        image,
+        1,
+    ))];
+    pods.push(pod(meta(
+        victim_ns,
+        format!("forged-{}", kiln_protocol::pod_name(&b.id, image, 1)),
+        image,
+        1,
+    )));
+    for p in &pods {
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(w.kube.client(), &ns);
+        // A name taken already (Kiln's, or an earlier forgery) is fine.
+        let _ = api.create(&PostParams::default(), p).await;
+    }
+    let evil = "FROM alpine:3.20\nRUN echo forged\n".to_owned();
+    for (ns, attempt) in [(forger_ns, 1), (victim_ns, 3)] {
+        let cm = ConfigMap {
+            metadata: meta(
+                ns,
+                kiln_protocol::configmap_name(&b.id, image, attempt),
+                image,
+                attempt,
+            ),
+            data: Some(
+                [("Dockerfile".to_owned(), evil.clone())]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..ConfigMap::default()
+        };
+        let api: Api<ConfigMap> = Api::namespaced(w.kube.client(), ns);
+        let _ = api.create(&PostParams::default(), &cm).await;
+    }
     Ok(())
 }
 
@@ -658,6 +759,13 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
                 .and_then(|a| a.get(ANN_BUILD_ID))
                 .cloned()
                 .unwrap_or_default();
+            if !label(FORGED_LABEL).is_empty() {
+                // Not Kiln's: no part of the history of builds.
+                return Fate::Succeed {
+                    digest: Some(FORGED_DIGEST.to_owned()),
+                    log: String::new(),
+                };
+            }
             let attempt: u32 = label(LABEL_ATTEMPT).parse().unwrap_or(0);
             let fails = attempt == 1 && fail_first.contains(&build_id);
             rec.pod(PodOp {
@@ -989,6 +1097,14 @@ async fn end_state(w: &World) -> anyhow::Result<EndState> {
     let mut pods = Vec::new();
     for ns in TENANTS {
         for p in w.kube.pods(ns) {
+            // The forger's pods are its own to clean up: Kiln leaves them.
+            if p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(FORGED_LABEL))
+            {
+                continue;
+            }
             pods.push(LeftPod {
                 namespace: ns.to_owned(),
                 name: p.metadata.name.clone().unwrap_or_default(),

@@ -17,6 +17,7 @@ pub const LOG_SEARCH_BYTES: usize = 64 * 1024;
 
 use super::labels::{KANIKO, LABEL_BUILD, SELECTOR};
 use super::model::{Created, PodEvent, PodSettings};
+use super::ownership::{configmap_differs, pod_differs};
 use super::spec::{configmap_spec, pod_spec};
 use super::view::view;
 use crate::classify::PodView;
@@ -45,6 +46,14 @@ impl From<kube::Error> for Error {
             source: Some(Box::new(e)),
         }
     }
+}
+
+/// The error of an object found under a name Kiln was about to create that
+/// is not provably Kiln's: the attempt fails `ConfigError` with it.
+fn not_ours(kind: &str, name: &str, namespace: &str, why: &str) -> Error {
+    Error::Config(format!(
+        "a {kind} named {name} already exists in namespace {namespace} and is not the one Kiln creates for this build ({why})"
+    ))
 }
 
 /// The pod client.
@@ -112,8 +121,11 @@ impl Pods {
     }
 
     /// Creates the pod of `attempt` of image `i` (and, for inline
-    /// Dockerfiles, its ConfigMap owned by the pod). A 409 means the pod
-    /// exists: it is returned for adoption. One try: the caller retries.
+    /// Dockerfiles, its ConfigMap owned by the pod). An object already under
+    /// one of these names (409; or a pod that a quota refusal hides) is used
+    /// only when it is provably the one Kiln creates (`ownership.rs`):
+    /// otherwise the attempt fails with [`Error::Config`] and nothing of
+    /// it is used, observed or deleted. One try: the caller retries.
     pub async fn create(
         &self,
         plan: &BuildPlan,
@@ -121,58 +133,149 @@ impl Pods {
         attempt: u32,
         now: jiff::Timestamp,
     ) -> Result<Created> {
+        // Boxed: the pod and ConfigMap specs live across the awaits, and
+        // every build task's future would carry them inline.
+        Box::pin(self.create_checked(plan, i, attempt, now)).await
+    }
+
+    async fn create_checked(
+        &self,
+        plan: &BuildPlan,
+        i: usize,
+        attempt: u32,
+        now: jiff::Timestamp,
+    ) -> Result<Created> {
         let _permit = self.calls.acquire().await;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &plan.namespace);
+        let ns = plan.namespace.as_str();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let pod = pod_spec(&self.settings, plan, i, attempt, now);
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let attempt_create = || async {
-            match pods.create(&PostParams::default(), &pod).await {
-                Ok(p) => Ok(Created::New(view(&p))),
-                Err(kube::Error::Api(s)) if s.code == 409 => match pods.get_opt(&name).await? {
-                    Some(p) => Ok(Created::Existing(view(&p))),
-                    // Deleted between the two calls: the next try creates it.
-                    None => Err(Error::Kube {
-                        context: format!("pod {name} vanished while being adopted"),
-                        status: Some(503),
-                        retry_after: None,
-                        source: None,
-                    }),
-                },
-                Err(e) => Err(Error::from(e)),
+        // A ConfigMap under this attempt's name before the pod exists is
+        // someone else's unless its contents are Kiln's (an earlier try of
+        // ours, owned by this pod). Checked before the pod is created: a
+        // pod never starts with a ConfigMap found here.
+        if let Some(cm) = configmap_spec(plan, i, attempt, &name, "") {
+            self.check_existing_configmap(ns, &cm, None).await?;
+        }
+        let existing = |found: Pod| match pod_differs(&pod, &found) {
+            None => Ok(Created::Existing(view(&found))),
+            Some(why) => {
+                tracing::warn!(namespace = ns, pod = %name, why, "a pod under the name Kiln creates is not Kiln's; the attempt fails");
+                Err(not_ours("pod", &name, ns, &why))
             }
         };
         // One try: the build task retries creation under the build's own
         // policy (deadline, stop token, `Retry-After`), so a second layer
         // here would multiply the tries and hold the API-call permit while
         // sleeping.
-        let created = attempt_create().await?;
-        let owner = match &created {
+        let created = match pods.create(&PostParams::default(), &pod).await {
+            Ok(p) => Created::New(view(&p)),
+            Err(kube::Error::Api(s)) if s.code == 409 => match pods.get_opt(&name).await? {
+                Some(found) => existing(found)?,
+                // Deleted between the two calls: the next try creates it.
+                None => {
+                    return Err(Error::Kube {
+                        context: format!("pod {name} vanished while being adopted"),
+                        status: Some(503),
+                        retry_after: None,
+                        source: None,
+                    });
+                }
+            },
+            Err(e) => {
+                let e = Error::from(e);
+                // Quota admission answers before the name is checked: the
+                // pod may exist (a previous owner's create). Taken only if
+                // it is provably Kiln's, like a 409.
+                if !e.is_quota_refusal() {
+                    return Err(e);
+                }
+                match pods.get_opt(&name).await? {
+                    Some(found) => existing(found)?,
+                    None => return Err(e),
+                }
+            }
+        };
+        let uid = match &created {
             Created::New(v) | Created::Existing(v) => v.uid.clone(),
         };
-        if let Some(cm) = configmap_spec(plan, i, attempt, &name, &owner) {
-            self.create_configmap(&plan.namespace, &cm).await?;
+        if let Some(cm) = configmap_spec(plan, i, attempt, &name, &uid)
+            && let Err(e) = self.create_configmap(ns, &cm, &uid).await
+        {
+            if matches!(e, Error::Config(_)) {
+                // Someone else's Dockerfile under our ConfigMap's name
+                // appeared after the check above: the pod must never start
+                // with it. Deleted only if it is still the pod just
+                // created or checked (uid precondition).
+                self.delete_unlocked(ns, &name, &uid).await?;
+            }
+            return Err(e);
         }
         Ok(created)
     }
 
-    async fn create_configmap(&self, namespace: &str, cm: &ConfigMap) -> Result<()> {
+    /// Fails with [`Error::Config`] if a ConfigMap exists under `ours`'s name
+    /// that is not provably Kiln's (`pod_uid`: the owner it must name; `None`
+    /// before the pod exists: any owner passes, the pod is checked itself).
+    async fn check_existing_configmap(
+        &self,
+        namespace: &str,
+        ours: &ConfigMap,
+        pod_uid: Option<&str>,
+    ) -> Result<bool> {
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
-        let create = || async {
-            match cms.create(&PostParams::default(), cm).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                Err(e) => Err(Error::from(e)),
-            }
+        let name = ours.metadata.name.clone().unwrap_or_default();
+        let Some(found) = cms.get_opt(&name).await? else {
+            return Ok(false);
         };
+        match configmap_differs(ours, &found, pod_uid) {
+            None => Ok(true),
+            Some(why) => {
+                tracing::warn!(namespace, configmap = %name, why, "a ConfigMap under the name Kiln creates is not Kiln's; the attempt fails");
+                Err(not_ours("ConfigMap", &name, namespace, &why))
+            }
+        }
+    }
+
+    async fn create_configmap(&self, namespace: &str, cm: &ConfigMap, pod_uid: &str) -> Result<()> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
         // One try, like the pod: a retry of `create` finds the pod (409)
         // and creates the ConfigMap again.
-        create().await
+        match cms.create(&PostParams::default(), cm).await {
+            Ok(_) => Ok(()),
+            // Ours from an earlier try, or someone else's: only its
+            // contents and owner tell.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                if self
+                    .check_existing_configmap(namespace, cm, Some(pod_uid))
+                    .await?
+                {
+                    Ok(())
+                } else {
+                    Err(Error::Kube {
+                        context: format!(
+                            "ConfigMap {} vanished while being checked",
+                            cm.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                        status: Some(503),
+                        retry_after: None,
+                        source: None,
+                    })
+                }
+            }
+            Err(e) => Err(Error::from(e)),
+        }
     }
 
     /// Deletes a pod if it is still the one we mean (uid precondition).
     /// Gone already is fine.
     pub async fn delete(&self, namespace: &str, name: &str, uid: &str) -> Result<()> {
         let _permit = self.calls.acquire().await;
+        self.delete_unlocked(namespace, name, uid).await
+    }
+
+    /// [`Pods::delete`] for a caller that holds an API-call permit already.
+    async fn delete_unlocked(&self, namespace: &str, name: &str, uid: &str) -> Result<()> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let mut dp = DeleteParams::background();
         if !uid.is_empty() {

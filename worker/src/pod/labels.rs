@@ -10,6 +10,11 @@ pub const ANN_PLAN: &str = "kiln.dev/plan";
 /// The tenant that owns the build: read without parsing the plan, and kept
 /// where it survives the loss of Redis (docs/protocol.md, "Ownership and rejections").
 pub const ANN_TENANT: &str = "kiln.dev/tenant";
+/// Hash of the pod Kiln generates (see `ownership.rs`): with the pod's
+/// own contents, what makes a pod met under Kiln's name (409) Kiln's.
+pub const ANN_SPEC_SHA256: &str = "kiln.dev/spec-sha256";
+/// Hash of an inline-Dockerfile ConfigMap's data.
+pub const ANN_CONTENT_SHA256: &str = "kiln.dev/content-sha256";
 /// Selector of every pod Kiln manages.
 pub const SELECTOR: &str = "app.kubernetes.io/managed-by=kiln";
 

@@ -16,9 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kiln_protocol::{GitContext, S3Context};
 
 use super::labels::{
-    ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE, MANAGED_BY,
+    ANN_BUILD_ID, ANN_CONTENT_SHA256, ANN_PLAN, ANN_SPEC_SHA256, ANN_TENANT, KANIKO, LABEL_ATTEMPT,
+    LABEL_BUILD, LABEL_IMAGE, MANAGED_BY,
 };
 use super::model::PodSettings;
+use super::ownership::{data_sha256, pod_sha256};
 use crate::plan::{BuildPlan, ImagePlan};
 
 const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";
@@ -51,7 +53,7 @@ pub fn pod_spec(
     let deadline = i64::try_from(plan.remaining(now).as_secs())
         .unwrap_or(i64::MAX)
         .max(1);
-    Pod {
+    let mut pod = Pod {
         metadata: ObjectMeta {
             name: Some(kiln_protocol::pod_name(&plan.id, &image.name, attempt)),
             namespace: Some(plan.namespace.clone()),
@@ -93,7 +95,13 @@ pub fn pod_spec(
             ..PodSpec::default()
         }),
         ..Pod::default()
+    };
+    // Last: the hash covers everything above (see `ownership.rs`).
+    let hash = pod_sha256(&pod);
+    if let Some(a) = pod.metadata.annotations.as_mut() {
+        a.insert(ANN_SPEC_SHA256.to_owned(), hash);
     }
+    pod
 }
 
 /// The objects the worker sends to the API for attempt `attempt` of every
@@ -133,6 +141,7 @@ pub fn configmap_spec(
 ) -> Option<ConfigMap> {
     let image = &plan.images[i];
     let dockerfile = image.rendered_dockerfile.as_ref()?;
+    let data = BTreeMap::from([("Dockerfile".to_owned(), dockerfile.clone())]);
     Some(ConfigMap {
         metadata: ObjectMeta {
             name: Some(kiln_protocol::configmap_name(
@@ -142,6 +151,10 @@ pub fn configmap_spec(
             )),
             namespace: Some(plan.namespace.clone()),
             labels: Some(labels(plan, image, attempt)),
+            annotations: Some(BTreeMap::from([(
+                ANN_CONTENT_SHA256.to_owned(),
+                data_sha256(Some(&data)),
+            )])),
             owner_references: Some(vec![OwnerReference {
                 api_version: "v1".into(),
                 kind: "Pod".into(),
@@ -152,10 +165,10 @@ pub fn configmap_spec(
             }]),
             ..ObjectMeta::default()
         },
-        data: Some(BTreeMap::from([(
-            "Dockerfile".to_owned(),
-            dockerfile.clone(),
-        )])),
+        data: Some(data),
+        // The real API server refuses any later change of an immutable
+        // ConfigMap's data: what the 409 check saw is what gets mounted.
+        immutable: Some(true),
         ..ConfigMap::default()
     })
 }

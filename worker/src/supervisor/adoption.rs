@@ -17,6 +17,15 @@ use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
 use crate::store::{Claim, LeaseToken, Renewal};
 
+/// Whether `p` is under the name Kiln gives attempt `p.attempt` of image
+/// `p.image` of build `id`. Names are unique in a namespace, so a pod of
+/// the build's labels under another name is not one Kiln made (anyone who
+/// may create pods can copy labels): adoption neither reads, drives nor
+/// deletes it.
+fn named_by_kiln(id: &str, p: &PodView) -> bool {
+    p.name == kiln_protocol::pod_name(id, &p.image, p.attempt)
+}
+
 /// Periodically adopts foreign builds whose lease lapsed.
 pub(super) async fn adopt_loop(sup: Supervisor) {
     // A build seen for the first time is checked at the next tick; after
@@ -42,37 +51,33 @@ pub(super) async fn adopt_loop(sup: Supervisor) {
                     continue;
                 }
             };
-            for ((id, ns), holder) in chunk.iter().zip(holders) {
+            for ((id, namespaces), holder) in chunk.iter().zip(holders) {
                 if holder.is_none() {
-                    spawn(&sup, id.clone(), ns.clone());
+                    spawn(&sup, id.clone(), namespaces.clone());
                 }
             }
         }
     }
 }
 
-/// Tries to take over `id` in a task of its own (one adoption per build at
-/// a time).
-pub(super) fn spawn(sup: &Supervisor, id: String, namespace: String) {
+/// Tries to take over `id`, seen in `namespaces`, in a task of its own
+/// (one adoption per build at a time).
+pub(super) fn spawn(sup: &Supervisor, id: String, namespaces: Vec<String>) {
     let sup = sup.clone();
     tokio::spawn(async move {
         if !sup.registry.begin_adopting(&id) {
             return;
         }
-        adopt(&sup, &id, &namespace).await;
+        adopt(&sup, &id, &namespaces).await;
         sup.registry.end_adopting(&id);
     });
 }
 
-async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
+async fn adopt(sup: &Supervisor, id: &str, namespaces: &[String]) {
     // The pods come from the watch cache, and a namespace whose first list
     // is still arriving is a partial view: wait for it before claiming, so
     // the lease does not run down meanwhile.
-    if !sup
-        .pod_cache
-        .wait_synced(&[namespace.to_owned()], &sup.stop)
-        .await
-    {
+    if namespaces.is_empty() || !sup.pod_cache.wait_synced(namespaces, &sup.stop).await {
         return;
     }
     // The fence of an adopted build counts from the claim's send, not from
@@ -92,7 +97,14 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
         give_back::release(sup, id, &token).await;
         return;
     }
-    if let Err(e) = take_over(sup, id, namespace, claimed_at, &token).await {
+    // The build's namespace is the one its record names (the plan's): a
+    // pod under its id elsewhere (anyone may write an id on a pod) is not
+    // its build's. Without a record, the first namespace it was seen in.
+    let namespace = match sup.ctx.store.record(id).await {
+        Ok(Some(r)) if !r.namespace.is_empty() => r.namespace,
+        _ => namespaces[0].clone(),
+    };
+    if let Err(e) = take_over(sup, id, &namespace, claimed_at, &token).await {
         sup.ctx.metrics.error(&e);
         tracing::warn!(build_id = %id, error = %e, "adoption failed; releasing the lease");
         give_back::release(sup, id, &token).await;
@@ -130,7 +142,17 @@ async fn take_over(
     let Some(cached) = cached else {
         return ctx.store.release(id, token).await.map(drop);
     };
-    let pods = fresh.as_deref().unwrap_or(&cached);
+    // Only pods under Kiln's own names: another pod with the build's labels
+    // (anyone may copy them) is neither adopted, nor refused for, nor
+    // deleted.
+    let pods: Vec<PodView> = fresh
+        .as_deref()
+        .unwrap_or(&cached)
+        .iter()
+        .filter(|p| named_by_kiln(id, p))
+        .cloned()
+        .collect();
+    let pods = pods.as_slice();
     match decide(id, pods, record.as_ref(), &ctx.policy) {
         Adoption::Forget => sup.registry.forget_foreign(id),
         Adoption::CleanUp => {
@@ -231,5 +253,24 @@ async fn resume(
     }
     if let Ok(Some(reason)) = sup.ctx.store.cancel_reason(&id).await {
         sup.registry.send(&id, Input::Cancel(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kilns_names_are_kilns() {
+        let mut p = PodView {
+            name: kiln_protocol::pod_name("b", "api", 2),
+            image: "api".into(),
+            attempt: 2,
+            ..PodView::default()
+        };
+        assert!(named_by_kiln("b", &p));
+        assert!(!named_by_kiln("c", &p));
+        p.name = "forged".into();
+        assert!(!named_by_kiln("b", &p));
     }
 }

@@ -22,13 +22,13 @@ pub(super) async fn known(sup: &Supervisor, id: &str, everywhere: bool) -> Optio
         .registry
         .foreign_among(&ids)
         .into_iter()
-        .map(|(_, ns)| ns)
+        .flat_map(|(_, ns)| ns)
         .collect();
     if namespaces.is_empty() && everywhere {
         namespaces = sup.ctx.policy.namespaces().into_iter().collect();
     }
     for ns in namespaces {
-        let pods = match sup.ctx.pods.build_pods(&ns, id).await {
+        let mut pods = match sup.ctx.pods.build_pods(&ns, id).await {
             Ok(pods) => pods,
             // The other namespaces may still name the owner; without it the
             // caller goes by the record alone.
@@ -38,6 +38,14 @@ pub(super) async fn known(sup: &Supervisor, id: &str, everywhere: bool) -> Optio
                 continue;
             }
         };
+        // A pod names its tenant truly only in that tenant's namespace:
+        // elsewhere its `kiln.dev/tenant` is forged, and squats no id.
+        pods.retain(|p| {
+            p.tenant
+                .as_deref()
+                .and_then(|t| sup.ctx.policy.tenant(t))
+                .is_some_and(|t| t.namespace == p.namespace)
+        });
         if let Some(owner) = Owner::of_pods(&pods) {
             return Some(owner);
         }

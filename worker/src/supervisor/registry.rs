@@ -50,7 +50,10 @@ struct Entry {
 
 /// A build seen in the cluster that another worker owns (or owned).
 struct ForeignBuild {
-    namespace: String,
+    /// Every namespace a pod of it was seen in, first seen first. An id
+    /// is anyone's to write on a pod: adoption takes the namespace its
+    /// record names, never merely the first one seen.
+    namespaces: Vec<String>,
     /// When its lease was last looked at; `None`: at the next sweep.
     checked: Option<Instant>,
 }
@@ -66,7 +69,13 @@ struct State {
     refused: HashSet<String>,
     adopting: HashSet<String>,
     consuming: bool,
+    /// Pods ignored as not their build's (namespace, name): each is logged
+    /// once. Bounded: cleared when full (a pod is then logged again).
+    ignored: HashSet<(String, String)>,
 }
+
+/// Pods remembered as logged in [`State::ignored`].
+const IGNORED_LOGGED: usize = 4096;
 
 /// See the module documentation.
 #[derive(Default)]
@@ -200,7 +209,7 @@ impl Registry {
             s.foreign.insert(
                 id.to_owned(),
                 ForeignBuild {
-                    namespace: h.namespace,
+                    namespaces: vec![h.namespace],
                     checked: None,
                 },
             );
@@ -226,12 +235,33 @@ impl Registry {
         if s.refused.contains(id) {
             return;
         }
-        s.foreign
+        let f = s
+            .foreign
             .entry(id.to_owned())
             .or_insert_with(|| ForeignBuild {
-                namespace: namespace.to_owned(),
+                namespaces: Vec::with_capacity(1),
                 checked: None,
             });
+        if !f.namespaces.iter().any(|n| n == namespace) {
+            f.namespaces.push(namespace.to_owned());
+        }
+    }
+
+    /// The namespace of a build driven here (its plan's).
+    pub(super) fn namespace_of(&self, id: &str) -> Option<String> {
+        self.lock()
+            .builds
+            .get(id)
+            .map(|e| e.handle.namespace.clone())
+    }
+
+    /// A pod not its build's was ignored: true the first time (log it).
+    pub(super) fn first_ignored(&self, namespace: &str, name: &str) -> bool {
+        let mut s = self.lock();
+        if s.ignored.len() >= IGNORED_LOGGED {
+            s.ignored.clear();
+        }
+        s.ignored.insert((namespace.to_owned(), name.to_owned()))
     }
 
     /// A pod of `id` went away, or its build was adopted or cleaned up.
@@ -250,24 +280,28 @@ impl Registry {
         s.refused.insert(id.to_owned());
     }
 
-    /// The foreign builds among `ids`, with their namespaces.
-    pub(super) fn foreign_among(&self, ids: &[String]) -> Vec<(String, String)> {
+    /// The foreign builds among `ids`, with the namespaces they were seen in.
+    pub(super) fn foreign_among(&self, ids: &[String]) -> Vec<(String, Vec<String>)> {
         let s = self.lock();
         ids.iter()
-            .filter_map(|id| s.foreign.get(id).map(|f| (id.clone(), f.namespace.clone())))
+            .filter_map(|id| {
+                s.foreign
+                    .get(id)
+                    .map(|f| (id.clone(), f.namespaces.clone()))
+            })
             .collect()
     }
 
     /// Foreign builds whose lease was not looked at for `every`; marks them
     /// looked at `now`.
-    pub(super) fn foreign_due(&self, now: Instant, every: Duration) -> Vec<(String, String)> {
+    pub(super) fn foreign_due(&self, now: Instant, every: Duration) -> Vec<(String, Vec<String>)> {
         let mut s = self.lock();
         s.foreign
             .iter_mut()
             .filter(|(_, f)| f.checked.is_none_or(|c| now.duration_since(c) >= every))
             .map(|(id, f)| {
                 f.checked = Some(now);
-                (id.clone(), f.namespace.clone())
+                (id.clone(), f.namespaces.clone())
             })
             .collect()
     }
@@ -355,7 +389,7 @@ mod tests {
         assert!(!r.owns("b1"));
         assert_eq!(
             r.foreign_among(&["b1".to_owned()]),
-            [("b1".to_owned(), "ns".to_owned())]
+            [("b1".to_owned(), vec!["ns".to_owned()])]
         );
     }
 
@@ -394,6 +428,20 @@ mod tests {
         r.forget_foreign("b1");
         r.seen_foreign("b1", "ns");
         assert_eq!(r.foreign_due(now, Duration::ZERO).len(), 1);
+    }
+
+    /// Issue 18: an id seen in several namespaces keeps them all, for
+    /// adoption to take the one its record names.
+    #[test]
+    fn a_build_seen_in_several_namespaces_keeps_them_all() {
+        let r = Registry::default();
+        r.seen_foreign("b1", "bob");
+        r.seen_foreign("b1", "alice");
+        r.seen_foreign("b1", "bob");
+        assert_eq!(
+            r.foreign_among(&["b1".to_owned()]),
+            [("b1".to_owned(), vec!["bob".to_owned(), "alice".to_owned()])]
+        );
     }
 
     #[test]

@@ -74,6 +74,16 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
     sup.cluster.apply(&v, deleted);
     let id = v.build_id.clone();
     let ns = v.namespace.clone();
+    // A pod in another namespace than the plan of the build driven here
+    // is not that build's, whatever its annotations say (anyone who may
+    // create pods in a watched namespace can copy them). The machine
+    // checks the uid as well; this keeps such pods from reaching it.
+    if let Some(plan_ns) = sup.registry.namespace_of(&id)
+        && plan_ns != ns
+    {
+        ignore_foreign(sup, &v, &plan_ns);
+        return;
+    }
     let verdict = foreign(deleted, v.deleting, pods_left);
     let input = if deleted {
         Input::Deleted(Box::new(v))
@@ -90,6 +100,21 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
         ForeignPod::Forget => sup.registry.forget_foreign(&id),
         ForeignPod::Remember => sup.registry.seen_foreign(&id, &ns),
         ForeignPod::Ignore => {}
+    }
+}
+
+/// Counts (and logs once per pod) a pod that names a build driven here
+/// from a namespace that is not the build's.
+fn ignore_foreign(sup: &Supervisor, v: &PodView, plan_ns: &str) {
+    sup.ctx.metrics.foreign_pod_ignored();
+    if sup.registry.first_ignored(&v.namespace, &v.name) {
+        tracing::warn!(
+            build_id = %v.build_id,
+            namespace = %v.namespace,
+            pod = %v.name,
+            build_namespace = plan_ns,
+            "ignoring a pod that names a build of another namespace"
+        );
     }
 }
 

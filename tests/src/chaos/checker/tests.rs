@@ -63,6 +63,7 @@ impl H {
             attempt: image.map(|(_, n)| n),
             reason: None,
             worker: "w1".to_owned(),
+            digests: Vec::new(),
         });
         self
     }
