@@ -45,6 +45,20 @@ pub fn decide(
     }
 }
 
+/// The refusal of a cancel for an id nobody holds when its tenant already
+/// has `cap` such cancels kept: each costs Redis a key, so a flood of them
+/// must stop at the cap. `PolicyViolation`, answered with
+/// `request.rejected` (no build is touched). Pure.
+pub fn too_many_kept(id: &str, tenant: &str, cap: u32) -> Rejection {
+    Rejection::of_id(
+        id,
+        Reason::PolicyViolation,
+        format!(
+            "too many pending cancels for tenant {tenant}: at most {cap} cancels for builds not started yet are kept at once; send the cancel again once its build has started"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +158,19 @@ mod tests {
         assert_eq!(
             decide("b", Some("stranger"), &policy(), None),
             CancelStep::Keep(DEFAULT_TENANT.to_owned())
+        );
+    }
+
+    #[test]
+    fn a_full_cap_is_a_policy_violation_naming_the_tenant() {
+        let r = too_many_kept("b1", "alice", 1000);
+        assert_eq!(r.id.as_deref(), Some("b1"));
+        assert_eq!(r.reason, Reason::PolicyViolation);
+        assert!(
+            r.message()
+                .starts_with("id: too many pending cancels for tenant alice: at most 1000"),
+            "{}",
+            r.message()
         );
     }
 }

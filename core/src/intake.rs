@@ -8,7 +8,7 @@ use kiln_protocol::{BuildRequest, ROOT_PATH, Reason, ValidationError};
 use crate::plan::{BuildPlan, MAX_PLAN_BYTES};
 use crate::policy::Policy;
 use crate::rejection::Rejection;
-use crate::render::render_dockerfile;
+use crate::render::{FUEL, check_template, render_with_fuel};
 
 /// Parse, admit, render and size-check a request: the plan the worker
 /// builds it by, or why it refuses it (every problem with its path). Pure. `kiln plan` calls it too, so
@@ -48,28 +48,58 @@ pub fn plan_request(
     Ok(plan)
 }
 
-/// Renders every inline Dockerfile; every problem, with its path, if any
-/// fails.
+/// Renders every inline Dockerfile under ONE fuel budget ([`FUEL`]) for
+/// the whole request: each template gets what the ones before it left. Every
+/// template is first parsed (no fuel), so every syntax error is reported;
+/// rendering then stops at the first template that fails: a failed
+/// rendering does not say how much fuel it used, so going on could spend up
+/// to a budget per image again. Problems come in image order.
 fn render_all(req: &BuildRequest) -> Result<Vec<Option<String>>, Vec<ValidationError>> {
-    let mut rendered = Vec::with_capacity(req.images.len());
-    let mut problems = Vec::new();
-    for (i, img) in req.images.iter().enumerate() {
-        let Some(template) = &img.dockerfile_inline else {
+    let path = |i: usize| format!("images[{i}].dockerfileInline");
+    let templates: Vec<_> = req
+        .images
+        .iter()
+        .map(|img| {
+            img.dockerfile_inline
+                .as_deref()
+                .map(|t| (t, &img.template_args))
+        })
+        .collect();
+    let mut problems: Vec<(usize, ValidationError)> = templates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let (template, args) = (*t)?;
+            let e = check_template(template, args).err()?;
+            Some((i, ValidationError::new(path(i), e.to_string())))
+        })
+        .collect();
+    let mut rendered = Vec::with_capacity(templates.len());
+    let mut left = FUEL;
+    for (i, t) in templates.iter().enumerate() {
+        let Some((template, args)) = t else {
             rendered.push(None);
             continue;
         };
-        match render_dockerfile(template, &img.template_args) {
-            Ok(s) => rendered.push(Some(s)),
-            Err(e) => problems.push(ValidationError::new(
-                format!("images[{i}].dockerfileInline"),
-                e.to_string(),
-            )),
+        if problems.iter().any(|(j, _)| *j == i) {
+            continue;
+        }
+        match render_with_fuel(template, args, left) {
+            Ok((s, used)) => {
+                left = left.saturating_sub(used);
+                rendered.push(Some(s));
+            }
+            Err(e) => {
+                problems.push((i, ValidationError::new(path(i), e.to_string())));
+                break;
+            }
         }
     }
     if problems.is_empty() {
         Ok(rendered)
     } else {
-        Err(problems)
+        problems.sort_by_key(|(i, _)| *i);
+        Err(problems.into_iter().map(|(_, p)| p).collect())
     }
 }
 

@@ -32,10 +32,11 @@ pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 /// The largest rendered Dockerfile, in bytes.
 pub const MAX_OUTPUT_BYTES: usize = 256 * 1024;
 
-/// The work budget of one rendering, in minijinja fuel (about one unit per
-/// instruction executed, plus one per 64 bytes of data produced). A
-/// realistic Dockerfile template uses a few hundred; a loop of a million
-/// iterations runs out.
+/// The work budget of one request's renderings together, in minijinja fuel
+/// (about one unit per instruction executed, plus one per 64 bytes of data
+/// produced). A realistic Dockerfile template uses a few hundred; a loop of
+/// a million iterations runs out. One budget for all of a request's images:
+/// with one per image, 32 images bought 32 times the work.
 pub const FUEL: u64 = 1_000_000;
 
 /// How deeply macros and nested blocks may recurse.
@@ -67,8 +68,9 @@ pub enum RenderError {
         available: Vec<String>,
     },
     /// The template did more work than [`FUEL`] allows (a runaway loop).
+    /// `limit` is the whole request's budget.
     #[error(
-        "{}template does too much work (exceeded the budget of {limit} steps): avoid large loops and repetitions",
+        "{}template does too much work (the request's templates together exceeded the budget of {limit} steps): avoid large loops and repetitions",
         LinePrefix(*.line)
     )]
     OutOfFuel { line: Option<usize>, limit: u64 },
@@ -120,28 +122,67 @@ impl fmt::Display for ArgNames<'_> {
     }
 }
 
-/// Renders an inline Dockerfile template with its `templateArgs`.
+/// Renders an inline Dockerfile template with its `templateArgs`, with the
+/// whole budget of [`FUEL`].
 pub fn render_dockerfile(
     template: &str,
     args: &BTreeMap<String, serde_json::Value>,
 ) -> Result<String, RenderError> {
+    render_with_fuel(template, args, FUEL).map(|(out, _)| out)
+}
+
+/// Checks that a template is within [`MAX_TEMPLATE_BYTES`] and parses,
+/// without rendering it (no fuel is spent): a request's syntax errors can
+/// all be reported even when its rendering stops at the first failure.
+pub fn check_template(
+    template: &str,
+    args: &BTreeMap<String, serde_json::Value>,
+) -> Result<(), RenderError> {
     if template.len() > MAX_TEMPLATE_BYTES {
         return Err(RenderError::TemplateTooLarge {
             size: template.len(),
             limit: MAX_TEMPLATE_BYTES,
         });
     }
-    let env = environment()?;
+    let env = environment(FUEL)?;
+    env.template_from_str(template)
+        .map(|_| ())
+        .map_err(|err| convert(&err, template, args))
+}
+
+/// Renders an inline Dockerfile template with at most `fuel` of the
+/// request's budget left: the output and the fuel it used. A template that
+/// runs out reports the whole budget ([`FUEL`]) as its limit.
+pub fn render_with_fuel(
+    template: &str,
+    args: &BTreeMap<String, serde_json::Value>,
+    fuel: u64,
+) -> Result<(String, u64), RenderError> {
+    if template.len() > MAX_TEMPLATE_BYTES {
+        return Err(RenderError::TemplateTooLarge {
+            size: template.len(),
+            limit: MAX_TEMPLATE_BYTES,
+        });
+    }
+    let env = environment(fuel)?;
     let tmpl = env
         .template_from_str(template)
         .map_err(|err| convert(&err, template, args))?;
     let mut out = BoundedWriter::new(MAX_OUTPUT_BYTES);
     let ctx = minijinja::Value::from(minijinja::value::Serde(args));
     match tmpl.render_captured_to(ctx, &mut out) {
-        Ok(_) => String::from_utf8(out.buf).map_err(|_| RenderError::Evaluation {
-            line: None,
-            message: "rendered Dockerfile is not valid UTF-8".to_owned(),
-        }),
+        Ok(captured) => {
+            let used = captured
+                .state()
+                .fuel_levels()
+                .map_or(fuel, |(used, _)| used);
+            drop(captured);
+            let text = String::from_utf8(out.buf).map_err(|_| RenderError::Evaluation {
+                line: None,
+                message: "rendered Dockerfile is not valid UTF-8".to_owned(),
+            })?;
+            Ok((text, used))
+        }
         Err(_) if out.overflowed => Err(RenderError::OutputTooLarge {
             limit: MAX_OUTPUT_BYTES,
         }),
@@ -149,11 +190,11 @@ pub fn render_dockerfile(
     }
 }
 
-fn environment() -> Result<Environment<'static>, RenderError> {
+fn environment(fuel: u64) -> Result<Environment<'static>, RenderError> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
-    env.set_fuel(Some(FUEL));
+    env.set_fuel(Some(fuel));
     env.set_recursion_limit(RECURSION_LIMIT);
     // No loader is set: includes, imports and extends find nothing.
     let syntax = SyntaxConfig::builder()

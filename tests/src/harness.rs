@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::BuildEvent;
 use kiln_worker::amqp::{BUILD_KEY, Broker, CANCEL_KEY, EventSubscription};
-use kiln_worker::config::{BuildConfig, Connections, WorkerConfig};
+use kiln_worker::config::{Bounds, BuildConfig, Connections, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -173,6 +173,7 @@ impl Env {
             prefetch: 64,
             record_ttl: Duration::from_secs(600),
             provenance_key: Some(provenance::test_key_path()),
+            bounds: Bounds::default(),
         }
     }
 

@@ -155,6 +155,87 @@ pub struct WorkerConfig {
     /// the worker only. Without it, events carry no provenance.
     #[arg(long, env = "KILN_PROVENANCE_KEY")]
     pub provenance_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub bounds: Bounds,
+}
+
+/// What one message, or one tenant's flood of them, may cost a worker and
+/// the broker (docs/configuration.md, "Bounds").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct Bounds {
+    /// Memory the deliveries this worker holds may take at most, in bytes:
+    /// the prefetch window is lowered until every slot holding a message of
+    /// the broker's `max_message_size` fits.
+    #[arg(long, env = "KILN_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
+    pub max_inflight_bytes: u64,
+    /// How long a cancel for an id nobody holds is kept for its request.
+    #[arg(long, env = "KILN_KEPT_CANCEL_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub kept_cancel_ttl: Duration,
+    /// Most cancels kept per tenant for ids nobody holds; more are refused.
+    #[arg(long, env = "KILN_KEPT_CANCELS_PER_TENANT", default_value_t = 1000)]
+    pub kept_cancels_per_tenant: u32,
+    /// Most messages `kiln.dead` keeps (`x-max-length`); the oldest go first.
+    #[arg(long, env = "KILN_DEAD_MAX_LENGTH", default_value_t = DEFAULT_DEAD_MAX_LENGTH)]
+    pub dead_max_length: u32,
+    /// Most bytes of bodies `kiln.dead` keeps (`x-max-length-bytes`).
+    #[arg(long, env = "KILN_DEAD_MAX_BYTES", default_value_t = DEFAULT_DEAD_MAX_BYTES)]
+    pub dead_max_bytes: u64,
+}
+
+/// 256 MiB: half of the Deployment's 512Mi limit.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 256 * 1024 * 1024;
+/// `kiln.dead`'s default length limit.
+pub const DEFAULT_DEAD_MAX_LENGTH: u32 = 100_000;
+/// `kiln.dead`'s default byte limit: 1 GiB of bodies.
+pub const DEFAULT_DEAD_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            kept_cancel_ttl: Duration::from_secs(600),
+            kept_cancels_per_tenant: 1000,
+            dead_max_length: DEFAULT_DEAD_MAX_LENGTH,
+            dead_max_bytes: DEFAULT_DEAD_MAX_BYTES,
+        }
+    }
+}
+
+impl Bounds {
+    /// How cancels for ids nobody holds are kept.
+    pub fn cancel_keeping(&self) -> crate::store::CancelKeeping {
+        crate::store::CancelKeeping {
+            ttl: self.kept_cancel_ttl,
+            per_tenant: self.kept_cancels_per_tenant,
+        }
+    }
+
+    /// `kiln.dead`'s limits.
+    pub fn dead_limits(&self) -> crate::amqp::DeadLimits {
+        crate::amqp::DeadLimits {
+            max_length: self.dead_max_length,
+            max_bytes: self.dead_max_bytes,
+        }
+    }
+}
+
+/// The prefetch a worker uses: `configured`, lowered so that its whole
+/// delivery window fits `budget` bytes when every message is as large as
+/// the broker accepts (`max_message`). The window is twice the prefetch
+/// (lent consumers add up to as much again while quota waits hold
+/// deliveries) plus the cancel consumer's `cancel_prefetch`. At least 1.
+/// Pure.
+pub fn bounded_prefetch(
+    configured: u16,
+    budget: u64,
+    max_message: u64,
+    cancel_prefetch: u16,
+) -> u16 {
+    let slots = budget / max_message.max(1);
+    let for_builds = slots.saturating_sub(u64::from(cancel_prefetch)) / 2;
+    u16::try_from(for_builds.min(u64::from(configured)))
+        .unwrap_or(configured)
+        .max(1)
 }
 
 impl WorkerConfig {
@@ -171,6 +252,18 @@ impl WorkerConfig {
         }
         if self.prefetch == 0 {
             return Err("--prefetch (KILN_PREFETCH) must be at least 1".into());
+        }
+        if self.bounds.kept_cancels_per_tenant == 0 {
+            return Err(
+                "--kept-cancels-per-tenant (KILN_KEPT_CANCELS_PER_TENANT) must be at least 1"
+                    .into(),
+            );
+        }
+        if self.bounds.kept_cancel_ttl < Duration::from_secs(1) {
+            return Err("--kept-cancel-ttl (KILN_KEPT_CANCEL_TTL) must be at least 1s".into());
+        }
+        if self.bounds.dead_max_length == 0 || self.bounds.dead_max_bytes == 0 {
+            return Err("--dead-max-length (KILN_DEAD_MAX_LENGTH) and --dead-max-bytes (KILN_DEAD_MAX_BYTES) must be at least 1".into());
         }
         Ok(())
     }
@@ -259,5 +352,19 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         let err = parse_duration("soon").unwrap_err();
         assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    }
+
+    /// Issue 18 item 4: the delivery window fits the memory budget.
+    #[test]
+    fn prefetch_is_lowered_to_fit_the_inflight_budget() {
+        let mib = 1024 * 1024;
+        // 256 MiB of 1.25 MiB messages: 204 slots, 64 for cancels, half of
+        // the rest for the main consumer (lent consumers take as much).
+        assert_eq!(bounded_prefetch(256, 256 * mib, 1280 * 1024, 64), 70);
+        assert_eq!(bounded_prefetch(16, 256 * mib, 1280 * 1024, 64), 16);
+        assert_eq!(bounded_prefetch(256, mib, 1280 * 1024, 64), 1);
+        let max = 1280 * 1024;
+        let p = u64::from(bounded_prefetch(256, 256 * mib, max, 64));
+        assert!((2 * p + 64) * max <= 256 * mib);
     }
 }

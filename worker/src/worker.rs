@@ -33,7 +33,9 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         &format!("kiln worker {worker}"),
     )
     .await?;
-    broker.declare_topology().await?;
+    broker
+        .declare_topology_with(config.bounds.dead_limits())
+        .await?;
     let store = Store::connect(&c.redis_url, &c.redis_prefix, &worker, config.lease_ttl).await?;
     let client = match kube {
         Some(k) => k,
@@ -55,9 +57,40 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         policy: Arc::new(policy),
         settings,
         record_ttl: config.record_ttl,
-        prefetch: config.prefetch,
+        prefetch: inflight_prefetch(config),
+        kept_cancels: config.bounds.cancel_keeping(),
+        render_slots: Arc::new(tokio::sync::Semaphore::new(render_slots())),
         metrics: Arc::new(Metrics::new()),
     }))
+}
+
+/// The prefetch whose whole delivery window fits `KILN_MAX_INFLIGHT_BYTES`
+/// (lapin holds each delivery's body whole, so the window is what bounds the
+/// memory large messages can take); logged when it lowers `KILN_PREFETCH`.
+fn inflight_prefetch(config: &WorkerConfig) -> u16 {
+    let max_message = crate::amqp::BROKER_MAX_MESSAGE_BYTES as u64;
+    let prefetch = crate::config::bounded_prefetch(
+        config.prefetch,
+        config.bounds.max_inflight_bytes,
+        max_message,
+        supervisor::CANCEL_PREFETCH,
+    );
+    if prefetch < config.prefetch {
+        tracing::warn!(
+            configured = config.prefetch,
+            prefetch,
+            max_inflight_bytes = config.bounds.max_inflight_bytes,
+            max_message_bytes = max_message,
+            "prefetch lowered so that the deliveries held fit KILN_MAX_INFLIGHT_BYTES"
+        );
+    }
+    prefetch
+}
+
+/// Renderings at once: one per CPU, so rendering never takes more than the
+/// machine while the async runtime keeps its own threads.
+fn render_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// Runs a worker until `shutdown` resolves.

@@ -152,3 +152,34 @@ fn plan_request_keeps_every_problem_with_its_own_path() {
     );
     assert!(joined);
 }
+
+/// Issue 18 item 5: one fuel budget per request, shared by its images. A
+/// template that uses well over half of the budget renders alone; two of
+/// them in one request run out (with a budget per image both rendered).
+#[test]
+fn the_fuel_budget_is_shared_by_the_requests_images() {
+    // About 60% of the budget: checked, so the test cannot pass vacuously.
+    let heavy = "{% for i in range(1000) %}{% for j in range(300) %}{% endfor %}{% endfor %}FROM {{ base }}\n";
+    let args = serde_json::from_value(json!({"base": "alpine"})).unwrap();
+    let (_, used) = crate::render::render_with_fuel(heavy, &args, FUEL).unwrap();
+    assert!(used > FUEL / 2 && used < FUEL, "{used}");
+    let with_template = |name: &str| {
+        let mut img = image(name);
+        img["dockerfileInline"] = json!(heavy);
+        img["templateArgs"] = json!({"base": "alpine"});
+        img
+    };
+    let one = plan_shop(&request("b-fuel-1", &[with_template("api")]));
+    assert!(one.is_ok(), "{:?}", one.err());
+    let r = rejection(plan_shop(&request(
+        "b-fuel-2",
+        &[with_template("api"), with_template("web")],
+    )));
+    assert_eq!(r.reason, Reason::ConfigError);
+    assert!(
+        r.message().starts_with("images[1].dockerfileInline: ")
+            && r.message().contains("too much work"),
+        "{}",
+        r.message()
+    );
+}

@@ -124,7 +124,7 @@ impl Machine {
         // Only the pod this build created or adopted speaks for it: same
         // namespace, same uid. Another pod with its annotations and labels
         // (made by anyone who may create pods somewhere Kiln watches)
-        // changes nothing (DESIGN: only Kiln's own objects speak for a build).
+        // changes nothing (docs/protocol.md: only Kiln's own objects speak for a build).
         if !img.pod.as_ref().is_some_and(|p| p.is(pod)) {
             return Vec::new();
         }

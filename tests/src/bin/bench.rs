@@ -298,6 +298,9 @@ impl Worker {
             ("KILN_NAMESPACE", NAMESPACE.to_owned()),
             ("KILN_WORKER_ID", format!("bench-{tag}")),
             ("KILN_PREFETCH", opts.prefetch.to_string()),
+            // The bench's prefetch is its knob: the memory bound that would
+            // lower it is not what it measures.
+            ("KILN_MAX_INFLIGHT_BYTES", (16u64 << 30).to_string()),
             ("RUST_LOG", "warn,lapin::returned_messages=error".to_owned()),
         ];
         let envs = envs

@@ -20,7 +20,8 @@ mod topology;
 
 pub use broker::{Broker, url_user};
 pub use consumer::{Consumer, Incoming};
-pub use names::{BUILD_KEY, CANCEL_KEY, DELIVERY_LIMIT, ERROR_HEADER, Names};
+pub use names::{BROKER_MAX_MESSAGE_BYTES, BUILD_KEY, CANCEL_KEY, DELIVERY_LIMIT, Names};
 pub use park::PARKED_HEADER;
 pub use publisher::{OutgoingEvent, Routed};
 pub use subscription::EventSubscription;
+pub use topology::DeadLimits;

@@ -5,8 +5,13 @@
 pub const BUILD_KEY: &str = "build";
 /// Routing key of cancel requests on the requests exchange.
 pub const CANCEL_KEY: &str = "cancel";
-/// Header naming why a message was dead-lettered.
-pub const ERROR_HEADER: &str = "kiln-error";
+/// The largest message the broker accepts, as the deploy sets it
+/// (`max_message_size` in deploy/ and docker-compose.yml): the request
+/// limit plus headroom, so that a request a little over the limit still
+/// reaches a worker and gets a `build.rejected` that says by how much,
+/// while anything larger is refused by the broker before a worker holds it.
+/// The worker sizes its prefetch window by it.
+pub const BROKER_MAX_MESSAGE_BYTES: usize = kiln_protocol::MAX_REQUEST_BYTES + 256 * 1024;
 /// Delivery limit of the quorum queues: a poison message that crashes
 /// workers is dead-lettered after this many deliveries.
 pub const DELIVERY_LIMIT: i64 = 10;

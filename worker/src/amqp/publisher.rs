@@ -9,8 +9,8 @@ use lapin::{BasicProperties, Confirmation};
 
 use super::broker::Broker;
 use super::consumer::Incoming;
-use super::names::ERROR_HEADER;
 use crate::error::{Error, Result};
+use kiln_protocol::{ERROR_HEADER, MAX_TEXT_BYTES, bounded};
 
 /// One event ready to publish.
 #[derive(Debug, Clone)]
@@ -151,12 +151,15 @@ impl Broker {
 
     /// Copies a message to the dead-letter exchange with `kiln-error: reason`
     /// (confirmed), then acks the original. If the copy cannot be confirmed
-    /// the original is not acked, so nothing is lost.
+    /// the original is not acked, so nothing is lost. `reason` should come
+    /// from [`kiln_protocol::error_header`]; it is bounded here once more
+    /// because AMQP content headers must fit one frame: an unbounded header
+    /// would make the copy unpublishable and the message undead-letterable.
     pub async fn dead_letter(&self, delivery: &Incoming, reason: &str) -> Result<()> {
         let mut headers = delivery.headers.clone();
         headers.insert(
             ERROR_HEADER.into(),
-            AMQPValue::LongString(reason.to_owned().into()),
+            AMQPValue::LongString(bounded(reason, MAX_TEXT_BYTES).into_owned().into()),
         );
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)

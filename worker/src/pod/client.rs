@@ -66,7 +66,7 @@ pub struct Pods {
     calls: Arc<tokio::sync::Semaphore>,
 }
 
-/// Concurrent create/delete/log calls per worker.
+/// Concurrent create/delete/log/list calls per worker.
 pub const MAX_CONCURRENT_CALLS: usize = 32;
 
 impl std::fmt::Debug for Pods {
@@ -326,7 +326,11 @@ impl Pods {
             "{SELECTOR},{LABEL_BUILD}={}",
             kiln_protocol::label_value(build_id)
         );
+        // Under the API-call limit like every other call, one permit per
+        // try (not held across the retry waits): a flood of cancels looking
+        // for owners must not open more calls than the limit.
         let list = || async {
+            let _permit = self.calls.acquire().await;
             pods.list(&ListParams::default().labels(&selector))
                 .await
                 .map_err(Error::from)

@@ -1,5 +1,5 @@
 //! Whether an object found under a name Kiln was about to create (HTTP 409)
-//! is provably the one Kiln makes (DESIGN: only Kiln's own objects speak for
+//! is provably the one Kiln makes (docs/protocol.md: only Kiln's own objects speak for
 //! a build). Anyone who may create pods or ConfigMaps in a build namespace
 //! can copy Kiln's names, labels and annotations; what they cannot do is
 //! make an object whose contents are Kiln's and still run something else.

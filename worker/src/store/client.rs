@@ -87,6 +87,11 @@ impl Store {
         format!("{}cancel:{id}@{tenant}", self.prefix)
     }
 
+    /// The ids a tenant has kept cancels for, scored by their expiry.
+    pub(super) fn kept_cancels_key(&self, tenant: &str) -> String {
+        format!("{}kept-cancels:{tenant}", self.prefix)
+    }
+
     pub(super) fn record_key(&self, id: &str) -> String {
         format!("{}build:{id}", self.prefix)
     }

@@ -13,7 +13,11 @@
 //!   cancel, read by the lease's holder (pushed on `P cancels`, and polled
 //!   with every renewal in case the push was missed).
 //! - `P cancel:<id>@<tenant>` — a cancel for an id nobody held when it came,
-//!   read only by a claim of that tenant's request.
+//!   read only by a claim of that tenant's request; kept for
+//!   `KILN_KEPT_CANCEL_TTL` (10 minutes).
+//! - `P kept-cancels:<tenant>` — sorted set of the ids a tenant has kept
+//!   cancels for, scored by expiry: caps them per tenant
+//!   ([`CancelKeeping`]), so a flood of cancels cannot fill Redis.
 //! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe, ownership (tenant
 //!   and request fingerprint, from the claim on), `kiln status` and the
 //!   status page.
@@ -35,6 +39,7 @@ mod record;
 mod records;
 mod share;
 
+pub use cancel::CancelKeeping;
 pub use client::Store;
 pub use index::INDEX_MAX;
 pub use lease::{Admit, Claim, LeaseToken, Renewal, holder_worker};

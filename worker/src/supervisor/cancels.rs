@@ -3,10 +3,10 @@
 //! the owner, whoever it is.
 
 use backon::Retryable;
-use kiln_core::cancels::{CancelStep, decide};
+use kiln_core::cancels::{CancelStep, decide, too_many_kept};
 use kiln_core::owner::{Owner, tenant_of};
 use kiln_core::rejection::Rejection;
-use kiln_protocol::Reason;
+use kiln_protocol::{MAX_REASON_BYTES, Reason, bounded};
 
 use super::intake::{Held, ack, refuse};
 use super::{Supervisor, owner};
@@ -38,25 +38,32 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         // held, and redelivered when the channel closes.
         Some(Err(e)) => return gave_up(&sup, id, &e),
     };
-    let reason = cancel.reason.as_deref().unwrap_or("cancelled");
+    // The reason is copied into Redis and the `build.cancelled` event:
+    // bounded in bytes, as every text derived from a message.
+    let reason = bounded(
+        cancel.reason.as_deref().unwrap_or("cancelled"),
+        MAX_REASON_BYTES,
+    );
+    let reason = reason.as_ref();
     let keep = ctx.record_ttl.max(std::time::Duration::from_secs(3600));
+    let keeping = ctx.kept_cancels;
+    let tenant = tenant_of(d.user_id.as_deref(), &ctx.policy);
     let from_pods = if record.is_some() {
         None
     } else {
         // Without a record the id is most likely not claimed yet: keep the
         // cancel for the sender's tenant at once (it touches no other
         // tenant's build), so a request consumed while the pods are being
-        // looked up still starts cancelled. The decision below writes it
-        // again or refuses the cancel.
-        let tenant = tenant_of(d.user_id.as_deref(), &ctx.policy);
-        if let Err(e) = ctx
-            .store
-            .request_cancel(id, Some(tenant), reason, keep)
-            .await
-        {
+        // looked up still starts cancelled. The decision below keeps it
+        // again or refuses the cancel. A full cap is answered below, once
+        // the pods have said whether the sender holds the id after all.
+        if let Err(e) = ctx.store.keep_cancel(id, tenant, reason, keeping).await {
             tracing::warn!(build_id = %id, error = %e, "cannot keep the cancel yet; deciding first");
         }
-        owner::known(&sup, id, true).await
+        // Only the sender's own namespace: a build there is the only one
+        // this cancel may stop.
+        let namespace = ctx.policy.tenant(tenant).map(|t| t.namespace.as_str());
+        owner::known(&sup, id, namespace).await
     };
     let owner = record.as_ref().map(Owner::of_record).or(from_pods);
     let for_tenant = match decide(id, d.user_id.as_deref(), &ctx.policy, owner.as_ref()) {
@@ -68,16 +75,33 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
         CancelStep::Flag => None,
         CancelStep::Keep(tenant) => Some(tenant),
     };
-    let flag = (|| ctx.store.request_cancel(id, for_tenant.as_deref(), reason, keep))
-        .retry(retry::redis())
-        .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot record cancel; retrying"));
-    match retry::bounded(flag, &sup.stop).await {
-        Some(Ok(())) => {
+    let written = if let Some(t) = &for_tenant {
+        let kept = (|| ctx.store.keep_cancel(id, t, reason, keeping))
+            .retry(retry::redis())
+            .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot keep the cancel; retrying"));
+        retry::bounded(kept, &sup.stop).await
+    } else {
+        let flag = (|| ctx.store.request_cancel(id, reason, keep))
+            .retry(retry::redis())
+            .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot record cancel; retrying"));
+        retry::bounded(flag, &sup.stop)
+            .await
+            .map(|r| r.map(|()| true))
+    };
+    match written {
+        Some(Ok(true)) => {
             // The owner hears it through the notice; if it is us, act now.
             if for_tenant.is_none() {
                 sup.registry.send(id, Input::Cancel(reason.to_owned()));
             }
             ack(&sup, &d, id).await;
+        }
+        // The tenant's kept cancels are at their cap: refused, so that a
+        // flood of cancels for made-up ids costs Redis at most the cap.
+        Some(Ok(false)) => {
+            let t = for_tenant.as_deref().unwrap_or(tenant);
+            let r = too_many_kept(id, t, keeping.per_tenant);
+            refuse(&sup, &d, r, Held::Yes).await;
         }
         None => {}
         Some(Err(e)) => gave_up(&sup, id, &e),

@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::plan::BuildPlan;
 use crate::pod::Pods;
 use crate::policy::Policy;
-use crate::store::{BuildRecord, ImageRecord, RecordState, Store};
+use crate::store::{BuildRecord, CancelKeeping, ImageRecord, RecordState, Store};
 
 /// Clients and settings: built once at start-up, never changed, shared
 /// through an `Arc` (as controller-rs's `Context`). What changes while the
@@ -30,6 +30,12 @@ pub struct Context {
     pub record_ttl: Duration,
     /// Unacknowledged build requests the worker takes at once.
     pub prefetch: u16,
+    /// How cancels for ids nobody holds are kept (TTL, per-tenant cap).
+    pub kept_cancels: CancelKeeping,
+    /// Renderings running at once, each on a blocking thread: a request's
+    /// templates never run on the async runtime, and a burst of heavy
+    /// requests cannot take every blocking thread either.
+    pub render_slots: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
 }
 

@@ -11,7 +11,7 @@ use backon::{BackoffBuilder, Retryable};
 use kiln_core::intake::plan_request;
 use kiln_core::owner::tenant_of;
 use kiln_core::rejection::Rejection;
-use kiln_protocol::Phase;
+use kiln_protocol::{MAX_TEXT_BYTES, Phase, error_header};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -80,19 +80,18 @@ pub(super) fn decide_claim(admit: &Admit, plan: &BuildPlan, driven: Driven) -> O
 }
 
 /// One build request, from delivery to ack.
-pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
+pub(super) async fn handle_request(sup: Supervisor, mut d: Incoming) {
     let received = Instant::now();
     let ctx = &sup.ctx;
-    let planned = plan_request(
-        &d.body,
-        d.user_id.as_deref(),
-        d.traceparent.as_deref(),
-        &ctx.policy,
-        jiff::Timestamp::now(),
-    );
-    let plan = match planned {
-        Ok(plan) => Box::new(plan),
-        Err(r) => return refuse(&sup, &d, r, Held::Unknown).await,
+    let plan = match plan_off_runtime(ctx, &mut d).await {
+        Some(Ok(plan)) => Box::new(plan),
+        Some(Err(r)) => return refuse(&sup, &d, r, Held::Unknown).await,
+        None => {
+            // Planning panicked (a bug): the request goes back; past the
+            // queue's delivery limit the broker dead-letters it.
+            tracing::error!("planning a request panicked; requeueing it");
+            return give_back::requeue(&sup, &d, "?").await;
+        }
     };
     let id = plan.id.clone();
     // `None`: shutting down; the request goes back to the queue when the
@@ -119,6 +118,59 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
             None => start(&sup, &d, *plan, received, token).await,
         },
     }
+}
+
+/// `plan_request` (parse, admission, template rendering) of a delivery on
+/// a blocking thread ([`plan_blocking`]). `None`: planning panicked.
+async fn plan_off_runtime(
+    ctx: &super::Context,
+    d: &mut Incoming,
+) -> Option<Result<BuildPlan, Rejection>> {
+    let body = std::mem::take(&mut d.body);
+    let planned = plan_blocking(
+        &ctx.render_slots,
+        ctx.policy.clone(),
+        body,
+        d.user_id.clone(),
+        d.traceparent.clone(),
+    )
+    .await;
+    match planned {
+        Ok((body, planned)) => {
+            d.body = body;
+            Some(planned)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the planning thread failed");
+            None
+        }
+    }
+}
+
+/// `plan_request` on a blocking thread, at most `slots` at once: a
+/// request's templates may take a whole fuel budget of CPU, which on the
+/// async runtime would delay lease renewals and every other build's events.
+/// The body moves to the blocking thread and back, uncopied.
+pub(super) async fn plan_blocking(
+    slots: &tokio::sync::Semaphore,
+    policy: Arc<crate::policy::Policy>,
+    body: Vec<u8>,
+    user_id: Option<String>,
+    traceparent: Option<String>,
+) -> Result<(Vec<u8>, Result<BuildPlan, Rejection>), tokio::task::JoinError> {
+    // The semaphore is never closed.
+    let _slot = slots.acquire().await.ok();
+    tokio::task::spawn_blocking(move || {
+        let planned = plan_request(
+            &body,
+            user_id.as_deref(),
+            traceparent.as_deref(),
+            &policy,
+            jiff::Timestamp::now(),
+        );
+        (body, planned)
+    })
+    .await
 }
 
 /// How long a request over its tenant's `maxBuildsInFlight` stays parked
@@ -188,7 +240,7 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
         // The pods and the build driven here name the owner whatever Redis
         // remembers (it may have lost the record): another tenant's request
         // is refused before it can claim a free-looking id.
-        if let Some(rejection) = owner::known(sup, id, false)
+        if let Some(rejection) = owner::known(sup, id, None)
             .await
             .and_then(|o| o.conflict(plan))
         {
@@ -326,7 +378,10 @@ pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: H
         (Some(id), Held::Unknown) => is_held(sup, id).await,
         (None, Held::Unknown) => false,
     };
-    tracing::warn!(build_id = id.as_deref().unwrap_or("?"), %reason, held, "request rejected: {message}");
+    // The log line quotes the request: bounded like every answer derived
+    // from a message (docs/protocol.md), whatever the problems add up to.
+    let logged = kiln_protocol::bounded(&message, MAX_TEXT_BYTES);
+    tracing::warn!(build_id = id.as_deref().unwrap_or("?"), %reason, held, "request rejected: {logged}");
     ctx.metrics.rejected(reason);
     if let Some(id) = &id {
         let now = jiff::Timestamp::now();
@@ -350,7 +405,7 @@ pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: H
             return;
         }
     }
-    let header = format!("{reason}: {message}");
+    let header = error_header(reason, &message);
     if let Err(e) = ctx.broker.dead_letter(d, &header).await {
         ctx.metrics.error(&e);
         tracing::error!(error = %e, "could not dead-letter a rejected request; requeueing it");

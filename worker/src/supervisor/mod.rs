@@ -41,6 +41,10 @@ use crate::cluster::ClusterView;
 use crate::error::Result;
 
 pub use context::Context;
+
+/// Unacknowledged cancels a worker holds at once (part of the delivery
+/// window that `KILN_MAX_INFLIGHT_BYTES` bounds).
+pub const CANCEL_PREFETCH: u16 = 64;
 pub use pod_cache::PodCache;
 pub use registry::Registry;
 
@@ -102,7 +106,11 @@ pub async fn run(sup: Supervisor, shutdown: impl std::future::Future<Output = ()
     let ready = backlog::count(&sup, &names.cancels()).await;
     let mut cancels = ctx
         .broker
-        .consume(&names.cancels(), 64, &format!("kiln-{worker}-cancels"))
+        .consume(
+            &names.cancels(),
+            CANCEL_PREFETCH,
+            &format!("kiln-{worker}-cancels"),
+        )
         .await?;
     backlog::drain(&sup, &mut cancels, ready).await;
     let builds = ctx

@@ -11,9 +11,15 @@ use super::Supervisor;
 
 /// The owner of `id` as this worker knows it from the cluster: the build
 /// driven here, else the pods of `id` in the namespaces where this worker
-/// saw them (one LIST each), else, with `everywhere`, in every namespace of
-/// the policy. `None`: no pod of `id` found.
-pub(super) async fn known(sup: &Supervisor, id: &str, everywhere: bool) -> Option<Owner> {
+/// saw them (one LIST each), else in `fallback` (the namespace the
+/// sender's tenant builds in, for a cancel). `None`: no pod of `id` found.
+///
+/// Never more than the namespaces the worker saw the id in, or the one
+/// fallback: a cancel must not buy a LIST in every namespace of the policy.
+/// A build of another tenant in another namespace is then not found, which
+/// is safe: the cancel is kept for the sender's tenant only and never
+/// touches it. Each LIST goes through the pod client's API-call limit.
+pub(super) async fn known(sup: &Supervisor, id: &str, fallback: Option<&str>) -> Option<Owner> {
     if let Some(owner) = sup.registry.owner(id) {
         return Some(owner);
     }
@@ -24,8 +30,8 @@ pub(super) async fn known(sup: &Supervisor, id: &str, everywhere: bool) -> Optio
         .into_iter()
         .flat_map(|(_, ns)| ns)
         .collect();
-    if namespaces.is_empty() && everywhere {
-        namespaces = sup.ctx.policy.namespaces().into_iter().collect();
+    if let (true, Some(ns)) = (namespaces.is_empty(), fallback) {
+        namespaces.push(ns.to_owned());
     }
     for ns in namespaces {
         let mut pods = match sup.ctx.pods.build_pods(&ns, id).await {
