@@ -346,6 +346,18 @@ impl Env {
             Some(ev.data.phase.as_str()),
             "kiln-phase header"
         );
+        // Every event is published with its tenant as the last word, so
+        // that topic permissions can confine a subscriber (`_`: no tenant).
+        assert_eq!(
+            msg.routing_key,
+            ev.routing_key(),
+            "routing key <level>.<phase>.<tenant>"
+        );
+        assert_eq!(
+            msg.routing_key.split('.').count(),
+            3,
+            "three-word routing key"
+        );
         self.seen.push(ev.clone());
         Some(ev)
     }

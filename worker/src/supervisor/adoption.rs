@@ -13,9 +13,9 @@ use kiln_core::adoption::{Adoption, PodSource, decide};
 use super::{Supervisor, build_task, give_back, pod_cache};
 use crate::classify::PodView;
 use crate::error::Result;
-use crate::store::{Claim, LeaseToken, Renewal};
 use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
+use crate::store::{Claim, LeaseToken, Renewal};
 
 /// Periodically adopts foreign builds whose lease lapsed.
 pub(super) async fn adopt_loop(sup: Supervisor) {
