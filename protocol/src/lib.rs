@@ -39,9 +39,9 @@ pub use dead_letter::{ERROR_HEADER, error_header};
 pub use decode::{DecodeError, parse_build_request, parse_cancel_request, readable_id};
 pub use event::{
     BuildEvent, CLOUDEVENTS_SPEC_VERSION, DATA_CONTENT_TYPE, DATA_SCHEMA, EVENT_CONTENT_TYPE,
-    EventData, ImageSummary, Level, Phase, PodRef, REQUEST_HASH_HEX, Reason, binding_key,
-    build_event_id, event_source, event_type, image_event_id, request_rejected_id, routing_key,
-    subject, tenant_read_permission, tenant_routing_key,
+    EventData, ImageSummary, Level, NO_TENANT, Phase, PodRef, REQUEST_HASH_HEX, Reason,
+    binding_key, build_event_id, event_source, event_type, image_event_id, request_rejected_id,
+    routing_key, subject, tenant_read_permission, tenant_routing_key, tenant_word,
 };
 pub use limits::{
     API_VERSION, LOG_TAIL_MAX_BYTES, MAX_ATTEMPTS_LIMIT, MAX_BUILD_ARG_VALUE_BYTES, MAX_BUILD_ARGS,

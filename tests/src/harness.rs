@@ -356,6 +356,18 @@ impl Env {
             "kiln-phase header"
         );
         provenance::check(&ev, &msg.body, self.signing);
+        // Every event is published with its tenant as the last word, so
+        // that topic permissions can confine a subscriber (`_`: no tenant).
+        assert_eq!(
+            msg.routing_key,
+            ev.routing_key(),
+            "routing key <level>.<phase>.<tenant>"
+        );
+        assert_eq!(
+            msg.routing_key.split('.').count(),
+            3,
+            "three-word routing key"
+        );
         self.seen.push(ev.clone());
         Some(ev)
     }

@@ -546,7 +546,10 @@ fn outgoing(ev: &BuildEvent) -> OutgoingEvent {
     }
 }
 
-fn event(data: EventData) -> BuildEvent {
+/// An event of the tests' tenant, `guest` (the user of the tests' AMQP
+/// URL): `kiln wait`/`watch` bind only their tenant's routing keys.
+fn event(mut data: EventData) -> BuildEvent {
+    data.tenant.get_or_insert_with(|| "guest".into());
     BuildEvent::new("urn:kiln:test", "w-1", jiff::Timestamp::now(), data)
 }
 

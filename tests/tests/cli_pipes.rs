@@ -50,12 +50,19 @@ fn outgoing(ev: &BuildEvent) -> OutgoingEvent {
     }
 }
 
+/// `data` as an event of the tests' tenant, `guest` (the user of the
+/// tests' AMQP URL): the client binds only its tenant's routing keys.
+fn guest(mut data: EventData) -> EventData {
+    data.tenant = Some("guest".into());
+    data
+}
+
 fn accepted(build: &str) -> BuildEvent {
     BuildEvent::new(
         "urn:kiln:test",
         "w-1",
         jiff::Timestamp::now(),
-        EventData::for_build(build, Phase::Accepted),
+        guest(EventData::for_build(build, Phase::Accepted)),
     )
 }
 
@@ -157,7 +164,7 @@ async fn yaml_output_parses_as_yaml() {
     failed.reason = Some(Reason::BuildError);
     failed.message = Some("RUN make: exit 2\nsecond line: \"quoted\"".into());
     for data in [EventData::for_build("y-1", Phase::Accepted), failed] {
-        let ev = BuildEvent::new("urn:kiln:test", "w-1", jiff::Timestamp::now(), data);
+        let ev = BuildEvent::new("urn:kiln:test", "w-1", jiff::Timestamp::now(), guest(data));
         env.broker.publish_event(&outgoing(&ev)).await.unwrap();
     }
     let out = tokio::time::timeout(WAIT, child.wait_with_output())
@@ -271,7 +278,7 @@ async fn publish_rejection(env: &Env, build: &str, body: &[u8], reason: Reason, 
         "w-1",
         jiff::Timestamp::now(),
         body,
-        EventData::request_rejected(build, "someone", reason, message),
+        EventData::request_rejected(build, "guest", reason, message),
     );
     env.broker.publish_event(&outgoing(&ev)).await.unwrap();
 }

@@ -34,6 +34,11 @@ impl Policy {
         };
         let mut errs = Vec::new();
         t.check_request_caps(req, &who, &mut errs);
+        for key in req.labels.keys() {
+            if let Some(reason) = label_key_problem(key, t.allowed_label_keys.as_deref(), &who) {
+                errs.push(ValidationError::new(format!("labels.{key}"), reason));
+            }
+        }
         let resources: Vec<ResourceQuantities> = (req.images.iter().enumerate())
             .map(|(i, image)| t.admit_image(i, image, &who, &mut errs))
             .collect();
@@ -66,6 +71,62 @@ impl Policy {
             .and_then(|n| self.tenants.get_key_value(n))
             .or_else(|| self.tenants.get_key_value(DEFAULT_TENANT))
             .map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// Label key prefixes (the part before `/`) refused unless the policy's
+/// `allowedLabelKeys` names them: Kubernetes' own, and the service meshes'
+/// whose labels switch injection or traffic rules on a pod
+/// (`sidecar.istio.io/inject: "false"` would take a build out of the mesh
+/// and out of label-selected network rules). `kiln.dev/` is refused always
+/// (request validation): Kiln's own labels say what a pod is.
+const REFUSED_LABEL_PREFIXES: [&str; 5] = [
+    "kubernetes.io",
+    "k8s.io",
+    "istio.io",
+    "linkerd.io",
+    "kuma.io",
+];
+
+/// Whether Kiln refuses a request label key by default: a prefix in
+/// [`REFUSED_LABEL_PREFIXES`] or a subdomain of one
+/// (`app.kubernetes.io/managed-by`, `sidecar.istio.io/inject`,
+/// `config.linkerd.io/...`), or `kiln.dev/`.
+pub fn refused_label_key(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else {
+        return false;
+    };
+    let prefix = prefix.to_ascii_lowercase();
+    prefix == "kiln.dev"
+        || REFUSED_LABEL_PREFIXES
+            .iter()
+            .any(|r| prefix == *r || prefix.ends_with(&format!(".{r}")))
+}
+
+/// Why `who` may not set the request label `key`: refused by default and
+/// not named by the policy, or (with an allow-list) not in it.
+fn label_key_problem(key: &str, allowed: Option<&[String]>, who: &str) -> Option<String> {
+    let listed = allowed.is_some_and(|list| {
+        list.iter()
+            .any(|a| a == key || (a.ends_with('/') && key.starts_with(a.as_str())))
+    });
+    if key.starts_with("kiln.dev/") || (refused_label_key(key) && !listed) {
+        return Some(format!(
+            "{} is refused: labels under Kubernetes', the service meshes' and Kiln's own prefixes can change how the cluster treats the build pods (sidecars, network rules, ownership); the policy's allowedLabelKeys must name it for {who}",
+            quote(key)
+        ));
+    }
+    match allowed {
+        Some(list) if !listed => Some(format!(
+            "{} is not a label key {who} may set; allowed: {}",
+            quote(key),
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
+        )),
+        _ => None,
     }
 }
 
@@ -257,4 +318,57 @@ fn check_quantity(
         Err(reason) => errs.push(ValidationError::new(path, reason)),
     }
     text.trim().to_owned()
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    /// Issue 18 item 11: mesh and Kubernetes label keys are refused by
+    /// default; an allow-list admits only what it names.
+    #[test]
+    fn label_keys() {
+        for refused in [
+            "sidecar.istio.io/inject",
+            "istio.io/rev",
+            "kubernetes.io/metadata.name",
+            "app.kubernetes.io/managed-by",
+            "node.k8s.io/x",
+            "k8s.io/x",
+            "linkerd.io/inject",
+            "config.linkerd.io/skip-inbound-ports",
+            "kuma.io/sidecar-injection",
+            "kiln.dev/build-id",
+        ] {
+            assert!(label_key_problem(refused, None, "t").is_some(), "{refused}");
+        }
+        for ok in [
+            "team",
+            "example.com/owner",
+            "notkubernetes.io/x",
+            "istio.iox/y",
+        ] {
+            assert_eq!(label_key_problem(ok, None, "t"), None, "{ok}");
+        }
+        let list = [
+            "team".to_owned(),
+            "example.com/".to_owned(),
+            "sidecar.istio.io/".to_owned(),
+        ];
+        assert_eq!(label_key_problem("team", Some(&list), "t"), None);
+        assert_eq!(
+            label_key_problem("example.com/owner", Some(&list), "t"),
+            None
+        );
+        assert_eq!(
+            label_key_problem("sidecar.istio.io/inject", Some(&list), "t"),
+            None
+        );
+        assert!(
+            label_key_problem("cost", Some(&list), "t")
+                .is_some_and(|m| m.contains("allowed: team"))
+        );
+        let kiln = ["kiln.dev/".to_owned()];
+        assert!(label_key_problem("kiln.dev/x", Some(&kiln), "t").is_some());
+    }
 }

@@ -47,6 +47,10 @@ pub(super) struct TenantFile {
     /// the SDK would send signed requests and the access key id in clear.
     #[serde(default)]
     pub(super) allow_insecure_s3_endpoint: bool,
+    /// Request label keys the tenant may set: exact keys, or prefixes
+    /// ending in `/`.
+    #[serde(default)]
+    pub(super) allowed_label_keys: Option<Vec<String>>,
     #[serde(default)]
     pub(super) caps: CapsFile,
     #[serde(default)]

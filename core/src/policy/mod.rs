@@ -142,6 +142,10 @@ pub struct Tenant {
     pub runtime_class_name: Option<String>,
     /// Whether an `http://` S3 endpoint is allowed.
     pub allow_insecure_s3_endpoint: bool,
+    /// The request label keys allowed (`allowedLabelKeys`): exact keys, or
+    /// prefixes ending in `/`. `None`: any key but those
+    /// [`refused_label_key`] names.
+    pub allowed_label_keys: Option<Vec<String>>,
     pub caps: Caps,
     pub defaults: Defaults,
 }
@@ -501,6 +505,7 @@ impl Policy {
             cache_repo: None,
             runtime_class_name: None,
             allow_insecure_s3_endpoint: false,
+            allowed_label_keys: None,
             caps: Caps {
                 max_attempts: builtin::MAX_ATTEMPTS,
                 max_timeout_seconds: builtin::MAX_TIMEOUT_SECONDS,

@@ -214,6 +214,7 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
         cache_repo: tf.cache_repo,
         runtime_class_name: tf.runtime_class_name,
         allow_insecure_s3_endpoint: allow_insecure,
+        allowed_label_keys: tf.allowed_label_keys,
         caps,
         defaults,
     }

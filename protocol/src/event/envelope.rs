@@ -11,9 +11,8 @@ use super::ids::{
     request_rejected_id, subject,
 };
 use super::phase::{Level, Phase};
-use super::routing::{routing_key, tenant_routing_key};
+use super::routing::{routing_key, tenant_word};
 use crate::limits::{LOG_TAIL_MAX_BYTES, MAX_TEXT_BYTES};
-use crate::tenant::Tenant;
 use crate::validate::ValidationErrors;
 
 /// CloudEvents version of the envelope.
@@ -161,17 +160,21 @@ impl BuildEvent {
         self.data.phase
     }
 
-    /// `<level>.<phase>`, the routing key without the tenant word (see
-    /// [`routing_key`](crate::routing_key)).
-    pub fn routing_key(&self) -> String {
+    /// `<level>.<phase>`, the kind of the event: its routing key without
+    /// the tenant word (see [`routing_key`](crate::routing_key)).
+    pub fn kind(&self) -> String {
         routing_key(self.level(), self.phase())
     }
 
-    /// `<level>.<phase>.<tenant>` with the tenant of `data.tenant`; `None`
-    /// when the event names no valid tenant.
-    pub fn tenant_routing_key(&self) -> Option<String> {
-        let tenant = Tenant::new(self.data.tenant.clone()?).ok()?;
-        Some(tenant_routing_key(self.level(), self.phase(), &tenant))
+    /// `<level>.<phase>.<tenant>`, the key the event is published with:
+    /// the tenant of `data.tenant`, or `_` ([`NO_TENANT`](crate::NO_TENANT)) when the event
+    /// names no valid tenant.
+    pub fn routing_key(&self) -> String {
+        format!(
+            "{}.{}",
+            self.kind(),
+            tenant_word(self.data.tenant.as_deref())
+        )
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -286,7 +289,8 @@ mod tests {
         }"#;
         let ev: BuildEvent = serde_json::from_str(json).unwrap();
         assert_eq!(ev.level(), Level::Image);
-        assert_eq!(ev.routing_key(), "image.succeeded");
+        assert_eq!(ev.kind(), "image.succeeded");
+        assert_eq!(ev.routing_key(), "image.succeeded._");
         assert!(ev.is_terminal());
         ev.validate().unwrap();
 
@@ -412,7 +416,7 @@ mod tests {
             })
         );
         assert_eq!(ev.level(), Level::Request);
-        assert_eq!(ev.routing_key(), "request.rejected");
+        assert_eq!(ev.routing_key(), "request.rejected.alice");
         // Terminal for the request; a waiter on the build must not stop.
         assert!(ev.is_terminal());
         assert!(!(ev.level() == Level::Build && ev.is_terminal()));

@@ -22,4 +22,6 @@ pub use ids::{
     request_rejected_id, subject,
 };
 pub use phase::{Level, Phase, Reason};
-pub use routing::{binding_key, routing_key, tenant_read_permission, tenant_routing_key};
+pub use routing::{
+    NO_TENANT, binding_key, routing_key, tenant_read_permission, tenant_routing_key, tenant_word,
+};

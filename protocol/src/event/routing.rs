@@ -9,11 +9,26 @@
 use super::phase::{Level, Phase};
 use crate::tenant::Tenant;
 
-/// `<level>.<phase>`: the routing key before the tenant word was added to
-/// the contract, and the first two words of every routing key. The worker
-/// publishes with it until its callers move to [`tenant_routing_key`].
+/// `<level>.<phase>`: the first two words of every routing key, the kind
+/// of an event without its tenant (the worker's metrics label events with
+/// it, so that `/metrics` carries no tenant names).
 pub fn routing_key(level: Level, phase: Phase) -> String {
     format!("{level}.{phase}")
+}
+
+/// The tenant word of an event that belongs to no valid tenant (a refused
+/// message without `user_id`, or whose `user_id` is not a valid tenant
+/// name). No tenant name can be `_`, so no subscriber confined to its own
+/// tenant reads these; only unconfined operators (binding `#`) do.
+pub const NO_TENANT: &str = "_";
+
+/// The tenant word for an event's `data.tenant`: the tenant when it is a
+/// valid tenant name, else [`NO_TENANT`].
+pub fn tenant_word(tenant: Option<&str>) -> &str {
+    match tenant {
+        Some(t) if crate::tenant::is_valid_tenant(t) => t,
+        _ => NO_TENANT,
+    }
 }
 
 /// `<level>.<phase>.<tenant>`: the routing key of an event on
@@ -72,6 +87,10 @@ mod tests {
             "request.rejected.alice"
         );
         assert_eq!(routing_key(Level::Build, Phase::Rejected), "build.rejected");
+        assert_eq!(tenant_word(Some("alice")), "alice");
+        for none in [None, Some(""), Some("a.b"), Some("#"), Some("Alice")] {
+            assert_eq!(tenant_word(none), NO_TENANT);
+        }
         assert_eq!(
             routing_key(Level::Request, Phase::Rejected),
             "request.rejected"

@@ -26,9 +26,23 @@ impl std::fmt::Debug for EventSubscription {
 
 impl Broker {
     /// Binds an exclusive, auto-delete queue to the events exchange with the
-    /// given binding keys (`build.*`, `#`, ...) and consumes it with
-    /// auto-ack semantics handled by the caller.
+    /// given binding keys (`build.succeeded.alice`, `#`, ...) and consumes it
+    /// with auto-ack semantics handled by the caller.
     pub async fn subscribe_events(&self, keys: &[&str]) -> Result<EventSubscription> {
+        self.subscribe_events_optional(keys, &[]).await
+    }
+
+    /// [`Broker::subscribe_events`], plus `optional` keys bound if the
+    /// broker allows it: a refused binding (ACCESS_REFUSED under topic
+    /// permissions) closes the channel it was made on, so they are bound
+    /// on a channel of their own and a refusal leaves the subscription as
+    /// it was. The queue is exclusive to the connection, so any of its
+    /// channels may bind it.
+    pub async fn subscribe_events_optional(
+        &self,
+        keys: &[&str],
+        optional: &[&str],
+    ) -> Result<EventSubscription> {
         let ch = self.conn.create_channel().await?;
         let q = ch
             .queue_declare(
@@ -52,6 +66,9 @@ impl Broker {
             )
             .await?;
         }
+        if !optional.is_empty() {
+            self.bind_optional(&queue, optional).await;
+        }
         ch.basic_qos(1000, BasicQosOptions::default()).await?;
         let inner = ch
             .basic_consume(
@@ -66,6 +83,36 @@ impl Broker {
             consumer: Consumer { channel: ch, inner },
             queue,
         })
+    }
+}
+
+impl Broker {
+    async fn bind_optional(&self, queue: &str, keys: &[&str]) {
+        let ch = match self.conn.create_channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::debug!(error = %e, "no channel for the optional bindings");
+                return;
+            }
+        };
+        for key in keys {
+            let bound = ch
+                .queue_bind(
+                    queue.into(),
+                    self.names.events().into(),
+                    ShortString::from(*key),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await;
+            if let Err(e) = bound {
+                // The channel is closed by the refusal: the rest would fail
+                // the same way (they share the tenant word).
+                tracing::debug!(error = %e, key, "optional binding refused");
+                return;
+            }
+        }
+        super::broker::close_channel(&ch, "bound").await;
     }
 }
 

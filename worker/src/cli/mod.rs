@@ -59,6 +59,7 @@ pub mod output;
 pub mod plan;
 pub mod provenance;
 pub mod schema;
+pub mod scope;
 pub mod status;
 pub mod submit;
 pub mod validate;
@@ -314,9 +315,14 @@ fn hide(msg: &str, url: &str, redacted: &str) -> String {
 }
 
 /// Subscribes to the events exchange, explaining a missing exchange.
-pub async fn subscribe(broker: &Broker, keys: &[&str]) -> anyhow::Result<EventSubscription> {
+pub async fn subscribe(
+    broker: &Broker,
+    (keys, optional): &(Vec<String>, Vec<String>),
+) -> anyhow::Result<EventSubscription> {
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let optional: Vec<&str> = optional.iter().map(String::as_str).collect();
     broker
-        .subscribe_events(keys)
+        .subscribe_events_optional(&keys, &optional)
         .await
         .map_err(|e| explain_amqp(&e.to_string(), &broker.names().events()))
 }

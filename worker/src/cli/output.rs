@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::terminal::strip_controls;
 use kiln_protocol::{BuildEvent, Level, Phase};
 
 /// `--output`.
@@ -57,9 +58,12 @@ pub struct Received {
 
 impl Received {
     /// Decodes a message body; `None` when it is not a Kiln event.
+    /// `event` is for text output and has every control sequence stripped
+    /// from its text ([`for_terminal`]); `raw` keeps the text as sent.
     pub fn decode(body: &[u8]) -> Option<Self> {
         let raw: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let event = serde_json::from_value(raw.clone()).ok()?;
+        let mut event = serde_json::from_value(raw.clone()).ok()?;
+        for_terminal(&mut event);
         Some(Self { event, raw })
     }
 
@@ -71,6 +75,49 @@ impl Received {
     /// Writes the raw event as a `--output json|yaml` document.
     pub fn print(&self, output: Output) -> anyhow::Result<()> {
         output.print(&self.raw)
+    }
+}
+
+/// Strips control sequences from every text of an event that a pod, a
+/// request or another producer chose (messages, log tails, names, labels),
+/// before any of it reaches a terminal.
+pub fn for_terminal(ev: &mut BuildEvent) {
+    fn clean(s: &mut String) {
+        if let std::borrow::Cow::Owned(c) = strip_controls(s) {
+            *s = c;
+        }
+    }
+    let d = &mut ev.data;
+    clean(&mut ev.subject);
+    clean(&mut d.build_id);
+    let optional = [
+        &mut d.image,
+        &mut d.app,
+        &mut d.component,
+        &mut d.tenant,
+        &mut d.digest,
+        &mut d.message,
+        &mut d.log_tail,
+    ];
+    optional.into_iter().flatten().for_each(clean);
+    d.image_refs.iter_mut().for_each(clean);
+    d.labels = std::mem::take(&mut d.labels)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                strip_controls(&k).into_owned(),
+                strip_controls(&v).into_owned(),
+            )
+        })
+        .collect();
+    if let Some(pod) = &mut d.pod {
+        clean(&mut pod.namespace);
+        clean(&mut pod.name);
+    }
+    for i in d.images.iter_mut().flatten() {
+        clean(&mut i.name);
+        i.digest.iter_mut().for_each(clean);
+        i.image_refs.iter_mut().for_each(clean);
     }
 }
 
@@ -183,7 +230,7 @@ fn one_line_message(m: &str) -> String {
 pub fn human_line(ev: &BuildEvent) -> String {
     let time = ev.time.strftime("%H:%M:%SZ");
     let details = details(ev);
-    let mut line = format!("{time}  {}  {}", ev.subject, ev.routing_key());
+    let mut line = format!("{time}  {}  {}", ev.subject, ev.kind());
     if !details.is_empty() {
         line.push_str("  ");
         line.push_str(&details);
@@ -196,6 +243,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use kiln_protocol::{EventData, Reason};
+
+    /// Issue 18 item 11: a message and a log tail with escape sequences
+    /// reach the terminal without them; the raw JSON keeps them.
+    #[test]
+    fn event_text_loses_control_sequences() {
+        let mut d = EventData::for_build("b-1", Phase::Failed);
+        d.reason = Some(Reason::BuildError);
+        d.message = Some("\x1b]0;owned\x07RUN make\x1b[2J: exit 2".into());
+        d.log_tail = Some("line\r\x1b[31mred\x1b[0m".into());
+        let ev = BuildEvent::new("s", "w", "2026-01-01T10:00:00Z".parse().unwrap(), d);
+        let r = Received::decode(&serde_json::to_vec(&ev).unwrap()).unwrap();
+        assert_eq!(r.event.data.message.as_deref(), Some("RUN make: exit 2"));
+        assert_eq!(r.event.data.log_tail.as_deref(), Some("linered"));
+        assert!(!human_line(&r.event).contains('\x1b'));
+        assert!(
+            r.json_line().contains("\\u001b]0;owned"),
+            "{}",
+            r.json_line()
+        );
+    }
 
     #[test]
     fn lines() {

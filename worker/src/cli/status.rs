@@ -13,6 +13,7 @@ use crate::classify::PodView;
 use crate::config::{Connections, parse_duration};
 use crate::pod::{PodSettings, Pods};
 use crate::store::BuildRecord;
+use crate::terminal::strip_controls;
 
 pub const AFTER_HELP: &str = "\
 Redis keeps a record of each build for a while after it ends (KILN_RECORD_TTL
@@ -275,7 +276,8 @@ fn print_lease_and_cancel(st: &Status) {
         outln!("  lease held by {h}");
     }
     if let Some(r) = &st.cancel_requested {
-        outln!("  cancel requested: {r}");
+        // The reason is the canceller's text.
+        outln!("  cancel requested: {}", strip_controls(r));
     }
 }
 
@@ -313,6 +315,13 @@ fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
             *w = (*w).max(cell.chars().count());
         }
     }
+    // Pod reasons and details are the cluster's (and a namespace editor's)
+    // text: no control sequence reaches the terminal.
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|c| strip_controls(&c).into_owned()))
+        .collect();
+    let rows = rows.as_slice();
     let line = |cells: Vec<&str>| {
         let mut s = String::from(" ");
         for (cell, w) in cells.iter().zip(widths) {

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use kiln_protocol::request_rejected_id;
+use kiln_protocol::{Level, request_rejected_id};
 
 use super::exit;
 use super::input::{RequestFile, print_problems};
 use super::output::Output;
-use super::wait::{Follow, REQUEST_REJECTED_KEY, follow, optional_redis};
+use super::scope::{ScopeArgs, binding_keys};
+use super::wait::{Follow, follow, optional_redis};
 use crate::amqp::{BUILD_KEY, url_user};
 use crate::config::{Connections, parse_duration};
 use crate::store::RecordState;
@@ -53,6 +54,9 @@ pub struct SubmitArgs {
     /// the build carry it.
     #[arg(long, env = "TRACEPARENT")]
     pub traceparent: Option<String>,
+    /// With --wait: whose events to read (default: your tenant).
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     #[command(flatten)]
     pub connections: Connections,
 }
@@ -71,11 +75,13 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
     };
     let user = url_user(&args.connections.amqp_url).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    let scope = args.scope.scope(&args.connections)?;
     let broker = super::connect_broker(&args.connections, "submit").await?;
     // Subscribe before publishing, so that no event is missed (nor the
     // `request.rejected` answering this very message).
     let sub = if args.wait {
-        Some(super::subscribe(&broker, &["build.*", "image.*", REQUEST_REJECTED_KEY]).await?)
+        let keys = binding_keys(&scope, &Level::ALL, &[]);
+        Some(super::subscribe(&broker, &keys).await?)
     } else {
         None
     };

@@ -5,11 +5,13 @@ use kiln_protocol::{Level, Phase};
 
 use super::exit;
 use super::output::{Output, Received, human_line};
+use super::scope::{ScopeArgs, binding_keys};
 use crate::config::Connections;
 
 pub const AFTER_HELP: &str = "\
 Runs until interrupted (Ctrl-C: exit code 130). Filters combine: --build narrows to one build, each
---phase adds a phase (build and image events of that phase).
+--phase adds a phase (build and image events of that phase). Only the events of your tenant (the
+RabbitMQ user, or --tenant) are bound; --all-tenants binds every tenant's (operators).
 
 Examples:
   kiln watch
@@ -33,6 +35,8 @@ pub struct WatchArgs {
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[command(flatten)]
     pub connections: Connections,
 }
 
@@ -46,28 +50,11 @@ fn parse_phase(s: &str) -> Result<Phase, String> {
         })
 }
 
-/// Binding keys for the phases asked for (`#`: everything).
-fn binding_keys(phases: &[Phase]) -> Vec<String> {
-    if phases.is_empty() {
-        return vec!["#".to_owned()];
-    }
-    let mut keys = Vec::new();
-    for p in phases {
-        for level in Level::ALL {
-            let key = kiln_protocol::routing_key(level, *p);
-            if p.valid_for(level) && !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-    }
-    keys
-}
-
 pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
+    let scope = args.scope.scope(&args.connections)?;
     let broker = super::connect_broker(&args.connections, "watch").await?;
-    let keys = binding_keys(&args.phases);
-    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let mut sub = super::subscribe(&broker, &key_refs).await?;
+    let keys = binding_keys(&scope, &Level::ALL, &args.phases);
+    let mut sub = super::subscribe(&broker, &keys).await?;
     let interrupted = super::ctrl_c();
     tokio::pin!(interrupted);
     // On standard error in every format: it says the subscription exists
@@ -116,20 +103,6 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys() {
-        assert_eq!(binding_keys(&[]), ["#"]);
-        assert_eq!(
-            binding_keys(&[Phase::Failed, Phase::Running, Phase::Accepted]),
-            [
-                "build.failed",
-                "image.failed",
-                "image.running",
-                "build.accepted"
-            ]
-        );
-    }
 
     #[test]
     fn phases_parse() {

@@ -48,14 +48,14 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Publishes an event (the broker client retries until it is
-    /// confirmed) and counts it.
+    /// Publishes an event with `<level>.<phase>.<tenant>` (the broker
+    /// client retries until it is confirmed) and counts it by its kind
+    /// (`<level>.<phase>`: `/metrics` names no tenant).
     pub(super) async fn publish(&self, ev: &BuildEvent) -> Result<()> {
-        let level = ev.level();
         let body =
             serde_json::to_vec(ev).map_err(|e| Error::amqp_caused("cannot encode the event", e))?;
         let out = OutgoingEvent {
-            routing_key: kiln_protocol::routing_key(level, ev.data.phase),
+            routing_key: ev.routing_key(),
             message_id: ev.id.clone(),
             build_id: ev.data.build_id.clone(),
             phase: ev.data.phase.as_str().to_owned(),
@@ -64,7 +64,7 @@ impl Context {
         };
         let routed = self.broker.publish_event(&out).await?;
         self.metrics
-            .event_published(&out.routing_key, routed == Routed::NoQueue);
+            .event_published(&ev.kind(), routed == Routed::NoQueue);
         self.metrics.event(ev);
         Ok(())
     }

@@ -64,8 +64,12 @@ impl Printer {
                 out.write_all(p.as_bytes())?;
             }
         }
-        out.write_all(line)?;
-        if !line.ends_with(b"\n") {
+        // A build log is the build's text: escape sequences in it would
+        // act on the operator's terminal (title, screen, hyperlinks).
+        let text = String::from_utf8_lossy(line);
+        let line = crate::terminal::strip_controls(&text);
+        out.write_all(line.as_bytes())?;
+        if !line.ends_with('\n') {
             out.write_all(b"\n")?;
         }
         out.flush()

@@ -22,6 +22,7 @@ use kiln_protocol::{Level, is_valid_build_id};
 
 use super::exit;
 use super::output::{Output, Received};
+use super::scope::{ScopeArgs, binding_keys};
 use crate::amqp::EventSubscription;
 use crate::config::{Connections, parse_duration};
 use crate::store::{BuildRecord, RecordState, Store};
@@ -44,9 +45,6 @@ Examples:
     crate::kiln_exit_codes!()
 );
 
-/// Binding key of the answers to refused requests.
-pub const REQUEST_REJECTED_KEY: &str = "request.rejected";
-
 /// How often the Redis record is read while waiting.
 const RECORD_POLL: Duration = Duration::from_secs(2);
 
@@ -61,6 +59,8 @@ pub struct WaitArgs {
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[command(flatten)]
     pub connections: Connections,
 }
 
@@ -72,8 +72,10 @@ pub async fn run(args: WaitArgs) -> anyhow::Result<u8> {
         );
         return Ok(exit::INVALID);
     }
+    let scope = args.scope.scope(&args.connections)?;
     let broker = super::connect_broker(&args.connections, "wait").await?;
-    let sub = super::subscribe(&broker, &["build.*", "image.*"]).await?;
+    let keys = binding_keys(&scope, &[Level::Build, Level::Image], &[]);
+    let sub = super::subscribe(&broker, &keys).await?;
     let leases = optional_redis(&args.connections).await;
     let code = follow(
         sub,
