@@ -11,6 +11,7 @@ pub mod cancels;
 pub mod classify;
 pub mod intake;
 pub mod journal;
+pub mod log_cap;
 pub mod machine;
 pub mod owner;
 pub mod plan;

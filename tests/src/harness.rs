@@ -166,6 +166,7 @@ impl Env {
             worker_id: None,
             prefetch: 64,
             record_ttl: Duration::from_secs(600),
+            log_retention: Duration::from_secs(600),
         }
     }
 

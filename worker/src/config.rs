@@ -142,6 +142,11 @@ pub struct WorkerConfig {
     /// requests within it are acked with no new build; `kiln status` reads it).
     #[arg(long, env = "KILN_RECORD_TTL", default_value = "24h", value_parser = parse_duration)]
     pub record_ttl: Duration,
+    /// How long the whole log of each build attempt is kept in Redis after
+    /// its pod is deleted (a tenant's `caps.maxLogRetentionSeconds` may
+    /// shorten it); `0s` keeps none.
+    #[arg(long, env = "KILN_LOG_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub log_retention: Duration,
 }
 
 impl WorkerConfig {

@@ -54,6 +54,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         policy: Arc::new(policy),
         settings,
         record_ttl: config.record_ttl,
+        log_retention: config.log_retention,
         prefetch: config.prefetch,
         metrics: Arc::new(Metrics::new()),
     }))

@@ -109,6 +109,8 @@ pub(super) struct CapsFile {
     pub(super) max_ephemeral_storage: Option<QuantityText>,
     #[serde(default)]
     pub(super) max_images: Option<usize>,
+    #[serde(default)]
+    pub(super) max_log_retention_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Clone)]

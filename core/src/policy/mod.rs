@@ -49,6 +49,7 @@
 //! | `maxMemory` | `8Gi` | `memory` | `2Gi` |
 //! | `maxEphemeralStorage` | `50Gi` | `ephemeralStorage` | `10Gi` |
 //! | `maxImages` | 32 | | |
+//! | `maxLogRetentionSeconds` | none (the worker's `KILN_LOG_RETENTION`) | | |
 //!
 //! A default above its cap is an error when the default is written at the
 //! same level as the cap or below it (a tenant's default above the tenant's
@@ -152,6 +153,9 @@ pub struct Caps {
     pub max_memory: Quantity,
     pub max_ephemeral_storage: Quantity,
     pub max_images: usize,
+    /// The longest a kept attempt log of the tenant's builds stays (the
+    /// worker's `KILN_LOG_RETENTION` when shorter); `None`: no cap.
+    pub max_log_retention_seconds: Option<u64>,
 }
 
 /// What a request gets when it does not say.
@@ -501,6 +505,7 @@ impl Policy {
                 max_memory: builtin_quantity(builtin::MAX_MEMORY),
                 max_ephemeral_storage: builtin_quantity(builtin::MAX_EPHEMERAL_STORAGE),
                 max_images: builtin::MAX_IMAGES,
+                max_log_retention_seconds: None,
             },
             defaults: Defaults {
                 attempts: builtin::ATTEMPTS,

@@ -369,6 +369,11 @@ impl Resolver {
             max_memory: max_memory.value,
             max_ephemeral_storage: max_storage.value,
             max_images: max_images.value,
+            // No built-in: without a cap the worker's KILN_LOG_RETENTION
+            // holds. Zero is allowed (keep no logs of this tenant).
+            max_log_retention_seconds: caps
+                .max_log_retention_seconds
+                .or(top.caps.max_log_retention_seconds),
         };
         (caps, defaults)
     }

@@ -17,10 +17,10 @@ use tokio::time::Instant;
 
 use super::{Supervisor, build_task, give_back, owner};
 use crate::amqp::Incoming;
-use crate::store::{Admit, LeaseToken, RecordState};
 use crate::machine::Machine;
 use crate::plan::BuildPlan;
 use crate::retry;
+use crate::store::{Admit, LeaseToken, RecordState};
 
 /// What the lease says about a request that became a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
