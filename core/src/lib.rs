@@ -20,6 +20,7 @@ pub mod policy;
 pub mod record;
 pub mod rejection;
 pub mod render;
+pub mod timeline;
 
 /// Shared by the core's unit tests and the worker's (feature `fixtures`,
 /// enabled only as a dev-dependency).
