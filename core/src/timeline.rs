@@ -98,85 +98,86 @@ pub fn timeline(h: &History, end: jiff::Timestamp) -> Option<Timeline> {
     }
     let rows = names
         .into_iter()
-        .map(|name| {
-            let mut segments = Vec::new();
-            let mut open: Option<(Kind, u32, f64)> = Some((Kind::Queued, 1, 0.0));
-            let mut outcome = None;
-            let mut said: Vec<String> = Vec::new();
-            for e in h
-                .timeline
-                .iter()
-                .filter(|e| e.image.as_deref() == Some(name))
-            {
-                let at = since(t0, e.time);
-                let attempt = e.attempt.unwrap_or(1);
-                if let Some((kind, a, from)) = open.take() {
-                    match kind {
-                        Kind::Running => said.push(format!("ran {}", words(at - from))),
-                        Kind::BackingOff => {
-                            said.push(format!("retried after {}", words(at - from)))
-                        }
-                        Kind::Waiting => {
-                            said.push(format!("waited for quota {}", words(at - from)))
-                        }
-                        Kind::Queued if at - from >= 1.0 => {
-                            said.push(format!("queued {}", words(at - from)));
-                        }
-                        Kind::Queued => {}
-                    }
-                    segments.push(Segment {
-                        kind,
-                        attempt: a,
-                        from,
-                        to: at,
-                    });
-                }
-                let next = match e.phase {
-                    Phase::Scheduled | Phase::Accepted => Some(Kind::Queued),
-                    Phase::Waiting => Some(Kind::Waiting),
-                    Phase::Running => Some(Kind::Running),
-                    Phase::Retrying => {
-                        said.push(format!(
-                            "failed{}",
-                            e.reason.map(|r| format!(" ({r})")).unwrap_or_default()
-                        ));
-                        Some(Kind::BackingOff)
-                    }
-                    p if p.is_terminal(Level::Image) => {
-                        outcome = Some(p);
-                        said.push(p.as_str().to_owned());
-                        None
-                    }
-                    _ => None,
-                };
-                open = next.map(|k| (k, attempt, at));
-            }
-            if let Some((kind, a, from)) = open {
-                segments.push(Segment {
-                    kind,
-                    attempt: a,
-                    from,
-                    to: span,
-                });
-                said.push(format!(
-                    "{} for {} so far",
-                    kind.as_str(),
-                    words(span - from)
-                ));
-            }
-            Row {
-                image: name.to_owned(),
-                segments: segments.into_iter().filter(|s| s.to > s.from).collect(),
-                outcome,
-                words: said.join(", "),
-            }
-        })
+        .map(|name| row(h, name, t0, span))
         .collect();
     Some(Timeline { rows, span })
 }
 
+/// One image's row: its events in order, each closing the segment the
+/// previous one opened.
+fn row(h: &History, name: &str, t0: jiff::Timestamp, span: f64) -> Row {
+    let mut segments = Vec::new();
+    let mut open: Option<(Kind, u32, f64)> = Some((Kind::Queued, 1, 0.0));
+    let mut outcome = None;
+    let mut said: Vec<String> = Vec::new();
+    for e in h
+        .timeline
+        .iter()
+        .filter(|e| e.image.as_deref() == Some(name))
+    {
+        let at = since(t0, e.time);
+        let attempt = e.attempt.unwrap_or(1);
+        if let Some((kind, a, from)) = open.take() {
+            match kind {
+                Kind::Running => said.push(format!("ran {}", words(at - from))),
+                Kind::BackingOff => said.push(format!("retried after {}", words(at - from))),
+                Kind::Waiting => said.push(format!("waited for quota {}", words(at - from))),
+                Kind::Queued if at - from >= 1.0 => {
+                    said.push(format!("queued {}", words(at - from)));
+                }
+                Kind::Queued => {}
+            }
+            segments.push(Segment {
+                kind,
+                attempt: a,
+                from,
+                to: at,
+            });
+        }
+        let next = match e.phase {
+            Phase::Scheduled | Phase::Accepted => Some(Kind::Queued),
+            Phase::Waiting => Some(Kind::Waiting),
+            Phase::Running => Some(Kind::Running),
+            Phase::Retrying => {
+                said.push(format!(
+                    "failed{}",
+                    e.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                ));
+                Some(Kind::BackingOff)
+            }
+            p if p.is_terminal(Level::Image) => {
+                outcome = Some(p);
+                said.push(p.as_str().to_owned());
+                None
+            }
+            _ => None,
+        };
+        open = next.map(|k| (k, attempt, at));
+    }
+    if let Some((kind, a, from)) = open {
+        segments.push(Segment {
+            kind,
+            attempt: a,
+            from,
+            to: span,
+        });
+        said.push(format!(
+            "{} for {} so far",
+            kind.as_str(),
+            words(span - from)
+        ));
+    }
+    Row {
+        image: name.to_owned(),
+        segments: segments.into_iter().filter(|s| s.to > s.from).collect(),
+        outcome,
+        words: said.join(", "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::record::TimelineEntry;
     use kiln_protocol::Reason;

@@ -246,8 +246,27 @@ pub struct HistoryRow {
     pub images: usize,
     pub worker: String,
     pub updated_at: jiff::Timestamp,
+    /// From `build.accepted` to the end (or now, while it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
     #[serde(skip)]
     ago: String,
+    #[serde(skip)]
+    took: String,
+    /// The duration's share of the longest listed, for the list's bar.
+    #[serde(skip)]
+    took_pct: u32,
+}
+
+/// How long the build of record `r` took (so far, at `now`).
+fn took(r: &BuildRecord, now: jiff::Timestamp) -> Option<f64> {
+    let start = r.history.timeline.first()?.time;
+    let end = if r.state == RecordState::Finished {
+        r.updated_at
+    } else {
+        now
+    };
+    Some(end.duration_since(start).as_secs_f64().max(0.0))
 }
 
 /// The filtered history, newest first. `None` when Redis does not answer.
@@ -269,27 +288,42 @@ async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<V
             return None;
         }
     };
-    Some(
-        records
-            .into_iter()
-            .filter(|(_, r)| f.matches(r))
-            .map(|(id, r)| HistoryRow {
-                phase: record_phase(&r).to_owned(),
-                app: r.history.app.clone(),
-                reason: r
-                    .history
-                    .reason
-                    .or_else(|| r.history.images.values().find_map(|i| i.reason))
-                    .map(|r| r.to_string()),
-                images: r.images.len(),
-                ago: since(r.updated_at, now),
-                tenant: r.tenant,
-                worker: r.worker,
-                updated_at: r.updated_at,
-                id,
-            })
-            .collect(),
-    )
+    let mut rows: Vec<HistoryRow> = records
+        .into_iter()
+        .filter(|(_, r)| f.matches(r))
+        .map(|(id, r)| HistoryRow {
+            duration_seconds: took(&r, now),
+            took: took(&r, now)
+                .map(kiln_core::timeline::words)
+                .unwrap_or_default(),
+            took_pct: 0,
+            phase: record_phase(&r).to_owned(),
+            app: r.history.app.clone(),
+            reason: r
+                .history
+                .reason
+                .or_else(|| r.history.images.values().find_map(|i| i.reason))
+                .map(|r| r.to_string()),
+            images: r.images.len(),
+            ago: since(r.updated_at, now),
+            tenant: r.tenant,
+            worker: r.worker,
+            updated_at: r.updated_at,
+            id,
+        })
+        .collect();
+    let longest = rows
+        .iter()
+        .filter_map(|r| r.duration_seconds)
+        .fold(0.0_f64, f64::max);
+    if longest > 0.0 {
+        for r in &mut rows {
+            #[allow(clippy::cast_possible_truncation)]
+            let pct = (r.duration_seconds.unwrap_or(0.0) / longest * 100.0).round() as u32;
+            r.took_pct = pct;
+        }
+    }
+    Some(rows)
 }
 
 #[derive(Debug, Template)]
@@ -451,6 +485,65 @@ struct BuildPage {
     r: BuildRecord,
     refresh: u32,
     generated: String,
+    timeline: Vec<BarRow>,
+    /// The axis' length in words.
+    span: String,
+}
+
+/// One image's bar on the build page's timeline (SVG, 1000 units wide).
+#[derive(Debug)]
+struct BarRow {
+    image: String,
+    outcome: &'static str,
+    words: String,
+    bars: Vec<Bar>,
+}
+
+#[derive(Debug)]
+struct Bar {
+    class: &'static str,
+    x: String,
+    width: String,
+    title: String,
+}
+
+/// The build's timeline as bars: segments scaled to a 1000-unit axis.
+fn bars(r: &BuildRecord) -> (Vec<BarRow>, String) {
+    let end = if r.state == RecordState::Finished {
+        r.updated_at
+    } else {
+        jiff::Timestamp::now()
+    };
+    let Some(t) = kiln_core::timeline::timeline(&r.history, end) else {
+        return (Vec::new(), String::new());
+    };
+    let scale = 1000.0 / t.span;
+    let rows = t
+        .rows
+        .into_iter()
+        .map(|row| BarRow {
+            outcome: row.outcome.map_or("running", kiln_protocol::Phase::as_str),
+            bars: row
+                .segments
+                .iter()
+                .map(|s| Bar {
+                    class: s.kind.as_str(),
+                    x: format!("{:.1}", s.from * scale),
+                    // At least a hairline, so a short step stays visible.
+                    width: format!("{:.1}", ((s.to - s.from) * scale).max(2.0)),
+                    title: format!(
+                        "attempt {}: {} {}",
+                        s.attempt,
+                        s.kind.as_str(),
+                        kiln_core::timeline::words(s.to - s.from)
+                    ),
+                })
+                .collect(),
+            image: row.image,
+            words: row.words,
+        })
+        .collect();
+    (rows, kiln_core::timeline::words(t.span))
 }
 
 async fn build_page(
@@ -459,14 +552,19 @@ async fn build_page(
     Query(filter): Query<Filter>,
 ) -> Response {
     match one_record(&sup, &id).await {
-        Ok(r) => html(&BuildPage {
-            phase: record_phase(&r).to_owned(),
-            id,
-            r,
-            refresh: filter.refresh,
-            generated: jiff::Timestamp::now()
-                .strftime("%Y-%m-%d %H:%M:%S UTC")
-                .to_string(),
+        Ok(r) => html(&{
+            let (timeline, span) = bars(&r);
+            BuildPage {
+                timeline,
+                span,
+                phase: record_phase(&r).to_owned(),
+                id,
+                r,
+                refresh: filter.refresh,
+                generated: jiff::Timestamp::now()
+                    .strftime("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string(),
+            }
         }),
         Err(resp) => resp,
     }
@@ -563,5 +661,42 @@ mod tests {
         assert!(html.contains(r#"rowspan="2""#));
         assert!(html.contains("scheduled (ImagePullBackOff)"));
         assert!(html.contains("failed*"));
+    }
+
+    #[test]
+    fn the_build_page_draws_each_image_as_bars_without_javascript() {
+        let json = r#"{"state":"finished","phase":"succeeded","tenant":"shop","namespace":"b","worker":"w","images":{"api":{"phase":"succeeded","attempt":2}},"updatedAt":"2026-12-01T10:04:15Z","history":{"timeline":[
+            {"id":"a","type":"t","time":"2026-12-01T10:00:00Z","phase":"accepted"},
+            {"id":"b","type":"t","time":"2026-12-01T10:00:02Z","phase":"running","image":"api","attempt":1},
+            {"id":"c","type":"t","time":"2026-12-01T10:00:42Z","phase":"retrying","image":"api","attempt":1,"reason":"OOMKilled"},
+            {"id":"d","type":"t","time":"2026-12-01T10:01:02Z","phase":"running","image":"api","attempt":2},
+            {"id":"e","type":"t","time":"2026-12-01T10:04:14Z","phase":"succeeded","image":"api","attempt":2},
+            {"id":"f","type":"t","time":"2026-12-01T10:04:15Z","phase":"succeeded"}]}}"#;
+        let r: BuildRecord = serde_json::from_str(json).expect("a record");
+        let (timeline, span) = bars(&r);
+        let page = BuildPage {
+            id: "b1".into(),
+            phase: "succeeded".into(),
+            r,
+            refresh: 0,
+            generated: "now".into(),
+            timeline,
+            span,
+        };
+        let html = page.render().expect("renders");
+        assert!(!html.contains("<script"));
+        assert!(html.contains("Timeline (4 m 15 s)"), "{html}");
+        assert_eq!(
+            html.matches(r#"height="16" class="running""#).count(),
+            2,
+            "{html}"
+        );
+        assert!(html.contains(r#"class="backing-off""#), "{html}");
+        assert!(
+            html.contains(
+                "ran 40 s, failed (OOMKilled), retried after 20 s, ran 3 m 12 s, succeeded"
+            ),
+            "{html}"
+        );
     }
 }
