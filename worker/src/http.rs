@@ -8,6 +8,7 @@
 //! | `/readyz` | 200 `ok` when RabbitMQ is connected, Redis and the Kubernetes API answer and the build consumer runs; else 503 with one line per failing check |
 //! | `/` | status page: builds in flight across the cluster and the build history from Redis, the same on every replica; `?tenant=&phase=&app=` filter it, `?refresh=N` reloads it every N seconds (server-rendered HTML, no JavaScript) |
 //! | `/builds/<id>` | one build: timeline of its events, reasons and messages, masked log tails, digests and pinned references, pods, tenant, trace id |
+//! | `/builds/<id>/logs/<image>/<attempt>` | the kept log of one attempt (text, secrets masked), 410 once it expired |
 //! | `/api/builds` | the history as JSON (same filters) |
 //! | `/api/builds/<id>` | one build's record as JSON |
 
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
-use crate::store::{BuildRecord, INDEX_MAX, RecordState};
+use crate::store::{BuildRecord, INDEX_MAX, KeptLog, RecordState};
 use crate::supervisor::Supervisor;
 
 /// How long one readiness check may take before it counts as failed.
@@ -43,6 +44,7 @@ pub fn router(sup: Supervisor) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/builds/{id}", get(build_page))
+        .route("/builds/{id}/logs/{image}/{attempt}", get(kept_log))
         .route("/api/builds", get(api_builds))
         .route("/api/builds/{id}", get(api_build))
         .route("/metrics", get(metrics))
@@ -567,6 +569,36 @@ async fn build_page(
             }
         }),
         Err(resp) => resp,
+    }
+}
+
+/// The kept log of one attempt, as text; `410 Gone` with the line that
+/// says when it expired.
+async fn kept_log(
+    State(sup): State<Supervisor>,
+    Path((id, image, attempt)): Path<(String, String, u32)>,
+) -> Response {
+    let read = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.kept_log(&id, &image, attempt));
+    match read.await {
+        Ok(Ok(KeptLog::Kept { text: log, .. })) => text(StatusCode::OK, log),
+        Ok(Ok(KeptLog::Expired(meta))) => text(
+            StatusCode::GONE,
+            format!(
+                "{}\n",
+                crate::cli::logs::expired_message(&id, &image, attempt, &meta)
+            ),
+        ),
+        Ok(Ok(KeptLog::Unknown)) => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the log of {id}/{image} attempt {attempt} is not kept: a log is kept when its pod is deleted (`kiln logs` reads a pod that still exists)\n"
+            ),
+        ),
+        Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis: no answer\n".to_owned(),
+        ),
     }
 }
 
