@@ -11,6 +11,7 @@ pub mod cancels;
 pub mod classify;
 pub mod intake;
 pub mod journal;
+pub mod log_cap;
 pub mod machine;
 pub mod owner;
 pub mod plan;
@@ -19,6 +20,7 @@ pub mod policy;
 pub mod record;
 pub mod rejection;
 pub mod render;
+pub mod timeline;
 
 /// Shared by the core's unit tests and the worker's (feature `fixtures`,
 /// enabled only as a dev-dependency).

@@ -174,6 +174,7 @@ impl Env {
             record_ttl: Duration::from_secs(600),
             provenance_key: Some(provenance::test_key_path()),
             bounds: Bounds::default(),
+            log_retention: Duration::from_secs(600),
         }
     }
 

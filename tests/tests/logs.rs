@@ -16,8 +16,10 @@ use kiln_tests::fakekube::{FakeKube, Fate, FaultResponse, FaultRule, Resource, T
 use kiln_tests::harness::{
     Env, NAMESPACE, amqp_url, one_image, pod_labels, redis_url, two_images, unique,
 };
+use kiln_worker::store::{LogMeta, Store};
 use kube::api::{Api, LogParams, PostParams};
 use serde_json::json;
+use std::collections::BTreeMap;
 use tokio::io::AsyncBufReadExt as _;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -68,6 +70,16 @@ async fn output(mut logs: Logs) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Attempt 1 of every image is OOM-killed (retryable), attempt 2 succeeds.
+fn oom_then_success(env: &Env) {
+    env.kube
+        .kubelet()
+        .set_script(|pod: &Pod| match pod_labels(pod).1 {
+            1 => Fate::OomKilled,
+            _ => Fate::succeed(),
+        });
 }
 
 /// Waits for the terminal `build.*` event of `id`.
@@ -222,13 +234,7 @@ async fn logs_follow_moves_on_to_the_next_attempt_after_a_retry() {
         running: Duration::from_millis(1500),
         ..Timing::default()
     });
-    // Attempt 1 is OOM-killed (retryable), attempt 2 succeeds.
-    env.kube
-        .kubelet()
-        .set_script(|pod: &Pod| match pod_labels(pod).1 {
-            1 => Fate::OomKilled,
-            _ => Fate::succeed(),
-        });
+    oom_then_success(&env);
     env.start_worker();
     let id = unique("logs-retry");
     let mut request = one_image(&id);
@@ -268,7 +274,8 @@ async fn logs_follow_of_a_failed_build_exits_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_without_pods_say_where_the_log_tail_is() {
     let mut env = Env::new().await;
-    env.start_worker();
+    // Keeping no logs: what `kiln logs` says once the pods are gone.
+    env.start_worker_with(|c| c.log_retention = Duration::ZERO);
     // Finished: the worker deleted the pods.
     let id = unique("logs-gone");
     env.publish(&one_image(&id)).await;
@@ -299,6 +306,123 @@ async fn logs_without_pods_say_where_the_log_tail_is() {
     let (code, _, stderr) = output(kiln_logs(&env, &["no-such-build"])).await;
     assert_eq!(code, Some(6), "{stderr}");
     assert!(stderr.contains("Redis has no record of it"), "{stderr}");
+    env.cleanup().await;
+}
+
+/// A store on `env`'s Redis prefix.
+async fn store(env: &Env) -> Store {
+    Store::connect(
+        &redis_url(),
+        &env.redis_prefix,
+        "test",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+/// The kept logs of `id` as Redis has them.
+async fn kept_logs(env: &Env, id: &str) -> BTreeMap<(String, u32), LogMeta> {
+    store(env).await.kept_logs(id).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_of_a_succeeded_build_is_kept_after_its_pods_are_gone_then_expires() {
+    let mut env = Env::new().await;
+    let retention = Duration::from_secs(3);
+    env.start_worker_with(|c| c.log_retention = retention);
+    let id = unique("logs-kept");
+    env.publish(&one_image(&id)).await;
+    let events = env.events_of(&id, WAIT).await;
+    let succeeded = events
+        .iter()
+        .find(|e| kiln_tests::harness::is_build_terminal(e))
+        .expect("a terminal build event");
+    assert_eq!(succeeded.data.phase, Phase::Succeeded);
+    assert!(
+        env.eventually(WAIT, |e| e.pod_names().is_empty()).await,
+        "the pods are deleted"
+    );
+
+    // The whole log of the attempt, from Redis, as the pod had it.
+    let whole = Fate::succeed_log();
+    for args in [
+        vec![id.as_str()],
+        vec![id.as_str(), "api"],
+        vec![id.as_str(), "api", "--attempt", "1"],
+    ] {
+        let (code, stdout, stderr) = output(kiln_logs(&env, &args)).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert_eq!(stdout, whole, "{args:?}");
+    }
+    // Kept off the event's path: the log was read after the terminal event
+    // was made and published, never before it.
+    let kept = kept_logs(&env, &id).await;
+    let meta = &kept[&("api".to_owned(), 1)];
+    assert!(
+        meta.kept_at > succeeded.time,
+        "{meta:?} vs {}",
+        succeeded.time
+    );
+    assert_eq!((meta.bytes, meta.cut), (whole.len() as u64, 0));
+    assert_eq!(meta.retention_seconds, 3);
+
+    // After the retention: one line saying when it expired.
+    let left = meta.expires_at.duration_since(jiff::Timestamp::now());
+    tokio::time::sleep(Duration::try_from(left).unwrap_or_default() + Duration::from_millis(200))
+        .await;
+    let (code, stdout, stderr) = output(kiln_logs(&env, &[&id, "api"])).await;
+    assert_eq!(code, Some(6), "{stdout}{stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains(&format!("the log of {id}/api attempt 1 expired at ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(kept for 3s)"), "{stderr}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_of_a_retried_build_is_kept() {
+    let mut env = Env::new().await;
+    oom_then_success(&env);
+    env.start_worker();
+    let id = unique("logs-kept-retry");
+    let mut request = one_image(&id);
+    request["retry"] = json!({"maxAttempts": 2});
+    env.publish(&request).await;
+    assert_eq!(wait_finished(&mut env, &id).await, Phase::Succeeded);
+    assert!(
+        env.eventually(WAIT, |e| e.pod_names().is_empty()).await,
+        "the pods are deleted"
+    );
+    let (code, first, stderr) = output(kiln_logs(&env, &[&id, "api", "--attempt", "1"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(first.contains("INFO[0003] RUN make -j64"), "{first}");
+    let (code, newest, stderr) = output(kiln_logs(&env, &[&id, "api"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(newest, Fate::succeed_log());
+    let (code, all, stderr) = output(kiln_logs(&env, &[&id, "--all-attempts"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(all, format!("{first}{newest}"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_read_does_not_keep_the_pods() {
+    let mut env = Env::new().await;
+    env.kube
+        .faults()
+        .add(FaultRule::new(Verb::Logs, Resource::Pods).respond(FaultResponse::InternalError));
+    env.start_worker();
+    let id = unique("logs-unread");
+    env.publish(&one_image(&id)).await;
+    assert_eq!(wait_finished(&mut env, &id).await, Phase::Succeeded);
+    assert!(
+        env.eventually(WAIT, |e| e.pod_names().is_empty()).await,
+        "the pods are deleted without their log"
+    );
+    assert!(kept_logs(&env, &id).await.is_empty());
     env.cleanup().await;
 }
 
@@ -383,16 +507,9 @@ async fn fake_log_follow_stays_open_until_the_container_terminates() {
 /// ends the wait with its outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_waits_for_the_pods_of_an_accepted_build() {
-    use kiln_worker::store::{BuildRecord, RecordState, Store};
+    use kiln_worker::store::{BuildRecord, RecordState};
     let env = Env::new().await;
-    let leases = Store::connect(
-        &redis_url(),
-        &env.redis_prefix,
-        "test",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let leases = store(&env).await;
     let record = |state, phase: Option<kiln_protocol::Phase>| BuildRecord {
         state,
         phase,

@@ -190,6 +190,13 @@ async fn one_status_page_for_the_fleet_in_a_browser() {
     assert!(page.contains(&escaped), "message {message:?}:\n{page}");
     assert!(page.contains("error: no rule to make target"), "{page}");
     assert!(page.contains("build.failed"), "timeline:\n{page}");
+    // The timeline as bars: the attempt ran, then failed; in words too.
+    assert!(page.contains(r#"<svg class="bar""#), "bars:\n{page}");
+    assert!(
+        page.contains(r#"height="16" class="running""#),
+        "a running bar:\n{page}"
+    );
+    assert!(page.contains("ran "), "durations in words:\n{page}");
 
     // The succeeded build: its digest and the digest-pinned reference.
     let page = dom(&chromium, &profile, format!("http://{a}/builds/{ok}")).await;
@@ -206,20 +213,28 @@ async fn one_status_page_for_the_fleet_in_a_browser() {
     );
     assert!(page.contains("succeeded"), "{page}");
 
+    // KILN_SCREENSHOT=docs/status-page.png also writes the failed build's
+    // page, its timeline, beside it (docs/build-timeline.png).
     if let Some(path) = std::env::var_os("KILN_SCREENSHOT") {
-        let (c, p) = (chromium.clone(), profile.clone());
-        let shot = format!("--screenshot={}", PathBuf::from(path).display());
-        let url = format!("http://{a}/");
-        tokio::task::spawn_blocking(move || {
-            browse(
-                &c,
-                &p,
-                &[&shot, "--window-size=1280,900", "--hide-scrollbars"],
-                &url,
-            )
-        })
-        .await
-        .unwrap();
+        let path = PathBuf::from(path);
+        let timeline = path.with_file_name("build-timeline.png");
+        for (file, url) in [
+            (path, format!("http://{a}/")),
+            (timeline, format!("http://{b}/builds/{bad}")),
+        ] {
+            let (c, p) = (chromium.clone(), profile.clone());
+            let shot = format!("--screenshot={}", file.display());
+            tokio::task::spawn_blocking(move || {
+                browse(
+                    &c,
+                    &p,
+                    &[&shot, "--window-size=1280,900", "--hide-scrollbars"],
+                    &url,
+                )
+            })
+            .await
+            .unwrap();
+        }
     }
     env.cleanup().await;
     let _ = std::fs::remove_dir_all(&profile);

@@ -157,6 +157,11 @@ pub struct WorkerConfig {
     pub provenance_key: Option<PathBuf>,
     #[command(flatten)]
     pub bounds: Bounds,
+    /// How long the whole log of each build attempt is kept in Redis after
+    /// its pod is deleted (a tenant's `caps.maxLogRetentionSeconds` may
+    /// shorten it); `0s` keeps none.
+    #[arg(long, env = "KILN_LOG_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub log_retention: Duration,
 }
 
 /// What one message, or one tenant's flood of them, may cost a worker and

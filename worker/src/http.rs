@@ -10,6 +10,7 @@
 //! | `/readyz` | 200 `ok` when RabbitMQ is connected, Redis and the Kubernetes API answer and the build consumer runs; else 503 with one line per failing check |
 //! | `/` | status page: builds in flight across the cluster and the build history from Redis, the same on every replica; `?tenant=&phase=&app=` filter it, `?refresh=N` reloads it every N seconds (server-rendered HTML, no JavaScript) |
 //! | `/builds/<id>` | one build: timeline of its events, reasons and messages, masked log tails, digests and pinned references, pods, tenant, trace id |
+//! | `/builds/<id>/logs/<image>/<attempt>` | the kept log of one attempt (text, secrets masked), 410 once it expired |
 //! | `/api/builds` | the history as JSON (same filters) |
 //! | `/api/builds/<id>` | one build's record as JSON |
 
@@ -29,7 +30,7 @@ use tokio::net::TcpListener;
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
 use crate::http_auth::{StatusAuth, require_operator};
-use crate::store::{BuildRecord, BuildSummary, INDEX_MAX, RecordState};
+use crate::store::{BuildRecord, BuildSummary, INDEX_MAX, KeptLog, RecordState};
 use crate::supervisor::Supervisor;
 
 /// How long one readiness check may take before it counts as failed.
@@ -55,6 +56,7 @@ pub fn status_router(sup: Supervisor, auth: StatusAuth) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/builds/{id}", get(build_page))
+        .route("/builds/{id}/logs/{image}/{attempt}", get(kept_log))
         .route("/api/builds", get(api_builds))
         .route("/api/builds/{id}", get(api_build))
         .route_layer(axum::middleware::from_fn_with_state(auth, require_operator))
@@ -263,12 +265,17 @@ pub struct HistoryRow {
     pub started_at: Option<jiff::Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<jiff::Timestamp>,
-    /// From the first event to the terminal one, when both are known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_seconds: Option<u64>,
     pub updated_at: jiff::Timestamp,
+    /// From the first event to the terminal one (or now, while it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
     #[serde(skip)]
     ago: String,
+    #[serde(skip)]
+    took: String,
+    /// The duration's share of the longest listed, for the list's bar.
+    #[serde(skip)]
+    took_pct: u32,
 }
 
 /// The filtered history, newest first, from the builds' summaries (never
@@ -292,16 +299,21 @@ async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<V
             return None;
         }
     };
-    Some(
-        summaries
-            .into_iter()
-            .filter(|s| f.matches(s))
-            .map(|s| HistoryRow {
-                duration_seconds: s.started.zip(s.finished).and_then(|(a, b)| {
-                    Duration::try_from(b.duration_since(a))
-                        .ok()
-                        .map(|d| d.as_secs())
-                }),
+    let mut rows: Vec<HistoryRow> = summaries
+        .into_iter()
+        .filter(|s| f.matches(s))
+        .map(|s| {
+            // From the first event to the terminal one (or now, while it runs).
+            let duration_seconds = s.started.map(|a| {
+                let end = s.finished.unwrap_or(now);
+                end.duration_since(a).as_secs_f64().max(0.0)
+            });
+            HistoryRow {
+                duration_seconds,
+                took: duration_seconds
+                    .map(kiln_core::timeline::words)
+                    .unwrap_or_default(),
+                took_pct: 0,
                 started_at: s.started,
                 finished_at: s.finished,
                 phase: s.phase,
@@ -313,9 +325,21 @@ async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<V
                 worker: s.worker,
                 updated_at: s.updated_at,
                 id: s.id,
-            })
-            .collect(),
-    )
+            }
+        })
+        .collect();
+    let longest = rows
+        .iter()
+        .filter_map(|r| r.duration_seconds)
+        .fold(0.0_f64, f64::max);
+    if longest > 0.0 {
+        for r in &mut rows {
+            #[allow(clippy::cast_possible_truncation)]
+            let pct = (r.duration_seconds.unwrap_or(0.0) / longest * 100.0).round() as u32;
+            r.took_pct = pct;
+        }
+    }
+    Some(rows)
 }
 
 #[derive(Debug, Template)]
@@ -477,6 +501,65 @@ struct BuildPage {
     r: BuildRecord,
     refresh: u32,
     generated: String,
+    timeline: Vec<BarRow>,
+    /// The axis' length in words.
+    span: String,
+}
+
+/// One image's bar on the build page's timeline (SVG, 1000 units wide).
+#[derive(Debug)]
+struct BarRow {
+    image: String,
+    outcome: &'static str,
+    words: String,
+    bars: Vec<Bar>,
+}
+
+#[derive(Debug)]
+struct Bar {
+    class: &'static str,
+    x: String,
+    width: String,
+    title: String,
+}
+
+/// The build's timeline as bars: segments scaled to a 1000-unit axis.
+fn bars(r: &BuildRecord) -> (Vec<BarRow>, String) {
+    let end = if r.state == RecordState::Finished {
+        r.updated_at
+    } else {
+        jiff::Timestamp::now()
+    };
+    let Some(t) = kiln_core::timeline::timeline(&r.history, end) else {
+        return (Vec::new(), String::new());
+    };
+    let scale = 1000.0 / t.span;
+    let rows = t
+        .rows
+        .into_iter()
+        .map(|row| BarRow {
+            outcome: row.outcome.map_or("running", kiln_protocol::Phase::as_str),
+            bars: row
+                .segments
+                .iter()
+                .map(|s| Bar {
+                    class: s.kind.as_str(),
+                    x: format!("{:.1}", s.from * scale),
+                    // At least a hairline, so a short step stays visible.
+                    width: format!("{:.1}", ((s.to - s.from) * scale).max(2.0)),
+                    title: format!(
+                        "attempt {}: {} {}",
+                        s.attempt,
+                        s.kind.as_str(),
+                        kiln_core::timeline::words(s.to - s.from)
+                    ),
+                })
+                .collect(),
+            image: row.image,
+            words: row.words,
+        })
+        .collect();
+    (rows, kiln_core::timeline::words(t.span))
 }
 
 async fn build_page(
@@ -485,16 +568,51 @@ async fn build_page(
     Query(filter): Query<Filter>,
 ) -> Response {
     match one_record(&sup, &id).await {
-        Ok(r) => html(&BuildPage {
-            phase: record_phase(&r).to_owned(),
-            id,
-            r,
-            refresh: filter.refresh,
-            generated: jiff::Timestamp::now()
-                .strftime("%Y-%m-%d %H:%M:%S UTC")
-                .to_string(),
+        Ok(r) => html(&{
+            let (timeline, span) = bars(&r);
+            BuildPage {
+                timeline,
+                span,
+                phase: record_phase(&r).to_owned(),
+                id,
+                r,
+                refresh: filter.refresh,
+                generated: jiff::Timestamp::now()
+                    .strftime("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string(),
+            }
         }),
         Err(resp) => resp,
+    }
+}
+
+/// The kept log of one attempt, as text; `410 Gone` with the line that
+/// says when it expired.
+async fn kept_log(
+    State(sup): State<Supervisor>,
+    Path((id, image, attempt)): Path<(String, String, u32)>,
+) -> Response {
+    let read = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.kept_log(&id, &image, attempt));
+    match read.await {
+        Ok(Ok(KeptLog::Kept { text: log, .. })) => text(StatusCode::OK, log),
+        Ok(Ok(KeptLog::Expired(meta))) => text(
+            StatusCode::GONE,
+            format!(
+                "{}\n",
+                crate::cli::logs::expired_message(&id, &image, attempt, &meta)
+            ),
+        ),
+        Ok(Ok(KeptLog::Unknown)) => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the log of {id}/{image} attempt {attempt} is not kept: a log is kept when its pod is deleted (`kiln logs` reads a pod that still exists)\n"
+            ),
+        ),
+        Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis: no answer\n".to_owned(),
+        ),
     }
 }
 
@@ -589,5 +707,42 @@ mod tests {
         assert!(html.contains(r#"rowspan="2""#));
         assert!(html.contains("scheduled (ImagePullBackOff)"));
         assert!(html.contains("failed*"));
+    }
+
+    #[test]
+    fn the_build_page_draws_each_image_as_bars_without_javascript() {
+        let json = r#"{"state":"finished","phase":"succeeded","tenant":"shop","namespace":"b","worker":"w","images":{"api":{"phase":"succeeded","attempt":2}},"updatedAt":"2026-12-01T10:04:15Z","history":{"timeline":[
+            {"id":"a","type":"t","time":"2026-12-01T10:00:00Z","phase":"accepted"},
+            {"id":"b","type":"t","time":"2026-12-01T10:00:02Z","phase":"running","image":"api","attempt":1},
+            {"id":"c","type":"t","time":"2026-12-01T10:00:42Z","phase":"retrying","image":"api","attempt":1,"reason":"OOMKilled"},
+            {"id":"d","type":"t","time":"2026-12-01T10:01:02Z","phase":"running","image":"api","attempt":2},
+            {"id":"e","type":"t","time":"2026-12-01T10:04:14Z","phase":"succeeded","image":"api","attempt":2},
+            {"id":"f","type":"t","time":"2026-12-01T10:04:15Z","phase":"succeeded"}]}}"#;
+        let r: BuildRecord = serde_json::from_str(json).expect("a record");
+        let (timeline, span) = bars(&r);
+        let page = BuildPage {
+            id: "b1".into(),
+            phase: "succeeded".into(),
+            r,
+            refresh: 0,
+            generated: "now".into(),
+            timeline,
+            span,
+        };
+        let html = page.render().expect("renders");
+        assert!(!html.contains("<script"));
+        assert!(html.contains("Timeline (4 m 15 s)"), "{html}");
+        assert_eq!(
+            html.matches(r#"height="16" class="running""#).count(),
+            2,
+            "{html}"
+        );
+        assert!(html.contains(r#"class="backing-off""#), "{html}");
+        assert!(
+            html.contains(
+                "ran 40 s, failed (OOMKilled), retried after 20 s, ran 3 m 12 s, succeeded"
+            ),
+            "{html}"
+        );
     }
 }

@@ -23,4 +23,4 @@ pub mod worker;
 pub use error::{Error, Result};
 // The pure core moved to `kiln-core`; these keep the old paths
 // (`crate::machine::…`) working for the worker's modules.
-pub use kiln_core::{classify, journal, machine, plan, render};
+pub use kiln_core::{classify, journal, log_cap, machine, plan, render};

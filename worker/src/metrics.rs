@@ -64,6 +64,11 @@ pub fn key_without_tenant(routing_key: &str) -> &str {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CopyLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub routing_key: String,
 }
@@ -91,6 +96,7 @@ pub struct Metrics {
     pub attempt_duration: Family<OutcomeLabels, Histogram>,
     pub cluster_builds_in_flight: Gauge,
     pub dependency_up: Family<CheckLabels, Gauge>,
+    pub log_copies: Family<CopyLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -147,6 +153,10 @@ mod about {
     pub const EVENTS_PUBLISHED: About = (
         "events_published",
         "Events confirmed by the broker, by routing key",
+    );
+    pub const LOG_COPIES: About = (
+        "log_copies",
+        "Attempt logs copied to Redis before their pod was deleted, by outcome",
     );
     pub const EVENTS_UNROUTABLE: About = (
         "events_unroutable",
@@ -239,6 +249,7 @@ impl Metrics {
             attempt_duration: add(&mut r, about::ATTEMPT_DURATION, seconds_family()),
             cluster_builds_in_flight: add(&mut r, about::CLUSTER_IN_FLIGHT, Gauge::default()),
             dependency_up: add(&mut r, about::DEPENDENCY_UP, Family::default()),
+            log_copies: add(&mut r, about::LOG_COPIES, Family::default()),
             // Last: the fields above borrow `r` one after the other.
             registry: with_version(r),
         }
@@ -294,6 +305,13 @@ impl Metrics {
         {
             self.attempt_finished(ev.data.phase, ev.data.reason, seconds);
         }
+    }
+
+    /// One attempt's log copy: `kept` (whole), `cut` (kept, over the
+    /// cap), `empty` (no log to keep), `failed` (not kept; the pod was
+    /// deleted anyway).
+    pub fn log_copy(&self, outcome: &'static str) {
+        self.log_copies.get_or_create(&CopyLabels { outcome }).inc();
     }
 
     pub fn event_published(&self, routing_key: &str, unroutable: bool) {

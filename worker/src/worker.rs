@@ -60,6 +60,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         prefetch: inflight_prefetch(config),
         kept_cancels: config.bounds.cancel_keeping(),
         render_slots: Arc::new(tokio::sync::Semaphore::new(render_slots())),
+        log_retention: config.log_retention,
         metrics: Arc::new(Metrics::new()),
     }))
 }

@@ -115,6 +115,7 @@ pub(super) struct CapsFile {
     pub(super) max_images: Option<usize>,
     #[serde(default)]
     pub(super) max_builds_in_flight: Option<usize>,
+    pub(super) max_log_retention_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Clone)]

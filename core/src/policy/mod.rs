@@ -50,6 +50,7 @@
 //! | `maxEphemeralStorage` | `50Gi` | `ephemeralStorage` | `10Gi` |
 //! | `maxImages` | 32 | | |
 //! | `maxBuildsInFlight` | 0 (no cap) | | |
+//! | `maxLogRetentionSeconds` | none (the worker's `KILN_LOG_RETENTION`) | | |
 //!
 //! A default above its cap is an error when the default is written at the
 //! same level as the cap or below it (a tenant's default above the tenant's
@@ -163,6 +164,9 @@ pub struct Caps {
     /// cap). A request over it is parked in RabbitMQ and tried again later,
     /// holding no delivery other tenants need.
     pub max_builds_in_flight: usize,
+    /// The longest a kept attempt log of the tenant's builds stays (the
+    /// worker's `KILN_LOG_RETENTION` when shorter); `None`: no cap.
+    pub max_log_retention_seconds: Option<u64>,
 }
 
 /// What a request gets when it does not say.
@@ -514,6 +518,7 @@ impl Policy {
                 max_ephemeral_storage: builtin_quantity(builtin::MAX_EPHEMERAL_STORAGE),
                 max_images: builtin::MAX_IMAGES,
                 max_builds_in_flight: builtin::MAX_BUILDS_IN_FLIGHT,
+                max_log_retention_seconds: None,
             },
             defaults: Defaults {
                 attempts: builtin::ATTEMPTS,

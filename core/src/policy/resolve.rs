@@ -377,6 +377,11 @@ impl Resolver {
             max_ephemeral_storage: max_storage.value,
             max_images: max_images.value,
             max_builds_in_flight: max_in_flight.value,
+            // No built-in: without a cap the worker's KILN_LOG_RETENTION
+            // holds. Zero is allowed (keep no logs of this tenant).
+            max_log_retention_seconds: caps
+                .max_log_retention_seconds
+                .or(top.caps.max_log_retention_seconds),
         };
         (caps, defaults)
     }

@@ -138,6 +138,36 @@ fn example_resolves_inheritance() {
 }
 
 #[test]
+fn a_log_retention_cap_is_the_tenants_else_the_top_levels_else_none() {
+    let p = Policy::from_toml_str(
+        r#"
+[defaults.caps]
+maxLogRetentionSeconds = 3600
+
+[tenants.short]
+namespace = "ci"
+allowedDestinations = ["*"]
+caps = { maxLogRetentionSeconds = 60 }
+
+[tenants.inherits]
+namespace = "ci"
+allowedDestinations = ["*"]
+"#,
+    )
+    .unwrap();
+    let cap = |t: &str| p.tenant(t).unwrap().caps.max_log_retention_seconds;
+    assert_eq!(cap("short"), Some(60));
+    assert_eq!(cap("inherits"), Some(3600));
+    let none =
+        Policy::from_toml_str("[tenants.t]\nnamespace = \"ci\"\nallowedDestinations = [\"*\"]\n")
+            .unwrap();
+    assert_eq!(
+        none.tenant("t").unwrap().caps.max_log_retention_seconds,
+        None
+    );
+}
+
+#[test]
 fn minimal_tenant_gets_builtin_caps_and_defaults() {
     let p = Policy::from_toml_str(
         r#"
@@ -158,6 +188,7 @@ allowedDestinations = ["*"]
             max_ephemeral_storage: Quantity::parse("50Gi").unwrap(),
             max_images: 32,
             max_builds_in_flight: 0,
+            max_log_retention_seconds: None,
         }
     );
     assert_eq!(

@@ -92,6 +92,14 @@ pub enum Fate {
 }
 
 impl Fate {
+    /// The log of [`Fate::succeed`].
+    pub fn succeed_log() -> String {
+        match Self::succeed() {
+            Self::Succeed { log, .. } => log,
+            _ => String::new(),
+        }
+    }
+
     /// Success with the default digest and a Kaniko-like log.
     pub fn succeed() -> Self {
         Self::Succeed {

@@ -63,7 +63,7 @@ pub struct Pods {
     settings: Arc<PodSettings>,
     /// Bounds concurrent API calls (as client-go's QPS/burst do): a burst of
     /// requests must not open hundreds of connections to the API server.
-    calls: Arc<tokio::sync::Semaphore>,
+    pub(super) calls: Arc<tokio::sync::Semaphore>,
 }
 
 /// Concurrent create/delete/log/list calls per worker.

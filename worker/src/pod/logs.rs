@@ -2,7 +2,7 @@
 //! (following it while the container runs), the init container whose
 //! failure stopped a pod, and a watch of one build's pods.
 
-use futures::io::AsyncBufReadExt;
+use futures::io::{AsyncBufReadExt, AsyncReadExt};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams};
@@ -14,6 +14,7 @@ use super::labels::{KANIKO, LABEL_BUILD, SELECTOR};
 use super::model::PodEvent;
 use super::view::view;
 use crate::error::{Error, Result};
+use crate::log_cap::{Capped, LogCap};
 
 impl Pods {
     /// The log of `container` (default: Kaniko's) in pod `name`, line by line (each line with
@@ -61,6 +62,34 @@ impl Pods {
                 }
             },
         ))
+    }
+
+    /// The whole Kaniko log of pod `name`, capped as it is read (memory
+    /// stays bounded whatever the container wrote). The caller bounds the
+    /// time.
+    pub async fn whole_log(&self, namespace: &str, name: &str) -> Result<Capped> {
+        let _permit = self.calls.acquire().await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let lp = LogParams {
+            container: Some(KANIKO.to_owned()),
+            ..LogParams::default()
+        };
+        let mut reader = Box::pin(pods.log_stream(name, &lp).await?);
+        let mut cap = LogCap::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await.map_err(|e| Error::Kube {
+                context: format!("reading the log of pod {name}"),
+                status: None,
+                retry_after: None,
+                source: Some(e.into()),
+            })?;
+            if n == 0 {
+                break;
+            }
+            cap.push(&buf[..n]);
+        }
+        Ok(cap.finish())
     }
 
     /// The init container of pod `name` that exited non-zero (the context

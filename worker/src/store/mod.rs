@@ -21,6 +21,8 @@
 //! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe, ownership (tenant
 //!   and request fingerprint, from the claim on), `kiln status` and the
 //!   status page.
+//! - `P log:<id>/<image>/<attempt>`, `P logs:<id>` — the kept logs of
+//!   attempts and what was kept of each (see `logs`).
 //! - `P builds`      — sorted set of build ids by the time (ms) their record
 //!   was last written, trimmed to [`INDEX_MAX`] by the same round trip that
 //!   writes the record: the status page's list, the same on every replica.
@@ -34,6 +36,7 @@ mod cancel;
 mod client;
 mod index;
 mod lease;
+mod logs;
 mod notices;
 mod record;
 mod records;
@@ -43,6 +46,7 @@ pub use cancel::CancelKeeping;
 pub use client::Store;
 pub use index::INDEX_MAX;
 pub use lease::{Admit, Claim, LeaseToken, Renewal, holder_worker};
+pub use logs::{KeptLog, LogMeta};
 pub use notices::Notice;
 pub use record::{
     BuildRecord, BuildSummary, History, ImageHistory, ImageRecord, RECORD_MAX_BYTES, RecordState,

@@ -156,7 +156,16 @@ async fn take_over(
     match decide(id, pods, record.as_ref(), &ctx.policy) {
         Adoption::Forget => sup.registry.forget_foreign(id),
         Adoption::CleanUp => {
+            // The build ended with its pods still there (its worker died
+            // between the terminal event and the deletes): keep their logs
+            // as that worker would have.
+            let plan = pods.iter().find_map(|p| {
+                serde_json::from_str::<crate::plan::BuildPlan>(p.plan.as_deref()?).ok()
+            });
             for p in pods {
+                if let Some(plan) = &plan {
+                    super::log_keep::keep_log(ctx, plan, &p.namespace, &p.name).await;
+                }
                 ctx.pods.delete(&p.namespace, &p.name, &p.uid).await?;
             }
             sup.registry.forget_foreign(id);

@@ -300,11 +300,25 @@ async fn execute_fenced(
                 name,
                 uid,
             } => {
-                if let Err(e) = sup.ctx.pods.delete(&namespace, &name, &uid).await {
-                    sup.ctx.metrics.kube_error("delete");
-                    sup.ctx.metrics.error(&e);
-                    tracing::warn!(pod = %name, error = %e, "could not delete pod");
+                // The deletes asked for together (a build's end deletes all
+                // its pods) go together: each keeps its log first, so the
+                // record waits for one bounded copy, not one per pod.
+                let mut batch = vec![(namespace, name, uid)];
+                while let Some(Action::DeletePod { .. }) = queue.front() {
+                    if let Some(Action::DeletePod {
+                        namespace,
+                        name,
+                        uid,
+                    }) = queue.pop_front()
+                    {
+                        batch.push((namespace, name, uid));
+                    }
                 }
+                let plan = machine.plan();
+                futures::future::join_all(batch.iter().map(|(namespace, name, uid)| {
+                    keep_and_delete(sup, plan, namespace, name, uid)
+                }))
+                .await;
             }
             Action::Finished(phase, reason) => {
                 finished(sup, machine, journal, token, phase, reason).await;
@@ -312,6 +326,23 @@ async fn execute_fenced(
         }
     }
     Ok(())
+}
+
+/// Keeps the log of an ended attempt's pod (bounded, see
+/// [`super::log_keep`]), then deletes the pod.
+async fn keep_and_delete(
+    sup: &Supervisor,
+    plan: &BuildPlan,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) {
+    super::log_keep::keep_log(&sup.ctx, plan, namespace, name).await;
+    if let Err(e) = sup.ctx.pods.delete(namespace, name, uid).await {
+        sup.ctx.metrics.kube_error("delete");
+        sup.ctx.metrics.error(&e);
+        tracing::warn!(pod = %name, error = %e, "could not delete pod");
+    }
 }
 
 /// Creates the pod of one attempt, retrying transient errors until the

@@ -28,6 +28,9 @@ pub struct Context {
     pub settings: Arc<Settings>,
     /// How long finished build records stay in Redis.
     pub record_ttl: Duration,
+    /// How long an attempt's log is kept after its pod is deleted (the
+    /// tenant's cap may shorten it; zero keeps none).
+    pub log_retention: Duration,
     /// Unacknowledged build requests the worker takes at once.
     pub prefetch: u16,
     /// How cancels for ids nobody holds are kept (TTL, per-tenant cap).

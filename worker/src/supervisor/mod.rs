@@ -26,6 +26,7 @@ mod fencing;
 mod give_back;
 mod intake;
 mod lending;
+mod log_keep;
 mod notices;
 mod owner;
 mod pod_cache;

@@ -17,9 +17,14 @@ ends when every image is over and exits with the build's outcome (0
 succeeded, 1 failed, 3 cancelled), read from Redis' record of the build or,
 without Redis, from the pods (0 when every image's last attempt succeeded).
 
-The pods exist until the build's outcome is published. When they are gone
-(exit code 6, one line saying so), the end of each failed attempt's log
-(8 KiB, secrets masked) is still in its image.retrying / image.failed event
+The pods exist until the build's outcome is published. Before a worker
+deletes a pod it keeps the attempt's whole log (secrets masked, at most
+1 MiB: the first 256 KiB and the last 768 KiB, with a line saying how much
+was left out) in Redis for KILN_LOG_RETENTION (24 h by default; a tenant's
+policy may shorten it), and kiln logs reads it from there, every attempt
+of every image, retried ones included. After that it says when the log
+expired (exit code 6). The end of each failed attempt's log (8 KiB, secrets
+masked) also stays in its image.retrying / image.failed event
 (data.logTail): see it as it happens with `kiln watch --build ID -o json`,
 or in your event subscribers' records.
 The namespace is read from Redis' record; without one, --namespace is used.
@@ -43,10 +48,10 @@ pub struct LogsArgs {
     /// Follow the logs until the build ends, across retries.
     #[arg(long, short)]
     pub follow: bool,
-    /// Show this attempt instead of the newest (its pod must still exist).
+    /// Show this attempt instead of the newest (from its pod, or its kept log).
     #[arg(long, conflicts_with_all = ["follow", "all_attempts"])]
     pub attempt: Option<u32>,
-    /// Show every attempt whose pod still exists, oldest first.
+    /// Show every attempt whose pod or kept log exists, oldest first.
     #[arg(long)]
     pub all_attempts: bool,
     /// Namespace of the build pods when Redis has no record naming it.

@@ -27,7 +27,7 @@ use follow::follow;
 use pods::{known_images, pending_note, read_record};
 use stream::{Ctx, LineSource, Msg, Printer, stream_pod};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::exit;
 use crate::classify::{PodPhase, PodView};
 use crate::pod::{PodSettings, Pods};
-use crate::store::{BuildRecord, RecordState};
+use crate::store::{BuildRecord, KeptLog, LogMeta, RecordState, Store};
 
 pub async fn run(args: LogsArgs) -> anyhow::Result<u8> {
     match logs(args).await {
@@ -77,9 +77,15 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
             )
         })?;
 
+    // The attempts whose logs a worker kept when it deleted their pods.
+    let kept = match &redis {
+        Some(r) => r.kept_logs(&args.id).await.unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
     // An image name the build does not have is a typo, not "no pods yet".
     if let Some(image) = &args.image {
-        let known = known_images(&listed, record.as_ref());
+        let mut known = known_images(&listed, record.as_ref());
+        known.extend(kept.keys().map(|(i, _)| i.clone()));
         if !known.is_empty() && !known.contains(image) {
             errln!(
                 "kiln: build {} has no image {image:?}; its images: {}",
@@ -93,10 +99,14 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     let mut listed: Vec<PodView> = listed.into_iter().filter(|v| wanted(v)).collect();
     listed.sort_by(|a, b| (&a.image, a.attempt).cmp(&(&b.image, b.attempt)));
 
+    let kept: BTreeMap<(String, u32), LogMeta> = kept
+        .into_iter()
+        .filter(|((i, _), _)| args.image.as_ref().is_none_or(|want| want == i))
+        .collect();
     let running = record
         .as_ref()
         .is_some_and(|r| r.state != RecordState::Finished);
-    if listed.is_empty() && !(args.follow && running) {
+    if listed.is_empty() && kept.is_empty() && !(args.follow && running) {
         errln!("kiln: {}", gone_message(&args, &namespace, record.as_ref()));
         return Ok(exit::ERROR);
     }
@@ -105,10 +115,12 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
         namespace,
         colour: crate::terminal::colour_allowed(std::io::stdout().is_terminal()),
     };
-    if args.follow {
+    // Following needs a build still running or pods to read; a finished
+    // build whose pods are gone is shown from its kept logs.
+    if args.follow && (running || !listed.is_empty()) {
         follow(&ctx, &args, redis.as_ref(), &listed).await
     } else {
-        show(&ctx, &args, &listed).await
+        show(&ctx, &args, &listed, redis.as_ref(), &kept).await
     }
 }
 
@@ -155,21 +167,48 @@ async fn connect_kube(timeout: Duration) -> anyhow::Result<Pods> {
     ))
 }
 
-/// Without `--follow`: the chosen attempts, one after the other.
-async fn show(ctx: &Ctx, args: &LogsArgs, listed: &[PodView]) -> anyhow::Result<u8> {
-    let mut chosen: Vec<&PodView> = Vec::new();
-    let images: BTreeSet<&str> = listed.iter().map(|v| v.image.as_str()).collect();
+/// Where one attempt's log is read from.
+enum Source<'a> {
+    Pod(&'a PodView),
+    Kept,
+}
+
+/// Without `--follow` (or with it, once the pods are gone): the chosen
+/// attempts, one after the other, each from its pod while it exists, else
+/// from the log a worker kept when it deleted the pod.
+async fn show(
+    ctx: &Ctx,
+    args: &LogsArgs,
+    listed: &[PodView],
+    redis: Option<&Store>,
+    kept: &BTreeMap<(String, u32), LogMeta>,
+) -> anyhow::Result<u8> {
+    // Every attempt either source knows, by image then attempt; a pod that
+    // still exists is the fresher source.
+    let mut attempts: BTreeMap<(&str, u32), Source> = kept
+        .keys()
+        .map(|(i, a)| ((i.as_str(), *a), Source::Kept))
+        .collect();
+    for v in listed {
+        attempts.insert((v.image.as_str(), v.attempt), Source::Pod(v));
+    }
+    let images: BTreeSet<&str> = attempts.keys().map(|(i, _)| *i).collect();
+    let mut chosen: Vec<(&str, u32, &Source)> = Vec::new();
     for image in &images {
-        let of: Vec<&PodView> = listed.iter().filter(|v| v.image == *image).collect();
+        let of: Vec<(&str, u32, &Source)> = attempts
+            .iter()
+            .filter(|((i, _), _)| i == image)
+            .map(|((i, a), s)| (*i, *a, s))
+            .collect();
         match args.attempt {
-            Some(n) => chosen.extend(of.iter().filter(|v| v.attempt == n)),
+            Some(n) => chosen.extend(of.iter().filter(|(_, a, _)| *a == n)),
             None if args.all_attempts => chosen.extend(&of),
             None => chosen.extend(of.last()),
         }
     }
     if chosen.is_empty() {
         errln!(
-            "kiln: build {} has no pod of attempt {} in namespace {} (pods are deleted once the next attempt exists)",
+            "kiln: build {} has no pod and no kept log of attempt {} in namespace {} (pods are deleted once the next attempt exists; their logs are kept for KILN_LOG_RETENTION)",
             args.id,
             args.attempt.unwrap_or_default(),
             ctx.namespace
@@ -177,10 +216,20 @@ async fn show(ctx: &Ctx, args: &LogsArgs, listed: &[PodView]) -> anyhow::Result<
         return Ok(exit::ERROR);
     }
     let mut printer = Printer::new(images.len() > 1, ctx.colour);
-    for v in chosen {
+    let mut code = exit::OK;
+    for (image, attempt, source) in chosen {
         let from = LineSource {
-            image: v.image.clone(),
-            attempt: v.attempt,
+            image: image.to_owned(),
+            attempt,
+        };
+        let v = match source {
+            Source::Pod(v) => v,
+            Source::Kept => {
+                if !print_kept(&mut printer, &from, &args.id, redis).await? {
+                    code = exit::ERROR;
+                }
+                continue;
+            }
         };
         if v.phase == Some(PodPhase::Pending) {
             printer.handle(&from, Msg::Note(pending_note(v)))?;
@@ -200,5 +249,68 @@ async fn show(ctx: &Ctx, args: &LogsArgs, listed: &[PodView]) -> anyhow::Result<
             }
         }
     }
-    Ok(exit::OK)
+    Ok(code)
+}
+
+/// Prints the kept log of one attempt, or why it cannot: false when it
+/// expired or Redis no longer answers.
+async fn print_kept(
+    printer: &mut Printer,
+    from: &LineSource,
+    id: &str,
+    redis: Option<&Store>,
+) -> anyhow::Result<bool> {
+    let Some(redis) = redis else {
+        return Ok(false);
+    };
+    match redis.kept_log(id, &from.image, from.attempt).await {
+        Ok(KeptLog::Kept { meta, text }) => {
+            if meta.cut > 0 {
+                printer.handle(
+                    from,
+                    Msg::Note(format!(
+                        "kept log, {} of its {} bytes left out (see the line that says where)",
+                        meta.cut, meta.bytes
+                    )),
+                )?;
+            }
+            for line in text.split_inclusive('\n') {
+                printer.line(from, line.as_bytes())?;
+            }
+            Ok(true)
+        }
+        Ok(KeptLog::Expired(meta)) => {
+            errln!(
+                "kiln: {}",
+                expired_message(id, &from.image, from.attempt, &meta)
+            );
+            Ok(false)
+        }
+        Ok(KeptLog::Unknown) => {
+            errln!(
+                "kiln: the log of {id}/{} attempt {} was not kept",
+                from.image,
+                from.attempt
+            );
+            Ok(false)
+        }
+        Err(e) => {
+            errln!(
+                "kiln: cannot read the kept log of {id}/{} attempt {}: {}",
+                from.image,
+                from.attempt,
+                super::fold(&e.to_string())
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// The one line for a kept log past its retention.
+pub fn expired_message(id: &str, image: &str, attempt: u32, meta: &LogMeta) -> String {
+    format!(
+        "the log of {id}/{image} attempt {attempt} expired at {} (kept for {})",
+        meta.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        humantime::format_duration(Duration::from_secs(meta.retention_seconds))
+    )
 }
