@@ -10,10 +10,12 @@ cluster.
       - deploy/prometheus/prometheusrule.yaml is exactly what rules.yaml
         generates (one source: promtool tests the plain file, the operator
         loads the PrometheusRule, and they cannot drift apart);
-      - every PrometheusRule and PodMonitor in FILEs validates against its CRD
-        schema (.ci/schemas/, from the Prometheus Operator), strictly: a field
-        the schema does not know fails, as `kubectl apply` with server-side
-        field validation would;
+      - every PrometheusRule and PodMonitor in FILEs validates against the
+        Prometheus Operator's schema for it, as the npm package
+        @kubernetes-models/prometheus-operator compiles it (.ci/validate_crds.mjs,
+        one Node process for the whole run), strictly: a field the schema does
+        not know fails, as `kubectl apply` with server-side field validation
+        would;
       - every ConfigMap labelled grafana_dashboard holds deploy/grafana/kiln.json
         unchanged;
       - with --labels: FILEs hold at least one PrometheusRule, PodMonitor and
@@ -34,13 +36,15 @@ cluster.
       Breaks the inputs in each way the check guards against and fails unless
       every break is caught.
 
-Needs PyYAML and jsonschema (both in the venv of .ci/validate-manifests;
---write needs neither).
+Needs PyYAML (in the venv of .ci/validate-manifests), Node and the npm
+package above in target/ci-node/ (.ci/validate-manifests installs it);
+--write needs none of them.
 """
 
 import copy
 import json
 import pathlib
+import subprocess
 import sys
 
 import selftest
@@ -49,10 +53,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy/prometheus/rules.yaml"
 PROMETHEUS_RULE = ROOT / "deploy/prometheus/prometheusrule.yaml"
 DASHBOARD = ROOT / "deploy/grafana/kiln.json"
-SCHEMAS = {
-    "PrometheusRule": ROOT / ".ci/schemas/prometheusrule-v1.yaml",
-    "PodMonitor": ROOT / ".ci/schemas/podmonitor-v1.yaml",
-}
+# The kinds .ci/validate_crds.mjs validates.
+CRD_KINDS = ("PrometheusRule", "PodMonitor")
+VALIDATE_CRDS = ROOT / ".ci/validate_crds.mjs"
 DASHBOARD_LABEL = "grafana_dashboard"
 
 HEADER = """\
@@ -100,39 +103,27 @@ def drift_problems(rules_text, committed_text):
     return problems
 
 
-def strict(schema):
-    """The schema with additionalProperties: false on every object that lists
-    its properties and does not ask to keep unknown fields: the API server
-    prunes (or, with field validation, rejects) unknown fields, so a typo
-    such as `annotation:` would otherwise pass here and vanish there."""
-    schema = copy.deepcopy(schema)
+class CrdValidator:
+    """The Prometheus Operator objects' schema validation, done by
+    .ci/validate_crds.mjs in one Node process that lives as long as this
+    one: one JSON line per object there, one line of errors back."""
 
-    def walk(node):
-        if isinstance(node, dict):
-            if (
-                "properties" in node
-                and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")
-            ):
-                node["additionalProperties"] = False
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
+    def __init__(self):
+        self.node = subprocess.Popen(
+            ["node", str(VALIDATE_CRDS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
-    walk(schema)
-    return schema
-
-
-def load_validators():
-    import jsonschema
-    import yaml
-
-    return {
-        kind: jsonschema.Draft4Validator(strict(yaml.safe_load(path.read_text())))
-        for kind, path in SCHEMAS.items()
-    }
+    def errors(self, doc):
+        """[(path, message)] for `doc`; empty when it is valid."""
+        # default=str: YAML may hold timestamps, which JSON has no type for.
+        self.node.stdin.write(json.dumps(doc, default=str) + "\n")
+        self.node.stdin.flush()
+        line = self.node.stdout.readline()
+        if not line:
+            raise SystemExit(
+                f"{VALIDATE_CRDS.relative_to(ROOT)} ended (exit code {self.node.wait()}); its message is above"
+            )
+        return [(error["path"], error["message"]) for error in json.loads(line)["errors"]]
 
 
 def is_dashboard(doc):
@@ -153,16 +144,15 @@ def metadata_problems(where, doc):
     return problems
 
 
-def document_problems(where, doc, validators, want_labels):
+def document_problems(where, doc, validator, want_labels):
     kind = doc.get("kind")
     name = (doc.get("metadata") or {}).get("name", "?")
     where = f"{where}: {kind} {name}"
     problems = []
-    if kind in validators:
+    if kind in CRD_KINDS:
         problems += metadata_problems(where, doc)
-        for error in sorted(validators[kind].iter_errors(doc), key=lambda e: list(e.path)):
-            path = ".".join(str(p) for p in error.path) or "(top)"
-            problems.append(f"{where}: {path}: {error.message}")
+        for path, message in sorted(validator.errors(doc)):
+            problems.append(f"{where}: {'.'.join(path) or '(top)'}: {message}")
         labels = (doc.get("metadata") or {}).get("labels") or {}
         for key, value in want_labels.items():
             if labels.get(key) != value:
@@ -225,7 +215,7 @@ def scrape_problems(docs):
     return problems
 
 
-def check(files, want_labels, rules_text, committed_text, validators):
+def check(files, want_labels, rules_text, committed_text, validator):
     """Every problem of the inputs; `files` maps a name to its documents."""
     problems = drift_problems(rules_text, committed_text)
     problems += scrape_problems([d for docs in files.values() for d in docs])
@@ -235,7 +225,7 @@ def check(files, want_labels, rules_text, committed_text, validators):
             kinds.add(doc.get("kind"))
             if is_dashboard(doc):
                 kinds.add("dashboard")
-            problems += document_problems(where, doc, validators, want_labels)
+            problems += document_problems(where, doc, validator, want_labels)
     if want_labels:
         for kind in ("PrometheusRule", "PodMonitor", "dashboard"):
             if kind not in kinds:
@@ -252,7 +242,7 @@ def read(paths):
     }
 
 
-def self_test(files, want_labels, rules_text, committed_text, validators):
+def self_test(files, want_labels, rules_text, committed_text, validator):
     """Each break must produce at least one problem; the unbroken input none."""
 
     def first(kind):
@@ -349,7 +339,7 @@ def self_test(files, want_labels, rules_text, committed_text, validators):
     def run(change):
         args = {**base, **change}
         return lambda: check(
-            args["files"], want_labels, args["rules_text"], args["committed_text"], validators
+            args["files"], want_labels, args["rules_text"], args["committed_text"], validator
         )
 
     return selftest.verdict(
@@ -415,14 +405,14 @@ def main(argv):
         return 2
     files = read(argv)
     rules_text, committed_text = RULES.read_text(), PROMETHEUS_RULE.read_text()
-    validators = load_validators()
+    validator = CrdValidator()
     if testing:
-        return self_test(files, want_labels, rules_text, committed_text, validators)
-    problems = check(files, want_labels, rules_text, committed_text, validators)
+        return self_test(files, want_labels, rules_text, committed_text, validator)
+    problems = check(files, want_labels, rules_text, committed_text, validator)
     for line in problems:
         print(line, file=sys.stderr)
     if not problems:
-        counted = sum(1 for docs in files.values() for d in docs if d.get("kind") in SCHEMAS)
+        counted = sum(1 for docs in files.values() for d in docs if d.get("kind") in CRD_KINDS)
         labels = f", labelled {want_labels}" if want_labels else ""
         print(f"monitoring: {counted} PrometheusRule/PodMonitor objects valid{labels}; prometheusrule.yaml matches rules.yaml")
     return 1 if problems else 0

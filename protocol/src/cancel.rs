@@ -3,8 +3,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::request::{ID_PATTERN, check_header};
-use crate::validate::{ValidationErrors, build_id_problem};
+use crate::limits::API_VERSION;
+use crate::request::ID_PATTERN;
+use crate::validate::{ValidationErrors, build_id_problem, check_header};
 
 /// The `kind` of a cancel request.
 pub const CANCEL_REQUEST_KIND: &str = "CancelRequest";
@@ -37,7 +38,7 @@ pub struct CancelRequest {
 impl CancelRequest {
     pub fn new(id: impl Into<String>, reason: Option<String>) -> Self {
         Self {
-            api_version: crate::API_VERSION.to_owned(),
+            api_version: API_VERSION.to_owned(),
             kind: CANCEL_REQUEST_KIND.to_owned(),
             id: id.into(),
             reason,
@@ -60,7 +61,7 @@ impl CancelRequest {
         {
             errs.push(
                 "reason",
-                format!(
+                format_args!(
                     "is {} characters long; the limit is {MAX_CANCEL_REASON_LEN}",
                     r.chars().count()
                 ),

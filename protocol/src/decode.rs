@@ -14,12 +14,13 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
+use crate::bounded::bounded;
 use crate::cancel::{CANCEL_REQUEST_KIND, CancelRequest};
+use crate::limits::{API_VERSION, MAX_IMAGES, MAX_REASON_BYTES, MAX_REQUEST_BYTES};
 use crate::request::{BUILD_REQUEST_KIND, BuildRequest};
 use crate::validate::{
     ROOT_PATH, ValidationError, ValidationErrors, field, is_identifier, is_valid_build_id, quote,
 };
-use crate::{API_VERSION, MAX_REQUEST_BYTES};
 
 /// Why bytes from the queue are not a request Kiln will act on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -35,7 +36,10 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// The problems as path/reason pairs; never empty. Whole-document
-    /// problems (size, syntax) have the path `$`.
+    /// problems (size, syntax) have the path `$`. At most
+    /// [`MAX_PROBLEMS`](crate::MAX_PROBLEMS), then one
+    /// [`ValidationError::more`] (`$: … and N more problems`) counting the
+    /// rest: what a rejection reports.
     pub fn errors(&self) -> Vec<ValidationError> {
         match self {
             DecodeError::TooLarge { size, limit } => vec![ValidationError::new(
@@ -49,7 +53,7 @@ impl DecodeError {
             DecodeError::Invalid(errs) if errs.is_empty() => {
                 vec![ValidationError::new(ROOT_PATH, "the request is invalid")]
             }
-            DecodeError::Invalid(errs) => errs.0.clone(),
+            DecodeError::Invalid(errs) => errs.to_vec(),
         }
     }
 }
@@ -106,8 +110,10 @@ fn check_build_request_shape(errs: &mut ValidationErrors, v: &serde_json::Value)
     let Some(images) = v.get("images").and_then(serde_json::Value::as_array) else {
         return;
     };
-    for (i, image) in images.iter().enumerate() {
-        let p = crate::validate::index("images", i);
+    // Past the limit the count alone refuses the request; checking each
+    // image would let one message buy as much work as it likes.
+    for (i, image) in images.iter().enumerate().take(MAX_IMAGES) {
+        let p = crate::validate::index("images", i).to_string();
         no_array(errs, &p, Some(image));
         no_array(errs, &field(&p, "resources"), image.get("resources"));
         let cp = field(&p, "context");
@@ -127,8 +133,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], want_kind: &str) -> Result<T, Decod
             limit: MAX_REQUEST_BYTES,
         });
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(not_json)?;
     let Some(object) = value.as_object() else {
         return Err(invalid(
             ROOT_PATH,
@@ -167,14 +172,22 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], want_kind: &str) -> Result<T, Decod
             if inner.classify() == Category::Data {
                 Err(invalid(&path, data_reason(&inner)))
             } else {
-                Err(DecodeError::NotJson(inner.to_string()))
+                Err(not_json(inner))
             }
         }
     }
 }
 
+/// The parser's message, bounded: serde quotes what it could not read.
+#[allow(clippy::needless_pass_by_value)] // a `map_err` target
+fn not_json(e: serde_json::Error) -> DecodeError {
+    DecodeError::NotJson(bounded(&e.to_string(), MAX_REASON_BYTES).into_owned())
+}
+
 fn invalid(path: &str, reason: String) -> DecodeError {
-    DecodeError::Invalid(ValidationErrors(vec![ValidationError::new(path, reason)]))
+    DecodeError::Invalid(ValidationErrors::from(vec![ValidationError::new(
+        path, reason,
+    )]))
 }
 
 fn check_header_value(
@@ -226,9 +239,9 @@ fn render_path(p: &serde_path_to_error::Path) -> String {
     let mut out = String::new();
     for seg in p {
         match seg {
-            Segment::Seq { index } => out = crate::validate::index(&out, *index),
+            Segment::Seq { index } => out = crate::validate::index(&out, *index).to_string(),
             Segment::Map { key } if is_identifier(key) => out = field(&out, key),
-            Segment::Map { key } => out = crate::validate::key(&out, key),
+            Segment::Map { key } => out = crate::validate::key(&out, key).to_string(),
             Segment::Enum { variant } => out = field(&out, variant),
             Segment::Unknown => out = field(&out, "?"),
         }

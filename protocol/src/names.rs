@@ -254,7 +254,7 @@ mod tests {
     }
 
     fn request(json: &str) -> BuildRequest {
-        crate::parse_build_request(json.as_bytes()).unwrap()
+        crate::decode::parse_build_request(json.as_bytes()).unwrap()
     }
 
     /// Pinned: workers of different versions compare fingerprints, so the

@@ -7,7 +7,9 @@ use schemars::transform::{RecursiveTransform, Transform};
 use schemars::{JsonSchema, Schema};
 use serde_json::Value;
 
-use crate::{BuildEvent, BuildRequest, CancelRequest};
+use crate::cancel::CancelRequest;
+use crate::event::BuildEvent;
+use crate::request::BuildRequest;
 
 /// Schema of a `BuildRequest` message.
 pub fn build_request_schema() -> Value {

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::LOG_TAIL_MAX_BYTES;
+use crate::limits::LOG_TAIL_MAX_BYTES;
 
 /// What a masked value is replaced with.
 pub const MASK: &str = "***";

@@ -1,7 +1,9 @@
 //! Property tests: decoding never panics, valid requests round-trip (and
 //! satisfy the committed schema), names are always valid and injective,
 //! request fingerprints ignore how a request is written but not what it
-//! says, and `request.rejected` ids follow the message body.
+//! says, `request.rejected` ids follow the message body, bounded text
+//! never exceeds its bound, a `#` anywhere in a git URL is refused, and
+//! tenant routing keys are confined by the tenant's read permission.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -13,6 +15,7 @@ use kiln_protocol::{
     S3Context, configmap_name, is_dns1123_label, is_label_value, label_value, parse_build_request,
     parse_cancel_request, pod_name, readable_id, request_fingerprint, request_rejected_id,
 };
+use kiln_protocol::{Level, Phase, Tenant, bounded, tenant_read_permission, tenant_routing_key};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -357,6 +360,47 @@ proptest! {
         prop_assert_eq!(id.len(), prefix.len() + REQUEST_HASH_HEX);
         if a != b {
             prop_assert_ne!(id, request_rejected_id(&build, &b));
+        }
+    }
+
+    /// Any text, any bound: the result fits, is a prefix of the text (up to
+    /// the note) and says how many bytes were cut.
+    #[test]
+    fn bounded_text_fits_and_counts_the_cut(text in ".{0,400}", max in 0usize..600) {
+        let b = bounded(&text, max);
+        prop_assert!(b.len() <= max);
+        if text.len() <= max {
+            prop_assert_eq!(b.as_ref(), text.as_str());
+        } else if let Some((head, note)) = b.split_once("… (") {
+            prop_assert!(text.starts_with(head));
+            prop_assert_eq!(note, format!("{} bytes cut)", text.len() - head.len()));
+        } else {
+            prop_assert!(text.starts_with(b.as_ref()));
+        }
+    }
+
+    /// Issue 18, item 7: wherever a '#' goes in an otherwise valid git URL,
+    /// the request is refused, with the problem at `git.url`.
+    #[test]
+    fn hash_anywhere_in_a_git_url_is_refused(req in build_request(), at in any::<prop::sample::Index>()) {
+        let mut req = req;
+        let Some(git) = req.images[0].context.git.as_mut() else { return Ok(()) };
+        let cut = at.index(git.url.len() - "https://".len()) + "https://".len();
+        git.url.insert(cut, '#');
+        let errs = req.validate().unwrap_err();
+        prop_assert!(errs.iter().any(|e| e.path == "images[0].context.git.url"), "{}", errs);
+    }
+
+    /// A tenant's read permission admits every routing key of its own
+    /// events and none of another tenant's.
+    #[test]
+    fn read_permissions_confine_tenants(a in "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", b in "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?") {
+        prop_assume!(a != b);
+        let (ta, tb) = (Tenant::new(a).unwrap(), Tenant::new(b).unwrap());
+        let allow = regex::Regex::new(&tenant_read_permission(&ta)).unwrap();
+        for (level, phase) in [(Level::Build, Phase::Succeeded), (Level::Image, Phase::Running), (Level::Request, Phase::Rejected)] {
+            prop_assert!(allow.is_match(&tenant_routing_key(level, phase, &ta)));
+            prop_assert!(!allow.is_match(&tenant_routing_key(level, phase, &tb)));
         }
     }
 }

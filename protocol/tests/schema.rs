@@ -117,13 +117,24 @@ fn built_events_match_the_committed_schema() {
         ),
     );
 
-    let built =
-        [failed, retrying, done].map(|data| BuildEvent::new("urn:kiln:test", "kiln-0", time, data));
+    // Issue 18, item 3: a message of any size becomes at most 4 KiB.
+    let mut huge = EventData::for_build("b-1", Phase::Rejected);
+    huge.reason = Some(Reason::InvalidRequest);
+    huge.message = Some("labels[\"é€\"]: bad; ".repeat(50_000));
+
+    let built = [failed, retrying, done, huge]
+        .map(|data| BuildEvent::new("urn:kiln:test", "kiln-0", time, data));
     for ev in built.into_iter().chain([rejected]) {
         let ev = ev.with_traceparent(Some(
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         ));
         ev.validate().unwrap();
+        assert!(
+            ev.data
+                .message
+                .as_ref()
+                .is_none_or(|m| m.len() <= kiln_protocol::MAX_TEXT_BYTES)
+        );
         assert_eq!(ev.dataschema.as_deref(), Some(kiln_protocol::DATA_SCHEMA));
         let v = serde_json::to_value(&ev).unwrap();
         let problems: Vec<String> = validator
@@ -131,5 +142,39 @@ fn built_events_match_the_committed_schema() {
             .map(|e| format!("{}: {e}", e.instance_path()))
             .collect();
         assert!(problems.is_empty(), "{}: {problems:?}", ev.id);
+    }
+}
+
+/// Issue 18, item 7: the committed request schema refuses what the validator
+/// refuses about `#` in a git context, so a publisher checking against the
+/// schema learns it before publishing.
+#[test]
+fn the_request_schema_refuses_hash_in_git_fields() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/build-request.schema.json");
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let request = |git: Value| {
+        serde_json::json!({
+            "apiVersion": "kiln/v1", "kind": "BuildRequest", "id": "b-1",
+            "images": [{ "name": "api", "context": { "git": git },
+                         "destinations": ["registry.example.com/a:1"] }]
+        })
+    };
+    let ok = request(
+        serde_json::json!({"url": "https://github.com/a/b.git", "ref": "main", "subPath": "svc"}),
+    );
+    assert!(validator.is_valid(&ok));
+    for git in [
+        serde_json::json!({"url": "https://github.com/a/b.git#evil"}),
+        serde_json::json!({"url": "https://github.com/a/b.git", "ref": "main#x"}),
+        serde_json::json!({"url": "https://github.com/a/b.git", "subPath": "svc#x"}),
+        serde_json::json!({"url": r"https://github.com\@evil.example/a/b.git"}),
+    ] {
+        let req = request(git.clone());
+        assert!(!validator.is_valid(&req), "{git}");
+        assert!(
+            kiln_protocol::parse_build_request(&serde_json::to_vec(&req).unwrap()).is_err(),
+            "{git}"
+        );
     }
 }

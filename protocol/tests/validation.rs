@@ -2,8 +2,8 @@
 #![allow(clippy::unwrap_used)]
 
 use kiln_protocol::{
-    BuildRequest, ContextKind, DecodeError, MAX_REQUEST_BYTES, ValidationError,
-    parse_build_request, parse_cancel_request, readable_id,
+    BuildRequest, ContextKind, DecodeError, MAX_PROBLEMS, MAX_REQUEST_BYTES, MAX_TEXT_BYTES,
+    ValidationError, parse_build_request, parse_cancel_request, readable_id,
 };
 use serde_json::{Value, json};
 
@@ -304,6 +304,19 @@ fn git_context() {
     one(
         git(json!({"url": "https://github.com/a/b", "subPath": "svc#2"})),
         r#"images[0].context.git.subPath: "svc#2" contains '#', which the executor reads as a ref delimiter; rename the path"#,
+    );
+    // Issue 18, item 7: a '#' in the URL shifts the executor's fields, so
+    // `repo#evil` would be cloned at ref `evil` and the pinned commit
+    // (shown in the plan and the events) would be read as a ref, or ignored.
+    one(
+        git(
+            json!({"url": "https://github.com/a/b#refs/heads/evil", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8"}),
+        ),
+        r#"images[0].context.git.url: "https://github.com/a/b#refs/heads/evil" contains '#', which the executor reads as the start of the ref and commit fields; remove it and give the branch in ref and the commit in commit"#,
+    );
+    one(
+        git(json!({"url": "https://github.com/a/b#"})),
+        r#"images[0].context.git.url: "https://github.com/a/b#" contains '#', which the executor reads as the start of the ref and commit fields; remove it and give the branch in ref and the commit in commit"#,
     );
     one(
         git(json!({"url": "https://github.com/a/b", "subPath": "/abs"})),
@@ -606,4 +619,61 @@ fn reasons_quoting_urls_are_masked() {
         got,
         r#"images[0].context.url: "https://b.s3.amazonaws.com/ctx.zip?***" does not name a .tar.gz or .tgz archive; Kaniko needs a gzipped tarball"#,
     );
+}
+
+/// Issue 18, item 3: a request just under the size limit made of ~80,000
+/// invalid label keys was answered with every problem (a 28.5 MB
+/// `build.rejected`). Now the rejection lists the first `MAX_PROBLEMS` and
+/// counts the rest, and renders to at most 64 KiB.
+#[test]
+fn a_megabyte_of_bad_labels_gets_a_bounded_rejection() {
+    let mut v = base();
+    // `"-000001":"",` is 13 bytes: a valid JSON key, an invalid label key
+    // (leading '-').
+    let room = MAX_REQUEST_BYTES - serde_json::to_vec(&v).unwrap().len() - 64;
+    let n = room / 13;
+    v["labels"] = (0..n).map(|i| (format!("-{i:06}"), json!(""))).collect();
+    let bytes = serde_json::to_vec(&v).unwrap();
+    assert!(bytes.len() <= MAX_REQUEST_BYTES, "{}", bytes.len());
+    assert!(n >= 80_000, "only {n} labels");
+
+    let started = std::time::Instant::now();
+    let Err(DecodeError::Invalid(errs)) = parse_build_request(&bytes) else {
+        panic!("a request of bad labels was not refused as invalid")
+    };
+    let took = started.elapsed();
+    // Every bad key is counted, one "too many labels" besides.
+    assert_eq!(errs.len(), n + 1);
+    assert_eq!(errs.iter().count(), MAX_PROBLEMS);
+    let listed = DecodeError::Invalid(errs.clone()).errors();
+    assert_eq!(listed.len(), MAX_PROBLEMS + 1);
+    assert_eq!(
+        listed[MAX_PROBLEMS].to_string(),
+        format!("$: … and {} more problems", n + 1 - MAX_PROBLEMS)
+    );
+    let rendered = errs.to_string();
+    assert!(rendered.len() <= 64 * 1024, "{} bytes", rendered.len());
+    assert!(rendered.starts_with("labels: has "), "{rendered}");
+    // As the worker writes it into `build.rejected`: bounded again.
+    let message = listed
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert!(kiln_protocol::bounded(&message, MAX_TEXT_BYTES).len() <= MAX_TEXT_BYTES);
+    // Generous: a debug build on a shared machine takes ~0.1 s; building and
+    // masking 80,000 reasons took seconds.
+    assert!(took.as_secs() < 5, "validation took {took:?}");
+}
+
+/// The cap applies to what validation lists, whatever the mix of problems.
+#[test]
+fn rejections_list_at_most_max_problems() {
+    let got = problems(|v| {
+        let bad: serde_json::Map<String, Value> =
+            (0..60).map(|i| (format!("t{i}"), json!("-bad"))).collect();
+        v["labels"] = Value::Object(bad);
+    });
+    assert_eq!(got.len(), MAX_PROBLEMS + 1);
+    assert_eq!(got[MAX_PROBLEMS], "$: … and 10 more problems");
 }

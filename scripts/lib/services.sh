@@ -153,12 +153,11 @@ ensure_iproute() { kiln_need ip iproute2; }
 # `prepare` that installs what it needs (idempotent). CI calls this before it
 # enters the network namespace.
 ensure_client_deps() {
-  local prepare
-  for prepare in examples/clients/*/prepare; do
-    [ -x "$prepare" ] || continue
-    kiln_log "client dependencies: $prepare"
-    "$prepare"
-  done
+  kiln_need python3 python3
+  kiln_need node nodejs
+  kiln_need npm npm
+  kiln_log "client dependencies: examples/clients/install.sh"
+  examples/clients/install.sh
 }
 
 # The Debian packages of the two servers, installed (when root) but not

@@ -5,6 +5,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod fakekube;
 pub mod harness;
+pub mod process;
 
 /// `host:port` of a server URL such as `KILN_REDIS_URL` or `KILN_AMQP_URL`
 /// (`default_port` when it names none): for the tests that must reach the

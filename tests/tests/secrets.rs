@@ -24,6 +24,7 @@ use kiln_protocol::BuildEvent;
 use kiln_tests::binary::kiln_bin;
 use kiln_tests::fakekube::Fate;
 use kiln_tests::harness::{Env, amqp_url, is_build_terminal, one_image, redis_url, unique};
+use kiln_tests::process::WorkerProcess;
 use serde_json::json;
 
 /// A value no masker pattern knows: found only if it leaked.
@@ -82,53 +83,14 @@ async fn kiln_output(envs: &[(&str, &str)], args: &[&str], limit: Duration) -> S
     )
 }
 
-/// A `kiln worker` process whose output goes to `log`.
-struct WorkerProcess {
-    child: tokio::process::Child,
-}
-
-impl WorkerProcess {
-    fn start(envs: &[(&str, String)], log: &Path) -> Self {
-        let file = std::fs::File::create(log).unwrap();
-        let child = tokio::process::Command::new(kiln_bin())
-            .arg("worker")
-            .env_remove("KILN_METRICS_ADDR")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "info,kiln_worker=debug,kiln=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kiln worker starts (cargo build -p kiln-worker --bin kiln)");
-        Self { child }
-    }
-
-    /// SIGTERM (the graceful path, whose logs count too), then waits.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
-
-    /// Waits for the process to end by itself, else kills it.
-    async fn wait_or_kill(mut self, limit: Duration) {
-        if tokio::time::timeout(limit, self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
+/// A `kiln worker` whose whole output goes to `log`, at `debug` for Kiln's
+/// own modules (more paths print, more chances to leak).
+fn start_worker(envs: &[(&str, String)], log: &Path) -> WorkerProcess {
+    let envs = envs
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain([("RUST_LOG", "info,kiln_worker=debug,kiln=debug")]);
+    WorkerProcess::spawn(&kiln_bin(), envs, log).unwrap()
 }
 
 /// The log of a failing `RUN` step as the executor prints it (logrus lines,
@@ -166,7 +128,7 @@ async fn planted_secrets_appear_nowhere() {
         .set_script(move |_| Fate::fail(1, log.clone()));
 
     let worker_log = dir.join("worker.log");
-    let worker = WorkerProcess::start(
+    let mut worker = start_worker(
         &[
             ("KUBECONFIG", kubeconfig.display().to_string()),
             ("KILN_AMQP_URL", amqp_url()),
@@ -262,7 +224,8 @@ async fn planted_secrets_appear_nowhere() {
         cli.push_str(&kiln_output(&client_env, &["submit", f], Duration::from_secs(30)).await);
     }
 
-    worker.stop().await;
+    // SIGTERM: the graceful path, whose logs count too.
+    worker.stop(Duration::from_secs(20)).await;
     let worker_text = std::fs::read_to_string(&worker_log).unwrap();
     assert!(
         worker_text.contains(&rejected_git),
@@ -341,7 +304,7 @@ async fn connection_passwords_appear_nowhere() {
     .enumerate()
     {
         let log = dir.join(format!("worker-{i}.log"));
-        let w = WorkerProcess::start(
+        let mut w = start_worker(
             &[
                 ("KUBECONFIG", kubeconfig.display().to_string()),
                 ("KILN_AMQP_URL", amqp),

@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use futures::stream::FuturesUnordered;
 use kiln_tests::chaos::run::{delete_prefix, keys_with_prefix};
 use kiln_tests::fakekube::{FakeKube, Timing, Verb};
 use kiln_tests::harness::{NAMESPACE, amqp_url, one_image, redis_url, unique};
+use kiln_tests::process::{Stopped, WorkerProcess};
 use kiln_worker::amqp::{BUILD_KEY, Broker, Names};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -273,9 +273,10 @@ impl CpuProbe {
 
 // ---------------------------------------------------------------- worker process
 
+/// The worker under measurement, with what the bench needs on top of the
+/// harness's process: dying loudly when it exits, and its warnings.
 struct Worker {
-    child: Child,
-    log: PathBuf,
+    process: WorkerProcess,
 }
 
 impl Worker {
@@ -288,78 +289,64 @@ impl Worker {
         extra_env: &[(&str, String)],
     ) -> Self {
         let log = std::env::temp_dir().join(format!("{prefix}-{tag}.log"));
-        let file = std::fs::File::create(&log).expect("create the worker log file");
-        let child = Command::new(&opts.kiln)
-            .arg("worker")
-            .env("KUBECONFIG", kubeconfig)
-            .env("KILN_AMQP_URL", amqp_url())
-            .env("KILN_REDIS_URL", redis_url())
-            .env("KILN_AMQP_PREFIX", prefix)
-            .env("KILN_REDIS_PREFIX", redis_prefix)
-            .env("KILN_NAMESPACE", NAMESPACE)
-            .env("KILN_WORKER_ID", format!("bench-{tag}"))
-            .env("KILN_PREFETCH", opts.prefetch.to_string())
-            .env("RUST_LOG", "warn,lapin::returned_messages=error")
-            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env_remove("KILN_METRICS_ADDR")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                file.try_clone().expect("clone the worker log file"),
+        let envs = [
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("KILN_AMQP_URL", amqp_url()),
+            ("KILN_REDIS_URL", redis_url()),
+            ("KILN_AMQP_PREFIX", prefix.to_owned()),
+            ("KILN_REDIS_PREFIX", redis_prefix.to_owned()),
+            ("KILN_NAMESPACE", NAMESPACE.to_owned()),
+            ("KILN_WORKER_ID", format!("bench-{tag}")),
+            ("KILN_PREFETCH", opts.prefetch.to_string()),
+            ("RUST_LOG", "warn,lapin::returned_messages=error".to_owned()),
+        ];
+        let envs = envs
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(extra_env.iter().map(|(k, v)| (*k, v.as_str())));
+        let process = WorkerProcess::spawn(&opts.kiln, envs, &log).unwrap_or_else(|e| {
+            die(&format!(
+                "{e:#} (in release: `cargo build --release -p kiln-worker --bin kiln`)"
             ))
-            .spawn()
-            .unwrap_or_else(|e| {
-                die(&format!(
-                    "cannot start {} (build it with `cargo build --release -p kiln-worker --bin kiln`): {e}",
-                    opts.kiln.display()
-                ))
-            });
-        Self { child, log }
+        });
+        Self { process }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+        if let Some(status) = self.process.exit_status() {
             die(&format!(
                 "the worker exited ({status}); its log:\n{}",
-                tail.join("\n")
+                self.process.log_tail(20)
             ));
         }
     }
 
-    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns how it ended.
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Says how it ended; the log
+    /// is kept when it had to be killed.
     async fn stop(mut self, grace: Duration) -> String {
-        let pid = self.pid().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let _ = std::fs::remove_file(&self.log);
-                return format!("stopped by SIGTERM in {:.2?} ({status})", start.elapsed());
-            }
-            if start.elapsed() > grace {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return format!(
-                    "did not stop within {grace:?} of SIGTERM; killed (log kept at {})",
-                    self.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let how = self.process.stop(grace).await;
+        if let Stopped::Killed(_) = how {
+            format!("{how} (log kept at {})", self.process.log_path().display())
+        } else {
+            let _ = std::fs::remove_file(self.process.log_path());
+            how.to_string()
         }
+    }
+
+    /// SIGKILL, as a crash; the log goes.
+    fn kill(mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_file(self.process.log_path());
     }
 
     /// Warnings and errors the worker logged.
     fn log_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        self.process
+            .log_text()
             .lines()
             .filter(|l| !l.contains("no policy file"))
             .map(str::to_owned)
@@ -436,6 +423,11 @@ fn header(props: &BasicProperties, name: &str) -> Option<String> {
 /// Binds an exclusive queue to `exchange` with `keys` and counts what arrives
 /// (no-ack consumer: the subscriber must never be what slows the run down).
 /// Records the arrival time of the first `stamp_key` event of each build.
+///
+/// Each key is bound as `<key>.#` and counted by its first two words, so
+/// `build.succeeded` matches the event both as `build.succeeded` and with the
+/// tenant word the routing keys carry since the tenant split
+/// (`build.succeeded.<tenant>`).
 async fn subscribe(
     conn: &Connection,
     exchange: &str,
@@ -459,7 +451,7 @@ async fn subscribe(
         ch.queue_bind(
             q.name().clone(),
             exchange.into(),
-            (*k).into(),
+            format!("{k}.#").into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -484,7 +476,7 @@ async fn subscribe(
     tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
             let now = Instant::now();
-            let key = d.routing_key.as_str();
+            let key = phase_key(d.routing_key.as_str());
             if stamp_key.as_deref() == Some(key)
                 && let Some(id) = header(&d.properties, "kiln-build-id")
             {
@@ -504,6 +496,14 @@ async fn subscribe(
         }
     });
     (seen, ch)
+}
+
+/// `build.succeeded` of `build.succeeded` and of `build.succeeded.<tenant>`.
+fn phase_key(routing_key: &str) -> &str {
+    match routing_key.match_indices('.').nth(1) {
+        Some((i, _)) => &routing_key[..i],
+        None => routing_key,
+    }
 }
 
 fn request_props() -> BasicProperties {
@@ -1143,14 +1143,16 @@ async fn run_ceiling(opts: &Opts, kiln_rate: Option<f64>, report: &mut String) {
                         "kiln-phase".into(),
                         AMQPValue::LongString(key.to_owned().into()),
                     );
+                    // Not mandatory: only `build.*` is bound, and every
+                    // returned image event would make lapin log a warning
+                    // with its body, byte by byte (issue 22). The broker
+                    // drops an unroutable message either way; only the
+                    // return to the publisher is saved.
                     let c = pch
                         .basic_publish(
                             events.as_str().into(),
                             key.into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                ..BasicPublishOptions::default()
-                            },
+                            BasicPublishOptions::default(),
                             &body,
                             BasicProperties::default()
                                 .with_content_type("application/cloudevents+json".into())
@@ -1282,12 +1284,10 @@ async fn run_takeover(opts: &Opts, report: &mut String) {
         if all { "" } else { "  (INCOMPLETE)" }
     );
     // The kill, and B at once.
-    let mut worker_a = w.worker.take().expect("worker A");
+    let worker_a = w.worker.take().expect("worker A");
     let calls0 = w.api_calls();
-    let _ = worker_a.child.kill();
     let killed = Instant::now();
-    let _ = worker_a.child.wait();
-    let _ = std::fs::remove_file(&worker_a.log);
+    worker_a.kill();
     let worker_b = Worker::spawn(
         opts,
         &w.kubeconfig,

@@ -7,8 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use super::faults::{Forge, Params, PlannedFault, Schedule, Tenant, fresh_seed, s
 use super::history::{EndState, FaultKind, History, LeftPod, PodOp, Recorder};
 use crate::fakekube::{FakeKube, Fate, FaultResponse, FaultRule, Timing};
 use crate::harness::{amqp_url, redis_url, unique};
+use crate::process::{Signal, WorkerProcess};
 
 /// The two tenants: RabbitMQ users created (idempotently) by the run, shared
 /// by every run on the machine, and named so no other test's users clash.
@@ -269,40 +269,20 @@ struct Spawner {
 }
 
 struct Proc {
-    child: Child,
+    process: WorkerProcess,
     id: String,
-    log: PathBuf,
 }
 
 impl Spawner {
     fn spawn(&self, slot: usize, generation: usize) -> anyhow::Result<Proc> {
         let id = format!("chaos-w{slot}-{generation}");
+        // One log per slot: a restarted worker appends to its predecessor's.
         let log = self.dir.join(format!("worker-{slot}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = Command::new(&self.kiln)
-            .arg("worker")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("KILN_WORKER_ID", &id)
-            .env(
-                "KILN_LEASE_TTL",
-                format!("{}ms", self.lease_ttl.as_millis()),
-            )
-            .env_remove("KILN_METRICS_ADDR")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (build it with `cargo build -p kiln-worker --bin kiln`)",
-                    self.kiln.display()
-                )
-            })?;
-        Ok(Proc { child, id, log })
+        let ttl = format!("{}ms", self.lease_ttl.as_millis());
+        let envs = (self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .chain([("KILN_WORKER_ID", id.as_str()), ("KILN_LEASE_TTL", &ttl)]);
+        let process = WorkerProcess::spawn(&self.kiln, envs, &log)?;
+        Ok(Proc { process, id })
     }
 }
 
@@ -319,26 +299,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn signal(pid: u32, sig: &str) -> bool {
-    Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Restarts workers that ended by themselves, and notes it.
 fn reap(slots: &Shared<Slots>, spawner: &Spawner) {
     let mut s = lock(slots);
     for slot in 0..s.procs.len() {
         let exited = match s.procs[slot].as_mut() {
-            Some(p) => p.child.try_wait().ok().flatten(),
+            Some(p) => p.process.exit_status(),
             None => None,
         };
         if let Some(status) = exited {
@@ -347,7 +313,7 @@ fn reap(slots: &Shared<Slots>, spawner: &Spawner) {
                 let note = format!(
                     "{} exited by itself ({status}); log tail:\n{}",
                     p.id,
-                    log_tail(&p.log, 8)
+                    p.process.log_tail(8)
                 );
                 s.crashes.push(note);
             }
@@ -430,12 +396,25 @@ impl World {
         Ok(())
     }
 
-    fn worker_pid_and_id(&self, slot: usize) -> Option<(u32, String)> {
+    fn worker_id(&self, slot: usize) -> Option<String> {
         lock(&self.slots)
             .procs
             .get(slot)?
             .as_ref()
-            .map(|p| (p.child.id(), p.id.clone()))
+            .map(|p| p.id.clone())
+    }
+
+    /// Sends `signal` to the worker in `slot` if it is still the one named
+    /// `id` (a kill may have replaced it meanwhile). Says how it went.
+    fn signal(&self, slot: usize, id: &str, signal: Signal) -> String {
+        let s = lock(&self.slots);
+        match s.procs.get(slot).and_then(Option::as_ref) {
+            Some(p) if p.id == id => match p.process.signal(signal) {
+                Ok(()) => "sent".to_owned(),
+                Err(e) => format!("failed: {e:#}"),
+            },
+            _ => "not sent (the worker was replaced)".to_owned(),
+        }
     }
 }
 
@@ -531,8 +510,7 @@ async fn timed_fault(w: Arc<World>, f: PlannedFault) {
                     .fault(FaultKind::Kill, &slot, start, "no worker (already killed)");
                 return;
             };
-            let killed = killed_proc.child.kill().is_ok();
-            let _ = killed_proc.child.wait();
+            let killed = killed_proc.process.kill();
             let (target, note) = (
                 killed_proc.id,
                 format!("SIGKILL {}", if killed { "sent" } else { "failed" }),
@@ -562,12 +540,12 @@ async fn timed_fault(w: Arc<World>, f: PlannedFault) {
             );
         }
         FaultKind::Stop => {
-            let Some((pid, id)) = w.worker_pid_and_id(f.worker) else {
+            let Some(id) = w.worker_id(f.worker) else {
                 return;
             };
-            let stopped = signal(pid, "-STOP");
+            let stopped = w.signal(f.worker, &id, Signal::SIGSTOP);
             tokio::time::sleep(duration).await;
-            let cont = signal(pid, "-CONT");
+            let cont = w.signal(f.worker, &id, Signal::SIGCONT);
             w.rec.fault(
                 FaultKind::Stop,
                 &id,
@@ -576,7 +554,7 @@ async fn timed_fault(w: Arc<World>, f: PlannedFault) {
             );
         }
         FaultKind::Amqp => {
-            let Some((_, id)) = w.worker_pid_and_id(f.worker) else {
+            let Some(id) = w.worker_id(f.worker) else {
                 return;
             };
             let n = close_connections_named(&format!("kiln worker {id}")).await;
@@ -1035,26 +1013,16 @@ async fn end_state(w: &World) -> anyhow::Result<EndState> {
     })
 }
 
-/// SIGCONT (a stopped worker cannot exit), SIGTERM, then SIGKILL after 5 s.
-/// Returns the crashes noted during the run.
+/// SIGCONT (a stopped worker cannot exit), SIGTERM, then SIGKILL after 5 s,
+/// all workers at once. Returns the crashes noted during the run.
 async fn stop_workers(w: &World) -> Vec<String> {
-    let mut procs: Vec<Proc> = {
+    let procs: Vec<Proc> = {
         let mut s = lock(&w.slots);
         s.procs.iter_mut().filter_map(Option::take).collect()
     };
-    for p in &procs {
-        signal(p.child.id(), "-CONT");
-        signal(p.child.id(), "-TERM");
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for p in &mut procs {
-        while p.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if p.child.try_wait().ok().flatten().is_none() {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
+    futures::future::join_all(procs.into_iter().map(|mut p| async move {
+        p.process.stop(Duration::from_secs(5)).await;
+    }))
+    .await;
     std::mem::take(&mut lock(&w.slots).crashes)
 }

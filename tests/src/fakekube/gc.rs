@@ -1,7 +1,8 @@
 //! The garbage collector (kube-controller-manager's `garbagecollector`),
 //! reduced to what owner references between namespaced objects need: when an
 //! owner is removed, each dependent that has no other live owner is deleted
-//! (Background propagation), or loses the reference (Orphan). A dependent
+//! (Background propagation, the only one served), or else loses the
+//! reference to the removed owner. A dependent
 //! created with an owner reference to a uid that does not exist is deleted
 //! too, as the real collector does for dangling references.
 
@@ -45,7 +46,7 @@ fn collect(store: &Store, work: &GcWork) {
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        if work.orphan || live_owner {
+        if live_owner {
             let remaining: Vec<Value> = refs
                 .into_iter()
                 .filter(|r| r.get("uid").and_then(Value::as_str) != Some(&work.owner_uid))

@@ -565,7 +565,6 @@ impl PodRun {
                 uid: Some(self.uid.clone()),
                 resource_version: None,
             },
-            ..DeleteOptions::default()
         };
         let _ = self
             .shared
@@ -973,7 +972,6 @@ impl PodRun {
                     uid: Some(self.uid.clone()),
                     resource_version: None,
                 },
-                ..DeleteOptions::default()
             },
         );
         if self.wait_gone_for(timing.terminating).await {

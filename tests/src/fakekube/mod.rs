@@ -1,12 +1,13 @@
 //! A fake Kubernetes API server for integration tests and benchmarks.
 //!
-//! It serves the core/v1 `pods` and `configmaps` API over real HTTP/1.1 (the
+//! It serves what Kiln calls of the core/v1 API, over real HTTP/1.1 (the
 //! paths, query parameters, status codes and `Status` bodies of the real API
 //! server, so an unmodified `kube::Client` and `kube::runtime::watcher` work
-//! against it), with:
+//! against it): create, get and delete of pods, create of ConfigMaps, pod
+//! logs, and lists and watches selected by `key=value` labels. With:
 //!
-//! * an in-memory store with a global resourceVersion, bounded watch history,
-//!   list pagination and selectors ([`store`], [`selector`], [`pagination`]);
+//! * an in-memory store with a global resourceVersion, bounded watch history
+//!   and list pagination ([`store`], [`pagination`]);
 //! * watch streams with bookmarks, timeouts and 410 Expired ([`watch`]);
 //! * real pod deletion semantics (graceful deletion, preconditions) and owner
 //!   reference garbage collection ([`gc`]);
@@ -14,6 +15,11 @@
 //! * a pods ResourceQuota per namespace, refusing creates over it with the
 //!   quota admission's 403 ([`FakeKube::set_pod_quota`]);
 //! * fault injection ([`Faults`]) and a log of every call ([`CallRecord`]).
+//!
+//! What Kiln never sends is refused rather than imitated, so a Kiln change
+//! that starts sending it fails its tests with a message saying so: PUT and
+//! PATCH (405), the `status` subresource (404), field selectors and
+//! set-based label selectors (400, [`selector`]), dry-run (400).
 //!
 //! ```ignore
 //! let kube = FakeKube::start().await;
@@ -25,9 +31,8 @@
 //! let pods: Api<Pod> = Api::default_namespaced(kube.client());
 //! ```
 //!
-//! Deliberate simplifications are documented where they live: strategic merge
-//! patch ([`patch`]), server-side apply ([`patch`]), Foreground propagation
-//! ([`store::Propagation`]), dry-run (rejected), namespaces (created on use).
+//! Deliberate simplifications are documented where they live: Foreground
+//! propagation ([`store::Propagation`]), namespaces (created on use).
 
 mod calls;
 mod defaults;
@@ -37,7 +42,6 @@ mod gc;
 mod kubelet;
 mod logs;
 mod pagination;
-mod patch;
 mod quota;
 mod resource;
 mod selector;

@@ -73,11 +73,10 @@ pub enum Verb {
     Get,
     List,
     Watch,
-    Update,
-    Patch,
     Delete,
     Logs,
-    /// Discovery, `/version`, unknown paths.
+    /// Discovery, `/version`, unknown paths, and the methods the fake
+    /// does not serve (PUT, PATCH).
     Other,
 }
 
@@ -88,8 +87,6 @@ impl fmt::Display for Verb {
             Self::Get => "get",
             Self::List => "list",
             Self::Watch => "watch",
-            Self::Update => "update",
-            Self::Patch => "patch",
             Self::Delete => "delete",
             Self::Logs => "logs",
             Self::Other => "other",

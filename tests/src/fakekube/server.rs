@@ -20,13 +20,10 @@ use super::faults::{Call, Faults};
 use super::kubelet::Kubelet;
 use super::logs::{self, LogQuery};
 use super::pagination::Continue;
-use super::patch::{self, PatchKind};
 use super::resource::{Resource, Verb};
 use super::selector::Selectors;
 use super::status::{self, ApiError, FieldError};
-use super::store::{
-    DeleteOptions, Deleted, ListVersion, Preconditions, Propagation, Store, Subresource,
-};
+use super::store::{DeleteOptions, Deleted, Preconditions, Store};
 use super::watch::{self, WatchRequest};
 
 /// The real server's request body limit (3 MiB).
@@ -51,14 +48,10 @@ enum Route {
     ApiV1,
     Collection {
         resource: Resource,
-        ns: Option<String>,
+        ns: String,
     },
     Object {
         resource: Resource,
-        ns: String,
-        name: String,
-    },
-    Status {
         ns: String,
         name: String,
     },
@@ -77,14 +70,10 @@ fn route(path: &str) -> Route {
         ["api"] => Route::Api,
         ["apis"] => Route::Apis,
         ["api", "v1"] => Route::ApiV1,
-        ["api", "v1", r] => res(r).map_or(Route::Unknown, |resource| Route::Collection {
-            resource,
-            ns: None,
-        }),
         ["api", "v1", "namespaces", ns, r] => {
             res(r).map_or(Route::Unknown, |resource| Route::Collection {
                 resource,
-                ns: Some((*ns).to_owned()),
+                ns: (*ns).to_owned(),
             })
         }
         ["api", "v1", "namespaces", ns, r, name] => {
@@ -94,10 +83,6 @@ fn route(path: &str) -> Route {
                 name: (*name).to_owned(),
             })
         }
-        ["api", "v1", "namespaces", ns, "pods", name, "status"] => Route::Status {
-            ns: (*ns).to_owned(),
-            name: (*name).to_owned(),
-        },
         ["api", "v1", "namespaces", ns, "pods", name, "log"] => Route::Log {
             ns: (*ns).to_owned(),
             name: (*name).to_owned(),
@@ -229,8 +214,8 @@ fn parse_rv(v: &str) -> Result<u64, ApiError> {
     })
 }
 
-fn selectors(resource: Resource, p: &Params) -> Result<Selectors, ApiError> {
-    Selectors::parse(resource, p.get("labelSelector"), p.get("fieldSelector"))
+fn selectors(p: &Params) -> Result<Selectors, ApiError> {
+    Selectors::parse(p.get("labelSelector"), p.get("fieldSelector"))
         .map_err(|e| ApiError::bad_request(&e))
 }
 
@@ -243,12 +228,6 @@ pub(crate) async fn dispatch(State(app): State<App>, req: Request) -> Response {
             .map(|q| q.0)
             .unwrap_or_default(),
     );
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
@@ -278,7 +257,7 @@ pub(crate) async fn dispatch(State(app): State<App>, req: Request) -> Response {
             };
             match app.faults.check(&call) {
                 Some(err) if verb != Verb::Other => err.into_response(),
-                _ => handle(&app, r, &method, &params, &content_type, &body)
+                _ => handle(&app, r, &method, &params, &body)
                     .await
                     .unwrap_or_else(IntoResponse::into_response),
             }
@@ -323,8 +302,6 @@ fn describe(r: &Route, method: &Method, p: &Params) -> Described {
     let by_method = |m: &Method| match *m {
         Method::GET => Verb::Get,
         Method::POST => Verb::Create,
-        Method::PUT => Verb::Update,
-        Method::PATCH => Verb::Patch,
         Method::DELETE => Verb::Delete,
         _ => Verb::Other,
     };
@@ -336,19 +313,12 @@ fn describe(r: &Route, method: &Method, p: &Params) -> Described {
                 Method::POST => Verb::Create,
                 _ => Verb::Other,
             };
-            (verb, *resource, None, ns.clone(), None)
+            (verb, *resource, None, Some(ns.clone()), None)
         }
         Route::Object { resource, ns, name } => (
             by_method(method),
             *resource,
             None,
-            Some(ns.clone()),
-            Some(name.clone()),
-        ),
-        Route::Status { ns, name } => (
-            by_method(method),
-            Resource::Pods,
-            Some("status".into()),
             Some(ns.clone()),
             Some(name.clone()),
         ),
@@ -368,7 +338,6 @@ async fn handle(
     r: Route,
     method: &Method,
     p: &Params,
-    content_type: &str,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     if p.flag("dryRun") || p.get("dryRun").is_some_and(|v| v == "All") {
@@ -401,16 +370,10 @@ async fn handle(
             if p.flag("watch") {
                 watch(app, resource, ns, p).await
             } else {
-                list(app, resource, ns.as_deref(), p)
+                list(app, resource, &ns, p)
             }
         }
-        (
-            Route::Collection {
-                resource,
-                ns: Some(ns),
-            },
-            Method::POST,
-        ) => {
+        (Route::Collection { resource, ns }, Method::POST) => {
             let obj = normalize(resource, parse_body(body)?)?;
             let created = app.store.create(resource, &ns, obj)?;
             Ok(json_response(StatusCode::CREATED, &*created))
@@ -422,39 +385,6 @@ async fn handle(
                 .ok_or_else(|| ApiError::not_found(resource, &name))?;
             Ok(json_response(StatusCode::OK, &*obj))
         }
-        (Route::Status { ns, name }, Method::GET) => {
-            let obj = app
-                .store
-                .get(Resource::Pods, &ns, &name)
-                .ok_or_else(|| ApiError::not_found(Resource::Pods, &name))?;
-            Ok(json_response(StatusCode::OK, &*obj))
-        }
-        (Route::Object { resource, ns, name }, Method::PUT) => {
-            replace(app, resource, &ns, &name, Subresource::Main, body)
-        }
-        (Route::Status { ns, name }, Method::PUT) => {
-            replace(app, Resource::Pods, &ns, &name, Subresource::Status, body)
-        }
-        (Route::Object { resource, ns, name }, Method::PATCH) => patch(
-            app,
-            resource,
-            &ns,
-            &name,
-            Subresource::Main,
-            p,
-            content_type,
-            body,
-        ),
-        (Route::Status { ns, name }, Method::PATCH) => patch(
-            app,
-            Resource::Pods,
-            &ns,
-            &name,
-            Subresource::Status,
-            p,
-            content_type,
-            body,
-        ),
         (Route::Object { resource, ns, name }, Method::DELETE) => {
             delete(app, resource, &ns, &name, p, body)
         }
@@ -464,37 +394,39 @@ async fn handle(
     }
 }
 
+/// The verbs served: Kiln creates, gets, lists, watches and deletes pods,
+/// creates ConfigMaps and reads logs; it never updates or patches.
 fn api_resources() -> Value {
-    let verbs = json!([
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch"
-    ]);
+    let verbs = json!(["create", "delete", "get", "list", "watch"]);
     json!({
         "kind": "APIResourceList",
         "groupVersion": "v1",
         "resources": [
             {"name": "configmaps", "singularName": "configmap", "namespaced": true, "kind": "ConfigMap", "verbs": verbs, "shortNames": ["cm"]},
             {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "verbs": verbs, "shortNames": ["po"], "categories": ["all"]},
-            {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
-            {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get", "patch", "update"]}
+            {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}
         ]
     })
 }
 
-fn list_options_invalid(errs: &[FieldError]) -> ApiError {
-    ApiError::invalid_kind("ListOptions.meta.k8s.io", "", errs)
+/// Query parameters Kiln never sends (kube-runtime's watcher sends them
+/// only for streaming lists and exact-version lists, which Kiln does not
+/// configure): refused, naming the parameter.
+fn refuse_unsent(p: &Params) -> Result<(), ApiError> {
+    for k in ["resourceVersionMatch", "sendInitialEvents"] {
+        if p.get(k).is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::bad_request(&format!(
+                "{k} is not served by the fake API server (Kiln does not send it)"
+            )));
+        }
+    }
+    Ok(())
 }
 
-fn list(app: &App, resource: Resource, ns: Option<&str>, p: &Params) -> Result<Response, ApiError> {
-    let sel = selectors(resource, p)?;
+fn list(app: &App, resource: Resource, ns: &str, p: &Params) -> Result<Response, ApiError> {
+    refuse_unsent(p)?;
+    let sel = selectors(p)?;
     let rv = p.get("resourceVersion").filter(|v| !v.is_empty());
-    let rv_match = p.get("resourceVersionMatch").filter(|v| !v.is_empty());
     let cont = p.get("continue").filter(|v| !v.is_empty());
     let limit = p
         .int("limit")?
@@ -506,37 +438,8 @@ fn list(app: &App, resource: Resource, ns: Option<&str>, p: &Params) -> Result<R
             "specifying resource version is not allowed when using continue",
         ));
     }
-    let version = match (rv, rv_match) {
-        (_, None) => ListVersion::Latest,
-        (None, Some(m)) => {
-            return Err(list_options_invalid(&[FieldError::forbidden(
-                "resourceVersionMatch",
-                &format!(
-                    "resourceVersionMatch is forbidden unless resourceVersion is provided (got {m:?})"
-                ),
-            )]));
-        }
-        (Some(v), Some("NotOlderThan")) => {
-            parse_rv(v)?;
-            ListVersion::Latest
-        }
-        (Some("0"), Some("Exact")) => {
-            return Err(list_options_invalid(&[FieldError::forbidden(
-                "resourceVersionMatch",
-                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
-            )]));
-        }
-        (Some(v), Some("Exact")) => ListVersion::Exact(parse_rv(v)?),
-        (Some(_), Some(m)) => {
-            return Err(list_options_invalid(&[FieldError {
-                field: "resourceVersionMatch".into(),
-                reason: "FieldValueNotSupported",
-                message: format!(
-                    "Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
-                ),
-            }]));
-        }
-    };
+    // Without resourceVersionMatch, any resourceVersion means "not older
+    // than", and this store is always at its latest.
     if let Some(v) = rv {
         parse_rv(v)?;
     }
@@ -546,7 +449,7 @@ fn list(app: &App, resource: Resource, ns: Option<&str>, p: &Params) -> Result<R
         .map_err(|e| ApiError::bad_request(&e))?;
     let page = app
         .store
-        .list(resource, ns, &sel, limit, cont.as_ref(), version)?;
+        .list(resource, Some(ns), &sel, limit, cont.as_ref())?;
     let body = ListBody {
         kind: resource.list_kind(),
         api_version: "v1",
@@ -563,37 +466,12 @@ fn list(app: &App, resource: Resource, ns: Option<&str>, p: &Params) -> Result<R
 async fn watch(
     app: &App,
     resource: Resource,
-    ns: Option<String>,
+    ns: String,
     p: &Params,
 ) -> Result<Response, ApiError> {
-    let selectors = selectors(resource, p)?;
-    let send_initial = p.flag("sendInitialEvents");
+    refuse_unsent(p)?;
+    let selectors = selectors(p)?;
     let bookmarks = p.flag("allowWatchBookmarks");
-    let rv_match = p.get("resourceVersionMatch").filter(|v| !v.is_empty());
-    // ValidateListOptions for watches.
-    let mut errs = Vec::new();
-    if send_initial {
-        if rv_match != Some("NotOlderThan") {
-            errs.push(FieldError::forbidden(
-                "resourceVersionMatch",
-                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-            ));
-        }
-        if !bookmarks {
-            errs.push(FieldError::required(
-                "allowWatchBookmarks",
-                "sendInitialEvents requires allowWatchBookmarks=true",
-            ));
-        }
-    } else if rv_match.is_some() {
-        errs.push(FieldError::forbidden(
-            "resourceVersionMatch",
-            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-        ));
-    }
-    if !errs.is_empty() {
-        return Err(list_options_invalid(&errs));
-    }
     let resource_version = match p.get("resourceVersion").filter(|v| !v.is_empty()) {
         None | Some("0") => None,
         Some(v) => Some(parse_rv(v)?),
@@ -608,7 +486,6 @@ async fn watch(
         namespace: ns,
         selectors,
         resource_version,
-        send_initial_events: send_initial,
         allow_bookmarks: bookmarks,
         timeout: Duration::from_secs(timeout),
     };
@@ -620,74 +497,6 @@ async fn watch(
         app.shutdown.clone(),
     )
     .await)
-}
-
-fn replace(
-    app: &App,
-    resource: Resource,
-    ns: &str,
-    name: &str,
-    sub: Subresource,
-    body: &Bytes,
-) -> Result<Response, ApiError> {
-    let obj = normalize(resource, parse_body(body)?)?;
-    let updated = app
-        .store
-        .update(resource, ns, name, sub, &Preconditions::default(), |_| {
-            Ok(obj)
-        })?;
-    Ok(json_response(StatusCode::OK, &*updated))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn patch(
-    app: &App,
-    resource: Resource,
-    ns: &str,
-    name: &str,
-    sub: Subresource,
-    p: &Params,
-    content_type: &str,
-    body: &Bytes,
-) -> Result<Response, ApiError> {
-    let kind = PatchKind::from_content_type(content_type)
-        .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
-    let patch_body = parse_body(body)?;
-    if kind == PatchKind::Apply && p.get("fieldManager").is_none_or(str::is_empty) {
-        return Err(ApiError::invalid_kind(
-            "PatchOptions.meta.k8s.io",
-            "",
-            &[FieldError::required(
-                "fieldManager",
-                "is required for apply patch",
-            )],
-        ));
-    }
-    let result = app
-        .store
-        .update(resource, ns, name, sub, &Preconditions::default(), |cur| {
-            let mut new = cur.clone();
-            match kind {
-                PatchKind::Merge | PatchKind::Apply => patch::merge(&mut new, &patch_body),
-                PatchKind::Strategic => patch::strategic(&mut new, &patch_body),
-            }
-            normalize(resource, new)
-        });
-    match result {
-        Ok(updated) => Ok(json_response(StatusCode::OK, &*updated)),
-        // Server-side apply creates what does not exist yet.
-        Err(e)
-            if kind == PatchKind::Apply
-                && sub == Subresource::Main
-                && e.code == StatusCode::NOT_FOUND =>
-        {
-            let mut obj = patch_body;
-            obj["metadata"]["name"] = json!(name);
-            let created = app.store.create(resource, ns, normalize(resource, obj)?)?;
-            Ok(json_response(StatusCode::CREATED, &*created))
-        }
-        Err(e) => Err(e),
-    }
 }
 
 fn delete(
@@ -740,32 +549,28 @@ fn delete(
             )],
         ));
     }
-    let invalid = |detail: &str| {
-        ApiError::invalid_kind(
-            "DeleteOptions.meta.k8s.io",
-            "",
-            &[FieldError::invalid(
-                "propagationPolicy",
-                propagation.as_deref().unwrap_or_default(),
-                detail,
-            )],
-        )
-    };
-    opts.propagation = match (propagation.as_deref(), orphan) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "orphanDependents and deletionPropagation cannot be both set",
+    // Kiln deletes with Background propagation; the others are refused
+    // rather than imitated.
+    let orphan_flag = orphan.map(|o| if o { "true" } else { "false" });
+    match (propagation.as_deref(), orphan_flag) {
+        (None | Some("Background"), None | Some("false")) => {}
+        (p, o) => {
+            return Err(ApiError::invalid_kind(
+                "DeleteOptions.meta.k8s.io",
+                "",
+                &[FieldError::invalid(
+                    "propagationPolicy",
+                    &format!(
+                        "{}{}",
+                        p.unwrap_or_default(),
+                        o.map(|o| format!(" (orphanDependents={o})"))
+                            .unwrap_or_default()
+                    ),
+                    "only Background propagation is served by the fake API server (Kiln asks for nothing else)",
+                )],
             ));
         }
-        (Some("Background"), None) | (None, None | Some(false)) => Propagation::Background,
-        (Some("Foreground"), None) => Propagation::Foreground,
-        (Some("Orphan"), None) | (None, Some(true)) => Propagation::Orphan,
-        (Some(_), None) => {
-            return Err(invalid(
-                "supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\"",
-            ));
-        }
-    };
+    }
     match app.store.delete(resource, ns, name, &opts)? {
         Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &*obj)),
         // The pod registry returns the deleted object; other resources a
@@ -846,16 +651,12 @@ mod tests {
             route("/api/v1/namespaces/a/pods"),
             Route::Collection {
                 resource: Resource::Pods,
-                ns: Some("a".into())
+                ns: "a".into()
             }
         );
-        assert_eq!(
-            route("/api/v1/pods"),
-            Route::Collection {
-                resource: Resource::Pods,
-                ns: None
-            }
-        );
+        // Kiln lists and watches one namespace at a time.
+        assert_eq!(route("/api/v1/pods"), Route::Unknown);
+        assert_eq!(route("/api/v1/namespaces/a/pods/p/status"), Route::Unknown);
         assert_eq!(
             route("/api/v1/namespaces/a/pods/p/log"),
             Route::Log {

@@ -62,14 +62,6 @@ impl FieldError {
         }
     }
 
-    pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
-        Self {
-            field: field.into(),
-            reason: "FieldValueForbidden",
-            message: format!("Forbidden: {detail}"),
-        }
-    }
-
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
         Self {
             field: field.into(),
@@ -255,20 +247,6 @@ impl ApiError {
             "MethodNotAllowed",
             "the server does not allow this method on the requested resource",
             Some(json!({})),
-        )
-    }
-
-    pub fn unsupported_media_type(content_type: &str) -> Self {
-        failure(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            &format!(
-                "the body of the request was in an unknown format - accepted media types include: \
-                 application/json-patch+json, application/merge-patch+json, \
-                 application/apply-patch+yaml, application/strategic-merge-patch+json \
-                 (got {content_type:?})"
-            ),
-            None,
         )
     }
 

@@ -91,31 +91,20 @@ pub struct Preconditions {
     pub resource_version: Option<String>,
 }
 
-/// `DeleteOptions.propagationPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Propagation {
-    /// Dependents are deleted by the garbage collector after the owner is gone.
-    #[default]
-    Background,
-    /// SIMPLIFIED: handled like Background (the owner is not held back by a
-    /// `foregroundDeletion` finalizer).
-    Foreground,
-    /// Dependents lose their owner reference instead of being deleted.
-    Orphan,
-}
-
+/// The options of a DELETE. Propagation is always Background (dependents
+/// are deleted by the garbage collector after the owner is gone): Kiln asks
+/// for nothing else, and the server refuses the other policies.
 #[derive(Debug, Clone, Default)]
 pub struct DeleteOptions {
     pub grace_period_seconds: Option<i64>,
     pub preconditions: Preconditions,
-    pub propagation: Propagation,
 }
 
 /// What a DELETE did.
 #[derive(Debug, Clone)]
 pub enum Deleted {
-    /// Graceful deletion started (or was already pending), or finalizers hold
-    /// the object: it still exists, with `deletionTimestamp` set.
+    /// Graceful deletion started (or was already pending): it still exists,
+    /// with `deletionTimestamp` set.
     Pending(Arc<Value>),
     /// The object is gone; this is its last state.
     Removed(Arc<Value>),
@@ -124,8 +113,6 @@ pub enum Deleted {
 /// Which part of an object an update may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subresource {
-    /// The object: status changes are ignored, spec is mostly immutable for pods.
-    Main,
     /// `/status`: only status (and labels/annotations) change.
     Status,
     /// Control-plane writes (scheduler binding): anything but identity.
@@ -136,7 +123,6 @@ pub enum Subresource {
 #[derive(Debug, Clone)]
 pub struct GcWork {
     pub owner_uid: String,
-    pub orphan: bool,
 }
 
 /// Where a watch starts.
@@ -168,15 +154,6 @@ pub struct ListPage {
     pub rv: u64,
     pub continue_token: Option<String>,
     pub remaining: Option<u64>,
-}
-
-/// How a list chooses its data (`resourceVersion` + `resourceVersionMatch`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListVersion {
-    /// Unset, "0", or NotOlderThan: the current state (always fresh here).
-    Latest,
-    /// `resourceVersionMatch=Exact`: the state at that revision.
-    Exact(u64),
 }
 
 struct Inner {
@@ -394,7 +371,6 @@ impl Inner {
         tx: &broadcast::Sender<Arc<Event>>,
         r: Resource,
         key: &Key,
-        orphan: bool,
     ) -> Option<Arc<Value>> {
         let prev = self.map_mut(r).remove(key)?;
         self.rv += 1;
@@ -409,7 +385,6 @@ impl Inner {
             {
                 let _ = gc.send(GcWork {
                     owner_uid: uid.to_owned(),
-                    orphan,
                 });
             }
         }
@@ -698,10 +673,7 @@ impl Store {
         // the garbage collector deletes the dependent.
         if let Some(gc) = &inner.gc {
             for owner_uid in dangling {
-                let _ = gc.send(GcWork {
-                    owner_uid,
-                    orphan: false,
-                });
+                let _ = gc.send(GcWork { owner_uid });
             }
         }
         Ok(created)
@@ -780,28 +752,21 @@ impl Store {
             m.remove("managedFields");
             m.remove("resourceVersion");
         }
-        match (r, sub) {
-            (Resource::Pods, Subresource::Main) => {
-                // podStrategy.PrepareForUpdate: status comes from the old pod.
-                new["status"] = current.get("status").cloned().unwrap_or(Value::Null);
-            }
-            (Resource::Pods, Subresource::Status) => {
-                // podStatusStrategy.PrepareForUpdate: spec and owner
-                // references come from the old pod.
-                new["spec"] = current.get("spec").cloned().unwrap_or(Value::Null);
-                match current["metadata"].get("ownerReferences") {
-                    Some(v) => new["metadata"]["ownerReferences"] = v.clone(),
-                    None => {
-                        if let Some(m) = new["metadata"].as_object_mut() {
-                            m.remove("ownerReferences");
-                        }
+        if (r, sub) == (Resource::Pods, Subresource::Status) {
+            // podStatusStrategy.PrepareForUpdate: spec and owner references
+            // come from the old pod.
+            new["spec"] = current.get("spec").cloned().unwrap_or(Value::Null);
+            match current["metadata"].get("ownerReferences") {
+                Some(v) => new["metadata"]["ownerReferences"] = v.clone(),
+                None => {
+                    if let Some(m) = new["metadata"].as_object_mut() {
+                        m.remove("ownerReferences");
                     }
                 }
             }
-            _ => {}
         }
         if sub != Subresource::Internal {
-            let errs = validation::validate_update(r, sub == Subresource::Main, &current, &new);
+            let errs = validation::validate_update(r, &new);
             if !errs.is_empty() {
                 return Err(ApiError::invalid(r, name, &errs));
             }
@@ -809,10 +774,6 @@ impl Store {
         if same_content(&current, &new) {
             return Ok(current);
         }
-        let finalizers_done = new
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty);
         let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
         let grace_done = r != Resource::Pods
             || new
@@ -820,9 +781,9 @@ impl Store {
                 .and_then(Value::as_i64)
                 == Some(0);
         let updated = inner.put(&self.events, r, key.clone(), new, Some(current));
-        if deleting && finalizers_done && grace_done {
-            // The last finalizer is gone from an object being deleted.
-            inner.remove(&self.events, r, &key, false);
+        if deleting && grace_done {
+            // The kubelet has finished a graceful deletion.
+            inner.remove(&self.events, r, &key);
         }
         Ok(updated)
     }
@@ -831,7 +792,8 @@ impl Store {
     /// the pod strategy's `CheckGracefulDelete`: a pod bound to a node and
     /// not terminated is deleted gracefully (deletionTimestamp set, the
     /// kubelet removes it); an unscheduled or finished pod, or a grace period
-    /// of 0, removes it at once. Finalizers hold any object back.
+    /// of 0, removes it at once. (Kiln sets no finalizers, and the server
+    /// refuses objects that have some.)
     pub fn delete(
         &self,
         r: Resource,
@@ -847,10 +809,6 @@ impl Store {
             .cloned()
             .ok_or_else(|| ApiError::not_found(r, name))?;
         Inner::check_preconditions(r, name, &current, &opts.preconditions)?;
-        let has_finalizers = current
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
         let mut period = 0;
         if r == Resource::Pods {
             period = opts.grace_period_seconds.unwrap_or_else(|| {
@@ -874,19 +832,13 @@ impl Store {
                 period = 1;
             }
         }
-        let orphan = opts.propagation == Propagation::Orphan;
         if current.pointer("/metadata/deletionTimestamp").is_some() {
             let current_period = current
                 .pointer("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
-            if current_period == 0 || (opts.grace_period_seconds == Some(0) && !has_finalizers) {
-                if has_finalizers {
-                    return Ok(Deleted::Pending(current));
-                }
-                let last = inner
-                    .remove(&self.events, r, &key, orphan)
-                    .unwrap_or(current);
+            if current_period == 0 || opts.grace_period_seconds == Some(0) {
+                let last = inner.remove(&self.events, r, &key).unwrap_or(current);
                 return Ok(Deleted::Removed(last));
             }
             // Only a shorter grace period may be given while one is pending.
@@ -901,24 +853,20 @@ impl Store {
             }
             return Ok(Deleted::Pending(current));
         }
-        if period > 0 || has_finalizers {
+        if period > 0 {
             let mut new = (*current).clone();
             new["metadata"]["deletionTimestamp"] = json!(rfc3339_after(period));
             new["metadata"]["deletionGracePeriodSeconds"] = json!(period);
-            if period > 0 {
-                // BeforeDelete bumps the generation of a graceful deletion.
-                let g = new
-                    .pointer("/metadata/generation")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                new["metadata"]["generation"] = json!(g + 1);
-            }
+            // BeforeDelete bumps the generation of a graceful deletion.
+            let g = new
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            new["metadata"]["generation"] = json!(g + 1);
             let updated = inner.put(&self.events, r, key, new, Some(current));
             return Ok(Deleted::Pending(updated));
         }
-        let last = inner
-            .remove(&self.events, r, &key, orphan)
-            .unwrap_or(current);
+        let last = inner.remove(&self.events, r, &key).unwrap_or(current);
         Ok(Deleted::Removed(last))
     }
 
@@ -933,17 +881,11 @@ impl Store {
         sel: &Selectors,
         limit: Option<usize>,
         cont: Option<&Continue>,
-        version: ListVersion,
     ) -> Result<ListPage, ApiError> {
         let inner = self.lock();
-        let (rv, from) = match (cont, version) {
-            (Some(c), _) => (c.rv, c.start.clone()),
-            (None, ListVersion::Exact(v)) => {
-                (v, (ns.unwrap_or_default().to_owned(), String::new()))
-            }
-            (None, ListVersion::Latest) => {
-                (inner.rv, (ns.unwrap_or_default().to_owned(), String::new()))
-            }
+        let (rv, from) = match cont {
+            Some(c) => (c.rv, c.start.clone()),
+            None => (inner.rv, (ns.unwrap_or_default().to_owned(), String::new())),
         };
         if rv > inner.rv {
             return Err(ApiError::too_large_resource_version(rv, inner.rv));
@@ -971,7 +913,7 @@ impl Store {
         };
         let limit = limit.filter(|l| *l > 0);
         let mut items = Vec::new();
-        let mut matching = iter.filter(|(_, v)| sel.matches(r, v));
+        let mut matching = iter.filter(|(_, v)| sel.matches(v));
         let mut continue_token = None;
         let mut remaining = None;
         for (k, v) in matching.by_ref() {
@@ -984,7 +926,7 @@ impl Store {
                     .encode(),
                 );
                 // remainingItemCount is only known for unfiltered lists.
-                if sel.labels.is_empty() && sel.fields.is_empty() {
+                if sel.labels.is_empty() {
                     remaining = Some(1 + matching.count() as u64);
                 }
                 break;

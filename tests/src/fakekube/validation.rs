@@ -240,6 +240,20 @@ fn configmap(obj: &Value, errs: &mut Vec<FieldError>) {
 pub fn validate_create(resource: Resource, obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     object_meta(obj.get("metadata").unwrap_or(&Value::Null), &mut errs);
+    // Nothing could ever remove a finalizer (Kiln sets none, and the fake
+    // serves no update): an object holding one is refused at once rather
+    // than deleted as if it had none.
+    if obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+    {
+        errs.push(FieldError::invalid(
+            "metadata.finalizers",
+            "",
+            "finalizers are not served by the fake API server (Kiln sets none)",
+        ));
+    }
     match resource {
         Resource::Pods => pod_spec(obj.get("spec").unwrap_or(&Value::Null), &mut errs),
         Resource::ConfigMaps => configmap(obj, &mut errs),
@@ -248,14 +262,10 @@ pub fn validate_create(resource: Resource, obj: &Value) -> Vec<FieldError> {
     errs
 }
 
-/// Checks on update: metadata labels/annotations and, for pods, the rule that
-/// only a few spec fields are mutable (`ValidatePodUpdate`).
-pub fn validate_update(
-    resource: Resource,
-    spec_changes: bool,
-    old: &Value,
-    new: &Value,
-) -> Vec<FieldError> {
+/// Checks on a status update (the kubelet's): metadata labels and
+/// annotations, and a ConfigMap's data. Kiln itself never updates an object,
+/// so the pod spec rules of `ValidatePodUpdate` have nothing to check.
+pub fn validate_update(resource: Resource, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let mut meta = new.get("metadata").cloned().unwrap_or(Value::Null);
     // The name cannot change on update anyway; skip generateName rules.
@@ -263,34 +273,8 @@ pub fn validate_update(
         m.remove("generateName");
     }
     object_meta(&meta, &mut errs);
-    match resource {
-        Resource::Pods if spec_changes => {
-            let strip = |v: &Value| {
-                let mut spec = v.get("spec").cloned().unwrap_or(Value::Null);
-                if let Some(s) = spec.as_object_mut() {
-                    s.remove("activeDeadlineSeconds");
-                    s.remove("tolerations");
-                    s.remove("terminationGracePeriodSeconds");
-                    if let Some(cs) = s.get_mut("containers").and_then(Value::as_array_mut) {
-                        for c in cs {
-                            if let Some(c) = c.as_object_mut() {
-                                c.remove("image");
-                            }
-                        }
-                    }
-                }
-                spec
-            };
-            if strip(old) != strip(new) {
-                errs.push(FieldError::forbidden(
-                    "spec",
-                    "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
-                ));
-            }
-            pod_spec(new.get("spec").unwrap_or(&Value::Null), &mut errs);
-        }
-        Resource::ConfigMaps => configmap(new, &mut errs),
-        Resource::Pods | Resource::Other => {}
+    if resource == Resource::ConfigMaps {
+        configmap(new, &mut errs);
     }
     errs
 }

@@ -42,11 +42,10 @@ use super::store::{Event, EventType, Store, WatchStart};
 #[derive(Debug, Clone)]
 pub struct WatchRequest {
     pub resource: Resource,
-    pub namespace: Option<String>,
+    pub namespace: String,
     pub selectors: Selectors,
     /// `None` for unset or "0".
     pub resource_version: Option<u64>,
-    pub send_initial_events: bool,
     pub allow_bookmarks: bool,
     pub timeout: Duration,
 }
@@ -61,11 +60,8 @@ fn frame(kind: &str, object: &[u8]) -> Bytes {
     b.freeze()
 }
 
-fn bookmark(resource: Resource, rv: u64, initial_events_end: bool) -> Bytes {
-    let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
-    if initial_events_end {
-        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-    }
+fn bookmark(resource: Resource, rv: u64) -> Bytes {
+    let meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
     let obj = json!({"kind": resource.kind(), "apiVersion": "v1", "metadata": meta});
     frame("BOOKMARK", obj.to_string().as_bytes())
 }
@@ -76,18 +72,18 @@ fn error_event(err: &ApiError) -> Bytes {
 
 struct Filter {
     resource: Resource,
-    namespace: Option<String>,
+    namespace: String,
     selectors: Selectors,
 }
 
 impl Filter {
     fn matches(&self, obj: &Value) -> bool {
-        self.selectors.matches(self.resource, obj)
+        self.selectors.matches(obj)
     }
 
     /// `cacheWatcher.convertToWatchEvent`.
     fn convert(&self, ev: &Event) -> Option<Bytes> {
-        if ev.resource != self.resource || self.namespace.as_ref().is_some_and(|n| *n != ev.key.0) {
+        if ev.resource != self.resource || self.namespace != ev.key.0 {
             return None;
         }
         let cur = ev.kind != EventType::Deleted && self.matches(&ev.object);
@@ -158,10 +154,10 @@ pub async fn serve(
         }
     }
     let start = match req.resource_version {
-        Some(rv) if !req.send_initial_events => WatchStart::After(rv),
-        _ => WatchStart::Current,
+        Some(rv) => WatchStart::After(rv),
+        None => WatchStart::Current,
     };
-    let init = match store.begin_watch(req.resource, req.namespace.as_deref(), start) {
+    let init = match store.begin_watch(req.resource, Some(&req.namespace), start) {
         Ok(init) => init,
         Err(err) => return error_stream(&err),
     };
@@ -183,9 +179,6 @@ pub async fn serve(
         if let Some(line) = filter.convert(ev) {
             first.push(line);
         }
-    }
-    if req.send_initial_events && req.allow_bookmarks {
-        first.push(bookmark(req.resource, init.rv, true));
     }
     let (tx, rx) = mpsc::channel::<Chunk>(256);
     // Closing watches is edge-triggered: only closes after this point count.
@@ -294,7 +287,7 @@ async fn pump(
                     }
                 }
                 progress = progress.max(rv);
-                if tx.send(Ok(bookmark(filter.resource, progress, false))).await.is_err() {
+                if tx.send(Ok(bookmark(filter.resource, progress))).await.is_err() {
                     return;
                 }
                 let now = Instant::now();
