@@ -70,6 +70,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use nix::sys::signal::Signal;
 
 /// Where Debian's RabbitMQ keeps its scripts (the /usr/sbin wrappers switch
 /// to the rabbitmq user, who could not write our directories).
@@ -135,24 +136,16 @@ impl Drop for Group {
     fn drop(&mut self) {
         // The whole group: servers, their helpers (epmd, erl_child_setup) and
         // the watchdog.
-        let _ = signal(-self.pgid(), "KILL");
+        let _ = signal(-self.pgid(), Signal::SIGKILL);
         let _ = self.watchdog.wait();
     }
 }
 
-/// Sends `SIG<name>` to `pid` (a negative pid: the process group) with the
-/// `kill` program: std has no kill(2) for a process it did not spawn, and
-/// the unsafe-free crates that wrap it are not among the dependencies.
-fn signal(pid: i32, name: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), "--".to_owned(), pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .context("cannot run kill")?;
-    if !status.success() {
-        bail!("kill -{name} {pid} failed ({status})");
-    }
-    Ok(())
+/// Sends `signal` to `pid` (a negative pid: the process group) with
+/// kill(2).
+fn signal(pid: i32, signal: Signal) -> anyhow::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .with_context(|| format!("cannot send {signal} to {pid}"))
 }
 
 // --- files and ports -----------------------------------------------------------
@@ -531,7 +524,7 @@ impl RabbitCluster {
                 .parse()
                 .with_context(|| format!("bad pid file {}", pid_file.display()))?;
             // It may be gone already; the script below is what we wait for.
-            let _ = signal(pid, "KILL");
+            let _ = signal(pid, Signal::SIGKILL);
         }
         let _ = std::fs::remove_file(&pid_file);
         if let Some(mut child) = node.child.take() {
@@ -896,7 +889,7 @@ impl SentinelRedis {
             tokio::time::sleep(POLL).await;
         }
         let pid = i32::try_from(self.servers[&replica].id())?;
-        signal(pid, "STOP")?;
+        signal(pid, Signal::SIGSTOP)?;
         let written = async {
             // A stopped process still receives into its socket buffer: cut
             // the link first, so that the write reaches the primary alone.
@@ -910,7 +903,7 @@ impl SentinelRedis {
         }
         .await;
         self.kill_server(primary);
-        signal(pid, "CONT")?;
+        signal(pid, Signal::SIGCONT)?;
         written?;
         tracing::info!(
             key,
@@ -933,7 +926,10 @@ fn url(port: u16, password: Option<&str>) -> String {
 impl Drop for SentinelRedis {
     fn drop(&mut self) {
         for child in self.servers.values_mut().chain(self.sentinels.iter_mut()) {
-            let _ = signal(i32::try_from(child.id()).unwrap_or(i32::MAX), "CONT");
+            let _ = signal(
+                i32::try_from(child.id()).unwrap_or(i32::MAX),
+                Signal::SIGCONT,
+            );
             let _ = child.kill();
             let _ = child.wait();
         }
