@@ -869,12 +869,11 @@ impl SentinelRedis {
         bail!("the server on {port} did not become a replica in sync within {FAILOVER_TIMEOUT:?}")
     }
 
-    /// The write a failover loses: stop the replica (SIGSTOP), cut it off
-    /// from the primary, SET `key` `value` on the primary (acknowledged),
-    /// kill -9 the primary, resume the replica (SIGCONT), and wait for the
-    /// Sentinels to promote it. `key` is then missing. Returns the killed
-    /// port and the new primary's.
-    pub async fn lost_write(&mut self, key: &str, value: &str) -> anyhow::Result<(u16, u16)> {
+    /// The first half of a failover that loses writes: stop the replica
+    /// (SIGSTOP) and cut it off from the primary, so that what is written
+    /// from now on reaches the primary alone (acknowledged all the same).
+    /// [`Self::fail_over_isolated`] is the second half.
+    pub async fn isolate_primary(&mut self) -> anyhow::Result<Isolated> {
         let primary = self.primary_port().await?;
         let replica = *self
             .servers
@@ -890,30 +889,68 @@ impl SentinelRedis {
         }
         let pid = i32::try_from(self.servers[&replica].id())?;
         signal(pid, Signal::SIGSTOP)?;
-        let written = async {
-            // A stopped process still receives into its socket buffer: cut
-            // the link first, so that the write reaches the primary alone.
-            self.server_query::<redis::Value>(
+        // A stopped process still receives into its socket buffer: cut the
+        // link, so that later writes reach the primary alone.
+        let cut = self
+            .server_query::<redis::Value>(
                 primary,
                 redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica"),
             )
-            .await?;
-            self.server_query::<()>(primary, redis::cmd("SET").arg(key).arg(value))
-                .await
+            .await;
+        if let Err(e) = cut {
+            signal(pid, Signal::SIGCONT)?;
+            return Err(e.context("cannot cut the replica off"));
         }
-        .await;
-        self.kill_server(primary);
-        signal(pid, Signal::SIGCONT)?;
-        written?;
         tracing::info!(
-            key,
             primary,
             replica,
-            "redis: a write on the primary alone, then killed"
+            "redis: the replica is stopped and cut off"
         );
-        let now = self.wait_failover(primary).await?;
+        Ok(Isolated {
+            primary,
+            replica,
+            pid,
+        })
+    }
+
+    /// The second half: kill -9 the primary, resume the replica (SIGCONT)
+    /// and wait for the Sentinels to promote it. Everything written since
+    /// [`Self::isolate_primary`] is lost. Returns the new primary's port.
+    pub async fn fail_over_isolated(&mut self, isolated: Isolated) -> anyhow::Result<u16> {
+        self.kill_server(isolated.primary);
+        signal(isolated.pid, Signal::SIGCONT)?;
+        tracing::info!(
+            primary = isolated.primary,
+            replica = isolated.replica,
+            "redis: primary killed, replica resumed"
+        );
+        self.wait_failover(isolated.primary).await
+    }
+
+    /// The write a failover loses: [`Self::isolate_primary`], SET `key`
+    /// `value` on the primary (acknowledged), [`Self::fail_over_isolated`].
+    /// `key` is then missing. Returns the killed port and the new primary's.
+    pub async fn lost_write(&mut self, key: &str, value: &str) -> anyhow::Result<(u16, u16)> {
+        let isolated = self.isolate_primary().await?;
+        let primary = isolated.primary;
+        let written = self
+            .server_query::<()>(primary, redis::cmd("SET").arg(key).arg(value))
+            .await;
+        let now = self.fail_over_isolated(isolated).await?;
+        written?;
         Ok((primary, now))
     }
+}
+
+/// A primary whose replica is stopped and cut off (see
+/// [`SentinelRedis::isolate_primary`]).
+#[derive(Debug)]
+#[must_use = "fail over (SentinelRedis::fail_over_isolated), or the replica stays stopped"]
+pub struct Isolated {
+    /// The primary's port: writes there now are lost by the failover.
+    pub primary: u16,
+    replica: u16,
+    pid: i32,
 }
 
 fn url(port: u16, password: Option<&str>) -> String {
