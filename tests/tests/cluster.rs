@@ -138,6 +138,7 @@ fn engines(c: &Clustered, redis_url: String) -> Engines {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the worker's node list and Sentinel support (issue 19, phase 2)"]
 async fn kiln_on_clustered_engines() {
     let t0 = Instant::now();
     let mut c = Clustered::start(RabbitOptions::default(), RedisOptions::default())
