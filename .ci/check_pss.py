@@ -11,7 +11,7 @@ HostProcess, host namespaces, privileged containers, capabilities beyond the
 baseline list, hostPath volumes, host ports, AppArmor, SELinux, /proc mount
 type, seccomp (not Unconfined) and sysctls (the safe set). A breach fails the
 check. The `restricted` controls are reported, not enforced: Kaniko runs as
-root and cannot meet some of them (README, "Configuration"); a breach of a
+root and cannot meet some of them (docs/security.md, "What Kaniko cannot meet"); a breach of a
 restricted rule Kiln has not accepted (EXPECTED_RESTRICTED) fails too, so that
 a new one is a decision, not an accident.
 

@@ -162,7 +162,7 @@ impl Env {
         let kube = FakeKube::start().await;
         let broker = Broker::connect(&engines.amqp_url, &prefix, "kiln tests")
             .await
-            .expect("RabbitMQ must run on 127.0.0.1:5672 (see README)");
+            .expect("RabbitMQ must answer at KILN_AMQP_URL (scripts/test starts a private one when none does)");
         broker.declare_topology().await.expect("declare topology");
         let events = broker.subscribe_events(&["#"]).await.expect("subscribe");
         Self {
@@ -795,7 +795,7 @@ pub fn one_image(id: &str) -> Value {
     })
 }
 
-/// The two-image request of DESIGN section 3 with `id`.
+/// The two-image request of docs/protocol.md, "Build requests", with `id`.
 pub fn two_images(id: &str) -> Value {
     json!({
         "apiVersion": "kiln/v1",

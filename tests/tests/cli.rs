@@ -24,7 +24,7 @@ use kiln_tests::harness::{
     Env, ONE_IMAGE_SUCCEEDS, amqp_url, assert_sequence, one_image, redis_url, two_images, unique,
 };
 use kiln_worker::amqp::OutgoingEvent;
-use kiln_worker::lease::{BuildRecord, ImageRecord, Leases, RecordState};
+use kiln_worker::store::{BuildRecord, ImageRecord, RecordState, Store};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -453,10 +453,10 @@ async fn unroutable_submit_is_an_error() {
     assert!(out.stdout.is_empty());
 }
 
-fn record(phase: &str, digest: Option<&str>) -> BuildRecord {
+fn record(phase: Phase, digest: Option<&str>) -> BuildRecord {
     BuildRecord {
         state: RecordState::Finished,
-        phase: Some(phase.to_owned()),
+        phase: Some(phase),
         tenant: "guest".into(),
         fingerprint: String::new(),
         namespace: "kiln-builds".into(),
@@ -464,7 +464,7 @@ fn record(phase: &str, digest: Option<&str>) -> BuildRecord {
         images: [(
             "api".to_owned(),
             ImageRecord {
-                phase: phase.to_owned(),
+                phase,
                 attempt: 2,
                 pod: Some("kiln-b-api-2".into()),
                 digest: digest.map(str::to_owned),
@@ -473,14 +473,14 @@ fn record(phase: &str, digest: Option<&str>) -> BuildRecord {
         )]
         .into(),
         updated_at: jiff::Timestamp::now(),
-        history: kiln_worker::lease::History::default(),
+        history: kiln_worker::store::History::default(),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_answers_a_finished_build_from_redis() {
     let env = Env::new().await;
-    let leases = Leases::connect(
+    let leases = Store::connect(
         &redis_url(),
         &env.redis_prefix,
         "test",
@@ -490,11 +490,11 @@ async fn wait_answers_a_finished_build_from_redis() {
     .unwrap();
     let digest = format!("sha256:{}", "ab".repeat(32));
     leases
-        .put_record("done-ok", &record("succeeded", Some(&digest)), WAIT)
+        .put_record("done-ok", &record(Phase::Succeeded, Some(&digest)), WAIT)
         .await
         .unwrap();
     leases
-        .put_record("done-bad", &record("failed", None), WAIT)
+        .put_record("done-bad", &record(Phase::Failed, None), WAIT)
         .await
         .unwrap();
 

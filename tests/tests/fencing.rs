@@ -7,7 +7,7 @@ use std::time::Duration;
 use kiln_protocol::BuildEvent;
 use kiln_tests::fakekube::Resource;
 use kiln_tests::harness::{Env, RedisPrefix, one_image, redis_url, unique};
-use kiln_worker::lease::{BuildRecord, Claim, LeaseToken, Leases, RecordState, Renewal};
+use kiln_worker::store::{BuildRecord, Claim, LeaseToken, RecordState, Renewal, Store};
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -76,10 +76,10 @@ async fn a_stalled_worker_does_not_publish_after_its_lease_was_taken() {
 fn record(worker: &str) -> BuildRecord {
     BuildRecord {
         state: RecordState::Finished,
-        phase: Some("succeeded".to_owned()),
+        phase: Some(kiln_protocol::Phase::Succeeded),
         tenant: "default".to_owned(),
         fingerprint: String::new(),
-        history: kiln_worker::lease::History::default(),
+        history: kiln_worker::store::History::default(),
         namespace: "kiln-builds".to_owned(),
         worker: worker.to_owned(),
         images: std::collections::BTreeMap::new(),
@@ -89,16 +89,16 @@ fn record(worker: &str) -> BuildRecord {
 
 /// Two workers' lease handles on one fresh prefix, whose keys go when the
 /// returned guard drops.
-async fn two_workers() -> (Leases, Leases, RedisPrefix) {
+async fn two_workers() -> (Store, Store, RedisPrefix) {
     two_workers_with(Duration::from_secs(2)).await
 }
 
-async fn two_workers_with(ttl: Duration) -> (Leases, Leases, RedisPrefix) {
+async fn two_workers_with(ttl: Duration) -> (Store, Store, RedisPrefix) {
     let prefix = RedisPrefix::new("kiln-lease-test");
-    let a = Leases::connect(&redis_url(), prefix.as_str(), "worker-a", ttl)
+    let a = Store::connect(&redis_url(), prefix.as_str(), "worker-a", ttl)
         .await
         .unwrap();
-    let b = Leases::connect(&redis_url(), prefix.as_str(), "worker-b", ttl)
+    let b = Store::connect(&redis_url(), prefix.as_str(), "worker-b", ttl)
         .await
         .unwrap();
     (a, b, prefix)

@@ -1,4 +1,4 @@
-//! Ownership guarantees (DESIGN section 10) against other tenants and bad
+//! Ownership guarantees (docs/protocol.md, "Ownership and rejections") against other tenants and bad
 //! publishers: a request that cannot become the build its id names is
 //! answered with `request.rejected` and dead-lettered, never with a
 //! `build.*` event, and a cancel never stops another tenant's build. Each

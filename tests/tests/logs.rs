@@ -383,9 +383,9 @@ async fn fake_log_follow_stays_open_until_the_container_terminates() {
 /// ends the wait with its outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_waits_for_the_pods_of_an_accepted_build() {
-    use kiln_worker::lease::{BuildRecord, Leases, RecordState};
+    use kiln_worker::store::{BuildRecord, RecordState, Store};
     let env = Env::new().await;
-    let leases = Leases::connect(
+    let leases = Store::connect(
         &redis_url(),
         &env.redis_prefix,
         "test",
@@ -393,12 +393,12 @@ async fn logs_follow_waits_for_the_pods_of_an_accepted_build() {
     )
     .await
     .unwrap();
-    let record = |state, phase: Option<&str>| BuildRecord {
+    let record = |state, phase: Option<kiln_protocol::Phase>| BuildRecord {
         state,
-        phase: phase.map(str::to_owned),
+        phase,
         tenant: "guest".into(),
         fingerprint: String::new(),
-        history: kiln_worker::lease::History::default(),
+        history: kiln_worker::store::History::default(),
         namespace: NAMESPACE.into(),
         worker: "w-1".into(),
         images: std::collections::BTreeMap::new(),
@@ -414,7 +414,11 @@ async fn logs_follow_waits_for_the_pods_of_an_accepted_build() {
     let early = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
     assert!(early.is_err(), "still waiting for the pods: {early:?}");
     leases
-        .put_record(&id, &record(RecordState::Finished, Some("cancelled")), WAIT)
+        .put_record(
+            &id,
+            &record(RecordState::Finished, Some(kiln_protocol::Phase::Cancelled)),
+            WAIT,
+        )
         .await
         .unwrap();
     let status = tokio::time::timeout(WAIT, child.wait())

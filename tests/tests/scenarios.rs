@@ -414,7 +414,7 @@ async fn only_the_owning_tenant_may_cancel() {
     let dead = env.wait_dead_letters(WAIT).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].1.starts_with("PolicyViolation: "), "{}", dead[0].1);
-    // Answered by request.rejected (DESIGN 10), nothing else.
+    // Answered by request.rejected (docs/protocol.md, "Ownership and rejections"), nothing else.
     let answer = env.next_event(WAIT).await.unwrap();
     assert_eq!(answer.level(), kiln_protocol::Level::Request, "{answer:?}");
     assert!(env.next_event(Duration::from_secs(1)).await.is_none());

@@ -8,7 +8,7 @@
 //! with RabbitMQ, Redis and the fake API server; its stdout and stderr are
 //! captured whole, at `debug` for Kiln's own modules.
 //!
-//! A dead-lettered message keeps its body as published (DESIGN section 2:
+//! A dead-lettered message keeps its body as published (docs/protocol.md, "Bad input and dead letters":
 //! `kiln.dead` holds the rejected messages themselves, for inspection and
 //! replay), so the credentials a publisher put into its own request are
 //! looked for in the headers of the dead letter, not in its body; every other

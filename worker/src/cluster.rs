@@ -2,13 +2,19 @@
 //! page: the builds in flight (from the pods the watchers see, whoever owns
 //! them) and a bounded ring of recent outcomes.
 //!
-//! Pods are the state (DESIGN section 5), so the view is rebuilt from the pod
+//! Pods are the state (docs/guarantees.md), so the view is rebuilt from the pod
 //! watch alone: a build appears with its first pod and leaves when its last
 //! pod is deleted (Kiln deletes a build's pods only after its terminal event is
-//! confirmed). The owner calls [`ClusterView::finished`] with the exact
-//! terminal phase; for builds other workers finish, the phase is read from the
-//! last pods seen (all succeeded: `succeeded`; one failed: `failed`; else
-//! `cancelled`) and marked as inferred. Nothing here does IO.
+//! confirmed). The driving worker calls [`ClusterView::finished`] with the
+//! exact terminal phase; for builds other workers finish, the phase is read
+//! from the last pods seen (all succeeded: `succeeded`; one failed: `failed`;
+//! else `cancelled`) and marked as inferred. Nothing here does IO.
+//!
+//! Derived from the pod cache (`supervisor/pod_cache.rs`), the one truth of
+//! the pods: `supervisor/routing.rs` applies every watch event to the cache
+//! first and then here, including the deletions the cache finds at the end
+//! of a relist, so this view keeps no relist state of its own. A build's
+//! history is not kept here either: its task owns its journal.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -16,8 +22,6 @@ use std::sync::{Mutex, MutexGuard};
 use kiln_protocol::Phase;
 
 use crate::classify::{PodPhase, PodView};
-use crate::journal::Journal;
-use crate::lease::History;
 
 /// How many finished builds the view remembers.
 pub const RECENT: usize = 100;
@@ -32,21 +36,7 @@ pub struct ClusterView {
 struct Inner {
     builds: HashMap<String, Build>,
     recent: VecDeque<Outcome>,
-    /// Relist generation per namespace (see [`ClusterView::resync`]).
-    epochs: HashMap<String, u64>,
-    /// What the events of the builds this worker drives said, until the
-    /// build's record is written at its end (compact: one per build in
-    /// flight).
-    histories: HashMap<String, Journal>,
-    /// When `histories` reaches this size, those of builds no longer driven
-    /// here are dropped (see [`ClusterView::published`]).
-    histories_bound: usize,
 }
-
-/// Histories kept before looking for ones left behind. A build task removes
-/// its build's history when it ends, however it ends; this bound only
-/// catches what a path that publishes without a task might leave.
-const HISTORIES_MAX: usize = 10_000;
 
 #[derive(Debug)]
 struct Build {
@@ -54,9 +44,9 @@ struct Build {
     first_seen: jiff::Timestamp,
     /// Latest attempt seen per image, kept after its pod is gone so that the
     /// outcome can be inferred.
-    images: Few<ImageState>,
+    images: Few<ImageStatus>,
     /// Pods that exist now, by name.
-    pods: Few<PodState>,
+    pods: Few<()>,
 }
 
 /// A few entries by name, in name order: what one build has (an image or
@@ -91,10 +81,6 @@ impl<V> Few<V> {
         self.0.retain(|(n, _)| n != name);
     }
 
-    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
-        self.0.retain(|(_, v)| keep(v));
-    }
-
     fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
         self.0.iter().map(|(n, v)| (n, v))
     }
@@ -113,18 +99,13 @@ impl<V> Few<V> {
 }
 
 #[derive(Debug, Clone)]
-struct ImageState {
+struct ImageStatus {
     attempt: u32,
     pod: String,
     phase: Option<PodPhase>,
     deleting: bool,
     detail: Option<String>,
     since: Option<jiff::Timestamp>,
-}
-
-#[derive(Debug)]
-struct PodState {
-    epoch: u64,
 }
 
 /// One build in flight, as the status page shows it.
@@ -157,7 +138,7 @@ pub struct Outcome {
     pub id: String,
     pub namespace: String,
     pub phase: Phase,
-    /// True when read from the pods rather than told by the build's owner.
+    /// True when read from the pods rather than told by the worker driving the build.
     pub inferred: bool,
     pub first_seen: Option<jiff::Timestamp>,
     pub finished_at: jiff::Timestamp,
@@ -194,7 +175,6 @@ impl ClusterView {
             return;
         }
         let mut inner = lock(&self.inner);
-        let epoch = inner.epochs.get(&v.namespace).copied().unwrap_or(0);
         if !inner.builds.contains_key(&v.build_id) {
             // A build that already ended (its pods are being cleaned up) or
             // a pod on its way out does not start a new entry.
@@ -222,8 +202,8 @@ impl ClusterView {
         {
             build.first_seen = created;
         }
-        build.pods.insert(&v.name, PodState { epoch });
-        let state = ImageState {
+        build.pods.insert(&v.name, ());
+        let state = ImageStatus {
             attempt: v.attempt,
             pod: v.name.clone(),
             phase: v.phase,
@@ -273,80 +253,14 @@ impl ClusterView {
         }
     }
 
-    /// The owner published the build's terminal event.
+    /// The worker driving the build published its terminal event.
     pub fn finished(&self, build: &str, phase: Phase) {
-        let mut inner = lock(&self.inner);
-        inner.histories.remove(build);
-        inner.end(build, Some(phase), jiff::Timestamp::now());
-    }
-
-    /// This worker published `ev`: it joins the build's history. `driven`
-    /// tells whether a build is still driven here: at the bound, only the
-    /// histories of builds that are not are dropped, never an in-flight
-    /// build's.
-    pub fn published(&self, ev: &kiln_protocol::BuildEvent, driven: impl Fn(&str) -> bool) {
-        let mut inner = lock(&self.inner);
-        let id = &ev.data.build_id;
-        if !inner.histories.contains_key(id)
-            && inner.histories.len() >= inner.histories_bound.max(HISTORIES_MAX)
-        {
-            inner.histories.retain(|b, _| driven(b.as_str()));
-            // More builds in flight than the bound: look again only when
-            // the map has doubled, not at every new build.
-            inner.histories_bound = 2 * inner.histories.len();
-        }
-        inner.histories.entry(id.clone()).or_default().apply(ev);
-    }
-
-    /// The history of `build` so far (empty if this worker published none
-    /// of its events).
-    pub fn history(&self, build: &str) -> History {
-        lock(&self.inner)
-            .histories
-            .get(build)
-            .map(|j| j.to_history(build))
-            .unwrap_or_default()
-    }
-
-    /// The task driving `build` here ended: its history is no longer
-    /// needed (the record has it when the build finished).
-    pub fn forget_history(&self, build: &str) {
-        lock(&self.inner).histories.remove(build);
+        lock(&self.inner).end(build, Some(phase), jiff::Timestamp::now());
     }
 
     /// Drops a build without recording an outcome.
     pub fn forget(&self, build: &str) {
         lock(&self.inner).builds.remove(build);
-    }
-
-    /// The watcher of `namespace` starts a relist: every pod that still
-    /// exists is observed again before [`ClusterView::synced`].
-    pub fn resync(&self, namespace: &str) {
-        *lock(&self.inner)
-            .epochs
-            .entry(namespace.to_owned())
-            .or_insert(0) += 1;
-    }
-
-    /// The relist of `namespace` is complete: pods not seen in it were
-    /// deleted while the watch was down.
-    pub fn synced(&self, namespace: &str) {
-        let mut inner = lock(&self.inner);
-        let epoch = inner.epochs.get(namespace).copied().unwrap_or(0);
-        let mut ended = Vec::new();
-        for (id, b) in &mut inner.builds {
-            if b.namespace != namespace {
-                continue;
-            }
-            b.pods.retain(|p| p.epoch >= epoch);
-            if b.pods.is_empty() {
-                ended.push(id.clone());
-            }
-        }
-        let now = jiff::Timestamp::now();
-        for id in ended {
-            inner.end(&id, None, now);
-        }
     }
 
     /// Number of builds in flight.
@@ -402,7 +316,7 @@ impl Inner {
         if build.is_none()
             && let Some(o) = self.recent.iter_mut().rev().find(|o| o.id == id)
         {
-            // Told once already: the last pod's deletion, then the owner,
+            // Told once already: the last pod's deletion, then the driving worker,
             // whose word replaces the inference.
             if let Some(p) = phase
                 && o.inferred
@@ -451,7 +365,7 @@ fn infer(b: &Build) -> Phase {
     }
 }
 
-fn phase_name(s: &ImageState) -> &'static str {
+fn phase_name(s: &ImageStatus) -> &'static str {
     match s.phase {
         Some(PodPhase::Succeeded) => "succeeded",
         Some(PodPhase::Failed) => "failed",
@@ -492,42 +406,6 @@ mod tests {
             created_at: Some(jiff::Timestamp::UNIX_EPOCH),
             ..PodView::default()
         }
-    }
-
-    fn accepted(build: &str) -> kiln_protocol::BuildEvent {
-        let data = kiln_protocol::EventData::for_build(build, Phase::Accepted);
-        kiln_protocol::BuildEvent::new("urn:kiln:t", "w", jiff::Timestamp::UNIX_EPOCH, data)
-    }
-
-    #[test]
-    fn at_the_bound_only_histories_of_builds_no_longer_driven_go() {
-        let view = ClusterView::new();
-        // Even ids are in flight here, odd ones were left behind.
-        let driven = |b: &str| b.ends_with(['0', '2', '4', '6', '8']);
-        for i in 0..HISTORIES_MAX {
-            view.published(&accepted(&format!("b{i}")), driven);
-        }
-        view.published(&accepted("new"), driven);
-        for id in ["b0", "b9998", "new"] {
-            assert_eq!(view.history(id).timeline.len(), 1, "{id} keeps its history");
-        }
-        assert!(
-            view.history("b9999").timeline.is_empty(),
-            "left behind: dropped"
-        );
-        assert_eq!(lock(&view.inner).histories.len(), HISTORIES_MAX / 2 + 1);
-    }
-
-    #[test]
-    fn more_builds_in_flight_than_the_bound_all_keep_their_history() {
-        let view = ClusterView::new();
-        for i in 0..HISTORIES_MAX + 10 {
-            view.published(&accepted(&format!("b{i}")), |_| true);
-        }
-        assert_eq!(lock(&view.inner).histories.len(), HISTORIES_MAX + 10);
-        assert_eq!(view.history("b0").timeline.len(), 1);
-        view.forget_history("b0");
-        assert!(view.history("b0").timeline.is_empty(), "the task ended");
     }
 
     #[test]
@@ -607,20 +485,6 @@ mod tests {
         assert_eq!(s.recent.len(), RECENT);
         assert_eq!(s.recent[0].id, format!("b{}", RECENT + 19));
         assert!(v.is_empty());
-    }
-
-    #[test]
-    fn a_relist_drops_pods_deleted_while_the_watch_was_down() {
-        let v = ClusterView::new();
-        v.observe(&pod("gone", "api", 1, PodPhase::Running));
-        v.observe(&pod("kept", "api", 1, PodPhase::Running));
-        v.resync("kiln-builds");
-        v.observe(&pod("kept", "api", 1, PodPhase::Running));
-        v.synced("kiln-builds");
-        let s = v.snapshot(10);
-        assert_eq!(s.in_flight.len(), 1);
-        assert_eq!(s.in_flight[0].id, "kept");
-        assert_eq!(s.recent[0].id, "gone");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `kiln worker` configuration: flags with `KILN_*` environment fallbacks
-//! (DESIGN section 9). Durations are written like `500ms`, `3s`, `2m`.
+//! (docs/configuration.md). Durations are written like `500ms`, `3s`, `2m`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,7 +81,7 @@ impl BuildConfig {
     /// `--namespace`, with the warning that deserves (`None` with a file).
     pub fn load_policy(&self) -> Result<(Policy, Option<String>), String> {
         match &self.policy {
-            Some(path) => Policy::load(path)
+            Some(path) => crate::policy::load(path)
                 .map(|p| (p, None))
                 .map_err(|e| e.to_string()),
             None => Ok((

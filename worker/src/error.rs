@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 /// The original error of a dependency, kept for whoever walks the chain.
-pub type Source = Box<dyn std::error::Error + Send + Sync>;
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong inside the worker.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum Error {
     Amqp {
         context: String,
         #[source]
-        source: Option<Source>,
+        source: Option<Cause>,
     },
     /// A publish was nacked by the broker or never confirmed.
     #[error("RabbitMQ did not confirm the publish of {0}")]
@@ -34,7 +34,7 @@ pub enum Error {
     Redis {
         context: String,
         #[source]
-        source: Option<Source>,
+        source: Option<Cause>,
     },
     /// The Kubernetes API answered with an error or could not be reached.
     #[error("Kubernetes API: {context}")]
@@ -47,7 +47,7 @@ pub enum Error {
         /// waits at least that long before its next try.
         retry_after: Option<Duration>,
         #[source]
-        source: Option<Source>,
+        source: Option<Cause>,
     },
     /// This worker no longer holds the lease of a build.
     #[error("lease of build {0} lost")]
@@ -68,13 +68,13 @@ impl Error {
     }
 
     /// A RabbitMQ error caused by `source`, described as `context`.
-    pub fn amqp_caused(context: &str, source: impl Into<Source> + std::fmt::Display) -> Self {
+    pub fn amqp_caused(context: &str, source: impl Into<Cause> + std::fmt::Display) -> Self {
         let (context, source) = caused(context, source);
         Error::Amqp { context, source }
     }
 
     /// A Redis error caused by `source`, described as `context`.
-    pub fn redis_caused(context: &str, source: impl Into<Source> + std::fmt::Display) -> Self {
+    pub fn redis_caused(context: &str, source: impl Into<Cause> + std::fmt::Display) -> Self {
         let (context, source) = caused(context, source);
         Error::Redis { context, source }
     }
@@ -142,10 +142,7 @@ pub fn is_quota_refusal(status: Option<u16>, message: &str) -> bool {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The message `"{context}: {source}"` and the kept source.
-fn caused(
-    context: &str,
-    source: impl Into<Source> + std::fmt::Display,
-) -> (String, Option<Source>) {
+fn caused(context: &str, source: impl Into<Cause> + std::fmt::Display) -> (String, Option<Cause>) {
     (format!("{context}: {source}"), Some(source.into()))
 }
 

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
-use crate::lease::{BuildRecord, INDEX_MAX, RecordState};
+use crate::store::{BuildRecord, INDEX_MAX, RecordState};
 use crate::supervisor::Supervisor;
 
 /// How long one readiness check may take before it counts as failed.
@@ -70,6 +70,7 @@ pub async fn serve_on(
     sup: Supervisor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Only for the log line: a socket without a local address still serves.
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the status page");
     }
@@ -130,7 +131,7 @@ async fn timed(f: impl Future<Output = Result<()>>) -> Option<String> {
 /// in `kiln_dependency_up`.
 pub async fn readiness(sup: &Supervisor) -> Vec<Check> {
     let ctx = &sup.ctx;
-    let (redis, kube) = tokio::join!(timed(ctx.leases.ping()), timed(ctx.pods.ping()));
+    let (redis, kube) = tokio::join!(timed(ctx.store.ping()), timed(ctx.pods.ping()));
     let checks = vec![
         Check {
             name: "rabbitmq",
@@ -214,7 +215,7 @@ pub struct Filter {
 /// `running` while it is not finished.
 fn record_phase(r: &BuildRecord) -> &str {
     match (&r.phase, r.state) {
-        (Some(p), RecordState::Finished) => p,
+        (Some(p), RecordState::Finished) => p.as_str(),
         _ => "running",
     }
 }
@@ -251,10 +252,23 @@ pub struct HistoryRow {
 
 /// The filtered history, newest first. `None` when Redis does not answer.
 async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<Vec<HistoryRow>> {
-    let records = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.recent_records(INDEX_MAX))
-        .await
-        .ok()?
-        .ok()?;
+    let read = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.recent_records(INDEX_MAX)).await;
+    let records = match read {
+        Ok(Ok(records)) => records,
+        Ok(Err(e)) => {
+            sup.ctx.metrics.error(&e);
+            tracing::warn!(error = %e, "status page: cannot read the build records");
+            return None;
+        }
+        Err(_) => {
+            sup.ctx.metrics.error(&crate::Error::Redis {
+                context: "status page: reading the build records timed out".into(),
+                source: None,
+            });
+            tracing::warn!("status page: reading the build records timed out");
+            return None;
+        }
+    };
     Some(
         records
             .into_iter()
@@ -265,8 +279,8 @@ async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<V
                 reason: r
                     .history
                     .reason
-                    .clone()
-                    .or_else(|| r.history.images.values().find_map(|i| i.reason.clone())),
+                    .or_else(|| r.history.images.values().find_map(|i| i.reason))
+                    .map(|r| r.to_string()),
                 images: r.images.len(),
                 ago: since(r.updated_at, now),
                 tenant: r.tenant,
@@ -385,7 +399,7 @@ async fn status_page(State(sup): State<Supervisor>, Query(filter): Query<Filter>
     // The lease holder is the build's worker; without Redis the column
     // stays empty rather than the page failing.
     let holders: HashMap<String, String> =
-        match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.holders(&ids)).await {
+        match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.holders(&ids)).await {
             Ok(Ok(h)) => ids
                 .into_iter()
                 .zip(h)
@@ -412,7 +426,7 @@ fn html(page: &impl Template) -> Response {
 
 /// The record of one build, or the answer to give instead.
 async fn one_record(sup: &Supervisor, id: &str) -> std::result::Result<BuildRecord, Response> {
-    match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.leases.record(id)).await {
+    match tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.record(id)).await {
         Ok(Ok(Some(r))) => Ok(r),
         Ok(Ok(None)) => Err(text(
             StatusCode::NOT_FOUND,

@@ -3,23 +3,22 @@
 //! publishes CloudEvents about every phase change. See ARCHITECTURE.md.
 
 pub mod amqp;
-pub mod classify;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
-pub mod journal;
-pub mod lease;
-pub mod machine;
 pub mod metrics;
-pub mod plan;
 pub mod pod;
 pub mod policy;
-pub mod render;
 pub mod retry;
+pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod terminal;
 pub mod worker;
 
 pub use error::{Error, Result};
+// The pure core moved to `kiln-core`; these keep the old paths
+// (`crate::machine::…`) working for the worker's modules.
+pub use kiln_core::{classify, journal, machine, plan, render};

@@ -37,7 +37,8 @@ enum Command {
 
 fn main() -> ExitCode {
     // lapin and kube both bring rustls; pick ring for the whole process
-    // before either builds a TLS config.
+    // before either builds a TLS config. An error means a provider is
+    // installed already, which is all we need.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Client(_)) {
@@ -87,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = async {
+        // Without a Ctrl-C handler the worker still stops on SIGTERM.
         let _ = tokio::signal::ctrl_c().await;
     };
     #[cfg(unix)]

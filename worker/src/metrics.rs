@@ -230,6 +230,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
+        // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }

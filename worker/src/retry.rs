@@ -1,8 +1,8 @@
 //! The worker's retry policies, one per kind of call, so that how hard Kiln
 //! insists on a dependency is decided in one place.
 //!
-//! Every policy here retries without a limit of attempts: what bounds a
-//! retry is the thing it serves. Callers wrap the retrying future in
+//! Every policy here but [`kube_call`] retries without a limit of attempts:
+//! what bounds a retry is the thing it serves. Callers wrap the retrying future in
 //! [`bounded`] with the stop token of the build or the worker and, inside a
 //! build, stop retrying at the build's deadline ([`sleep_at_most_until`]),
 //! so no retry outlives what it is for.
@@ -37,6 +37,17 @@ pub fn redis_subscribe() -> ExponentialBuilder {
     redis()
 }
 
+/// Publishing to RabbitMQ (an event, a dead-letter copy) that was nacked
+/// or lost with the connection: fast after a blip, since a build waits on
+/// its event, and calm during an outage.
+pub fn amqp_publish() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}
+
 /// Waiting for another worker that holds a build's lease to accept it (its
 /// pods are being created): short at first, since acceptance usually takes
 /// a few hundred milliseconds, never slower than once a second.
@@ -55,6 +66,26 @@ pub fn kube_write() -> ExponentialBuilder {
         .with_max_delay(Duration::from_secs(10))
         .with_jitter()
         .without_max_times()
+}
+
+/// One Kubernetes API call of the pod client (create, delete, log tail,
+/// list) that failed transiently. Bounded by attempts (about a minute in
+/// all): the caller owns the longer retry (the build's `kube_write`, the
+/// machine's timers, the next adoption sweep). The client waits at least
+/// the server's `Retry-After` on top of these delays.
+pub fn kube_call() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .with_max_times(8)
+}
+
+/// No retry at all: the short-lived client commands connect once and say
+/// why they could not, rather than retry for minutes (lapin's reconnect
+/// policy for them).
+pub fn never() -> ExponentialBuilder {
+    ExponentialBuilder::default().with_max_times(0)
 }
 
 /// Runs `fut` (usually a backon retry) until it ends or `stop` is
@@ -111,7 +142,13 @@ mod tests {
     #[test]
     fn policies_never_give_up_on_their_own() {
         use backon::BackoffBuilder;
-        for policy in [redis(), redis_subscribe(), lease_held(), kube_write()] {
+        for policy in [
+            redis(),
+            redis_subscribe(),
+            amqp_publish(),
+            lease_held(),
+            kube_write(),
+        ] {
             let mut delays = policy.build();
             let last = (0..1000).filter_map(|_| delays.next()).last();
             let last = last.unwrap_or_default();

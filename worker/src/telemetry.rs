@@ -17,7 +17,7 @@
 //!
 //! A request's W3C `traceparent` header becomes the parent of the build's span
 //! ([`set_parent`]), so a build's spans join the publisher's trace; events
-//! carry the same `traceparent` (DESIGN section 2).
+//! carry the same `traceparent` (docs/protocol.md, "Message properties and headers").
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
@@ -155,7 +155,9 @@ pub fn init() -> Guard {
         // tracing-subscriber colours whenever NO_COLOR is unset, even into
         // a file or a log collector: colour only on a terminal.
         tracing_subscriber::fmt::layer()
-            .with_ansi(crate::cli::colour_allowed(std::io::stderr().is_terminal()))
+            .with_ansi(crate::terminal::colour_allowed(
+                std::io::stderr().is_terminal(),
+            ))
             .with_writer(std::io::stderr)
             .boxed()
     };
@@ -224,7 +226,8 @@ fn tracer_provider(endpoint: &str, protocol: Protocol) -> Result<SdkTracerProvid
         return Err("telemetry::init must run inside the tokio runtime".into());
     }
     // reqwest's rustls has no provider of its own (no aws-lc-rs): ring, as
-    // for the rest of the process (a no-op when main installed it already).
+    // for the rest of the process (a no-op when main installed it already,
+    // which is the error discarded here).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The exporters read headers and timeout from `OTEL_*` themselves.
     let exporter = match protocol {
@@ -302,6 +305,7 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
 
 fn link(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(cx) = traceparent.and_then(parent_context) {
+        // Fails only for a span already entered: it then keeps its parent.
         let _ = span.set_parent(cx);
     }
 }

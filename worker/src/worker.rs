@@ -6,10 +6,10 @@ use std::sync::Arc;
 use crate::amqp::Broker;
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
-use crate::lease::Leases;
 use crate::machine::Settings;
 use crate::metrics::Metrics;
 use crate::pod::{KubeClient, Pods};
+use crate::store::Store;
 use crate::supervisor::{self, Context, Supervisor};
 
 /// Connects everything and returns the supervisor, ready to run.
@@ -34,7 +34,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
     )
     .await?;
     broker.declare_topology().await?;
-    let leases = Leases::connect(&c.redis_url, &c.redis_prefix, &worker, config.lease_ttl).await?;
+    let store = Store::connect(&c.redis_url, &c.redis_prefix, &worker, config.lease_ttl).await?;
     let client = match kube {
         Some(k) => k,
         None => Pods::default_client().await?,
@@ -49,7 +49,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
     });
     Ok(Supervisor::new(Context {
         broker: Arc::new(broker),
-        leases,
+        store,
         pods,
         policy: Arc::new(policy),
         settings,

@@ -1239,7 +1239,7 @@ async fn leases_held(redis_prefix: &str, holder: &str) -> (usize, usize) {
             .iter()
             .filter(|v| {
                 v.as_deref()
-                    .is_some_and(|v| kiln_worker::lease::holder_worker(v) == holder)
+                    .is_some_and(|v| kiln_worker::store::holder_worker(v) == holder)
             })
             .count();
     }

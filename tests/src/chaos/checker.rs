@@ -1,6 +1,6 @@
 //! The checker: a pure function from a [`History`] to a [`Verdict`].
 //!
-//! It knows Kiln's promises (DESIGN sections 4 and 10) and nothing of how the
+//! It knows Kiln's promises (docs/protocol.md, "Events" and "Ownership and rejections") and nothing of how the
 //! worker keeps them:
 //!
 //! * every accepted build ends in a terminal `build.*` event (else **lost**),

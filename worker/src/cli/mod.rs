@@ -30,7 +30,7 @@ use clap::Subcommand;
 
 use crate::amqp::{Broker, EventSubscription};
 use crate::config::Connections;
-use crate::lease::Leases;
+use crate::store::Store;
 use kiln_protocol::redact_url;
 
 /// `println!` that ends the process quietly when standard output is a
@@ -187,6 +187,7 @@ pub fn print_err(args: std::fmt::Arguments<'_>) {
 /// an error through every caller, also stops a `watch` loop at once.
 fn write_failed(e: &std::io::Error, what: &str) -> ! {
     if !is_broken_pipe(e) {
+        // Standard error failing too leaves only the exit code to tell.
         let _ = writeln!(
             std::io::stderr(),
             "kiln: error: cannot write to {what}: {e}"
@@ -206,12 +207,6 @@ pub fn is_broken_pipe_error(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<std::io::Error>())
         .any(is_broken_pipe)
-}
-
-/// Whether colour may be written to a stream: only to a terminal, and never
-/// when `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
-pub fn colour_allowed(is_terminal: bool) -> bool {
-    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// An error as one line: the causes joined with `: `, line breaks folded.
@@ -257,9 +252,9 @@ pub async fn connect_broker(c: &Connections, what: &str) -> anyhow::Result<Broke
 
 /// Connects to Redis (read-only use: records, leases, cancel flags), with a
 /// timeout.
-pub async fn connect_redis(c: &Connections) -> anyhow::Result<Leases> {
+pub async fn connect_redis(c: &Connections) -> anyhow::Result<Store> {
     let url = redact_url(&c.redis_url);
-    let connect = Leases::connect(
+    let connect = Store::connect(
         &c.redis_url,
         &c.redis_prefix,
         "kiln-cli",

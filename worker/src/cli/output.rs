@@ -160,6 +160,7 @@ fn details_with(ev: &BuildEvent, compact: bool) -> String {
             if i > 0 {
                 s.push(' ');
             }
+            // Writing to a String cannot fail.
             let _ = write!(s, "{}={}", img.name, img.phase);
         }
         if !s.is_empty() {

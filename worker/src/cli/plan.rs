@@ -2,7 +2,7 @@
 //! create for a request under the current policy, without a broker, Redis
 //! or a cluster.
 //!
-//! It runs the worker's own path from a request to pods: the intake's
+//! It runs the worker's own path from a request to pods: the core's
 //! [`plan_request`] (parse, policy admission, template rendering, plan
 //! size) and the pod builders of `pod/` ([`attempt_objects`]), with the
 //! worker's [`BuildConfig`] flags and `KILN_*` variables. Nothing here
@@ -17,7 +17,7 @@ use crate::config::BuildConfig;
 use crate::plan::BuildPlan;
 use crate::pod::attempt_objects;
 use crate::policy::DEFAULT_TENANT;
-use crate::supervisor::plan_request;
+use kiln_core::intake::plan_request;
 
 pub const AFTER_HELP: &str = "\
 Prints, as a multi-document YAML stream (`--output json`: one object per
@@ -94,6 +94,7 @@ fn refused(name: &str, errs: &[ValidationError], reason: Reason) -> u8 {
     {
         let mut err = std::io::stderr().lock();
         // A closed standard error has nobody to tell.
+        // Standard error closed: the exit code still says it.
         let _ = print_problems(&mut err, name, errs);
     }
     errln!("kiln: a worker would reject {name} ({reason}): nothing to plan");

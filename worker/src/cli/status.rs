@@ -11,8 +11,8 @@ use super::exit;
 use super::output::Output;
 use crate::classify::PodView;
 use crate::config::{Connections, parse_duration};
-use crate::lease::BuildRecord;
 use crate::pod::{PodSettings, Pods};
+use crate::store::BuildRecord;
 
 pub const AFTER_HELP: &str = "\
 Redis keeps a record of each build for a while after it ends (KILN_RECORD_TTL
@@ -85,6 +85,7 @@ impl PodStatus {
         if let Some(t) = &v.terminated {
             let mut s = format!("exit code {}", t.exit_code);
             if let Some(r) = &t.reason {
+                // Writing to a String cannot fail.
                 let _ = write!(s, " ({r})");
             }
             detail.push(s);
@@ -233,10 +234,10 @@ fn print_text(st: &Status) {
 
 /// Redis' view: the build's phase and whereabouts, then a table of images.
 fn print_record(st: &Status, rec: &BuildRecord) {
-    let phase = rec
-        .phase
-        .clone()
-        .unwrap_or_else(|| format!("{:?}", rec.state).to_lowercase());
+    let phase = rec.phase.map_or_else(
+        || format!("{:?}", rec.state).to_lowercase(),
+        |p| p.to_string(),
+    );
     outln!("build {}: {phase}", st.id);
     outln!(
         "  tenant {}, namespace {}, worker {}, updated {}",
@@ -258,7 +259,7 @@ fn print_record(st: &Status, rec: &BuildRecord) {
                 // `waiting (QuotaExceeded)`: why an image has no pod yet.
                 i.reason
                     .as_ref()
-                    .map_or_else(|| i.phase.clone(), |r| format!("{} ({r})", i.phase)),
+                    .map_or_else(|| i.phase.to_string(), |r| format!("{} ({r})", i.phase)),
                 i.attempt.to_string(),
                 i.pod.clone().unwrap_or_default(),
                 i.digest.clone().unwrap_or_default(),

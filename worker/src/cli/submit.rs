@@ -11,7 +11,7 @@ use super::output::Output;
 use super::wait::{Follow, REQUEST_REJECTED_KEY, follow, optional_redis};
 use crate::amqp::{BUILD_KEY, url_user};
 use crate::config::{Connections, parse_duration};
-use crate::lease::RecordState;
+use crate::store::RecordState;
 
 pub const AFTER_HELP: &str = concat!(
     "\
@@ -132,6 +132,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
 
 /// Prints the problems; nothing was published.
 fn invalid(name: &str, errs: &[kiln_protocol::ValidationError]) -> u8 {
+    // Standard error closed: the exit code still says it.
     let _ = print_problems(&mut std::io::stderr().lock(), name, errs);
     errln!(
         "kiln: {name} is not a valid build request ({} problem{}); nothing was published",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditions};
@@ -15,9 +15,10 @@ use kube::runtime::{WatchStreamExt, watcher::Event};
 /// event carries only the last [`kiln_protocol::LOG_TAIL_MAX_BYTES`]).
 pub const LOG_SEARCH_BYTES: usize = 64 * 1024;
 
+use super::labels::{KANIKO, LABEL_BUILD, SELECTOR};
+use super::model::{Created, PodEvent, PodSettings};
 use super::spec::{configmap_spec, pod_spec};
 use super::view::view;
-use super::{Created, KANIKO, LABEL_BUILD, PodEvent, PodSettings, SELECTOR};
 use crate::classify::PodView;
 use crate::error::{Error, Result};
 use crate::plan::BuildPlan;
@@ -67,15 +68,8 @@ impl std::fmt::Debug for Pods {
     }
 }
 
-fn api_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .with_max_times(8)
-}
-
-/// Runs `call` until it succeeds, fails permanently, or [`api_backoff`]
+/// Runs `call` until it succeeds, fails permanently, or
+/// [`crate::retry::kube_call`]
 /// runs out. A server that asked for a `Retry-After` waits at least that
 /// long: hammering a throttling API server only prolongs the throttling.
 async fn with_retries<T, F, Fut>(call: F, notify: impl FnMut(&Error, Duration)) -> Result<T>
@@ -83,7 +77,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    call.retry(api_backoff())
+    call.retry(crate::retry::kube_call())
         .when(Error::is_transient)
         .adjust(|e, delay| delay.map(|d| e.retry_after().map_or(d, |r| r.max(d))))
         .notify(notify)

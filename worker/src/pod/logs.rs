@@ -9,8 +9,10 @@ use kube::api::{Api, LogParams};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
 
+use super::client::Pods;
+use super::labels::{KANIKO, LABEL_BUILD, SELECTOR};
+use super::model::PodEvent;
 use super::view::view;
-use super::{KANIKO, LABEL_BUILD, PodEvent, Pods, SELECTOR};
 use crate::error::{Error, Result};
 
 impl Pods {
@@ -109,6 +111,8 @@ impl Pods {
                     Ok(Event::Delete(p)) => Some(PodEvent::Deleted(view(&p))),
                     Ok(Event::Init) => Some(PodEvent::Resync),
                     Ok(Event::InitDone) => Some(PodEvent::Synced),
+                    // The watcher's backoff retries on its own; `kiln logs`
+                    // goes on with the events that follow.
                     Err(_) => None,
                 };
                 // A hashed label value may, in theory, be shared by two ids.

@@ -1,4 +1,4 @@
-//! The Kaniko pod spec (DESIGN section 7), pure: the same plan, attempt and
+//! The Kaniko pod spec (docs/security.md, "The build sandbox"), pure: the same plan, attempt and
 //! instant give the same pod. Each part of the pod has its builder: the
 //! build context (git, S3, or a URL fetched by an init container), the
 //! Dockerfile, the Kaniko flags, the registry credentials, and the pod
@@ -15,10 +15,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kiln_protocol::{GitContext, S3Context};
 
-use super::{
-    ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE,
-    MANAGED_BY, PodSettings,
+use super::labels::{
+    ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE, MANAGED_BY,
 };
+use super::model::PodSettings;
 use crate::plan::{BuildPlan, ImagePlan};
 
 const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";
@@ -33,7 +33,7 @@ const CONTEXT_DIR: &str = "/kaniko/fetched-context";
 /// image's `/etc/passwd`.
 pub const NON_ROOT_UID: i64 = 65_532;
 
-/// The Kaniko pod of attempt `attempt` of image `i` (DESIGN section 7).
+/// The Kaniko pod of attempt `attempt` of image `i` (docs/security.md, "The build sandbox").
 pub fn pod_spec(
     settings: &PodSettings,
     plan: &BuildPlan,
@@ -113,6 +113,7 @@ pub fn attempt_objects(
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         configmap_spec(plan, i, attempt, name, "")
     });
+    // k8s-openapi objects always serialise: nothing is dropped here.
     configmaps
         .filter_map(|cm| serde_json::to_value(cm).ok())
         .chain(pods.iter().filter_map(|p| serde_json::to_value(p).ok()))
@@ -474,6 +475,7 @@ fn encode_s3_key(key: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
             out.push(char::from(b));
         } else {
+            // Writing to a String cannot fail.
             let _ = write!(out, "%{b:02X}");
         }
     }

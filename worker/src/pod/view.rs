@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateTerminated, Pod, PodCondition, PodStatus,
 };
 
-use super::{ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_IMAGE};
+use super::labels::{ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_IMAGE};
 use crate::classify::{PodPhase, PodView, Terminated};
 
 /// Copies what Kiln reads out of a pod.

@@ -1,144 +1,27 @@
 //! Finding builds whose lease lapsed and taking them over from their pods:
 //! a periodic sweep of the foreign builds, plus the release notices of
-//! workers that shut down. What to do with a build is [`decide`]d purely
-//! from its pods and its record.
+//! workers that shut down. What to do with a build is decided purely from
+//! its pods and its record (`kiln_core::adoption::decide`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Supervisor, build_task, pod_cache};
-use crate::classify::{PodPhase, PodView};
+use kiln_core::adoption::{Adoption, PodSource, decide};
+
+use super::{Supervisor, build_task, give_back, pod_cache};
+use crate::classify::PodView;
 use crate::error::Result;
-use crate::lease::{BuildRecord, Claim, LeaseToken, RecordState, Renewal};
 use crate::machine::{Input, Machine};
 use crate::plan::BuildPlan;
-use crate::policy::Policy;
-
-/// What a lapsed build's pods and record call for.
-#[derive(Debug)]
-pub(super) enum Adoption {
-    /// Resume driving the build from the plan its pods carry.
-    Resume(Box<BuildPlan>),
-    /// The terminal event is out (the record says so, or the pods are what
-    /// an interrupted clean-up leaves: [`cleanup_interrupted`]); only
-    /// deleting the pods was missing.
-    CleanUp,
-    /// No pods left: nothing to adopt.
-    Forget,
-    /// Pods without a readable plan: nobody can resume them.
-    Unreadable,
-    /// Pods whose plan the current policy would not give its tenant, or
-    /// that disagree with it (namespace, tenant, build id): not trusted as
-    /// Kiln's. Nothing is created, published or deleted for them.
-    Refuse(String),
-}
-
-/// Pure: see [`Adoption`]. `id` is the build the pods were found under.
-pub(super) fn decide(
-    id: &str,
-    pods: &[PodView],
-    record: Option<&BuildRecord>,
-    policy: &Policy,
-) -> Adoption {
-    if pods.is_empty() {
-        return Adoption::Forget;
-    }
-    if record.is_some_and(|r| r.state == RecordState::Finished) {
-        return Adoption::CleanUp;
-    }
-    let Some(plan) = pods
-        .iter()
-        .filter_map(|p| p.plan.as_deref())
-        .find_map(BuildPlan::from_annotation)
-    else {
-        return Adoption::Unreadable;
-    };
-    let mut problems = Vec::new();
-    if plan.id != id {
-        problems.push(format!(
-            "the plan is of build {:?}, its pods of {id:?}",
-            plan.id
-        ));
-    }
-    for p in pods {
-        if p.namespace != plan.namespace {
-            problems.push(format!(
-                "pod {} is in namespace {:?}, the plan says {:?}",
-                p.name, p.namespace, plan.namespace
-            ));
-        }
-        if p.tenant.as_deref() != Some(plan.tenant.as_str()) {
-            problems.push(format!(
-                "pod {} says tenant {:?}, the plan says {:?}",
-                p.name,
-                p.tenant.as_deref().unwrap_or(""),
-                plan.tenant
-            ));
-        }
-    }
-    problems.extend(policy.recheck(&plan));
-    if !problems.is_empty() {
-        return Adoption::Refuse(problems.join("; "));
-    }
-    if cleanup_interrupted(&plan, pods, record) {
-        return Adoption::CleanUp;
-    }
-    Adoption::Resume(Box::new(plan))
-}
-
-/// Pure: whether the pods are what an interrupted clean-up leaves. A build's
-/// pods are deleted only after its terminal event is out (besides an old
-/// attempt's, once the next one exists), so an image with no pod left while
-/// every remaining pod has ended means the build ended and its owner was
-/// stopped between the deletes: resuming would build that image again.
-/// Not when the record says the first pods were still being created (the
-/// owner died mid-way, the request is still unacked): then the missing pod
-/// never existed, and resuming creates it.
-fn cleanup_interrupted(plan: &BuildPlan, pods: &[PodView], record: Option<&BuildRecord>) -> bool {
-    let ended =
-        |p: &PodView| p.deleting || matches!(p.phase, Some(PodPhase::Succeeded | PodPhase::Failed));
-    let missing = plan
-        .images
-        .iter()
-        .any(|i| !pods.iter().any(|p| p.image == i.name));
-    let creating = record.is_some_and(|r| r.state == RecordState::Claimed);
-    missing && !creating && pods.iter().all(ended)
-}
-
-/// Where adoption reads a lapsed build's pods from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Source {
-    /// The watch cache: enough while the record exists. The cache may lag
-    /// behind the server (a watch down or relisting), but the record
-    /// orders what matters: a build that finished says so there, and a
-    /// pod that is really gone is one the build must hear of anyway.
-    Cache,
-    /// One LIST of the build's pods. Without a record (Redis lost it) the
-    /// pods are the only truth: a lagging cache can show a pod running
-    /// that its owner saw succeed and deleted, and resuming from it would
-    /// build the image again once the watch catches up. Read only after
-    /// the previous owner must have stopped ([`outwait_previous_owner`]).
-    Server,
-}
-
-impl Source {
-    /// Pure: see [`Source`].
-    pub(super) fn of(record: Option<&BuildRecord>) -> Self {
-        if record.is_some() {
-            Self::Cache
-        } else {
-            Self::Server
-        }
-    }
-}
+use crate::store::{Claim, LeaseToken, Renewal};
 
 /// Periodically adopts foreign builds whose lease lapsed.
 pub(super) async fn adopt_loop(sup: Supervisor) {
     // A build seen for the first time is checked at the next tick; after
     // that, every half lease TTL (a lapsed lease is found within one TTL).
-    let every = (sup.ctx.leases.ttl() / 2).max(Duration::from_millis(200));
+    let every = (sup.ctx.store.ttl() / 2).max(Duration::from_millis(200));
     let period = every.min(Duration::from_secs(1));
     let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -150,8 +33,14 @@ pub(super) async fn adopt_loop(sup: Supervisor) {
         let due = sup.registry.foreign_due(Instant::now(), every);
         for chunk in due.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
-            let Ok(holders) = sup.ctx.leases.holders(&ids).await else {
-                continue;
+            let holders = match sup.ctx.store.holders(&ids).await {
+                Ok(holders) => holders,
+                // Tried again at the next tick.
+                Err(e) => {
+                    sup.ctx.metrics.error(&e);
+                    tracing::warn!(error = %e, "cannot read the leases of foreign builds; trying at the next tick");
+                    continue;
+                }
             };
             for ((id, ns), holder) in chunk.iter().zip(holders) {
                 if holder.is_none() {
@@ -189,23 +78,30 @@ async fn adopt(sup: &Supervisor, id: &str, namespace: &str) {
     // The fence of an adopted build counts from the claim's send, not from
     // after the pods and the record were read.
     let claimed_at = Instant::now();
-    let Ok(Claim::Acquired(token)) = sup.ctx.leases.claim(id).await else {
-        return;
+    let token = match sup.ctx.store.claim(id).await {
+        Ok(Claim::Acquired(token)) => token,
+        Ok(Claim::HeldBy(_)) => return,
+        // The sweep tries again while the build stays foreign.
+        Err(e) => {
+            sup.ctx.metrics.error(&e);
+            tracing::warn!(build_id = %id, error = %e, "cannot claim a lapsed build; trying again later");
+            return;
+        }
     };
     if sup.registry.owns(id) {
-        let _ = sup.ctx.leases.release(id, &token).await;
+        give_back::release(sup, id, &token).await;
         return;
     }
     if let Err(e) = take_over(sup, id, namespace, claimed_at, &token).await {
         sup.ctx.metrics.error(&e);
         tracing::warn!(build_id = %id, error = %e, "adoption failed; releasing the lease");
-        let _ = sup.ctx.leases.release(id, &token).await;
+        give_back::release(sup, id, &token).await;
     }
 }
 
 /// With the lease in hand: read the record and the pods (from the watch
 /// cache, synced: see [`adopt`]; from the server when there is no record,
-/// see [`Source`]), and act on them.
+/// see `PodSource`), and act on them.
 async fn take_over(
     sup: &Supervisor,
     id: &str,
@@ -214,13 +110,13 @@ async fn take_over(
     token: &LeaseToken,
 ) -> Result<()> {
     let ctx = &sup.ctx;
-    let record = ctx.leases.record(id).await?;
+    let record = ctx.store.record(id).await?;
     // `cached` is the base against which the watch's later events are
     // handed to the build (see [`resume`]); `fresh`, the server's pods
     // when they are read instead of the cache's.
-    let (cached, fresh, claimed_at) = match Source::of(record.as_ref()) {
-        Source::Cache => (sup.pod_cache.build_pods(namespace, id), None, claimed_at),
-        Source::Server => match outwait_previous_owner(sup, id, token).await? {
+    let (cached, fresh, claimed_at) = match PodSource::of(record.as_ref()) {
+        PodSource::Cache => (sup.pod_cache.build_pods(namespace, id), None, claimed_at),
+        PodSource::Server => match outwait_previous_owner(sup, id, token).await? {
             Some(renewed_at) => (
                 sup.pod_cache.build_pods(namespace, id),
                 Some(ctx.pods.build_pods(namespace, id).await?),
@@ -232,7 +128,7 @@ async fn take_over(
     // No view: a namespace that unsynced (it never does once synced), or
     // the claim lost while waiting out the previous owner. Decide nothing.
     let Some(cached) = cached else {
-        return ctx.leases.release(id, token).await.map(drop);
+        return ctx.store.release(id, token).await.map(drop);
     };
     let pods = fresh.as_deref().unwrap_or(&cached);
     match decide(id, pods, record.as_ref(), &ctx.policy) {
@@ -246,7 +142,7 @@ async fn take_over(
         Adoption::Unreadable => {
             tracing::error!(build_id = %id, "pods carry no readable plan; cannot adopt");
         }
-        Adoption::Refuse(why) => {
+        Adoption::Untrusted(why) => {
             // Pods Kiln cannot trust as its own: left alone (never deleted,
             // never driven), and not looked at again by this worker until
             // they are gone or it restarts with another policy.
@@ -259,7 +155,7 @@ async fn take_over(
             return Ok(());
         }
     }
-    ctx.leases.release(id, token).await.map(drop)
+    ctx.store.release(id, token).await.map(drop)
 }
 
 /// A build without a record may have lost its lease with it (Redis lost
@@ -275,7 +171,7 @@ async fn outwait_previous_owner(
     id: &str,
     token: &LeaseToken,
 ) -> Result<Option<Instant>> {
-    let ttl = sup.ctx.leases.ttl();
+    let ttl = sup.ctx.store.ttl();
     let period = super::fencing::renew_period(ttl);
     let held = [(id.to_owned(), token.clone())];
     let until = Instant::now() + ttl;
@@ -288,7 +184,7 @@ async fn outwait_previous_owner(
             return Ok(None);
         }
         let sent = Instant::now();
-        match sup.ctx.leases.renew_many(&held).await?.first() {
+        match sup.ctx.store.renew_many(&held).await?.first() {
             Some(Renewal::Renewed | Renewal::CancelPending) => renewed_at = Some(sent),
             _ => return Ok(None),
         }
@@ -322,7 +218,7 @@ async fn resume(
     );
     if build_task::spawn_claimed_at(sup, machine, actions, claimed_at, token.clone()).is_none() {
         // Driven here meanwhile: that task holds its own claim.
-        let _ = sup.ctx.leases.release(&id, &token).await;
+        give_back::release(sup, &id, &token).await;
         return;
     }
     // Pod events since `pods` were read went to the foreign set.
@@ -333,11 +229,7 @@ async fn resume(
     for input in pod_cache::missed(cached, &now) {
         sup.registry.send(&id, input);
     }
-    if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await {
+    if let Ok(Some(reason)) = sup.ctx.store.cancel_reason(&id).await {
         sup.registry.send(&id, Input::Cancel(reason));
     }
 }
-
-#[cfg(test)]
-#[path = "adoption_tests.rs"]
-mod tests;

@@ -60,6 +60,8 @@ pub(super) async fn drain(sup: &Supervisor, cancels: &mut Consumer, ready: u32) 
     let mut handled = 0;
     let waited = tokio::time::timeout_at(deadline, async {
         for h in handlers {
+            // A handler that panicked is counted handled: the cancel stays
+            // in its queue unacked and is redelivered.
             let _ = h.await;
             handled += 1;
         }

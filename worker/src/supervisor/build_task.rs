@@ -17,15 +17,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::Supervisor;
 use super::context::Context;
-use super::fencing::{Fence, SharedFence};
+use super::fence::{Fence, SharedFence};
 use super::registry::BuildHandle;
 use crate::classify::PodPhase;
 use crate::error::{Error, Result};
-use crate::lease::{LeaseToken, RecordState};
+use crate::journal::Journal;
 use crate::machine::{Action, Input, Machine, Stage};
 use crate::plan::BuildPlan;
 use crate::pod::Created;
 use crate::retry;
+use crate::store::{LeaseToken, RecordState};
 
 /// Registers the build and spawns its task. `None` if the id is already
 /// driven here. The receiver turns true once the build is accepted. For a
@@ -50,7 +51,7 @@ pub(super) fn spawn_claimed_at(
     token: LeaseToken,
 ) -> Option<watch::Receiver<bool>> {
     let id = machine.plan().id.clone();
-    let fence = SharedFence::new(Fence::from_send(claimed_at, sup.ctx.leases.ttl()));
+    let fence = SharedFence::new(Fence::from_send(claimed_at, sup.ctx.store.ttl()));
     // futures' channel, not tokio's: tokio allocates a block of 32 slots
     // per channel up front (about 1.3 kB per build held idle), futures one
     // node per message in flight.
@@ -64,7 +65,7 @@ pub(super) fn spawn_claimed_at(
         namespace: machine.plan().namespace.clone(),
         fence: fence.clone(),
         token: token.clone(),
-        owner: super::owner::of_plan(machine.plan()),
+        owner: kiln_core::owner::Owner::of_plan(machine.plan()),
     };
     let (n, generation) = sup.registry.insert(&id, handle)?;
     sup.set_in_flight(n);
@@ -81,6 +82,7 @@ pub(super) fn spawn_claimed_at(
             fence,
             token,
             holds_delivery: false,
+            journal: Journal::default(),
         };
         let lending = Arc::clone(&sup.lending);
         let (ended, held) = tracing::Instrument::instrument(task.run(actions), span).await;
@@ -92,11 +94,6 @@ pub(super) fn spawn_claimed_at(
             sup.registry.stop_generation(&id, generation);
         }
         let n = sup.registry.remove(&id, generation);
-        if !sup.registry.owns(&id) {
-            // Unless the build was adopted here again meanwhile: a task
-            // that ended without finishing must not leave its history.
-            sup.cluster.forget_history(&id);
-        }
         sup.set_in_flight(n);
     });
     Some(acc_rx)
@@ -116,6 +113,9 @@ struct Task {
     /// The request's delivery is unacked because an image waits for quota
     /// (counted in the supervisor's [`super::lending::Lending`]).
     holds_delivery: bool,
+    /// What the build's events said, for its record: owned by the build,
+    /// so it goes with the task however the task ends.
+    journal: Journal,
 }
 
 impl Task {
@@ -139,6 +139,7 @@ impl Task {
         Box::pin(execute_fenced(
             &self.sup,
             &mut self.machine,
+            &mut self.journal,
             actions,
             &self.stop,
             Some(&self.fence),
@@ -172,7 +173,7 @@ impl Task {
             self.execute(actions).await?;
             self.after_actions(&mut waits).await;
         }
-        let _ = self.accepted.send(true);
+        self.accepted.send_replace(true);
         Ok(())
     }
 
@@ -183,12 +184,12 @@ impl Task {
     async fn after_actions(&mut self, waits: &mut u64) {
         let accepted = *self.accepted.borrow();
         if self.machine.stage() != Stage::Active {
-            let _ = self.accepted.send(true);
+            self.accepted.send_replace(true);
         } else if !accepted && self.machine.pods_exist() {
             // Boxed like `execute`: the Redis write's state is not part of
             // the future every idle build keeps.
             Box::pin(self.put_record(RecordState::Accepted)).await;
-            let _ = self.accepted.send(true);
+            self.accepted.send_replace(true);
         } else if self.machine.waits() != *waits {
             let state = if accepted {
                 RecordState::Accepted
@@ -214,12 +215,16 @@ impl Task {
         }
         let states = self.machine.image_states();
         let mut record = ctx.record(self.machine.plan(), state, None, &states);
-        record.history = self.sup.cluster.history(&self.machine.plan().id);
+        record.history = self.journal.to_history(&self.machine.plan().id);
         let keep = ctx.record_ttl.max(Duration::from_secs(86_400));
-        let _ = ctx
-            .leases
-            .put_indexed_record(&self.machine.plan().id, &record, keep)
-            .await;
+        let id = &self.machine.plan().id;
+        if let Err(e) = ctx.store.put_indexed_record(id, &record, keep).await {
+            // The build goes on: the pods are the truth, and a redelivery
+            // finds the lease held. Only `kiln status` and a duplicate's
+            // answer lag until the next write.
+            ctx.metrics.error(&e);
+            tracing::warn!(build_id = %id, state = ?state, error = %e, "could not write the build record");
+        }
     }
 }
 
@@ -247,7 +252,9 @@ pub(super) async fn execute(
     stop: &CancellationToken,
     token: &LeaseToken,
 ) -> Result<()> {
-    execute_fenced(sup, machine, actions, stop, None, token).await
+    // A build run to its end in this one call: its journal lives as long.
+    let mut journal = Journal::default();
+    execute_fenced(sup, machine, &mut journal, actions, stop, None, token).await
 }
 
 /// Executes actions front to back; results of pod creation feed back into
@@ -258,6 +265,7 @@ pub(super) async fn execute(
 async fn execute_fenced(
     sup: &Supervisor,
     machine: &mut Machine,
+    journal: &mut Journal,
     actions: Vec<Action>,
     stop: &CancellationToken,
     fence: Option<&SharedFence>,
@@ -273,7 +281,7 @@ async fn execute_fenced(
         match action {
             Action::Publish(ev) => {
                 sup.ctx.publish(&ev).await?;
-                sup.cluster.published(&ev, |b| sup.registry.owns(b));
+                journal.apply(&ev);
             }
             Action::CreatePod { image, attempt } => {
                 let created =
@@ -298,7 +306,9 @@ async fn execute_fenced(
                     tracing::warn!(pod = %name, error = %e, "could not delete pod");
                 }
             }
-            Action::Finished(phase, reason) => finished(sup, machine, token, phase, reason).await,
+            Action::Finished(phase, reason) => {
+                finished(sup, machine, journal, token, phase, reason).await;
+            }
         }
     }
     Ok(())
@@ -403,6 +413,7 @@ fn quota_message(e: &Error) -> String {
 async fn finished(
     sup: &Supervisor,
     machine: &Machine,
+    journal: &Journal,
     token: &LeaseToken,
     phase: Phase,
     reason: Option<Reason>,
@@ -415,9 +426,9 @@ async fn finished(
         Some(phase),
         &machine.image_states(),
     );
-    record.history = sup.cluster.history(&plan.id);
+    record.history = journal.to_history(&plan.id);
     match ctx
-        .leases
+        .store
         .finish(&plan.id, token, &record, ctx.record_ttl)
         .await
     {

@@ -9,19 +9,19 @@ use kiln_protocol::{BuildEvent, Phase};
 
 use crate::amqp::{Broker, OutgoingEvent, Routed};
 use crate::error::{Error, Result};
-use crate::lease::{BuildRecord, ImageRecord, Leases, RecordState};
-use crate::machine::{ImageState, Settings};
+use crate::machine::{ImageProgress, Settings};
 use crate::metrics::Metrics;
 use crate::plan::BuildPlan;
 use crate::pod::Pods;
 use crate::policy::Policy;
+use crate::store::{BuildRecord, ImageRecord, RecordState, Store};
 
 /// Clients and settings: built once at start-up, never changed, shared
 /// through an `Arc` (as controller-rs's `Context`). What changes while the
 /// worker runs lives in [`super::Registry`].
 pub struct Context {
     pub broker: Arc<Broker>,
-    pub leases: Leases,
+    pub store: Store,
     pub pods: Pods,
     pub policy: Arc<Policy>,
     /// The machine's knobs and the worker's CloudEvents identity.
@@ -69,11 +69,11 @@ impl Context {
         plan: &BuildPlan,
         state: RecordState,
         phase: Option<Phase>,
-        images: &[ImageState],
+        images: &[ImageProgress],
     ) -> BuildRecord {
         BuildRecord {
             state,
-            phase: phase.map(|p| p.as_str().to_owned()),
+            phase,
             tenant: plan.tenant.clone(),
             fingerprint: plan.fingerprint.clone(),
             namespace: plan.namespace.clone(),
@@ -84,17 +84,17 @@ impl Context {
                     (
                         s.name.clone(),
                         ImageRecord {
-                            phase: s.phase.as_str().to_owned(),
+                            phase: s.phase,
                             attempt: s.attempt,
                             pod: s.pod.clone(),
                             digest: s.digest.clone(),
-                            reason: s.reason.map(|r| r.as_str().to_owned()),
+                            reason: s.reason,
                         },
                     )
                 })
                 .collect(),
             updated_at: jiff::Timestamp::now(),
-            history: crate::lease::History::default(),
+            history: crate::store::History::default(),
         }
     }
 }

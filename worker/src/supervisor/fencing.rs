@@ -20,20 +20,14 @@
 //! margin absorbs the clock rate difference and the scheduling delay
 //! between checking the fence and the action reaching its target.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Supervisor;
-use crate::lease::{LeaseToken, Renewal};
+use super::fence::{Fence, margin};
 use crate::machine::Input;
-
-/// The safety margin of the fence: a fifth of the TTL, at least a second,
-/// but never more than half the TTL (a fence must open at all).
-pub(super) fn margin(ttl: Duration) -> Duration {
-    (ttl / 5).max(Duration::from_secs(1)).min(ttl / 2)
-}
+use crate::store::{LeaseToken, Renewal};
 
 /// How often leases are renewed: a third of the TTL, and at least twice
 /// within a fence's life (TTL − margin), so that one late reply does not
@@ -43,64 +37,9 @@ pub(super) fn renew_period(ttl: Duration) -> Duration {
     (ttl / 3).min(ttl.saturating_sub(margin(ttl)) / 2)
 }
 
-/// Until when this worker may act on a build: pure, see the module
-/// documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Fence {
-    valid_until: Instant,
-}
-
-impl Fence {
-    /// The fence of a lease claimed or renewed by a call sent at `sent`.
-    pub(super) fn from_send(sent: Instant, ttl: Duration) -> Self {
-        Self {
-            valid_until: sent + ttl.saturating_sub(margin(ttl)),
-        }
-    }
-
-    pub(super) fn holds(self, now: Instant) -> bool {
-        now < self.valid_until
-    }
-
-    /// The later of two fences: a slow renewal reply arriving after a
-    /// quicker later one must not move the fence back.
-    #[must_use]
-    pub(super) fn extended(self, other: Self) -> Self {
-        Self {
-            valid_until: self.valid_until.max(other.valid_until),
-        }
-    }
-}
-
-/// A build's fence, shared by its task (reads) and the renewal loop
-/// (writes).
-#[derive(Debug, Clone)]
-pub(super) struct SharedFence(Arc<Mutex<Fence>>);
-
-impl SharedFence {
-    pub(super) fn new(fence: Fence) -> Self {
-        Self(Arc::new(Mutex::new(fence)))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Fence> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(super) fn holds(&self, now: Instant) -> bool {
-        self.lock().holds(now)
-    }
-
-    pub(super) fn extend(&self, fence: Fence) {
-        let mut f = self.lock();
-        *f = f.extended(fence);
-    }
-}
-
 /// What one renewal round means for the builds renewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(super) enum RenewalVerdict {
     /// Keep going (renewed, or failing for less than a TTL).
     Keep,
     /// Renewals failed for a whole TTL: stop every build.
@@ -108,16 +47,20 @@ pub(super) enum Verdict {
 }
 
 /// Whether a failed renewal round fences the worker. Pure.
-pub(super) fn after_failure(last_ok: Instant, now: Instant, ttl: std::time::Duration) -> Verdict {
+pub(super) fn after_failure(
+    last_ok: Instant,
+    now: Instant,
+    ttl: std::time::Duration,
+) -> RenewalVerdict {
     if now.duration_since(last_ok) >= ttl {
-        Verdict::StopAll
+        RenewalVerdict::StopAll
     } else {
-        Verdict::Keep
+        RenewalVerdict::Keep
     }
 }
 
 pub(super) async fn renew_loop(sup: Supervisor) {
-    let ttl = sup.ctx.leases.ttl();
+    let ttl = sup.ctx.store.ttl();
     let period = renew_period(ttl);
     let mut every = tokio::time::interval_at(Instant::now() + period, period);
     // A late round (a slow Redis) is followed by a full period, not a burst.
@@ -136,7 +79,7 @@ pub(super) async fn renew_loop(sup: Supervisor) {
         // The fence counts from the send: Redis extended the lease at some
         // instant after it, so the lease lasts at least until send + TTL.
         let sent = Instant::now();
-        match sup.ctx.leases.renew_many(&held).await {
+        match sup.ctx.store.renew_many(&held).await {
             Ok(results) => {
                 last_ok = Instant::now();
                 let fence = Fence::from_send(sent, ttl);
@@ -151,7 +94,7 @@ pub(super) async fn renew_loop(sup: Supervisor) {
                 sup.ctx.metrics.lease_renewal_failed();
                 sup.ctx.metrics.error(&e);
                 tracing::warn!(error = %e, "lease renewal failed");
-                if after_failure(last_ok, Instant::now(), ttl) == Verdict::StopAll {
+                if after_failure(last_ok, Instant::now(), ttl) == RenewalVerdict::StopAll {
                     tracing::error!(
                         builds = held.len(),
                         "leases could not be renewed for a whole TTL; stopping every build until Redis answers"
@@ -170,7 +113,7 @@ async fn renewed(sup: &Supervisor, id: &str, token: &LeaseToken, r: Renewal) {
     match r {
         Renewal::Renewed => {}
         Renewal::CancelPending => {
-            if let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(id).await {
+            if let Some(reason) = super::notices::cancel_reason(sup, id).await {
                 sup.registry.send(id, Input::Cancel(reason));
             }
         }
@@ -193,6 +136,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::supervisor::fence::SharedFence;
 
     #[tokio::test(start_paused = true)]
     async fn the_fence_holds_until_send_plus_ttl_minus_the_margin() {
@@ -249,15 +193,15 @@ mod tests {
         let ok = Instant::now();
         assert_eq!(
             after_failure(ok, ok + Duration::from_secs(3), ttl),
-            Verdict::Keep
+            RenewalVerdict::Keep
         );
         assert_eq!(
             after_failure(ok, ok + Duration::from_secs(9), ttl),
-            Verdict::StopAll
+            RenewalVerdict::StopAll
         );
         assert_eq!(
             after_failure(ok, ok + Duration::from_secs(12), ttl),
-            Verdict::StopAll
+            RenewalVerdict::StopAll
         );
     }
 }

@@ -1,45 +1,28 @@
 //! A build request, from delivery to ack: an accepted build, a duplicate or
 //! a rejection.
 //!
-//! Two pure steps decide: [`decide`] (parse, policy admission, template
-//! rendering, plan size) and [`decide_claim`] (what the lease says). The rest
-//! of this file carries the decisions out.
+//! Two pure steps decide: `kiln_core::intake::plan_request` (parse, policy
+//! admission, template rendering, plan size) and [`decide_claim`] (what the
+//! lease says). The rest of this file carries the decisions out.
 
-use std::fmt::Display;
 use std::sync::Arc;
 
 use backon::{BackoffBuilder, Retryable};
-use kiln_protocol::{BuildRequest, Phase, ROOT_PATH, Reason, ValidationError};
+use kiln_core::intake::plan_request;
+use kiln_core::owner::tenant_of;
+use kiln_core::rejection::Rejection;
+use kiln_protocol::Phase;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Supervisor, build_task, owner};
+use super::{Supervisor, build_task, give_back, owner};
 use crate::amqp::Incoming;
-use crate::lease::{Admit, Holder, LeaseToken, RecordState};
 use crate::machine::Machine;
-use crate::plan::{BuildPlan, MAX_PLAN_BYTES};
-use crate::policy::{DEFAULT_TENANT, Policy};
-use crate::render::render_dockerfile;
+use crate::plan::BuildPlan;
 use crate::retry;
+use crate::store::{Admit, LeaseToken, RecordState};
 
-/// Why a request (or a cancel) is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Rejection {
-    /// The build id, when the request is readable enough to have one:
-    /// `build.rejected` is published only then.
-    pub id: Option<String>,
-    pub reason: Reason,
-    pub message: String,
-}
-
-/// What a request body, its sender and the policy make of it.
-#[derive(Debug)]
-pub(super) enum Decision {
-    Accept(Box<BuildPlan>),
-    Reject(Rejection),
-}
-
-/// What the lease says about a request that passed [`decide`].
+/// What the lease says about a request that became a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Claimed {
     /// Accepted or finished already (here or elsewhere), from the same
@@ -64,77 +47,6 @@ pub(super) enum Driven {
     Accepted,
 }
 
-/// Why a request cannot become a plan: what its `build.rejected` says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// The build id, when the request is readable enough to have one.
-    pub id: Option<String>,
-    pub reason: Reason,
-    /// Every problem, in order, with its path in the request.
-    pub problems: Vec<ValidationError>,
-}
-
-/// Parse, admit, render and size-check a request: the plan the worker
-/// builds it by, or why it refuses it. Pure. `kiln plan` calls it too, so
-/// that the plan it prints is the one a worker would make.
-pub fn plan_request(
-    body: &[u8],
-    user_id: Option<&str>,
-    traceparent: Option<&str>,
-    policy: &Policy,
-    now: jiff::Timestamp,
-) -> Result<BuildPlan, Refusal> {
-    let refuse = |id: Option<&str>, reason, problems| Refusal {
-        id: id.map(str::to_owned),
-        reason,
-        problems,
-    };
-    let req = kiln_protocol::parse_build_request(body).map_err(|e| {
-        let id = kiln_protocol::readable_id(body);
-        refuse(id.as_deref(), Reason::InvalidRequest, e.errors())
-    })?;
-    let id = Some(req.id.as_str());
-    let admission = policy
-        .admit(user_id, &req)
-        .map_err(|violations| refuse(id, Reason::PolicyViolation, violations))?;
-    let rendered =
-        render_all(&req).map_err(|problems| refuse(id, Reason::ConfigError, problems))?;
-    let plan = BuildPlan::new(
-        &req,
-        &admission,
-        rendered,
-        now,
-        traceparent.map(str::to_owned),
-    );
-    if plan.to_annotation().len() > MAX_PLAN_BYTES {
-        let message = format!(
-            "the normalised request is larger than the {} KiB a pod annotation can carry; shorten inline Dockerfiles or split the build",
-            MAX_PLAN_BYTES / 1024
-        );
-        let problem = ValidationError::new(ROOT_PATH, message);
-        return Err(refuse(id, Reason::InvalidRequest, vec![problem]));
-    }
-    Ok(plan)
-}
-
-/// [`plan_request`], as the accept-or-reject decision of the intake. Pure.
-pub(super) fn decide(
-    body: &[u8],
-    user_id: Option<&str>,
-    traceparent: Option<&str>,
-    policy: &Policy,
-    now: jiff::Timestamp,
-) -> Decision {
-    match plan_request(body, user_id, traceparent, policy, now) {
-        Ok(plan) => Decision::Accept(Box::new(plan)),
-        Err(r) => Decision::Reject(Rejection {
-            id: r.id,
-            reason: r.reason,
-            message: joined(&r.problems),
-        }),
-    }
-}
-
 /// What to do with a valid request (`plan`) given the lease and the record
 /// (`admit`) and whether this worker drives the build already. `None`: the
 /// build under this id is being accepted (here or by another worker); keep
@@ -152,8 +64,8 @@ pub(super) fn decide_claim(admit: &Admit, plan: &BuildPlan, driven: Driven) -> O
         Admit::Duplicate(r) => Some(r),
         Admit::Acquired { record, .. } | Admit::HeldBy { record, .. } => record.as_ref(),
     };
-    if let Some(message) = record.and_then(|r| conflict(r, plan)) {
-        return Some(id_conflict(plan, message));
+    if let Some(rejection) = record.and_then(|r| r.conflict(plan)) {
+        return Some(Claimed::Conflict(rejection));
     }
     match (admit, driven) {
         // Accepted here: whoever holds the lease now, the request is done.
@@ -167,86 +79,20 @@ pub(super) fn decide_claim(admit: &Admit, plan: &BuildPlan, driven: Driven) -> O
     }
 }
 
-fn id_conflict(plan: &BuildPlan, message: String) -> Claimed {
-    Claimed::Conflict(Rejection {
-        id: Some(plan.id.clone()),
-        reason: Reason::IdConflict,
-        message,
-    })
-}
-
-/// Why `plan` cannot be the build `record` names, if it cannot. An empty
-/// fingerprint (older record or plan) compares equal to any.
-fn conflict(record: &Holder, plan: &BuildPlan) -> Option<String> {
-    let id = &plan.id;
-    if record.tenant != plan.tenant {
-        return Some(format!(
-            "build id {id} is held by another tenant; choose another id"
-        ));
-    }
-    let differs = !record.fingerprint.is_empty()
-        && !plan.fingerprint.is_empty()
-        && record.fingerprint != plan.fingerprint;
-    differs.then(|| {
-        format!("build id {id} is held by a different request of this tenant; resend the same request or choose another id")
-    })
-}
-
-/// The tenant a sender acts as: its own policy entry, else `default`.
-pub(super) fn tenant_of<'a>(user_id: Option<&'a str>, policy: &Policy) -> &'a str {
-    user_id
-        .filter(|u| policy.tenant(u).is_some())
-        .unwrap_or(DEFAULT_TENANT)
-}
-
-/// Every problem, in order, as one message.
-pub(super) fn joined<T: Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Renders every inline Dockerfile; every problem, with its path, if any
-/// fails.
-fn render_all(req: &BuildRequest) -> Result<Vec<Option<String>>, Vec<ValidationError>> {
-    let mut rendered = Vec::with_capacity(req.images.len());
-    let mut problems = Vec::new();
-    for (i, img) in req.images.iter().enumerate() {
-        let Some(template) = &img.dockerfile_inline else {
-            rendered.push(None);
-            continue;
-        };
-        match render_dockerfile(template, &img.template_args) {
-            Ok(s) => rendered.push(Some(s)),
-            Err(e) => problems.push(ValidationError::new(
-                format!("images[{i}].dockerfileInline"),
-                e.to_string(),
-            )),
-        }
-    }
-    if problems.is_empty() {
-        Ok(rendered)
-    } else {
-        Err(problems)
-    }
-}
-
 /// One build request, from delivery to ack.
 pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
     let received = Instant::now();
     let ctx = &sup.ctx;
-    let decision = decide(
+    let planned = plan_request(
         &d.body,
         d.user_id.as_deref(),
         d.traceparent.as_deref(),
         &ctx.policy,
         jiff::Timestamp::now(),
     );
-    let plan = match decision {
-        Decision::Accept(plan) => plan,
-        Decision::Reject(r) => return reject(&sup, &d, r).await,
+    let plan = match planned {
+        Ok(plan) => Box::new(plan),
+        Err(r) => return refuse(&sup, &d, r, Held::Unknown).await,
     };
     let id = plan.id.clone();
     // `None`: shutting down; the request goes back to the queue when the
@@ -258,9 +104,9 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
         Claimed::Duplicate => {
             tracing::info!(build_id = %id, "duplicate request acked");
             ctx.metrics.duplicate();
-            ack(&d, &id).await;
+            ack(&sup, &d, &id).await;
         }
-        Claimed::Conflict(rejection) => refuse(&sup, &d, rejection, true).await,
+        Claimed::Conflict(rejection) => refuse(&sup, &d, rejection, Held::Yes).await,
         Claimed::Cancelled(reason, token) => {
             finish_cancelled(&sup, &d, *plan, &reason, token).await;
         }
@@ -276,7 +122,7 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
 /// Redis trouble counts as none (the build starts; a cancel flagged later
 /// reaches its task).
 async fn cancelled_meanwhile(sup: &Supervisor, plan: &BuildPlan) -> Option<String> {
-    match sup.ctx.leases.pending_cancel(&plan.id, &plan.tenant).await {
+    match sup.ctx.store.pending_cancel(&plan.id, &plan.tenant).await {
         Ok(reason) => reason,
         Err(e) => {
             tracing::warn!(build_id = %plan.id, error = %e, "cannot re-check the cancel flags; starting");
@@ -299,16 +145,25 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
         // The pods and the build driven here name the owner whatever Redis
         // remembers (it may have lost the record): another tenant's request
         // is refused before it can claim a free-looking id.
-        if let Some(message) = owner::known(sup, id, false)
+        if let Some(rejection) = owner::known(sup, id, false)
             .await
-            .and_then(|o| conflict(&o, plan))
+            .and_then(|o| o.conflict(plan))
         {
-            return Some(id_conflict(plan, message));
+            return Some(Claimed::Conflict(rejection));
         }
-        let admit = (|| ctx.leases.claim_request(id, &claimed, ctx.record_ttl))
+        let admit = (|| ctx.store.claim_request(id, &claimed, ctx.record_ttl))
             .retry(retry::redis())
             .notify(|e, wait| tracing::warn!(build_id = %id, error = %e, retry_in = ?wait, "cannot claim; retrying"));
-        let admit = retry::bounded(admit, &sup.stop).await?.ok()?;
+        let admit = match retry::bounded(admit, &sup.stop).await? {
+            Ok(admit) => admit,
+            // Not expected: `retry::redis` retries without end. Holding the
+            // delivery (it is redelivered when the channel closes) is safe.
+            Err(e) => {
+                ctx.metrics.error(&e);
+                tracing::error!(build_id = %id, error = %e, "claim gave up; holding the request");
+                return None;
+            }
+        };
         let accepted = sup.registry.accepted(id);
         let driven = match &accepted {
             None => Driven::No,
@@ -318,7 +173,7 @@ async fn claim(sup: &Supervisor, plan: &BuildPlan) -> Option<Claimed> {
         let decided = decide_claim(&admit, plan, driven);
         let starts = matches!(decided, Some(Claimed::Start(_) | Claimed::Cancelled(..)));
         if let (Admit::Acquired { token, .. }, false) = (&admit, starts) {
-            let _ = ctx.leases.release(id, token).await;
+            give_back::release(sup, id, token).await;
         }
         if let Some(claimed) = decided {
             return Some(claimed);
@@ -353,10 +208,10 @@ async fn finish_cancelled(
         .await
         .is_ok()
     {
-        ack(d, &id).await;
+        ack(sup, d, &id).await;
     } else {
-        let _ = sup.ctx.leases.release(&id, &token).await;
-        let _ = d.requeue().await;
+        give_back::release(sup, &id, &token).await;
+        give_back::requeue(sup, d, &id).await;
     }
 }
 
@@ -377,29 +232,27 @@ async fn start(
     );
     let Some(accepted) = build_task::spawn(sup, machine, actions, token.clone()) else {
         // Someone else started it between our checks (adoption): duplicate.
-        let _ = sup.ctx.leases.release(&id, &token).await;
-        return ack(d, &id).await;
+        give_back::release(sup, &id, &token).await;
+        return ack(sup, d, &id).await;
     };
     if wait_accepted(accepted).await {
-        ack(d, &id).await;
+        ack(sup, d, &id).await;
         sup.ctx.metrics.accepted_latency(received.elapsed());
     } else {
         // Stopped before acceptance (lease lost, worker stopping): another
         // worker takes the request.
         tracing::info!(build_id = %id, "build stopped before acceptance; requeueing its request");
-        let _ = d.requeue().await;
+        give_back::requeue(sup, d, &id).await;
     }
 }
 
-/// Bad input: answered (see [`refuse`]) by `request.rejected` when its id
-/// is held by a build, which it must not touch, else by `build.rejected`
-/// when the id is readable (that ends the request; the id stays free).
-pub(super) async fn reject(sup: &Supervisor, d: &Incoming, r: Rejection) {
-    let held = match &r.id {
-        Some(id) => is_held(sup, id).await,
-        None => false,
-    };
-    refuse(sup, d, r, held).await;
+/// Whether a build holds the id of a refused request or cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Held {
+    /// Known to be held (an id conflict, another tenant's cancel).
+    Yes,
+    /// Bad input: held if driven or seen here, or in Redis ([`is_held`]).
+    Unknown,
 }
 
 /// Whether a build holds `id`: driven or seen here, or a record or lease in
@@ -410,19 +263,26 @@ async fn is_held(sup: &Supervisor, id: &str) -> bool {
     if sup.registry.owns(id) || !sup.registry.foreign_among(&ids).is_empty() {
         return true;
     }
-    sup.ctx.leases.holds(id).await.unwrap_or(true)
+    sup.ctx.store.holds(id).await.unwrap_or_else(|e| {
+        sup.ctx.metrics.error(&e);
+        tracing::warn!(build_id = %id, error = %e, "cannot tell whether the id is held; answering as if it were");
+        true
+    })
 }
 
 /// The answer to a refused request or cancel, then its dead letter with
-/// `kiln-error`: `request.rejected` when `held` (the build under its id
-/// goes on untouched), else `build.rejected` when the id is readable.
-pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: bool) {
+/// `kiln-error`: `request.rejected` when its id is held by a build (which
+/// it must not touch; the build goes on untouched), else `build.rejected`
+/// when the id is readable (that ends the request; the id stays free).
+pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: Held) {
     let ctx = &sup.ctx;
-    let Rejection {
-        id,
-        reason,
-        message,
-    } = r;
+    let message = r.message();
+    let Rejection { id, reason, .. } = r;
+    let held = match (&id, held) {
+        (_, Held::Yes) => true,
+        (Some(id), Held::Unknown) => is_held(sup, id).await,
+        (None, Held::Unknown) => false,
+    };
     tracing::warn!(build_id = id.as_deref().unwrap_or("?"), %reason, held, "request rejected: {message}");
     ctx.metrics.rejected(reason);
     if let Some(id) = &id {
@@ -443,7 +303,7 @@ pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: b
         if let Err(e) = ctx.publish(&ev).await {
             ctx.metrics.error(&e);
             tracing::error!(build_id = %id, error = %e, "could not publish the rejection; requeueing the request");
-            let _ = d.requeue().await;
+            give_back::requeue(sup, d, id).await;
             return;
         }
     }
@@ -451,7 +311,7 @@ pub(super) async fn refuse(sup: &Supervisor, d: &Incoming, r: Rejection, held: b
     if let Err(e) = ctx.broker.dead_letter(d, &header).await {
         ctx.metrics.error(&e);
         tracing::error!(error = %e, "could not dead-letter a rejected request; requeueing it");
-        let _ = d.requeue().await;
+        give_back::requeue(sup, d, id.as_deref().unwrap_or("?")).await;
     }
 }
 
@@ -461,8 +321,9 @@ async fn wait_accepted(mut rx: watch::Receiver<bool>) -> bool {
     rx.wait_for(|accepted| *accepted).await.is_ok()
 }
 
-pub(super) async fn ack(d: &Incoming, id: &str) {
+pub(super) async fn ack(sup: &Supervisor, d: &Incoming, id: &str) {
     if let Err(e) = d.ack().await {
+        sup.ctx.metrics.error(&e);
         // The channel was recovered meanwhile: the broker redelivers the
         // request, which is then acked as a duplicate.
         tracing::warn!(build_id = %id, error = %e, "ack failed; the request will be redelivered");

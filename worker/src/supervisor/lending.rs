@@ -1,8 +1,8 @@
 //! Quota lending: builds whose request stays unacked while a ResourceQuota
 //! refuses their pods lend their prefetch slots to other requests.
 //!
-//! A request is acked only once its first-attempt pods exist (DESIGN
-//! section 5), so a build waiting for quota holds a delivery. Without
+//! A request is acked only once its first-attempt pods exist
+//! (docs/guarantees.md), so a build waiting for quota holds a delivery. Without
 //! lending, one tenant with more waiting builds than the prefetch window
 //! would fill it, and every other tenant's request behind them in the queue
 //! would wait until that tenant's quota frees. Instead, for every `chunk`

@@ -21,7 +21,9 @@ mod backlog;
 mod build_task;
 mod cancels;
 mod context;
+mod fence;
 mod fencing;
+mod give_back;
 mod intake;
 mod lending;
 mod notices;
@@ -39,7 +41,6 @@ use crate::cluster::ClusterView;
 use crate::error::Result;
 
 pub use context::Context;
-pub use intake::{Refusal, plan_request};
 pub use pod_cache::PodCache;
 pub use registry::Registry;
 
@@ -128,7 +129,7 @@ pub async fn run(sup: Supervisor, shutdown: impl std::future::Future<Output = ()
 async fn hand_over(sup: &Supervisor) {
     sup.stop.cancel();
     let held = sup.registry.stop_all();
-    if let Err(e) = sup.ctx.leases.release_all(&held).await {
+    if let Err(e) = sup.ctx.store.release_all(&held).await {
         tracing::warn!(error = %e, "could not release leases; they lapse after the lease TTL");
     } else {
         tracing::info!(builds = held.len(), "released leases for takeover");
@@ -143,7 +144,7 @@ async fn consume_loop(sup: Supervisor, mut builds: Consumer, mut cancels: Consum
     let mut cancels_open = true;
     while builds_open || cancels_open {
         // Biased, cancels before requests: a cancel never waits behind a
-        // burst of requests (DESIGN section 2).
+        // burst of requests (docs/protocol.md, "Topology").
         tokio::select! {
             biased;
             () = sup.stop.cancelled() => break,

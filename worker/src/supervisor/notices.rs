@@ -3,11 +3,11 @@
 //! builds it names adoption candidates at once.
 
 use super::{Supervisor, adoption};
-use crate::lease::Notice;
 use crate::machine::Input;
+use crate::store::Notice;
 
 pub(super) async fn notice_loop(sup: Supervisor) {
-    let mut rx = sup.ctx.leases.notices();
+    let mut rx = sup.ctx.store.notices();
     loop {
         let notice = tokio::select! {
             () = sup.stop.cancelled() => return,
@@ -16,7 +16,7 @@ pub(super) async fn notice_loop(sup: Supervisor) {
         match notice {
             Notice::Cancel(id) => {
                 if sup.registry.owns(&id)
-                    && let Ok(Some(reason)) = sup.ctx.leases.cancel_reason(&id).await
+                    && let Some(reason) = cancel_reason(&sup, &id).await
                 {
                     sup.registry.send(&id, Input::Cancel(reason));
                 }
@@ -26,6 +26,19 @@ pub(super) async fn notice_loop(sup: Supervisor) {
                     adoption::spawn(&sup, id, ns);
                 }
             }
+        }
+    }
+}
+
+/// The cancel flagged for `id`, if any. A failed read is logged and
+/// counted, and costs only time: the next renewal polls the flag again.
+pub(super) async fn cancel_reason(sup: &Supervisor, id: &str) -> Option<String> {
+    match sup.ctx.store.cancel_reason(id).await {
+        Ok(reason) => reason,
+        Err(e) => {
+            sup.ctx.metrics.error(&e);
+            tracing::warn!(build_id = %id, error = %e, "cannot read the cancel flag; the next renewal reads it again");
+            None
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::machine::Input;
 /// See the module documentation.
 #[derive(Debug)]
 pub struct PodCache {
-    pods: Mutex<Pods>,
+    pods: Mutex<PodsByNamespace>,
     /// Bumped whenever a namespace completes a (re)list: wakes
     /// [`PodCache::wait_synced`].
     syncs: watch::Sender<u64>,
@@ -47,7 +47,7 @@ impl Default for PodCache {
 }
 
 impl PodCache {
-    fn lock(&self) -> MutexGuard<'_, Pods> {
+    fn lock(&self) -> MutexGuard<'_, PodsByNamespace> {
         self.pods
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -126,7 +126,7 @@ pub(super) fn missed(read: &[PodView], now: &[PodView]) -> Vec<Input> {
 
 /// The view itself: pure, no IO, no clock.
 #[derive(Debug, Default)]
-struct Pods {
+struct PodsByNamespace {
     namespaces: HashMap<String, Namespace>,
 }
 
@@ -149,7 +149,7 @@ struct Cached {
     epoch: u64,
 }
 
-impl Pods {
+impl PodsByNamespace {
     fn apply(&mut self, v: &PodView) {
         let ns = self.namespaces.entry(v.namespace.clone()).or_default();
         let epoch = ns.epoch;

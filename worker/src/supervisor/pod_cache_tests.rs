@@ -153,3 +153,29 @@ fn a_task_started_from_a_read_gets_what_changed_since() {
     let inputs = missed(&[], std::slice::from_ref(&one));
     assert!(matches!(&inputs[..], [Input::Observed { pod, .. }] if **pod == one));
 }
+
+/// The status view has no relist of its own: the deletions the cache finds
+/// at the end of a relist reach it as deletions (as `routing.rs` routes
+/// them), and a build whose pods all went ends there too.
+#[test]
+fn the_status_view_drops_pods_a_relist_no_longer_lists() {
+    let cache = PodCache::default();
+    let view = crate::cluster::ClusterView::new();
+    let (gone, kept) = (pod("ns", "gone", 1), pod("ns", "kept", 1));
+    cache.resync("ns");
+    for p in [&gone, &kept] {
+        cache.apply(p, false);
+        view.apply(p, false);
+    }
+    assert!(cache.synced("ns").is_empty());
+    cache.resync("ns");
+    cache.apply(&kept, false);
+    view.apply(&kept, false);
+    for p in cache.synced("ns") {
+        view.apply(&p, true);
+    }
+    let s = view.snapshot(10);
+    assert_eq!(s.in_flight.len(), 1);
+    assert_eq!(s.in_flight[0].id, "kept");
+    assert_eq!(s.recent[0].id, "gone");
+}

@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::fencing::{Fence, SharedFence};
-use crate::lease::{Holder, LeaseToken};
+use super::fence::{Fence, SharedFence};
 use crate::machine::Input;
+use crate::store::LeaseToken;
+use kiln_core::owner::Owner;
 
 /// How the rest of the supervisor reaches one running build task.
 pub(super) struct BuildHandle {
@@ -34,7 +35,7 @@ pub(super) struct BuildHandle {
     pub token: LeaseToken,
     /// Tenant and fingerprint of the plan driven: the owner of the id, even
     /// when Redis lost the record.
-    pub owner: Holder,
+    pub owner: Owner,
 }
 
 /// One registration of a build: a build stopped and adopted again here
@@ -48,7 +49,7 @@ struct Entry {
 }
 
 /// A build seen in the cluster that another worker owns (or owned).
-struct Foreign {
+struct ForeignBuild {
     namespace: String,
     /// When its lease was last looked at; `None`: at the next sweep.
     checked: Option<Instant>,
@@ -58,9 +59,9 @@ struct Foreign {
 struct State {
     builds: HashMap<String, Entry>,
     next_generation: u64,
-    foreign: HashMap<String, Foreign>,
+    foreign: HashMap<String, ForeignBuild>,
     /// Foreign builds whose pods adoption refused (see
-    /// `adoption::Adoption::Refuse`): never candidates again while they
+    /// `kiln_core::adoption::Adoption::Untrusted`): never candidates again while they
     /// have pods.
     refused: HashSet<String>,
     adopting: HashSet<String>,
@@ -118,7 +119,7 @@ impl Registry {
     }
 
     /// The owner of a build driven here.
-    pub(super) fn owner(&self, id: &str) -> Option<Holder> {
+    pub(super) fn owner(&self, id: &str) -> Option<Owner> {
         self.lock().builds.get(id).map(|e| e.handle.owner.clone())
     }
 
@@ -198,7 +199,7 @@ impl Registry {
             h.stop.cancel();
             s.foreign.insert(
                 id.to_owned(),
-                Foreign {
+                ForeignBuild {
                     namespace: h.namespace,
                     checked: None,
                 },
@@ -225,10 +226,12 @@ impl Registry {
         if s.refused.contains(id) {
             return;
         }
-        s.foreign.entry(id.to_owned()).or_insert_with(|| Foreign {
-            namespace: namespace.to_owned(),
-            checked: None,
-        });
+        s.foreign
+            .entry(id.to_owned())
+            .or_insert_with(|| ForeignBuild {
+                namespace: namespace.to_owned(),
+                checked: None,
+            });
     }
 
     /// A pod of `id` went away, or its build was adopted or cleaned up.
@@ -294,7 +297,11 @@ mod tests {
             namespace: namespace.to_owned(),
             fence: SharedFence::new(Fence::from_send(Instant::now(), Duration::from_secs(10))),
             token: LeaseToken::mint("w"),
-            owner: Holder::default(),
+            owner: Owner {
+                tenant: String::new(),
+                fingerprint: String::new(),
+                learnt: kiln_core::owner::Learnt::Driven,
+            },
         };
         (h, rx)
     }

@@ -22,19 +22,17 @@ pub(super) async fn watch_namespace(sup: Supervisor, namespace: String) {
         match ev {
             PodEvent::Applied(v) => route(&sup, v, false),
             PodEvent::Deleted(v) => route(&sup, v, true),
-            PodEvent::Resync => {
-                sup.pod_cache.resync(&namespace);
-                sup.cluster.resync(&namespace);
-            }
+            PodEvent::Resync => sup.pod_cache.resync(&namespace),
             PodEvent::Synced => {
                 let gone = sup.pod_cache.synced(&namespace);
                 if !gone.is_empty() {
                     tracing::info!(namespace = %namespace, pods = gone.len(), "pods deleted while the watch was down");
                 }
+                // Routed like any deletion: the status view, derived from
+                // the cache, hears of them here and has no relist of its own.
                 for v in gone {
                     route(&sup, v, true);
                 }
-                sup.cluster.synced(&namespace);
             }
         }
     }
@@ -42,26 +40,26 @@ pub(super) async fn watch_namespace(sup: Supervisor, namespace: String) {
 
 /// What an event of a pod whose build is not driven here means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Foreign {
-    /// The last pod of a build owned elsewhere went away: most likely the
+pub(super) enum ForeignPod {
+    /// The last pod of a build driven elsewhere went away: most likely the
     /// build ended. Forget it.
     Forget,
     /// A live pod: the build is an adoption candidate.
     Remember,
     /// A pod being deleted mostly belongs to a build that just ended (its
-    /// owner deletes pods after the terminal event): it does not make a
+    /// holder deletes pods after the terminal event): it does not make a
     /// build a candidate, though it keeps one that already is.
     Ignore,
 }
 
-/// Pure: see [`Foreign`]. `pods_left`: the build has other pods (a
+/// Pure: see [`ForeignPod`]. `pods_left`: the build has other pods (a
 /// retried attempt's old pod going leaves the build a candidate).
-pub(super) fn foreign(deleted: bool, deleting: bool, pods_left: bool) -> Foreign {
+pub(super) fn foreign(deleted: bool, deleting: bool, pods_left: bool) -> ForeignPod {
     match (deleted, deleting) {
-        (true, _) if pods_left => Foreign::Ignore,
-        (true, _) => Foreign::Forget,
-        (false, false) => Foreign::Remember,
-        (false, true) => Foreign::Ignore,
+        (true, _) if pods_left => ForeignPod::Ignore,
+        (true, _) => ForeignPod::Forget,
+        (false, false) => ForeignPod::Remember,
+        (false, true) => ForeignPod::Ignore,
     }
 }
 
@@ -72,6 +70,7 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
     // The cache first: whoever reads it after the build task heard of the
     // pod sees at least as much as the task.
     let pods_left = sup.pod_cache.apply(&v, deleted);
+    // The status view follows the cache: the same events, in the same order.
     sup.cluster.apply(&v, deleted);
     let id = v.build_id.clone();
     let ns = v.namespace.clone();
@@ -88,9 +87,9 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
         return;
     }
     match verdict {
-        Foreign::Forget => sup.registry.forget_foreign(&id),
-        Foreign::Remember => sup.registry.seen_foreign(&id, &ns),
-        Foreign::Ignore => {}
+        ForeignPod::Forget => sup.registry.forget_foreign(&id),
+        ForeignPod::Remember => sup.registry.seen_foreign(&id, &ns),
+        ForeignPod::Ignore => {}
     }
 }
 
@@ -101,16 +100,16 @@ mod tests {
     #[test]
     fn deletions_forget_live_pods_remember_dying_pods_do_nothing() {
         for pods_left in [false, true] {
-            assert_eq!(foreign(false, false, pods_left), Foreign::Remember);
-            assert_eq!(foreign(false, true, pods_left), Foreign::Ignore);
+            assert_eq!(foreign(false, false, pods_left), ForeignPod::Remember);
+            assert_eq!(foreign(false, true, pods_left), ForeignPod::Ignore);
         }
-        assert_eq!(foreign(true, false, false), Foreign::Forget);
-        assert_eq!(foreign(true, true, false), Foreign::Forget);
+        assert_eq!(foreign(true, false, false), ForeignPod::Forget);
+        assert_eq!(foreign(true, true, false), ForeignPod::Forget);
     }
 
     #[test]
     fn a_deletion_that_leaves_pods_keeps_the_build_a_candidate() {
-        assert_eq!(foreign(true, false, true), Foreign::Ignore);
-        assert_eq!(foreign(true, true, true), Foreign::Ignore);
+        assert_eq!(foreign(true, false, true), ForeignPod::Ignore);
+        assert_eq!(foreign(true, true, true), ForeignPod::Ignore);
     }
 }

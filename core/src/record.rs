@@ -1,0 +1,259 @@
+//! The build record Redis keeps under `P build:<id>`: its state, owner,
+//! images and the [`History`] the status page shows. The schema only; the
+//! worker's store reads and writes it. Records written by older workers must
+//! keep parsing, so every field added later has a default.
+
+use std::collections::BTreeMap;
+
+use kiln_protocol::{Phase, Reason};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Timeline entries kept per record: the first few (accepted, the first
+/// attempts) and the latest, so a build retrying for hours stays bounded.
+pub const TIMELINE_MAX: usize = 100;
+
+/// Where a build stands, as far as Redis remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordState {
+    /// A worker claimed the request and is creating its pods.
+    Claimed,
+    /// Every first-attempt pod exists and `build.accepted` is confirmed.
+    Accepted,
+    /// The terminal `build.*` event is confirmed.
+    Finished,
+}
+
+impl RecordState {
+    /// A state as the record spells it (`claimed`, `accepted`, `finished`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "claimed" => Some(Self::Claimed),
+            "accepted" => Some(Self::Accepted),
+            "finished" => Some(Self::Finished),
+            _ => None,
+        }
+    }
+}
+
+/// The short-lived record of a build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRecord {
+    pub state: RecordState,
+    /// Terminal phase once finished (`succeeded`, `failed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    pub tenant: String,
+    /// The request's fingerprint (see [`crate::plan::BuildPlan::fingerprint`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+    pub namespace: String,
+    pub worker: String,
+    /// Per image: phase, attempt and pod name.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageRecord>,
+    pub updated_at: jiff::Timestamp,
+    /// What the build's events said, for the status page (absent in records
+    /// of older workers).
+    #[serde(default)]
+    pub history: History,
+}
+
+/// What the events of a build said (folded in memory by
+/// [`crate::journal::Journal`] while the build runs): what a
+/// person looks for on the status page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The W3C trace id of the request's `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Reason and message of the terminal build event.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "known_reason"
+    )]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Per image: the latest digest, references, failure and log tail.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageHistory>,
+    /// Every event published, oldest first, at most [`TIMELINE_MAX`].
+    #[serde(default)]
+    pub timeline: Vec<TimelineEntry>,
+    /// Entries dropped from the middle of the timeline to bound it.
+    #[serde(default)]
+    pub dropped: usize,
+}
+
+/// One image's details in a [`History`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageHistory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Destinations pinned to the digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_refs: Vec<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "known_reason"
+    )]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The masked log tail of the latest failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+    /// Every pod the image ran in, one per attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+}
+
+/// One published event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: jiff::Timestamp,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "known_reason"
+    )]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A stored reason, `None` when this version does not know it (a record of
+/// a newer worker): one unknown reason must not make a whole record, and
+/// with it the build's owner, unreadable.
+fn known_reason<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    Ok(text.and_then(|t| serde_json::from_value(serde_json::Value::String(t)).ok()))
+}
+
+/// The trace id (second field) of a W3C `traceparent`.
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+/// One image in a [`BuildRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    pub phase: Phase,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why the image waits (`QuotaExceeded`) or why its last attempt failed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "known_reason"
+    )]
+    pub reason: Option<Reason>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_state_parses_as_the_record_spells_it() {
+        for state in [
+            RecordState::Claimed,
+            RecordState::Accepted,
+            RecordState::Finished,
+        ] {
+            let spelled = serde_json::to_value(state).unwrap();
+            assert_eq!(RecordState::parse(spelled.as_str().unwrap()), Some(state));
+        }
+        assert_eq!(RecordState::parse("pods"), None);
+    }
+
+    /// A record as workers before `Phase` and `Reason` were typed wrote it
+    /// (phases and reasons as their `as_str` strings).
+    const OLD_RECORD: &str = r#"{"state":"finished","phase":"failed","tenant":"shop","fingerprint":"f1","namespace":"builds","worker":"w1","images":{"api":{"phase":"failed","attempt":2,"pod":"kiln-b-api-2","reason":"OOMKilled"},"web":{"phase":"waiting","attempt":1,"reason":"QuotaExceeded"}},"updatedAt":"2026-12-01T10:00:00Z","history":{"traceId":"0af7651916cd43dd8448eb211c80319c","reason":"BuildError","message":"image api failed","images":{"api":{"reason":"OOMKilled","logTail":"killed","pods":["kiln-b-api-1","kiln-b-api-2"]}},"timeline":[{"id":"b/accepted","type":"dev.kiln.build.accepted","time":"2026-12-01T09:59:00Z","phase":"accepted"},{"id":"b/api/2/failed","type":"dev.kiln.image.failed","time":"2026-12-01T10:00:00Z","phase":"failed","image":"api","attempt":2,"reason":"OOMKilled","message":"out of memory"}],"dropped":0}}"#;
+
+    #[test]
+    fn records_of_older_workers_parse_into_phases_and_reasons_and_write_back_the_same() {
+        let r: BuildRecord = serde_json::from_str(OLD_RECORD).unwrap();
+        assert_eq!(r.phase, Some(Phase::Failed));
+        assert_eq!(r.images["api"].phase, Phase::Failed);
+        assert_eq!(r.images["api"].reason, Some(Reason::OOMKilled));
+        assert_eq!(r.images["web"].phase, Phase::Waiting);
+        assert_eq!(r.images["web"].reason, Some(Reason::QuotaExceeded));
+        assert_eq!(r.history.reason, Some(Reason::BuildError));
+        assert_eq!(r.history.images["api"].reason, Some(Reason::OOMKilled));
+        assert_eq!(r.history.timeline[1].phase, Phase::Failed);
+        assert_eq!(r.history.timeline[1].reason, Some(Reason::OOMKilled));
+        let written: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let old: serde_json::Value = serde_json::from_str(OLD_RECORD).unwrap();
+        assert_eq!(
+            written, old,
+            "a record reads back as the older workers wrote it"
+        );
+    }
+
+    #[test]
+    fn every_reason_is_stored_as_the_string_older_workers_wrote() {
+        use Reason::*;
+        for reason in [
+            BuildError,
+            PushError,
+            OOMKilled,
+            Evicted,
+            DeadlineExceeded,
+            PendingTimeout,
+            ImagePullFailed,
+            Unschedulable,
+            ConfigError,
+            PolicyViolation,
+            InvalidRequest,
+            Cancelled,
+            Internal,
+            IdConflict,
+            QuotaExceeded,
+        ] {
+            let stored = serde_json::to_value(reason).unwrap();
+            assert_eq!(stored.as_str(), Some(reason.as_str()));
+        }
+        for phase in Phase::ALL {
+            let stored = serde_json::to_value(phase).unwrap();
+            assert_eq!(stored.as_str(), Some(phase.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_reason_this_version_does_not_know_leaves_the_record_readable() {
+        let newer = OLD_RECORD.replace(r#""reason":"BuildError""#, r#""reason":"SomethingNew""#);
+        let r: BuildRecord = serde_json::from_str(&newer).unwrap();
+        assert_eq!(r.history.reason, None);
+        assert_eq!(r.tenant, "shop");
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        assert_eq!(trace_id("00-zz-b7ad6b7169203331-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+    }
+}

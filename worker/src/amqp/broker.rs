@@ -1,0 +1,149 @@
+//! The connection: a [`Broker`] with its confirm-mode publishing channel,
+//! for the worker (auto-recovery) and the client (one try); each concept's
+//! file adds its calls to it.
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::types::LongString;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::RwLock;
+
+use super::names::Names;
+use crate::error::{Error, Result};
+
+impl From<lapin::Error> for Error {
+    fn from(e: lapin::Error) -> Self {
+        Error::Amqp {
+            context: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// A connection with a confirm-mode publishing channel.
+pub struct Broker {
+    pub(super) conn: Connection,
+    pub(super) publisher: RwLock<Channel>,
+    pub(super) names: Names,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connects with auto-recovery and opens the publishing channel.
+    pub async fn connect(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
+        let props = ConnectionProperties::default().enable_auto_recover();
+        Self::connect_with(url, prefix, connection_name, props).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        prefix: &str,
+        connection_name: &str,
+        props: ConnectionProperties,
+    ) -> Result<Self> {
+        let props = props.with_connection_name(LongString::from(connection_name.to_owned()));
+        let conn = Connection::connect(url, props).await.map_err(|e| {
+            Error::amqp_caused(
+                &format!("cannot connect to {}", kiln_protocol::redact_url(url)),
+                e,
+            )
+        })?;
+        let publisher = Self::confirm_channel(&conn).await?;
+        Ok(Self {
+            conn,
+            publisher: RwLock::new(publisher),
+            names: Names::new(prefix),
+        })
+    }
+
+    pub(super) async fn confirm_channel(conn: &Connection) -> Result<Channel> {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(ch)
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Whether the connection is up (readiness).
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// Connects once, without auto-recovery or reconnect attempts: for the
+    /// short-lived client commands, which should fail at once (and say why)
+    /// when the broker cannot be reached rather than retry for minutes.
+    pub async fn connect_client(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
+        let props = ConnectionProperties::default().with_backoff(crate::retry::never());
+        Self::connect_with(url, prefix, connection_name, props).await
+    }
+
+    /// Closes the connection politely (shutdown).
+    pub async fn close(&self) {
+        // The worker is exiting: a connection that cannot close politely is
+        // closed by the broker when the socket goes.
+        if let Err(e) = self
+            .conn
+            .close(200, "kiln worker shutting down".into())
+            .await
+        {
+            tracing::debug!(error = %e, "AMQP connection did not close politely");
+        }
+    }
+}
+
+/// Closes a channel that has done its job. A failure is only logged: the
+/// channel closes with its connection anyway, and what it did is done.
+pub(super) async fn close_channel(ch: &Channel, why: &str) {
+    if let Err(e) = ch.close(200, why.into()).await {
+        tracing::debug!(error = %e, why, "AMQP channel did not close politely");
+    }
+}
+
+/// The user name of an AMQP URL (`guest` when the URL names none, as the
+/// client then logs in as `guest`): the tenant of the requests the client
+/// publishes, set as their `user_id` so that RabbitMQ verifies it.
+pub fn url_user(url: &str) -> Result<String> {
+    let uri: lapin::uri::AMQPUri = url.parse().map_err(|e| {
+        Error::Config(format!(
+            "invalid AMQP URL {}: {e}",
+            kiln_protocol::redact_url(url)
+        ))
+    })?;
+    Ok(uri.authority.userinfo.username)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Issue 10: what the client and the worker print about a broker they
+    /// cannot reach or parse names it without the password.
+    #[tokio::test]
+    async fn connect_errors_hide_the_password() {
+        let e =
+            url_user("amqp://guest:pl4ntedAmqpPw@127.0.0.1:notaport/%2f").expect_err("not a port");
+        let text = format!("{e} / {e:?}");
+        assert!(!text.contains("pl4ntedAmqpPw"), "{text}");
+        assert!(text.contains("amqp://guest:***@127.0.0.1"), "{text}");
+
+        let url = "amqp://guest:pl4nted@mqPw@127.0.0.1:1/%2f";
+        let connect = Broker::connect_client(url, "kiln-unit", "kiln unit test");
+        let e = tokio::time::timeout(Duration::from_secs(20), connect)
+            .await
+            .expect("nothing listens on port 1: refused at once")
+            .expect_err("cannot connect");
+        let text = format!("{e} / {e:?}");
+        assert!(!text.contains("mqPw"), "{text}");
+        assert!(text.contains("amqp://guest:***@127.0.0.1:1"), "{text}");
+    }
+}

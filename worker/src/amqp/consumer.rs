@@ -1,0 +1,153 @@
+//! Consuming a queue: deliveries that ride out connection recoveries, and
+//! what Kiln reads of a message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Acker, Channel};
+
+use super::broker::Broker;
+use crate::error::Result;
+
+impl Broker {
+    /// Starts consuming `queue` on a channel of its own with at most
+    /// `prefetch` unacknowledged deliveries.
+    pub async fn consume(&self, queue: &str, prefetch: u16, tag: &str) -> Result<Consumer> {
+        let ch = self.conn.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let inner = ch
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Consumer { channel: ch, inner })
+    }
+}
+
+/// A queue consumer that rides out connection recoveries.
+pub struct Consumer {
+    pub(super) channel: Channel,
+    pub(super) inner: lapin::Consumer,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// The next delivery; `None` when the consumer was cancelled for good.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        loop {
+            match self.inner.next().await? {
+                Ok(d) => return Some(Incoming::from_delivery(d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer interrupted; waiting for recovery");
+                    if let Err(e) = self.channel.wait_for_recovery(e).await {
+                        tracing::error!(error = %e, "consumer cannot recover");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops consuming: the broker delivers nothing more on this channel and
+    /// requeues what was not acked when the channel closes.
+    pub async fn cancel(self) {
+        super::broker::close_channel(&self.channel, "consumer stopped").await;
+    }
+}
+
+/// A received message, with what Kiln reads of its properties.
+pub struct Incoming {
+    pub body: Vec<u8>,
+    /// The AMQP `user_id` property (verified by RabbitMQ): the tenant.
+    pub user_id: Option<String>,
+    /// W3C `traceparent` header, if any.
+    pub traceparent: Option<String>,
+    pub content_type: Option<String>,
+    pub redelivered: bool,
+    pub routing_key: String,
+    pub(super) headers: FieldTable,
+    acker: Acker,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("bytes", &self.body.len())
+            .field("user_id", &self.user_id)
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+fn header_str(table: &FieldTable, name: &str) -> Option<String> {
+    match table.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+impl Incoming {
+    pub(super) fn from_delivery(d: lapin::message::Delivery) -> Self {
+        let headers = d.properties.headers().clone().unwrap_or_default();
+        Self {
+            user_id: d
+                .properties
+                .user_id()
+                .as_ref()
+                .map(|u| u.as_str().to_owned()),
+            traceparent: header_str(&headers, "traceparent"),
+            content_type: d
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
+            redelivered: d.redelivered,
+            routing_key: d.routing_key.as_str().to_owned(),
+            body: d.data,
+            headers,
+            acker: d.acker,
+        }
+    }
+
+    /// String headers of the message (for `kiln watch` and tests).
+    pub fn string_headers(&self) -> BTreeMap<String, String> {
+        self.headers
+            .inner()
+            .keys()
+            .filter_map(|k| {
+                header_str(&self.headers, k.as_str()).map(|v| (k.as_str().to_owned(), v))
+            })
+            .collect()
+    }
+
+    /// Acknowledges: the work is safe elsewhere.
+    pub async fn ack(&self) -> Result<()> {
+        self.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Hands the message back to the queue (counts towards the delivery
+    /// limit of the quorum queue).
+    pub async fn requeue(&self) -> Result<()> {
+        self.acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! RabbitMQ: the only module that knows lapin. One concept per file, each
+//! adding its calls to [`Broker`]: `topology` (exchanges and queues),
+//! `consumer` (deliveries that ride out recoveries), `publisher` (events and
+//! requests with confirms, dead-lettering), `subscription` (the client's
+//! event queue) and `testing` (helpers for tests and operators).
+//!
+//! The connection uses lapin's auto-recovery: after a connection loss lapin
+//! reconnects and replays the topology and consumers. Deliveries received
+//! before the loss can no longer be acked (the broker redelivers them), which
+//! is safe because the build id is the idempotency key.
+
+mod broker;
+mod consumer;
+mod names;
+mod publisher;
+mod subscription;
+mod testing;
+mod topology;
+
+pub use broker::{Broker, url_user};
+pub use consumer::{Consumer, Incoming};
+pub use names::{BUILD_KEY, CANCEL_KEY, DELIVERY_LIMIT, ERROR_HEADER, Names};
+pub use publisher::{OutgoingEvent, Routed};
+pub use subscription::EventSubscription;

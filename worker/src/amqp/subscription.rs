@@ -1,0 +1,85 @@
+//! The client's subscription: an exclusive, auto-delete queue bound to the
+//! events exchange (`kiln wait`, `kiln watch`, tests).
+
+use lapin::Channel;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+
+use super::broker::Broker;
+use super::consumer::{Consumer, Incoming};
+use crate::error::Result;
+
+/// A plain AMQP subscriber to the events exchange, for the client and tests.
+pub struct EventSubscription {
+    channel: Channel,
+    consumer: Consumer,
+    queue: String,
+}
+
+impl std::fmt::Debug for EventSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSubscription")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Binds an exclusive, auto-delete queue to the events exchange with the
+    /// given binding keys (`build.*`, `#`, ...) and consumes it with
+    /// auto-ack semantics handled by the caller.
+    pub async fn subscribe_events(&self, keys: &[&str]) -> Result<EventSubscription> {
+        let ch = self.conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = q.name().as_str().to_owned();
+        for key in keys {
+            ch.queue_bind(
+                queue.clone().into(),
+                self.names.events().into(),
+                ShortString::from(*key),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        ch.basic_qos(1000, BasicQosOptions::default()).await?;
+        let inner = ch
+            .basic_consume(
+                queue.clone().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(EventSubscription {
+            channel: ch.clone(),
+            consumer: Consumer { channel: ch, inner },
+            queue,
+        })
+    }
+}
+
+impl EventSubscription {
+    /// The next event message (acked on receipt: a subscriber's own queue).
+    pub async fn next(&mut self) -> Option<Incoming> {
+        let msg = self.consumer.next().await?;
+        // The queue is this subscriber's own and auto-deleted: an ack that
+        // fails costs at most a redelivery on the same subscription.
+        let _ = msg.ack().await;
+        Some(msg)
+    }
+
+    pub async fn close(self) {
+        super::broker::close_channel(&self.channel, "done").await;
+    }
+}

@@ -1,0 +1,18 @@
+//! The labels and annotations Kiln puts on its pods, and the container
+//! names it reads back.
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_BUILD: &str = "kiln.dev/build";
+pub const LABEL_IMAGE: &str = "kiln.dev/image";
+pub const LABEL_ATTEMPT: &str = "kiln.dev/attempt";
+pub const ANN_BUILD_ID: &str = "kiln.dev/build-id";
+pub const ANN_PLAN: &str = "kiln.dev/plan";
+/// The tenant that owns the build: read without parsing the plan, and kept
+/// where it survives the loss of Redis (docs/protocol.md, "Ownership and rejections").
+pub const ANN_TENANT: &str = "kiln.dev/tenant";
+/// Selector of every pod Kiln manages.
+pub const SELECTOR: &str = "app.kubernetes.io/managed-by=kiln";
+
+/// Name of the Kaniko container: the spec creates it, the view reads its
+/// status, the client reads its log.
+pub(super) const KANIKO: &str = "kaniko";

@@ -1,0 +1,41 @@
+//! Redis: build leases, cancel flags, build records, the builds index and
+//! the notices between workers. The only module that knows Redis; one
+//! concept per file (`lease`, `cancel`, `record` (the schema), `records`,
+//! `index`, `notices`), each adding its commands to [`Store`].
+//!
+//! Keys (with the configured prefix `P`, default `kiln:`):
+//! - `P lease:<id>`  — a [`LeaseToken`], `<worker id>/<ulid>`, minted per
+//!   claim; `SET NX PX` to claim, renewed by compare-and-extend, released by
+//!   compare-and-delete, all against the exact token of that claim (Lua, so
+//!   a worker can never extend or delete a lease another worker, or another
+//!   claim of its own, took over).
+//! - `P cancel:<id>` — the cancel reason; set by whichever worker consumed the
+//!   cancel, read by the lease's holder (pushed on `P cancels`, and polled
+//!   with every renewal in case the push was missed).
+//! - `P cancel:<id>@<tenant>` — a cancel for an id nobody held when it came,
+//!   read only by a claim of that tenant's request.
+//! - `P build:<id>`  — a JSON [`BuildRecord`] for dedupe, ownership (tenant
+//!   and request fingerprint, from the claim on), `kiln status` and the
+//!   status page.
+//! - `P builds`      — sorted set of build ids by the time (ms) their record
+//!   was last written, trimmed to [`INDEX_MAX`] by the same round trip that
+//!   writes the record: the status page's list, the same on every replica.
+//!
+//! Losing Redis costs at worst duplicate work: pod names fence the cluster.
+
+mod cancel;
+mod client;
+mod index;
+mod lease;
+mod notices;
+mod record;
+mod records;
+
+pub use client::Store;
+pub use index::INDEX_MAX;
+pub use lease::{Admit, Claim, LeaseToken, Renewal, holder_worker};
+pub use notices::Notice;
+pub use record::{
+    BuildRecord, History, ImageHistory, ImageRecord, RecordState, TIMELINE_MAX, TimelineEntry,
+    trace_id,
+};

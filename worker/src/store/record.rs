@@ -1,0 +1,8 @@
+//! The build record Redis keeps under `P build:<id>`. Its schema is pure and
+//! lives in `kiln-core` (`kiln_core::record`); the rest of the store reads
+//! and writes it.
+
+pub use kiln_core::record::{
+    BuildRecord, History, ImageHistory, ImageRecord, RecordState, TIMELINE_MAX, TimelineEntry,
+    trace_id,
+};
