@@ -58,4 +58,8 @@ pub struct PodView {
     pub plan: Option<Arc<str>>,
     /// The owning tenant (annotation `kiln.dev/tenant`).
     pub tenant: Option<String>,
+    /// The cancel of the build, marked on its pods (annotation
+    /// `kiln.dev/cancelled`, the cancel's reason) before the cancel was
+    /// acked: it survives Redis losing the cancel flag.
+    pub cancelled: Option<String>,
 }

@@ -185,6 +185,10 @@ impl Env {
                 amqp_prefix: self.prefix.clone(),
                 redis_url: self.engines.redis_url.clone(),
                 redis_prefix: self.redis_prefix.clone(),
+                redis_sentinels: self.engines.sentinels.as_ref().map(|(s, _)| s.clone()),
+                redis_master: self.engines.sentinels.as_ref().map(|(_, m)| m.clone()),
+                redis_password: None,
+                redis_sentinel_password: None,
             },
             build: BuildConfig {
                 namespace: NAMESPACE.to_owned(),

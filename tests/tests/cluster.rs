@@ -53,7 +53,10 @@ impl Observer {
         let ch = conn.create_channel().await.unwrap();
         let queue = format!("{prefix}.observer");
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         ch.queue_declare(
             queue.clone().into(),
             QueueDeclareOptions {
@@ -73,7 +76,9 @@ impl Observer {
         )
         .await
         .unwrap();
-        ch.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+        ch.basic_qos(1000, BasicQosOptions::default())
+            .await
+            .unwrap();
         let consumer = ch
             .basic_consume(
                 queue.into(),
@@ -138,7 +143,6 @@ fn engines(c: &Clustered, redis_url: String) -> Engines {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the worker's node list and Sentinel support (issue 19, phase 2)"]
 async fn kiln_on_clustered_engines() {
     let t0 = Instant::now();
     let mut c = Clustered::start(RabbitOptions::default(), RedisOptions::default())
@@ -148,7 +152,10 @@ async fn kiln_on_clustered_engines() {
     let mut figures = Figures::default();
     node_and_primary_kills(&mut c, &mut figures).await;
     a_cancel_whose_flag_redis_lost_still_cancels(&mut c).await;
-    eprintln!("figures: {figures:?} (all scenarios in {:.1?})", t0.elapsed());
+    eprintln!(
+        "figures: {figures:?} (all scenarios in {:.1?})",
+        t0.elapsed()
+    );
 }
 
 /// Two workers configured with the three node URLs and the Sentinels build
@@ -174,7 +181,10 @@ async fn node_and_primary_kills(c: &mut Clustered, figures: &mut Figures) {
     // The first half accepted, then the leader of the builds queue dies.
     let mut accepted = BTreeSet::new();
     while accepted.len() < first.len() {
-        let ev = observer.next(SCENARIO_TIMEOUT).await.expect("first half accepted");
+        let ev = observer
+            .next(SCENARIO_TIMEOUT)
+            .await
+            .expect("first half accepted");
         if ev.data.phase == Phase::Accepted {
             accepted.insert(ev.data.build_id.clone());
         }
@@ -197,7 +207,10 @@ async fn node_and_primary_kills(c: &mut Clustered, figures: &mut Figures) {
         }
     }
     loop {
-        let ev = observer.next(SCENARIO_TIMEOUT).await.expect("second half accepted");
+        let ev = observer
+            .next(SCENARIO_TIMEOUT)
+            .await
+            .expect("second half accepted");
         if ev.data.phase == Phase::Accepted && second.contains(&ev.data.build_id) {
             figures.node_kill_to_accepted = Some(killed.elapsed());
             break;
@@ -226,7 +239,10 @@ async fn node_and_primary_kills(c: &mut Clustered, figures: &mut Figures) {
         let _ = observer.next(Duration::from_secs(5)).await;
     }
     let terminals = observer.terminals();
-    let lost: Vec<&String> = ids.iter().filter(|id| !terminals.contains_key(*id)).collect();
+    let lost: Vec<&String> = ids
+        .iter()
+        .filter(|id| !terminals.contains_key(*id))
+        .collect();
     figures.lost = lost.len();
     assert!(lost.is_empty(), "builds without an outcome: {lost:?}");
     for id in &ids {
@@ -311,7 +327,10 @@ async fn a_cancel_whose_flag_redis_lost_still_cancels(c: &mut Clustered) {
         if exists {
             break;
         }
-        assert!(start.elapsed() < SCENARIO_TIMEOUT, "the cancel was not handled");
+        assert!(
+            start.elapsed() < SCENARIO_TIMEOUT,
+            "the cancel was not handled"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Acked: the cancel is gone from its queue (ready or unacked).
@@ -319,7 +338,10 @@ async fn a_cancel_whose_flag_redis_lost_still_cancels(c: &mut Clustered) {
     loop {
         let out = c
             .rabbit
-            .ctl(1, &["list_queues", "--no-table-headers", "name", "messages"])
+            .ctl(
+                1,
+                &["list_queues", "--no-table-headers", "name", "messages"],
+            )
             .await
             .unwrap();
         let left = out.lines().find_map(|l| {
@@ -329,7 +351,10 @@ async fn a_cancel_whose_flag_redis_lost_still_cancels(c: &mut Clustered) {
         if left.as_deref() == Some("0") {
             break;
         }
-        assert!(start.elapsed() < SCENARIO_TIMEOUT, "the cancel was not acked");
+        assert!(
+            start.elapsed() < SCENARIO_TIMEOUT,
+            "the cancel was not acked"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let old = isolated.primary;

@@ -34,7 +34,13 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
     )
     .await?;
     broker.declare_topology().await?;
-    let store = Store::connect(&c.redis_url, &c.redis_prefix, &worker, config.lease_ttl).await?;
+    let store = Store::connect_to(
+        &c.redis_target()?,
+        &c.redis_prefix,
+        &worker,
+        config.lease_ttl,
+    )
+    .await?;
     let client = match kube {
         Some(k) => k,
         None => Pods::default_client().await?,

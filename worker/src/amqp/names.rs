@@ -35,6 +35,10 @@ impl Names {
     pub fn dead(&self) -> String {
         format!("{}.dead", self.prefix)
     }
+    /// The delay queue of parked requests (`park`).
+    pub fn parked(&self) -> String {
+        format!("{}.parked", self.prefix)
+    }
     pub fn events(&self) -> String {
         format!("{}.events", self.prefix)
     }

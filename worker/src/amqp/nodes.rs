@@ -15,13 +15,11 @@
 //! must therefore name the same user and vhost, which [`Nodes::parse`]
 //! checks.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use backon::ExponentialBuilder;
 use lapin::tcp::{AMQPUriTcpExt as _, OwnedTLSConfig};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
@@ -89,6 +87,11 @@ impl Nodes {
             uris.push(uri);
         }
         Ok(Self { urls, uris })
+    }
+
+    /// The user every node is reached as.
+    pub fn user(&self) -> &str {
+        &self.uris[0].authority.userinfo.username
     }
 
     /// How many nodes.
@@ -184,27 +187,6 @@ impl Rotation {
         self.next += 1;
         self.order[self.next - 1].clone()
     }
-}
-
-/// The worker's connection attempts: quick after a blip, at most every 5 s
-/// during an outage, jittered so that workers do not dial in step, and
-/// never giving up (a worker waits for its broker; it does not crash-loop).
-pub fn worker_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-}
-
-/// The client commands' attempts: each node at most twice, then the error
-/// (a person is waiting for an answer).
-pub fn client_backoff(nodes: usize) -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(1))
-        .with_jitter()
-        .with_max_times(nodes.saturating_mul(2).saturating_sub(1))
 }
 
 #[cfg(test)]

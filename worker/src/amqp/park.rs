@@ -28,7 +28,9 @@ use lapin::BasicProperties;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::{Broker, Incoming};
+use super::broker::Broker;
+use super::consumer::Incoming;
+use super::names::BUILD_KEY;
 use crate::error::{Error, Result};
 
 /// Header of a parked copy: how many times the request was parked (for
@@ -57,7 +59,7 @@ impl Broker {
         // other binding), and dead-lettering would otherwise keep that key.
         args.insert(
             "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(super::BUILD_KEY.into()),
+            AMQPValue::LongString(BUILD_KEY.into()),
         );
         args.insert(
             "x-dead-letter-strategy".into(),

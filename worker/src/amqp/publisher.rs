@@ -99,7 +99,7 @@ impl Broker {
         }
     }
 
-    async fn publish_once(
+    pub(super) async fn publish_once(
         &self,
         exchange: &str,
         routing_key: &str,

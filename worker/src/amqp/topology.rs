@@ -70,6 +70,7 @@ impl Broker {
             FieldTable::default(),
         )
         .await?;
+        self.declare_parked(&ch).await?;
         super::broker::close_channel(&ch, "topology declared").await;
         Ok(())
     }

@@ -10,6 +10,11 @@ pub const ANN_PLAN: &str = "kiln.dev/plan";
 /// The tenant that owns the build: read without parsing the plan, and kept
 /// where it survives the loss of Redis (docs/protocol.md, "Ownership and rejections").
 pub const ANN_TENANT: &str = "kiln.dev/tenant";
+/// The cancel of the build (its reason), put on each of its pods by the
+/// worker that takes the cancel, before it acks it: unlike the Redis flag,
+/// it survives a Redis failover, and whoever drives or adopts the build
+/// reads it from the pod watch (DESIGN 5: the pods are the state).
+pub const ANN_CANCELLED: &str = "kiln.dev/cancelled";
 /// Selector of every pod Kiln manages.
 pub const SELECTOR: &str = "app.kubernetes.io/managed-by=kiln";
 

@@ -221,7 +221,8 @@ impl RedisConn {
         let (client, sentinel) = match target {
             RedisTarget::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| {
-                    Error::redis_caused(&format!("invalid Redis URL {target:?}"), e)
+                    let shown = kiln_protocol::redact_url(url);
+                    Error::redis_caused(&format!("invalid Redis URL {shown:?}"), e)
                 })?;
                 (client, None)
             }
@@ -256,20 +257,10 @@ impl RedisConn {
         Ok(conn)
     }
 
-    /// Where it connects (for messages).
-    pub fn target(&self) -> &RedisTarget {
-        &self.shared.target
-    }
-
     /// The client of the server in use, for pub/sub connections (resolve
     /// again by calling this again after a subscription breaks).
     pub fn client(&self) -> redis::Client {
         self.shared.current().client
-    }
-
-    /// The address of the server in use.
-    pub fn addr(&self) -> String {
-        self.client().get_connection_info().addr().to_string()
     }
 }
 
