@@ -205,6 +205,7 @@ impl Env {
             retry_max_delay: Duration::from_secs(1),
             worker_id: None,
             prefetch: 64,
+            park_after: Duration::from_secs(600),
             record_ttl: Duration::from_secs(600),
         }
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use kiln_protocol::{BuildEvent, Phase};
 use kiln_tests::cluster::{Clustered, MASTER_NAME, RabbitOptions, RedisOptions};
-use kiln_tests::harness::{Engines, Env, one_image, unique};
+use kiln_tests::harness::{Engines, Env, NAMESPACE, one_image, unique};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -152,6 +152,8 @@ async fn kiln_on_clustered_engines() {
     let mut figures = Figures::default();
     node_and_primary_kills(&mut c, &mut figures).await;
     a_cancel_whose_flag_redis_lost_still_cancels(&mut c).await;
+    // Last: it lowers the broker's consumer_timeout for good.
+    a_quota_wait_longer_than_consumer_timeout_loses_nothing(&mut c).await;
     eprintln!(
         "figures: {figures:?} (all scenarios in {:.1?})",
         t0.elapsed()
@@ -195,14 +197,17 @@ async fn node_and_primary_kills(c: &mut Clustered, figures: &mut Figures) {
         // The test's own connection may have been on the dead node: it
         // moves like the workers' do; a publish lost with it is retried.
         let body = serde_json::to_vec(&one_image(id)).unwrap();
-        let mut tries = 0;
+        // Nacked until the queue has a leader again (a Raft election
+        // among the two nodes left).
         while let Err(e) = env
             .broker
             .publish_request(kiln_worker::amqp::BUILD_KEY, &body, None, None)
             .await
         {
-            tries += 1;
-            assert!(tries < 100, "cannot publish {id}: {e}");
+            assert!(
+                killed.elapsed() < SCENARIO_TIMEOUT,
+                "cannot publish {id}: {e}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -380,5 +385,74 @@ async fn a_cancel_whose_flag_redis_lost_still_cancels(c: &mut Clustered) {
         "the cancel must survive the loss of its flag: {outcome:?}"
     );
     c.redis.restart(old).await.unwrap();
+    env.cleanup().await;
+}
+
+/// The broker's consumer_timeout lowered to 2 s: a request whose build
+/// waits 30 s for a ResourceQuota is parked (after 1 s) instead of held, so
+/// the broker never closes the channel under it and it never reaches the
+/// dead-letter queue (held, it would be redelivered at every timeout and
+/// dead-lettered after 10 deliveries); both builds succeed once.
+async fn a_quota_wait_longer_than_consumer_timeout_loses_nothing(c: &mut Clustered) {
+    for i in 1..=3 {
+        for expr in [
+            "application:set_env(rabbit, consumer_timeout, 2000).",
+            "application:set_env(rabbit, channel_tick_interval, 1000).",
+        ] {
+            c.rabbit.ctl(i, &["eval", expr]).await.unwrap();
+        }
+    }
+    let primary = c.redis.primary_port().await.unwrap();
+    let mut env = Env::on(engines(c, c.redis.server_url(primary))).await;
+    env.slow_pods(Duration::from_secs(30));
+    env.kube.set_pod_quota(NAMESPACE, "compute", 1);
+    let mut observer = Observer::start(&c.rabbit.url(1), &env.prefix).await;
+    env.start_worker_with(|w| w.park_after = Duration::from_secs(1));
+    let first = unique("quota-first");
+    let waiting = unique("quota-waiting");
+    env.publish(&one_image(&first)).await;
+    loop {
+        let ev = observer
+            .next(SCENARIO_TIMEOUT)
+            .await
+            .expect("first accepted");
+        if ev.data.build_id == first && ev.data.phase == Phase::Accepted {
+            break;
+        }
+    }
+    env.publish(&one_image(&waiting)).await;
+    let deadline = Instant::now() + SCENARIO_TIMEOUT;
+    while Instant::now() < deadline {
+        let terminals = observer.terminals();
+        if terminals.contains_key(&first) && terminals.contains_key(&waiting) {
+            break;
+        }
+        let _ = observer.next(Duration::from_secs(5)).await;
+    }
+    let terminals = observer.terminals();
+    for id in [&first, &waiting] {
+        assert_eq!(
+            terminals.get(id).map(Vec::as_slice),
+            Some([Phase::Succeeded].as_slice()),
+            "{id} must end once, in build.succeeded"
+        );
+    }
+    let dead = env.dead_letters().await;
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
+    // And the worker still consumes: a request published now is built.
+    // (Held instead of parked, the request's channel was closed by the
+    // broker, and the consumer on it with it.)
+    env.slow_pods(Duration::from_millis(200));
+    let after = unique("quota-after");
+    env.publish(&one_image(&after)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !observer.terminals().contains_key(&after) {
+        assert!(
+            Instant::now() < deadline,
+            "a request published after the wait was not built: the worker stopped consuming"
+        );
+        let _ = observer.next(Duration::from_secs(5)).await;
+    }
+    assert_eq!(observer.terminals()[&after], [Phase::Succeeded]);
     env.cleanup().await;
 }

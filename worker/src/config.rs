@@ -167,6 +167,12 @@ pub struct WorkerConfig {
     /// Unacknowledged build requests this worker holds at once.
     #[arg(long, env = "KILN_PREFETCH", default_value_t = 256)]
     pub prefetch: u16,
+    /// A request that waits longer than this for its first pods (a quota)
+    /// or for another worker's acceptance is parked in `<prefix>.parked`
+    /// and acked, so no delivery outlives the broker's consumer_timeout
+    /// (30 minutes by default): keep it well below that.
+    #[arg(long, env = "KILN_PARK_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub park_after: Duration,
     /// How long the Redis record of a finished build is kept (duplicate
     /// requests within it are acked with no new build; `kiln status` reads it).
     #[arg(long, env = "KILN_RECORD_TTL", default_value = "24h", value_parser = parse_duration)]
@@ -187,6 +193,9 @@ impl WorkerConfig {
         }
         if self.prefetch == 0 {
             return Err("--prefetch (KILN_PREFETCH) must be at least 1".into());
+        }
+        if self.park_after < Duration::from_secs(1) {
+            return Err("--park-after (KILN_PARK_AFTER) must be at least 1s".into());
         }
         crate::amqp::Nodes::parse(&self.connections.amqp_url).map_err(|e| e.to_string())?;
         self.connections.redis_target().map_err(|e| e.to_string())?;

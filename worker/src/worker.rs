@@ -61,6 +61,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         settings,
         record_ttl: config.record_ttl,
         prefetch: config.prefetch,
+        park_after: config.park_after,
         metrics: Arc::new(Metrics::new()),
     }))
 }

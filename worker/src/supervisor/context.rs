@@ -30,6 +30,8 @@ pub struct Context {
     pub record_ttl: Duration,
     /// Unacknowledged build requests the worker takes at once.
     pub prefetch: u16,
+    /// A request held longer than this is parked (`amqp::park`).
+    pub park_after: Duration,
     pub metrics: Arc<Metrics>,
 }
 
