@@ -7,6 +7,7 @@
 //! [`Journal::to_history`] expands it into the [`History`] the record and the
 //! status page carry. Nothing here does IO.
 
+use kiln_protocol::provenance::Envelope;
 use kiln_protocol::{BuildEvent, Level, Phase, Reason, build_event_id, event_type, image_event_id};
 
 use crate::record::{History, ImageHistory, TIMELINE_MAX, TimelineEntry, trace_id};
@@ -35,6 +36,8 @@ struct Image {
     message: Option<Box<str>>,
     log_tail: Option<Box<str>>,
     pods: Vec<Box<str>>,
+    /// Boxed: most images of most workers have none.
+    provenance: Option<Box<Envelope>>,
 }
 
 /// One published event (56 bytes).
@@ -197,6 +200,7 @@ impl Image {
             message: None,
             log_tail: None,
             pods: Vec::new(),
+            provenance: None,
         }
     }
 
@@ -211,6 +215,7 @@ impl Image {
         if d.digest.is_some() {
             self.digest = boxed(d.digest.as_deref());
             self.image_refs = d.image_refs.iter().map(|r| r.as_str().into()).collect();
+            self.provenance = d.provenance.clone().map(Box::new);
         }
         if d.reason.is_some() {
             self.reason = d.reason;
@@ -229,6 +234,7 @@ impl Image {
             message: unboxed(self.message.as_deref()),
             log_tail: unboxed(self.log_tail.as_deref()),
             pods: self.pods.iter().map(ToString::to_string).collect(),
+            provenance: self.provenance.as_deref().cloned(),
         }
     }
 }

@@ -62,4 +62,7 @@ pub struct PodView {
     /// `kiln.dev/cancelled`, the cancel's reason) before the cancel was
     /// acked: it survives Redis losing the cancel flag.
     pub cancelled: Option<String>,
+    /// The Kaniko container's `imageID` once it started: the digest the
+    /// node actually ran, for the provenance.
+    pub executor_image_id: Option<String>,
 }

@@ -114,6 +114,9 @@ pub struct ImageHistory {
     /// Every pod the image ran in, one per attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
+    /// The signed provenance of `digest` (`kiln provenance` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<kiln_protocol::provenance::Envelope>,
 }
 
 /// One published event.
@@ -145,6 +148,119 @@ pub struct TimelineEntry {
 fn known_reason<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::Error> {
     let text: Option<String> = Option::deserialize(d)?;
     Ok(text.and_then(|t| serde_json::from_value(serde_json::Value::String(t)).ok()))
+}
+
+/// The largest record Redis keeps, in bytes of JSON: log tails and messages
+/// are bounded one by one, this bounds their sum and the timeline's. A page
+/// or a `kiln status` reads one record, so this bounds what each costs.
+pub const RECORD_MAX_BYTES: usize = 64 * 1024;
+
+/// What a text keeps when a record over [`RECORD_MAX_BYTES`] has no
+/// timeline left to drop.
+const TEXT_KEPT: usize = 1024;
+
+impl BuildRecord {
+    /// Shrinks the record to at most `max` bytes of JSON: first the oldest
+    /// timeline entries go (counted in `history.dropped`), then messages
+    /// and log tails keep their last [`TEXT_KEPT`] bytes, then log tails go.
+    /// Returns the JSON it ends with.
+    pub fn capped_json(&mut self, max: usize) -> serde_json::Result<String> {
+        let mut json = serde_json::to_string(self)?;
+        while json.len() > max && !self.history.timeline.is_empty() {
+            // Drop in proportion to the excess (at least one entry), so a
+            // record far over the cap takes few rounds.
+            let n = self.history.timeline.len();
+            let excess = json.len() - max;
+            let each = json.len() / n.max(1);
+            let k = (excess / each.max(1) + 1).min(n);
+            self.history.timeline.drain(..k);
+            self.history.dropped = self.history.dropped.saturating_add(k);
+            json = serde_json::to_string(self)?;
+        }
+        if json.len() > max {
+            let h = &mut self.history;
+            let texts = h.message.iter_mut().chain(
+                h.images
+                    .values_mut()
+                    .flat_map(|i| i.message.iter_mut().chain(i.log_tail.iter_mut())),
+            );
+            for t in texts {
+                keep_tail(t, TEXT_KEPT);
+            }
+            json = serde_json::to_string(self)?;
+        }
+        if json.len() > max {
+            for i in self.history.images.values_mut() {
+                i.log_tail = None;
+            }
+            json = serde_json::to_string(self)?;
+        }
+        Ok(json)
+    }
+
+    /// The record's line in the builds list (`P sum:<id>`).
+    pub fn summary(&self, id: &str) -> BuildSummary {
+        let finished = self.state == RecordState::Finished;
+        BuildSummary {
+            id: id.to_owned(),
+            tenant: self.tenant.clone(),
+            app: self.history.app.clone(),
+            phase: match (self.phase, finished) {
+                (Some(p), true) => p.as_str().to_owned(),
+                _ => "running".to_owned(),
+            },
+            reason: self
+                .history
+                .reason
+                .or_else(|| self.history.images.values().find_map(|i| i.reason)),
+            images: self.images.len(),
+            worker: self.worker.clone(),
+            started: self.history.timeline.first().map(|e| e.time),
+            finished: finished.then_some(self.updated_at),
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Keeps the last `max` bytes of `t` (at a character boundary), saying how
+/// many went.
+fn keep_tail(t: &mut String, max: usize) {
+    if t.len() <= max {
+        return;
+    }
+    let mut cut = t.len() - max;
+    while !t.is_char_boundary(cut) {
+        cut += 1;
+    }
+    *t = format!("[{cut} bytes left out]\n{}", &t[cut..]);
+}
+
+/// One build in the list: what the status page's list and `/api/builds`
+/// show, no log tails and no messages (a few hundred bytes, whatever the
+/// build's record holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSummary {
+    pub id: String,
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// A terminal phase, or `running`.
+    pub phase: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "known_reason"
+    )]
+    pub reason: Option<Reason>,
+    pub images: usize,
+    pub worker: String,
+    /// The first event's time (`build.accepted`), if the timeline kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<jiff::Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<jiff::Timestamp>,
+    pub updated_at: jiff::Timestamp,
 }
 
 /// The trace id (second field) of a W3C `traceparent`.
@@ -249,6 +365,72 @@ mod tests {
         let r: BuildRecord = serde_json::from_str(&newer).unwrap();
         assert_eq!(r.history.reason, None);
         assert_eq!(r.tenant, "shop");
+    }
+
+    #[test]
+    fn a_record_is_capped_oldest_timeline_first_then_texts() {
+        let mut r: BuildRecord = serde_json::from_str(OLD_RECORD).unwrap();
+        let entry = r.history.timeline[1].clone();
+        for i in 0..2000 {
+            let mut e = entry.clone();
+            e.id = format!("e{i}");
+            e.message = Some("m".repeat(200));
+            r.history.timeline.push(e);
+        }
+        let last = r.history.timeline.last().unwrap().id.clone();
+        let json = r.clone().capped_json(RECORD_MAX_BYTES).unwrap();
+        let capped: BuildRecord = serde_json::from_str(&json).unwrap();
+        assert!(json.len() <= RECORD_MAX_BYTES, "{}", json.len());
+        assert_eq!(
+            capped.history.timeline.last().unwrap().id,
+            last,
+            "newest kept"
+        );
+        assert_eq!(
+            capped.history.dropped + capped.history.timeline.len(),
+            2002,
+            "every dropped entry counted"
+        );
+        assert_eq!(
+            capped.history.images["api"].log_tail.as_deref(),
+            Some("killed")
+        );
+
+        // 32 images with 8 KiB log tails: the texts give way.
+        let mut big: BuildRecord = serde_json::from_str(OLD_RECORD).unwrap();
+        for i in 0..32 {
+            big.history.images.insert(
+                format!("img{i}"),
+                ImageHistory {
+                    log_tail: Some(format!("{}END", "é".repeat(4096))),
+                    ..ImageHistory::default()
+                },
+            );
+        }
+        let json = big.capped_json(RECORD_MAX_BYTES).unwrap();
+        assert!(json.len() <= RECORD_MAX_BYTES, "{}", json.len());
+        let capped: BuildRecord = serde_json::from_str(&json).unwrap();
+        let tail = capped.history.images["img7"].log_tail.clone().unwrap();
+        assert!(tail.ends_with("END") && tail.starts_with('['), "{tail}");
+        // Under the cap: unchanged.
+        let small: BuildRecord = serde_json::from_str(OLD_RECORD).unwrap();
+        let json = small.clone().capped_json(RECORD_MAX_BYTES).unwrap();
+        assert_eq!(serde_json::from_str::<BuildRecord>(&json).unwrap(), small);
+    }
+
+    #[test]
+    fn a_summary_holds_no_texts() {
+        let r: BuildRecord = serde_json::from_str(OLD_RECORD).unwrap();
+        let s = r.summary("b");
+        assert_eq!(s.phase, "failed");
+        assert_eq!(s.reason, Some(Reason::BuildError));
+        assert_eq!(s.started, Some(r.history.timeline[0].time));
+        assert_eq!(s.finished, Some(r.updated_at));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            !json.contains("killed") && !json.contains("image api failed"),
+            "{json}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod decode;
 mod event;
 mod limits;
 mod names;
+pub mod provenance;
 mod quantity;
 mod reference;
 mod request;

@@ -139,7 +139,7 @@ fn remove_if_empty(obj: &mut serde_json::Map<String, Value>, key: &str) {
 /// Compact JSON with every object's keys sorted by their bytes, whatever
 /// order the map keeps them in (`serde_json`'s `preserve_order` feature may
 /// be on in a dependency graph).
-fn canonical_json(v: &Value, out: &mut String) {
+pub(crate) fn canonical_json(v: &Value, out: &mut String) {
     match v {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::fakekube::{FakeKube, Fate, FaultResponse, FaultRule, Resource, Timing, Verb};
 
+pub mod provenance;
 mod sequence;
 pub use sequence::{
     ANY, ONE_IMAGE_FAILS, ONE_IMAGE_SUCCEEDS, assert_sequence, check_sequence, is_build_terminal,
@@ -88,6 +89,9 @@ pub struct Env {
     pub engines: Engines,
     workers: Vec<Option<WorkerHandle>>,
     seen: Vec<BuildEvent>,
+    /// Whether every in-process worker started so far signs provenance
+    /// (`None` before the first).
+    signing: Option<bool>,
 }
 
 impl std::fmt::Debug for Env {
@@ -174,6 +178,7 @@ impl Env {
             engines,
             workers: Vec::new(),
             seen: Vec::new(),
+            signing: None,
         }
     }
 
@@ -199,6 +204,7 @@ impl Env {
             },
             cluster: "test".to_owned(),
             metrics_addr: None,
+            status: kiln_worker::http_auth::StatusConfig::default(),
             lease_ttl: Duration::from_secs(2),
             pending_timeout: Duration::from_secs(60),
             retry_base_delay: Duration::from_millis(200),
@@ -207,6 +213,7 @@ impl Env {
             prefetch: 64,
             park_after: Duration::from_secs(600),
             record_ttl: Duration::from_secs(600),
+            provenance_key: Some(provenance::test_key_path()),
         }
     }
 
@@ -216,6 +223,7 @@ impl Env {
         let id = unique("w");
         config.worker_id = Some(id.clone());
         tweak(&mut config);
+        self.signing = Some(self.signing.unwrap_or(true) && config.provenance_key.is_some());
         let url = self.kube.url();
         // Each worker's API client says who it is, so a fault rule can
         // target one worker's calls (`FaultRule::user_agent_contains`).
@@ -387,6 +395,7 @@ impl Env {
             Some(ev.data.phase.as_str()),
             "kiln-phase header"
         );
+        provenance::check(&ev, &msg.body, self.signing);
         self.seen.push(ev.clone());
         Some(ev)
     }

@@ -24,10 +24,26 @@ struct Reply {
     body: String,
 }
 
-/// `GET path` over HTTP/1.1 with `Connection: close`.
+/// The operators' token the tests' workers are given (in a file, as from
+/// a Secret).
+const TOKEN: &str = "test-operator-token-0123456789";
+
+/// A token file for [`TOKEN`], removed with the temp dir's other files.
+fn token_file() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(unique("kiln-status-token"));
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    path
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`, as an operator.
 async fn get(addr: SocketAddr, path: &str) -> Option<Reply> {
+    get_with(addr, path, &format!("Authorization: Bearer {TOKEN}\r\n")).await
+}
+
+/// `GET path` with `extra` header lines (each ending in CRLF).
+async fn get_with(addr: SocketAddr, path: &str, extra: &str) -> Option<Reply> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.ok()?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
@@ -99,7 +115,11 @@ async fn metrics_health_and_status_page_over_http() {
     let mut env = Env::new().await;
     env.slow_pods(Duration::from_secs(3));
     let addr = free_addr();
-    let w = env.start_worker_with(|c| c.metrics_addr = Some(addr));
+    let token = token_file();
+    let w = env.start_worker_with(|c| {
+        c.metrics_addr = Some(addr);
+        c.status.status_token_file = Some(token);
+    });
     let worker = env.worker_id(w);
 
     let ready = wait_for(addr, "/readyz", |r| r.status == 200).await;
@@ -135,6 +155,13 @@ async fn metrics_health_and_status_page_over_http() {
     // The in-flight section ends where the build history begins.
     let (in_flight, _) = page.body.split_once(r#"id="history""#).unwrap();
     assert!(!in_flight.contains(&id), "still in flight: {in_flight}");
+    // The build page says the image's provenance is signed, and by which key.
+    let build = wait_for(addr, &format!("/builds/{id}"), |r| r.status == 200).await;
+    assert!(
+        build.body.contains("signed provenance (key <code>sha256:"),
+        "{}",
+        build.body
+    );
 
     let metrics = get(addr, "/metrics").await.unwrap();
     assert_eq!(metrics.status, 200);
@@ -192,4 +219,86 @@ async fn readyz_names_each_failing_check() {
 
     env.kube.faults().set_latency(Duration::ZERO);
     wait_for(addr, "/readyz", |r| r.status == 200).await;
+}
+
+/// Issue 18 item 9: without credentials no build data is served. The status
+/// page and `/api/*` answer 401 without the token (403 on a worker given no
+/// way to recognise operators), 200 with it; `/metrics` stays open and names
+/// no build and no tenant; on a split port the status routes are not on the
+/// metrics port at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_no_build_data_is_served() {
+    let mut env = Env::new().await;
+    let (one_port, metrics, status, closed) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let token = token_file();
+    let t = token.clone();
+    env.start_worker_with(|c| {
+        c.metrics_addr = Some(one_port);
+        c.status.status_token_file = Some(t);
+    });
+    let t = token.clone();
+    env.start_worker_with(|c| {
+        c.metrics_addr = Some(metrics);
+        c.status.status_addr = Some(status);
+        c.status.status_token_file = Some(t);
+    });
+    // Configured with neither a token nor a user header.
+    env.start_worker_with(|c| c.metrics_addr = Some(closed));
+    for a in [one_port, metrics, closed] {
+        wait_for(a, "/readyz", |r| r.status == 200).await;
+    }
+
+    let id = unique("secret-build");
+    env.publish(&one_image(&id)).await;
+    env.expect_sequence(&id, ONE_IMAGE_SUCCEEDS, WAIT).await;
+    let paths = [
+        "/".to_owned(),
+        format!("/builds/{id}"),
+        "/api/builds".to_owned(),
+        format!("/api/builds/{id}"),
+    ];
+    for (addr, path) in [one_port, status]
+        .into_iter()
+        .flat_map(|a| paths.iter().map(move |p| (a, p)))
+    {
+        let ok = wait_for(addr, path, |r| r.status == 200 && r.body.contains(&id)).await;
+        assert!(ok.body.contains("default"), "tenant shown: {ok:?}");
+        for (extra, why) in [
+            ("", "no credentials"),
+            (
+                "Authorization: Bearer wrong-token-0123456789\r\n",
+                "a wrong token",
+            ),
+            (
+                "X-Forwarded-User: eve\r\n",
+                "a user header nobody configured",
+            ),
+        ] {
+            let r = get_with(addr, path, extra).await.unwrap();
+            assert_eq!(r.status, 401, "{path} with {why}: {r:?}");
+            assert!(
+                !r.body.contains(&id) && !r.body.contains("default"),
+                "{r:?}"
+            );
+        }
+        let r = get_with(closed, path, "").await.unwrap();
+        assert_eq!(r.status, 403, "{path} on an unconfigured worker: {r:?}");
+        assert!(r.body.contains("KILN_STATUS_TOKEN_FILE"), "a hint: {r:?}");
+        assert!(!r.body.contains(&id));
+        // Split ports: the status routes are not on the metrics port.
+        assert_eq!(get(metrics, path).await.unwrap().status, 404, "{path}");
+    }
+    for a in [one_port, metrics, closed] {
+        let m = get_with(a, "/metrics", "").await.unwrap();
+        assert_eq!(m.status, 200);
+        assert!(m.body.contains("# EOF"), "{}", m.body);
+        assert!(!m.body.contains(&id), "a build id in /metrics:\n{}", m.body);
+        assert!(
+            !m.body.contains("default"),
+            "a tenant name in /metrics:\n{}",
+            m.body
+        );
+        assert_eq!(get_with(a, "/healthz", "").await.unwrap().status, 200);
+    }
+    let _ = std::fs::remove_file(&token);
 }

@@ -3,7 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::machine::Attest;
+use crate::provenance::Attestor;
 
 use crate::pod::PodSettings;
 use crate::policy::Policy;
@@ -146,6 +150,9 @@ pub struct WorkerConfig {
     /// Address of the metrics, health and status HTTP server.
     #[arg(long, env = "KILN_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the status page listens and who may read it.
+    #[command(flatten)]
+    pub status: crate::http_auth::StatusConfig,
     /// How long a build lease lives without renewal. A killed worker's builds
     /// are adopted by another worker after at most this long.
     #[arg(long, env = "KILN_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
@@ -177,6 +184,12 @@ pub struct WorkerConfig {
     /// requests within it are acked with no new build; `kiln status` reads it).
     #[arg(long, env = "KILN_RECORD_TTL", default_value = "24h", value_parser = parse_duration)]
     pub record_ttl: Duration,
+    /// PEM file of the ECDSA P-256 private key (PKCS#8 or SEC1) that signs
+    /// the SLSA provenance of every succeeded image (`image.succeeded`
+    /// `data.provenance`). Read once at start; mount it from a Secret into
+    /// the worker only. Without it, events carry no provenance.
+    #[arg(long, env = "KILN_PROVENANCE_KEY")]
+    pub provenance_key: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -219,6 +232,19 @@ impl WorkerConfig {
         .into_iter()
         .filter(|(_, image)| !pinned(image))
         .collect()
+    }
+
+    /// The provenance signer of `--provenance-key`, `None` without one; a
+    /// key that cannot be read or is not a P-256 key is an error naming the
+    /// setting, so a worker never runs unsigned by mistake.
+    pub fn attestor(&self) -> Result<Option<Arc<dyn Attest>>, String> {
+        let Some(path) = &self.provenance_key else {
+            return Ok(None);
+        };
+        let builder_id = kiln_protocol::event_source(&self.cluster);
+        let attestor = Attestor::load(path, builder_id, self.build.pod_settings())?;
+        tracing::info!(keyid = attestor.keyid(), "signing provenance");
+        Ok(Some(attestor))
     }
 
     /// The worker's name: `--worker-id`, else the host name, else a ULID.

@@ -1,5 +1,7 @@
 //! The worker's HTTP server on `KILN_METRICS_ADDR`: Prometheus metrics,
-//! liveness, readiness and a status page of the builds in the cluster.
+//! liveness, readiness and (on `KILN_STATUS_ADDR` when set, else on the same
+//! port) a status page of the builds in the cluster. The status page and
+//! `/api/*` are for operators only (see [`crate::http_auth`]).
 //!
 //! | path | answer |
 //! |---|---|
@@ -13,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use askama::Template;
@@ -27,7 +28,8 @@ use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
 use crate::error::{Error, Result};
-use crate::store::{BuildRecord, INDEX_MAX, RecordState};
+use crate::http_auth::{StatusAuth, require_operator};
+use crate::store::{BuildRecord, BuildSummary, INDEX_MAX, RecordState};
 use crate::supervisor::Supervisor;
 
 /// How long one readiness check may take before it counts as failed.
@@ -38,46 +40,58 @@ const PAGE_BUILDS: usize = 500;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// The routes, for [`serve`] and for tests that bring their own listener.
-pub fn router(sup: Supervisor) -> Router {
+/// `/metrics`, `/healthz` and `/readyz`: open to monitoring and probes,
+/// and free of tenant data.
+pub fn ops_router(sup: Supervisor) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(sup)
+}
+
+/// The status page and `/api/*`, behind [`require_operator`].
+pub fn status_router(sup: Supervisor, auth: StatusAuth) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/builds/{id}", get(build_page))
         .route("/api/builds", get(api_builds))
         .route("/api/builds/{id}", get(api_build))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
+        .route_layer(axum::middleware::from_fn_with_state(auth, require_operator))
         .with_state(sup)
 }
 
-/// Serves until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
-    sup: Supervisor,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {addr} (KILN_METRICS_ADDR): {e}")))?;
-    serve_on(listener, sup, shutdown).await
+/// Every route on one port (when `KILN_STATUS_ADDR` is unset).
+pub fn router(sup: Supervisor, auth: StatusAuth) -> Router {
+    ops_router(sup.clone())
+        .merge(status_router(sup, auth))
+        .fallback(not_found)
 }
 
-/// Serves on a bound listener (port 0 in tests) until `shutdown` resolves.
+/// The two ports' routes (when `KILN_STATUS_ADDR` is set): monitoring's
+/// and operators'.
+pub fn split_routers(sup: Supervisor, auth: StatusAuth) -> (Router, Router) {
+    (
+        ops_router(sup.clone()).fallback(not_found),
+        status_router(sup, auth).fallback(not_found),
+    )
+}
+
+/// Serves `app` on a bound listener (port 0 in tests) until `shutdown`
+/// resolves.
 pub async fn serve_on(
     listener: TcpListener,
-    sup: Supervisor,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     // Only for the log line: a socket without a local address still serves.
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the status page");
+        tracing::info!(%addr, "serving HTTP");
     }
-    axum::serve(listener, router(sup))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| Error::Config(format!("metrics server failed: {e}")))
+        .map_err(|e| Error::Config(format!("HTTP server failed: {e}")))
 }
 
 fn text(status: StatusCode, body: String) -> Response {
@@ -221,10 +235,10 @@ fn record_phase(r: &BuildRecord) -> &str {
 }
 
 impl Filter {
-    fn matches(&self, r: &BuildRecord) -> bool {
-        (self.tenant.is_empty() || r.tenant == self.tenant)
-            && (self.phase.is_empty() || record_phase(r) == self.phase)
-            && (self.app.is_empty() || r.history.app.as_deref() == Some(self.app.as_str()))
+    fn matches(&self, s: &BuildSummary) -> bool {
+        (self.tenant.is_empty() || s.tenant == self.tenant)
+            && (self.phase.is_empty() || s.phase == self.phase)
+            && (self.app.is_empty() || s.app.as_deref() == Some(self.app.as_str()))
     }
 
     fn is_empty(&self) -> bool {
@@ -245,48 +259,60 @@ pub struct HistoryRow {
     pub reason: Option<String>,
     pub images: usize,
     pub worker: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<jiff::Timestamp>,
+    /// From the first event to the terminal one, when both are known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u64>,
     pub updated_at: jiff::Timestamp,
     #[serde(skip)]
     ago: String,
 }
 
-/// The filtered history, newest first. `None` when Redis does not answer.
+/// The filtered history, newest first, from the builds' summaries (never
+/// their records: a view's cost does not grow with log tails). `None` when
+/// Redis does not answer.
 async fn history(sup: &Supervisor, f: &Filter, now: jiff::Timestamp) -> Option<Vec<HistoryRow>> {
-    let read = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.recent_records(INDEX_MAX)).await;
-    let records = match read {
-        Ok(Ok(records)) => records,
+    let read = tokio::time::timeout(CHECK_TIMEOUT, sup.ctx.store.recent_summaries(INDEX_MAX)).await;
+    let summaries = match read {
+        Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             sup.ctx.metrics.error(&e);
-            tracing::warn!(error = %e, "status page: cannot read the build records");
+            tracing::warn!(error = %e, "status page: cannot read the build summaries");
             return None;
         }
         Err(_) => {
             sup.ctx.metrics.error(&crate::Error::Redis {
-                context: "status page: reading the build records timed out".into(),
+                context: "status page: reading the build summaries timed out".into(),
                 source: None,
             });
-            tracing::warn!("status page: reading the build records timed out");
+            tracing::warn!("status page: reading the build summaries timed out");
             return None;
         }
     };
     Some(
-        records
+        summaries
             .into_iter()
-            .filter(|(_, r)| f.matches(r))
-            .map(|(id, r)| HistoryRow {
-                phase: record_phase(&r).to_owned(),
-                app: r.history.app.clone(),
-                reason: r
-                    .history
-                    .reason
-                    .or_else(|| r.history.images.values().find_map(|i| i.reason))
-                    .map(|r| r.to_string()),
-                images: r.images.len(),
-                ago: since(r.updated_at, now),
-                tenant: r.tenant,
-                worker: r.worker,
-                updated_at: r.updated_at,
-                id,
+            .filter(|s| f.matches(s))
+            .map(|s| HistoryRow {
+                duration_seconds: s.started.zip(s.finished).and_then(|(a, b)| {
+                    Duration::try_from(b.duration_since(a))
+                        .ok()
+                        .map(|d| d.as_secs())
+                }),
+                started_at: s.started,
+                finished_at: s.finished,
+                phase: s.phase,
+                app: s.app,
+                reason: s.reason.map(|r| r.to_string()),
+                images: s.images,
+                ago: since(s.updated_at, now),
+                tenant: s.tenant,
+                worker: s.worker,
+                updated_at: s.updated_at,
+                id: s.id,
             })
             .collect(),
     )

@@ -53,6 +53,16 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// The first two words of an event's routing key (`build.succeeded` of
+/// `build.succeeded.<tenant>`): `/metrics` is open to monitoring and carries
+/// no tenant names, and one series per tenant would also grow without bound.
+pub fn key_without_tenant(routing_key: &str) -> &str {
+    match routing_key.match_indices('.').nth(1) {
+        Some((i, _)) => &routing_key[..i],
+        None => routing_key,
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub routing_key: String,
@@ -283,7 +293,7 @@ impl Metrics {
     pub fn event_published(&self, routing_key: &str, unroutable: bool) {
         self.events_published
             .get_or_create(&EventLabels {
-                routing_key: routing_key.to_owned(),
+                routing_key: key_without_tenant(routing_key).to_owned(),
             })
             .inc();
         if unroutable {
@@ -372,5 +382,21 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tenant_free_tests {
+    use super::key_without_tenant;
+
+    #[test]
+    fn event_series_name_no_tenant() {
+        assert_eq!(
+            key_without_tenant("build.succeeded.shop"),
+            "build.succeeded"
+        );
+        assert_eq!(key_without_tenant("request.rejected._"), "request.rejected");
+        assert_eq!(key_without_tenant("build.succeeded"), "build.succeeded");
+        assert_eq!(key_without_tenant("dead"), "dead");
     }
 }

@@ -52,6 +52,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         retry_max_delay: config.retry_max_delay,
         source: format!("urn:kiln:{}", config.cluster),
         worker: worker.clone(),
+        provenance: config.attestor().map_err(Error::Config)?,
     });
     Ok(Supervisor::new(Context {
         broker: Arc::new(broker),
@@ -75,23 +76,39 @@ pub async fn run(
     let sup = connect(&config, kube).await?;
     // The HTTP server outlives the supervisor's hand-over and stops with it.
     let http_stop = tokio_util::sync::CancellationToken::new();
-    let http = match config.metrics_addr {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                Error::Config(format!("cannot listen on {addr} (KILN_METRICS_ADDR): {e}"))
-            })?;
-            let stop = http_stop.clone();
-            Some(tokio::spawn(crate::http::serve_on(
-                listener,
-                sup.clone(),
-                async move { stop.cancelled().await },
-            )))
+    let auth = crate::http_auth::StatusAuth::from_config(&config.status)?;
+    if config.status.status_insecure {
+        tracing::warn!(
+            "KILN_STATUS_INSECURE: the status page serves every tenant's builds to anyone who reaches it"
+        );
+    }
+    let (metrics_app, status_app) = match (config.metrics_addr, config.status.status_addr) {
+        (_, Some(status)) => {
+            let (ops, page) = crate::http::split_routers(sup.clone(), auth);
+            (config.metrics_addr.map(|a| (a, ops)), Some((status, page)))
         }
-        None => None,
+        (Some(addr), None) => (Some((addr, crate::http::router(sup.clone(), auth))), None),
+        (None, None) => (None, None),
     };
+    let mut http = Vec::new();
+    for (addr, app, setting) in metrics_app
+        .map(|(a, r)| (a, r, "KILN_METRICS_ADDR"))
+        .into_iter()
+        .chain(status_app.map(|(a, r)| (a, r, "KILN_STATUS_ADDR")))
+    {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {addr} ({setting}): {e}")))?;
+        let stop = http_stop.clone();
+        http.push(tokio::spawn(crate::http::serve_on(
+            listener,
+            app,
+            async move { stop.cancelled().await },
+        )));
+    }
     let result = supervisor::run(sup, shutdown).await;
     http_stop.cancel();
-    if let Some(h) = http {
+    for h in http {
         match h.await {
             Ok(Err(e)) => tracing::error!(error = %e, "metrics server"),
             Err(e) => tracing::error!(error = %e, "metrics server task"),

@@ -22,5 +22,5 @@ mod state;
 mod tests;
 mod timers;
 
-pub use state::{Action, ImageProgress, Input, Machine, Settings, Stage};
+pub use state::{Action, Attest, ImageProgress, Input, Machine, Settings, Stage};
 pub use timers::{QUOTA_WAIT_MAX, QUOTA_WAIT_MIN, backoff, quota_wait};

@@ -143,12 +143,19 @@ impl Machine {
                 started_at,
                 finished_at,
             } => {
+                let attempt = img.attempt;
                 img.state = ImgState::Succeeded;
                 img.digest = digest;
                 img.started_at = img.started_at.or(started_at);
                 img.finished_at = finished_at.or(Some(wall));
                 img.pending_since = None;
-                vec![self.image_event(i, Phase::Succeeded, wall, |_| {})]
+                let provenance = match (&self.settings.provenance, &self.images[i].digest) {
+                    (Some(a), Some(digest)) => a.attest(&self.plan, i, attempt, digest, pod),
+                    _ => None,
+                };
+                vec![self.image_event(i, Phase::Succeeded, wall, |d| {
+                    d.provenance = provenance;
+                })]
             }
             Observation::Failed(f) => self.fail_attempt(i, &f, log_tail, now, wall),
         }

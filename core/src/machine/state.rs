@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiln_protocol::provenance::Envelope;
 use kiln_protocol::{BuildEvent, Phase, Reason};
 
 use crate::classify::{Failure, Observation, PodView, classify};
@@ -21,6 +22,26 @@ pub struct Settings {
     pub source: String,
     /// CloudEvents `kilnworker`.
     pub worker: String,
+    /// Signs the provenance of each succeeded image (`image.succeeded`
+    /// `data.provenance`); `None` without a signing key.
+    pub provenance: Option<Arc<dyn Attest>>,
+}
+
+/// What signs a succeeded attempt's provenance: the worker's key, kept out
+/// of this pure crate. A pure function of its inputs (deterministic
+/// signatures), so a worker that re-publishes the event after a takeover
+/// attaches the same envelope.
+pub trait Attest: std::fmt::Debug + Send + Sync {
+    /// The envelope for attempt `attempt` of image `image` of `plan`, whose
+    /// pod `pod` reported `digest`; `None` when no statement can be made.
+    fn attest(
+        &self,
+        plan: &BuildPlan,
+        image: usize,
+        attempt: u32,
+        digest: &str,
+        pod: &PodView,
+    ) -> Option<Envelope>;
 }
 
 /// Something that happened to the build. Pod views are boxed: inputs wait

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_protocol::provenance::Envelope;
 use kiln_protocol::{Phase, Reason};
 
 use super::*;
@@ -92,6 +93,7 @@ fn settings() -> Arc<Settings> {
         retry_max_delay: Duration::from_secs(40),
         source: "urn:kiln:test".into(),
         worker: "w1".into(),
+        provenance: None,
     })
 }
 
@@ -717,4 +719,83 @@ fn a_pod_seen_while_waiting_is_the_attempt_created() {
     refused(&mut m, 0, 1);
     assert!(observed(&mut m, pod("api", 2, PodPhase::Running)).is_empty());
     assert!(!m.pods_exist());
+}
+
+/// Stands for the worker's key: "signs" what it was given, in clear.
+#[derive(Debug)]
+struct Echo;
+impl Attest for Echo {
+    fn attest(
+        &self,
+        plan: &BuildPlan,
+        image: usize,
+        attempt: u32,
+        digest: &str,
+        pod: &PodView,
+    ) -> Option<Envelope> {
+        Some(Envelope {
+            payload_type: "test".into(),
+            payload: format!("{}/{image}/{attempt} {digest} {}", plan.id, pod.name),
+            signatures: Vec::new(),
+        })
+    }
+}
+
+#[test]
+fn only_image_succeeded_carries_provenance_of_the_pod_that_pushed() {
+    let p = plan(&["api", "worker"], 3, 3600);
+    let mut s = (*settings()).clone();
+    s.provenance = Some(Arc::new(Echo));
+    let (mut m, mut out) = Machine::start(p.clone(), Arc::new(s), Instant::now(), p.accepted_at);
+    for (i, image) in [(0, "api"), (1, "worker")] {
+        out.extend(m.handle(
+            Input::PodCreated {
+                image: i,
+                attempt: 1,
+                pod: Box::new(pod(image, 1, PodPhase::Pending)),
+            },
+            Instant::now(),
+            wall(&m),
+        ));
+    }
+    for image in ["api", "worker"] {
+        for p in [pod(image, 1, PodPhase::Running), succeeded(image, 1)] {
+            out.extend(m.handle(
+                Input::Observed {
+                    pod: Box::new(p),
+                    log_tail: None,
+                },
+                Instant::now(),
+                wall(&m),
+            ));
+        }
+    }
+    let signed: Vec<(String, String)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish(ev) => Some(ev),
+            _ => None,
+        })
+        .filter_map(|ev| {
+            let key = kiln_protocol::routing_key(ev.level(), ev.data.phase);
+            ev.data
+                .provenance
+                .as_ref()
+                .map(|e| (key, e.payload.clone()))
+        })
+        .collect();
+    let digest = format!("sha256:{}", "b".repeat(64));
+    assert_eq!(
+        signed,
+        [
+            (
+                "image.succeeded".into(),
+                format!("b1/0/1 {digest} kiln-b1-api-1")
+            ),
+            (
+                "image.succeeded".into(),
+                format!("b1/1/1 {digest} kiln-b1-worker-1")
+            ),
+        ]
+    );
 }

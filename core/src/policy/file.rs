@@ -109,6 +109,8 @@ pub(super) struct CapsFile {
     pub(super) max_ephemeral_storage: Option<QuantityText>,
     #[serde(default)]
     pub(super) max_images: Option<usize>,
+    #[serde(default)]
+    pub(super) max_builds_in_flight: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Clone)]

@@ -49,6 +49,7 @@
 //! | `maxMemory` | `8Gi` | `memory` | `2Gi` |
 //! | `maxEphemeralStorage` | `50Gi` | `ephemeralStorage` | `10Gi` |
 //! | `maxImages` | 32 | | |
+//! | `maxBuildsInFlight` | 0 (no cap) | | |
 //!
 //! A default above its cap is an error when the default is written at the
 //! same level as the cap or below it (a tenant's default above the tenant's
@@ -103,6 +104,8 @@ pub mod builtin {
     pub const MAX_MEMORY: &str = "8Gi";
     pub const MAX_EPHEMERAL_STORAGE: &str = "50Gi";
     pub const MAX_IMAGES: usize = 32;
+    /// 0: no cap on a tenant's builds in flight.
+    pub const MAX_BUILDS_IN_FLIGHT: usize = 0;
     pub const ATTEMPTS: u32 = 3;
     pub const TIMEOUT_SECONDS: u64 = 3_600;
     pub const CPU: &str = "1";
@@ -152,6 +155,10 @@ pub struct Caps {
     pub max_memory: Quantity,
     pub max_ephemeral_storage: Quantity,
     pub max_images: usize,
+    /// Builds of the tenant in flight at once across every worker (0: no
+    /// cap). A request over it is parked in RabbitMQ and tried again later,
+    /// holding no delivery other tenants need.
+    pub max_builds_in_flight: usize,
 }
 
 /// What a request gets when it does not say.
@@ -501,6 +508,7 @@ impl Policy {
                 max_memory: builtin_quantity(builtin::MAX_MEMORY),
                 max_ephemeral_storage: builtin_quantity(builtin::MAX_EPHEMERAL_STORAGE),
                 max_images: builtin::MAX_IMAGES,
+                max_builds_in_flight: builtin::MAX_BUILDS_IN_FLIGHT,
             },
             defaults: Defaults {
                 attempts: builtin::ATTEMPTS,

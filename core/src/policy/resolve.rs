@@ -348,6 +348,12 @@ impl Resolver {
             "ephemeralStorage", ephemeral_storage, q(builtin::EPHEMERAL_STORAGE)
         );
         let max_images = inherit!(caps, "maxImages", max_images, builtin::MAX_IMAGES);
+        let max_in_flight = inherit!(
+            caps,
+            "maxBuildsInFlight",
+            max_builds_in_flight,
+            builtin::MAX_BUILDS_IN_FLIGHT
+        );
         self.at_least_one(&max_attempts);
         self.at_least_one(&attempts);
         self.at_least_one(&max_timeout);
@@ -369,6 +375,7 @@ impl Resolver {
             max_memory: max_memory.value,
             max_ephemeral_storage: max_storage.value,
             max_images: max_images.value,
+            max_builds_in_flight: max_in_flight.value,
         };
         (caps, defaults)
     }

@@ -157,6 +157,7 @@ allowedDestinations = ["*"]
             max_memory: Quantity::parse("8Gi").unwrap(),
             max_ephemeral_storage: Quantity::parse("50Gi").unwrap(),
             max_images: 32,
+            max_builds_in_flight: 0,
         }
     );
     assert_eq!(

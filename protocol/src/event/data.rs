@@ -78,6 +78,10 @@ pub struct EventData {
     /// On terminal build events: how each image ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<ImageSummary>>,
+    /// On `image.succeeded` when the worker has a signing key: the signed
+    /// SLSA provenance of the digest (docs/protocol.md, "Provenance").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::provenance::Envelope>,
 }
 
 /// A Kubernetes pod.
@@ -128,6 +132,7 @@ impl EventData {
             log_tail: None,
             retry_in_seconds: None,
             images: None,
+            provenance: None,
         }
     }
 

@@ -227,6 +227,14 @@ impl BuildEvent {
         if self.subject != want.subject {
             errs.push("subject", format!("must be \"{}\"", want.subject));
         }
+        if self.data.provenance.is_some()
+            && (level, self.phase()) != (Level::Image, Phase::Succeeded)
+        {
+            errs.push(
+                "data.provenance",
+                "only image.succeeded events carry provenance",
+            );
+        }
         if let Some(t) = &self.data.log_tail
             && t.len() > LOG_TAIL_MAX_BYTES
         {

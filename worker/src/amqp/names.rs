@@ -32,12 +32,12 @@ impl Names {
     pub fn cancels(&self) -> String {
         format!("{}.cancels", self.prefix)
     }
-    pub fn dead(&self) -> String {
-        format!("{}.dead", self.prefix)
-    }
-    /// The delay queue of parked requests (`park`).
+    /// Requests parked for a while (see `park.rs`).
     pub fn parked(&self) -> String {
         format!("{}.parked", self.prefix)
+    }
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
     }
     pub fn events(&self) -> String {
         format!("{}.events", self.prefix)

@@ -57,10 +57,12 @@ pub mod input;
 pub mod logs;
 pub mod output;
 pub mod plan;
+pub mod provenance;
 pub mod schema;
 pub mod status;
 pub mod submit;
 pub mod validate;
+pub mod verify;
 pub mod wait;
 pub mod watch;
 
@@ -140,6 +142,12 @@ pub enum ClientCommand {
     /// Print the JSON Schema of a request or of the events.
     #[command(after_help = schema::AFTER_HELP)]
     Schema(schema::SchemaArgs),
+    /// Print the signed provenance of a build's images, from its record.
+    #[command(after_help = provenance::AFTER_HELP)]
+    Provenance(provenance::ProvenanceArgs),
+    /// Verify a provenance envelope, or an event carrying one, against a public key.
+    #[command(after_help = verify::AFTER_HELP)]
+    Verify(verify::VerifyArgs),
     /// Print a shell completion script.
     #[command(after_help = completions::AFTER_HELP)]
     Completions(completions::CompletionsArgs),
@@ -159,6 +167,8 @@ pub async fn run(cmd: ClientCommand, command: fn() -> clap::Command) -> anyhow::
         ClientCommand::Validate(a) => validate::run(&a),
         ClientCommand::Plan(a) => plan::run(&a),
         ClientCommand::Schema(a) => schema::run(&a),
+        ClientCommand::Provenance(a) => provenance::run(a).await,
+        ClientCommand::Verify(a) => verify::run(&a),
         ClientCommand::Completions(a) => completions::run(&a, command),
     }
 }

@@ -59,6 +59,11 @@ pub fn view(p: &Pod) -> PodView {
             .map(|s| Arc::from(s.as_str())),
         tenant: annotations.and_then(|a| a.get(ANN_TENANT)).cloned(),
         cancelled: annotations.and_then(|a| a.get(ANN_CANCELLED)).cloned(),
+        executor_image_id: status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == KANIKO))
+            .map(|c| c.image_id.clone())
+            .filter(|id| !id.is_empty()),
     }
 }
 

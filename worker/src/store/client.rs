@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::conn::{RedisConn, RedisTarget};
-use super::record::BuildRecord;
+use super::record::{BuildRecord, RECORD_MAX_BYTES};
 use crate::error::{Error, Result};
 
 impl From<redis::RedisError> for Error {
@@ -88,6 +88,10 @@ impl Store {
         format!("{}build:{id}", self.prefix)
     }
 
+    pub(super) fn summary_key(&self, id: &str) -> String {
+        format!("{}sum:{id}", self.prefix)
+    }
+
     pub(super) fn index_key(&self) -> String {
         format!("{}builds", self.prefix)
     }
@@ -116,8 +120,18 @@ pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A record as the JSON Redis keeps.
+/// A record as the JSON Redis keeps, at most [`RECORD_MAX_BYTES`] (its
+/// oldest timeline entries, then its texts give way; see
+/// [`BuildRecord::capped_json`]).
 pub(super) fn encode(record: &BuildRecord) -> Result<String> {
-    serde_json::to_string(record)
+    record
+        .clone()
+        .capped_json(RECORD_MAX_BYTES)
         .map_err(|e| Error::redis_caused("cannot encode the build record", e))
+}
+
+/// The list line of `id`'s record (`P sum:<id>`).
+pub(super) fn encode_summary(id: &str, record: &BuildRecord) -> Result<String> {
+    serde_json::to_string(&record.summary(id))
+        .map_err(|e| Error::redis_caused("cannot encode the build summary", e))
 }

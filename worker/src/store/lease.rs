@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 
 use kiln_core::owner::{Learnt, Owner};
 
-use super::client::{Store, encode, millis};
+use super::client::{Store, encode, encode_summary, millis};
 use super::index::INDEX_MAX;
 use super::record::{BuildRecord, RecordState};
 use crate::error::{Error, Result};
@@ -96,6 +96,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1 - tonumber(ARGV[6]))
 redis.call('DEL', KEYS[1])
@@ -322,12 +323,14 @@ impl Store {
             .key(self.lease_key(id))
             .key(self.record_key(id))
             .key(self.index_key())
+            .key(self.summary_key(id))
             .arg(token.as_str())
             .arg(json)
             .arg(keep_ms)
             .arg(record.updated_at.as_millisecond())
             .arg(id)
             .arg(INDEX_MAX)
+            .arg(encode_summary(id, record)?)
             .invoke_async(&mut conn)
             .await?;
         if done == 1 {

@@ -21,6 +21,9 @@
 //! - `P builds`      — sorted set of build ids by the time (ms) their record
 //!   was last written, trimmed to [`INDEX_MAX`] by the same round trip that
 //!   writes the record: the status page's list, the same on every replica.
+//! - `P sum:<id>`    — the record's list line (JSON [`BuildSummary`], no log
+//!   tails or messages), written with the record and kept as long; records
+//!   themselves are capped at [`RECORD_MAX_BYTES`].
 //!
 //! Losing Redis costs at worst duplicate work: pod names fence the cluster.
 
@@ -32,6 +35,7 @@ mod lease;
 mod notices;
 mod record;
 mod records;
+mod share;
 
 pub use client::Store;
 pub use conn::RedisTarget;
@@ -39,6 +43,6 @@ pub use index::INDEX_MAX;
 pub use lease::{Admit, Claim, LeaseToken, Renewal, holder_worker};
 pub use notices::Notice;
 pub use record::{
-    BuildRecord, History, ImageHistory, ImageRecord, RecordState, TIMELINE_MAX, TimelineEntry,
-    trace_id,
+    BuildRecord, BuildSummary, History, ImageHistory, ImageRecord, RECORD_MAX_BYTES, RecordState,
+    TIMELINE_MAX, TimelineEntry, trace_id,
 };

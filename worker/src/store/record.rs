@@ -3,6 +3,6 @@
 //! and writes it.
 
 pub use kiln_core::record::{
-    BuildRecord, History, ImageHistory, ImageRecord, RecordState, TIMELINE_MAX, TimelineEntry,
-    trace_id,
+    BuildRecord, BuildSummary, History, ImageHistory, ImageRecord, RECORD_MAX_BYTES, RecordState,
+    TIMELINE_MAX, TimelineEntry, trace_id,
 };

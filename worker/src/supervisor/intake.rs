@@ -101,7 +101,7 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
     let claimed = tokio::select! {
         claimed = claim(&sup, &plan) => claimed,
         () = tokio::time::sleep(ctx.park_after) => {
-            if park(&sup, &d, &id).await {
+            if park_waiting(&sup, &d, &id).await {
                 return;
             }
             claim(&sup, &plan).await
@@ -122,8 +122,51 @@ pub(super) async fn handle_request(sup: Supervisor, d: Incoming) {
         }
         Claimed::Start(token) => match cancelled_meanwhile(&sup, &plan).await {
             Some(reason) => finish_cancelled(&sup, &d, *plan, &reason, token).await,
+            None if !has_slot(&sup, &plan).await => {
+                give_back::release(&sup, &id, &token).await;
+                park(&sup, &d, &id, SLOT_WAIT).await;
+            }
             None => start(&sup, &d, *plan, received, token).await,
         },
+    }
+}
+
+/// How long a request over its tenant's `maxBuildsInFlight` stays parked
+/// before it is tried again.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the build may start under its tenant's `maxBuildsInFlight`
+/// (counted across workers, see `store/share.rs`). A Redis failure lets it
+/// start: the cap is fairness, not safety, and holding the delivery would
+/// be the unfairness it exists to prevent.
+async fn has_slot(sup: &Supervisor, plan: &BuildPlan) -> bool {
+    let ctx = &sup.ctx;
+    let cap = ctx
+        .policy
+        .tenant(&plan.tenant)
+        .map_or(0, |t| t.caps.max_builds_in_flight);
+    if cap == 0 {
+        return true;
+    }
+    match ctx.store.take_slot(&plan.tenant, &plan.id, cap).await {
+        Ok(took) => took,
+        Err(e) => {
+            ctx.metrics.error(&e);
+            tracing::warn!(build_id = %plan.id, error = %e, "cannot count the tenant's builds in flight; starting the build");
+            true
+        }
+    }
+}
+
+/// Parks the delivery in RabbitMQ for `delay` (`amqp/park.rs`): it comes
+/// back to the builds queue then, and this worker's prefetch is free for
+/// other tenants meanwhile. A failure requeues it instead.
+async fn park(sup: &Supervisor, d: &Incoming, id: &str, delay: std::time::Duration) {
+    tracing::info!(build_id = %id, delay = ?delay, "tenant at its maxBuildsInFlight; parking the request");
+    if let Err(e) = sup.ctx.broker.park(d, delay).await {
+        sup.ctx.metrics.error(&e);
+        tracing::warn!(build_id = %id, error = %e, "cannot park the request; requeueing it");
+        give_back::requeue(sup, d, id).await;
     }
 }
 
@@ -252,7 +295,7 @@ async fn start(
     let accepted = tokio::select! {
         accepted = wait_accepted(accepted.clone()) => accepted,
         () = tokio::time::sleep(sup.ctx.park_after) => {
-            if park(sup, d, &id).await {
+            if park_waiting(sup, d, &id).await {
                 return;
             }
             wait_accepted(accepted).await
@@ -272,7 +315,7 @@ async fn start(
 /// Parks request `d` (see `amqp::park`) for the park bound, at most a
 /// minute: it comes back then unless its build was accepted meanwhile (a
 /// duplicate, acked). False if it could not be parked: the caller keeps it.
-async fn park(sup: &Supervisor, d: &Incoming, id: &str) -> bool {
+async fn park_waiting(sup: &Supervisor, d: &Incoming, id: &str) -> bool {
     let delay = sup.ctx.park_after.min(std::time::Duration::from_secs(60));
     match sup.ctx.broker.park(d, delay).await {
         Ok(()) => {
