@@ -58,6 +58,10 @@ pub struct PodView {
     pub plan: Option<Arc<str>>,
     /// The owning tenant (annotation `kiln.dev/tenant`).
     pub tenant: Option<String>,
+    /// The cancel of the build, marked on its pods (annotation
+    /// `kiln.dev/cancelled`, the cancel's reason) before the cancel was
+    /// acked: it survives Redis losing the cancel flag.
+    pub cancelled: Option<String>,
     /// The Kaniko container's `imageID` once it started: the digest the
     /// node actually ran, for the provenance.
     pub executor_image_id: Option<String>,

@@ -33,6 +33,34 @@ pub fn redis_url() -> String {
     std::env::var("KILN_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// The RabbitMQ and Redis a test's [`Env`] and its workers use.
+#[derive(Debug, Clone)]
+pub struct Engines {
+    /// `KILN_AMQP_URL`: one URL, or a cluster's node URLs comma-separated.
+    pub amqp_url: String,
+    /// `KILN_REDIS_URL`, or with `sentinels` a server for the test's own
+    /// look-ups (the primary when the test started).
+    pub redis_url: String,
+    /// `KILN_REDIS_SENTINELS` and `KILN_REDIS_MASTER`, when Redis is under
+    /// Sentinel.
+    pub sentinels: Option<(String, String)>,
+    /// Private engines thrown away with the test binary: the queues and keys
+    /// of a test are not removed (a node or the primary may be dead).
+    pub private: bool,
+}
+
+impl Default for Engines {
+    /// The shared engines at `KILN_AMQP_URL` and `KILN_REDIS_URL`.
+    fn default() -> Self {
+        Self {
+            amqp_url: amqp_url(),
+            redis_url: redis_url(),
+            sentinels: None,
+            private: false,
+        }
+    }
+}
+
 /// A unique name for this test's prefixes.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase())
@@ -58,6 +86,7 @@ pub struct Env {
     pub kube: FakeKube,
     pub broker: Broker,
     pub events: EventSubscription,
+    pub engines: Engines,
     workers: Vec<Option<WorkerHandle>>,
     seen: Vec<BuildEvent>,
     /// Whether every in-process worker started so far signs provenance
@@ -118,6 +147,12 @@ impl WorkerHandle {
 impl Env {
     /// Fresh prefixes, fake cluster, topology declared, events subscribed.
     pub async fn new() -> Self {
+        Self::on(Engines::default()).await
+    }
+
+    /// [`Env::new`] on other engines (a RabbitMQ cluster, Redis under
+    /// Sentinel: see [`crate::cluster`]).
+    pub async fn on(engines: Engines) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -129,7 +164,7 @@ impl Env {
         let prefix = unique("kiln-test");
         let redis_prefix = format!("{prefix}:");
         let kube = FakeKube::start().await;
-        let broker = Broker::connect(&amqp_url(), &prefix, "kiln tests")
+        let broker = Broker::connect(&engines.amqp_url, &prefix, "kiln tests")
             .await
             .expect("RabbitMQ must answer at KILN_AMQP_URL (scripts/test starts a private one when none does)");
         broker.declare_topology().await.expect("declare topology");
@@ -140,6 +175,7 @@ impl Env {
             kube,
             broker,
             events,
+            engines,
             workers: Vec::new(),
             seen: Vec::new(),
             signing: None,
@@ -150,10 +186,14 @@ impl Env {
     pub fn config(&self) -> WorkerConfig {
         WorkerConfig {
             connections: Connections {
-                amqp_url: amqp_url(),
+                amqp_url: self.engines.amqp_url.clone(),
                 amqp_prefix: self.prefix.clone(),
-                redis_url: redis_url(),
+                redis_url: self.engines.redis_url.clone(),
                 redis_prefix: self.redis_prefix.clone(),
+                redis_sentinels: self.engines.sentinels.as_ref().map(|(s, _)| s.clone()),
+                redis_master: self.engines.sentinels.as_ref().map(|(_, m)| m.clone()),
+                redis_password: None,
+                redis_sentinel_password: None,
             },
             build: BuildConfig {
                 namespace: NAMESPACE.to_owned(),
@@ -171,6 +211,7 @@ impl Env {
             retry_max_delay: Duration::from_secs(1),
             worker_id: None,
             prefetch: 64,
+            park_after: Duration::from_secs(600),
             record_ttl: Duration::from_secs(600),
             provenance_key: Some(provenance::test_key_path()),
             bounds: Bounds::default(),
@@ -597,6 +638,7 @@ impl Drop for Env {
             .collect();
         let prefix = self.prefix.clone();
         let redis_prefix = self.redis_prefix.clone();
+        let private = self.engines.private;
         // Drop is synchronous and may run on a current-thread runtime or
         // while a test unwinds: the async removal runs on a thread with a
         // runtime of its own, with connections of its own (the `Env`'s
@@ -604,6 +646,9 @@ impl Drop for Env {
         // here).
         let outcome = on_cleanup_thread(move || {
             stop_all(workers);
+            if private {
+                return Ok(());
+            }
             remove_test_state(&prefix, &redis_prefix)
         });
         if let Err(e) = outcome {

@@ -2,6 +2,7 @@
 
 pub mod binary;
 pub mod chaos;
+pub mod cluster;
 pub mod fakekube;
 pub mod harness;
 pub mod process;

@@ -1272,19 +1272,58 @@ async fn updates_are_refused_and_kubeconfig() {
     })
     .await;
 
-    // Kiln never updates an object: PUT and PATCH are not served, nor is
-    // the status subresource, and nothing changes.
-    let before = kube.resource_version();
-    let err = api_error(
-        pods.patch(
+    // Kiln patches only a pod's annotations (the cancel mark), with a merge
+    // patch: that is served, and a null removes a key.
+    let marked = pods
+        .patch(
             "s",
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"kiln.dev/cancelled": "no more", "x": "y"}}}),
+            ),
         )
         .await
-        .unwrap_err(),
+        .unwrap();
+    let annotations = marked.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("kiln.dev/cancelled").map(String::as_str),
+        Some("no more")
     );
-    assert_eq!((err.code, err.reason.as_str()), (405, "MethodNotAllowed"));
+    assert_eq!(
+        marked.spec, p.spec,
+        "a patch of annotations changes nothing else"
+    );
+    let unmarked = pods
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"x": null}}})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !unmarked
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("x")
+    );
+
+    // Kiln never updates an object otherwise: PUT and other patches are not
+    // served, nor is the status subresource, and nothing changes.
+    let before = kube.resource_version();
+    for other in [
+        Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        Patch::Merge(json!({"metadata": {"annotations": {"a": "b"}}, "spec": {}})),
+        Patch::Strategic(json!({"metadata": {"annotations": {"a": "b"}}})),
+    ] {
+        let err = api_error(
+            pods.patch("s", &PatchParams::default(), &other)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(err.code, 400, "{other:?}: {}", err.message);
+    }
     let err = api_error(
         pods.replace("s", &PostParams::default(), &p)
             .await

@@ -26,7 +26,8 @@ pub const DEFAULT_FETCH_IMAGE: &str = "docker.io/curlimages/curl:8.17.0@sha256:9
 /// client commands so both are configured the same way.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connections {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL, or the URLs of a cluster's nodes, comma-separated
+    /// (tried in a random order; the same user and vhost in each).
     #[arg(
         long,
         env = "KILN_AMQP_URL",
@@ -49,6 +50,34 @@ pub struct Connections {
     /// Prefix of every Redis key (`<prefix>lease:<id>`, ...).
     #[arg(long, env = "KILN_REDIS_PREFIX", default_value = "kiln:")]
     pub redis_prefix: String,
+    /// Redis Sentinels, `host:port` comma-separated: when set, Redis is the
+    /// primary they name for `--redis-master`, followed through failovers,
+    /// and `--redis-url` is not used.
+    #[arg(long, env = "KILN_REDIS_SENTINELS")]
+    pub redis_sentinels: Option<String>,
+    /// The master name the Sentinels monitor (with `--redis-sentinels`).
+    #[arg(long, env = "KILN_REDIS_MASTER")]
+    pub redis_master: Option<String>,
+    /// Password of the Redis servers under Sentinel (`requirepass`).
+    #[arg(long, env = "KILN_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Password of the Sentinels themselves, if they require one.
+    #[arg(long, env = "KILN_REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+}
+
+impl Connections {
+    /// Where Redis is: the Sentinels' primary when `--redis-sentinels` is
+    /// set, else `--redis-url`. An error names the setting and the rule.
+    pub fn redis_target(&self) -> crate::error::Result<crate::store::RedisTarget> {
+        crate::store::RedisTarget::from_settings(
+            &self.redis_url,
+            self.redis_sentinels.as_deref(),
+            self.redis_master.as_deref(),
+            self.redis_password.as_deref(),
+            self.redis_sentinel_password.as_deref(),
+        )
+    }
 }
 
 /// What turns a request into pods: the policy and the pods' images and
@@ -145,6 +174,12 @@ pub struct WorkerConfig {
     /// Unacknowledged build requests this worker holds at once.
     #[arg(long, env = "KILN_PREFETCH", default_value_t = 256)]
     pub prefetch: u16,
+    /// A request that waits longer than this for its first pods (a quota)
+    /// or for another worker's acceptance is parked in `<prefix>.parked`
+    /// and acked, so no delivery outlives the broker's consumer_timeout
+    /// (30 minutes by default): keep it well below that.
+    #[arg(long, env = "KILN_PARK_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub park_after: Duration,
     /// How long the Redis record of a finished build is kept (duplicate
     /// requests within it are acked with no new build; `kiln status` reads it).
     #[arg(long, env = "KILN_RECORD_TTL", default_value = "24h", value_parser = parse_duration)]
@@ -270,6 +305,11 @@ impl WorkerConfig {
         if self.bounds.dead_max_length == 0 || self.bounds.dead_max_bytes == 0 {
             return Err("--dead-max-length (KILN_DEAD_MAX_LENGTH) and --dead-max-bytes (KILN_DEAD_MAX_BYTES) must be at least 1".into());
         }
+        if self.park_after < Duration::from_secs(1) {
+            return Err("--park-after (KILN_PARK_AFTER) must be at least 1s".into());
+        }
+        crate::amqp::Nodes::parse(&self.connections.amqp_url).map_err(|e| e.to_string())?;
+        self.connections.redis_target().map_err(|e| e.to_string())?;
         Ok(())
     }
 

@@ -34,7 +34,7 @@ enum Command {
     /// Example: KILN_NAMESPACE=kiln-builds kiln worker
     Worker(Box<WorkerConfig>),
     #[command(flatten)]
-    Client(ClientCommand),
+    Client(Box<ClientCommand>),
 }
 
 fn main() -> ExitCode {
@@ -82,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                 }
             }
-            Command::Client(command) => cli::run(command, Cli::command).await,
+            Command::Client(command) => cli::run(*command, Cli::command).await,
         }
     })
 }

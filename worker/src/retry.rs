@@ -81,11 +81,28 @@ pub fn kube_call() -> ExponentialBuilder {
         .with_max_times(8)
 }
 
-/// No retry at all: the short-lived client commands connect once and say
-/// why they could not, rather than retry for minutes (lapin's reconnect
-/// policy for them).
-pub fn never() -> ExponentialBuilder {
-    ExponentialBuilder::default().with_max_times(0)
+/// The worker's connections to RabbitMQ (the first and each of lapin's
+/// recoveries; every attempt dials the next node of `KILN_AMQP_URL`): quick
+/// after a blip, at most every 5 s during an outage, jittered so that
+/// workers do not dial in step, and never giving up (a worker waits for its
+/// broker; it does not crash-loop).
+pub fn amqp_connect() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// The client commands' connection to RabbitMQ: each of the `nodes` at
+/// most twice, then the error (a person is waiting for an answer); with one
+/// node, one attempt.
+pub fn amqp_connect_client(nodes: usize) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .with_max_times(if nodes > 1 { nodes * 2 - 1 } else { 0 })
 }
 
 /// Runs `fut` (usually a backon retry) until it ends or `stop` is

@@ -36,7 +36,13 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
     broker
         .declare_topology_with(config.bounds.dead_limits())
         .await?;
-    let store = Store::connect(&c.redis_url, &c.redis_prefix, &worker, config.lease_ttl).await?;
+    let store = Store::connect_to(
+        &c.redis_target()?,
+        &c.redis_prefix,
+        &worker,
+        config.lease_ttl,
+    )
+    .await?;
     let client = match kube {
         Some(k) => k,
         None => Pods::default_client().await?,
@@ -61,6 +67,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
         kept_cancels: config.bounds.cancel_keeping(),
         render_slots: Arc::new(tokio::sync::Semaphore::new(render_slots())),
         log_retention: config.log_retention,
+        park_after: config.park_after,
         metrics: Arc::new(Metrics::new()),
     }))
 }

@@ -3,7 +3,7 @@
 //! It serves what Kiln calls of the core/v1 API, over real HTTP/1.1 (the
 //! paths, query parameters, status codes and `Status` bodies of the real API
 //! server, so an unmodified `kube::Client` and `kube::runtime::watcher` work
-//! against it): create, get and delete of pods, create of ConfigMaps, pod
+//! against it): create, get, delete and annotation patches of pods, create of ConfigMaps, pod
 //! logs, and lists and watches selected by `key=value` labels. With:
 //!
 //! * an in-memory store with a global resourceVersion, bounded watch history
@@ -17,8 +17,9 @@
 //! * fault injection ([`Faults`]) and a log of every call ([`CallRecord`]).
 //!
 //! What Kiln never sends is refused rather than imitated, so a Kiln change
-//! that starts sending it fails its tests with a message saying so: PUT and
-//! PATCH (405), the `status` subresource (404), field selectors and
+//! that starts sending it fails its tests with a message saying so: PUT
+//! (405), any PATCH but a merge patch of a pod's annotations (400, 405 off
+//! pods), the `status` subresource (404), field selectors and
 //! set-based label selectors (400, [`selector`]), dry-run (400).
 //!
 //! ```ignore

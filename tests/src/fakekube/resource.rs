@@ -75,8 +75,11 @@ pub enum Verb {
     Watch,
     Delete,
     Logs,
+    /// A JSON merge patch of a pod's annotations (the cancel mark), the one
+    /// patch Kiln sends.
+    Patch,
     /// Discovery, `/version`, unknown paths, and the methods the fake
-    /// does not serve (PUT, PATCH).
+    /// does not serve (PUT, other PATCHes).
     Other,
 }
 
@@ -89,6 +92,7 @@ impl fmt::Display for Verb {
             Self::Watch => "watch",
             Self::Delete => "delete",
             Self::Logs => "logs",
+            Self::Patch => "patch",
             Self::Other => "other",
         })
     }

@@ -23,7 +23,7 @@ use super::pagination::Continue;
 use super::resource::{Resource, Verb};
 use super::selector::Selectors;
 use super::status::{self, ApiError, FieldError};
-use super::store::{DeleteOptions, Deleted, Preconditions, Store};
+use super::store::{DeleteOptions, Deleted, Preconditions, Store, Subresource};
 use super::watch::{self, WatchRequest};
 
 /// The real server's request body limit (3 MiB).
@@ -233,6 +233,11 @@ pub(crate) async fn dispatch(State(app): State<App>, req: Request) -> Response {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY).await;
     let r = route(uri.path());
     let (verb, resource, sub, ns, mut name) = describe(&r, &method, &params);
@@ -257,7 +262,7 @@ pub(crate) async fn dispatch(State(app): State<App>, req: Request) -> Response {
             };
             match app.faults.check(&call) {
                 Some(err) if verb != Verb::Other => err.into_response(),
-                _ => handle(&app, r, &method, &params, &body)
+                _ => handle(&app, r, &method, &params, content_type.as_deref(), &body)
                     .await
                     .unwrap_or_else(IntoResponse::into_response),
             }
@@ -303,6 +308,7 @@ fn describe(r: &Route, method: &Method, p: &Params) -> Described {
         Method::GET => Verb::Get,
         Method::POST => Verb::Create,
         Method::DELETE => Verb::Delete,
+        Method::PATCH => Verb::Patch,
         _ => Verb::Other,
     };
     match r {
@@ -338,6 +344,7 @@ async fn handle(
     r: Route,
     method: &Method,
     p: &Params,
+    content_type: Option<&str>,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     if p.flag("dryRun") || p.get("dryRun").is_some_and(|v| v == "All") {
@@ -388,22 +395,100 @@ async fn handle(
         (Route::Object { resource, ns, name }, Method::DELETE) => {
             delete(app, resource, &ns, &name, p, body)
         }
+        (
+            Route::Object {
+                resource: Resource::Pods,
+                ns,
+                name,
+            },
+            Method::PATCH,
+        ) => patch_annotations(app, &ns, &name, content_type, body),
         (Route::Log { ns, name }, Method::GET) => pod_log(app, &ns, &name, p),
         (Route::Unknown, _) => Err(ApiError::no_route()),
         _ => Err(ApiError::method_not_allowed()),
     }
 }
 
+/// A JSON merge patch (`application/merge-patch+json`) of a pod's
+/// `metadata.annotations`: the one patch Kiln sends (it marks a cancelled
+/// build's pods). Any other content type or field is refused, naming it,
+/// so that a Kiln change that starts patching more fails its tests.
+fn patch_annotations(
+    app: &App,
+    ns: &str,
+    name: &str,
+    content_type: Option<&str>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    if content_type.map(|c| c.split(';').next().unwrap_or("").trim())
+        != Some("application/merge-patch+json")
+    {
+        return Err(ApiError::bad_request(&format!(
+            "the fake API server serves only merge patches (application/merge-patch+json) of \
+             pod annotations, not {}",
+            content_type.unwrap_or("a patch without a content type")
+        )));
+    }
+    let patch = parse_body(body)?;
+    let annotations = match &patch {
+        Value::Object(top)
+            if top.len() == 1
+                && top.get("metadata").is_some_and(|m| {
+                    m.as_object()
+                        .is_some_and(|m| m.len() == 1 && m.contains_key("annotations"))
+                }) =>
+        {
+            patch["metadata"]["annotations"].clone()
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "the fake API server patches only metadata.annotations of a pod",
+            ));
+        }
+    };
+    let Value::Object(annotations) = annotations else {
+        return Err(ApiError::bad_request(
+            "metadata.annotations of a patch must be an object",
+        ));
+    };
+    let updated = app.store.update(
+        Resource::Pods,
+        ns,
+        name,
+        Subresource::Status,
+        &Preconditions::default(),
+        |current| {
+            let mut new = current.clone();
+            if !new["metadata"]["annotations"].is_object() {
+                new["metadata"]["annotations"] = json!({});
+            }
+            for (k, v) in annotations {
+                if v.is_null() {
+                    if let Some(a) = new["metadata"]["annotations"].as_object_mut() {
+                        a.remove(&k);
+                    }
+                } else {
+                    new["metadata"]["annotations"][k] = v;
+                }
+            }
+            Ok(new)
+        },
+    )?;
+    Ok(json_response(StatusCode::OK, &*updated))
+}
+
 /// The verbs served: Kiln creates, gets, lists, watches and deletes pods,
-/// creates ConfigMaps and reads logs; it never updates or patches.
+/// patches their annotations, creates ConfigMaps and reads logs; it never
+/// updates.
 fn api_resources() -> Value {
     let verbs = json!(["create", "delete", "get", "list", "watch"]);
+    let pod_verbs = json!(["create", "delete", "get", "list", "patch", "watch"]);
     json!({
         "kind": "APIResourceList",
         "groupVersion": "v1",
         "resources": [
             {"name": "configmaps", "singularName": "configmap", "namespaced": true, "kind": "ConfigMap", "verbs": verbs, "shortNames": ["cm"]},
-            {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "verbs": verbs, "shortNames": ["po"], "categories": ["all"]},
+            {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "verbs": pod_verbs, "shortNames": ["po"], "categories": ["all"]},
             {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}
         ]
     })

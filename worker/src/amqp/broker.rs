@@ -8,6 +8,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::RwLock;
 
 use super::names::Names;
+use super::nodes::Nodes;
 use crate::error::{Error, Result};
 
 impl From<lapin::Error> for Error {
@@ -36,24 +37,28 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// Connects with auto-recovery and opens the publishing channel.
+    /// `url` is one URL or a cluster's node URLs, comma-separated: the
+    /// connection (and each recovery) dials them in a random order, for
+    /// ever, with backoff and jitter.
     pub async fn connect(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
+        let nodes = Nodes::parse(url)?;
         let props = ConnectionProperties::default().enable_auto_recover();
-        Self::connect_with(url, prefix, connection_name, props).await
+        let backoff = crate::retry::amqp_connect();
+        Self::connect_with(&nodes, prefix, connection_name, props, backoff).await
     }
 
     async fn connect_with(
-        url: &str,
+        nodes: &Nodes,
         prefix: &str,
         connection_name: &str,
         props: ConnectionProperties,
+        backoff: backon::ExponentialBuilder,
     ) -> Result<Self> {
         let props = props.with_connection_name(LongString::from(connection_name.to_owned()));
-        let conn = Connection::connect(url, props).await.map_err(|e| {
-            Error::amqp_caused(
-                &format!("cannot connect to {}", kiln_protocol::redact_url(url)),
-                e,
-            )
-        })?;
+        let conn = nodes
+            .connect(props, backoff)
+            .await
+            .map_err(|e| Error::amqp_caused(&format!("cannot connect to {nodes}"), e))?;
         let publisher = Self::confirm_channel(&conn).await?;
         Ok(Self {
             conn,
@@ -77,12 +82,15 @@ impl Broker {
         self.conn.status().connected()
     }
 
-    /// Connects once, without auto-recovery or reconnect attempts: for the
-    /// short-lived client commands, which should fail at once (and say why)
-    /// when the broker cannot be reached rather than retry for minutes.
+    /// Connects without auto-recovery, each node of `url` tried (in a
+    /// random order) at most twice: for the short-lived client commands,
+    /// which should fail soon (and say why) when the broker cannot be
+    /// reached rather than retry for minutes.
     pub async fn connect_client(url: &str, prefix: &str, connection_name: &str) -> Result<Self> {
-        let props = ConnectionProperties::default().with_backoff(crate::retry::never());
-        Self::connect_with(url, prefix, connection_name, props).await
+        let nodes = Nodes::parse(url)?;
+        let backoff = crate::retry::amqp_connect_client(nodes.len());
+        let props = ConnectionProperties::default();
+        Self::connect_with(&nodes, prefix, connection_name, props, backoff).await
     }
 
     /// Closes the connection politely (shutdown).
@@ -110,14 +118,9 @@ pub(super) async fn close_channel(ch: &Channel, why: &str) {
 /// The user name of an AMQP URL (`guest` when the URL names none, as the
 /// client then logs in as `guest`): the tenant of the requests the client
 /// publishes, set as their `user_id` so that RabbitMQ verifies it.
+/// With a list of nodes, every URL names the same user ([`Nodes::parse`]).
 pub fn url_user(url: &str) -> Result<String> {
-    let uri: lapin::uri::AMQPUri = url.parse().map_err(|e| {
-        Error::Config(format!(
-            "invalid AMQP URL {}: {e}",
-            kiln_protocol::redact_url(url)
-        ))
-    })?;
-    Ok(uri.authority.userinfo.username)
+    Ok(Nodes::parse(url)?.user().to_owned())
 }
 
 #[cfg(test)]

@@ -26,14 +26,23 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        Ok(Consumer { channel: ch, inner })
+        Ok(Consumer {
+            channel: ch,
+            inner,
+            queue: queue.to_owned(),
+            tag: tag.to_owned(),
+        })
     }
 }
 
-/// A queue consumer that rides out connection recoveries.
+/// A queue consumer that rides out connection recoveries (lapin replays
+/// it on the new connection, possibly to another node of the cluster) and
+/// cancels by the broker (`basic.cancel`: it consumes again).
 pub struct Consumer {
     pub(super) channel: Channel,
     pub(super) inner: lapin::Consumer,
+    pub(super) queue: String,
+    pub(super) tag: String,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -43,10 +52,21 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    /// The next delivery; `None` when the consumer was cancelled for good.
+    /// The next delivery; `None` when the consumer cannot consume any more
+    /// (its channel cannot be recovered).
     pub async fn next(&mut self) -> Option<Incoming> {
         loop {
-            match self.inner.next().await? {
+            let Some(next) = self.inner.next().await else {
+                // The stream ends only when the broker cancelled the
+                // consumer (`basic.cancel`: the queue's leader moved, the
+                // queue was deleted): Kiln's own cancel closes the channel
+                // instead. Consume again.
+                if !self.consume_again().await {
+                    return None;
+                }
+                continue;
+            };
+            match next {
                 Ok(d) => return Some(Incoming::from_delivery(d)),
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer interrupted; waiting for recovery");
@@ -57,6 +77,38 @@ impl Consumer {
                     }
                 }
             }
+        }
+    }
+
+    /// After a `basic.cancel` from the broker: consumes the queue again on
+    /// the same channel (waiting out a recovery of the channel), paced like
+    /// the worker's reconnects. False when the channel cannot come back.
+    async fn consume_again(&mut self) -> bool {
+        let mut waits = backon::BackoffBuilder::build(crate::retry::amqp_connect());
+        loop {
+            tracing::warn!(queue = %self.queue, "consumer cancelled by the broker; consuming again");
+            let consumed = self
+                .channel
+                .basic_consume(
+                    self.queue.as_str().into(),
+                    self.tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await;
+            match consumed {
+                Ok(inner) => {
+                    self.inner = inner;
+                    return true;
+                }
+                Err(e) => {
+                    if let Err(e) = self.channel.wait_for_recovery(e).await {
+                        tracing::error!(queue = %self.queue, error = %e, "consumer cannot recover");
+                        return false;
+                    }
+                }
+            }
+            tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(5))).await;
         }
     }
 

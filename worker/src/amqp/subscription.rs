@@ -80,7 +80,12 @@ impl Broker {
             .await?;
         Ok(EventSubscription {
             channel: ch.clone(),
-            consumer: Consumer { channel: ch, inner },
+            consumer: Consumer {
+                channel: ch,
+                inner,
+                queue: queue.clone(),
+                tag: String::new(),
+            },
             queue,
         })
     }

@@ -12,7 +12,7 @@ impl Broker {
         let ch = self.conn.create_channel().await?;
         let n = &self.names;
         // Missing ones are fine (errors ignored): the point is that none is left.
-        for q in [n.builds(), n.cancels(), n.dead()] {
+        for q in [n.builds(), n.cancels(), n.dead(), n.parked()] {
             let _ = ch
                 .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
                 .await;

@@ -264,13 +264,14 @@ pub async fn connect_broker(c: &Connections, what: &str) -> anyhow::Result<Broke
 /// Connects to Redis (read-only use: records, leases, cancel flags), with a
 /// timeout.
 pub async fn connect_redis(c: &Connections) -> anyhow::Result<Store> {
-    let url = redact_url(&c.redis_url);
-    let connect = Store::connect(
-        &c.redis_url,
-        &c.redis_prefix,
-        "kiln-cli",
-        Duration::from_secs(1),
-    );
+    // With Sentinels, what is named is the master and the Sentinels (no
+    // password is part of it).
+    let target = c.redis_target().map_err(|e| anyhow!("{e}"))?;
+    let url = match &target {
+        crate::store::RedisTarget::Url(_) => redact_url(&c.redis_url),
+        sentinel @ crate::store::RedisTarget::Sentinel { .. } => sentinel.to_string(),
+    };
+    let connect = Store::connect_to(&target, &c.redis_prefix, "kiln-cli", Duration::from_secs(1));
     let leases = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(leases)) => leases,
         Ok(Err(e)) => {

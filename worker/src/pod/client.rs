@@ -7,7 +7,9 @@ use std::time::Duration;
 use backon::Retryable;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditions};
+use kube::api::{
+    Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
 
@@ -293,6 +295,27 @@ impl Pods {
             }
         };
         with_retries(delete, |_, _| {}).await
+    }
+
+    /// Marks a pod with its build's cancel (annotation `kiln.dev/cancelled`
+    /// = `reason`, a merge patch: nothing else changes). A pod gone already
+    /// needs no mark.
+    pub async fn mark_cancelled(&self, namespace: &str, name: &str, reason: &str) -> Result<()> {
+        let _permit = self.calls.acquire().await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {super::ANN_CANCELLED: reason}}});
+        let mark = || async {
+            match pods
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(Error::from(e)),
+            }
+        };
+        with_retries(mark, |_, _| {}).await
     }
 
     /// The end of the Kaniko log (the last [`LOG_SEARCH_BYTES`] of its last

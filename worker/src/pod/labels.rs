@@ -15,6 +15,11 @@ pub const ANN_TENANT: &str = "kiln.dev/tenant";
 pub const ANN_SPEC_SHA256: &str = "kiln.dev/spec-sha256";
 /// Hash of an inline-Dockerfile ConfigMap's data.
 pub const ANN_CONTENT_SHA256: &str = "kiln.dev/content-sha256";
+/// The cancel of the build (its reason), put on each of its pods by the
+/// worker that takes the cancel, before it acks it: unlike the Redis flag,
+/// it survives a Redis failover, and whoever drives or adopts the build
+/// reads it from the pod watch (the pods are the state: docs/guarantees.md).
+pub const ANN_CANCELLED: &str = "kiln.dev/cancelled";
 /// Selector of every pod Kiln manages.
 pub const SELECTOR: &str = "app.kubernetes.io/managed-by=kiln";
 

@@ -21,8 +21,8 @@ mod view;
 
 pub use client::{MAX_CONCURRENT_CALLS, Pods};
 pub use labels::{
-    ANN_BUILD_ID, ANN_CONTENT_SHA256, ANN_PLAN, ANN_SPEC_SHA256, ANN_TENANT, LABEL_ATTEMPT,
-    LABEL_BUILD, LABEL_IMAGE, MANAGED_BY, SELECTOR,
+    ANN_BUILD_ID, ANN_CANCELLED, ANN_CONTENT_SHA256, ANN_PLAN, ANN_SPEC_SHA256, ANN_TENANT,
+    LABEL_ATTEMPT, LABEL_BUILD, LABEL_IMAGE, MANAGED_BY, SELECTOR,
 };
 pub use model::{Created, PodEvent, PodSettings};
 pub use spec::{attempt_objects, configmap_spec, pod_spec};

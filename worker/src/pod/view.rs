@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateTerminated, Pod, PodCondition, PodStatus,
 };
 
-use super::labels::{ANN_BUILD_ID, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_IMAGE};
+use super::labels::{
+    ANN_BUILD_ID, ANN_CANCELLED, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_IMAGE,
+};
 use crate::classify::{PodPhase, PodView, Terminated};
 
 /// Copies what Kiln reads out of a pod.
@@ -56,6 +58,7 @@ pub fn view(p: &Pod) -> PodView {
             .and_then(|a| a.get(ANN_PLAN))
             .map(|s| Arc::from(s.as_str())),
         tenant: annotations.and_then(|a| a.get(ANN_TENANT)).cloned(),
+        cancelled: annotations.and_then(|a| a.get(ANN_CANCELLED)).cloned(),
         executor_image_id: status
             .and_then(|s| s.container_statuses.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.name == KANIKO))

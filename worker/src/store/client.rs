@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
+use super::conn::{RedisConn, RedisTarget};
 use super::record::{BuildRecord, RECORD_MAX_BYTES};
 use crate::error::{Error, Result};
 
@@ -21,8 +20,7 @@ impl From<redis::RedisError> for Error {
 /// Handle to the Redis store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pub(super) conn: ConnectionManager,
-    pub(super) client: redis::Client,
+    pub(super) conn: RedisConn,
     pub(super) prefix: String,
     pub(super) worker: String,
     pub(super) ttl: Duration,
@@ -38,26 +36,25 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects to Redis. The connection manager reconnects on its own after
-    /// a Redis restart; commands issued meanwhile fail and are retried by
-    /// the caller.
+    /// Connects to the Redis at `url`. The connection reconnects on its own
+    /// after a Redis restart; commands issued meanwhile fail and are retried
+    /// by the caller.
     pub async fn connect(url: &str, prefix: &str, worker: &str, ttl: Duration) -> Result<Self> {
-        // Errors name the URL without its password: they end up on the
-        // worker's stderr and in the client's one line.
-        let shown = kiln_protocol::redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::redis_caused(&format!("invalid Redis URL {shown:?}"), e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|e| Error::redis_caused(&format!("cannot connect to {shown}"), e))?;
+        Self::connect_to(&RedisTarget::Url(url.to_owned()), prefix, worker, ttl).await
+    }
+
+    /// Connects to `target`: one server, or the primary Sentinel names,
+    /// followed through failovers (see [`RedisTarget`]). Errors name the
+    /// target without its passwords: they end up on the worker's stderr and
+    /// in the client's one line.
+    pub async fn connect_to(
+        target: &RedisTarget,
+        prefix: &str,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Self> {
         Ok(Self {
-            conn,
-            client,
+            conn: RedisConn::connect(target).await?,
             prefix: prefix.to_owned(),
             worker: worker.to_owned(),
             ttl,

@@ -1,7 +1,8 @@
 //! Redis: build leases, cancel flags, build records, the builds index and
 //! the notices between workers. The only module that knows Redis; one
 //! concept per file (`lease`, `cancel`, `record` (the schema), `records`,
-//! `index`, `notices`), each adding its commands to [`Store`].
+//! `index`, `notices`), each adding its commands to [`Store`]; `conn` is
+//! the connection, to one server or to the primary Sentinel names.
 //!
 //! Keys (with the configured prefix `P`, default `kiln:`):
 //! - `P lease:<id>`  — a [`LeaseToken`], `<worker id>/<ulid>`, minted per
@@ -34,6 +35,7 @@
 
 mod cancel;
 mod client;
+mod conn;
 mod index;
 mod lease;
 mod logs;
@@ -44,6 +46,7 @@ mod share;
 
 pub use cancel::CancelKeeping;
 pub use client::Store;
+pub use conn::RedisTarget;
 pub use index::INDEX_MAX;
 pub use lease::{Admit, Claim, LeaseToken, Renewal, holder_worker};
 pub use logs::{KeptLog, LogMeta};

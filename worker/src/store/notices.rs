@@ -24,7 +24,7 @@ impl Store {
     /// poll or the adoption sweep instead).
     pub fn notices(&self) -> mpsc::Receiver<Notice> {
         let (tx, rx) = mpsc::channel(1024);
-        let client = self.client.clone();
+        let conn = self.conn.clone();
         let cancels = self.cancel_channel();
         let released = self.released_channel();
         tokio::spawn(async move {
@@ -32,7 +32,8 @@ impl Store {
             // hours later starts fast again.
             let mut delays = crate::retry::redis_subscribe().build();
             while !tx.is_closed() {
-                match client.get_async_pubsub().await {
+                // Asked each time: after a failover, the new primary's.
+                match conn.client().get_async_pubsub().await {
                     Ok(mut pubsub) => {
                         let subscribed = match pubsub.subscribe(&cancels).await {
                             Ok(()) => pubsub.subscribe(&released).await,

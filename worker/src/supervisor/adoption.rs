@@ -260,7 +260,11 @@ async fn resume(
     for input in pod_cache::missed(cached, &now) {
         sup.registry.send(&id, input);
     }
-    if let Ok(Some(reason)) = sup.ctx.store.cancel_reason(&id).await {
+    // The cancel marked on the pods survives Redis losing the flag.
+    let marked = pods.iter().chain(&now).find_map(|p| p.cancelled.clone());
+    if let Some(reason) = marked {
+        sup.registry.send(&id, Input::Cancel(reason));
+    } else if let Ok(Some(reason)) = sup.ctx.store.cancel_reason(&id).await {
         sup.registry.send(&id, Input::Cancel(reason));
     }
 }

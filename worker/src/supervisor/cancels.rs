@@ -93,6 +93,16 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
             // The owner hears it through the notice; if it is us, act now.
             if for_tenant.is_none() {
                 sup.registry.send(id, Input::Cancel(reason.to_owned()));
+                // A Redis failover may lose the flag (and the notice) before
+                // the owner applied it: the cancel is marked on the build's
+                // pods too, which survive, before it is acked. Not marked:
+                // the cancel goes back to the queue and is handled again.
+                if !mark_pods(&sup, id, reason).await {
+                    if let Err(e) = d.requeue().await {
+                        tracing::warn!(build_id = %id, error = %e, "cannot requeue the cancel; the broker redelivers it when the channel closes");
+                    }
+                    return;
+                }
             }
             ack(&sup, &d, id).await;
         }
@@ -114,4 +124,23 @@ pub(super) async fn handle_cancel(sup: Supervisor, d: Incoming) {
 fn gave_up(sup: &Supervisor, id: &str, e: &crate::Error) {
     sup.ctx.metrics.error(e);
     tracing::error!(build_id = %id, error = %e, "cancel gave up; holding the message");
+}
+
+/// Marks every pod of build `id` the watch shows (in any build namespace)
+/// with the cancel (`kiln.dev/cancelled`): whoever drives or adopts the
+/// build reads it from the pods even when Redis lost the flag. One PATCH
+/// per pod, bounded by the build's images. False if a pod could not be
+/// marked.
+async fn mark_pods(sup: &Supervisor, id: &str, reason: &str) -> bool {
+    let mut marked = true;
+    for ns in sup.ctx.policy.namespaces() {
+        let pods = sup.pod_cache.build_pods(&ns, id).unwrap_or_default();
+        for pod in pods.iter().filter(|p| !p.deleting && p.cancelled.is_none()) {
+            if let Err(e) = sup.ctx.pods.mark_cancelled(&ns, &pod.name, reason).await {
+                tracing::warn!(build_id = %id, pod = %pod.name, error = %e, "cannot mark the pod cancelled");
+                marked = false;
+            }
+        }
+    }
+    marked
 }

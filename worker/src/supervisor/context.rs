@@ -39,6 +39,8 @@ pub struct Context {
     /// templates never run on the async runtime, and a burst of heavy
     /// requests cannot take every blocking thread either.
     pub render_slots: Arc<tokio::sync::Semaphore>,
+    /// A request held longer than this is parked (`amqp::park`).
+    pub park_after: Duration,
     pub metrics: Arc<Metrics>,
 }
 

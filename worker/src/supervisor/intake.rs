@@ -95,8 +95,18 @@ pub(super) async fn handle_request(sup: Supervisor, mut d: Incoming) {
     };
     let id = plan.id.clone();
     // `None`: shutting down; the request goes back to the queue when the
-    // channel closes.
-    let Some(claimed) = claim(&sup, &plan).await else {
+    // channel closes. A claim that waits (for another worker's acceptance)
+    // longer than the park bound parks the request instead of holding it.
+    let claimed = tokio::select! {
+        claimed = claim(&sup, &plan) => claimed,
+        () = tokio::time::sleep(ctx.park_after) => {
+            if park_waiting(&sup, &d, &id).await {
+                return;
+            }
+            claim(&sup, &plan).await
+        }
+    };
+    let Some(claimed) = claimed else {
         return;
     };
     match claimed {
@@ -330,7 +340,20 @@ async fn start(
         give_back::release(sup, &id, &token).await;
         return ack(sup, d, &id).await;
     };
-    if wait_accepted(accepted).await {
+    // A build that waits (a quota) longer than the park bound keeps going,
+    // but its request is parked and acked: the delivery must not outlive
+    // the broker's consumer_timeout, and the parked copy brings the
+    // request back if this worker dies before acceptance.
+    let accepted = tokio::select! {
+        accepted = wait_accepted(accepted.clone()) => accepted,
+        () = tokio::time::sleep(sup.ctx.park_after) => {
+            if park_waiting(sup, d, &id).await {
+                return;
+            }
+            wait_accepted(accepted).await
+        }
+    };
+    if accepted {
         ack(sup, d, &id).await;
         sup.ctx.metrics.accepted_latency(received.elapsed());
     } else {
@@ -338,6 +361,24 @@ async fn start(
         // worker takes the request.
         tracing::info!(build_id = %id, "build stopped before acceptance; requeueing its request");
         give_back::requeue(sup, d, &id).await;
+    }
+}
+
+/// Parks request `d` (see `amqp::park`) for the park bound, at most a
+/// minute: it comes back then unless its build was accepted meanwhile (a
+/// duplicate, acked). False if it could not be parked: the caller keeps it.
+async fn park_waiting(sup: &Supervisor, d: &Incoming, id: &str) -> bool {
+    let delay = sup.ctx.park_after.min(std::time::Duration::from_secs(60));
+    match sup.ctx.broker.park(d, delay).await {
+        Ok(()) => {
+            tracing::info!(build_id = %id, back_in = ?delay, "request parked while its build waits");
+            true
+        }
+        Err(e) => {
+            sup.ctx.metrics.error(&e);
+            tracing::warn!(build_id = %id, error = %e, "cannot park the request; holding it");
+            false
+        }
     }
 }
 

@@ -149,6 +149,9 @@ async fn hand_over(sup: &Supervisor) {
 /// Hands every delivery to a task of its own until shutdown or until both
 /// consumers end.
 async fn consume_loop(sup: Supervisor, mut builds: Consumer, mut cancels: Consumer) {
+    let names = sup.ctx.broker.names().clone();
+    let worker = sup.ctx.settings.worker.clone();
+    let (builds_tag, cancels_tag) = (format!("kiln-{worker}"), format!("kiln-{worker}-cancels"));
     let mut builds_open = true;
     let mut cancels_open = true;
     while builds_open || cancels_open {
@@ -159,14 +162,47 @@ async fn consume_loop(sup: Supervisor, mut builds: Consumer, mut cancels: Consum
             () = sup.stop.cancelled() => break,
             d = cancels.next(), if cancels_open => match d {
                 Some(d) => { tokio::spawn(cancels::handle_cancel(sup.clone(), d)); }
-                None => cancels_open = false,
+                None => match consume_again(&sup, &names.cancels(), 64, &cancels_tag).await {
+                    Some(c) => cancels = c,
+                    None => cancels_open = false,
+                },
             },
             d = builds.next(), if builds_open => match d {
                 Some(d) => { tokio::spawn(intake::handle_request(sup.clone(), d)); }
-                None => builds_open = false,
+                None => match consume_again(&sup, &names.builds(), sup.ctx.prefetch, &builds_tag).await {
+                    Some(c) => builds = c,
+                    None => builds_open = false,
+                },
             },
         }
     }
     builds.cancel().await;
     cancels.cancel().await;
+}
+
+/// A consumer whose channel the broker closed for good (a delivery held
+/// past its `consumer_timeout`, a queue gone for a moment): consume the
+/// queue again on a new channel, paced like the worker's reconnects, until
+/// it works or the worker stops (`None`).
+async fn consume_again(
+    sup: &Supervisor,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Option<Consumer> {
+    let mut waits = backon::BackoffBuilder::build(crate::retry::amqp_connect());
+    loop {
+        match sup.ctx.broker.consume(queue, prefetch, tag).await {
+            Ok(c) => {
+                tracing::warn!(queue, "consumer lost with its channel; consuming again");
+                return Some(c);
+            }
+            Err(e) => {
+                sup.ctx.metrics.error(&e);
+                tracing::warn!(queue, error = %e, "cannot consume again yet");
+            }
+        }
+        let wait = waits.next().unwrap_or(std::time::Duration::from_secs(5));
+        crate::retry::bounded(tokio::time::sleep(wait), &sup.stop).await?;
+    }
 }

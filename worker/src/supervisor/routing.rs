@@ -85,6 +85,10 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
         return;
     }
     let verdict = foreign(deleted, v.deleting, pods_left);
+    // A pod marked cancelled (by the worker that took the cancel) cancels
+    // its build here, whatever Redis still remembers of the flag; the
+    // machine ignores a cancel of a build that is ending already.
+    let marked = v.cancelled.clone().filter(|_| !deleted);
     let input = if deleted {
         Input::Deleted(Box::new(v))
     } else {
@@ -94,6 +98,9 @@ fn route(sup: &Supervisor, v: PodView, deleted: bool) {
         }
     };
     if sup.registry.send(&id, input) {
+        if let Some(reason) = marked {
+            sup.registry.send(&id, Input::Cancel(reason));
+        }
         return;
     }
     match verdict {
