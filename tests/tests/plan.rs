@@ -381,6 +381,16 @@ fn without_times(mut pod: Value, other_deadline: i64) -> Value {
         assert!(plan.as_object_mut().unwrap().remove(f).is_some(), "{f}");
     }
     *ann = plan;
+    // The spec hash covers the plan annotation, acceptedAt and deadline
+    // included: the plan's and the worker's differ by when each was made.
+    // It is a 64-hex-digit sha256 in both.
+    let hash = &mut pod["metadata"]["annotations"]["kiln.dev/spec-sha256"];
+    assert!(
+        hash.as_str()
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{hash}"
+    );
+    *hash = Value::String("<sha256>".into());
     pod
 }
 

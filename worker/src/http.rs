@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::http_auth::{StatusAuth, require_operator};
 use crate::store::{BuildRecord, BuildSummary, INDEX_MAX, KeptLog, RecordState};
 use crate::supervisor::Supervisor;
+use crate::timeline_bars::{BarRow, bars};
 
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -504,62 +505,6 @@ struct BuildPage {
     timeline: Vec<BarRow>,
     /// The axis' length in words.
     span: String,
-}
-
-/// One image's bar on the build page's timeline (SVG, 1000 units wide).
-#[derive(Debug)]
-struct BarRow {
-    image: String,
-    outcome: &'static str,
-    words: String,
-    bars: Vec<Bar>,
-}
-
-#[derive(Debug)]
-struct Bar {
-    class: &'static str,
-    x: String,
-    width: String,
-    title: String,
-}
-
-/// The build's timeline as bars: segments scaled to a 1000-unit axis.
-fn bars(r: &BuildRecord) -> (Vec<BarRow>, String) {
-    let end = if r.state == RecordState::Finished {
-        r.updated_at
-    } else {
-        jiff::Timestamp::now()
-    };
-    let Some(t) = kiln_core::timeline::timeline(&r.history, end) else {
-        return (Vec::new(), String::new());
-    };
-    let scale = 1000.0 / t.span;
-    let rows = t
-        .rows
-        .into_iter()
-        .map(|row| BarRow {
-            outcome: row.outcome.map_or("running", kiln_protocol::Phase::as_str),
-            bars: row
-                .segments
-                .iter()
-                .map(|s| Bar {
-                    class: s.kind.as_str(),
-                    x: format!("{:.1}", s.from * scale),
-                    // At least a hairline, so a short step stays visible.
-                    width: format!("{:.1}", ((s.to - s.from) * scale).max(2.0)),
-                    title: format!(
-                        "attempt {}: {} {}",
-                        s.attempt,
-                        s.kind.as_str(),
-                        kiln_core::timeline::words(s.to - s.from)
-                    ),
-                })
-                .collect(),
-            image: row.image,
-            words: row.words,
-        })
-        .collect();
-    (rows, kiln_core::timeline::words(t.span))
 }
 
 async fn build_page(

@@ -18,6 +18,7 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod terminal;
+pub mod timeline_bars;
 pub mod worker;
 
 pub use error::{Error, Result};
