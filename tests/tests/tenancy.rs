@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_protocol::{BuildEvent, EventData, Level, Phase, Tenant, tenant_read_permission};
-use kiln_tests::harness::{Env, unique};
+use kiln_tests::harness::{Env, amqp_url, unique};
 use kiln_worker::amqp::{Broker, EventSubscription, OutgoingEvent};
 use kiln_worker::cli::scope::{Scope, binding_keys};
 
@@ -64,8 +64,14 @@ impl TenantUser {
         user
     }
 
+    /// The tests' broker (`KILN_AMQP_URL`: CI's is a private node on a
+    /// free port) with this user's credentials.
     fn url(&self) -> String {
-        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
+        let mut url = url::Url::parse(&amqp_url()).expect("KILN_AMQP_URL is a URL");
+        url.set_username(&self.name).expect("an AMQP URL has a host");
+        url.set_password(Some(&self.password))
+            .expect("an AMQP URL has a host");
+        url.to_string()
     }
 }
 
