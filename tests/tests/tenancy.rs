@@ -68,7 +68,8 @@ impl TenantUser {
     /// free port) with this user's credentials.
     fn url(&self) -> String {
         let mut url = url::Url::parse(&amqp_url()).expect("KILN_AMQP_URL is a URL");
-        url.set_username(&self.name).expect("an AMQP URL has a host");
+        url.set_username(&self.name)
+            .expect("an AMQP URL has a host");
         url.set_password(Some(&self.password))
             .expect("an AMQP URL has a host");
         url.to_string()
