@@ -332,24 +332,7 @@ mod tests {
 
     #[test]
     fn every_reason_is_stored_as_the_string_older_workers_wrote() {
-        use Reason::*;
-        for reason in [
-            BuildError,
-            PushError,
-            OOMKilled,
-            Evicted,
-            DeadlineExceeded,
-            PendingTimeout,
-            ImagePullFailed,
-            Unschedulable,
-            ConfigError,
-            PolicyViolation,
-            InvalidRequest,
-            Cancelled,
-            Internal,
-            IdConflict,
-            QuotaExceeded,
-        ] {
+        for reason in Reason::ALL {
             let stored = serde_json::to_value(reason).unwrap();
             assert_eq!(stored.as_str(), Some(reason.as_str()));
         }

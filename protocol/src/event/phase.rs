@@ -170,6 +170,26 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (tests and docs checks iterate it;
+    /// `every_reason_is_in_all` fails when a new variant is missing).
+    pub const ALL: [Reason; 15] = [
+        Reason::BuildError,
+        Reason::PushError,
+        Reason::OOMKilled,
+        Reason::Evicted,
+        Reason::DeadlineExceeded,
+        Reason::PendingTimeout,
+        Reason::ImagePullFailed,
+        Reason::Unschedulable,
+        Reason::ConfigError,
+        Reason::PolicyViolation,
+        Reason::InvalidRequest,
+        Reason::Cancelled,
+        Reason::Internal,
+        Reason::IdConflict,
+        Reason::QuotaExceeded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::BuildError => "BuildError",
@@ -272,10 +292,36 @@ mod tests {
     }
 
     #[test]
-    fn new_reasons_serialise_by_name() {
-        for r in [Reason::IdConflict, Reason::QuotaExceeded] {
+    fn every_reason_serialises_by_name() {
+        for r in Reason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
         assert_eq!(Reason::QuotaExceeded.as_str(), "QuotaExceeded");
+    }
+
+    #[test]
+    fn every_reason_is_in_all() {
+        // Exhaustive: a new variant does not compile here until it has a
+        // position, and the loop fails until ALL holds it there.
+        let position = |r: Reason| match r {
+            Reason::BuildError => 0,
+            Reason::PushError => 1,
+            Reason::OOMKilled => 2,
+            Reason::Evicted => 3,
+            Reason::DeadlineExceeded => 4,
+            Reason::PendingTimeout => 5,
+            Reason::ImagePullFailed => 6,
+            Reason::Unschedulable => 7,
+            Reason::ConfigError => 8,
+            Reason::PolicyViolation => 9,
+            Reason::InvalidRequest => 10,
+            Reason::Cancelled => 11,
+            Reason::Internal => 12,
+            Reason::IdConflict => 13,
+            Reason::QuotaExceeded => 14,
+        };
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(position(r), i, "{r} out of place in Reason::ALL");
+        }
     }
 }
