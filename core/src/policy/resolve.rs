@@ -191,7 +191,7 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
         None => DEFAULT_SERVICE_ACCOUNT.to_owned(),
     };
     if let Some(repo) = &tf.cache_repo
-        && let Some(reason) = cache_repo_problem(repo)
+        && let Some(reason) = cache_repo_problem(repo, &allowed)
     {
         r.problem(format!("{base}.cacheRepo"), reason);
     }
@@ -499,8 +499,11 @@ fn git_host_problem(h: &str) -> Option<String> {
     None
 }
 
-/// Kaniko's `--cache-repo` is a repository: a reference without tag or digest.
-fn cache_repo_problem(repo: &str) -> Option<String> {
+/// Kaniko's `--cache-repo` is a repository: a reference without tag or
+/// digest, under one of the tenant's allowed destinations (Kaniko pushes
+/// cache layers there with the tenant's registry credentials, like any
+/// destination).
+fn cache_repo_problem(repo: &str, allowed: &[DestinationPrefix]) -> Option<String> {
     let last = repo.rsplit('/').next().unwrap_or(repo);
     if repo.contains('@') || (repo.contains('/') && last.contains(':')) {
         return Some(format!(
@@ -508,9 +511,24 @@ fn cache_repo_problem(repo: &str) -> Option<String> {
             quote(repo)
         ));
     }
-    kiln_protocol::parse_image_reference(repo)
-        .err()
-        .map(|reason| format!("{} is not a valid repository: {reason}", quote(repo)))
+    let reference = match kiln_protocol::parse_image_reference(repo) {
+        Ok(r) => r,
+        Err(reason) => {
+            return Some(format!(
+                "{} is not a valid repository: {reason}",
+                quote(repo)
+            ));
+        }
+    };
+    let normalised = format!("{}/{}", reference.registry(), reference.repository());
+    // With no valid prefix at all, allowedDestinations has its own problem.
+    if allowed.is_empty() || allowed.iter().any(|p| p.allows(&normalised)) {
+        return None;
+    }
+    Some(format!(
+        "{} is not under the tenant's allowedDestinations: Kaniko pushes cache layers there with the tenant's registry credentials; allow it there or choose a repository under them",
+        quote(repo)
+    ))
 }
 
 fn is_region(s: &str) -> bool {

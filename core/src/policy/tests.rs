@@ -1237,3 +1237,23 @@ fn recheck_refuses_plans_that_send_credentials_or_secrets_elsewhere() {
         "{why:?}"
     );
 }
+
+/// Issue 18 item 7: Kaniko pushes the cache with the tenant's registry
+/// credentials, so the cache repository obeys the destination prefixes.
+#[test]
+fn the_cache_repo_must_be_an_allowed_destination() {
+    let problems = toml_problems(
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"registry.example.com/t\"]\ncacheRepo = \"registry.example.com/other/cache\"\n",
+    );
+    assert_eq!(paths(&problems), ["tenants.t.cacheRepo"]);
+    assert!(
+        problems[0].reason.contains("allowedDestinations"),
+        "{problems:?}"
+    );
+    for ok in [
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"registry.example.com/t\"]\ncacheRepo = \"registry.example.com/t/cache\"\n",
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\ncacheRepo = \"registry.example.com/any/cache\"\n",
+    ] {
+        assert!(Policy::from_toml_str(ok).is_ok(), "{ok}");
+    }
+}
