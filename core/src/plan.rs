@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kiln_protocol::{BuildContext, BuildRequest};
+use kiln_protocol::{BuildContext, BuildRequest, SecretRef};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Admission;
@@ -95,6 +95,15 @@ pub struct ImagePlan {
     /// existed: such a pod ran without a storage request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral_storage: Option<String>,
+    /// The image's git context names a host the tenant's git credentials
+    /// do not list: its pods go without them (the plan's `gitSecret` is for
+    /// the other images). Absent (false) in older plans.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub git_credentials_omitted: bool,
+    /// Build secrets by id: references to Secret keys the policy allows,
+    /// never values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
 }
 
 impl BuildPlan {
@@ -117,7 +126,8 @@ impl BuildPlan {
             .iter()
             .zip(rendered)
             .zip(&admission.resources)
-            .map(|((img, rendered), res)| ImagePlan {
+            .enumerate()
+            .map(|(i, ((img, rendered), res))| ImagePlan {
                 name: img.name.clone(),
                 context: img.context.clone(),
                 dockerfile: img.dockerfile_path().to_owned(),
@@ -130,6 +140,12 @@ impl BuildPlan {
                 cpu: res.cpu.clone(),
                 memory: res.memory.clone(),
                 ephemeral_storage: Some(res.ephemeral_storage.clone()),
+                git_credentials_omitted: admission
+                    .git_credentials_omitted
+                    .get(i)
+                    .copied()
+                    .unwrap_or(false),
+                secrets: img.secrets.clone(),
             })
             .collect();
         Self {

@@ -45,8 +45,8 @@ pub use event::{
 };
 pub use limits::{
     API_VERSION, LOG_TAIL_MAX_BYTES, MAX_ATTEMPTS_LIMIT, MAX_BUILD_ARG_VALUE_BYTES, MAX_BUILD_ARGS,
-    MAX_DESTINATIONS, MAX_ID_LEN, MAX_IMAGES, MAX_LABELS, MAX_PROBLEMS, MAX_REASON_BYTES,
-    MAX_REQUEST_BYTES, MAX_TEMPLATE_ARGS, MAX_TEXT_BYTES, MAX_TIMEOUT_SECONDS,
+    MAX_BUILD_SECRETS, MAX_DESTINATIONS, MAX_ID_LEN, MAX_IMAGES, MAX_LABELS, MAX_PROBLEMS,
+    MAX_REASON_BYTES, MAX_REQUEST_BYTES, MAX_TEMPLATE_ARGS, MAX_TEXT_BYTES, MAX_TIMEOUT_SECONDS,
 };
 pub use names::{
     MAX_LABEL_LEN, configmap_name, is_dns1123_label, label_value, pod_name, request_fingerprint,
@@ -55,7 +55,8 @@ pub use quantity::quantity_nanos;
 pub use reference::{ImageReference, parse_destination, parse_image_reference};
 pub use request::{
     BUILD_REQUEST_KIND, BuildContext, BuildRequest, ContextKind, DEFAULT_DOCKERFILE, GitContext,
-    ImageSpec, RESERVED_LABEL_PREFIX, Resources, RetrySpec, S3Context,
+    ImageSpec, RESERVED_LABEL_PREFIX, Resources, RetrySpec, S3Context, SecretRef,
+    build_arg_looks_secret,
 };
 pub use schema::{build_event_schema, build_request_schema, cancel_request_schema};
 pub use secrets::{

@@ -27,6 +27,8 @@ pub const MAX_BUILD_ARGS: usize = 128;
 /// Largest build-arg value: each becomes one argument of the Kaniko
 /// container, and the pod spec as a whole must stay well below etcd's limit.
 pub const MAX_BUILD_ARG_VALUE_BYTES: usize = 32 * 1024;
+/// Most `secrets` per image (each is a file mount and an executor flag).
+pub const MAX_BUILD_SECRETS: usize = 16;
 /// Most `templateArgs` per image.
 pub const MAX_TEMPLATE_ARGS: usize = 128;
 /// Most problems one rejection lists; the rest are counted in one closing

@@ -145,6 +145,7 @@ fn image() -> impl Strategy<Value = ImageSpec> {
                     dockerfile_inline,
                     template_args,
                     build_args,
+                    secrets: std::collections::BTreeMap::new(),
                     target,
                     destinations,
                     platform,

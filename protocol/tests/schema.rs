@@ -150,9 +150,7 @@ fn built_events_match_the_committed_schema() {
 /// schema learns it before publishing.
 #[test]
 fn the_request_schema_refuses_hash_in_git_fields() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/build-request.schema.json");
-    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
+    let validator = request_validator();
     let request = |git: Value| {
         serde_json::json!({
             "apiVersion": "kiln/v1", "kind": "BuildRequest", "id": "b-1",
@@ -177,4 +175,44 @@ fn the_request_schema_refuses_hash_in_git_fields() {
             "{git}"
         );
     }
+}
+
+/// Issue 18 item 12: the schema refuses what validation refuses in
+/// `secrets` (ids, Secret names, keys, count).
+#[test]
+fn the_request_schema_checks_build_secrets() {
+    let validator = request_validator();
+    let request = |secrets: Value| {
+        serde_json::json!({
+            "apiVersion": "kiln/v1", "kind": "BuildRequest", "id": "b-1",
+            "images": [{ "name": "api", "context": { "url": "https://e.com/c.tgz" },
+                         "destinations": ["registry.example.com/a:1"], "secrets": secrets }]
+        })
+    };
+    let ok = request(serde_json::json!({"npm": {"secret": "ci-tokens", "key": ".npmrc"}}));
+    assert!(validator.is_valid(&ok));
+    assert!(kiln_protocol::parse_build_request(&serde_json::to_vec(&ok).unwrap()).is_ok());
+    for secrets in [
+        serde_json::json!({"..": {"secret": "s", "key": "k"}}),
+        serde_json::json!({"a/b": {"secret": "s", "key": "k"}}),
+        serde_json::json!({"npm": {"secret": "S", "key": "k"}}),
+        serde_json::json!({"npm": {"secret": "s", "key": "..data"}}),
+        serde_json::json!({"npm": {"secret": "s", "key": "."}}),
+        serde_json::json!({"npm": {"secret": "s"}}),
+        serde_json::json!({"npm": {"secret": "s", "key": "k", "value": "v"}}),
+    ] {
+        let req = request(secrets.clone());
+        assert!(!validator.is_valid(&req), "{secrets}");
+        assert!(
+            kiln_protocol::parse_build_request(&serde_json::to_vec(&req).unwrap()).is_err(),
+            "{secrets}"
+        );
+    }
+}
+
+/// A validator of the committed request schema.
+fn request_validator() -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/build-request.schema.json");
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
 }

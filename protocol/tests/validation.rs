@@ -478,7 +478,7 @@ fn structural_errors_carry_the_json_path() {
             i.as_object_mut().unwrap().remove("context");
             i["contxt"] = ctx;
         }),
-        "images[0].contxt: unknown field `contxt`, expected one of `name`, `context`, `dockerfile`, `dockerfileInline`, `templateArgs`, `buildArgs`, `target`, `destinations`, `platform`, `cache`, `resources` at line 1 column 54",
+        "images[0].contxt: unknown field `contxt`, expected one of `name`, `context`, `dockerfile`, `dockerfileInline`, `templateArgs`, `buildArgs`, `secrets`, `target`, `destinations`, `platform`, `cache`, `resources` at line 1 column 54",
     );
     one(
         problems(|v| v["timeoutSeconds"] = json!("60")),
@@ -676,4 +676,46 @@ fn rejections_list_at_most_max_problems() {
     });
     assert_eq!(got.len(), MAX_PROBLEMS + 1);
     assert_eq!(got[MAX_PROBLEMS], "$: … and 10 more problems");
+}
+
+/// Issue 18 item 12: `secrets` on an image, each problem at its path; the
+/// schema and the validator agree.
+#[test]
+fn build_secrets() {
+    let ok = image(|i| {
+        i["secrets"] = json!({
+            "npm": {"secret": "ci-tokens", "key": ".npmrc"},
+            "gh.token-2": {"secret": "github", "key": "token"},
+        });
+    });
+    assert_eq!(ok, Vec::<String>::new());
+    let got = image(|i| {
+        i["secrets"] = json!({
+            "..": {"secret": "Bad_Name", "key": "..data"},
+            "a/b": {"secret": "ok", "key": "."},
+        });
+    });
+    assert_eq!(
+        got,
+        [
+            r#"images[0].secrets[".."]: ".." is not a valid secret id; use 1-64 of letters, digits, '_', '.' and '-', not "." or "..""#,
+            r#"images[0].secrets[".."].secret: "Bad_Name" is not a valid Secret name (lowercase letters, digits, '-' and '.', at most 253)"#,
+            r#"images[0].secrets[".."].key: "..data" is not a valid Secret key (1-253 of letters, digits, '-', '_' and '.', not "." and not starting with "..")"#,
+            r#"images[0].secrets["a/b"]: "a/b" is not a valid secret id; use 1-64 of letters, digits, '_', '.' and '-', not "." or "..""#,
+            r#"images[0].secrets["a/b"].key: "." is not a valid Secret key (1-253 of letters, digits, '-', '_' and '.', not "." and not starting with "..")"#,
+        ]
+    );
+    let many: serde_json::Map<String, Value> = (0..17)
+        .map(|n| (format!("s{n}"), json!({"secret": "s", "key": "k"})))
+        .collect();
+    one(
+        image(|i| i["secrets"] = Value::Object(many)),
+        "images[0].secrets: has 17 entries; the limit is 16",
+    );
+    let unknown = image(|i| {
+        i["secrets"] = json!({"npm": {"secret": "s", "key": "k", "value": "hunter2"}});
+    });
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert!(unknown[0].contains("value"), "{unknown:?}");
+    assert!(!unknown[0].contains("hunter2"), "{unknown:?}");
 }

@@ -22,13 +22,13 @@ fn policy_text() -> String {
 namespace = "{NAMESPACE}"
 allowedDestinations = ["registry.example.com/shop"]
 registrySecret = "shop-registry"
-gitCredentials = {{ secret = "shop-git" }}
+gitCredentials = {{ secret = "shop-git", hosts = ["github.com"] }}
 
 [tenants.bank]
 namespace = "kiln-bank"
 allowedDestinations = ["registry.example.com/bank"]
 registrySecret = "bank-registry"
-gitCredentials = {{ secret = "bank-git" }}
+gitCredentials = {{ secret = "bank-git", hosts = ["github.com"] }}
 "#
     )
 }

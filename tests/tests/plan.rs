@@ -465,3 +465,83 @@ async fn the_plan_is_what_the_worker_sends_to_the_api() {
     }
     env.cleanup().await;
 }
+
+// ------------------------------------------------ credentials and warnings
+
+/// Issue 18 items 7, 11 and 12: `kiln plan` says which images get the git
+/// credentials and why one does not, shows each build secret mount, and
+/// warns about a build arg whose name looks secret; `kiln validate` gives
+/// the same warning (`warnings` in JSON). Never a value.
+#[test]
+fn plan_and_validate_say_where_credentials_go_and_warn_about_secret_build_args() {
+    let dir = TempDir::new();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[tenants.default]
+namespace = "kiln-shop"
+allowedDestinations = ["registry.example.com/shop"]
+buildSecrets = ["ci-tokens"]
+gitCredentials = { secret = "shop-git", hosts = ["github.com"] }
+"#,
+    )
+    .unwrap();
+    let request = dir.path().join("build.json");
+    let body = json!({
+        "apiVersion": "kiln/v1", "kind": "BuildRequest", "id": "creds-1",
+        "images": [
+            {"name": "api", "context": {"git": {"url": "https://github.com/acme/cart.git"}},
+             "destinations": ["registry.example.com/shop/api:1"],
+             "buildArgs": {"NPM_TOKEN": "npm_s3cr3tvalue", "VERSION": "1"},
+             "secrets": {"npm": {"secret": "ci-tokens", "key": "npmrc"}}},
+            {"name": "tools", "context": {"git": {"url": "https://git.evil.example/acme/tools.git"}},
+             "destinations": ["registry.example.com/shop/tools:1"]}
+        ]
+    });
+    std::fs::write(&request, serde_json::to_vec(&body).unwrap()).unwrap();
+    let request = request.to_str().unwrap();
+    let out = plan(&[request, "--policy", policy.to_str().unwrap()]);
+    let objs = objects(&out);
+    let stderr = text(&out.stderr);
+    for want in [
+        ": images[0].buildArgs.NPM_TOKEN: NPM_TOKEN looks like a secret",
+        "images[0] (api): git credentials from Secret \"shop-git\"",
+        "images[0] (api): build secret npm: Secret \"ci-tokens\" key \"npmrc\" at /kaniko/build-secrets/npm/npmrc",
+        "images[1] (tools): git credentials omitted: git.evil.example is not in tenants.default.gitCredentials.hosts (github.com)",
+    ] {
+        assert!(stderr.contains(want), "{want}\n{stderr}");
+    }
+    assert!(!stderr.contains("npm_s3cr3tvalue"), "{stderr}");
+    let tools = objs
+        .iter()
+        .find(|o| o["metadata"]["labels"]["kiln.dev/image"] == "tools")
+        .unwrap();
+    assert!(
+        !tools["spec"].to_string().contains("secretKeyRef"),
+        "{tools}"
+    );
+
+    let out = Command::new(kiln_bin())
+        .args(["validate", request])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a warning is not a refusal");
+    assert!(
+        text(&out.stderr).contains("warning: ")
+            && text(&out.stderr).contains("NPM_TOKEN looks like a secret"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(kiln_bin())
+        .args(["validate", "-o", "json", request])
+        .output()
+        .unwrap();
+    let verdict: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["valid"], true);
+    assert_eq!(
+        verdict["warnings"][0]["path"],
+        "images[0].buildArgs.NPM_TOKEN"
+    );
+    assert!(!text(&out.stdout).contains("npm_s3cr3tvalue"));
+}

@@ -158,6 +158,11 @@ fn masked_arg(arg: &str, image: &ImagePlan, known: &[&str]) -> String {
             masked_value(name, &image.build_args[name], known)
         );
     }
+    // `--secret=id=<id>,src=<path>` names a file, never a value (ids and
+    // paths are validated); the masker would take it for `secret=<value>`.
+    if arg.starts_with("--secret=id=") {
+        return arg.to_owned();
+    }
     mask_text(arg, known)
 }
 
@@ -226,6 +231,10 @@ fn image_parameters(image: &ImagePlan) -> Value {
             .map(|(k, v)| (k.clone(), json!(masked_value(k, v, &known))))
             .collect();
         out.insert("buildArgs".into(), Value::Object(args));
+    }
+    // References (Secret and key), never values: Kiln never reads them.
+    if !image.secrets.is_empty() {
+        out.insert("secrets".into(), json!(image.secrets));
     }
     insert(&mut out, "target", image.target.as_deref());
     out.insert("destinations".into(), json!(image.destinations));
@@ -318,6 +327,14 @@ VWbYFlhVY28TqBWXO0ftlSNcUA49/rZjwGzwv96N9gmb1TFe/yxhJZtv
             cpu: "1".into(),
             memory: "2Gi".into(),
             ephemeral_storage: Some("10Gi".into()),
+            git_credentials_omitted: false,
+            secrets: BTreeMap::from([(
+                "npm".to_owned(),
+                kiln_protocol::SecretRef {
+                    secret: "ci-tokens".into(),
+                    key: "npmrc".into(),
+                },
+            )]),
         };
         let mut web = image(
             "web",
@@ -451,6 +468,11 @@ VWbYFlhVY28TqBWXO0ftlSNcUA49/rZjwGzwv96N9gmb1TFe/yxhJZtv
         assert_eq!(ext["request"]["images"][0]["buildArgs"]["NPM_TOKEN"], MASK);
         assert_eq!(ext["request"]["images"][0]["buildArgs"]["VERSION"], "1.2.3");
         assert!(ext["request"]["images"][1]["dockerfileInlineSha256"].is_string());
+        // Issue 18 item 12: build secrets appear as references only.
+        assert_eq!(
+            ext["request"]["images"][0]["secrets"],
+            json!({"npm": {"secret": "ci-tokens", "key": "npmrc"}})
+        );
         let int = &p.build_definition.internal_parameters;
         assert_eq!(int["namespace"], "kiln-shop");
         assert_eq!(int["runtimeClassName"], "gvisor");
@@ -462,6 +484,10 @@ VWbYFlhVY28TqBWXO0ftlSNcUA49/rZjwGzwv96N9gmb1TFe/yxhJZtv
             .map(|a| a.as_str().unwrap())
             .collect();
         assert!(args.contains(&"--build-arg=NPM_TOKEN=***"), "{args:?}");
+        assert!(
+            args.contains(&"--secret=id=npm,src=/kaniko/build-secrets/npm/npmrc"),
+            "{args:?}"
+        );
         assert!(
             args.contains(&"--digest-file=/dev/termination-log"),
             "{args:?}"

@@ -20,6 +20,7 @@ caps = { maxAttempts = 3, maxTimeoutSeconds = 3600, maxCpu = "2", maxMemory = "4
 
 [tenants.shop.gitCredentials]
 secret = "shop-git"
+hosts = ["github.com"]
 
 [tenants.bank]
 namespace = "bank-builds"
@@ -29,6 +30,7 @@ serviceAccountName = "bank-builder"
 
 [tenants.bank.gitCredentials]
 secret = "bank-git"
+hosts = ["github.com"]
 "#,
     )
     .unwrap()

@@ -81,6 +81,8 @@ fn plan(images: &[&str], max_attempts: u32, timeout_secs: i64) -> Arc<BuildPlan>
                 cpu: "1".into(),
                 memory: "1Gi".into(),
                 ephemeral_storage: None,
+                git_credentials_omitted: false,
+                secrets: BTreeMap::new(),
             })
             .collect(),
     })

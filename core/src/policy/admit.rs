@@ -6,8 +6,8 @@ use std::time::Duration;
 use kiln_protocol::{BuildRequest, ImageSpec, ROOT_PATH, ValidationError};
 
 use super::{
-    Admission, DEFAULT_TENANT, DestinationPrefix, Policy, Quantity, ResourceQuantities, Tenant,
-    quote,
+    Admission, DEFAULT_TENANT, DestinationPrefix, OtherHosts, Policy, Quantity, ResourceQuantities,
+    Tenant, quote,
 };
 
 impl Policy {
@@ -42,10 +42,14 @@ impl Policy {
         let resources: Vec<ResourceQuantities> = (req.images.iter().enumerate())
             .map(|(i, image)| t.admit_image(i, image, &who, &mut errs))
             .collect();
+        let git_credentials_omitted: Vec<bool> = (req.images.iter().enumerate())
+            .map(|(i, image)| t.git_credentials_omitted(i, image, &who, &mut errs))
+            .collect();
         if !errs.is_empty() {
             return Err(errs);
         }
-        let uses_git = req.images.iter().any(|i| i.context.git.is_some());
+        let uses_git = (req.images.iter().zip(&git_credentials_omitted))
+            .any(|(i, omitted)| i.context.git.is_some() && !omitted);
         let uses_s3 = req.images.iter().any(|i| i.context.s3.is_some());
         Ok(Admission {
             tenant: name.to_owned(),
@@ -63,6 +67,7 @@ impl Policy {
             cache_repo: t.cache_repo.clone(),
             runtime_class_name: t.runtime_class_name.clone(),
             resources,
+            git_credentials_omitted,
         })
     }
 
@@ -127,6 +132,21 @@ fn label_key_problem(key: &str, allowed: Option<&[String]>, who: &str) -> Option
             }
         )),
         _ => None,
+    }
+}
+
+/// `.key` for identifier keys, `["key"]` otherwise: the request's own
+/// path syntax (`kiln_protocol` validation paths).
+fn json_key(k: &str) -> String {
+    let identifier = k
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if identifier {
+        format!(".{k}")
+    } else {
+        format!("[{}]", quote(k))
     }
 }
 
@@ -210,6 +230,28 @@ impl Tenant {
                 ),
             ));
         }
+        if let Some(endpoint) = image.context.s3.as_ref().and_then(|s| s.endpoint.as_ref())
+            && let Some(creds) = &self.s3_credentials
+            && creds.endpoint.is_none()
+        {
+            // With a policy endpoint, that one wins (pod/spec.rs); without
+            // one the credentials are AWS's and go to AWS only.
+            errs.push(ValidationError::new(
+                format!("images[{i}].context.s3.endpoint"),
+                format!(
+                    "{} would receive the S3 credentials of {who}, which go only to AWS S3 (the policy names no s3Credentials.endpoint); drop the endpoint, or ask the operators to set it in the policy",
+                    quote(endpoint)
+                ),
+            ));
+        }
+        for (id, r) in &image.secrets {
+            if !self.build_secrets.iter().any(|g| g.allows(r)) {
+                errs.push(ValidationError::new(
+                    format!("images[{i}].secrets{}.secret", json_key(id)),
+                    self.build_secret_problem(r, who),
+                ));
+            }
+        }
         let requested = image.resources.as_ref();
         let (defaults, caps) = (&self.defaults, &self.caps);
         // Field in the request, what it asks, default, cap, what it is.
@@ -245,6 +287,50 @@ impl Tenant {
             memory,
             ephemeral_storage,
         }
+    }
+
+    /// Whether image `i` has a git context on a host the tenant's git
+    /// credentials do not list, so that it goes without them; under
+    /// `otherHosts = "refuse"` that is a violation instead.
+    fn git_credentials_omitted(
+        &self,
+        i: usize,
+        image: &ImageSpec,
+        who: &str,
+        errs: &mut Vec<ValidationError>,
+    ) -> bool {
+        let (Some(creds), Some(git)) = (&self.git_credentials, &image.context.git) else {
+            return false;
+        };
+        if creds.allows(git) {
+            return false;
+        }
+        if creds.other_hosts == OtherHosts::Refuse {
+            errs.push(ValidationError::new(
+                format!("images[{i}].context.git.url"),
+                format!(
+                    "{} is not a host the git credentials of {who} may be sent to; allowed hosts: {}",
+                    quote(&git.authority().unwrap_or_default()),
+                    creds.hosts.join(", ")
+                ),
+            ));
+        }
+        true
+    }
+
+    /// Why the build secret `r` may not be mounted by this tenant's builds.
+    fn build_secret_problem(&self, r: &kiln_protocol::SecretRef, who: &str) -> String {
+        let allowed: Vec<String> = self.build_secrets.iter().map(ToString::to_string).collect();
+        format!(
+            "Secret {} (key {}) is not one the builds of {who} may mount; allowed (policy buildSecrets): {}",
+            quote(&r.secret),
+            quote(&r.key),
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        )
     }
 
     /// Why `dest` may not be pushed to by this tenant, if it may not.

@@ -51,6 +51,10 @@ pub(super) struct TenantFile {
     /// ending in `/`.
     #[serde(default)]
     pub(super) allowed_label_keys: Option<Vec<String>>,
+    /// Secrets the tenant's builds may mount as build secrets: `name`
+    /// (any key) or `name/key`.
+    #[serde(default)]
+    pub(super) build_secrets: Vec<String>,
     #[serde(default)]
     pub(super) caps: CapsFile,
     #[serde(default)]
@@ -65,6 +69,15 @@ pub(super) struct GitCredentialsFile {
     pub(super) username_key: String,
     #[serde(default = "default_password_key")]
     pub(super) password_key: String,
+    /// Required: the hosts (`host` or `host:port`) the credentials may be
+    /// sent to. An `Option` so that its absence gets the policy's own
+    /// message, not the parser's.
+    #[serde(default)]
+    pub(super) hosts: Option<Vec<String>>,
+    /// A git context on another host: `omit` (build without the
+    /// credentials, the default) or `refuse` (`PolicyViolation`).
+    #[serde(default)]
+    pub(super) other_hosts: super::OtherHosts,
 }
 
 fn default_username_key() -> String {

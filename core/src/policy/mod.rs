@@ -27,7 +27,8 @@
 //! cacheRepo = "registry.example.com/payments/cache"
 //! runtimeClassName = "gvisor"                    # optional sandbox around Kaniko's root
 //! allowInsecureS3Endpoint = false                # the default: S3 endpoints must be https
-//! gitCredentials = { secret = "payments-git" }   # usernameKey "username", passwordKey "password" by default
+//! buildSecrets = ["npm-token", "ci-keys/pypi"]   # Secrets (or Secret/key) requests may mount as build secrets
+//! gitCredentials = { secret = "payments-git", hosts = ["github.com"] }  # usernameKey "username", passwordKey "password" by default
 //! s3Credentials = { secret = "payments-s3", region = "eu-west-1" }
 //! caps = { maxCpu = "2", maxMemory = "4Gi", maxImages = 8 }
 //! defaults = { cpu = "500m", memory = "1Gi" }
@@ -74,14 +75,22 @@
 //!
 //! [`Admission`] carries the git (S3) credentials only when an image of the
 //! request has a git (S3) context: a pod never sees a Secret it does not
-//! need. The S3 `region` and `endpoint` of the policy are defaults for
+//! need. Git credentials go only to the hosts `gitCredentials.hosts` lists
+//! (required): a git context on another host builds without them
+//! (`otherHosts = "omit"`, the default) or is refused (`"refuse"`). S3
+//! credentials go only to the policy's `endpoint`, which wins over a
+//! request's, or to AWS when the policy names none: then a request naming
+//! an endpoint is refused. The S3 `region` of the policy is a default for
 //! contexts that do not name their own.
 
 mod admit;
+mod credentials;
 mod file;
 mod parse;
 mod recheck;
 mod resolve;
+
+pub use credentials::{BuildSecretGrant, GitCredentials, OtherHosts, S3Credentials};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -147,6 +156,9 @@ pub struct Tenant {
     /// prefixes ending in `/`. `None`: any key but those
     /// [`refused_label_key`] names.
     pub allowed_label_keys: Option<Vec<String>>,
+    /// The Secrets (and keys) a request's `secrets` may name
+    /// (`buildSecrets`); empty: none.
+    pub build_secrets: Vec<BuildSecretGrant>,
     pub caps: Caps,
     pub defaults: Defaults,
 }
@@ -348,27 +360,6 @@ fn is_path_component(c: &str) -> bool {
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
-/// Git credentials: a Secret with a user name and a password (or token),
-/// given to Kaniko as `GIT_USERNAME` / `GIT_PASSWORD` through `secretKeyRef`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GitCredentials {
-    pub secret: String,
-    pub username_key: String,
-    pub password_key: String,
-}
-
-/// S3 credentials: a Secret with an access key pair, given to Kaniko as
-/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` through `secretKeyRef`,
-/// plus defaults for contexts that name no region or endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Credentials {
-    pub secret: String,
-    pub access_key_id_key: String,
-    pub secret_access_key_key: String,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-}
-
 /// What the policy grants an accepted request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admission {
@@ -381,8 +372,13 @@ pub struct Admission {
     pub timeout: Duration,
     pub service_account: String,
     pub registry_secret: Option<String>,
-    /// Only when an image of the request has a git context.
+    /// Only when an image of the request has a git context on a host the
+    /// credentials list.
     pub git_credentials: Option<GitCredentials>,
+    /// One per image, in request order: `true` when its git context names
+    /// a host the tenant's git credentials do not list, so that its pod
+    /// goes without them (`otherHosts = "omit"`).
+    pub git_credentials_omitted: Vec<bool>,
     /// Only when an image of the request has an S3 context.
     pub s3_credentials: Option<S3Credentials>,
     pub cache_repo: Option<String>,
@@ -510,6 +506,7 @@ impl Policy {
             runtime_class_name: None,
             allow_insecure_s3_endpoint: false,
             allowed_label_keys: None,
+            build_secrets: Vec::new(),
             caps: Caps {
                 max_attempts: builtin::MAX_ATTEMPTS,
                 max_timeout_seconds: builtin::MAX_TIMEOUT_SECONDS,

@@ -83,6 +83,7 @@ fn request_of(plan: &BuildPlan) -> Result<BuildRequest, String> {
             dockerfile_inline: i.rendered_dockerfile.clone(),
             template_args: std::collections::BTreeMap::new(),
             build_args: i.build_args.clone(),
+            secrets: i.secrets.clone(),
             target: i.target.clone(),
             destinations: i.destinations.clone(),
             platform: i.platform.clone(),

@@ -13,9 +13,9 @@ use super::file::{
     S3CredentialsFile, TenantFile,
 };
 use super::{
-    Caps, DEFAULT_SERVICE_ACCOUNT, Defaults, DestinationPrefix, GitCredentials, Policy,
-    PolicyError, PolicyProblem, Quantity, S3Credentials, Tenant, builtin, builtin_quantity, key,
-    quote,
+    BuildSecretGrant, Caps, DEFAULT_SERVICE_ACCOUNT, Defaults, DestinationPrefix, GitCredentials,
+    Policy, PolicyError, PolicyProblem, Quantity, S3Credentials, Tenant, builtin, builtin_quantity,
+    key, quote,
 };
 
 // ---------------------------------------------------------------------------
@@ -191,7 +191,7 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
         None => DEFAULT_SERVICE_ACCOUNT.to_owned(),
     };
     if let Some(repo) = &tf.cache_repo
-        && let Some(reason) = cache_repo_problem(repo)
+        && let Some(reason) = cache_repo_problem(repo, &allowed)
     {
         r.problem(format!("{base}.cacheRepo"), reason);
     }
@@ -215,6 +215,7 @@ fn resolve_tenant(r: &mut Resolver, base: &str, tf: TenantFile, top: &InheritedF
         runtime_class_name: tf.runtime_class_name,
         allow_insecure_s3_endpoint: allow_insecure,
         allowed_label_keys: tf.allowed_label_keys,
+        build_secrets: r.build_secrets(base, &tf.build_secrets),
         caps,
         defaults,
     }
@@ -240,6 +241,30 @@ impl Resolver {
         allowed
     }
 
+    /// `buildSecrets`: each `name` or `name/key`, both valid.
+    fn build_secrets(&mut self, base: &str, entries: &[String]) -> Vec<BuildSecretGrant> {
+        let mut out = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let path = format!("{base}.buildSecrets[{i}]");
+            let (secret, key) = match e.split_once('/') {
+                Some((s, k)) => (s, Some(k)),
+                None => (e.as_str(), None),
+            };
+            let before = self.problems.len();
+            self.secret_name(path.clone(), secret);
+            if let Some(k) = key {
+                self.secret_key(path, k);
+            }
+            if self.problems.len() == before {
+                out.push(BuildSecretGrant {
+                    secret: secret.to_owned(),
+                    key: key.map(str::to_owned),
+                });
+            }
+        }
+        out
+    }
+
     fn secret_name(&mut self, path: String, name: &str) {
         self.name(path, name, "Secret name", is_dns1123_subdomain);
     }
@@ -249,11 +274,42 @@ impl Resolver {
         self.secret_name(format!("{path}.secret"), &g.secret);
         self.secret_key(format!("{path}.usernameKey"), &g.username_key);
         self.secret_key(format!("{path}.passwordKey"), &g.password_key);
+        let hosts = self.git_hosts(path, g.hosts);
         GitCredentials {
             secret: g.secret,
             username_key: g.username_key,
             password_key: g.password_key,
+            hosts,
+            other_hosts: g.other_hosts,
         }
+    }
+
+    /// `gitCredentials.hosts`: required, each a lowercase `host` or
+    /// `host:port`; `:443` is dropped (it is how a git URL without a port
+    /// is compared).
+    fn git_hosts(&mut self, path: &str, hosts: Option<Vec<String>>) -> Vec<String> {
+        let path = format!("{path}.hosts");
+        let Some(hosts) = hosts else {
+            self.problem(
+                path,
+                "is required: list the hosts (\"github.com\", \"git.example.com:8443\") these credentials may be sent to; the executor sends them as Basic auth to the host of every git context that gets them",
+            );
+            return Vec::new();
+        };
+        if hosts.is_empty() {
+            self.problem(
+                path.clone(),
+                "lists no host; name at least one, or drop gitCredentials",
+            );
+        }
+        let mut out = Vec::new();
+        for (i, h) in hosts.iter().enumerate() {
+            match git_host_problem(h) {
+                Some(reason) => self.problem(format!("{path}[{i}]"), reason),
+                None => out.push(h.strip_suffix(":443").unwrap_or(h).to_owned()),
+            }
+        }
+        out
     }
 
     /// `base` is `tenants.<name>`; a plain-http endpoint needs the tenant's
@@ -420,8 +476,34 @@ fn s3_endpoint_problem(endpoint: &str, allow_insecure: bool, base: &str) -> Opti
     }
 }
 
-/// Kaniko's `--cache-repo` is a repository: a reference without tag or digest.
-fn cache_repo_problem(repo: &str) -> Option<String> {
+/// Why `h` is not a host git credentials may be listed for.
+fn git_host_problem(h: &str) -> Option<String> {
+    if h.contains('*') {
+        return Some(format!(
+            "{} has a wildcard; list each host (wildcards would send the credentials to hosts nobody chose)",
+            quote(h)
+        ));
+    }
+    if h.contains("://") || h.contains('/') {
+        return Some(format!(
+            "{} is not a host; write the host alone, e.g. \"github.com\" or \"git.example.com:8443\"",
+            quote(h)
+        ));
+    }
+    if !super::is_registry_host(h) {
+        return Some(format!(
+            "{} is not a host name (lowercase letters, digits, '-' and '.', optional :port)",
+            quote(h)
+        ));
+    }
+    None
+}
+
+/// Kaniko's `--cache-repo` is a repository: a reference without tag or
+/// digest, under one of the tenant's allowed destinations (Kaniko pushes
+/// cache layers there with the tenant's registry credentials, like any
+/// destination).
+fn cache_repo_problem(repo: &str, allowed: &[DestinationPrefix]) -> Option<String> {
     let last = repo.rsplit('/').next().unwrap_or(repo);
     if repo.contains('@') || (repo.contains('/') && last.contains(':')) {
         return Some(format!(
@@ -429,9 +511,24 @@ fn cache_repo_problem(repo: &str) -> Option<String> {
             quote(repo)
         ));
     }
-    kiln_protocol::parse_image_reference(repo)
-        .err()
-        .map(|reason| format!("{} is not a valid repository: {reason}", quote(repo)))
+    let reference = match kiln_protocol::parse_image_reference(repo) {
+        Ok(r) => r,
+        Err(reason) => {
+            return Some(format!(
+                "{} is not a valid repository: {reason}",
+                quote(repo)
+            ));
+        }
+    };
+    let normalised = format!("{}/{}", reference.registry(), reference.repository());
+    // With no valid prefix at all, allowedDestinations has its own problem.
+    if allowed.is_empty() || allowed.iter().any(|p| p.allows(&normalised)) {
+        return None;
+    }
+    Some(format!(
+        "{} is not under the tenant's allowedDestinations: Kaniko pushes cache layers there with the tenant's registry credentials; allow it there or choose a repository under them",
+        quote(repo)
+    ))
 }
 
 fn is_region(s: &str) -> bool {

@@ -108,6 +108,8 @@ fn example_resolves_inheritance() {
             secret: "payments-git".to_owned(),
             username_key: "username".to_owned(),
             password_key: "token".to_owned(),
+            hosts: vec!["github.com".to_owned(), "git.example.com:8443".to_owned()],
+            other_hosts: OtherHosts::Refuse,
         })
     );
     assert_eq!(payments.caps.max_attempts, 5);
@@ -216,7 +218,7 @@ tenants:
   t:
     namespace: t
     allowedDestinations: ['*']
-    gitCredentials: { secret: git }
+    gitCredentials: { secret: git, hosts: [github.com] }
     s3Credentials: { secret: s3 }
 ",
     )
@@ -335,7 +337,7 @@ allowedDestinations = ["shop", "registry.example.com/shop:1", "Registry.example.
 registrySecret = "bad secret"
 serviceAccountName = "-sa"
 cacheRepo = "registry.example.com/cache:latest"
-gitCredentials = { secret = "git", passwordKey = "pass word" }
+gitCredentials = { secret = "git", passwordKey = "pass word", hosts = ["github.com"] }
 s3Credentials = { secret = "s3", region = "EU", endpoint = "s3.example.com" }
 caps = { maxAttempts = 0, maxImages = 0, maxMemory = "lots" }
 defaults = { cpu = "-1", timeoutSeconds = 0 }
@@ -588,6 +590,7 @@ fn admits_with_defaults_applied() {
             s3_credentials: None,
             cache_repo: Some("registry.example.com/payments/cache".to_owned()),
             runtime_class_name: None,
+            git_credentials_omitted: vec![false, false, false],
             resources: vec![
                 ResourceQuantities {
                     cpu: "1".to_owned(),
@@ -987,4 +990,270 @@ s3Credentials = { secret = "s3", endpoint = "http://minio:9000" }
     assert_eq!(violation_paths(&errs), ["images[0].context.s3.endpoint"]);
     let lax = Policy::from_toml_str(&text(true)).unwrap();
     assert!(lax.admit(Some("t"), &req).is_ok());
+}
+
+// ---------------------------------------------------------------------------
+// Issue 18 item 7: credentials only to the hosts the policy lists.
+
+fn git_policy(other_hosts: &str) -> Policy {
+    Policy::from_toml_str(&format!(
+        r#"
+[tenants.shop]
+namespace = "shop"
+allowedDestinations = ["*"]
+gitCredentials = {{ secret = "shop-git", hosts = ["github.com", "git.example.com:8443", "gitlab.example.com:443"]{other_hosts} }}
+"#
+    ))
+    .unwrap()
+}
+
+fn git_image(name: &str, url: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "context": { "git": { "url": url } },
+        "destinations": ["registry.example.com/shop/x:1"],
+    })
+}
+
+#[test]
+fn git_credentials_need_hosts() {
+    let problems = toml_problems(
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\ngitCredentials = { secret = \"git\" }\n",
+    );
+    assert_eq!(paths(&problems), ["tenants.t.gitCredentials.hosts"]);
+    assert!(
+        problems[0].reason.starts_with("is required"),
+        "{problems:?}"
+    );
+    let problems = toml_problems(
+        r#"
+[tenants.t]
+namespace = "t"
+allowedDestinations = ["*"]
+gitCredentials = { secret = "git", hosts = ["*.example.com", "https://github.com", "GitHub.com", "ok.example.com:22"] }
+"#,
+    );
+    assert_eq!(
+        paths(&problems),
+        [
+            "tenants.t.gitCredentials.hosts[0]",
+            "tenants.t.gitCredentials.hosts[1]",
+            "tenants.t.gitCredentials.hosts[2]",
+        ]
+    );
+    assert!(problems[0].reason.contains("wildcard"), "{problems:?}");
+    let problems = toml_problems(
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\ngitCredentials = { secret = \"git\", hosts = [] }\n",
+    );
+    assert_eq!(paths(&problems), ["tenants.t.gitCredentials.hosts"]);
+    let err = Policy::from_toml_str(
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\ngitCredentials = { secret = \"git\", hosts = [\"github.com\"], otherHosts = \"send\" }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("otherHosts") && err.contains("omit"), "{err}");
+}
+
+#[test]
+fn git_credentials_go_only_to_listed_hosts_and_ports() {
+    let p = git_policy("");
+    let req = request(json!({"images": [
+        git_image("listed", "https://github.com/acme/cart.git"),
+        git_image("other", "https://evil.example.com/acme/cart.git"),
+        git_image("port", "https://git.example.com:8443/a/b.git"),
+        git_image("wrong-port", "https://git.example.com/a/b.git"),
+        git_image("default-port", "https://gitlab.example.com/a/b.git"),
+        image("url", "registry.example.com/shop/y:1"),
+    ]}));
+    let mut req = req;
+    req.images[5].context = serde_json::from_value(json!({"url": "https://e.com/c.tgz"})).unwrap();
+    let a = p.admit(Some("shop"), &req).unwrap();
+    assert_eq!(
+        a.git_credentials_omitted,
+        [false, true, false, true, false, false]
+    );
+    assert_eq!(
+        a.git_credentials.as_ref().map(|g| g.secret.as_str()),
+        Some("shop-git")
+    );
+    let plan =
+        crate::plan::BuildPlan::new(&req, &a, vec![None; 6], jiff::Timestamp::UNIX_EPOCH, None);
+    let omitted: Vec<bool> = plan
+        .images
+        .iter()
+        .map(|i| i.git_credentials_omitted)
+        .collect();
+    assert_eq!(omitted, a.git_credentials_omitted);
+    // Only unlisted hosts: no Secret at all in the admission.
+    let only_other =
+        request(json!({"images": [git_image("other", "https://evil.example.com/a/b.git")]}));
+    let a = p.admit(Some("shop"), &only_other).unwrap();
+    assert_eq!(a.git_credentials, None);
+    assert_eq!(a.git_credentials_omitted, [true]);
+}
+
+#[test]
+fn other_hosts_refuse_names_the_url_and_the_allowed_hosts() {
+    let p = git_policy(", otherHosts = \"refuse\"");
+    let req = request(json!({"images": [
+        git_image("listed", "https://github.com/acme/cart.git"),
+        git_image("other", "https://evil.example.com/acme/cart.git"),
+    ]}));
+    let errs = p.admit(Some("shop"), &req).unwrap_err();
+    assert_eq!(violation_paths(&errs), ["images[1].context.git.url"]);
+    assert_eq!(
+        errs[0].reason,
+        "\"evil.example.com\" is not a host the git credentials of tenant \"shop\" may be sent to; allowed hosts: github.com, git.example.com:8443, gitlab.example.com"
+    );
+    let ok = request(json!({"images": [git_image("listed", "https://github.com/acme/cart.git")]}));
+    assert_eq!(
+        p.admit(Some("shop"), &ok).unwrap().git_credentials_omitted,
+        [false]
+    );
+}
+
+/// S3 credentials without a policy endpoint are AWS's: a request naming
+/// its own endpoint would have them sent there.
+#[test]
+fn s3_credentials_without_a_policy_endpoint_refuse_a_request_endpoint() {
+    let p = Policy::from_toml_str(
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\ns3Credentials = { secret = \"s3\" }\n",
+    )
+    .unwrap();
+    let s3 = |endpoint: Option<&str>| {
+        let mut ctx = json!({ "bucket": "contexts", "key": "c.tar.gz" });
+        if let Some(e) = endpoint {
+            ctx["endpoint"] = json!(e);
+        }
+        request(json!({"images": [{
+            "name": "etl", "context": { "s3": ctx }, "destinations": ["r.example.com/etl:1"],
+        }]}))
+    };
+    let errs = p
+        .admit(Some("t"), &s3(Some("https://evil.example.com")))
+        .unwrap_err();
+    assert_eq!(violation_paths(&errs), ["images[0].context.s3.endpoint"]);
+    assert!(errs[0].reason.contains("only to AWS S3"), "{errs:?}");
+    assert!(p.admit(Some("t"), &s3(None)).is_ok());
+    // The data tenant's endpoint wins over a request's (pod/spec.rs): admitted.
+    let data_req = request(json!({"images": [{
+        "name": "etl",
+        "context": { "s3": { "bucket": "contexts", "key": "c.tgz", "endpoint": "https://other.example.com" } },
+        "destinations": ["ghcr.io/acme-data/etl:1"],
+    }]}));
+    assert!(example().admit(Some("data"), &data_req).is_ok());
+}
+
+// ---------------------------------------------------------------------------
+// Issue 18 item 12: build secrets only from the Secrets the policy lists.
+
+#[test]
+fn build_secrets_must_be_listed() {
+    let p = example();
+    let with = |secrets: serde_json::Value| {
+        let mut img = image("api", "registry.example.com/payments/api:1");
+        img["secrets"] = secrets;
+        request(json!({ "images": [img] }))
+    };
+    let ok = with(json!({
+        "npm": {"secret": "payments-npm", "key": "anything"},
+        "pypi": {"secret": "ci-tokens", "key": "pypi"},
+    }));
+    assert!(p.admit(Some("payments"), &ok).is_ok());
+    let bad = with(json!({
+        "other": {"secret": "bank-tokens", "key": "npm"},
+        "ci.key": {"secret": "ci-tokens", "key": "npm"},
+    }));
+    let errs = p.admit(Some("payments"), &bad).unwrap_err();
+    assert_eq!(
+        violation_paths(&errs),
+        [
+            "images[0].secrets[\"ci.key\"].secret",
+            "images[0].secrets.other.secret"
+        ]
+    );
+    assert_eq!(
+        errs[1].reason,
+        "Secret \"bank-tokens\" (key \"npm\") is not one the builds of tenant \"payments\" may mount; allowed (policy buildSecrets): payments-npm, ci-tokens/pypi"
+    );
+    // A tenant without buildSecrets may mount none.
+    let errs = p.admit(
+        Some("default"),
+        &with(json!({"npm": {"secret": "payments-npm", "key": "k"}})),
+    );
+    let errs = errs.unwrap_err();
+    let secret = errs
+        .iter()
+        .find(|e| e.path == "images[0].secrets.npm.secret");
+    assert!(
+        secret.is_some_and(|e| e.reason.ends_with("allowed (policy buildSecrets): none")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn build_secret_entries_are_checked() {
+    let problems = toml_problems(
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\nbuildSecrets = [\"ok\", \"Bad\", \"ok/bad key\", \"ok/.npmrc\"]\n",
+    );
+    assert_eq!(
+        paths(&problems),
+        ["tenants.t.buildSecrets[1]", "tenants.t.buildSecrets[2]"]
+    );
+}
+
+/// Adoption trusts no plan: one that gives git credentials to an unlisted
+/// host, or mounts a Secret the policy does not list, is refused.
+#[test]
+fn recheck_refuses_plans_that_send_credentials_or_secrets_elsewhere() {
+    let p = git_policy("");
+    let req = request(json!({"images": [git_image("other", "https://evil.example.com/a/b.git")]}));
+    let a = p.admit(Some("shop"), &req).unwrap();
+    let mut plan =
+        crate::plan::BuildPlan::new(&req, &a, vec![None], jiff::Timestamp::UNIX_EPOCH, None);
+    plan.deadline = plan.accepted_at + jiff::SignedDuration::from_secs(600);
+    plan.max_attempts = 3;
+    let clean = p.recheck(&plan);
+    assert!(clean.is_empty(), "{clean:?}");
+    let mut forged = plan.clone();
+    forged.images[0].git_credentials_omitted = false;
+    forged.git_secret = Some(crate::plan::SecretKeys {
+        secret: "shop-git".into(),
+        id_key: "username".into(),
+        secret_key: "password".into(),
+    });
+    assert!(!p.recheck(&forged).is_empty());
+    let mut forged = plan;
+    forged.images[0].secrets.insert(
+        "x".into(),
+        kiln_protocol::SecretRef {
+            secret: "bank-tokens".into(),
+            key: "npm".into(),
+        },
+    );
+    let why = p.recheck(&forged);
+    assert!(
+        why.iter().any(|w| w.contains("secrets.x.secret")),
+        "{why:?}"
+    );
+}
+
+/// Issue 18 item 7: Kaniko pushes the cache with the tenant's registry
+/// credentials, so the cache repository obeys the destination prefixes.
+#[test]
+fn the_cache_repo_must_be_an_allowed_destination() {
+    let problems = toml_problems(
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"registry.example.com/t\"]\ncacheRepo = \"registry.example.com/other/cache\"\n",
+    );
+    assert_eq!(paths(&problems), ["tenants.t.cacheRepo"]);
+    assert!(
+        problems[0].reason.contains("allowedDestinations"),
+        "{problems:?}"
+    );
+    for ok in [
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"registry.example.com/t\"]\ncacheRepo = \"registry.example.com/t/cache\"\n",
+        "[tenants.t]\nnamespace = \"t\"\nallowedDestinations = [\"*\"]\ncacheRepo = \"registry.example.com/any/cache\"\n",
+    ] {
+        assert!(Policy::from_toml_str(ok).is_ok(), "{ok}");
+    }
 }

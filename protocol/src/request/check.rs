@@ -3,15 +3,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::patterns::{BUCKET_RE, COMMIT_RE, PLATFORM_RE, QUANTITY_RE, REGION_RE, TARGET_RE};
+use super::patterns::{
+    BUCKET_RE, COMMIT_RE, DNS_SUBDOMAIN_RE, PLATFORM_RE, QUANTITY_RE, REGION_RE, SECRET_ID_RE,
+    SECRET_KEY_RE, TARGET_RE,
+};
 use super::types::{
     BUILD_REQUEST_KIND, BuildContext, BuildRequest, GitContext, ImageSpec, RESERVED_LABEL_PREFIX,
     S3Context,
 };
 use super::urls::{endpoint_problem, git_ref_problem, git_url_problem, tarball_url_problem};
 use crate::limits::{
-    MAX_ATTEMPTS_LIMIT, MAX_BUILD_ARG_VALUE_BYTES, MAX_BUILD_ARGS, MAX_DESTINATIONS, MAX_IMAGES,
-    MAX_LABELS, MAX_REQUEST_BYTES, MAX_TEMPLATE_ARGS, MAX_TIMEOUT_SECONDS,
+    MAX_ATTEMPTS_LIMIT, MAX_BUILD_ARG_VALUE_BYTES, MAX_BUILD_ARGS, MAX_BUILD_SECRETS,
+    MAX_DESTINATIONS, MAX_IMAGES, MAX_LABELS, MAX_REQUEST_BYTES, MAX_TEMPLATE_ARGS,
+    MAX_TIMEOUT_SECONDS,
 };
 use crate::reference::parse_destination;
 use crate::validate::{
@@ -107,6 +111,7 @@ impl ImageSpec {
         self.check_dockerfile(errs, path);
         self.check_template_args(errs, path);
         self.check_build_args(errs, path);
+        self.check_secrets(errs, path);
         if let Some(t) = &self.target
             && !TARGET_RE.is_match(t)
         {
@@ -225,6 +230,52 @@ impl ImageSpec {
                 );
             } else if v.contains('\0') {
                 errs.push(p, "the value contains a NUL character; remove it");
+            }
+        }
+    }
+
+    /// `secrets`: few, file-name ids, each naming a Secret and a key that
+    /// Kubernetes accepts as an object name and a projected file name.
+    fn check_secrets(&self, errs: &mut ValidationErrors, path: &str) {
+        let s_path = field(path, "secrets");
+        if self.secrets.len() > MAX_BUILD_SECRETS {
+            errs.push(
+                &s_path,
+                format_args!(
+                    "has {} entries; the limit is {MAX_BUILD_SECRETS}",
+                    self.secrets.len()
+                ),
+            );
+            return;
+        }
+        for (id, r) in &self.secrets {
+            let p = key(&s_path, id).to_string();
+            if !SECRET_ID_RE.is_match(id) || id == "." || id == ".." {
+                errs.push(
+                    &p,
+                    format_args!(
+                        "{} is not a valid secret id; use 1-64 of letters, digits, '_', '.' and '-', not \".\" or \"..\"",
+                        quote(id)
+                    ),
+                );
+            }
+            if r.secret.len() > 253 || !DNS_SUBDOMAIN_RE.is_match(&r.secret) {
+                errs.push(
+                    field(&p, "secret"),
+                    format_args!(
+                        "{} is not a valid Secret name (lowercase letters, digits, '-' and '.', at most 253)",
+                        quote(&r.secret)
+                    ),
+                );
+            }
+            if !SECRET_KEY_RE.is_match(&r.key) || r.key == "." || r.key.starts_with("..") {
+                errs.push(
+                    field(&p, "key"),
+                    format_args!(
+                        "{} is not a valid Secret key (1-253 of letters, digits, '-', '_' and '.', not \".\" and not starting with \"..\")",
+                        quote(&r.key)
+                    ),
+                );
             }
         }
     }

@@ -26,6 +26,16 @@ pub(crate) const TARBALL_URL_PATTERN: &str =
 /// A path inside the build context: relative, and without `#`, which the
 /// executor reads as a delimiter of its git context.
 pub(crate) const RELATIVE_PATH_PATTERN: &str = r"^[^/#][^#]*$";
+/// A build secret's id: the executor's `--secret=id=<id>` and the file
+/// name it copies the secret to; `.` and `..` are refused apart.
+pub(crate) const SECRET_ID_PATTERN: &str = r"^[A-Za-z0-9_.-]{1,64}$";
+/// A key of a Kubernetes Secret (`[-._a-zA-Z0-9]+`, at most 253); `.`,
+/// `..` and a leading `..` are refused apart (the kubelet refuses them as
+/// file names of a projected volume).
+pub(crate) const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]{1,253}$";
+/// A Kubernetes object name (DNS-1123 subdomain), at most 253.
+pub(crate) const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 pub(crate) const TARGET_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$";
 pub(crate) const PLATFORM_PATTERN: &str = r"^[a-z0-9_]{1,32}/[a-z0-9_]{1,32}(/[a-z0-9_.]{1,32})?$";
 /// The Kubernetes quantity grammar without the minus sign.
@@ -39,5 +49,8 @@ pub(super) static COMMIT_RE: LazyLock<Regex> = LazyLock::new(|| re(COMMIT_PATTER
 pub(super) static BUCKET_RE: LazyLock<Regex> = LazyLock::new(|| re(BUCKET_PATTERN));
 pub(super) static REGION_RE: LazyLock<Regex> = LazyLock::new(|| re(REGION_PATTERN));
 pub(super) static TARGET_RE: LazyLock<Regex> = LazyLock::new(|| re(TARGET_PATTERN));
+pub(super) static SECRET_ID_RE: LazyLock<Regex> = LazyLock::new(|| re(SECRET_ID_PATTERN));
+pub(super) static SECRET_KEY_RE: LazyLock<Regex> = LazyLock::new(|| re(SECRET_KEY_PATTERN));
+pub(super) static DNS_SUBDOMAIN_RE: LazyLock<Regex> = LazyLock::new(|| re(DNS_SUBDOMAIN_PATTERN));
 pub(super) static PLATFORM_RE: LazyLock<Regex> = LazyLock::new(|| re(PLATFORM_PATTERN));
 pub(super) static QUANTITY_RE: LazyLock<Regex> = LazyLock::new(|| re(QUANTITY_PATTERN));

@@ -7,11 +7,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::patterns::{
-    BUCKET_PATTERN, COMMIT_PATTERN, DNS_LABEL_PATTERN, ENDPOINT_PATTERN, GIT_URL_PATTERN,
-    ID_PATTERN, IDENTIFIER_PATTERN, LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, PLATFORM_PATTERN,
-    QUANTITY_PATTERN, REGION_PATTERN, RELATIVE_PATH_PATTERN, TARBALL_URL_PATTERN, TARGET_PATTERN,
+    BUCKET_PATTERN, COMMIT_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, ENDPOINT_PATTERN,
+    GIT_URL_PATTERN, ID_PATTERN, IDENTIFIER_PATTERN, LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN,
+    PLATFORM_PATTERN, QUANTITY_PATTERN, REGION_PATTERN, RELATIVE_PATH_PATTERN, SECRET_ID_PATTERN,
+    SECRET_KEY_PATTERN, TARBALL_URL_PATTERN, TARGET_PATTERN,
 };
-use super::urls::git_host;
+use super::urls::{git_authority, git_host};
 
 /// The `kind` of a build request.
 pub const BUILD_REQUEST_KIND: &str = "BuildRequest";
@@ -114,6 +115,17 @@ pub struct ImageSpec {
         "additionalProperties" = { "type": "string", "maxLength": 32_768 }
     ))]
     pub build_args: BTreeMap<String, String>,
+    /// Build secrets for `RUN --mount=type=secret,id=<id>`: each id (1-64
+    /// of `[A-Za-z0-9_.-]`, not `.` or `..`; at most 16) names a key of a
+    /// Secret in the tenant's build namespace that its policy allows
+    /// (`buildSecrets`). The value reaches the build as a file, never as an
+    /// argument, a variable or part of an image layer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 16,
+        "propertyNames" = { "pattern": SECRET_ID_PATTERN, "not": { "enum": [".", ".."] } }
+    ))]
+    pub secrets: BTreeMap<String, SecretRef>,
     /// Build stage to stop at (`FROM ... AS <target>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(TARGET_PATTERN))]
@@ -132,6 +144,21 @@ pub struct ImageSpec {
     /// Resources for the build pod; the worker's policy caps them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+}
+
+/// A key of a Kubernetes Secret: where a build secret's value comes from.
+/// Only the reference travels; Kiln never reads the value.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of the Secret in the tenant's build namespace (a DNS-1123
+    /// subdomain, at most 253).
+    #[schemars(length(min = 1, max = 253), pattern(DNS_SUBDOMAIN_PATTERN))]
+    pub secret: String,
+    /// Key in the Secret (`[-._a-zA-Z0-9]`, at most 253; not `.`, and not
+    /// starting with `..`).
+    #[schemars(pattern(SECRET_KEY_PATTERN), extend("not" = { "pattern": "^\\.\\.|^\\.$" }))]
+    pub key: String,
 }
 
 /// Requests (and limits) of the build pod, as Kubernetes quantities.
@@ -256,6 +283,14 @@ impl GitContext {
     /// the URL is not one validation accepts.
     pub fn host(&self) -> Option<String> {
         git_host(&self.url)
+    }
+
+    /// `host` or `host:port` (a port other than 443 only): what the
+    /// executor connects to, and sends the tenant's git credentials to;
+    /// what a policy's `gitCredentials.hosts` lists. `None` when the URL is
+    /// not one validation accepts.
+    pub fn authority(&self) -> Option<String> {
+        git_authority(&self.url)
     }
 }
 

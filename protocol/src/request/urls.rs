@@ -137,6 +137,22 @@ pub(super) fn git_host(text: &str) -> Option<String> {
     Url::parse(text).ok()?.host_str().map(str::to_owned)
 }
 
+/// `host` or `host:port` of a git URL as the executor connects to it: the
+/// host as [`git_host`] gives it, and the port only when the URL names one
+/// other than https' 443 (`https://git.example.com:443/x` is
+/// `git.example.com`). `None` for a URL [`git_url_problem`] refuses.
+pub(super) fn git_authority(text: &str) -> Option<String> {
+    if git_url_problem(text).is_some() {
+        return None;
+    }
+    let url = Url::parse(text).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
 /// A subset of `git check-ref-format` that keeps refs from being read as
 /// options or globs by the tools that handle them.
 pub(super) fn git_ref_problem(r: &str) -> Option<String> {
@@ -278,6 +294,23 @@ mod tests {
         );
         assert_eq!(git_host("https://github.com/a/b#x"), None);
         assert_eq!(git_host("ssh://git@github.com/a/b"), None);
+    }
+
+    /// Issue 18 item 7: what a policy's `gitCredentials.hosts` compares.
+    #[test]
+    fn authorities_keep_a_port_other_than_443() {
+        for (url, want) in [
+            ("https://GitHub.com:443/acme/cart.git", Some("github.com")),
+            ("https://github.com/acme/cart.git", Some("github.com")),
+            (
+                "https://git.example.com:8443/a/b",
+                Some("git.example.com:8443"),
+            ),
+            ("https://10.0.0.1:3000/a/b", Some("10.0.0.1:3000")),
+            ("https://github.com/a/b#x", None),
+        ] {
+            assert_eq!(git_authority(url).as_deref(), want, "{url}");
+        }
     }
 
     #[test]

@@ -12,7 +12,10 @@ use super::output::Output;
 pub const AFTER_HELP: &str = "\
 Each file is a BuildRequest or a CancelRequest (by its `kind`), in JSON or
 YAML (by extension; otherwise `{` starts JSON). Every problem is printed as
-`FILE: PATH: REASON`; the exit code is 2 when any file is invalid.
+`FILE: PATH: REASON`; the exit code is 2 when any file is invalid. A build
+arg whose name looks secret (TOKEN, PASSWORD, SECRET, API_KEY, AUTH, …) gets
+a warning on standard error (`warnings` with `--output json|yaml`): its
+value is in clear in the pod spec; `secrets` is the way to pass a secret.
 
 Examples:
   kiln validate examples/*.json
@@ -28,7 +31,7 @@ pub struct ValidateArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// `text`: `FILE: PATH: REASON` lines; `json`/`yaml`: one document per
-    /// file (`file`, `valid`, `kind`, `id`, `problems`).
+    /// file (`file`, `valid`, `kind`, `id`, `problems`, `warnings`).
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -43,6 +46,9 @@ struct Verdict<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     problems: Vec<Problem>,
+    /// Not refusals: build args whose names look secret.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +103,7 @@ fn print_unreadable(
             path: "$".into(),
             reason,
         }],
+        warnings: Vec::new(),
     };
     print_doc(out, output, &v)
 }
@@ -116,6 +123,9 @@ fn check(out: &mut impl Write, args: &ValidateArgs, source: &Source) -> anyhow::
         Ok(request) => {
             if !args.quiet {
                 writeln!(out, "{}: ok ({})", source.name, summary(&request))?;
+            }
+            for w in warnings(&request) {
+                errln!("kiln: warning: {}: {}: {}", source.name, w.path, w.reason);
             }
             Ok(true)
         }
@@ -140,6 +150,13 @@ fn verdict<'a>(file: &'a str, decoded: &Result<Request, Vec<ValidationError>>) -
                 kind: Some(kind),
                 id: Some(id.clone()),
                 problems: Vec::new(),
+                warnings: warnings(request)
+                    .into_iter()
+                    .map(|w| Problem {
+                        path: w.path,
+                        reason: w.reason,
+                    })
+                    .collect(),
             }
         }
         Err(errs) => Verdict {
@@ -154,7 +171,17 @@ fn verdict<'a>(file: &'a str, decoded: &Result<Request, Vec<ValidationError>>) -
                     reason: super::fold(&e.reason),
                 })
                 .collect(),
+            warnings: Vec::new(),
         },
+    }
+}
+
+/// What a valid request is warned about (build args whose names look
+/// secret: their values are in clear in the pod spec); never a refusal.
+fn warnings(request: &Request) -> Vec<ValidationError> {
+    match request {
+        Request::Build(r) => r.warnings(),
+        Request::Cancel(_) => Vec::new(),
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`view`](mod@view): what Kiln reads back out of a pod.
 //! - [`client`]: the API calls (create-or-adopt, delete, logs, list, watch).
 
+mod build_secrets;
 mod client;
 mod labels;
 mod logs;
@@ -19,6 +20,7 @@ mod ownership;
 mod spec;
 mod view;
 
+pub use build_secrets::BUILD_SECRETS_DIR;
 pub use client::{MAX_CONCURRENT_CALLS, Pods};
 pub use labels::{
     ANN_BUILD_ID, ANN_CANCELLED, ANN_CONTENT_SHA256, ANN_PLAN, ANN_SPEC_SHA256, ANN_TENANT,

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kiln_protocol::{GitContext, S3Context};
 
+use super::build_secrets::build_secret_mounts;
 use super::labels::{
     ANN_BUILD_ID, ANN_CONTENT_SHA256, ANN_PLAN, ANN_SPEC_SHA256, ANN_TENANT, KANIKO, LABEL_ATTEMPT,
     LABEL_BUILD, LABEL_IMAGE, MANAGED_BY,
@@ -49,6 +50,7 @@ pub fn pod_spec(
     parts.context(settings, plan, image, storage_of(image));
     parts.dockerfile(plan, image, attempt);
     parts.build_flags(plan, image);
+    parts.build_secrets(image);
     parts.registry_credentials(plan);
     let deadline = i64::try_from(plan.remaining(now).as_secs())
         .unwrap_or(i64::MAX)
@@ -211,14 +213,14 @@ impl Parts {
         storage: Option<&str>,
     ) {
         match (&image.context.git, &image.context.s3, &image.context.url) {
-            (Some(git), _, _) => self.git_context(plan, git),
+            (Some(git), _, _) => self.git_context(plan, image, git),
             (None, Some(s3), _) => self.s3_context(settings, plan, s3),
             (None, None, Some(url)) => self.url_context(settings, url, storage),
             (None, None, None) => {}
         }
     }
 
-    fn git_context(&mut self, plan: &BuildPlan, git: &GitContext) {
+    fn git_context(&mut self, plan: &BuildPlan, image: &ImagePlan, git: &GitContext) {
         // Kaniko's git context (pkg/buildcontext/git.go), split on `#`:
         // `git://repo#ref` clones the ref, `git://repo#ref#commit` clones
         // the ref and checks out the commit, `git://repo#<40 hex>` clones
@@ -238,7 +240,13 @@ impl Parts {
         if let Some(sub) = &git.sub_path {
             self.args.push(format!("--context-sub-path={sub}"));
         }
-        if let Some(s) = &plan.git_secret {
+        // The executor sends them as Basic auth to the URL's host: only to
+        // a host the tenant's policy lists (the plan says when not).
+        if let Some(s) = plan
+            .git_secret
+            .as_ref()
+            .filter(|_| !image.git_credentials_omitted)
+        {
             self.env
                 .push(secret_env("GIT_USERNAME", &s.secret, &s.id_key));
             self.env
@@ -351,6 +359,14 @@ impl Parts {
         // The executor's default is `color` (cmd/executor/cmd/root.go):
         // ANSI escapes in every log line, hence in log tails and messages.
         args.push("--log-format=text".into());
+    }
+
+    /// Build secrets: files from Secret volumes, named by `--secret` flags.
+    fn build_secrets(&mut self, image: &ImagePlan) {
+        let m = build_secret_mounts(image);
+        self.volumes.extend(m.volumes);
+        self.mounts.extend(m.mounts);
+        self.args.extend(m.args);
     }
 
     /// The registry secret becomes Kaniko's `config.json`.
@@ -725,6 +741,8 @@ mod tests {
                 cpu: "2".into(),
                 memory: "4Gi".into(),
                 ephemeral_storage: Some("12Gi".into()),
+                git_credentials_omitted: false,
+                secrets: BTreeMap::new(),
             }],
         }
     }
@@ -740,6 +758,75 @@ mod tests {
             s3: None,
             url: None,
         }
+    }
+
+    fn env_names(pod: &Pod) -> Vec<String> {
+        pod.spec.as_ref().unwrap().containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// Issue 18 item 7: a git context on a host the policy does not list
+    /// gets no `secretKeyRef` of the tenant's git Secret.
+    #[test]
+    fn git_credentials_only_where_the_plan_gives_them() {
+        let p = plan(git(), false);
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        assert_eq!(env_names(&pod), ["GIT_USERNAME", "GIT_PASSWORD"]);
+        let mut p = plan(git(), false);
+        p.images[0].git_credentials_omitted = true;
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        assert!(env_names(&pod).is_empty(), "{:?}", env_names(&pod));
+        let text = serde_json::to_string(&pod).unwrap();
+        assert!(!text.contains("secretKeyRef"), "{text}");
+    }
+
+    /// Issue 18 item 12: build secrets are files from Secret volumes named
+    /// by `--secret` flags; the plan annotation and the spec hash cover them.
+    #[test]
+    fn build_secrets_are_mounted_files_covered_by_the_hash() {
+        let p = plan(git(), false);
+        let before = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        let mut p = plan(git(), false);
+        p.images[0].secrets.insert(
+            "npm".into(),
+            kiln_protocol::SecretRef {
+                secret: "ci-tokens".into(),
+                key: ".npmrc".into(),
+            },
+        );
+        let pod = pod_spec(&settings(), &p, 0, 1, p.accepted_at);
+        let args = args_of(&pod);
+        assert!(
+            args.contains(&"--secret=id=npm,src=/kaniko/build-secrets/npm/.npmrc".to_owned()),
+            "{args:?}"
+        );
+        let spec = pod.spec.as_ref().unwrap();
+        let vol = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "build-secret-0")
+            .unwrap();
+        let secret = vol.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("ci-tokens"));
+        assert_eq!(secret.default_mode, Some(0o400));
+        let mount = spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "build-secret-0")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/kaniko/build-secrets/npm");
+        assert_eq!(mount.read_only, Some(true));
+        let ann = pod.metadata.annotations.as_ref().unwrap();
+        let carried = BuildPlan::from_annotation(&ann[ANN_PLAN]).unwrap();
+        assert_eq!(carried.images[0].secrets, p.images[0].secrets);
+        let hash = |pod: &Pod| pod.metadata.annotations.as_ref().unwrap()[ANN_SPEC_SHA256].clone();
+        assert_ne!(hash(&before), hash(&pod));
     }
 
     #[test]
