@@ -419,6 +419,27 @@ pub fn parse_digest(message: &str) -> Option<String> {
         .then(|| format!("sha256:{}", hex.to_ascii_lowercase()))
 }
 
+/// What a publish pod's failure line (`kiln publish failed (<class>):
+/// <detail>`, docs/protocol.md "The publish step") means; `None` for any
+/// other text. (Placeholder of the publish side's mapping, same contract.)
+pub fn classify_publish_message(message: &str) -> Option<Failure> {
+    let rest = message.trim().strip_prefix("kiln publish failed (")?;
+    let (class, detail) = rest.split_once("): ")?;
+    let (reason, retryable) = match class {
+        "retryable" => (Reason::PushError, true),
+        "denied" | "invalid" => (Reason::ConfigError, false),
+        "platform-mismatch" => (Reason::BuildError, false),
+        _ => return None,
+    };
+    Some(Failure {
+        reason,
+        retryable,
+        message: format!("the publish step failed: {detail}"),
+        exit_code: None,
+        log: Some(message.to_owned()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

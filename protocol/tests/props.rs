@@ -148,6 +148,7 @@ fn image() -> impl Strategy<Value = ImageSpec> {
                     target,
                     destinations,
                     platform,
+                    platforms: None,
                     cache,
                     resources,
                 }

@@ -683,6 +683,7 @@ async fn submit_wait_subscribes_before_publishing() {
         digest: Some(digest),
         attempts: 1,
         image_refs: vec![reference.clone()],
+        platform_digests: std::collections::BTreeMap::new(),
         reason: None,
     }]);
     for ev in [

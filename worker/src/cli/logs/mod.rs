@@ -163,6 +163,7 @@ async fn connect_kube(timeout: Duration) -> anyhow::Result<Pods> {
             kaniko_image: String::new(),
             fetch_image: String::new(),
             s3_region: String::new(),
+            ..PodSettings::default()
         },
     ))
 }
