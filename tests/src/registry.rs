@@ -456,6 +456,52 @@ impl Fetched {
     }
 }
 
+/// What a `kiln publish` run left: its exit code, what it wrote to its
+/// digest file (the publish pod's termination message) and its standard
+/// error.
+#[derive(Debug, Clone)]
+pub struct PublishRun {
+    pub code: Option<i32>,
+    pub message: String,
+    pub stderr: String,
+}
+
+/// Runs the real `kiln publish` (the binary of this build,
+/// [`crate::binary::kiln_bin`]) with `args` (the publish pod's arguments,
+/// `--digest-file` excepted: a file of ours is added) and `DOCKER_CONFIG`
+/// set to `docker_config` (a directory with `config.json`; `None`: an empty
+/// one, so the user's own is never read).
+pub async fn run_publish(
+    args: &[String],
+    docker_config: Option<&Path>,
+) -> anyhow::Result<PublishRun> {
+    let scratch = std::env::temp_dir().join(format!(
+        "kiln-publish-{}-{}",
+        std::process::id(),
+        ulid::Ulid::new().to_string().to_lowercase()
+    ));
+    std::fs::create_dir_all(&scratch)?;
+    let digest_file = scratch.join("termination-log");
+    let config_dir =
+        docker_config.map_or_else(|| scratch.join("no-docker-config"), Path::to_path_buf);
+    let out = tokio::process::Command::new(crate::binary::kiln_bin())
+        .arg("publish")
+        .args(args)
+        .arg(format!("--digest-file={}", digest_file.display()))
+        .env("DOCKER_CONFIG", &config_dir)
+        .env_remove("HOME")
+        .output()
+        .await
+        .context("cannot run kiln publish")?;
+    let message = std::fs::read_to_string(&digest_file).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(PublishRun {
+        code: out.status.code(),
+        message,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     let hex: String = Sha256::digest(bytes)
