@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod fakekube;
 pub mod harness;
 pub mod process;
+pub mod registry;
 
 /// `host:port` of a server URL such as `KILN_REDIS_URL` or `KILN_AMQP_URL`
 /// (`default_port` when it names none): for the tests that must reach the
