@@ -56,7 +56,8 @@ pub use names::{
     publish_unit, request_fingerprint,
 };
 pub use platform::{
-    destination_tag, platform_destination, platform_label, platform_suffix, platforms_count_problem,
+    destination_tag, platform_destination, platform_label, platform_of_label, platform_suffix,
+    platforms_count_problem,
 };
 pub use quantity::quantity_nanos;
 pub use reference::{ImageReference, parse_destination, parse_image_reference};

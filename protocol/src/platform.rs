@@ -21,6 +21,12 @@ pub fn platform_label(platform: &str) -> String {
     label_value(&platform_suffix(platform))
 }
 
+/// The platform a `kiln.dev/platform` label stands for (platforms have no
+/// `-`, so the suffix reads back); `None` for a hashed label.
+pub fn platform_of_label(label: &str) -> Option<String> {
+    (!label.starts_with("h-")).then(|| label.replace('-', "/"))
+}
+
 /// The tag of `destination` (`registry/repo:tag`, no digest), if it names one.
 pub fn destination_tag(destination: &str) -> Option<&str> {
     if destination.contains('@') {
@@ -87,6 +93,10 @@ mod tests {
     fn labels_and_suffixes() {
         assert_eq!(platform_suffix("linux/amd64"), "linux-amd64");
         assert_eq!(platform_label("linux/arm64/v8"), "linux-arm64-v8");
+        assert_eq!(
+            platform_of_label("linux-arm64-v8").as_deref(),
+            Some("linux/arm64/v8")
+        );
         assert!(platform_label(&format!("linux/{}", "a".repeat(63))).starts_with("h-"));
         assert_eq!(destination_tag("r.example.com:5000/a"), None);
         assert_eq!(destination_tag("r.example.com:5000/a:b"), Some("b"));

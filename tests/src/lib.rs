@@ -5,6 +5,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod fakekube;
 pub mod harness;
+pub mod platform_fates;
 pub mod process;
 pub mod registry;
 

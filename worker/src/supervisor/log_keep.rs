@@ -28,12 +28,16 @@ pub(super) fn retention(ctx: &Context, tenant: &str) -> Duration {
     ctx.log_retention.min(cap)
 }
 
-/// The image (index) and attempt of one of the plan's pods.
+/// The image (index) and attempt of one of the plan's pods (an image's
+/// own, a platform's or the publish step's).
 fn attempt_of(plan: &BuildPlan, pod: &str) -> Option<(usize, u32)> {
     plan.images.iter().enumerate().find_map(|(i, img)| {
-        (1..=plan.max_attempts.max(1))
-            .find(|&a| kiln_protocol::pod_name(&plan.id, &img.name, a) == pod)
-            .map(|a| (i, a))
+        img.steps().into_iter().find_map(|step| {
+            let unit = img.unit(step);
+            (1..=plan.max_attempts.max(1))
+                .find(|&a| kiln_protocol::pod_name(&plan.id, &unit, a) == pod)
+                .map(|a| (i, a))
+        })
     })
 }
 
