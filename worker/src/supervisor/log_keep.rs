@@ -28,16 +28,14 @@ pub(super) fn retention(ctx: &Context, tenant: &str) -> Duration {
     ctx.log_retention.min(cap)
 }
 
-/// The image (index) and attempt of one of the plan's pods (an image's
-/// own, a platform's or the publish step's).
+/// The image (index) and attempt of one of the plan's pods. Only an
+/// image's own pods: kept logs are keyed by image and attempt, which a
+/// multi-platform image's platforms share (their logs are not kept yet).
 fn attempt_of(plan: &BuildPlan, pod: &str) -> Option<(usize, u32)> {
     plan.images.iter().enumerate().find_map(|(i, img)| {
-        img.steps().into_iter().find_map(|step| {
-            let unit = img.unit(step);
-            (1..=plan.max_attempts.max(1))
-                .find(|&a| kiln_protocol::pod_name(&plan.id, &unit, a) == pod)
-                .map(|a| (i, a))
-        })
+        (1..=plan.max_attempts.max(1))
+            .find(|&a| kiln_protocol::pod_name(&plan.id, &img.name, a) == pod)
+            .map(|a| (i, a))
     })
 }
 
