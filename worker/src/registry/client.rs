@@ -46,11 +46,13 @@ pub(super) fn client(insecure: &[String]) -> Client {
 
 /// `sha256:<hex>` of `bytes`.
 pub(super) fn sha256_digest(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
+    use std::fmt::Write as _;
+    Sha256::digest(bytes)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+        .fold(String::from("sha256:"), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// One repository (`registry/repository`) with its credentials.
