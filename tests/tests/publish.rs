@@ -346,3 +346,55 @@ async fn bad_arguments_fail_as_invalid_with_one_line() {
     assert_failed(&run, "invalid", Reason::ConfigError, false);
     assert!(run.message.contains("--platform: 1 given"), "{run:?}");
 }
+
+#[tokio::test]
+async fn an_unreachable_or_failing_registry_is_retryable_after_retries() {
+    let digests = [
+        format!("sha256:{}", "a".repeat(64)),
+        format!("sha256:{}", "b".repeat(64)),
+    ];
+    let platforms = [(AMD64, digests[0].as_str()), (ARM64, digests[1].as_str())];
+    let publish_to = |host: String| {
+        let mut a: Vec<String> = platforms
+            .iter()
+            .map(|(p, d)| format!("--platform={p}={d}"))
+            .collect();
+        a.push(format!("--destination={host}/team/app:1.0"));
+        a.push(format!("--insecure-registry={host}"));
+        a
+    };
+
+    // Nothing listens there: the connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = run_publish(&publish_to(format!("127.0.0.1:{port}")), None)
+        .await
+        .unwrap();
+    assert_failed(&run, "retryable", Reason::PushError, true);
+
+    // A registry that answers 503 to everything: each call is tried again
+    // before the step gives up.
+    let manifest_gets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = manifest_gets.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let counter = counter.clone();
+        async move {
+            if uri.path().contains("/manifests/") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let run = run_publish(&publish_to(host), None).await.unwrap();
+    server.abort();
+    assert_failed(&run, "retryable", Reason::PushError, true);
+    assert!(run.message.contains("503"), "{run:?}");
+    let tries = manifest_gets.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(tries, 4, "one call and three retries");
+}
