@@ -394,8 +394,12 @@ fn error_line(log: &str) -> Option<String> {
 }
 
 fn truncate(line: &str) -> String {
-    let mut s: String = line.chars().take(300).collect();
-    if line.chars().count() > 300 {
+    truncate_to(line, 300)
+}
+
+fn truncate_to(line: &str, max: usize) -> String {
+    let mut s: String = line.chars().take(max).collect();
+    if line.chars().count() > max {
         s.push('…');
     }
     s
@@ -470,7 +474,13 @@ impl PublishClass {
     /// The termination message's line: one line, whatever `detail` holds.
     pub fn line(self, detail: &str) -> String {
         let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
-        format!("{PUBLISH_FAILED}{}): {}", self.as_str(), truncate(&detail))
+        // Well inside the kubelet's 4 KiB termination message, long enough
+        // for a context, a URL and the cause.
+        format!(
+            "{PUBLISH_FAILED}{}): {}",
+            self.as_str(),
+            truncate_to(&detail, 1000)
+        )
     }
 }
 

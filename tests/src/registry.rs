@@ -25,11 +25,11 @@
 //! HTTP requests (no registry client library: the tests check the one Kiln
 //! uses, they do not share it).
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use anyhow::{Context as _, bail};
-use sha2::{Digest as _, Sha256};
 
 use crate::cluster::{Group, RunDir, free_port, wait_port};
 
@@ -120,10 +120,11 @@ impl Registry {
         if auth {
             let htpasswd = dir.path.join("htpasswd");
             std::fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n"))?;
-            config.push_str(&format!(
+            let _ = write!(
+                config,
                 "auth:\n  htpasswd:\n    realm: kiln-tests\n    path: {}\n",
                 htpasswd.display()
-            ));
+            );
         }
         let config_path = dir.path.join("config.yml");
         std::fs::write(&config_path, config)?;
@@ -504,11 +505,7 @@ pub async fn run_publish(
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::chaos::history::body_hash(bytes))
 }
 
 /// `os/arch[/variant]` split into its parts.
@@ -602,11 +599,11 @@ mod tests {
     #[test]
     fn platforms_split_and_tag() {
         assert_eq!(
-            split_platform("linux/arm64/v8").unwrap(),
+            split_platform("linux/arm64/v8").expect("valid"),
             ("linux", "arm64", Some("v8"))
         );
         assert_eq!(
-            split_platform("linux/amd64").unwrap(),
+            split_platform("linux/amd64").expect("valid"),
             ("linux", "amd64", None)
         );
         assert!(split_platform("linux").is_err());

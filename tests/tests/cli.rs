@@ -222,6 +222,7 @@ fn every_command_has_help_with_an_example() {
         "validate",
         "schema",
         "completions",
+        "publish",
     ] {
         let out = kiln().args([cmd, "--help"]).assert().success();
         let s = text(&out.get_output().stdout);

@@ -8,8 +8,8 @@
 
 use kiln_protocol::Reason;
 use kiln_tests::registry::{
-    ALL_MANIFESTS, DOCKER_LIST, Format, OCI_INDEX, OCI_MANIFEST, PASSWORD, Registry, USER,
-    platform_tag, push_synthetic_image, push_synthetic_image_as, run_publish, sha256_digest,
+    ALL_MANIFESTS, DOCKER_LIST, Format, OCI_INDEX, OCI_MANIFEST, PASSWORD, PublishRun, Registry,
+    USER, platform_tag, push_synthetic_image, push_synthetic_image_as, run_publish, sha256_digest,
 };
 use kiln_worker::classify::classify_publish_message;
 use serde_json::Value;
@@ -72,6 +72,27 @@ fn children(index: &Value) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// `run` failed as `class`, with one line that the worker reads as
+/// `reason` (retryable or not).
+fn assert_failed(run: &PublishRun, class: &str, reason: Reason, retryable: bool) {
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let prefix = format!("kiln publish failed ({class}): ");
+    assert!(run.message.starts_with(&prefix), "{run:?}");
+    assert!(!run.message.contains('\n'), "one line: {:?}", run.message);
+    let failure = classify_publish_message(&run.message).unwrap();
+    assert_eq!(
+        (failure.reason, failure.retryable),
+        (reason, retryable),
+        "{run:?}"
+    );
+}
+
+/// Nothing is tagged `tag` in `repo`: no index was pushed.
+async fn assert_no_index(registry: &Registry, repo: &str, tag: &str) {
+    let got = registry.manifest(repo, tag, ALL_MANIFESTS).await.unwrap();
+    assert!(got.is_none(), "{repo}:{tag} exists: {got:?}");
 }
 
 #[tokio::test]
@@ -175,28 +196,11 @@ async fn a_child_built_for_another_platform_fails_as_platform_mismatch_and_pushe
     )
     .await
     .unwrap();
-    assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.message
-            .starts_with("kiln publish failed (platform-mismatch): "),
-        "{run:?}"
-    );
-    assert!(!run.message.contains('\n'), "one line: {:?}", run.message);
+    assert_failed(&run, "platform-mismatch", Reason::BuildError, false);
     for part in [wrong.as_str(), "linux/arm64", "linux/amd64/v3"] {
         assert!(run.message.contains(part), "{} lacks {part}", run.message);
     }
-    let failure = classify_publish_message(&run.message).unwrap();
-    assert_eq!(
-        (failure.reason, failure.retryable),
-        (Reason::BuildError, false)
-    );
-    assert!(
-        registry
-            .manifest("team/app", "1.0", ALL_MANIFESTS)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_no_index(&registry, "team/app", "1.0").await;
 }
 
 #[tokio::test]
@@ -216,28 +220,13 @@ async fn a_missing_child_is_retryable_and_named() {
     )
     .await
     .unwrap();
-    assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.message.starts_with("kiln publish failed (retryable): "),
-        "{run:?}"
-    );
+    assert_failed(&run, "retryable", Reason::PushError, true);
     assert!(
         run.message.contains(&arm) && run.message.contains(ARM64),
         "names the child: {}",
         run.message
     );
-    let failure = classify_publish_message(&run.message).unwrap();
-    assert_eq!(
-        (failure.reason, failure.retryable),
-        (Reason::PushError, true)
-    );
-    assert!(
-        registry
-            .manifest("team/app", "1.0", ALL_MANIFESTS)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_no_index(&registry, "team/app", "1.0").await;
 }
 
 #[tokio::test]
@@ -252,17 +241,8 @@ async fn the_tenants_credentials_are_used_and_wrong_ones_are_denied() {
         .unwrap();
     for config in [Some(wrong.as_path()), None] {
         let run = run_publish(&a, config).await.unwrap();
-        assert_eq!(run.code, Some(1), "{run:?}");
-        assert!(
-            run.message.starts_with("kiln publish failed (denied): "),
-            "{run:?}"
-        );
+        assert_failed(&run, "denied", Reason::ConfigError, false);
         assert!(!run.message.contains("not-the-password"), "{run:?}");
-        let failure = classify_publish_message(&run.message).unwrap();
-        assert_eq!(
-            (failure.reason, failure.retryable),
-            (Reason::ConfigError, false)
-        );
     }
 
     let right = registry
@@ -277,10 +257,7 @@ async fn the_tenants_credentials_are_used_and_wrong_ones_are_denied() {
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::write(broken.join("config.json"), "{ not json").unwrap();
     let run = run_publish(&a, Some(&broken)).await.unwrap();
-    assert!(
-        run.message.starts_with("kiln publish failed (invalid): "),
-        "{run:?}"
-    );
+    assert_failed(&run, "invalid", Reason::ConfigError, false);
 }
 
 #[tokio::test]
@@ -360,22 +337,64 @@ async fn an_attached_envelope_is_a_referrer_of_the_index_and_each_child_through_
 #[tokio::test]
 async fn bad_arguments_fail_as_invalid_with_one_line() {
     let registry = Registry::start().await.unwrap();
-    let one = vec![format!("--platform={AMD64}=sha256:{}", "a".repeat(64))];
-    let mut a = one.clone();
+    let mut a = vec![format!("--platform={AMD64}=sha256:{}", "a".repeat(64))];
     a.push(format!(
         "--destination={}",
         registry.reference("team/app", "1.0")
     ));
     let run = run_publish(&a, None).await.unwrap();
-    assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.message
-            .starts_with("kiln publish failed (invalid): --platform: 1 given"),
-        "{run:?}"
-    );
-    let failure = classify_publish_message(&run.message).unwrap();
-    assert_eq!(
-        (failure.reason, failure.retryable),
-        (Reason::ConfigError, false)
-    );
+    assert_failed(&run, "invalid", Reason::ConfigError, false);
+    assert!(run.message.contains("--platform: 1 given"), "{run:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_or_failing_registry_is_retryable_after_retries() {
+    let digests = [
+        format!("sha256:{}", "a".repeat(64)),
+        format!("sha256:{}", "b".repeat(64)),
+    ];
+    let platforms = [(AMD64, digests[0].as_str()), (ARM64, digests[1].as_str())];
+    let publish_to = |host: String| {
+        let mut a: Vec<String> = platforms
+            .iter()
+            .map(|(p, d)| format!("--platform={p}={d}"))
+            .collect();
+        a.push(format!("--destination={host}/team/app:1.0"));
+        a.push(format!("--insecure-registry={host}"));
+        a
+    };
+
+    // Nothing listens there: the connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = run_publish(&publish_to(format!("127.0.0.1:{port}")), None)
+        .await
+        .unwrap();
+    assert_failed(&run, "retryable", Reason::PushError, true);
+
+    // A registry that answers 503 to everything: each call is tried again
+    // before the step gives up.
+    let manifest_gets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = manifest_gets.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let counter = counter.clone();
+        async move {
+            if uri.path().contains("/manifests/") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let run = run_publish(&publish_to(host), None).await.unwrap();
+    server.abort();
+    assert_failed(&run, "retryable", Reason::PushError, true);
+    assert!(run.message.contains("503"), "{run:?}");
+    let tries = manifest_gets.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(tries, 4, "one call and three retries");
 }

@@ -86,7 +86,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                 }
             }
-            Command::Publish(args) => Ok(cli::publish::run(args).await),
+            Command::Publish(args) => {
+                // The pod log shows the registry calls retried.
+                let _telemetry = kiln_worker::telemetry::init();
+                Ok(cli::publish::run(args).await)
+            }
             Command::Client(command) => cli::run(*command, Cli::command).await,
         }
     })

@@ -15,7 +15,7 @@ use clap::Args;
 
 use crate::registry::{PublishError, PublishRequest, publish};
 
-pub const AFTER_HELP: &str = "Example (as the worker writes it into the publish pod):\n  \
+pub const AFTER_HELP: &str = "Examples:\n  # as the worker writes it into the publish pod\n  \
 kiln publish --platform=linux/amd64=sha256:… --platform=linux/arm64=sha256:… \\\n    \
 --destination=registry.example/team/app:1.0 --digest-file=/dev/termination-log\n\n\
 Each platform's image must be in every destination repository (by digest; the platform \

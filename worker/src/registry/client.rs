@@ -46,11 +46,13 @@ pub(super) fn client(insecure: &[String]) -> Client {
 
 /// `sha256:<hex>` of `bytes`.
 pub(super) fn sha256_digest(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
+    use std::fmt::Write as _;
+    Sha256::digest(bytes)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+        .fold(String::from("sha256:"), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// One repository (`registry/repository`) with its credentials.
@@ -242,8 +244,24 @@ fn sort(e: &OciDistributionError) -> CallError {
     CallError {
         class,
         not_found,
-        text: e.to_string(),
+        text: with_causes(e),
     }
+}
+
+/// The error and its causes, one after the other (reqwest's own text does
+/// not say "connection refused"; its source does).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let t = cause.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn by_codes(codes: &[&OciErrorCode]) -> (PublishClass, bool) {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use docker_credential::{CredentialRetrievalError, DockerCredential};
 use oci_client::secrets::RegistryAuth;
 
-use super::PublishError;
+use super::error::PublishError;
 
 /// The docker config, read once.
 #[derive(Debug, Clone, Default)]

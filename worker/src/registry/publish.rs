@@ -9,9 +9,9 @@ use kiln_core::classify::{PublishClass, parse_digest};
 use kiln_core::index::{self, Child, DSSE_ENVELOPE, Descriptor, Document, OCI_MANIFEST, Platform};
 use oci_client::Reference;
 
-use super::PublishError;
 use super::client::{self, CallError, Repo};
 use super::credentials::DockerConfig;
+use super::error::PublishError;
 
 /// How many platforms and destinations a publish takes (the request's
 /// bounds: `platforms` 2-8, `destinations` 1-8).
@@ -81,7 +81,7 @@ impl PublishRequest {
             destinations,
             insecure_registries: insecure_registries.to_vec(),
             attach: attach.to_vec(),
-            docker_config: super::credentials::DockerConfig::default_dir(),
+            docker_config: DockerConfig::default_dir(),
         })
     }
 }
@@ -141,7 +141,7 @@ pub async fn publish(req: &PublishRequest) -> Result<String, PublishError> {
             let reported = repo
                 .put(Some(tag), &index)
                 .await
-                .map_err(|e| push_error(e, &repo, tag, &children))?;
+                .map_err(|e| push_error(&e, &repo, tag, &children))?;
             if reported != own {
                 return Err(PublishError::new(
                     PublishClass::Retryable,
@@ -186,7 +186,7 @@ fn repositories(destinations: &[Reference]) -> Vec<(&Reference, Vec<&str>)> {
     out
 }
 
-fn call_error(e: CallError, context: &str) -> PublishError {
+fn call_error(e: &CallError, context: &str) -> PublishError {
     PublishError::new(e.class, format!("{context}: {}", e.text))
 }
 
@@ -206,7 +206,7 @@ async fn fetch_children(
                     format!("{what} is missing: {}", e.text),
                 )
             } else {
-                call_error(e, &format!("fetching {what}"))
+                call_error(&e, &format!("fetching {what}"))
             }
         })?;
         let manifest = index::read_child_manifest(&bytes, "")
@@ -214,7 +214,7 @@ async fn fetch_children(
         let config = repo
             .small_blob(&manifest.config)
             .await
-            .map_err(|e| call_error(e, &format!("fetching the config of {what}")))?;
+            .map_err(|e| call_error(&e, &format!("fetching the config of {what}")))?;
         let found = index::config_platform(&config)
             .map_err(|e| PublishError::invalid(format!("{what}: {e}")))?;
         if !index::platform_matches(asked, &found) {
@@ -237,7 +237,7 @@ async fn fetch_children(
 
 /// An index push that failed: when the registry says a child is missing
 /// (`MANIFEST_BLOB_UNKNOWN`), the message names it.
-fn push_error(e: CallError, repo: &Repo<'_>, tag: &str, children: &[Child]) -> PublishError {
+fn push_error(e: &CallError, repo: &Repo<'_>, tag: &str, children: &[Child]) -> PublishError {
     let context = format!("pushing the index to {}:{tag}", repo.name());
     match children
         .iter()
@@ -271,13 +271,13 @@ async fn attach(
     // The artifact manifests' config: the empty descriptor's `{}`.
     repo.ensure_blob(b"{}")
         .await
-        .map_err(|e| call_error(e, &context("the empty config")))?;
+        .map_err(|e| call_error(&e, &context("the empty config")))?;
     let envelope = Descriptor {
         media_type: DSSE_ENVELOPE.to_owned(),
         digest: repo
             .ensure_blob(envelope)
             .await
-            .map_err(|e| call_error(e, &context("the envelope blob")))?,
+            .map_err(|e| call_error(&e, &context("the envelope blob")))?,
         size: envelope.len() as u64,
     };
     let subjects = std::iter::once(Descriptor {
@@ -292,11 +292,11 @@ async fn attach(
         let referrer = repo
             .put(None, &doc)
             .await
-            .map_err(|e| call_error(e, &what))?;
+            .map_err(|e| call_error(&e, &what))?;
         let listed = repo
             .referrers(&subject.digest)
             .await
-            .map_err(|e| call_error(e, &what))?;
+            .map_err(|e| call_error(&e, &what))?;
         if listed.contains(&referrer) {
             continue;
         }
@@ -304,7 +304,7 @@ async fn attach(
         let existing = repo
             .index_at(&tag)
             .await
-            .map_err(|e| call_error(e, &what))?;
+            .map_err(|e| call_error(&e, &what))?;
         let entry = Descriptor {
             media_type: OCI_MANIFEST.to_owned(),
             digest: referrer,
@@ -315,7 +315,7 @@ async fn attach(
         if let Some(updated) = updated {
             repo.put(Some(&tag), &updated)
                 .await
-                .map_err(|e| call_error(e, &what))?;
+                .map_err(|e| call_error(&e, &what))?;
         }
     }
     Ok(())
