@@ -109,37 +109,6 @@ impl Registry {
     async fn spawn(auth: bool) -> anyhow::Result<Self> {
         let dir = RunDir::new("registry")?;
         let group = Group::start()?;
-        let port = free_port(&mut Vec::new())?;
-        let mut config = format!(
-            "version: 0.1\n\
-             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-tests\n",
-            data = dir.path.join("data").display(),
-        );
-        if auth {
-            let htpasswd = dir.path.join("htpasswd");
-            std::fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n"))?;
-            let _ = write!(
-                config,
-                "auth:\n  htpasswd:\n    realm: kiln-tests\n    path: {}\n",
-                htpasswd.display()
-            );
-        }
-        let config_path = dir.path.join("config.yml");
-        std::fs::write(&config_path, config)?;
-        let log = dir.path.join("registry.log");
-        let bin = registry_bin();
-        let mut child = group
-            .spawn(Command::new(&bin).arg("serve").arg(&config_path), &log)
-            .with_context(|| {
-                format!(
-                    "cannot start {} (install Debian's docker-registry: \
-                     scripts/lib/registry.sh, ensure_registry_packages)",
-                    bin.display()
-                )
-            })?;
-        wait_port(port, "docker-registry", &mut child, &log).await?;
         // The tests' reqwest has no TLS provider of its own (plain HTTP here,
         // but the client is built with rustls); installing it twice is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -147,15 +116,44 @@ impl Registry {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self {
-            port,
-            auth,
-            config: config_path,
-            child,
-            http,
-            _group: group,
-            dir,
-        })
+        let log = dir.path.join("registry.log");
+        let bin = registry_bin();
+        let mut last = anyhow::anyhow!("the registry did not start");
+        // A port found free may be taken before the registry binds it (by
+        // another test's server): then something else answers there, and
+        // the registry exits. Try another port.
+        for _ in 0..5 {
+            let port = free_port(&mut Vec::new())?;
+            let config = write_config(&dir.path, port, auth)?;
+            let mut child = group
+                .spawn(Command::new(&bin).arg("serve").arg(&config), &log)
+                .with_context(|| {
+                    format!(
+                        "cannot start {} (install Debian's docker-registry: \
+                         scripts/lib/registry.sh, ensure_registry_packages)",
+                        bin.display()
+                    )
+                })?;
+            let started = wait_port(port, "docker-registry", &mut child, &log).await;
+            if let Err(e) = started {
+                last = e;
+            } else if answers_as_registry(&http, port, &mut child).await {
+                return Ok(Self {
+                    port,
+                    auth,
+                    config,
+                    child,
+                    http,
+                    _group: group,
+                    dir,
+                });
+            } else {
+                last = anyhow::anyhow!("port {port} is another server's");
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Err(last)
     }
 
     /// `127.0.0.1:<port>`: the registry part of its image references.
@@ -430,6 +428,42 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Writes the registry's configuration for `port` under `dir`.
+fn write_config(dir: &Path, port: u16, auth: bool) -> anyhow::Result<PathBuf> {
+    let mut config = format!(
+        "version: 0.1\n\
+         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
+         http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-tests\n",
+        data = dir.join("data").display(),
+    );
+    if auth {
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n"))?;
+        let _ = write!(
+            config,
+            "auth:\n  htpasswd:\n    realm: kiln-tests\n    path: {}\n",
+            htpasswd.display()
+        );
+    }
+    let path = dir.join("config.yml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+/// Whether `child` is what listens on `port`: it still runs (a registry
+/// that lost its port exits at once) and `/v2/` answers as a registry.
+async fn answers_as_registry(http: &reqwest::Client, port: u16, child: &mut Child) -> bool {
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    if !matches!(child.try_wait(), Ok(None)) {
+        return false;
+    }
+    http.get(format!("http://127.0.0.1:{port}/v2/"))
+        .send()
+        .await
+        .is_ok_and(|r| r.headers().contains_key("docker-distribution-api-version"))
 }
 
 impl Drop for Registry {

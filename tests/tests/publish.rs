@@ -175,6 +175,45 @@ async fn docker_children_make_a_docker_manifest_list() {
 }
 
 #[tokio::test]
+async fn the_index_says_the_variant_the_config_says_when_the_platform_names_none() {
+    let registry = Registry::start().await.unwrap();
+    let amd = push_synthetic_image(&registry, "team/app", &platform_tag("3", AMD64), AMD64)
+        .await
+        .unwrap();
+    // An arm64 node builds arm64/v8 images: asked for linux/arm64, that is
+    // a match, and the index tells runtimes the variant.
+    let arm = push_synthetic_image(
+        &registry,
+        "team/app",
+        &platform_tag("3", ARM64),
+        "linux/arm64/v8",
+    )
+    .await
+    .unwrap();
+    let dest = vec![registry.reference("team/app", "3")];
+    let run = run_publish(
+        &args(&registry, &[(AMD64, &amd), (ARM64, &arm)], &dest),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let index = index_at(&registry, &dest[0], &run.message).await;
+    assert_eq!(index["manifests"][1]["digest"], arm.as_str());
+    assert_eq!(index["manifests"][1]["platform"]["variant"], "v8");
+    assert!(index["manifests"][0]["platform"].get("variant").is_none());
+
+    // Asked for a variant, the config must say that one.
+    let run = run_publish(
+        &args(&registry, &[(AMD64, &amd), ("linux/arm64/v9", &arm)], &dest),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_failed(&run, "platform-mismatch", Reason::BuildError, false);
+}
+
+#[tokio::test]
 async fn a_child_built_for_another_platform_fails_as_platform_mismatch_and_pushes_nothing() {
     let registry = Registry::start().await.unwrap();
     let amd = push_synthetic_image(&registry, "team/app", &platform_tag("1.0", AMD64), AMD64)
