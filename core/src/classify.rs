@@ -394,8 +394,12 @@ fn error_line(log: &str) -> Option<String> {
 }
 
 fn truncate(line: &str) -> String {
-    let mut s: String = line.chars().take(300).collect();
-    if line.chars().count() > 300 {
+    truncate_to(line, 300)
+}
+
+fn truncate_to(line: &str, max: usize) -> String {
+    let mut s: String = line.chars().take(max).collect();
+    if line.chars().count() > max {
         s.push('…');
     }
     s
@@ -417,6 +421,93 @@ pub fn parse_digest(message: &str) -> Option<String> {
     let hex = d.strip_prefix("sha256:")?;
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| format!("sha256:{}", hex.to_ascii_lowercase()))
+}
+
+/// The first words of the one line a failed `kiln publish` writes to its
+/// termination message: `kiln publish failed (<class>): <detail>`
+/// (docs/protocol.md, "The publish step").
+pub const PUBLISH_FAILED: &str = "kiln publish failed (";
+
+/// Why a `kiln publish` failed: the `<class>` of its termination message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishClass {
+    /// The registry answered 5xx or 429, the connection dropped, was refused
+    /// or timed out, or a child manifest is missing
+    /// (`MANIFEST_BLOB_UNKNOWN`): another attempt may succeed.
+    Retryable,
+    /// The registry answered 401 or 403.
+    Denied,
+    /// A child's config names another os/architecture/variant than its
+    /// platform: the platform pod ran on the wrong node.
+    PlatformMismatch,
+    /// Bad arguments or an unreadable docker config.
+    Invalid,
+}
+
+impl PublishClass {
+    pub const ALL: [Self; 4] = [
+        Self::Retryable,
+        Self::Denied,
+        Self::PlatformMismatch,
+        Self::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Denied => "denied",
+            Self::PlatformMismatch => "platform-mismatch",
+            Self::Invalid => "invalid",
+        }
+    }
+
+    /// The reason of the publish step's failure and whether another publish
+    /// pod may succeed.
+    pub fn verdict(self) -> (Reason, bool) {
+        match self {
+            Self::Retryable => (Reason::PushError, true),
+            Self::Denied | Self::Invalid => (Reason::ConfigError, false),
+            Self::PlatformMismatch => (Reason::BuildError, false),
+        }
+    }
+
+    /// The termination message's line: one line, whatever `detail` holds.
+    pub fn line(self, detail: &str) -> String {
+        let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+        // Well inside the kubelet's 4 KiB termination message, long enough
+        // for a context, a URL and the cause.
+        format!(
+            "{PUBLISH_FAILED}{}): {}",
+            self.as_str(),
+            truncate_to(&detail, 1000)
+        )
+    }
+}
+
+/// What a failed publish pod's termination message says: the failure its
+/// `kiln publish failed (<class>): <detail>` line names, or `None` when no
+/// line of it is one (the pod failed before `kiln publish` could say why).
+pub fn classify_publish_message(message: &str) -> Option<Failure> {
+    let line = message
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(PUBLISH_FAILED))?;
+    let rest = &line[PUBLISH_FAILED.len()..];
+    let (class, detail) = rest.split_once("): ")?;
+    let class = PublishClass::ALL
+        .into_iter()
+        .find(|c| c.as_str() == class)?;
+    let (reason, retryable) = class.verdict();
+    Some(Failure {
+        reason,
+        retryable,
+        message: format!(
+            "publishing the image index failed ({class}): {detail}",
+            class = class.as_str()
+        ),
+        exit_code: None,
+        log: Some(line.to_owned()),
+    })
 }
 
 #[cfg(test)]
@@ -647,5 +738,56 @@ mod tests {
                 stuck: Some((Reason::Unschedulable, _))
             }
         ));
+    }
+
+    #[test]
+    fn publish_classes_map_to_reasons() {
+        let cases = [
+            ("retryable", Reason::PushError, true),
+            ("denied", Reason::ConfigError, false),
+            ("platform-mismatch", Reason::BuildError, false),
+            ("invalid", Reason::ConfigError, false),
+        ];
+        for (class, reason, retryable) in cases {
+            let msg = format!("kiln publish failed ({class}): something about sha256:ab");
+            let f = classify_publish_message(&msg).expect(class);
+            assert_eq!((f.reason, f.retryable), (reason, retryable), "{class}");
+            assert!(
+                f.message.contains("something about sha256:ab"),
+                "{}",
+                f.message
+            );
+            assert_eq!(f.log.as_deref(), Some(msg.as_str()));
+        }
+    }
+
+    #[test]
+    fn publish_lines_round_trip_as_one_line() {
+        for class in PublishClass::ALL {
+            let line = class.line("child sha256:1 (linux/arm64)\nis missing\t here");
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(
+                line,
+                format!(
+                    "kiln publish failed ({}): child sha256:1 (linux/arm64) is missing here",
+                    class.as_str()
+                )
+            );
+            let f = classify_publish_message(&format!("noise\n{line}\n")).expect("parsed");
+            assert_eq!((f.reason, f.retryable), class.verdict());
+        }
+    }
+
+    #[test]
+    fn other_messages_are_not_publish_failures() {
+        for msg in [
+            "",
+            "sha256:0000",
+            "kiln publish failed (exploded): nope",
+            "kiln publish failed (denied) no colon",
+            "error pushing image: kiln publish failed",
+        ] {
+            assert_eq!(classify_publish_message(msg), None, "{msg:?}");
+        }
     }
 }

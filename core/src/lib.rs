@@ -9,6 +9,7 @@
 pub mod adoption;
 pub mod cancels;
 pub mod classify;
+pub mod index;
 pub mod intake;
 pub mod journal;
 pub mod log_cap;

@@ -88,6 +88,10 @@ pub struct ImagePlan {
     pub destinations: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
+    /// With two or more: one pod per platform, then the publish step
+    /// (docs/protocol.md, "Multi-platform images").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
     pub cache: bool,
     pub cpu: String,
     pub memory: String,
@@ -104,6 +108,88 @@ pub struct ImagePlan {
     /// never values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// One of the pods an image needs: the image's own Kaniko pod, the pod of
+/// one of its `platforms` (by index), or the publish step that assembles
+/// the platforms' manifests into one image index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    Build,
+    Platform(usize),
+    Publish,
+}
+
+impl ImagePlan {
+    /// The steps of this image, in order: `Build` alone, or every platform
+    /// and then `Publish`.
+    pub fn steps(&self) -> Vec<Step> {
+        if self.platforms.is_empty() {
+            return vec![Step::Build];
+        }
+        (0..self.platforms.len())
+            .map(Step::Platform)
+            .chain([Step::Publish])
+            .collect()
+    }
+
+    /// The platform of `step`, if it is a platform's.
+    pub fn platform_of(&self, step: Step) -> Option<&str> {
+        match step {
+            Step::Platform(k) => self.platforms.get(k).map(String::as_str),
+            _ => None,
+        }
+    }
+
+    /// What the pod and ConfigMap names of `step` are derived from
+    /// ([`kiln_protocol::pod_name`]'s `image`).
+    pub fn unit(&self, step: Step) -> String {
+        match step {
+            Step::Build => self.name.clone(),
+            Step::Platform(k) => kiln_protocol::platform_unit(
+                &self.name,
+                self.platforms.get(k).map_or("", String::as_str),
+            ),
+            Step::Publish => kiln_protocol::publish_unit(&self.name),
+        }
+    }
+
+    /// The image as the pod of platform `k` builds it: for that platform
+    /// alone, pushed under the per-platform tags.
+    #[must_use]
+    pub fn for_platform(&self, k: usize) -> ImagePlan {
+        let platform = self.platforms.get(k).cloned();
+        let destinations = platform.as_deref().map_or_else(Vec::new, |p| {
+            self.destinations
+                .iter()
+                // Validated at intake: every destination has a tag short
+                // enough for the suffix.
+                .filter_map(|d| kiln_protocol::platform_destination(d, p).ok())
+                .collect()
+        });
+        ImagePlan {
+            destinations,
+            platform,
+            platforms: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The step a pod labelled `platform` (the `kiln.dev/platform` label)
+    /// or `publish` (`kiln.dev/step: publish`) belongs to, if this image
+    /// has it.
+    pub fn step_of(&self, platform: Option<&str>, publish: bool) -> Option<Step> {
+        match (platform, publish, self.platforms.is_empty()) {
+            (None, false, true) => Some(Step::Build),
+            (None, true, false) => Some(Step::Publish),
+            (Some(label), false, false) => self
+                .platforms
+                .iter()
+                .position(|p| kiln_protocol::platform_label(p) == label)
+                .map(Step::Platform),
+            _ => None,
+        }
+    }
 }
 
 impl BuildPlan {
@@ -136,6 +222,7 @@ impl BuildPlan {
                 target: img.target.clone(),
                 destinations: img.destinations.clone(),
                 platform: img.platform.clone(),
+                platforms: img.platforms.clone().unwrap_or_default(),
                 cache: img.cache.unwrap_or(false),
                 cpu: res.cpu.clone(),
                 memory: res.memory.clone(),

@@ -38,6 +38,12 @@ pub struct PodView {
     /// Full build id (annotation `kiln.dev/build-id`).
     pub build_id: String,
     pub image: String,
+    /// The `kiln.dev/platform` label of a platform's pod (the label form
+    /// of the platform, [`kiln_protocol::platform_label`]).
+    pub platform: Option<String>,
+    /// The pod is the publish step of an image with `platforms` (label
+    /// `kiln.dev/step: publish`).
+    pub publish: bool,
     pub attempt: u32,
     pub phase: Option<PodPhase>,
     /// `metadata.deletionTimestamp` is set.

@@ -12,7 +12,7 @@
 //! `decode` (bytes to validated requests), `event/` (vocabularies,
 //! payload, envelope, ids, routing keys), `dead_letter` (the `kiln-error`
 //! header), `tenant`, `names` (Kubernetes object names, request
-//! fingerprints), `reference` (image references), `quantity`, `validate`
+//! fingerprints), `platform` (per-platform tags and labels), `reference` (image references), `quantity`, `validate`
 //! (problems and shared syntax rules), `secrets` (masking), `bounded` (size
 //! bounds on derived text), `limits`, `schema`. This file only re-exports:
 //! no module imports the crate root.
@@ -24,6 +24,7 @@ mod decode;
 mod event;
 mod limits;
 mod names;
+mod platform;
 pub mod provenance;
 mod quantity;
 mod reference;
@@ -40,16 +41,23 @@ pub use decode::{DecodeError, parse_build_request, parse_cancel_request, readabl
 pub use event::{
     BuildEvent, CLOUDEVENTS_SPEC_VERSION, DATA_CONTENT_TYPE, DATA_SCHEMA, EVENT_CONTENT_TYPE,
     EventData, ImageSummary, Level, NO_TENANT, Phase, PodRef, REQUEST_HASH_HEX, Reason,
-    binding_key, build_event_id, event_source, event_type, image_event_id, request_rejected_id,
-    routing_key, subject, tenant_read_permission, tenant_routing_key, tenant_word,
+    binding_key, build_event_id, event_source, event_type, image_event_id, platform_event_id,
+    request_rejected_id, routing_key, subject, tenant_read_permission, tenant_routing_key,
+    tenant_word,
 };
 pub use limits::{
     API_VERSION, LOG_TAIL_MAX_BYTES, MAX_ATTEMPTS_LIMIT, MAX_BUILD_ARG_VALUE_BYTES, MAX_BUILD_ARGS,
-    MAX_BUILD_SECRETS, MAX_DESTINATIONS, MAX_ID_LEN, MAX_IMAGES, MAX_LABELS, MAX_PROBLEMS,
-    MAX_REASON_BYTES, MAX_REQUEST_BYTES, MAX_TEMPLATE_ARGS, MAX_TEXT_BYTES, MAX_TIMEOUT_SECONDS,
+    MAX_BUILD_SECRETS, MAX_DESTINATIONS, MAX_ID_LEN, MAX_IMAGES, MAX_LABELS, MAX_PLATFORMS,
+    MAX_PROBLEMS, MAX_REASON_BYTES, MAX_REQUEST_BYTES, MAX_TEMPLATE_ARGS, MAX_TEXT_BYTES,
+    MAX_TIMEOUT_SECONDS, MIN_PLATFORMS,
 };
 pub use names::{
-    MAX_LABEL_LEN, configmap_name, is_dns1123_label, label_value, pod_name, request_fingerprint,
+    MAX_LABEL_LEN, configmap_name, is_dns1123_label, label_value, platform_unit, pod_name,
+    publish_unit, request_fingerprint,
+};
+pub use platform::{
+    destination_tag, platform_destination, platform_label, platform_of_label, platform_suffix,
+    platforms_count_problem,
 };
 pub use quantity::quantity_nanos;
 pub use reference::{ImageReference, parse_destination, parse_image_reference};

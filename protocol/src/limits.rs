@@ -10,6 +10,9 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_IMAGES: usize = 32;
 /// Most destinations per image.
 pub const MAX_DESTINATIONS: usize = 8;
+/// Fewest and most `platforms` of one image.
+pub const MIN_PLATFORMS: usize = 2;
+pub const MAX_PLATFORMS: usize = 8;
 /// Longest build id.
 pub const MAX_ID_LEN: usize = 128;
 /// Highest `retry.maxAttempts` (policy may lower it).

@@ -64,6 +64,21 @@ pub fn pod_name(build_id: &str, image: &str, attempt: u32) -> String {
     object_name("kiln", build_id, image, attempt)
 }
 
+/// The `image` argument of [`pod_name`] and [`configmap_name`] for the pods
+/// of one platform of an image with `platforms`: `<image>/<platform>`.
+/// Image names never contain `/`, so these names are always the hashed
+/// form (step 4) and never meet an image's own.
+pub fn platform_unit(image: &str, platform: &str) -> String {
+    format!("{image}/{platform}")
+}
+
+/// The `image` argument of [`pod_name`] for the publish step of an image
+/// with `platforms`: `<image>/publish` (`publish` is no platform, which
+/// always has a `/`).
+pub fn publish_unit(image: &str) -> String {
+    format!("{image}/publish")
+}
+
 /// Name of the ConfigMap holding the rendered inline Dockerfile of one
 /// attempt. (ConfigMap names may be 253 long; keeping 63 lets the same rule
 /// serve both.)
@@ -229,6 +244,22 @@ mod tests {
             label_value(&"x".repeat(100)),
             "h-09ecb6ebc8bcefc733f6f2ec44f791abeed6a99e"
         );
+    }
+
+    /// Pinned like the names above (the same algorithm, with the unit as
+    /// the image).
+    #[test]
+    fn platform_and_publish_pods_are_named_apart() {
+        let amd = pod_name("b", &platform_unit("api", "linux/amd64"), 1);
+        let arm = pod_name("b", &platform_unit("api", "linux/arm64"), 1);
+        let publish = pod_name("b", &publish_unit("api"), 1);
+        assert!(amd.starts_with("kiln-b-api-linux-amd64-1-"), "{amd}");
+        assert!(publish.starts_with("kiln-b-api-publish-1-"), "{publish}");
+        assert_ne!(amd, arm);
+        assert_ne!(amd, pod_name("b", "api-linux-amd64", 1));
+        for n in [amd, arm, publish] {
+            assert!(is_dns1123_label(&n), "{n}");
+        }
     }
 
     #[test]

@@ -149,6 +149,7 @@ fn image() -> impl Strategy<Value = ImageSpec> {
                     target,
                     destinations,
                     platform,
+                    platforms: None,
                     cache,
                     resources,
                 }

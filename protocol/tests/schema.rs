@@ -101,6 +101,7 @@ fn built_events_match_the_committed_schema() {
         digest: Some(digest.into()),
         attempts: 2,
         image_refs: vec![format!("registry.example.com/a:1@{digest}")],
+        platform_digests: std::collections::BTreeMap::new(),
         reason: None,
     }]);
 

@@ -471,6 +471,58 @@ fn platform_and_resources() {
 }
 
 #[test]
+fn platforms() {
+    assert!(
+        image(|i| {
+            i["platforms"] = json!(["linux/amd64", "linux/arm64/v8"]);
+            i["destinations"] = json!(["r.example.com/a:1", "localhost:5000/b:v2"]);
+        })
+        .is_empty()
+    );
+    one(
+        image(|i| i["platforms"] = json!(["linux/amd64"])),
+        "images[0].platforms: has 1 platforms; give 2 to 8 (one platform: use platform)",
+    );
+    one(
+        image(|i| i["platforms"] = json!([])),
+        "images[0].platforms: has 0 platforms; give 2 to 8 (one platform: use platform)",
+    );
+    one(
+        image(|i| i["platforms"] = json!(["linux/amd64", "linux/amd64"])),
+        r#"images[0].platforms[1]: "linux/amd64" is already platforms[0]; platforms must be distinct"#,
+    );
+    one(
+        image(|i| i["platforms"] = json!(["linux/amd64", "arm64"])),
+        r#"images[0].platforms[1]: "arm64" is not a valid platform; use os/arch or os/arch/variant in lowercase, e.g. linux/amd64 or linux/arm64/v8"#,
+    );
+    one(
+        image(|i| {
+            i["platforms"] = json!(["linux/amd64", "linux/arm64"]);
+            i["platform"] = json!("linux/amd64");
+        }),
+        "images[0].platforms: set either platform or platforms, not both; one platform goes in platform",
+    );
+    one(
+        image(|i| {
+            i["platforms"] = json!(["linux/amd64", "linux/arm64"]);
+            i["destinations"] = json!(["r.example.com/a"]);
+        }),
+        r#"images[0].destinations[0]: "r.example.com/a": with platforms, every destination must name its tag (registry/repo:tag): the per-platform tags are derived from it"#,
+    );
+    let long = format!("r.example.com/a:{}", "t".repeat(120));
+    let got = image(|i| {
+        i["platforms"] = json!(["linux/amd64", "linux/arm64/v8"]);
+        i["destinations"] = json!([long]);
+    });
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("images[0].destinations[0]: "), "{got:?}");
+    assert!(
+        got[0].ends_with("-linux-arm64-v8 would be 135 characters; tags are at most 128"),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn structural_errors_carry_the_json_path() {
     one(
         image(|i| {
@@ -478,7 +530,7 @@ fn structural_errors_carry_the_json_path() {
             i.as_object_mut().unwrap().remove("context");
             i["contxt"] = ctx;
         }),
-        "images[0].contxt: unknown field `contxt`, expected one of `name`, `context`, `dockerfile`, `dockerfileInline`, `templateArgs`, `buildArgs`, `secrets`, `target`, `destinations`, `platform`, `cache`, `resources` at line 1 column 54",
+        "images[0].contxt: unknown field `contxt`, expected one of `name`, `context`, `dockerfile`, `dockerfileInline`, `templateArgs`, `buildArgs`, `secrets`, `target`, `destinations`, `platform`, `platforms`, `cache`, `resources` at line 1 column 54",
     );
     one(
         problems(|v| v["timeoutSeconds"] = json!("60")),

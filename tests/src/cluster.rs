@@ -91,12 +91,12 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// The watchdog that leads the process group of every server started here:
 /// it kills the whole group (itself included) once the test process is gone.
-struct Group {
+pub(crate) struct Group {
     watchdog: Child,
 }
 
 impl Group {
-    fn start() -> anyhow::Result<Self> {
+    pub(crate) fn start() -> anyhow::Result<Self> {
         let script = format!(
             "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -KILL 0",
             std::process::id()
@@ -117,7 +117,7 @@ impl Group {
     }
 
     /// Spawns `cmd` into the group, its output appended to `log`.
-    fn spawn(&self, cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    pub(crate) fn spawn(&self, cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -152,12 +152,12 @@ fn signal(pid: i32, signal: Signal) -> anyhow::Result<()> {
 
 /// A fresh directory under `<target>/services/`, removed on drop unless
 /// `KILN_KEEP_SERVICES=1`.
-struct RunDir {
-    path: PathBuf,
+pub(crate) struct RunDir {
+    pub(crate) path: PathBuf,
 }
 
 impl RunDir {
-    fn new(kind: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(kind: &str) -> anyhow::Result<Self> {
         // The test executable is <target>/<profile>/deps/<test>-<hash>.
         let exe = std::env::current_exe().context("the test executable has no path")?;
         let target = exe
@@ -188,7 +188,7 @@ impl Drop for RunDir {
 
 /// A loopback port nothing listens on, in 20000-44999 (the RabbitMQ CLI
 /// takes ports at a node's distribution port + 10000), not among `taken`.
-fn free_port(taken: &mut Vec<u16>) -> anyhow::Result<u16> {
+pub(crate) fn free_port(taken: &mut Vec<u16>) -> anyhow::Result<u16> {
     use rand::Rng as _;
     let mut rng = rand::rng();
     for _ in 0..500 {
@@ -215,7 +215,12 @@ async fn port_open(port: u16) -> bool {
 
 /// Waits until something listens on `port`, failing early when `child`
 /// ends; the error quotes the end of `log`.
-async fn wait_port(port: u16, what: &str, child: &mut Child, log: &Path) -> anyhow::Result<()> {
+pub(crate) async fn wait_port(
+    port: u16,
+    what: &str,
+    child: &mut Child,
+    log: &Path,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < START_TIMEOUT {
         if port_open(port).await {

@@ -201,6 +201,8 @@ impl Env {
                 kaniko_image: "kaniko:test".to_owned(),
                 fetch_image: "curl:test".to_owned(),
                 s3_region: "us-east-1".to_owned(),
+                publish_image: "kiln:test".to_owned(),
+                insecure_registries: Vec::new(),
             },
             cluster: "test".to_owned(),
             metrics_addr: None,

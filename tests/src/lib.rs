@@ -5,7 +5,9 @@ pub mod chaos;
 pub mod cluster;
 pub mod fakekube;
 pub mod harness;
+pub mod platform_fates;
 pub mod process;
+pub mod registry;
 
 /// `host:port` of a server URL such as `KILN_REDIS_URL` or `KILN_AMQP_URL`
 /// (`default_port` when it names none): for the tests that must reach the

@@ -82,6 +82,7 @@ async fn a_forged_pod_naming_another_tenants_secrets_is_not_adopted() {
         kaniko_image: "kaniko:test".to_owned(),
         fetch_image: "curl:test".to_owned(),
         s3_region: "us-east-1".to_owned(),
+        ..PodSettings::default()
     };
     let pod = pod_spec(&settings, &forged, 0, 1, jiff::Timestamp::now());
     let pods: kube::Api<Pod> = kube::Api::namespaced(env.kube.client(), NAMESPACE);

@@ -222,6 +222,7 @@ fn every_command_has_help_with_an_example() {
         "validate",
         "schema",
         "completions",
+        "publish",
     ] {
         let out = kiln().args([cmd, "--help"]).assert().success();
         let s = text(&out.get_output().stdout);
@@ -683,6 +684,7 @@ async fn submit_wait_subscribes_before_publishing() {
         digest: Some(digest),
         attempts: 1,
         image_refs: vec![reference.clone()],
+        platform_digests: std::collections::BTreeMap::new(),
         reason: None,
     }]);
     for ev in [

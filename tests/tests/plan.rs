@@ -28,6 +28,8 @@ fn plan(args: &[&str]) -> std::process::Output {
         "KILN_KANIKO_IMAGE",
         "KILN_FETCH_IMAGE",
         "KILN_S3_REGION",
+        "KILN_PUBLISH_IMAGE",
+        "KILN_INSECURE_REGISTRIES",
     ] {
         cmd.env_remove(var);
     }
@@ -170,6 +172,56 @@ fn an_inline_dockerfile_comes_as_a_configmap_first() {
     // The worker's settings come from the same flags.
     assert_eq!(pod["metadata"]["namespace"], "elsewhere");
     assert_eq!(pod["spec"]["containers"][0]["image"], "kaniko:planned");
+}
+
+/// Issue 21: `kiln plan` shows every platform's pod and the publish pod.
+#[test]
+fn a_multi_platform_image_plans_a_pod_per_platform_and_the_publish_pod() {
+    let dir = TempDir::new();
+    let file = dir.path().join("request.json");
+    let request = serde_json::json!({
+        "apiVersion": "kiln/v1",
+        "kind": "BuildRequest",
+        "id": "mp-1",
+        "images": [{
+            "name": "api",
+            "context": {"git": {"url": "https://github.com/acme/cart.git", "ref": "refs/heads/main"}},
+            "destinations": ["registry.example.com/shop/api:1.0"],
+            "platforms": ["linux/amd64", "linux/arm64"]
+        }]
+    });
+    std::fs::write(&file, request.to_string()).unwrap();
+    let objects = objects(&plan(&[file.to_str().unwrap()]));
+    assert_eq!(kinds(&objects), ["Pod", "Pod", "Pod"]);
+    for (pod, platform, arch) in [
+        (&objects[0], "linux/amd64", "amd64"),
+        (&objects[1], "linux/arm64", "arm64"),
+    ] {
+        assert_eq!(
+            pod["metadata"]["labels"]["kiln.dev/platform"],
+            platform.replace('/', "-")
+        );
+        assert_eq!(pod["spec"]["nodeSelector"]["kubernetes.io/arch"], arch);
+        let args = kaniko_args(pod);
+        assert!(
+            args.contains(&format!("--custom-platform={platform}").as_str()),
+            "{args:?}"
+        );
+        let dest = format!(
+            "--destination=registry.example.com/shop/api:1.0-{}",
+            platform.replace('/', "-")
+        );
+        assert!(args.contains(&dest.as_str()), "{args:?}");
+    }
+    let publish = &objects[2];
+    assert_eq!(publish["metadata"]["labels"]["kiln.dev/step"], "publish");
+    assert_eq!(publish["spec"]["containers"][0]["command"][1], "publish");
+    let args = kaniko_args(publish);
+    assert!(
+        args.contains(&"--platform=linux/amd64=<digest of its pod>"),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--destination=registry.example.com/shop/api:1.0"));
 }
 
 #[test]

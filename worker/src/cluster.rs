@@ -211,10 +211,11 @@ impl ClusterView {
             detail: detail(v),
             since: v.running_since.or(v.created_at),
         };
-        match build.images.get_mut(&v.image) {
+        let key = unit_key(v);
+        match build.images.get_mut(&key) {
             Some(old) if old.attempt > v.attempt => {}
             Some(old) => *old = state,
-            None => build.images.insert(&v.image, state),
+            None => build.images.insert(&key, state),
         }
     }
 
@@ -229,7 +230,7 @@ impl ClusterView {
         let Some(build) = inner.builds.get_mut(&v.build_id) else {
             return;
         };
-        if let Some(img) = build.images.get_mut(&v.image)
+        if let Some(img) = build.images.get_mut(&unit_key(v))
             && img.attempt == v.attempt
         {
             if v.phase.is_some() {
@@ -388,6 +389,17 @@ fn detail(v: &PodView) -> Option<String> {
         .map(|(r, _)| r.clone())
         .or_else(|| v.unschedulable.as_ref().map(|(r, _)| r.clone()))
         .or_else(|| v.pod_reason.clone())
+}
+
+/// What the status view shows a pod under: its image, or for an image
+/// with `platforms` the image and the platform (`api linux-arm64`) or the
+/// publish step (`api publish`).
+fn unit_key(v: &PodView) -> String {
+    match (&v.platform, v.publish) {
+        (Some(platform), _) => format!("{} {platform}", v.image),
+        (None, true) => format!("{} publish", v.image),
+        (None, false) => v.image.clone(),
+    }
 }
 
 #[cfg(test)]

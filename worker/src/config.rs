@@ -19,6 +19,10 @@ use crate::policy::Policy;
 /// (`ErrImagePull`), it never runs something else.
 pub const DEFAULT_KANIKO_IMAGE: &str = "ghcr.io/osscontainertools/kaniko:v1.28.3@sha256:779f463aaa3219151ceff518249aa043a60bcb09a17fab58b915f63c678ecde6";
 
+/// The publish step's image: Kiln's own (it runs `kiln publish`). Not
+/// pinned: a release pins it in its manifests (the worker warns at start).
+pub const DEFAULT_PUBLISH_IMAGE: &str = "ghcr.io/kiln-build/kiln";
+
 /// The context-download image (curl 8.17.0), by its index digest.
 pub const DEFAULT_FETCH_IMAGE: &str = "docker.io/curlimages/curl:8.17.0@sha256:935d9100e9ba842cdb060de42472c7ca90cfe9a7c96e4dacb55e79e560b3ff40";
 
@@ -102,6 +106,19 @@ pub struct BuildConfig {
     /// (runs `curl`, non-root); pinned by digest like the executor.
     #[arg(long, env = "KILN_FETCH_IMAGE", default_value = DEFAULT_FETCH_IMAGE)]
     pub fetch_image: String,
+    /// Image of the publish step of images with `platforms` (Kiln's own
+    /// image, running `kiln publish`); pin it by digest.
+    #[arg(long, env = "KILN_PUBLISH_IMAGE", default_value = DEFAULT_PUBLISH_IMAGE)]
+    pub publish_image: String,
+    /// Registries (`host[:port]`) the publish step talks to over plain
+    /// HTTP, comma-separated; default none.
+    #[arg(
+        long,
+        env = "KILN_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub insecure_registries: Vec<String>,
     /// `AWS_REGION` of S3 build contexts when neither the request nor the
     /// tenant policy names one: the executor's AWS SDK sends no request
     /// without a region, even to an S3-compatible endpoint.
@@ -133,6 +150,13 @@ impl BuildConfig {
             kaniko_image: self.kaniko_image.clone(),
             fetch_image: self.fetch_image.clone(),
             s3_region: self.s3_region.clone(),
+            publish_image: self.publish_image.clone(),
+            insecure_registries: self
+                .insecure_registries
+                .iter()
+                .filter(|r| !r.is_empty())
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -325,6 +349,10 @@ impl WorkerConfig {
             (
                 "--fetch-image (KILN_FETCH_IMAGE)",
                 self.build.fetch_image.as_str(),
+            ),
+            (
+                "--publish-image (KILN_PUBLISH_IMAGE)",
+                self.build.publish_image.as_str(),
             ),
         ]
         .into_iter()

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pod;
 pub mod policy;
 pub mod provenance;
+pub mod registry;
 pub mod retry;
 pub mod store;
 pub mod supervisor;

@@ -33,6 +33,10 @@ enum Command {
     ///
     /// Example: KILN_NAMESPACE=kiln-builds kiln worker
     Worker(Box<WorkerConfig>),
+    /// Assemble and push a multi-platform image's index (the publish pod's
+    /// command; docs/protocol.md, "The publish step").
+    #[command(after_help = cli::publish::AFTER_HELP)]
+    Publish(cli::publish::PublishArgs),
     #[command(flatten)]
     Client(Box<ClientCommand>),
 }
@@ -81,6 +85,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         Ok(1)
                     }
                 }
+            }
+            Command::Publish(args) => {
+                // The pod log shows the registry calls retried.
+                let _telemetry = kiln_worker::telemetry::init();
+                Ok(cli::publish::run(args).await)
             }
             Command::Client(command) => cli::run(*command, Cli::command).await,
         }

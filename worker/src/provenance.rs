@@ -302,6 +302,7 @@ VWbYFlhVY28TqBWXO0ftlSNcUA49/rZjwGzwv96N9gmb1TFe/yxhJZtv
                 kaniko_image: "ghcr.io/osscontainertools/kaniko:v1.28.3".into(),
                 fetch_image: "curl:test".into(),
                 s3_region: "us-east-1".into(),
+                ..PodSettings::default()
             },
         )
     }
@@ -323,6 +324,7 @@ VWbYFlhVY28TqBWXO0ftlSNcUA49/rZjwGzwv96N9gmb1TFe/yxhJZtv
                 format!("registry.example.com/shop/{name}:latest"),
             ],
             platform: None,
+            platforms: Vec::new(),
             cache: false,
             cpu: "1".into(),
             memory: "2Gi".into(),

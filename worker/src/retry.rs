@@ -1,7 +1,8 @@
 //! The worker's retry policies, one per kind of call, so that how hard Kiln
 //! insists on a dependency is decided in one place.
 //!
-//! Every policy here but [`kube_call`] retries without a limit of attempts:
+//! Every policy here but [`kube_call`], [`amqp_connect_client`] and
+//! [`registry_call`] retries without a limit of attempts:
 //! what bounds a retry is the thing it serves. Callers wrap the retrying future in
 //! [`bounded`] with the stop token of the build or the worker and, inside a
 //! build, stop retrying at the build's deadline ([`sleep_at_most_until`]),
@@ -103,6 +104,18 @@ pub fn amqp_connect_client(nodes: usize) -> ExponentialBuilder {
         .with_max_delay(Duration::from_secs(1))
         .with_jitter()
         .with_max_times(if nodes > 1 { nodes * 2 - 1 } else { 0 })
+}
+
+/// One registry call of the publish step (`kiln publish`) that failed
+/// transiently (5xx, 429, a dropped or refused connection): three more
+/// tries within a few seconds. The publish pod's own attempts, which the
+/// worker's machine retries with its backoff, are the longer retry.
+pub fn registry_call() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(3)
 }
 
 /// Runs `fut` (usually a backon retry) until it ends or `stop` is

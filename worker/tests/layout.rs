@@ -340,7 +340,8 @@ fn knowers(home: &str, client: &str) -> Vec<String> {
 }
 
 /// Only the store module knows Redis, only the amqp module knows lapin, only
-/// the pod module knows kube and k8s-openapi: everything above them works
+/// the pod module knows kube and k8s-openapi, only the registry module knows
+/// the registry client and the docker config reader: everything above them works
 /// on Kiln's own types, so a client library can be swapped or faulted in one
 /// place.
 #[test]
@@ -350,6 +351,8 @@ fn each_client_library_is_known_to_one_module() {
         ("amqp", "lapin"),
         ("pod", "kube"),
         ("pod", "k8s_openapi"),
+        ("registry", "oci_client"),
+        ("registry", "docker_credential"),
     ] {
         let outside = knowers(home, client);
         assert!(

@@ -3,7 +3,7 @@
 
 use kiln_protocol::{BuildEvent, EventData, ImageSummary, Level, Phase, PodRef, Reason};
 
-use super::image::{ImgState, PodId};
+use super::image::PodId;
 use super::state::{Action, Machine, Stage};
 use crate::classify::Failure;
 use crate::plan::ImagePlan;
@@ -76,7 +76,7 @@ impl Machine {
         );
         let reason = event.data.reason;
         let mut out = vec![Action::Publish(Box::new(event))];
-        for img in &mut self.images {
+        for img in &mut self.units {
             let pods: Vec<PodId> = img
                 .pod
                 .take()
@@ -90,28 +90,27 @@ impl Machine {
     }
 
     pub(super) fn summary(&self) -> Vec<ImageSummary> {
-        self.plan
-            .images
-            .iter()
-            .zip(&self.images)
-            .map(|(spec, img)| ImageSummary {
-                name: spec.name.clone(),
-                phase: img.state.phase(),
-                digest: img.digest.clone(),
-                attempts: img.attempt,
-                image_refs: image_refs(&spec.destinations, img.digest.as_deref()),
-                reason: match img.state {
-                    ImgState::Failed | ImgState::Cancelled => {
-                        img.failure.as_ref().map_or(Some(Reason::Cancelled), |f| {
-                            if img.state == ImgState::Cancelled {
-                                Some(Reason::Cancelled)
-                            } else {
-                                Some(f.reason)
-                            }
-                        })
-                    }
-                    _ => None,
-                },
+        (0..self.plan.images.len())
+            .map(|i| {
+                let spec = &self.plan.images[i];
+                let p = self.image_progress(i);
+                ImageSummary {
+                    name: spec.name.clone(),
+                    phase: p.phase,
+                    image_refs: image_refs(&spec.destinations, p.digest.as_deref()),
+                    platform_digests: if p.phase == Phase::Succeeded {
+                        self.platform_digests(i)
+                    } else {
+                        std::collections::BTreeMap::new()
+                    },
+                    digest: p.digest,
+                    attempts: p.attempt,
+                    reason: match p.phase {
+                        Phase::Cancelled => Some(Reason::Cancelled),
+                        Phase::Failed => p.reason.or(Some(Reason::Cancelled)),
+                        _ => None,
+                    },
+                }
             })
             .collect()
     }
@@ -157,17 +156,20 @@ impl Machine {
         self.envelope(wall, data)
     }
 
+    /// An event of unit `u`: of its image, and of its platform for a
+    /// platform's pod.
     pub(super) fn image_event(
         &self,
-        i: usize,
+        u: usize,
         phase: Phase,
         wall: jiff::Timestamp,
         fill: impl FnOnce(&mut EventData),
     ) -> Action {
-        let spec = &self.plan.images[i];
-        let img = &self.images[i];
+        let img = &self.units[u];
+        let spec = &self.plan.images[img.image];
         let mut data = self.base_data(phase);
         data.image = Some(spec.name.clone());
+        data.platform = spec.platform_of(img.step).map(str::to_owned);
         data.attempt = Some(img.attempt);
         data.pod = img.pod.as_ref().or(img.stale.last()).map(|p| PodRef {
             namespace: p.namespace.clone(),

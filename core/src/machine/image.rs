@@ -1,11 +1,14 @@
-//! One image of a build as the machine tracks it: its state, its current
-//! pod and what its attempts left behind.
+//! One unit of a build as the machine tracks it: an image's own pod, or
+//! one platform's pod or the publish step of an image with `platforms`
+//! ([`Step`]); its state, its current pod and what its attempts left
+//! behind.
 
 use std::time::Instant;
 
 use kiln_protocol::{Phase, Reason};
 
 use crate::classify::Failure;
+use crate::plan::Step;
 use crate::pod_view::PodView;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,9 @@ pub(super) enum ImgState {
     /// The pod of the current attempt was refused by a ResourceQuota:
     /// waiting before trying to create it again.
     Waiting,
+    /// The publish step of an image with `platforms`, waiting for every
+    /// platform to succeed.
+    Blocked,
     Succeeded,
     Failed,
     Cancelled,
@@ -31,7 +37,7 @@ impl ImgState {
 
     pub(super) fn phase(self) -> Phase {
         match self {
-            Self::Creating | Self::Pending => Phase::Scheduled,
+            Self::Creating | Self::Pending | Self::Blocked => Phase::Scheduled,
             Self::Running => Phase::Running,
             Self::Retrying => Phase::Retrying,
             Self::Waiting => Phase::Waiting,
@@ -67,6 +73,9 @@ impl PodId {
 
 #[derive(Debug, Clone)]
 pub(super) struct Img {
+    /// The image (index into the plan's images) and which of its pods.
+    pub(super) image: usize,
+    pub(super) step: Step,
     pub(super) attempt: u32,
     pub(super) state: ImgState,
     /// Pod of the current attempt.
@@ -87,10 +96,16 @@ pub(super) struct Img {
 }
 
 impl Img {
-    pub(super) fn new(attempt: u32) -> Self {
+    pub(super) fn new(image: usize, step: Step, attempt: u32) -> Self {
         Self {
+            image,
+            step,
             attempt,
-            state: ImgState::Creating,
+            state: if step == Step::Publish {
+                ImgState::Blocked
+            } else {
+                ImgState::Creating
+            },
             pod: None,
             stale: Vec::new(),
             pending_since: None,

@@ -11,15 +11,19 @@
 //! One file per concept, each importing only the ones before it:
 //! `image.rs` (the per-image state), `state.rs` (inputs, actions, the
 //! build's lifecycle), `events.rs` (the events published), `timers.rs`
-//! (backoff, quota waits, the deadline, the tick) and `pods.rs` (what pod
-//! observations and cancels do).
+//! (backoff, quota waits, the deadline, the tick), `platforms.rs` (units,
+//! the publish step, an image with `platforms` as a whole) and `pods.rs`
+//! (what pod observations and cancels do).
 
 mod events;
 mod image;
+mod platforms;
 mod pods;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_platforms;
 mod timers;
 
 pub use state::{Action, Attest, ImageProgress, Input, Machine, Settings, Stage};

@@ -9,21 +9,23 @@ use kiln_protocol::{Phase, Reason};
 
 use super::events::{delete, fill_failure, masked_message};
 use super::image::{ImgState, PodId};
+use super::platforms::classify_publish;
 use super::state::{Action, Machine, Stage};
 use super::timers::quota_wait;
 use crate::classify::{Failure, Observation, PodView, classify_with_log, hopeless};
+use crate::plan::Step;
 
 impl Machine {
     pub(super) fn created(
         &mut self,
-        i: usize,
+        u: usize,
         attempt: u32,
         pod: &PodView,
         now: Instant,
         wall: jiff::Timestamp,
     ) -> Vec<Action> {
         let mut out = Vec::new();
-        let Some(img) = self.images.get_mut(i) else {
+        let Some(img) = self.units.get_mut(u) else {
             return out;
         };
         if img.attempt != attempt || img.state != ImgState::Creating {
@@ -35,7 +37,7 @@ impl Machine {
         img.quota_tries = 0;
         img.quota_message = None;
         let stale = std::mem::take(&mut img.stale);
-        out.push(self.image_event(i, Phase::Scheduled, wall, |_| {}));
+        out.push(self.image_event(u, Phase::Scheduled, wall, |_| {}));
         // The previous attempt's pod stayed until this one existed.
         out.extend(stale.into_iter().map(delete));
         // The pod may already be past Pending (it existed: 409).
@@ -50,18 +52,19 @@ impl Machine {
     /// exists), so nothing is lost if this worker dies meanwhile.
     pub(super) fn quota_refused(
         &mut self,
-        i: usize,
+        u: usize,
         attempt: u32,
         message: String,
         now: Instant,
         wall: jiff::Timestamp,
     ) -> Vec<Action> {
-        let Some(img) = self.images.get_mut(i) else {
+        let Some(img) = self.units.get_mut(u) else {
             return Vec::new();
         };
         if img.attempt != attempt || img.state != ImgState::Creating {
             return Vec::new();
         }
+        let i = img.image;
         img.quota_tries += 1;
         let wait = quota_wait(img.quota_tries);
         img.state = ImgState::Waiting;
@@ -72,7 +75,7 @@ impl Machine {
         }
         self.waits += 1;
         let known = kiln_protocol::secret_build_arg_values(&self.plan.images[i].build_args);
-        let event = self.image_event(i, Phase::Waiting, wall, |d| {
+        let event = self.image_event(u, Phase::Waiting, wall, |d| {
             d.reason = Some(Reason::QuotaExceeded);
             d.message = Some(kiln_protocol::mask_text(
                 &format!("a ResourceQuota refuses the build pod for now: {message}"),
@@ -80,7 +83,7 @@ impl Machine {
             ));
             d.retry_in_seconds = Some(wait.as_secs_f64());
         });
-        self.images[i].quota_message = Some(message);
+        self.units[u].quota_message = Some(message);
         vec![event]
     }
 
@@ -91,15 +94,15 @@ impl Machine {
         now: Instant,
         wall: jiff::Timestamp,
     ) -> Vec<Action> {
-        let Some(i) = self.plan.image_index(&pod.image) else {
+        let Some(u) = self.unit_of(pod) else {
             return Vec::new();
         };
         let namespace = &self.plan.namespace;
-        let img = &mut self.images[i];
+        let img = &mut self.units[u];
         if pod.attempt != img.attempt || img.state.terminal() || img.state == ImgState::Retrying {
             return Vec::new();
         }
-        if img.state == ImgState::Creating {
+        if matches!(img.state, ImgState::Creating | ImgState::Blocked) {
             // Seen by the watcher before the create call returned.
             return Vec::new();
         }
@@ -117,7 +120,8 @@ impl Machine {
             img.state = ImgState::Creating;
             img.retry_at = None;
             return vec![Action::CreatePod {
-                image: i,
+                image: img.image,
+                step: img.step,
                 attempt: img.attempt,
             }];
         }
@@ -128,7 +132,12 @@ impl Machine {
         if !img.pod.as_ref().is_some_and(|p| p.is(pod)) {
             return Vec::new();
         }
-        match classify_with_log(pod, log_tail.as_deref()) {
+        let observation = if img.step == Step::Publish {
+            classify_publish(pod)
+        } else {
+            classify_with_log(pod, log_tail.as_deref())
+        };
+        match observation {
             Observation::Pending { stuck } => {
                 if hopeless(pod)
                     && let Some((reason, message)) = stuck.clone()
@@ -140,7 +149,7 @@ impl Machine {
                         exit_code: None,
                         log: None,
                     };
-                    return self.fail_attempt(i, &f, log_tail, now, wall);
+                    return self.fail_attempt(u, &f, log_tail, now, wall);
                 }
                 img.stuck = stuck;
                 Vec::new()
@@ -151,7 +160,7 @@ impl Machine {
                     img.started_at = since.or(Some(wall));
                     img.pending_since = None;
                     img.stuck = None;
-                    vec![self.image_event(i, Phase::Running, wall, |_| {})]
+                    vec![self.image_event(u, Phase::Running, wall, |_| {})]
                 } else {
                     Vec::new()
                 }
@@ -161,21 +170,14 @@ impl Machine {
                 started_at,
                 finished_at,
             } => {
-                let attempt = img.attempt;
                 img.state = ImgState::Succeeded;
                 img.digest = digest;
                 img.started_at = img.started_at.or(started_at);
                 img.finished_at = finished_at.or(Some(wall));
                 img.pending_since = None;
-                let provenance = match (&self.settings.provenance, &self.images[i].digest) {
-                    (Some(a), Some(digest)) => a.attest(&self.plan, i, attempt, digest, pod),
-                    _ => None,
-                };
-                vec![self.image_event(i, Phase::Succeeded, wall, |d| {
-                    d.provenance = provenance;
-                })]
+                self.unit_succeeded(u, pod, wall)
             }
-            Observation::Failed(f) => self.fail_attempt(i, &f, log_tail, now, wall),
+            Observation::Failed(f) => self.fail_attempt(u, &f, log_tail, now, wall),
         }
     }
 
@@ -185,17 +187,17 @@ impl Machine {
         now: Instant,
         wall: jiff::Timestamp,
     ) -> Vec<Action> {
-        let Some(i) = self.plan.image_index(&pod.image) else {
+        let Some(u) = self.unit_of(pod) else {
             return Vec::new();
         };
-        let img = &self.images[i];
+        let img = &self.units[u];
         let current = img.pod.as_ref().is_some_and(|p| p.is(pod));
         if !current || img.state.terminal() || img.state == ImgState::Retrying {
             return Vec::new();
         }
         // Deleted by someone else before it finished (node drain, operator):
         // another attempt may succeed.
-        self.images[i].pod = None;
+        self.units[u].pod = None;
         let f = Failure {
             reason: Reason::Evicted,
             retryable: true,
@@ -203,25 +205,25 @@ impl Machine {
             exit_code: None,
             log: None,
         };
-        self.fail_attempt(i, &f, None, now, wall)
+        self.fail_attempt(u, &f, None, now, wall)
     }
 
     /// An attempt failed: retry after a backoff, or fail the image for good.
     pub(super) fn fail_attempt(
         &mut self,
-        i: usize,
+        u: usize,
         f: &Failure,
         log_tail: Option<String>,
         now: Instant,
         wall: jiff::Timestamp,
     ) -> Vec<Action> {
-        let attempt = self.images[i].attempt;
-        let delay = self.backoff(i, attempt);
+        let attempt = self.units[u].attempt;
+        let delay = self.backoff(u, attempt);
         let retry = f.retryable && attempt < self.plan.max_attempts && now + delay < self.deadline;
         let log_tail = log_tail.or_else(|| f.log.clone());
         let plan = Arc::clone(&self.plan);
-        let spec = &plan.images[i];
-        let img = &mut self.images[i];
+        let img = &mut self.units[u];
+        let spec = &plan.images[img.image];
         img.finished_at = Some(wall);
         img.pending_since = None;
         img.failure = Some(f.clone());
@@ -231,13 +233,13 @@ impl Machine {
             if let Some(p) = img.pod.take() {
                 img.stale.push(p);
             }
-            vec![self.image_event(i, Phase::Retrying, wall, |d| {
+            vec![self.image_event(u, Phase::Retrying, wall, |d| {
                 fill_failure(d, f, log_tail.clone(), spec);
                 d.retry_in_seconds = Some(delay.as_secs_f64());
             })]
         } else {
             img.state = ImgState::Failed;
-            vec![self.image_event(i, Phase::Failed, wall, |d| {
+            vec![self.image_event(u, Phase::Failed, wall, |d| {
                 fill_failure(d, f, log_tail.clone(), spec);
             })]
         }
@@ -245,7 +247,7 @@ impl Machine {
 
     pub(super) fn cancel(&mut self, reason: &str, wall: jiff::Timestamp) -> Vec<Action> {
         let mut out = Vec::new();
-        for i in 0..self.images.len() {
+        for i in 0..self.plan.images.len() {
             out.extend(self.cancel_image(i, reason, wall));
         }
         out.extend(self.finish(Phase::Cancelled, wall, |d| {
@@ -255,46 +257,59 @@ impl Machine {
         out
     }
 
+    /// Cancels what is left of image `i`: one `image.cancelled` (from its
+    /// last unit: its own pod, or the publish step), none when the image
+    /// has ended already (a platform that failed ended it: its siblings
+    /// stop quietly).
     pub(super) fn cancel_image(
         &mut self,
         i: usize,
         message: &str,
         wall: jiff::Timestamp,
     ) -> Vec<Action> {
-        let img = &mut self.images[i];
-        if img.state.terminal() {
-            return Vec::new();
+        let over = self.image_over(i);
+        let mut speaker = None;
+        for (u, img) in self.units.iter_mut().enumerate() {
+            if img.image != i || img.state.terminal() {
+                continue;
+            }
+            img.state = ImgState::Cancelled;
+            img.finished_at = Some(wall);
+            img.retry_at = None;
+            img.pending_since = None;
+            speaker = Some(u);
         }
-        img.state = ImgState::Cancelled;
-        img.finished_at = Some(wall);
-        img.retry_at = None;
-        img.pending_since = None;
         // The pods stay until the build's terminal event is out (`finish`
         // deletes them after it): a worker that dies in between leaves the
         // pods, and whoever adopts them publishes the end. Deleted first,
         // they would take the only trace of the build with them.
-        vec![self.image_event(i, Phase::Cancelled, wall, |d| {
-            d.reason = Some(Reason::Cancelled);
-            d.message = Some(message.to_owned());
-        })]
+        match speaker {
+            Some(u) if !over => vec![self.image_event(u, Phase::Cancelled, wall, |d| {
+                d.reason = Some(Reason::Cancelled);
+                d.message = Some(message.to_owned());
+            })],
+            _ => Vec::new(),
+        }
     }
 
-    /// Ends the build when its images say so.
+    /// Ends the build when its images say so; first, starts the publish
+    /// step of every image whose platforms all succeeded.
     pub(super) fn settle(&mut self, _now: Instant, wall: jiff::Timestamp) -> Vec<Action> {
         if self.stage != Stage::Active {
             return Vec::new();
         }
-        let failed = self.images.iter().position(|i| i.state == ImgState::Failed);
+        let failed = self.units.iter().find(|u| u.state == ImgState::Failed);
         if let Some(first) = failed {
+            let first_image = first.image;
+            let f = first.failure.clone();
             let mut out = Vec::new();
-            let name = self.plan.images[first].name.clone();
-            for i in 0..self.images.len() {
+            let name = self.plan.images[first_image].name.clone();
+            for i in 0..self.plan.images.len() {
                 out.extend(self.cancel_image(i, &format!("image {name} failed"), wall));
             }
-            let f = self.images[first].failure.clone();
             let message = f
                 .as_ref()
-                .map(|f| masked_message(f, &self.plan.images[first]));
+                .map(|f| masked_message(f, &self.plan.images[first_image]));
             out.extend(self.finish(Phase::Failed, wall, |d| {
                 if let (Some(f), Some(message)) = (&f, message) {
                     d.reason = Some(f.reason);
@@ -304,15 +319,15 @@ impl Machine {
             }));
             return out;
         }
-        if self.images.iter().all(|i| i.state == ImgState::Succeeded) {
-            return self.finish(Phase::Succeeded, wall, |_| {});
-        }
-        if self.images.iter().all(|i| i.state.terminal()) {
+        let mut out = self.unblock_publish();
+        if self.units.iter().all(|i| i.state == ImgState::Succeeded) {
+            out.extend(self.finish(Phase::Succeeded, wall, |_| {}));
+        } else if self.units.iter().all(|i| i.state.terminal()) {
             // Cancelled images with no failure: only reachable through cancel.
-            return self.finish(Phase::Cancelled, wall, |d| {
+            out.extend(self.finish(Phase::Cancelled, wall, |d| {
                 d.reason = Some(Reason::Cancelled);
-            });
+            }));
         }
-        Vec::new()
+        out
     }
 }

@@ -8,7 +8,7 @@ use kiln_protocol::provenance::Envelope;
 use kiln_protocol::{BuildEvent, Phase, Reason};
 
 use crate::classify::{Failure, Observation, PodView, classify};
-use crate::plan::BuildPlan;
+use crate::plan::{BuildPlan, Step};
 
 use super::image::{Img, ImgState, PodId};
 
@@ -51,6 +51,7 @@ pub enum Input {
     /// The pod of `attempt` exists (created now, or found: 409 = adopt).
     PodCreated {
         image: usize,
+        step: Step,
         attempt: u32,
         pod: Box<PodView>,
     },
@@ -58,6 +59,7 @@ pub enum Input {
     /// now (403 `exceeded quota`): wait and try again, within the deadline.
     QuotaExceeded {
         image: usize,
+        step: Step,
         attempt: u32,
         /// The API server's message (quota name, requested, used, limited).
         message: String,
@@ -66,6 +68,7 @@ pub enum Input {
     /// forbidden, namespace missing).
     PodCreateFailed {
         image: usize,
+        step: Step,
         attempt: u32,
         message: String,
     },
@@ -86,8 +89,10 @@ pub enum Input {
 /// Something the supervisor must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Create the pod of attempt `attempt` of `step` of image `image`.
     CreatePod {
         image: usize,
+        step: Step,
         attempt: u32,
     },
     DeletePod {
@@ -126,7 +131,8 @@ pub enum Stage {
 pub struct Machine {
     pub(super) plan: Arc<BuildPlan>,
     pub(super) settings: Arc<Settings>,
-    pub(super) images: Vec<Img>,
+    /// The units of every image, in plan order (`new_units`).
+    pub(super) units: Vec<Img>,
     pub(super) deadline: Instant,
     pub(super) stage: Stage,
     /// Quota waits begun so far (each publishes one `image.waiting`): the
@@ -139,7 +145,7 @@ impl Machine {
     fn active(
         plan: Arc<BuildPlan>,
         settings: Arc<Settings>,
-        images: Vec<Img>,
+        units: Vec<Img>,
         now: Instant,
         wall: jiff::Timestamp,
     ) -> Self {
@@ -147,7 +153,7 @@ impl Machine {
         Self {
             plan,
             settings,
-            images,
+            units,
             deadline,
             stage: Stage::Active,
             waits: 0,
@@ -155,23 +161,24 @@ impl Machine {
     }
 
     /// A new build: publish `build.accepted`, then create attempt 1 of every
-    /// image.
+    /// image (of every platform of an image with `platforms`).
     pub fn start(
         plan: Arc<BuildPlan>,
         settings: Arc<Settings>,
         now: Instant,
         wall: jiff::Timestamp,
     ) -> (Self, Vec<Action>) {
-        let images = plan.images.iter().map(|_| Img::new(1)).collect();
-        let m = Self::active(plan, settings, images, now, wall);
+        let units = new_units(&plan);
+        let m = Self::active(plan, settings, units, now, wall);
         let mut out = vec![Action::Publish(Box::new(m.build_event(
             Phase::Accepted,
             wall,
             None,
         )))];
-        for i in 0..m.images.len() {
+        for u in m.units.iter().filter(|u| u.state == ImgState::Creating) {
             out.push(Action::CreatePod {
-                image: i,
+                image: u.image,
+                step: u.step,
                 attempt: 1,
             });
         }
@@ -189,15 +196,15 @@ impl Machine {
         now: Instant,
         wall: jiff::Timestamp,
     ) -> (Self, Vec<Action>) {
-        let images = plan
-            .images
-            .iter()
-            .map(|_| Img {
+        let units = new_units(&plan)
+            .into_iter()
+            .map(|u| Img {
                 state: ImgState::Cancelled,
-                ..Img::new(0)
+                attempt: 0,
+                ..u
             })
             .collect();
-        let mut m = Self::active(plan, settings, images, now, wall);
+        let mut m = Self::active(plan, settings, units, now, wall);
         let out = m.finish(Phase::Cancelled, wall, |d| {
             d.reason = Some(Reason::Cancelled);
             d.message = Some(reason.to_owned());
@@ -215,9 +222,11 @@ impl Machine {
         now: Instant,
         wall: jiff::Timestamp,
     ) -> (Self, Vec<Action>) {
-        let mut images: Vec<Img> = Vec::with_capacity(plan.images.len());
-        let mut latest: Vec<Option<PodView>> = Vec::with_capacity(plan.images.len());
-        for spec in &plan.images {
+        let mut units = new_units(&plan);
+        let mut latest: Vec<Option<PodView>> = Vec::with_capacity(units.len());
+        for unit in &mut units {
+            let spec = &plan.images[unit.image];
+            let name = spec.unit(unit.step);
             // Only pods under the names Kiln gives its own, in the plan's
             // namespace: names are unique there, so a pod of this build's
             // labels under another name (anyone who may create pods can
@@ -227,35 +236,38 @@ impl Machine {
                 .filter(|p| {
                     p.image == spec.name
                         && p.namespace == plan.namespace
-                        && p.name == kiln_protocol::pod_name(&plan.id, &spec.name, p.attempt)
+                        && p.name == kiln_protocol::pod_name(&plan.id, &name, p.attempt)
                 })
                 .collect();
             mine.sort_by_key(|p| p.attempt);
-            let mut img = Img::new(mine.last().map_or(1, |p| p.attempt));
-            img.stale = mine
+            unit.attempt = mine.last().map_or(1, |p| p.attempt);
+            unit.stale = mine
                 .iter()
                 .take(mine.len().saturating_sub(1))
                 .map(|p| PodId::of(p))
                 .collect();
             latest.push(mine.last().map(|p| (*p).clone()));
-            images.push(img);
         }
-        let mut m = Self::active(plan, settings, images, now, wall);
+        let mut m = Self::active(plan, settings, units, now, wall);
         let mut out = Vec::new();
         let any_failed = latest.iter().flatten().any(|p| {
             matches!(classify(p), Observation::Failed(ref f) if !f.retryable || p.attempt >= m.plan.max_attempts)
         });
-        for (i, pod) in latest.into_iter().enumerate() {
+        for (u, pod) in latest.into_iter().enumerate() {
             match pod {
-                None if any_failed => m.images[i].state = ImgState::Cancelled,
+                None if any_failed => m.units[u].state = ImgState::Cancelled,
+                // A publish step without a pod waits for its platforms
+                // (`settle` asks for it once they all succeeded).
+                None if m.units[u].state == ImgState::Blocked => {}
                 // The previous owner died before this pod existed: create it
                 // (a 409 adopts it if it appeared meanwhile).
                 None => out.push(Action::CreatePod {
-                    image: i,
-                    attempt: m.images[i].attempt,
+                    image: m.units[u].image,
+                    step: m.units[u].step,
+                    attempt: m.units[u].attempt,
                 }),
                 Some(pod) => {
-                    let img = &mut m.images[i];
+                    let img = &mut m.units[u];
                     img.pod = Some(PodId::of(&pod));
                     img.pending_since = Some(now);
                     match classify(&pod) {
@@ -293,35 +305,23 @@ impl Machine {
 
     /// Whether an image waits for a ResourceQuota now.
     pub fn quota_waiting(&self) -> bool {
-        self.stage == Stage::Active && self.images.iter().any(|i| i.state == ImgState::Waiting)
+        self.stage == Stage::Active && self.units.iter().any(|i| i.state == ImgState::Waiting)
     }
 
     /// Whether every image's current pod exists (or the image is over):
     /// the moment a build request may be acked.
     pub fn pods_exist(&self) -> bool {
-        self.images
-            .iter()
-            .all(|i| i.state.terminal() || i.pod.is_some() || i.state == ImgState::Retrying)
+        self.units.iter().all(|i| {
+            i.state.terminal()
+                || i.pod.is_some()
+                || matches!(i.state, ImgState::Retrying | ImgState::Blocked)
+        })
     }
 
     /// Current phase and attempt per image, for records and status.
     pub fn image_states(&self) -> Vec<ImageProgress> {
-        self.plan
-            .images
-            .iter()
-            .zip(&self.images)
-            .map(|(spec, img)| ImageProgress {
-                name: spec.name.clone(),
-                phase: img.state.phase(),
-                attempt: img.attempt,
-                pod: img.pod.as_ref().map(|p| p.name.clone()),
-                digest: img.digest.clone(),
-                reason: match img.state {
-                    ImgState::Waiting => Some(Reason::QuotaExceeded),
-                    ImgState::Retrying | ImgState::Failed => img.failure.as_ref().map(|f| f.reason),
-                    _ => None,
-                },
-            })
+        (0..self.plan.images.len())
+            .map(|i| self.image_progress(i))
             .collect()
     }
 
@@ -334,20 +334,33 @@ impl Machine {
         match input {
             Input::PodCreated {
                 image,
+                step,
                 attempt,
                 pod,
-            } => out.extend(self.created(image, attempt, &pod, now, wall)),
+            } => {
+                if let Some(u) = self.unit_index(image, step) {
+                    out.extend(self.created(u, attempt, &pod, now, wall));
+                }
+            }
             Input::QuotaExceeded {
                 image,
-                attempt,
-                message,
-            } => out.extend(self.quota_refused(image, attempt, message, now, wall)),
-            Input::PodCreateFailed {
-                image,
+                step,
                 attempt,
                 message,
             } => {
-                if self.images.get(image).is_some_and(|i| i.attempt == attempt) {
+                if let Some(u) = self.unit_index(image, step) {
+                    out.extend(self.quota_refused(u, attempt, message, now, wall));
+                }
+            }
+            Input::PodCreateFailed {
+                image,
+                step,
+                attempt,
+                message,
+            } => {
+                if let Some(u) = self.unit_index(image, step)
+                    && self.units[u].attempt == attempt
+                {
                     let f = Failure {
                         reason: Reason::ConfigError,
                         retryable: false,
@@ -355,7 +368,7 @@ impl Machine {
                         exit_code: None,
                         log: None,
                     };
-                    out.extend(self.fail_attempt(image, &f, None, now, wall));
+                    out.extend(self.fail_attempt(u, &f, None, now, wall));
                 }
             }
             Input::Observed { pod, log_tail } => {
@@ -368,4 +381,14 @@ impl Machine {
         out.extend(self.settle(now, wall));
         out
     }
+}
+
+/// The units of a new build: per image, its own pod, or each platform's
+/// and then the publish step (blocked until the platforms succeed).
+fn new_units(plan: &BuildPlan) -> Vec<Img> {
+    plan.images
+        .iter()
+        .enumerate()
+        .flat_map(|(i, spec)| spec.steps().into_iter().map(move |s| Img::new(i, s, 1)))
+        .collect()
 }

@@ -9,15 +9,15 @@ use kiln_protocol::{Phase, Reason};
 
 use super::*;
 use crate::classify::{PodPhase, PodView, Terminated};
-use crate::plan::{BuildPlan, ImagePlan};
+use crate::plan::{BuildPlan, ImagePlan, Step};
 
 /// The machine takes `std::time::Instant`s as inputs; the tests inject
 /// them from a clock of their own (a fixed origin plus what `advance`
 /// added; one per test thread), so every instant and delay they assert
 /// is exact.
-struct Instant;
+pub(super) struct Instant;
 impl Instant {
-    fn now() -> std::time::Instant {
+    pub(super) fn now() -> std::time::Instant {
         CLOCK.with(|(origin, elapsed)| *origin + elapsed.get())
     }
 }
@@ -33,14 +33,14 @@ thread_local! {
 }
 
 /// Moves the test clock forward.
-fn advance(by: Duration) {
+pub(super) fn advance(by: Duration) {
     CLOCK.with(|(_, elapsed)| elapsed.set(elapsed.get() + by));
 }
 
 use kiln_protocol::BuildContext;
 use std::collections::BTreeMap;
 
-fn plan(images: &[&str], max_attempts: u32, timeout_secs: i64) -> Arc<BuildPlan> {
+pub(super) fn plan(images: &[&str], max_attempts: u32, timeout_secs: i64) -> Arc<BuildPlan> {
     let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
     Arc::new(BuildPlan {
         id: "b1".into(),
@@ -77,6 +77,7 @@ fn plan(images: &[&str], max_attempts: u32, timeout_secs: i64) -> Arc<BuildPlan>
                 target: None,
                 destinations: vec![format!("r.example.com/{n}:1")],
                 platform: None,
+                platforms: Vec::new(),
                 cache: false,
                 cpu: "1".into(),
                 memory: "1Gi".into(),
@@ -88,7 +89,7 @@ fn plan(images: &[&str], max_attempts: u32, timeout_secs: i64) -> Arc<BuildPlan>
     })
 }
 
-fn settings() -> Arc<Settings> {
+pub(super) fn settings() -> Arc<Settings> {
     Arc::new(Settings {
         pending_timeout: Duration::from_secs(60),
         retry_base_delay: Duration::from_secs(10),
@@ -99,11 +100,11 @@ fn settings() -> Arc<Settings> {
     })
 }
 
-fn wall(m: &Machine) -> jiff::Timestamp {
+pub(super) fn wall(m: &Machine) -> jiff::Timestamp {
     m.plan.accepted_at
 }
 
-fn pod(image: &str, attempt: u32, phase: PodPhase) -> PodView {
+pub(super) fn pod(image: &str, attempt: u32, phase: PodPhase) -> PodView {
     PodView {
         namespace: "ns".into(),
         name: format!("kiln-b1-{image}-{attempt}"),
@@ -116,7 +117,7 @@ fn pod(image: &str, attempt: u32, phase: PodPhase) -> PodView {
     }
 }
 
-fn succeeded(image: &str, attempt: u32) -> PodView {
+pub(super) fn succeeded(image: &str, attempt: u32) -> PodView {
     let mut p = pod(image, attempt, PodPhase::Succeeded);
     p.terminated = Some(Terminated {
         message: Some(format!("sha256:{}", "b".repeat(64))),
@@ -125,7 +126,7 @@ fn succeeded(image: &str, attempt: u32) -> PodView {
     p
 }
 
-fn failed(image: &str, attempt: u32, reason: &str, msg: &str) -> PodView {
+pub(super) fn failed(image: &str, attempt: u32, reason: &str, msg: &str) -> PodView {
     let mut p = pod(image, attempt, PodPhase::Failed);
     p.terminated = Some(Terminated {
         exit_code: if reason == "OOMKilled" { 137 } else { 1 },
@@ -137,41 +138,57 @@ fn failed(image: &str, attempt: u32, reason: &str, msg: &str) -> PodView {
 }
 
 /// Routing keys of published events and the other actions, compactly.
-fn summary(actions: &[Action]) -> Vec<String> {
+pub(super) fn summary(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .map(|a| match a {
             Action::Publish(ev) => {
                 let key = kiln_protocol::routing_key(ev.level(), ev.data.phase);
-                match (&ev.data.image, ev.data.attempt) {
-                    (Some(i), Some(n)) => format!("{key}:{i}#{n}"),
+                match (&ev.data.image, ev.data.attempt, &ev.data.platform) {
+                    (Some(i), Some(n), Some(p)) => format!("{key}:{i}@{p}#{n}"),
+                    (Some(i), Some(n), None) => format!("{key}:{i}#{n}"),
                     _ => key,
                 }
             }
-            Action::CreatePod { image, attempt } => format!("create:{image}#{attempt}"),
+            Action::CreatePod {
+                image,
+                step: Step::Build,
+                attempt,
+            } => format!("create:{image}#{attempt}"),
+            Action::CreatePod {
+                image,
+                step: Step::Platform(k),
+                attempt,
+            } => format!("create:{image}@{k}#{attempt}"),
+            Action::CreatePod {
+                image,
+                step: Step::Publish,
+                attempt,
+            } => format!("create:{image}@publish#{attempt}"),
             Action::DeletePod { name, .. } => format!("delete:{name}"),
             Action::Finished(p, _) => format!("finished:{}", p.as_str()),
         })
         .collect()
 }
 
-fn feed(m: &mut Machine, input: Input) -> Vec<String> {
+pub(super) fn feed(m: &mut Machine, input: Input) -> Vec<String> {
     let w = wall(m);
     summary(&m.handle(input, Instant::now(), w))
 }
 
-fn created(m: &mut Machine, i: usize, image: &str, attempt: u32) -> Vec<String> {
+pub(super) fn created(m: &mut Machine, i: usize, image: &str, attempt: u32) -> Vec<String> {
     feed(
         m,
         Input::PodCreated {
             image: i,
+            step: Step::Build,
             attempt,
             pod: Box::new(pod(image, attempt, PodPhase::Pending)),
         },
     )
 }
 
-fn observed(m: &mut Machine, p: PodView) -> Vec<String> {
+pub(super) fn observed(m: &mut Machine, p: PodView) -> Vec<String> {
     feed(
         m,
         Input::Observed {
@@ -562,6 +579,7 @@ fn refused(m: &mut Machine, i: usize, attempt: u32) -> Vec<Action> {
     m.handle(
         Input::QuotaExceeded {
             image: i,
+            step: Step::Build,
             attempt,
             message: QUOTA_MESSAGE.to_owned(),
         },
@@ -784,6 +802,7 @@ fn only_image_succeeded_carries_provenance_of_the_pod_that_pushed() {
         out.extend(m.handle(
             Input::PodCreated {
                 image: i,
+                step: Step::Build,
                 attempt: 1,
                 pod: Box::new(pod(image, 1, PodPhase::Pending)),
             },

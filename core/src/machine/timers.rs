@@ -73,7 +73,7 @@ impl Machine {
             return None;
         }
         let mut next = self.deadline;
-        for img in &self.images {
+        for img in &self.units {
             if img.state == ImgState::Pending
                 && let Some(since) = img.pending_since
             {
@@ -86,17 +86,16 @@ impl Machine {
         Some(next)
     }
 
-    /// The wait before the attempt after `attempt` of image `i`.
-    pub(super) fn backoff(&self, i: usize, attempt: u32) -> Duration {
-        backoff(
-            &self.settings,
-            &self.plan.id,
-            &self.plan.images[i].name,
-            attempt,
-        )
+    /// The wait before the attempt after `attempt` of unit `u` (an
+    /// image's own pod keeps the jitter of its image name).
+    pub(super) fn backoff(&self, u: usize, attempt: u32) -> Duration {
+        let img = &self.units[u];
+        let unit = self.plan.images[img.image].unit(img.step);
+        backoff(&self.settings, &self.plan.id, &unit, attempt)
     }
 
-    /// The build's deadline passed: every unfinished image fails.
+    /// The build's deadline passed: every unfinished image fails (one
+    /// `image.failed` per image, from its first unfinished unit).
     pub(super) fn expire(&mut self, wall: jiff::Timestamp) -> Vec<Action> {
         let mut out = Vec::new();
         let secs = self
@@ -104,8 +103,9 @@ impl Machine {
             .deadline
             .duration_since(self.plan.accepted_at)
             .as_secs();
-        for i in 0..self.images.len() {
-            let img = &mut self.images[i];
+        let mut spoke = vec![false; self.plan.images.len()];
+        for u in 0..self.units.len() {
+            let img = &mut self.units[u];
             if img.state.terminal() {
                 continue;
             }
@@ -130,8 +130,12 @@ impl Machine {
                 log: None,
             };
             img.failure = Some(f.clone());
+            let i = img.image;
+            if std::mem::replace(&mut spoke[i], true) {
+                continue;
+            }
             let spec = &self.plan.images[i];
-            out.push(self.image_event(i, Phase::Failed, wall, |d| {
+            out.push(self.image_event(u, Phase::Failed, wall, |d| {
                 fill_failure(d, &f, None, spec);
             }));
         }
@@ -143,8 +147,8 @@ impl Machine {
             return self.expire(wall);
         }
         let mut out = Vec::new();
-        for i in 0..self.images.len() {
-            let img = &mut self.images[i];
+        for u in 0..self.units.len() {
+            let img = &mut self.units[u];
             match img.state {
                 ImgState::Pending
                     if img
@@ -165,13 +169,14 @@ impl Machine {
                         exit_code: None,
                         log: None,
                     };
-                    out.extend(self.fail_attempt(i, &f, None, now, wall));
+                    out.extend(self.fail_attempt(u, &f, None, now, wall));
                 }
                 ImgState::Waiting if img.retry_at.is_some_and(|at| now >= at) => {
                     img.retry_at = None;
                     img.state = ImgState::Creating;
                     out.push(Action::CreatePod {
-                        image: i,
+                        image: img.image,
+                        step: img.step,
                         attempt: img.attempt,
                     });
                 }
@@ -183,7 +188,8 @@ impl Machine {
                     img.started_at = None;
                     img.finished_at = None;
                     out.push(Action::CreatePod {
-                        image: i,
+                        image: img.image,
+                        step: img.step,
                         attempt: img.attempt,
                     });
                 }

@@ -87,6 +87,7 @@ fn request_of(plan: &BuildPlan) -> Result<BuildRequest, String> {
             target: i.target.clone(),
             destinations: i.destinations.clone(),
             platform: i.platform.clone(),
+            platforms: (!i.platforms.is_empty()).then(|| i.platforms.clone()),
             cache: Some(i.cache),
             resources: Some(Resources {
                 cpu: Some(i.cpu.clone()),

@@ -45,6 +45,16 @@ pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[a-z0-9]+:[0-9a-f]{32,}$"))]
     pub digest: Option<String>,
+    /// On `image.succeeded` of an image with `platforms`: each platform's
+    /// manifest digest (`{"linux/amd64": "sha256:..."}`); `digest` is then
+    /// the digest of the image index.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub platform_digests: BTreeMap<String, String>,
+    /// The platform (`os/arch[/variant]`) of the pod this image event is
+    /// about, for an image with `platforms`; absent on the events of the
+    /// image as a whole (its publish step, its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// The destinations pinned to the digest (`registry/repo:tag@sha256:...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_refs: Vec<String>,
@@ -103,6 +113,9 @@ pub struct ImageSummary {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_refs: Vec<String>,
+    /// Each platform's manifest digest, for an image with `platforms`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub platform_digests: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
 }
@@ -122,6 +135,8 @@ impl EventData {
             tenant: None,
             pod: None,
             digest: None,
+            platform_digests: BTreeMap::new(),
+            platform: None,
             image_refs: Vec::new(),
             started_at: None,
             finished_at: None,

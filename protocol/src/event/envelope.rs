@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{EventData, bounded_message};
 use super::ids::{
     REQUEST_HASH_HEX, build_event_id, event_type, image_event_id, is_request_rejected_id,
-    request_rejected_id, subject,
+    platform_event_id, request_rejected_id, subject,
 };
 use super::phase::{Level, Phase};
 use super::routing::{routing_key, tenant_word};
@@ -48,7 +48,8 @@ pub struct BuildEvent {
     #[schemars(extend("const" = "1.0"))]
     pub specversion: String,
     /// Deterministic: `<build>/<phase>`, `<build>/<image>/<attempt>/<phase>`,
-    /// or `<build>/request/<hash>` for `request.rejected` (the first 16 hex
+    /// `<build>/<image>/<platform>/<attempt>/<phase>` (an event about one
+    /// platform's pod of an image with `platforms`), or `<build>/request/<hash>` for `request.rejected` (the first 16 hex
     /// digits of the SHA-256 of the refused message body).
     #[schemars(length(min = 1))]
     pub id: String,
@@ -98,11 +99,13 @@ impl BuildEvent {
     ) -> Self {
         data.message = data.message.take().map(bounded_message);
         let level = data.level();
-        let id = match &data.image {
-            Some(image) => {
-                image_event_id(&data.build_id, image, data.attempt.unwrap_or(1), data.phase)
+        let attempt = data.attempt.unwrap_or(1);
+        let id = match (&data.image, &data.platform) {
+            (Some(image), Some(platform)) => {
+                platform_event_id(&data.build_id, image, platform, attempt, data.phase)
             }
-            None => build_event_id(&data.build_id, data.phase),
+            (Some(image), None) => image_event_id(&data.build_id, image, attempt, data.phase),
+            (None, _) => build_event_id(&data.build_id, data.phase),
         };
         Self {
             specversion: CLOUDEVENTS_SPEC_VERSION.to_owned(),

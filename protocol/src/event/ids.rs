@@ -25,6 +25,18 @@ pub fn image_event_id(build_id: &str, image: &str, attempt: u32, phase: Phase) -
     format!("{build_id}/{image}/{attempt}/{phase}")
 }
 
+/// `<build>/<image>/<platform>/<attempt>/<phase>`: an event about the pod
+/// of one platform of an image with `platforms` (`data.platform`).
+pub fn platform_event_id(
+    build_id: &str,
+    image: &str,
+    platform: &str,
+    attempt: u32,
+    phase: Phase,
+) -> String {
+    format!("{build_id}/{image}/{platform}/{attempt}/{phase}")
+}
+
 /// `<build>/request/<hash>`: the id of the `request.rejected` event that
 /// answers the message `body` naming `build_id`. The hash is the first
 /// [`REQUEST_HASH_HEX`] hex digits of the SHA-256 of the raw body, so the

@@ -18,7 +18,7 @@ pub use envelope::{
     BuildEvent, CLOUDEVENTS_SPEC_VERSION, DATA_CONTENT_TYPE, DATA_SCHEMA, EVENT_CONTENT_TYPE,
 };
 pub use ids::{
-    REQUEST_HASH_HEX, build_event_id, event_source, event_type, image_event_id,
+    REQUEST_HASH_HEX, build_event_id, event_source, event_type, image_event_id, platform_event_id,
     request_rejected_id, subject,
 };
 pub use phase::{Level, Phase, Reason};

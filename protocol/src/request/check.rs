@@ -127,15 +127,53 @@ impl ImageSpec {
         if let Some(p) = &self.platform
             && !PLATFORM_RE.is_match(p)
         {
+            errs.push(field(path, "platform"), platform_reason(p));
+        }
+        self.check_platforms(errs, path);
+        self.check_resources(errs, path);
+    }
+
+    /// `platforms`: 2-8 distinct platforms, not with `platform`, and
+    /// destinations from which per-platform tags can be derived.
+    fn check_platforms(&self, errs: &mut ValidationErrors, path: &str) {
+        let Some(platforms) = &self.platforms else {
+            return;
+        };
+        let p_path = field(path, "platforms");
+        if self.platform.is_some() {
             errs.push(
-                field(path, "platform"),
-                format_args!(
-                    "{} is not a valid platform; use os/arch or os/arch/variant in lowercase, e.g. linux/amd64 or linux/arm64/v8",
-                    quote(p)
-                ),
+                &p_path,
+                "set either platform or platforms, not both; one platform goes in platform",
             );
         }
-        self.check_resources(errs, path);
+        if let Some(problem) = crate::platform::platforms_count_problem(platforms.len()) {
+            errs.push(&p_path, problem);
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in platforms.iter().enumerate().take(crate::MAX_PLATFORMS) {
+            if !PLATFORM_RE.is_match(p) {
+                errs.push(index(&p_path, i), platform_reason(p));
+            } else if let Some(first) = seen.insert(p, i) {
+                errs.push(
+                    index(&p_path, i),
+                    format_args!(
+                        "{} is already platforms[{first}]; platforms must be distinct",
+                        quote(p)
+                    ),
+                );
+            }
+        }
+        let longest = seen.keys().max_by_key(|p| p.len());
+        let d_path = field(path, "destinations");
+        for (i, d) in self.destinations.iter().enumerate().take(MAX_DESTINATIONS) {
+            if parse_destination(d).is_err() {
+                continue; // reported by check_destinations
+            }
+            if let Some(Err(reason)) = longest.map(|p| crate::platform::platform_destination(d, p))
+            {
+                errs.push(index(&d_path, i), format_args!("{}: {reason}", quote(d)));
+            }
+        }
     }
 
     /// `dockerfile` or `dockerfileInline`, not both, and each well-formed.
@@ -527,4 +565,11 @@ fn check_quantity(errs: &mut ValidationErrors, path: &str, value: Option<&str>, 
         }
         Some(_) => {}
     }
+}
+
+fn platform_reason(p: &str) -> String {
+    format!(
+        "{} is not a valid platform; use os/arch or os/arch/variant in lowercase, e.g. linux/amd64 or linux/arm64/v8",
+        quote(p)
+    )
 }

@@ -138,6 +138,13 @@ pub struct ImageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(PLATFORM_PATTERN))]
     pub platform: Option<String>,
+    /// Build one image for several platforms (2-8 distinct `os/arch[/variant]`,
+    /// exclusive with `platform`): one pod per platform, each pushing under
+    /// `<tag>-<os>-<arch>[-<variant>]`, then one OCI image index under every
+    /// destination tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 8), extend("uniqueItems" = true), inner(pattern(PLATFORM_PATTERN)))]
+    pub platforms: Option<Vec<String>>,
     /// Use the layer cache (the cache repository comes from the worker's policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,

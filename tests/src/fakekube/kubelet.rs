@@ -17,6 +17,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
@@ -89,7 +91,44 @@ pub enum Fate {
     Executor(Executor),
     /// The container exits like this (what [`Fate::Executor`] renders to).
     Exit(Exit),
+    /// The fate is the outcome of real work done for the pod before it
+    /// starts (pushing an image to a real registry, running `kiln
+    /// publish`): the pod stays as created until it is known.
+    Deferred(Deferred),
 }
+
+/// Work whose outcome is a pod's [`Fate`] (see [`Fate::Deferred`]).
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct Deferred(Arc<dyn Fn(Pod) -> Pin<Box<dyn Future<Output = Fate> + Send>> + Send + Sync>);
+
+impl Deferred {
+    pub fn new<F, Fut>(work: F) -> Self
+    where
+        F: Fn(Pod) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Fate> + Send + 'static,
+    {
+        Self(Arc::new(move |pod| Box::pin(work(pod))))
+    }
+
+    async fn run(&self, pod: Pod) -> Fate {
+        (self.0)(pod).await
+    }
+}
+
+impl fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Deferred")
+    }
+}
+
+impl PartialEq for Deferred {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Deferred {}
 
 impl Fate {
     /// The log of [`Fate::succeed`].
@@ -469,6 +508,10 @@ async fn run_pod(shared: Arc<Shared>, pod: Pod, sig: watch::Receiver<Signal>) {
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let fate = match script(&pod) {
+        Fate::Deferred(work) => work.run(pod.clone()).await,
+        f => f,
+    };
+    let fate = match fate {
         Fate::Executor(e) => Fate::Exit(render(&pod, &e)),
         f => f,
     };
@@ -796,7 +839,8 @@ impl PodRun {
             }
             Fate::DeadlineExceeded => self.deadline_exceeded(),
             Fate::NodeLost => self.node_lost(pod, timing).await,
-            Fate::RunForever | Fate::StayPending { .. } | Fate::Executor(_) => {}
+            Fate::RunForever | Fate::StayPending { .. } | Fate::Executor(_) | Fate::Deferred(_) => {
+            }
         }
     }
 

@@ -64,7 +64,7 @@ pub use calls::CallRecord;
 pub use defaults::pod_on_create;
 pub use executor::{Executor, Exit, digest_of};
 pub use faults::{FaultResponse, FaultRule, Faults, Injected};
-pub use kubelet::{Fate, Kubelet, NODE_NAME, PendingReason, Timing};
+pub use kubelet::{Deferred, Fate, Kubelet, NODE_NAME, PendingReason, Timing};
 pub use quota::Quota;
 pub use resource::{Resource, Verb};
 

@@ -58,6 +58,7 @@ pub mod logs;
 pub mod output;
 pub mod plan;
 pub mod provenance;
+pub mod publish;
 pub mod schema;
 pub mod scope;
 pub mod status;

@@ -192,6 +192,7 @@ async fn list_pods(namespace: &str, id: &str, timeout: Duration) -> Result<Vec<P
                 kaniko_image: String::new(),
                 fetch_image: String::new(),
                 s3_region: String::new(),
+                ..PodSettings::default()
             },
         );
         pods.build_pods(namespace, id).await

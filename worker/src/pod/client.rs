@@ -18,9 +18,10 @@ use kube::runtime::{WatchStreamExt, watcher::Event};
 pub const LOG_SEARCH_BYTES: usize = 64 * 1024;
 
 use super::labels::{KANIKO, LABEL_BUILD, SELECTOR};
-use super::model::{Created, PodEvent, PodSettings};
+use super::model::{Created, PodEvent, PodSettings, PodUnit};
+use super::objects::unit_pod_spec;
 use super::ownership::{configmap_differs, pod_differs};
-use super::spec::{configmap_spec, pod_spec};
+use super::spec::configmap_spec;
 use super::view::view;
 use crate::classify::PodView;
 use crate::error::{Error, Result};
@@ -122,7 +123,7 @@ impl Pods {
         Ok(())
     }
 
-    /// Creates the pod of `attempt` of image `i` (and, for inline
+    /// Creates the pod `unit` names (and, for inline
     /// Dockerfiles, its ConfigMap owned by the pod). An object already under
     /// one of these names (409; or a pod that a quota refusal hides) is used
     /// only when it is provably the one Kiln creates (`ownership.rs`):
@@ -131,32 +132,30 @@ impl Pods {
     pub async fn create(
         &self,
         plan: &BuildPlan,
-        i: usize,
-        attempt: u32,
+        unit: &PodUnit,
         now: jiff::Timestamp,
     ) -> Result<Created> {
         // Boxed: the pod and ConfigMap specs live across the awaits, and
         // every build task's future would carry them inline.
-        Box::pin(self.create_checked(plan, i, attempt, now)).await
+        Box::pin(self.create_checked(plan, unit, now)).await
     }
 
     async fn create_checked(
         &self,
         plan: &BuildPlan,
-        i: usize,
-        attempt: u32,
+        unit: &PodUnit,
         now: jiff::Timestamp,
     ) -> Result<Created> {
         let _permit = self.calls.acquire().await;
         let ns = plan.namespace.as_str();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let pod = pod_spec(&self.settings, plan, i, attempt, now);
+        let pod = unit_pod_spec(&self.settings, plan, unit, now);
         let name = pod.metadata.name.clone().unwrap_or_default();
         // A ConfigMap under this attempt's name before the pod exists is
         // someone else's unless its contents are Kiln's (an earlier try of
         // ours, owned by this pod). Checked before the pod is created: a
         // pod never starts with a ConfigMap found here.
-        if let Some(cm) = configmap_spec(plan, i, attempt, &name, "") {
+        if let Some(cm) = configmap_spec(plan, unit, &name, "") {
             self.check_existing_configmap(ns, &cm, None).await?;
         }
         let existing = |found: Pod| match pod_differs(&pod, &found) {
@@ -201,7 +200,7 @@ impl Pods {
         let uid = match &created {
             Created::New(v) | Created::Existing(v) => v.uid.clone(),
         };
-        if let Some(cm) = configmap_spec(plan, i, attempt, &name, &uid)
+        if let Some(cm) = configmap_spec(plan, unit, &name, &uid)
             && let Err(e) = self.create_configmap(ns, &cm, &uid).await
         {
             if matches!(e, Error::Config(_)) {

@@ -5,6 +5,12 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_BUILD: &str = "kiln.dev/build";
 pub const LABEL_IMAGE: &str = "kiln.dev/image";
 pub const LABEL_ATTEMPT: &str = "kiln.dev/attempt";
+/// On the pods of one platform of an image with `platforms`: the platform
+/// in label form (`linux-arm64-v8`).
+pub const LABEL_PLATFORM: &str = "kiln.dev/platform";
+/// On the publish step's pod: `publish`.
+pub const LABEL_STEP: &str = "kiln.dev/step";
+pub const STEP_PUBLISH: &str = "publish";
 pub const ANN_BUILD_ID: &str = "kiln.dev/build-id";
 pub const ANN_PLAN: &str = "kiln.dev/plan";
 /// The tenant that owns the build: read without parsing the plan, and kept
@@ -26,3 +32,5 @@ pub const SELECTOR: &str = "app.kubernetes.io/managed-by=kiln";
 /// Name of the Kaniko container: the spec creates it, the view reads its
 /// status, the client reads its log.
 pub(super) const KANIKO: &str = "kaniko";
+/// Name of the publish step's one container.
+pub(super) const PUBLISH: &str = "publish";

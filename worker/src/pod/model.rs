@@ -1,16 +1,34 @@
 //! What the pod client is given and answers: its settings, a created (or
 //! adopted) pod, and the watcher's events.
 
+use std::collections::BTreeMap;
+
 use crate::classify::PodView;
+use crate::plan::Step;
+
+/// Which pod to create: attempt `attempt` of `step` of image `image`; the
+/// publish step also names each platform's manifest digest
+/// (`platform_digests`, empty for the other steps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodUnit {
+    pub image: usize,
+    pub step: Step,
+    pub attempt: u32,
+    pub platform_digests: BTreeMap<String, String>,
+}
 
 /// Pod-level settings of the worker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PodSettings {
     pub kaniko_image: String,
     /// Image of the init container that downloads `url` contexts.
     pub fetch_image: String,
     /// `AWS_REGION` of S3 contexts whose request and policy name none.
     pub s3_region: String,
+    /// Image of the publish step (Kiln's own, `kiln publish`).
+    pub publish_image: String,
+    /// Registries the publish step reaches over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// How a create went.

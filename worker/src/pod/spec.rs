@@ -7,22 +7,19 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod,
+    PodSpec, ResourceRequirements, SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kiln_protocol::{GitContext, S3Context};
 
 use super::build_secrets::build_secret_mounts;
-use super::labels::{
-    ANN_BUILD_ID, ANN_CONTENT_SHA256, ANN_PLAN, ANN_SPEC_SHA256, ANN_TENANT, KANIKO, LABEL_ATTEMPT,
-    LABEL_BUILD, LABEL_IMAGE, MANAGED_BY,
-};
-use super::model::PodSettings;
-use super::ownership::{data_sha256, pod_sha256};
-use crate::plan::{BuildPlan, ImagePlan};
+use super::common::{build_pod, labels, mount, non_empty, registry_volume, restricted, value_env};
+use super::labels::{ANN_CONTENT_SHA256, KANIKO};
+use super::model::{PodSettings, PodUnit};
+use super::ownership::data_sha256;
+use crate::plan::{BuildPlan, ImagePlan, Step};
 
 const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";
 /// Where the init container leaves a `url` context. Under /kaniko, never
@@ -31,10 +28,6 @@ const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";
 /// (pkg/util/fs_util.go `DetectFilesystemIgnoreList`) and /kaniko as a whole
 /// (`defaultIgnoreList`).
 const CONTEXT_DIR: &str = "/kaniko/fetched-context";
-/// The uid and gid of every container but Kaniko's: `nobody`-like, numeric
-/// so that the kubelet can check `runAsNonRoot` without reading the
-/// image's `/etc/passwd`.
-pub const NON_ROOT_UID: i64 = 65_532;
 
 /// The Kaniko pod of attempt `attempt` of image `i` (docs/security.md, "The build sandbox").
 pub fn pod_spec(
@@ -44,90 +37,53 @@ pub fn pod_spec(
     attempt: u32,
     now: jiff::Timestamp,
 ) -> Pod {
-    let image = &plan.images[i];
+    kaniko_pod(settings, plan, i, Step::Build, attempt, now)
+}
+
+/// The Kaniko pod of attempt `attempt` of `step` of image `i`: for a
+/// platform, the image as that platform's pod builds it (its node, its
+/// `--custom-platform`, its per-platform tags).
+pub(super) fn kaniko_pod(
+    settings: &PodSettings,
+    plan: &BuildPlan,
+    i: usize,
+    step: Step,
+    attempt: u32,
+    now: jiff::Timestamp,
+) -> Pod {
+    let spec = &plan.images[i];
+    let image = &match step {
+        Step::Platform(k) => spec.for_platform(k),
+        _ => spec.clone(),
+    };
+    let unit = spec.unit(step);
     let mut parts = Parts::default();
     // The order of the calls is the order of Kaniko's flags and volumes.
     parts.context(settings, plan, image, storage_of(image));
-    parts.dockerfile(plan, image, attempt);
+    parts.dockerfile(plan, image, &unit, attempt);
     parts.build_flags(plan, image);
     parts.build_secrets(image);
     parts.registry_credentials(plan);
-    let deadline = i64::try_from(plan.remaining(now).as_secs())
-        .unwrap_or(i64::MAX)
-        .max(1);
-    let mut pod = Pod {
-        metadata: ObjectMeta {
-            name: Some(kiln_protocol::pod_name(&plan.id, &image.name, attempt)),
-            namespace: Some(plan.namespace.clone()),
-            labels: Some(labels(plan, image, attempt)),
-            annotations: Some(BTreeMap::from([
-                (ANN_BUILD_ID.to_owned(), plan.id.clone()),
-                (ANN_PLAN.to_owned(), plan.to_annotation()),
-                (ANN_TENANT.to_owned(), plan.tenant.clone()),
-            ])),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            active_deadline_seconds: Some(deadline),
-            service_account_name: Some(plan.service_account.clone()),
-            automount_service_account_token: Some(false),
-            init_containers: non_empty(parts.init_containers),
-            containers: vec![kaniko_container(
-                settings,
-                image,
-                parts.args,
-                parts.env,
-                parts.mounts,
-            )],
-            volumes: non_empty(parts.volumes),
-            node_selector: image.platform.as_deref().map(node_selector),
-            // A build reaches Kubernetes services by name only if the
-            // tenant's Dockerfile says so, never through injected
-            // `*_SERVICE_HOST` variables.
-            enable_service_links: Some(false),
-            // The container runtime's default seccomp filter (Pod Security
-            // `baseline` allows omitting it; `restricted` requires it):
-            // Kaniko needs root, not the rarely-used syscalls it blocks.
-            security_context: Some(PodSecurityContext {
-                seccomp_profile: Some(runtime_default()),
-                ..PodSecurityContext::default()
-            }),
-            runtime_class_name: plan.runtime_class_name.clone(),
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
+    let pod_spec = PodSpec {
+        init_containers: non_empty(parts.init_containers),
+        containers: vec![kaniko_container(
+            settings,
+            image,
+            parts.args,
+            parts.env,
+            parts.mounts,
+        )],
+        volumes: non_empty(parts.volumes),
+        node_selector: image.platform.as_deref().map(node_selector),
+        ..PodSpec::default()
     };
-    // Last: the hash covers everything above (see `ownership.rs`).
-    let hash = pod_sha256(&pod);
-    if let Some(a) = pod.metadata.annotations.as_mut() {
-        a.insert(ANN_SPEC_SHA256.to_owned(), hash);
-    }
-    pod
-}
-
-/// The objects the worker sends to the API for attempt `attempt` of every
-/// image of `plan`, as their JSON: the ConfigMaps of inline Dockerfiles,
-/// then the pods (`kiln plan`). A ConfigMap's owner is its pod, whose uid
-/// only the API server assigns: it is empty here.
-pub fn attempt_objects(
-    settings: &PodSettings,
-    plan: &BuildPlan,
-    attempt: u32,
-    now: jiff::Timestamp,
-) -> Vec<serde_json::Value> {
-    let pods: Vec<Pod> = (0..plan.images.len())
-        .map(|i| pod_spec(settings, plan, i, attempt, now))
-        .collect();
-    let configmaps = pods.iter().enumerate().filter_map(|(i, pod)| {
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        configmap_spec(plan, i, attempt, name, "")
-    });
-    // k8s-openapi objects always serialise: nothing is dropped here.
-    configmaps
-        .filter_map(|cm| serde_json::to_value(cm).ok())
-        .chain(pods.iter().filter_map(|p| serde_json::to_value(p).ok()))
-        .collect()
+    build_pod(
+        plan,
+        kiln_protocol::pod_name(&plan.id, &unit, attempt),
+        labels(plan, spec, step, attempt),
+        pod_spec,
+        now,
+    )
 }
 
 /// The ConfigMap of attempt `attempt` of image `i` when its Dockerfile is
@@ -136,23 +92,25 @@ pub fn attempt_objects(
 /// so the pod's deletion takes the ConfigMap with it.
 pub fn configmap_spec(
     plan: &BuildPlan,
-    i: usize,
-    attempt: u32,
+    unit: &PodUnit,
     pod_name: &str,
     pod_uid: &str,
 ) -> Option<ConfigMap> {
-    let image = &plan.images[i];
+    let image = &plan.images[unit.image];
+    if unit.step == Step::Publish {
+        return None;
+    }
     let dockerfile = image.rendered_dockerfile.as_ref()?;
     let data = BTreeMap::from([("Dockerfile".to_owned(), dockerfile.clone())]);
     Some(ConfigMap {
         metadata: ObjectMeta {
             name: Some(kiln_protocol::configmap_name(
                 &plan.id,
-                &image.name,
-                attempt,
+                &image.unit(unit.step),
+                unit.attempt,
             )),
             namespace: Some(plan.namespace.clone()),
-            labels: Some(labels(plan, image, attempt)),
+            labels: Some(labels(plan, image, unit.step, unit.attempt)),
             annotations: Some(BTreeMap::from([(
                 ANN_CONTENT_SHA256.to_owned(),
                 data_sha256(Some(&data)),
@@ -173,21 +131,6 @@ pub fn configmap_spec(
         immutable: Some(true),
         ..ConfigMap::default()
     })
-}
-
-/// The labels of every object of one attempt (pod and ConfigMap): the
-/// request's `labels` (validated at intake: `kiln.dev/` keys are refused),
-/// then Kiln's own, which win over a request label of the same key (the
-/// watch selects on `app.kubernetes.io/managed-by=kiln`).
-fn labels(plan: &BuildPlan, image: &ImagePlan, attempt: u32) -> BTreeMap<String, String> {
-    let mut labels = plan.labels.clone();
-    labels.extend([
-        (MANAGED_BY.to_owned(), "kiln".to_owned()),
-        (LABEL_BUILD.to_owned(), kiln_protocol::label_value(&plan.id)),
-        (LABEL_IMAGE.to_owned(), image.name.clone()),
-        (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
-    ]);
-    labels
 }
 
 /// What the builders add to the pod, in order.
@@ -312,12 +255,12 @@ impl Parts {
 
     /// An inline Dockerfile comes from the attempt's ConfigMap; otherwise
     /// Kaniko finds it in the context.
-    fn dockerfile(&mut self, plan: &BuildPlan, image: &ImagePlan, attempt: u32) {
+    fn dockerfile(&mut self, plan: &BuildPlan, image: &ImagePlan, unit: &str, attempt: u32) {
         if image.rendered_dockerfile.is_some() {
             self.volumes.push(Volume {
                 name: "dockerfile".into(),
                 config_map: Some(ConfigMapVolumeSource {
-                    name: kiln_protocol::configmap_name(&plan.id, &image.name, attempt),
+                    name: kiln_protocol::configmap_name(&plan.id, unit, attempt),
                     ..ConfigMapVolumeSource::default()
                 }),
                 ..Volume::default()
@@ -371,24 +314,10 @@ impl Parts {
 
     /// The registry secret becomes Kaniko's `config.json`.
     fn registry_credentials(&mut self, plan: &BuildPlan) {
-        let Some(secret) = &plan.registry_secret else {
-            return;
-        };
-        self.volumes.push(Volume {
-            name: "registry-credentials".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ".dockerconfigjson".into(),
-                    path: "config.json".into(),
-                    mode: None,
-                }]),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        self.mounts
-            .push(mount("registry-credentials", "/kaniko/.docker"));
+        if let Some((volume, mount)) = registry_volume(plan) {
+            self.volumes.push(volume);
+            self.mounts.push(mount);
+        }
     }
 }
 
@@ -417,27 +346,8 @@ fn fetch_container(settings: &PodSettings, url: &str) -> Container {
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         // curl needs no privilege at all: it writes only to the mounted
         // volume. This is Pod Security `restricted` for this container.
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(NON_ROOT_UID),
-            run_as_group: Some(NON_ROOT_UID),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted()),
         ..Container::default()
-    }
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
     }
 }
 
@@ -511,20 +421,6 @@ fn encode_s3_key(key: &str) -> String {
     out
 }
 
-/// Kubernetes omits empty lists; so does Kiln, to match what it reads back.
-fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
-    (!v.is_empty()).then_some(v)
-}
-
-fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: Some(name != "context"),
-        ..VolumeMount::default()
-    }
-}
-
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -540,17 +436,13 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-fn value_env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..EnvVar::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::super::labels::{
+        ANN_BUILD_ID, ANN_PLAN, ANN_SPEC_SHA256, ANN_TENANT, LABEL_ATTEMPT, LABEL_BUILD,
+        LABEL_IMAGE, MANAGED_BY,
+    };
     use super::*;
     use crate::plan::SecretKeys;
     use kiln_protocol::{BuildContext, GitContext, S3Context};
@@ -654,6 +546,59 @@ mod tests {
         assert_eq!(pod.spec.unwrap().node_selector, None);
     }
 
+    /// Issue 21: each platform's pod goes to a node of its platform,
+    /// builds for it and pushes under the per-platform tag, under its own
+    /// name, label and ConfigMap.
+    #[test]
+    fn each_platform_gets_its_node_flag_tag_and_names() {
+        let mut p = plan(git(), true);
+        p.images[0].platform = None;
+        p.images[0].platforms = vec!["linux/amd64".into(), "linux/arm64/v8".into()];
+        let unit = PodUnit {
+            image: 0,
+            step: Step::Platform(1),
+            attempt: 2,
+            platform_digests: BTreeMap::new(),
+        };
+        let pod = kaniko_pod(&settings(), &p, 0, unit.step, 2, p.accepted_at);
+        let name = pod.metadata.name.clone().unwrap();
+        assert!(
+            name.starts_with("kiln-shop-cart-1-api-linux-arm64-v8-2-"),
+            "{name}"
+        );
+        let labels = pod.metadata.labels.clone().unwrap();
+        assert_eq!(labels["kiln.dev/platform"], "linux-arm64-v8");
+        assert!(!labels.contains_key("kiln.dev/step"));
+        let spec = pod.spec.clone().unwrap();
+        assert_eq!(spec.node_selector.unwrap()["kubernetes.io/arch"], "arm64");
+        let args = args_of(&pod);
+        assert!(
+            args.contains(&"--custom-platform=linux/arm64/v8".to_owned()),
+            "{args:?}"
+        );
+        let dests: Vec<&String> = args
+            .iter()
+            .filter(|a| a.starts_with("--destination="))
+            .collect();
+        assert_eq!(
+            dests,
+            ["--destination=registry.example.com/shop/api:1-linux-arm64-v8"]
+        );
+        let cm = configmap_spec(&p, &unit, &name, "u").unwrap();
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "dockerfile");
+        assert_eq!(
+            volume.unwrap().config_map.unwrap().name,
+            cm.metadata.name.unwrap(),
+            "the platform's own ConfigMap"
+        );
+        let amd = kaniko_pod(&settings(), &p, 0, Step::Platform(0), 2, p.accepted_at);
+        assert_ne!(amd.metadata.name.unwrap(), name);
+    }
+
     /// Issue 10: the pod is hardened as far as Kaniko allows (seccomp,
     /// no service links, bounded disk), and the fetch container meets Pod
     /// Security `restricted`.
@@ -696,6 +641,7 @@ mod tests {
             kaniko_image: "kaniko:1".into(),
             fetch_image: "curl:1".into(),
             s3_region: "us-east-1".into(),
+            ..PodSettings::default()
         }
     }
 
@@ -737,6 +683,7 @@ mod tests {
                 target: Some("runtime".into()),
                 destinations: vec!["registry.example.com/shop/api:1".into()],
                 platform: Some("linux/arm64".into()),
+                platforms: Vec::new(),
                 cache: true,
                 cpu: "2".into(),
                 memory: "4Gi".into(),

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
 
 use super::labels::{
     ANN_BUILD_ID, ANN_CANCELLED, ANN_PLAN, ANN_TENANT, KANIKO, LABEL_ATTEMPT, LABEL_IMAGE,
+    LABEL_PLATFORM, LABEL_STEP, PUBLISH, STEP_PUBLISH,
 };
 use crate::classify::{PodPhase, PodView, Terminated};
 
@@ -32,6 +33,10 @@ pub fn view(p: &Pod) -> PodView {
             .and_then(|l| l.get(LABEL_IMAGE))
             .cloned()
             .unwrap_or_default(),
+        platform: labels.and_then(|l| l.get(LABEL_PLATFORM)).cloned(),
+        publish: labels
+            .and_then(|l| l.get(LABEL_STEP))
+            .is_some_and(|s| s == STEP_PUBLISH),
         attempt: labels
             .and_then(|l| l.get(LABEL_ATTEMPT))
             .and_then(|a| a.parse().ok())
@@ -61,7 +66,7 @@ pub fn view(p: &Pod) -> PodView {
         cancelled: annotations.and_then(|a| a.get(ANN_CANCELLED)).cloned(),
         executor_image_id: status
             .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.name == KANIKO))
+            .and_then(|cs| cs.iter().find(|c| main_container(&c.name)))
             .map(|c| c.image_id.clone())
             .filter(|id| !id.is_empty()),
     }
@@ -73,7 +78,7 @@ fn explaining_state(status: &PodStatus) -> Option<&ContainerState> {
     let kaniko = status
         .container_statuses
         .as_ref()
-        .and_then(|cs| cs.iter().find(|c| c.name == KANIKO));
+        .and_then(|cs| cs.iter().find(|c| main_container(&c.name)));
     let init_failed = status.init_container_statuses.as_ref().and_then(|cs| {
         cs.iter().find(|c| {
             c.state
@@ -85,6 +90,12 @@ fn explaining_state(status: &PodStatus) -> Option<&ContainerState> {
     init_failed
         .and_then(|c| c.state.as_ref())
         .or_else(|| kaniko.and_then(|c| c.state.as_ref()))
+}
+
+/// The container whose end is the pod's outcome: Kaniko's, or the publish
+/// step's.
+fn main_container(name: &str) -> bool {
+    name == KANIKO || name == PUBLISH
 }
 
 fn phase(phase: &str) -> PodPhase {

@@ -18,12 +18,21 @@ use crate::plan::BuildPlan;
 use crate::store::{Claim, LeaseToken, Renewal};
 
 /// Whether `p` is under the name Kiln gives attempt `p.attempt` of image
-/// `p.image` of build `id`. Names are unique in a namespace, so a pod of
-/// the build's labels under another name is not one Kiln made (anyone who
-/// may create pods can copy labels): adoption neither reads, drives nor
-/// deletes it.
+/// `p.image` of build `id` (of the platform or the publish step its labels
+/// name). Names are unique in a namespace, so a pod of the build's labels
+/// under another name is not one Kiln made (anyone who may create pods can
+/// copy labels): adoption neither reads, drives nor deletes it.
 fn named_by_kiln(id: &str, p: &PodView) -> bool {
-    p.name == kiln_protocol::pod_name(id, &p.image, p.attempt)
+    let unit = match (&p.platform, p.publish) {
+        (None, false) => p.image.clone(),
+        (None, true) => kiln_protocol::publish_unit(&p.image),
+        (Some(label), false) => match kiln_protocol::platform_of_label(label) {
+            Some(platform) => kiln_protocol::platform_unit(&p.image, &platform),
+            None => return false,
+        },
+        (Some(_), true) => return false,
+    };
+    p.name == kiln_protocol::pod_name(id, &unit, p.attempt)
 }
 
 /// Periodically adopts foreign builds whose lease lapsed.
@@ -285,5 +294,28 @@ mod tests {
         assert!(!named_by_kiln("c", &p));
         p.name = "forged".into();
         assert!(!named_by_kiln("b", &p));
+    }
+
+    /// Issue 21: before this, a platform's or the publish step's pod was
+    /// never adopted (tests/tests/platforms.rs, the worker killed during
+    /// the publish step, hung).
+    #[test]
+    fn platform_and_publish_pods_are_kilns_under_their_names() {
+        let arm = kiln_protocol::platform_unit("api", "linux/arm64/v8");
+        let mut p = PodView {
+            name: kiln_protocol::pod_name("b", &arm, 1),
+            image: "api".into(),
+            platform: Some(kiln_protocol::platform_label("linux/arm64/v8")),
+            attempt: 1,
+            ..PodView::default()
+        };
+        assert!(named_by_kiln("b", &p));
+        p.platform = Some(kiln_protocol::platform_label("linux/amd64"));
+        assert!(!named_by_kiln("b", &p), "another platform's label");
+        p.platform = None;
+        p.publish = true;
+        assert!(!named_by_kiln("b", &p));
+        p.name = kiln_protocol::pod_name("b", &kiln_protocol::publish_unit("api"), 1);
+        assert!(named_by_kiln("b", &p));
     }
 }

@@ -3,7 +3,7 @@
 //! worker stops. `Action::Finished` is executed here and nowhere else: the
 //! one path that finishes a build.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ use crate::classify::PodPhase;
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::machine::{Action, Input, Machine, Stage};
-use crate::plan::BuildPlan;
-use crate::pod::Created;
+use crate::plan::{BuildPlan, Step};
+use crate::pod::{Created, PodUnit};
 use crate::retry;
 use crate::store::{LeaseToken, RecordState};
 
@@ -283,9 +283,22 @@ async fn execute_fenced(
                 sup.ctx.publish(&ev).await?;
                 journal.apply(&ev);
             }
-            Action::CreatePod { image, attempt } => {
-                let created =
-                    create_pod(&sup.ctx, machine.plan(), image, attempt, stop, fence).await;
+            Action::CreatePod {
+                image,
+                step,
+                attempt,
+            } => {
+                let unit = PodUnit {
+                    image,
+                    step,
+                    attempt,
+                    platform_digests: if step == Step::Publish {
+                        machine.platform_digests(image)
+                    } else {
+                        BTreeMap::new()
+                    },
+                };
+                let created = create_pod(&sup.ctx, machine.plan(), unit, stop, fence).await;
                 let Some(input) = created? else {
                     continue;
                 };
@@ -353,8 +366,7 @@ async fn keep_and_delete(
 async fn create_pod(
     ctx: &Context,
     plan: &Arc<BuildPlan>,
-    image: usize,
-    attempt: u32,
+    unit: PodUnit,
     stop: &CancellationToken,
     fence: Option<&SharedFence>,
 ) -> Result<Option<Input>> {
@@ -364,9 +376,7 @@ async fn create_pod(
         if fence.is_some_and(|f| !f.holds(Instant::now())) {
             return Err(Error::LeaseLost(plan.id.clone()));
         }
-        ctx.pods
-            .create(plan, image, attempt, jiff::Timestamp::now())
-            .await
+        ctx.pods.create(plan, &unit, jiff::Timestamp::now()).await
     })
     .retry(retry::kube_write())
         // The server's `Retry-After` (429, some 5xx) is a floor on the wait.
@@ -398,8 +408,9 @@ async fn create_pod(
         Ok(Created::New(pod) | Created::Existing(pod)) => {
             ctx.metrics.pod_created(started.elapsed());
             Input::PodCreated {
-                image,
-                attempt,
+                image: unit.image,
+                step: unit.step,
+                attempt: unit.attempt,
                 pod: Box::new(pod),
             }
         }
@@ -409,16 +420,18 @@ async fn create_pod(
             ctx.metrics.kube_error("create_quota");
             tracing::info!(build_id = %plan.id, error = %e, "a ResourceQuota refuses the pod for now; waiting");
             Input::QuotaExceeded {
-                image,
-                attempt,
+                image: unit.image,
+                step: unit.step,
+                attempt: unit.attempt,
                 message: quota_message(&e),
             }
         }
         Err(e) => {
             ctx.metrics.kube_error("create");
             Input::PodCreateFailed {
-                image,
-                attempt,
+                image: unit.image,
+                step: unit.step,
+                attempt: unit.attempt,
                 message: e.to_string(),
             }
         }

@@ -28,7 +28,9 @@ pub(super) fn retention(ctx: &Context, tenant: &str) -> Duration {
     ctx.log_retention.min(cap)
 }
 
-/// The image (index) and attempt of one of the plan's pods.
+/// The image (index) and attempt of one of the plan's pods. Only an
+/// image's own pods: kept logs are keyed by image and attempt, which a
+/// multi-platform image's platforms share (their logs are not kept yet).
 fn attempt_of(plan: &BuildPlan, pod: &str) -> Option<(usize, u32)> {
     plan.images.iter().enumerate().find_map(|(i, img)| {
         (1..=plan.max_attempts.max(1))

@@ -34,6 +34,7 @@ Examples:
   kiln logs shop-cart-1.2.3-7f3a
   kiln logs shop-cart-1.2.3-7f3a api --follow
   kiln logs shop-cart-1.2.3-7f3a --all-attempts
+  kiln logs shop-cart-1.2.3-7f3a api --platform linux/arm64
 
 ",
     crate::kiln_exit_codes!()
@@ -48,6 +49,10 @@ pub struct LogsArgs {
     /// Follow the logs until the build ends, across retries.
     #[arg(long, short)]
     pub follow: bool,
+    /// For an image with `platforms`: this platform's pods (`os/arch[/variant]`).
+    /// Without it, the pods of a multi-platform image are not shown.
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Show this attempt instead of the newest (from its pod, or its kept log).
     #[arg(long, conflicts_with_all = ["follow", "all_attempts"])]
     pub attempt: Option<u32>,

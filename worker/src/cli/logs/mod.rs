@@ -95,13 +95,20 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
             return Ok(exit::INVALID);
         }
     }
-    let wanted = |v: &PodView| args.image.as_ref().is_none_or(|i| *i == v.image);
+    // A multi-platform image's pods are read one platform at a time (its
+    // platforms' attempts share numbers); the publish step has no Kaniko log.
+    let platform = args.platform.as_deref().map(kiln_protocol::platform_label);
+    let wanted = |v: &PodView| {
+        args.image.as_ref().is_none_or(|i| *i == v.image) && !v.publish && v.platform == platform
+    };
     let mut listed: Vec<PodView> = listed.into_iter().filter(|v| wanted(v)).collect();
     listed.sort_by(|a, b| (&a.image, a.attempt).cmp(&(&b.image, b.attempt)));
 
+    // Kept logs name image and attempt only: not a platform's.
     let kept: BTreeMap<(String, u32), LogMeta> = kept
         .into_iter()
         .filter(|((i, _), _)| args.image.as_ref().is_none_or(|want| want == i))
+        .filter(|_| platform.is_none())
         .collect();
     let running = record
         .as_ref()
@@ -163,6 +170,7 @@ async fn connect_kube(timeout: Duration) -> anyhow::Result<Pods> {
             kaniko_image: String::new(),
             fetch_image: String::new(),
             s3_region: String::new(),
+            ..PodSettings::default()
         },
     ))
 }

@@ -224,6 +224,7 @@ pub(super) fn record_event(id: &str, phase: Phase, rec: &BuildRecord) -> BuildEv
                 digest: img.digest.clone(),
                 attempts: img.attempt,
                 image_refs: Vec::new(),
+                platform_digests: std::collections::BTreeMap::new(),
                 reason: None,
             })
             .collect(),
