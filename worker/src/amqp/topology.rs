@@ -81,6 +81,10 @@ impl Broker {
     /// (docs/operations.md).
     pub async fn declare_topology_with(&self, dead: DeadLimits) -> Result<()> {
         let _ = self.declared.set(dead);
+        self.declare_all(dead).await
+    }
+
+    async fn declare_all(&self, dead: DeadLimits) -> Result<()> {
         let ch = self.conn.create_channel().await?;
         let n = &self.names;
         let durable = ExchangeDeclareOptions {
