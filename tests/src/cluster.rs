@@ -259,6 +259,9 @@ pub struct RabbitOptions {
     /// second instead of every minute (`channel_tick_interval`), so that a
     /// lowered timeout is enforced within a second of passing.
     pub consumer_timeout: Option<Duration>,
+    /// One node alone instead of three (a lone broker, as a small
+    /// installation runs it): node 1, no `join_cluster`.
+    pub single: bool,
 }
 
 struct RabbitNode {
@@ -273,7 +276,8 @@ struct RabbitNode {
 /// A three-node RabbitMQ cluster: the same Erlang cookie (the user's
 /// `~/.erlang.cookie`), distinct node names, one private epmd; nodes 2 and
 /// 3 `join_cluster` node 1. Quorum queues declared once it is formed have a
-/// member on each node. Nodes are numbered 1 to 3.
+/// member on each node. Nodes are numbered 1 to 3 (just 1 with
+/// [`RabbitOptions::single`]).
 pub struct RabbitCluster {
     nodes: Vec<RabbitNode>,
     epmd_port: u16,
@@ -312,7 +316,8 @@ impl RabbitCluster {
         wait_port(epmd_port, "epmd", &mut epmd, &epmd_log).await?;
         let suffix = ulid::Ulid::new().to_string().to_lowercase();
         let mut nodes = Vec::new();
-        for i in 1..=3 {
+        let size = if options.single { 1 } else { 3 };
+        for i in 1..=size {
             let node_dir = dir.path.join(format!("node{i}"));
             std::fs::create_dir_all(node_dir.join("mnesia"))?;
             std::fs::create_dir_all(node_dir.join("log"))?;
@@ -345,15 +350,15 @@ impl RabbitCluster {
         };
         // The three boot at once; nodes 2 and 3 then join node 1
         // (join_cluster resets a node, so it needs nothing done first).
-        for i in 1..=3 {
+        for i in 1..=size {
             cluster.spawn_node(i)?;
         }
-        for i in 1..=3 {
+        for i in 1..=size {
             cluster.await_node(i).await?;
         }
         let booted = t0.elapsed();
         let first = cluster.nodes[0].name.clone();
-        for i in 2..=3 {
+        for i in 2..=size {
             cluster.ctl(i, &["stop_app"]).await?;
             cluster
                 .ctl(i, &["join_cluster", &first])
@@ -372,8 +377,9 @@ impl RabbitCluster {
 
     fn node(&self, i: usize) -> &RabbitNode {
         assert!(
-            (1..=3).contains(&i),
-            "rabbitmq nodes are numbered 1 to 3, not {i}"
+            (1..=self.nodes.len()).contains(&i),
+            "rabbitmq nodes are numbered 1 to {}, not {i}",
+            self.nodes.len()
         );
         &self.nodes[i - 1]
     }
@@ -386,12 +392,12 @@ impl RabbitCluster {
         )
     }
 
-    /// The three node URLs.
+    /// The node URLs.
     pub fn urls(&self) -> Vec<String> {
-        (1..=3).map(|i| self.url(i)).collect()
+        (1..=self.nodes.len()).map(|i| self.url(i)).collect()
     }
 
-    /// The three node URLs, comma-separated: what `KILN_AMQP_URL` takes.
+    /// The node URLs, comma-separated: what `KILN_AMQP_URL` takes.
     pub fn url_list(&self) -> String {
         self.urls().join(",")
     }
@@ -485,9 +491,9 @@ impl RabbitCluster {
 
     /// Whether node `i` runs (it may not be the case after [`Self::kill`]).
     pub fn is_running(&mut self, i: usize) -> bool {
-        self.nodes[i - 1]
-            .child
-            .as_mut()
+        self.nodes
+            .get_mut(i - 1)
+            .and_then(|n| n.child.as_mut())
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
@@ -495,7 +501,7 @@ impl RabbitCluster {
     /// first running node that answers.
     pub async fn leader_of(&mut self, queue: &str) -> anyhow::Result<usize> {
         let mut last = None;
-        for i in 1..=3 {
+        for i in 1..=self.nodes.len() {
             if !self.is_running(i) {
                 continue;
             }
@@ -508,7 +514,8 @@ impl RabbitCluster {
                         let mut words = l.split_whitespace();
                         (words.next() == Some(queue)).then(|| words.next().map(str::to_owned))?
                     });
-                    match leader.and_then(|l| (1..=3).find(|&n| self.node_name(n) == l)) {
+                    let nodes = 1..=self.nodes.len();
+                    match leader.and_then(|l| nodes.clone().find(|&n| self.node_name(n) == l)) {
                         Some(n) => return Ok(n),
                         None => last = Some(anyhow::anyhow!("node {i} names no leader of {queue}")),
                     }
@@ -540,11 +547,33 @@ impl RabbitCluster {
         Ok(())
     }
 
+    /// Throws away the data of node `i`, which must be down (killed): it
+    /// starts again empty, as a broker that kept nothing (no persistent
+    /// volume) does — no users but guest, no exchanges, no queues.
+    pub fn wipe(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.is_running(i) {
+            bail!("rabbitmq node {i} is running");
+        }
+        let mnesia = self.node(i).dir.join("mnesia");
+        std::fs::remove_dir_all(&mnesia)?;
+        std::fs::create_dir_all(&mnesia)?;
+        Ok(())
+    }
+
     /// Starts node `i` again with its data; it rejoins the cluster by itself.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         let t0 = Instant::now();
         if self.is_running(i) {
             bail!("rabbitmq node {i} is running");
+        }
+        // A killed VM may still hold its port for a moment: a new node
+        // started then would find it taken and stop.
+        let port = self.node(i).amqp_port;
+        while port_open(port).await {
+            if t0.elapsed() > START_TIMEOUT {
+                bail!("port {port} of killed rabbitmq node {i} stays open");
+            }
+            tokio::time::sleep(POLL).await;
         }
         self.spawn_node(i)?;
         self.await_node(i).await?;
@@ -559,7 +588,7 @@ impl RabbitCluster {
             "application:set_env(rabbit, consumer_timeout, {}).",
             timeout.as_millis()
         );
-        for i in 1..=3 {
+        for i in 1..=self.nodes.len() {
             if self.is_running(i) {
                 self.ctl(i, &["eval", &expr]).await?;
             }
@@ -572,7 +601,7 @@ impl Drop for RabbitCluster {
     fn drop(&mut self) {
         // The data is thrown away: kill rather than stop (a graceful stop of
         // a member waits for the others). The group's drop kills the rest.
-        for i in 1..=3 {
+        for i in 1..=self.nodes.len() {
             let _ = self.kill(i);
         }
     }

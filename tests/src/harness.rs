@@ -28,6 +28,18 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+/// The test's log on the test writer, filtered by `RUST_LOG` (else
+/// `default`); the first call in a test binary wins.
+pub fn init_tracing(default: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .try_init();
+}
+
 /// Redis URL of the tests (override with `KILN_REDIS_URL`).
 pub fn redis_url() -> String {
     std::env::var("KILN_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -154,13 +166,7 @@ impl Env {
     /// Sentinel: see [`crate::cluster`]).
     pub async fn on(engines: Engines) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kiln_worker=info")),
-            )
-            .try_init();
+        init_tracing("kiln_worker=info");
         let prefix = unique("kiln-test");
         let redis_prefix = format!("{prefix}:");
         let kube = FakeKube::start().await;

@@ -15,6 +15,7 @@ use futures::StreamExt as _;
 use kiln_protocol::{BuildEvent, Phase};
 use kiln_tests::cluster::{Clustered, MASTER_NAME, RabbitOptions, RedisOptions};
 use kiln_tests::harness::{Engines, Env, NAMESPACE, one_image, unique};
+use kiln_worker::amqp::Broker;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -149,6 +150,8 @@ async fn kiln_on_clustered_engines() {
         .await
         .expect("start the clustered engines");
     eprintln!("clustered engines up in {:.1?}", t0.elapsed());
+    // First: it leaves the engines as it found them (the node restarted).
+    a_subscription_survives_the_kill_of_its_node(&mut c).await;
     let mut figures = Figures::default();
     node_and_primary_kills(&mut c, &mut figures).await;
     a_cancel_whose_flag_redis_lost_still_cancels(&mut c).await;
@@ -386,6 +389,81 @@ async fn a_cancel_whose_flag_redis_lost_still_cancels(c: &mut Clustered) {
     );
     c.redis.restart(old).await.unwrap();
     env.cleanup().await;
+}
+
+/// A client's event subscription (`kiln wait`, `kiln watch`) whose node is
+/// killed subscribes again on another node of its list and receives the
+/// events published from then on; it counts the gap (before: its
+/// connection died with the node, and the subscription ended).
+async fn a_subscription_survives_the_kill_of_its_node(c: &mut Clustered) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let prefix = unique("kiln-sub");
+    let name = unique("kiln subscriber");
+    let client = Broker::connect_client(&c.rabbit.url_list(), &prefix, &name)
+        .await
+        .unwrap();
+    client.declare_topology().await.unwrap();
+    let mut sub = client.subscribe_events(&["#"]).await.unwrap();
+    let connections = c
+        .rabbit
+        .ctl(
+            1,
+            &[
+                "list_connections",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ],
+        )
+        .await
+        .unwrap();
+    // A connection's pid names its node: <kiln-…-2@localhost.1733.4567.0>.
+    let pid = connections
+        .lines()
+        .filter(|l| l.contains(&name))
+        .find_map(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {name}: {connections}"))
+        .to_owned();
+    let node = (1..=3)
+        .find(|&i| pid.contains(&format!("<{}.", c.rabbit.node_name(i))))
+        .unwrap_or_else(|| panic!("no node of ours in the pid {pid}"));
+    let other = if node == 1 { 2 } else { 1 };
+    let publisher = Broker::connect_client(&c.rabbit.url(other), &prefix, "kiln publisher")
+        .await
+        .unwrap();
+    c.rabbit.kill(node).unwrap();
+    let killed = Instant::now();
+    let received = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(90),
+            "the subscription received nothing after the kill of node {node}"
+        );
+        let id = unique("after-kill");
+        let event = kiln_worker::amqp::OutgoingEvent {
+            routing_key: "build.accepted.default".to_owned(),
+            message_id: id.clone(),
+            build_id: id.clone(),
+            phase: "accepted".to_owned(),
+            traceparent: None,
+            body: id.clone().into_bytes(),
+        };
+        publisher.publish_event(&event).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+            Ok(Some(m)) => break m,
+            Ok(None) => panic!("the subscription ended with node {node}"),
+            Err(_) => {}
+        }
+    };
+    eprintln!(
+        "subscription on node {node}: an event again {:.2?} after the kill ({} bytes)",
+        killed.elapsed(),
+        received.body.len()
+    );
+    assert_eq!(sub.gaps(), 1, "the gap is counted");
+    sub.close().await;
+    client.close().await;
+    publisher.close().await;
+    c.rabbit.restart(node).await.unwrap();
 }
 
 /// The broker's consumer_timeout lowered to 2 s: a request whose build

@@ -31,6 +31,18 @@ pub fn redis() -> ExponentialBuilder {
         .without_max_times()
 }
 
+/// The worker's first Redis connection under Sentinel, while a failover
+/// may be under way (Sentinel's down-after plus an election: seconds):
+/// about a minute in all, then the error (the worker exits, and its
+/// supervisor restarts it).
+pub fn redis_startup() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(35)
+}
+
 /// Re-subscribing to Redis notices after the subscription broke: the pace
 /// of Redis commands (fast after a blip, calm during an outage), named on
 /// its own so the two can diverge without a search.

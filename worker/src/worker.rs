@@ -36,7 +36,7 @@ pub async fn connect(config: &WorkerConfig, kube: Option<KubeClient>) -> Result<
     broker
         .declare_topology_with(config.bounds.dead_limits())
         .await?;
-    let store = Store::connect_to(
+    let store = connect_store(
         &c.redis_target()?,
         &c.redis_prefix,
         &worker,
@@ -150,4 +150,30 @@ pub async fn run(
         }
     }
     result
+}
+
+/// Redis at start-up. Under Sentinel a failover may be under way (the
+/// primary dead, the Sentinels not naming a new one yet): waited out with
+/// [`crate::retry::redis_startup`] rather than the worker exiting; one
+/// server (`KILN_REDIS_URL`) is tried once, as before.
+async fn connect_store(
+    target: &crate::store::RedisTarget,
+    prefix: &str,
+    worker: &str,
+    ttl: std::time::Duration,
+) -> Result<Store> {
+    let mut waits = backon::BackoffBuilder::build(crate::retry::redis_startup());
+    loop {
+        match Store::connect_to(target, prefix, worker, ttl).await {
+            Ok(store) => return Ok(store),
+            Err(e) if matches!(target, crate::store::RedisTarget::Sentinel { .. }) => {
+                let Some(wait) = waits.next() else {
+                    return Err(e);
+                };
+                tracing::warn!(error = %e, retry_in = ?wait, "no Redis primary yet (a failover under way?); retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

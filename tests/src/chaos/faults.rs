@@ -122,6 +122,9 @@ pub struct PlannedFault {
     pub forge: Option<(Forge, usize)>,
     /// For api faults: the HTTP status of the burst.
     pub status: u16,
+    /// For redis-failover faults: the lost-write variant (the replica
+    /// stopped and cut off for `duration` before the primary is killed).
+    pub lose_writes: bool,
 }
 
 /// A whole run's plan.
@@ -149,17 +152,45 @@ pub fn schedule(p: &Params, run: &str) -> Schedule {
             }
         })
         .collect();
+    // Every clustered kind in the mix is drawn at least once (the first
+    // faults); a mix without them draws exactly as it always did, so old
+    // seeds replay.
+    let clustered: Vec<FaultKind> = p
+        .kinds
+        .iter()
+        .copied()
+        .filter(|k| k.is_clustered())
+        .collect();
     let mut faults: Vec<PlannedFault> = (0..p.faults)
         .filter(|_| !p.kinds.is_empty())
-        .map(|_| {
-            let kind = rng.pick(&p.kinds);
-            let at = 500 + rng.below(p.window + 1500);
+        .map(|n| {
+            let (kind, at) = match clustered.get(n) {
+                // In the first half of the publishing, so that requests
+                // published after the kill measure the recovery.
+                Some(&k) => (k, 500 + rng.below(p.window / 2)),
+                None => (rng.pick(&p.kinds), 500 + rng.below(p.window + 1500)),
+            };
             let worker = rng.below(p.workers.max(1) as u64) as usize;
+            let mut lose_writes = false;
             let (duration, forge) = match kind {
                 FaultKind::Stop => (p.lease_ttl + 1000 + rng.below(1000), None),
                 FaultKind::Kill => (300 + rng.below(700), None),
                 FaultKind::Api => (500 + rng.below(1500), None),
                 FaultKind::Forge => (0, Some(forge_for(&mut rng, &builds, at))),
+                // How long the node stays down before it is started again.
+                FaultKind::AmqpNode => (2000 + rng.below(3000), None),
+                // How long the workers write to the isolated primary alone.
+                FaultKind::RedisFailover => {
+                    lose_writes = rng.percent(50);
+                    (
+                        if lose_writes {
+                            300 + rng.below(1200)
+                        } else {
+                            0
+                        },
+                        None,
+                    )
+                }
                 _ => (0, None),
             };
             PlannedFault {
@@ -169,6 +200,7 @@ pub fn schedule(p: &Params, run: &str) -> Schedule {
                 duration,
                 forge,
                 status: rng.pick(&[500, 503, 429, 504]),
+                lose_writes,
             }
         })
         .collect();
@@ -235,6 +267,13 @@ impl Schedule {
                 (FaultKind::Api, _) => {
                     let _ = write!(s, " {} for {} ms", f.status, f.duration);
                 }
+                (FaultKind::AmqpNode, _) => {
+                    let _ = write!(s, " builds queue leader down for {} ms", f.duration);
+                }
+                (FaultKind::RedisFailover, _) if f.lose_writes => {
+                    let _ = write!(s, " primary alone for {} ms, then killed", f.duration);
+                }
+                (FaultKind::RedisFailover, _) => s.push_str(" primary killed"),
                 _ => {}
             }
             s.push('\n');
@@ -294,6 +333,29 @@ mod tests {
             }
         }
         assert!(schedule(&params(1, &[]), "r").faults.is_empty());
+    }
+
+    #[test]
+    fn clustered_kinds_are_each_drawn_and_leave_old_seeds_alone() {
+        let mut kinds = FaultKind::ALL.to_vec();
+        kinds.extend(FaultKind::CLUSTERED);
+        for seed in 0..20 {
+            let s = schedule(&params(seed, &kinds), "r");
+            for k in FaultKind::CLUSTERED {
+                assert!(
+                    s.faults
+                        .iter()
+                        .any(|f| f.kind == k && f.at <= 500 + s.params.window / 2),
+                    "seed {seed}: no {k} in the first half of the publishing"
+                );
+            }
+        }
+        let s = schedule(&params(5, &[FaultKind::RedisFailover]), "r");
+        assert!(s.faults.iter().any(|f| f.lose_writes));
+        assert!(s.faults.iter().any(|f| !f.lose_writes));
+        // A mix without them draws none.
+        let plain = schedule(&params(7, &FaultKind::ALL), "r");
+        assert!(plain.faults.iter().all(|f| !f.kind.is_clustered()));
     }
 
     #[test]

@@ -160,6 +160,14 @@ pub enum FaultKind {
     /// Requests and cancels from another tenant, or bodies conflicting with
     /// a live build.
     Forge,
+    /// kill -9 of the RabbitMQ node leading the builds quorum queue, started
+    /// again a few seconds later (clustered engines only).
+    AmqpNode,
+    /// kill -9 of the Redis primary, the Sentinels failing over to the
+    /// replica; or the lost-write variant: the replica stopped and cut off,
+    /// the workers writing to the primary alone, then the primary killed and
+    /// the replica resumed and promoted (clustered engines only).
+    RedisFailover,
 }
 
 impl FaultKind {
@@ -173,6 +181,17 @@ impl FaultKind {
         Self::Forge,
     ];
 
+    /// The kinds that need the clustered engines (a three-node RabbitMQ
+    /// cluster, Redis under Sentinel): a run whose kinds include one starts
+    /// them. Not in [`Self::ALL`], the default of a run on the shared
+    /// engines.
+    pub const CLUSTERED: [FaultKind; 2] = [Self::AmqpNode, Self::RedisFailover];
+
+    /// Whether this kind needs the clustered engines.
+    pub fn is_clustered(self) -> bool {
+        Self::CLUSTERED.contains(&self)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Kill => "kill",
@@ -182,6 +201,8 @@ impl FaultKind {
             Self::Api => "api",
             Self::Watch => "watch",
             Self::Forge => "forge",
+            Self::AmqpNode => "amqp-node",
+            Self::RedisFailover => "redis-failover",
         }
     }
 
@@ -190,15 +211,13 @@ impl FaultKind {
     pub fn parse_list(s: &str) -> Result<Vec<FaultKind>, String> {
         let mut out = Vec::new();
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let kind = Self::ALL
-                .into_iter()
-                .find(|k| k.as_str() == name)
-                .ok_or_else(|| {
-                    format!(
-                        "unknown fault kind {name:?} (known: {})",
-                        Self::ALL.map(Self::as_str).join(",")
-                    )
-                })?;
+            let known = Self::ALL.into_iter().chain(Self::CLUSTERED);
+            let kind = known.clone().find(|k| k.as_str() == name).ok_or_else(|| {
+                format!(
+                    "unknown fault kind {name:?} (known: {})",
+                    known.map(Self::as_str).collect::<Vec<_>>().join(",")
+                )
+            })?;
             if !out.contains(&kind) {
                 out.push(kind);
             }
@@ -223,6 +242,9 @@ pub struct FaultOp {
     pub end: Millis,
     /// What exactly was done, and whether it worked.
     pub note: String,
+    /// For a Redis failover: milliseconds from the primary's kill to the
+    /// next lease write on the new primary (`None`: none was seen).
+    pub lease_write_after: Option<Millis>,
 }
 
 /// A pod as the kubelet saw it created, with the fate the run gave it. This
@@ -346,12 +368,26 @@ impl Recorder {
     }
 
     pub fn fault(&self, kind: FaultKind, target: &str, start: Millis, note: &str) {
+        self.fault_measured(kind, target, start, note, None);
+    }
+
+    /// [`Self::fault`] with the time to the next lease write of a Redis
+    /// failover.
+    pub fn fault_measured(
+        &self,
+        kind: FaultKind,
+        target: &str,
+        start: Millis,
+        note: &str,
+        lease_write_after: Option<Millis>,
+    ) {
         let op = FaultOp {
             kind,
             target: target.to_owned(),
             start,
             end: self.now(),
             note: note.to_owned(),
+            lease_write_after,
         };
         self.with(|h| h.faults.push(op));
     }
@@ -420,5 +456,13 @@ mod tests {
         );
         let err = FaultKind::parse_list("kill,nuke").expect_err("an error");
         assert!(err.contains("\"nuke\"") && err.contains("watch"), "{err}");
+        assert!(err.contains("amqp-node,redis-failover"), "{err}");
+        let clustered = FaultKind::parse_list("amqp-node,redis-failover,kill").expect("known");
+        assert_eq!(
+            clustered.iter().filter(|k| k.is_clustered()).count(),
+            2,
+            "{clustered:?}"
+        );
+        assert!(!FaultKind::ALL.iter().any(|k| k.is_clustered()));
     }
 }

@@ -4,6 +4,7 @@
 //! ([`checker`]).
 
 pub mod checker;
+pub mod engines;
 pub mod faults;
 pub mod history;
 pub mod run;

@@ -17,14 +17,16 @@ use kiln_worker::pod::{ANN_BUILD_ID, LABEL_ATTEMPT, LABEL_IMAGE};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::checker::{Verdict, check};
+use super::checker::{AnomalyKind, Verdict, check};
+use super::engines::{Engines, delete_prefix_at, keys_with_prefix_at};
+pub use super::engines::{delete_prefix, keys_with_prefix};
 use super::faults::{
     FORGED_DIGEST, FORGED_LABEL, Forge, Params, PlannedFault, Schedule, Tenant, fresh_seed,
     schedule,
 };
 use super::history::{EndState, FaultKind, History, LeftPod, PodOp, Recorder};
 use crate::fakekube::{FakeKube, Fate, FaultResponse, FaultRule, Timing};
-use crate::harness::{amqp_url, redis_url, unique};
+use crate::harness::unique;
 use crate::process::{Signal, WorkerProcess};
 
 /// The two tenants: RabbitMQ users created (idempotently) by the run, shared
@@ -100,6 +102,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Panics with the report unless the run was clean: no worker crashed,
+    /// every build answered, no anomaly. Prints the report either way.
+    pub fn assert_clean(&self) {
+        let report = self.report();
+        println!("{report}");
+        assert!(self.crashes.is_empty(), "a worker crashed:\n{report}");
+        assert!(self.settled, "not every build was answered:\n{report}");
+        assert!(self.verdict.ok(), "{report}");
+    }
+
     /// The schedule, the faults as injected, and the checker's table.
     pub fn report(&self) -> String {
         let mut s = self.schedule.clone();
@@ -129,84 +141,72 @@ impl Outcome {
             self.history.end.other_keys
         );
         s.push_str(&self.verdict.table(3));
+        let lost = self.verdict.count(AnomalyKind::Lost);
+        if let Some(f) = super::engines::figures(&self.history, lost) {
+            s.push_str(&f);
+        }
         s
     }
 }
 
 // ---------------------------------------------------------------- tenants
 
-async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
-    tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await
-        .context(
-            "cannot run rabbitmqctl (the chaos run creates its tenants' RabbitMQ users with it)",
-        )
-}
-
 /// Creates the tenants' users unless they exist, and lets them publish.
-async fn ensure_tenants() -> anyhow::Result<()> {
-    let out = rabbitmqctl(&["-q", "--no-table-headers", "list_users"]).await?;
-    let users = String::from_utf8_lossy(&out.stdout).into_owned();
+async fn ensure_tenants(engines: &Engines) -> anyhow::Result<()> {
+    let users = engines
+        .rabbitmqctl(&["--no-table-headers", "list_users"])
+        .await?;
     for t in TENANTS {
         if !users
             .lines()
             .any(|l| l.split_whitespace().next() == Some(t))
-        {
-            let out = rabbitmqctl(&["-q", "add_user", t, PASSWORD]).await?;
+            && let Err(e) = engines.rabbitmqctl(&["add_user", t, PASSWORD]).await
             // Another run may have created it meanwhile.
-            let err = String::from_utf8_lossy(&out.stderr);
-            if !out.status.success() && !err.contains("already") {
-                bail!("rabbitmqctl add_user {t} failed: {err}");
-            }
+            && !e.to_string().contains("already")
+        {
+            return Err(e);
         }
         // Publish only: no configure or read rights are needed to publish
         // requests.
-        let out = rabbitmqctl(&["-q", "set_permissions", "-p", "/", t, "^$", ".*", "^$"]).await?;
-        if !out.status.success() {
-            bail!(
-                "rabbitmqctl set_permissions {t} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        engines
+            .rabbitmqctl(&["set_permissions", "-p", "/", t, "^$", ".*", "^$"])
+            .await?;
     }
     Ok(())
 }
 
-/// `url` with its user and password replaced.
-fn url_as(url: &str, user: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
-    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    format!("{scheme}://{user}:{PASSWORD}@{host}")
+/// `urls` (one URL or several, comma-separated) with their user and
+/// password replaced.
+fn url_as(urls: &str, user: &str) -> String {
+    let one = |url: &str| {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        format!("{scheme}://{user}:{PASSWORD}@{host}")
+    };
+    urls.split(',').map(one).collect::<Vec<_>>().join(",")
 }
 
 /// Closes, from the broker's side, every connection whose client properties
 /// mention `name`. Returns how many were closed.
-pub async fn close_connections_named(name: &str) -> usize {
-    let Ok(out) = rabbitmqctl(&[
-        "-q",
-        "--no-table-headers",
-        "list_connections",
-        "pid",
-        "client_properties",
-    ])
-    .await
+pub async fn close_connections_named(engines: &Engines, name: &str) -> usize {
+    let Ok(text) = engines
+        .rabbitmqctl(&[
+            "--no-table-headers",
+            "list_connections",
+            "pid",
+            "client_properties",
+        ])
+        .await
     else {
         return 0;
     };
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut closed = 0;
     for line in text.lines().filter(|l| l.contains(name)) {
         if let Some(pid) = line.split_whitespace().next()
-            && rabbitmqctl(&[
-                "-q",
-                "close_connection",
-                pid,
-                "kiln chaos: connection closed",
-            ])
-            .await
-            .is_ok_and(|o| o.status.success())
+            && engines
+                .rabbitmqctl(&["close_connection", pid, "kiln chaos: connection closed"])
+                .await
+                .is_ok()
         {
             closed += 1;
         }
@@ -214,58 +214,12 @@ pub async fn close_connections_named(name: &str) -> usize {
     closed
 }
 
-// ---------------------------------------------------------------- Redis
-
-/// A connection with timeouts long enough for a machine under load (the
-/// client's defaults, 500 ms per response, fail there).
-async fn redis_conn() -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(redis_url())?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(10)))
-        .set_response_timeout(Some(Duration::from_secs(10)));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
-}
-
-/// Keys under `prefix` (SCAN, never KEYS on a shared server).
-pub async fn keys_with_prefix(prefix: &str) -> anyhow::Result<Vec<String>> {
-    let mut conn = redis_conn().await?;
-    let mut cursor: u64 = 0;
-    let mut out = Vec::new();
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await?;
-        out.extend(keys);
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
-}
-
-/// Deletes every key under `prefix` (only this run's: other tests share the
-/// server). Returns how many were deleted.
-pub async fn delete_prefix(prefix: &str) -> anyhow::Result<usize> {
-    let keys = keys_with_prefix(prefix).await?;
-    let mut conn = redis_conn().await?;
-    for chunk in keys.chunks(1000) {
-        let () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
-    }
-    Ok(keys.len())
-}
-
 // ---------------------------------------------------------------- workers
 
 /// How to start a worker process; the same for every slot and restart.
 struct Spawner {
     kiln: PathBuf,
+    amqp_prefix: String,
     env: Vec<(String, String)>,
     dir: PathBuf,
     lease_ttl: Duration,
@@ -370,6 +324,7 @@ struct World {
     slots: Shared<Slots>,
     spawner: Arc<Spawner>,
     redis_prefix: String,
+    engines: Engines,
 }
 
 impl World {
@@ -381,8 +336,7 @@ impl World {
         valid: bool,
     ) -> anyhow::Result<()> {
         let user = TENANTS[tenant];
-        self.tenants[tenant]
-            .publish_request(BUILD_KEY, body, Some(user), None)
+        self.publish_confirmed(tenant, BUILD_KEY, body)
             .await
             .with_context(|| format!("publishing request {id} as {user}"))?;
         self.rec.request(id, user, body, valid);
@@ -391,12 +345,40 @@ impl World {
 
     async fn cancel(&self, tenant: Tenant, id: &str, reason: &str) -> anyhow::Result<()> {
         let user = TENANTS[tenant];
-        self.tenants[tenant]
-            .publish_request(CANCEL_KEY, &cancel_body(id, reason), Some(user), None)
+        self.publish_confirmed(tenant, CANCEL_KEY, &cancel_body(id, reason))
             .await
             .with_context(|| format!("publishing cancel {id} as {user}"))?;
         self.rec.cancel(id, user);
         Ok(())
+    }
+
+    /// Publishes as `tenant` until the broker confirms. On the cluster a
+    /// publish fails while the tenant's node is down or the queue has no
+    /// leader; it is published again (a copy that did arrive is the same
+    /// request twice, which Kiln takes as a duplicate), as a client would.
+    async fn publish_confirmed(
+        &self,
+        tenant: Tenant,
+        key: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        let user = TENANTS[tenant];
+        let start = Instant::now();
+        loop {
+            match self.tenants[tenant]
+                .publish_request(key, body, Some(user), None)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if self.engines.is_clustered() && start.elapsed() < Duration::from_secs(90) =>
+                {
+                    tracing::debug!(error = %e, "publish failed; publishing again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn worker_id(&self, slot: usize) -> Option<String> {
@@ -658,7 +640,7 @@ async fn timed_fault(w: Arc<World>, f: PlannedFault) {
             let Some(id) = w.worker_id(f.worker) else {
                 return;
             };
-            let n = close_connections_named(&format!("kiln worker {id}")).await;
+            let n = close_connections_named(&w.engines, &format!("kiln worker {id}")).await;
             w.rec.fault(
                 FaultKind::Amqp,
                 &id,
@@ -667,7 +649,11 @@ async fn timed_fault(w: Arc<World>, f: PlannedFault) {
             );
         }
         FaultKind::Redis => {
-            let note = match delete_prefix(&w.redis_prefix).await {
+            let deleted = match w.engines.redis_url().await {
+                Ok(url) => delete_prefix_at(&url, &w.redis_prefix).await,
+                Err(e) => Err(e),
+            };
+            let note = match deleted {
                 Ok(n) => format!("{n} keys deleted"),
                 Err(e) => format!("failed: {e}"),
             };
@@ -708,6 +694,30 @@ async fn timed_fault(w: Arc<World>, f: PlannedFault) {
             );
         }
         FaultKind::Forge => {}
+        FaultKind::AmqpNode | FaultKind::RedisFailover => clustered_fault(&w, &f).await,
+    }
+}
+
+/// A node kill or a Redis failover; the figures go into the history.
+async fn clustered_fault(w: &World, f: &PlannedFault) {
+    let start = w.rec.now();
+    let duration = Duration::from_millis(f.duration);
+    let done = if f.kind == FaultKind::AmqpNode {
+        let queue = Names::new(&w.spawner.amqp_prefix).builds();
+        w.engines.kill_queue_leader(&w.rec, &queue, duration).await
+    } else {
+        let ttl = w.spawner.lease_ttl;
+        (w.engines)
+            .fail_over_redis(&w.rec, f.lose_writes, duration, &w.redis_prefix, ttl)
+            .await
+    };
+    match done {
+        Ok(i) => w
+            .rec
+            .fault_measured(f.kind, &i.target, i.start, &i.note, i.lease_write_after),
+        Err(e) => w
+            .rec
+            .fault(f.kind, "engines", start, &format!("failed: {e:#}")),
     }
 }
 
@@ -720,7 +730,8 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
             opts.kiln.display()
         );
     }
-    ensure_tenants().await?;
+    let engines = Engines::start(opts.params.kinds.iter().any(|k| k.is_clustered())).await?;
+    ensure_tenants(&engines).await?;
     let prefix = unique("kiln-chaos");
     let redis_prefix = format!("{prefix}:");
     let sched = schedule(&opts.params, &prefix["kiln-chaos-".len()..]);
@@ -800,28 +811,21 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
     std::fs::write(&policy, toml)?;
 
     // The observer: guest, binding `#` before anything is published.
-    let observer = Broker::connect(&amqp_url(), &prefix, "kiln chaos observer")
+    let observer = Broker::connect(&engines.amqp_urls(), &prefix, "kiln chaos observer")
         .await
+        .map(Arc::new)
         .context("RabbitMQ must run on 127.0.0.1:5672 (or set KILN_AMQP_URL)")?;
     observer.declare_topology().await?;
-    let mut sub = observer.subscribe_events(&["#"]).await?;
-    let listener = {
-        let rec = rec.clone();
-        tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                rec.event(&m.routing_key, &m.body);
-            }
-        })
-    };
+    let listener = engines.observe(&observer, &prefix, rec.clone()).await?;
     let tenants = [
         Broker::connect(
-            &url_as(&amqp_url(), TENANTS[0]),
+            &url_as(&engines.amqp_urls(), TENANTS[0]),
             &prefix,
             "kiln chaos tenant 0",
         )
         .await?,
         Broker::connect(
-            &url_as(&amqp_url(), TENANTS[1]),
+            &url_as(&engines.amqp_urls(), TENANTS[1]),
             &prefix,
             "kiln chaos tenant 1",
         )
@@ -830,10 +834,9 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
 
     let spawner = Arc::new(Spawner {
         kiln: opts.kiln.clone(),
+        amqp_prefix: prefix.clone(),
         env: [
             ("KUBECONFIG", kubeconfig.display().to_string()),
-            ("KILN_AMQP_URL", amqp_url()),
-            ("KILN_REDIS_URL", redis_url()),
             ("KILN_AMQP_PREFIX", prefix.clone()),
             ("KILN_REDIS_PREFIX", redis_prefix.clone()),
             ("KILN_POLICY", policy.display().to_string()),
@@ -852,7 +855,9 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
             ),
         ]
         .map(|(k, v)| (k.to_owned(), v))
-        .to_vec(),
+        .into_iter()
+        .chain(engines.worker_env())
+        .collect(),
         dir: dir.clone(),
         lease_ttl: Duration::from_millis(opts.params.lease_ttl),
     });
@@ -870,6 +875,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
         slots,
         spawner,
         redis_prefix: redis_prefix.clone(),
+        engines,
     });
     let result = drive(&world, &sched, opts, &prefix).await;
 
@@ -877,7 +883,9 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Outcome> {
     let crashes = stop_workers(&world).await;
     listener.abort();
     let _ = observer.delete_topology().await;
-    let _ = delete_prefix(&redis_prefix).await;
+    if let Ok(url) = world.engines.redis_url().await {
+        let _ = delete_prefix_at(&url, &redis_prefix).await;
+    }
     observer.close().await;
     for t in &world.tenants {
         t.close().await;
@@ -1061,8 +1069,11 @@ fn progress(w: &World, sched: &Schedule) {
 }
 
 async fn wait_for_consumers(prefix: &str, workers: usize, w: &World) -> anyhow::Result<()> {
-    let conn =
-        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+    let conn = lapin::Connection::connect(
+        &w.engines.node_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await?;
     let ch = conn.create_channel().await?;
     let queue = Names::new(prefix).builds();
     let start = Instant::now();
@@ -1118,7 +1129,7 @@ async fn end_state(w: &World) -> anyhow::Result<EndState> {
             });
         }
     }
-    let keys = keys_with_prefix(&w.redis_prefix).await?;
+    let keys = keys_with_prefix_at(&w.engines.redis_url().await?, &w.redis_prefix).await?;
     let lease = format!("{}lease:", w.redis_prefix);
     let (leases, other): (Vec<String>, Vec<String>) =
         keys.into_iter().partition(|k| k.starts_with(&lease));

@@ -25,6 +25,13 @@ pub struct Broker {
     pub(super) conn: Connection,
     pub(super) publisher: RwLock<Channel>,
     pub(super) names: Names,
+    /// Where it connected, and as what: an event subscription opens a
+    /// connection of its own with them (and again after losing it).
+    pub(super) nodes: Nodes,
+    pub(super) connection_name: String,
+    /// The limits of the topology this connection declared, if it did: what
+    /// [`Broker::declare_again`] declares.
+    pub(super) declared: std::sync::OnceLock<super::topology::DeadLimits>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -47,16 +54,16 @@ impl Broker {
         Self::connect_with(&nodes, prefix, connection_name, props, backoff).await
     }
 
-    async fn connect_with(
+    pub(super) async fn connect_with(
         nodes: &Nodes,
         prefix: &str,
         connection_name: &str,
         props: ConnectionProperties,
         backoff: backon::ExponentialBuilder,
     ) -> Result<Self> {
-        let props = props.with_connection_name(LongString::from(connection_name.to_owned()));
+        let named = props.with_connection_name(LongString::from(connection_name.to_owned()));
         let conn = nodes
-            .connect(props, backoff)
+            .connect(named, backoff)
             .await
             .map_err(|e| Error::amqp_caused(&format!("cannot connect to {nodes}"), e))?;
         let publisher = Self::confirm_channel(&conn).await?;
@@ -64,6 +71,9 @@ impl Broker {
             conn,
             publisher: RwLock::new(publisher),
             names: Names::new(prefix),
+            nodes: nodes.clone(),
+            connection_name: connection_name.to_owned(),
+            declared: std::sync::OnceLock::new(),
         })
     }
 

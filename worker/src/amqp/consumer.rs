@@ -31,6 +31,7 @@ impl Broker {
             inner,
             queue: queue.to_owned(),
             tag: tag.to_owned(),
+            dead: false,
         })
     }
 }
@@ -43,6 +44,11 @@ pub struct Consumer {
     pub(super) inner: lapin::Consumer,
     pub(super) queue: String,
     pub(super) tag: String,
+    /// Its channel could not be recovered: it yields nothing any more. Set
+    /// before `next` returns `None`, so that a `next` dropped on the way
+    /// (a `select!` taking another branch) does not leave a caller waiting
+    /// on a dead stream for ever.
+    pub(super) dead: bool,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -56,12 +62,16 @@ impl Consumer {
     /// (its channel cannot be recovered).
     pub async fn next(&mut self) -> Option<Incoming> {
         loop {
+            if self.dead {
+                return None;
+            }
             let Some(next) = self.inner.next().await else {
                 // The stream ends only when the broker cancelled the
                 // consumer (`basic.cancel`: the queue's leader moved, the
                 // queue was deleted): Kiln's own cancel closes the channel
                 // instead. Consume again.
                 if !self.consume_again().await {
+                    self.dead = true;
                     return None;
                 }
                 continue;
@@ -72,6 +82,7 @@ impl Consumer {
                     tracing::warn!(error = %e, "consumer interrupted; waiting for recovery");
                     if let Err(e) = self.channel.wait_for_recovery(e).await {
                         tracing::error!(error = %e, "consumer cannot recover");
+                        self.dead = true;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         return None;
                     }

@@ -80,6 +80,11 @@ impl Broker {
     /// lose its messages; the operator applies a policy or recreates it
     /// (docs/operations.md).
     pub async fn declare_topology_with(&self, dead: DeadLimits) -> Result<()> {
+        let _ = self.declared.set(dead);
+        self.declare_all(dead).await
+    }
+
+    async fn declare_all(&self, dead: DeadLimits) -> Result<()> {
         let ch = self.conn.create_channel().await?;
         let n = &self.names;
         let durable = ExchangeDeclareOptions {
@@ -160,6 +165,17 @@ impl Broker {
         self.declare_parked(&ch).await?;
         super::broker::close_channel(&ch, "topology declared").await;
         Ok(())
+    }
+
+    /// Declares again the topology this connection declared (the same
+    /// limits), if it did: a lone broker that restarted without its data
+    /// (no persistent volume) has none, and consuming or publishing there
+    /// fails with NOT_FOUND until someone declares it. Idempotent.
+    pub async fn declare_again(&self) -> Result<()> {
+        match self.declared.get() {
+            Some(&dead) => self.declare_topology_with(dead).await,
+            None => Ok(()),
+        }
     }
 
     /// How many messages `queue` holds ready for delivery (a passive

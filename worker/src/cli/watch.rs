@@ -67,12 +67,17 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
             .map(|b| format!(" for build {b}"))
             .unwrap_or_default()
     );
+    let mut gaps = 0;
     let result = loop {
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else {
                     break Err(anyhow::anyhow!("lost the connection to RabbitMQ while watching"));
                 };
+                if sub.gaps() != gaps {
+                    gaps = sub.gaps();
+                    errln!("kiln: warning: the connection to RabbitMQ was lost and made again; events published in between were missed");
+                }
                 let Some(r) = Received::decode(&msg.body) else {
                     if args.output == Output::Text {
                         errln!("kiln: skipped a message that is not a Kiln event (routing key {})", msg.routing_key);

@@ -181,9 +181,10 @@ async fn consume_loop(sup: Supervisor, mut builds: Consumer, mut cancels: Consum
 }
 
 /// A consumer whose channel the broker closed for good (a delivery held
-/// past its `consumer_timeout`, a queue gone for a moment): consume the
-/// queue again on a new channel, paced like the worker's reconnects, until
-/// it works or the worker stops (`None`).
+/// past its `consumer_timeout`, a queue gone for a moment, a lone broker
+/// restarted without its data): consume the queue again on a new channel,
+/// declaring the topology again after each failure, paced like the
+/// worker's reconnects, until it works or the worker stops (`None`).
 async fn consume_again(
     sup: &Supervisor,
     queue: &str,
@@ -200,6 +201,11 @@ async fn consume_again(
             Err(e) => {
                 sup.ctx.metrics.error(&e);
                 tracing::warn!(queue, error = %e, "cannot consume again yet");
+                // A broker that came back empty has no queue to consume:
+                // declare the topology again (idempotent).
+                if let Err(e) = sup.ctx.broker.declare_again().await {
+                    tracing::warn!(error = %e, "cannot declare the topology again yet");
+                }
             }
         }
         let wait = waits.next().unwrap_or(std::time::Duration::from_secs(5));

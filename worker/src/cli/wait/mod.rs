@@ -9,7 +9,9 @@
 //! answering other messages under the same id are someone else's. A build that already finished
 //! is answered from its Redis record, which is also polled while waiting:
 //! a terminal event published before the subscription existed would
-//! otherwise never arrive.
+//! otherwise never arrive. The same covers a lost connection: the
+//! subscription is made again (on another node of a cluster) and the record
+//! is read at once for what was published in the gap.
 
 mod followed;
 mod progress;
@@ -129,7 +131,17 @@ pub async fn follow(
     let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + RECORD_POLL, RECORD_POLL);
     let mut finished_record: Option<BuildRecord> = None;
     let mut seen = HashSet::new();
+    let mut gaps = 0;
     let code = loop {
+        if sub.gaps() != gaps {
+            // Events published while the subscription was being made again
+            // were missed: the record says whether the build ended then.
+            gaps = sub.gaps();
+            errln!(
+                "kiln: warning: the connection to RabbitMQ was lost and made again; reading the build's record for what may have been missed"
+            );
+            poll.reset_immediately();
+        }
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else {
