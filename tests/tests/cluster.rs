@@ -150,11 +150,13 @@ async fn kiln_on_clustered_engines() {
         .await
         .expect("start the clustered engines");
     eprintln!("clustered engines up in {:.1?}", t0.elapsed());
-    // First: it leaves the engines as it found them (the node restarted).
-    a_subscription_survives_the_kill_of_its_node(&mut c).await;
     let mut figures = Figures::default();
+    // First, on a cluster that has never lost a node: a quorum queue
+    // declared just after a node came back can stay without a leader for
+    // minutes on a loaded two-core machine when its leader is killed.
     node_and_primary_kills(&mut c, &mut figures).await;
     a_cancel_whose_flag_redis_lost_still_cancels(&mut c).await;
+    a_subscription_survives_the_kill_of_its_node(&mut c).await;
     // Last: it lowers the broker's consumer_timeout for good.
     a_quota_wait_longer_than_consumer_timeout_loses_nothing(&mut c).await;
     eprintln!(
