@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
 
 use super::broker::Broker;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 impl Broker {
     /// Starts consuming `queue` on a channel of its own with at most
@@ -213,4 +213,21 @@ impl Incoming {
             .await?;
         Ok(())
     }
+}
+
+/// Whether `e` is the broker's 404 `NOT_FOUND` (a queue it does not have:
+/// a lone broker that came back without its data).
+pub fn is_not_found(e: &Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(l) = s.downcast_ref::<lapin::Error>()
+            && let lapin::ErrorKind::ProtocolError(p) = l.kind()
+            && matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }

@@ -24,7 +24,7 @@ mod testing;
 mod topology;
 
 pub use broker::{Broker, url_user};
-pub use consumer::{Consumer, Incoming};
+pub use consumer::{Consumer, Incoming, is_not_found};
 pub use names::{BROKER_MAX_MESSAGE_BYTES, BUILD_KEY, CANCEL_KEY, DELIVERY_LIMIT, Names};
 pub use nodes::Nodes;
 pub use park::PARKED_HEADER;

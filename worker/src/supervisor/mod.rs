@@ -202,8 +202,11 @@ async fn consume_again(
                 sup.ctx.metrics.error(&e);
                 tracing::warn!(queue, error = %e, "cannot consume again yet");
                 // A broker that came back empty has no queue to consume:
-                // declare the topology again (idempotent).
-                if let Err(e) = sup.ctx.broker.declare_again().await {
+                // declare the topology again (idempotent; a lone broker
+                // only, see `declare_again`).
+                if crate::amqp::is_not_found(&e)
+                    && let Err(e) = sup.ctx.broker.declare_again().await
+                {
                     tracing::warn!(error = %e, "cannot declare the topology again yet");
                 }
             }
