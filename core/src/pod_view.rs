@@ -72,3 +72,42 @@ pub struct PodView {
     /// node actually ran, for the provenance.
     pub executor_image_id: Option<String>,
 }
+
+impl PodView {
+    /// What the kept logs and `kiln logs` group this pod's attempts by:
+    /// the image, or for a platform's pod `<image>/<platform>` (a
+    /// platform's attempts are numbered on their own), the name
+    /// [`crate::plan::ImagePlan::unit`] gives the same step.
+    pub fn log_unit(&self) -> String {
+        match &self.platform {
+            None => self.image.clone(),
+            Some(label) => kiln_protocol::platform_unit(
+                &self.image,
+                &kiln_protocol::platform_of_label(label).unwrap_or_else(|| label.clone()),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_platforms_pod_is_its_own_log_unit() {
+        let mut v = PodView {
+            image: "api".into(),
+            ..PodView::default()
+        };
+        assert_eq!(v.log_unit(), "api");
+        v.platform = Some(kiln_protocol::platform_label("linux/arm64/v8"));
+        assert_eq!(v.log_unit(), "api/linux/arm64/v8");
+        let mut plan = crate::fixtures::shop_plan();
+        plan.images[0].platforms = vec!["linux/amd64".into(), "linux/arm64/v8".into()];
+        v.image.clone_from(&plan.images[0].name);
+        assert_eq!(
+            v.log_unit(),
+            plan.images[0].unit(crate::plan::Step::Platform(1))
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 
-use crate::fakekube::{Deferred, Fate};
+use crate::fakekube::{ConfigMapReader, Deferred, Fate, PendingReason};
 use crate::registry::{Registry, push_synthetic_image, run_publish};
 
 /// The scripted fates of one test.
@@ -23,6 +23,7 @@ pub struct RegistryFates {
     publish_gate: watch::Sender<bool>,
     /// Platforms (`os/arch`) whose pods fail for good (a `RUN` step fails).
     failing: Arc<Mutex<Vec<String>>>,
+    configmaps: Option<ConfigMapReader>,
 }
 
 impl RegistryFates {
@@ -32,7 +33,15 @@ impl RegistryFates {
             seen: Arc::default(),
             publish_gate: watch::Sender::new(true),
             failing: Arc::default(),
+            configmaps: None,
         }
+    }
+
+    /// Mounts publish pods' ConfigMap volumes from these.
+    #[must_use]
+    pub fn with_configmaps(mut self, configmaps: ConfigMapReader) -> Self {
+        self.configmaps = Some(configmaps);
+        self
     }
 
     /// Holds every publish pod before it runs `kiln publish` (until
@@ -131,19 +140,114 @@ impl RegistryFates {
         let mut gate = self.publish_gate.subscribe();
         // A closed sender cannot happen (self holds it).
         let _ = gate.wait_for(|open| *open).await;
+        let mounted = match self.mount_configmaps(pod).await {
+            Ok(m) => m,
+            Err(fate) => return fate,
+        };
         let args: Vec<String> = container(pod)
             .and_then(|c| c.args.clone())
             .unwrap_or_default()
             .into_iter()
             .filter(|a| !a.starts_with("--digest-file="))
+            .map(|a| mounted.rewrite(&a))
             .collect();
-        match run_publish(&args, None).await {
+        let run = run_publish(&args, None).await;
+        mounted.remove();
+        match run {
             Ok(run) if run.code == Some(0) => Fate::Succeed {
                 digest: Some(run.message),
                 log: run.stderr,
             },
             Ok(run) => Fate::fail(run.code.unwrap_or(1), run.message),
             Err(e) => Fate::fail(1, format!("kiln publish failed (invalid): {e:#}")),
+        }
+    }
+}
+
+impl RegistryFates {
+    /// Each ConfigMap volume of `pod`'s container, written to a directory
+    /// of ours: waits for the ConfigMap like the kubelet's volume manager
+    /// (the pod stays in `ContainerCreating` meanwhile); one still missing
+    /// after 30 s leaves the pod pending.
+    async fn mount_configmaps(&self, pod: &Pod) -> Result<Mounted, Fate> {
+        let mut mounted = Mounted::default();
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let mounts = container(pod)
+            .and_then(|c| c.volume_mounts.clone())
+            .unwrap_or_default();
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        for volume in volumes {
+            let (Some(source), Some(mount)) = (
+                volume.config_map.as_ref(),
+                mounts.iter().find(|m| m.name == volume.name),
+            ) else {
+                continue;
+            };
+            let Some(reader) = &self.configmaps else {
+                continue;
+            };
+            let mut found = None;
+            for _ in 0..300 {
+                found = reader.get(&namespace, &source.name);
+                if found.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let Some(cm) = found else {
+                mounted.remove();
+                return Err(Fate::StayPending {
+                    reason: PendingReason::CreateContainerConfigError,
+                });
+            };
+            let dir = std::env::temp_dir().join(format!(
+                "kiln-mount-{}-{}",
+                std::process::id(),
+                ulid::Ulid::new().to_string().to_lowercase()
+            ));
+            let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                cm.data
+                    .unwrap_or_default()
+                    .iter()
+                    .try_for_each(|(k, v)| std::fs::write(dir.join(k), v))
+            });
+            mounted.dirs.push((mount.mount_path.clone(), dir));
+            if let Err(e) = written {
+                mounted.remove();
+                return Err(Fate::fail(1, format!("cannot mount {}: {e}", source.name)));
+            }
+        }
+        Ok(mounted)
+    }
+}
+
+/// The directories standing for a pod's mount paths.
+#[derive(Default)]
+struct Mounted {
+    dirs: Vec<(String, std::path::PathBuf)>,
+}
+
+impl Mounted {
+    /// `arg` with a mount path replaced by its directory.
+    fn rewrite(&self, arg: &str) -> String {
+        for (path, dir) in &self.dirs {
+            let prefix = format!("{path}/");
+            if let Some((flag, rest)) = arg.split_once('=')
+                && let Some(file) = rest.strip_prefix(&prefix)
+            {
+                return format!("{flag}={}", dir.join(file).display());
+            }
+        }
+        arg.to_owned()
+    }
+
+    fn remove(&self) {
+        for (_, dir) in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

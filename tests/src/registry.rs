@@ -288,6 +288,26 @@ impl Registry {
         }))
     }
 
+    /// The blob `digest` of `repo`, checked against its digest.
+    pub async fn blob(&self, repo: &str, digest: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .request(
+                reqwest::Method::GET,
+                &self.url(&format!("{repo}/blobs/{digest}")),
+            )
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("GET blob {repo}@{digest}: {}", resp.status());
+        }
+        let bytes = resp.bytes().await?.to_vec();
+        anyhow::ensure!(
+            sha256_digest(&bytes) == digest,
+            "blob {repo}@{digest} has other bytes"
+        );
+        Ok(bytes)
+    }
+
     /// The status of `GET /v2/<repo>/referrers/<digest>` (404 on 2.8).
     pub async fn referrers_api_status(&self, repo: &str, digest: &str) -> anyhow::Result<u16> {
         let resp = self

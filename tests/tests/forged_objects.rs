@@ -246,6 +246,55 @@ async fn a_pre_created_configmap_is_never_mounted() {
     assert_eq!(left.data.unwrap()["Dockerfile"], evil);
 }
 
+/// The same for the publish step's provenance ConfigMap: a signed-looking
+/// envelope pre-created under its name is never attached to alice's
+/// index. The platforms build; the publish attempt fails `ConfigError`
+/// before its pod exists, and the forger's ConfigMap is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_created_provenance_configmap_is_never_attached() {
+    let mut env = Env::new().await;
+    let path = env.write_policy(&policy_text());
+    env.kube.kubelet().set_script(|_| Fate::succeed());
+    let id = unique("attach");
+    let cm_name = kiln_protocol::configmap_name(&id, &kiln_protocol::publish_unit("api"), 1);
+    let forged = r#"{"payloadType":"application/vnd.in-toto+json","payload":"e30=","signatures":[{"keyid":"sha256:00","sig":"AA=="}]}"#;
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(cm_name.clone()),
+            namespace: Some(NAMESPACE.to_owned()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "provenance.dsse.json".into(),
+            forged.into(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(env.kube.client(), NAMESPACE);
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    env.start_worker_with(|c| c.build.policy = Some(path.clone()));
+    let mut request = one_image(&id);
+    request["images"][0]["platforms"] = json!(["linux/amd64", "linux/arm64"]);
+    publish_as_alice(&env, &request).await;
+    let events = env.events_of(&id, Duration::from_secs(30)).await;
+    let end = outcome(&events);
+    assert_eq!(end.data.phase, Phase::Failed, "{events:#?}");
+    assert_eq!(end.data.reason, Some(Reason::ConfigError), "{events:#?}");
+    let message = end.data.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!("a ConfigMap named {cm_name} already exists")),
+        "{message}"
+    );
+    assert_eq!(
+        env.created(Resource::Pods),
+        2,
+        "the two platform pods, no publish pod: {:?}",
+        env.pod_names()
+    );
+    let left = env.kube.configmap(NAMESPACE, &cm_name).expect("left alone");
+    assert_eq!(left.data.unwrap()["provenance.dsse.json"], forged);
+}
+
 /// Item 1 (squatting): a pod in bob's namespace naming alice's build id
 /// and a forged `kiln.dev/tenant` (carol, whose builds run elsewhere) does
 /// not make the id carol's: alice's request under it is built, not

@@ -408,6 +408,62 @@ async fn every_attempt_of_a_retried_build_is_kept() {
     env.cleanup().await;
 }
 
+/// A multi-platform image (issue 21): each platform's log is kept under
+/// `IMAGE/os/arch` when its pod is deleted (the platforms' attempts share
+/// numbers), and `kiln logs` shows every platform, or one with
+/// `--platform`. The publish step's log is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_platforms_log_is_kept_and_shown_under_its_own_name() {
+    let mut env = Env::new().await;
+    env.kube.kubelet().set_script(|pod: &Pod| {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        match labels.get("kiln.dev/platform") {
+            Some(p) => Fate::Succeed {
+                digest: None,
+                log: format!("INFO[0000] built on {p}\n"),
+            },
+            None => Fate::succeed(),
+        }
+    });
+    env.start_worker();
+    let id = unique("logs-platforms");
+    let mut request = one_image(&id);
+    request["images"][0]["platforms"] = json!(["linux/amd64", "linux/arm64"]);
+    env.publish(&request).await;
+    assert_eq!(wait_finished(&mut env, &id).await, Phase::Succeeded);
+    assert!(
+        env.eventually(WAIT, |e| e.pod_names().is_empty()).await,
+        "the pods are deleted"
+    );
+    let kept = kept_logs(&env, &id).await;
+    assert_eq!(
+        kept.keys().cloned().collect::<Vec<_>>(),
+        [
+            ("api/linux/amd64".to_owned(), 1),
+            ("api/linux/arm64".to_owned(), 1)
+        ],
+        "{kept:?}"
+    );
+    for args in [vec![id.as_str()], vec![id.as_str(), "api"]] {
+        let (code, stdout, stderr) = output(kiln_logs(&env, &args)).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "api/linux/amd64#1 | INFO[0000] built on linux-amd64",
+                "api/linux/arm64#1 | INFO[0000] built on linux-arm64"
+            ],
+            "{args:?}: {stdout}"
+        );
+    }
+    let (code, stdout, stderr) =
+        output(kiln_logs(&env, &[&id, "api", "--platform", "linux/arm64"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "INFO[0000] built on linux-arm64\n");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_cannot_be_read_does_not_keep_the_pods() {
     let mut env = Env::new().await;

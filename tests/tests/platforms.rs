@@ -12,10 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_protocol::provenance::{Envelope, verify_envelope};
 use kiln_protocol::{BuildEvent, Phase};
+use kiln_tests::harness::provenance::public_key;
 use kiln_tests::harness::{Env, one_image, unique};
 use kiln_tests::platform_fates::{RegistryFates, node_platform};
-use kiln_tests::registry::{OCI_INDEX, Registry, sha256_digest};
+use kiln_tests::registry::{OCI_INDEX, OCI_MANIFEST, Registry, sha256_digest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -39,7 +41,7 @@ fn request(id: &str, registry: &Registry) -> Value {
 async fn world() -> (Arc<Registry>, Env, RegistryFates) {
     let registry = Arc::new(Registry::start().await.unwrap());
     let mut env = Env::new().await;
-    let fates = RegistryFates::new(registry.clone());
+    let fates = RegistryFates::new(registry.clone()).with_configmaps(env.kube.configmap_reader());
     env.kube.kubelet().set_script(fates.script());
     let host = registry.host();
     env.start_worker_with(|c| c.build.insecure_registries = vec![host]);
@@ -89,6 +91,83 @@ async fn index_at(registry: &Registry, reference: &str, digest: &str) -> BTreeMa
             )
         })
         .collect()
+}
+
+/// The DSSE envelopes attached to `subject` in `repo`, through the
+/// referrers tag schema (the registry has no referrers API).
+async fn attached(registry: &Registry, repo: &str, subject: &str) -> Vec<Envelope> {
+    let tag = subject.replacen(':', "-", 1);
+    let listed = registry
+        .manifest(repo, &tag, &[OCI_INDEX])
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{repo}: no referrers tag {tag}"));
+    let mut out = Vec::new();
+    for entry in listed.json()["manifests"].as_array().unwrap() {
+        assert_eq!(
+            entry["artifactType"],
+            "application/vnd.dsse.envelope.v1+json"
+        );
+        let referrer = registry
+            .manifest(repo, entry["digest"].as_str().unwrap(), &[OCI_MANIFEST])
+            .await
+            .unwrap()
+            .unwrap()
+            .json();
+        assert_eq!(referrer["subject"]["digest"], subject, "{referrer}");
+        let layer = referrer["layers"][0]["digest"].as_str().unwrap();
+        let blob = registry.blob(repo, layer).await.unwrap();
+        out.push(serde_json::from_slice(&blob).unwrap());
+    }
+    out
+}
+
+/// The provenance of the platform manifests is attached to the index and
+/// to each child in `repo`: one envelope, signed by the worker's key, whose
+/// subjects are exactly the per-platform tags with their digests.
+async fn check_attached(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    index: &str,
+    platforms: &BTreeMap<String, String>,
+) {
+    let mut seen = Vec::new();
+    for subject in std::iter::once(index).chain(platforms.values().map(String::as_str)) {
+        let envelopes = attached(registry, repo, subject).await;
+        assert_eq!(envelopes.len(), 1, "{repo} {subject}: {envelopes:?}");
+        seen.push(envelopes[0].clone());
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "one envelope for all"
+    );
+    let statement = verify_envelope(public_key(), &seen[0]).unwrap();
+    let subjects: BTreeSet<(String, String)> = statement
+        .subject
+        .iter()
+        .filter(|s| {
+            s.name
+                .as_deref()
+                .is_some_and(|n| n.contains(&format!("/{repo}:")))
+        })
+        .map(|s| {
+            (
+                s.name.clone().unwrap(),
+                format!("sha256:{}", s.digest["sha256"]),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = platforms
+        .iter()
+        .map(|(p, d)| {
+            (
+                registry.reference(repo, &format!("{tag}-{}", p.replace('/', "-"))),
+                d.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(subjects, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +220,10 @@ async fn two_platforms_build_two_pods_and_push_one_index_under_every_destination
             ev.data.image_refs
         );
     }
+    // The platforms' signed provenance is a referrer of the index and of
+    // each child, in each repository.
+    check_attached(&registry, "shop/api", "1.0", &digest, platforms).await;
+    check_attached(&registry, "mirror/api", "stable", &digest, platforms).await;
     // A garbage collection keeps every child (the per-platform tags do).
     registry.garbage_collect().await.unwrap();
     for reference in [

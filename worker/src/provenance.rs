@@ -11,9 +11,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use kiln_protocol::provenance::{
     AttemptFacts, Envelope, ResourceDescriptor, SigningKey, git_dependency, image_dependency,
-    sign_statement, statement_for,
+    sign_statement, statement_about, statement_for, subject_of,
 };
 use kiln_protocol::{API_VERSION, BUILD_REQUEST_KIND, MASK, mask_text, redact_url};
 use serde_json::{Map, Value, json};
@@ -21,8 +23,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::classify::PodView;
 use crate::machine::Attest;
-use crate::plan::{BuildPlan, ImagePlan};
-use crate::pod::{PodSettings, pod_spec};
+use crate::plan::{BuildPlan, ImagePlan, Step};
+use crate::pod::{PodSettings, PodUnit, container_args, pod_spec, unit_pod_spec};
 
 /// Signs provenance with the worker's key.
 pub struct Attestor {
@@ -76,11 +78,26 @@ impl Attest for Attestor {
         pod: &PodView,
     ) -> Option<Envelope> {
         let spec = plan.images.get(image)?;
+        // A multi-platform image's digest is its index, which the publish
+        // pod (Kiln's own image) assembled from the platforms' manifests:
+        // that image is the dependency the pod reports, and the executor's
+        // argv is given per platform.
+        let (ran, internal_parameters) = if spec.platforms.is_empty() {
+            (
+                &self.pods.kaniko_image,
+                self.internal_parameters(plan, image, attempt),
+            )
+        } else {
+            (
+                &self.pods.publish_image,
+                self.platforms_internal_parameters(plan, image),
+            )
+        };
         let mut dependencies: Vec<ResourceDescriptor> = source(spec).into_iter().collect();
         dependencies.extend(
             pod.executor_image_id
                 .as_deref()
-                .and_then(|id| image_dependency(&self.pods.kaniko_image, id)),
+                .and_then(|id| image_dependency(ran, id)),
         );
         let terminated = pod.terminated.as_ref();
         let statement = statement_for(AttemptFacts {
@@ -90,12 +107,52 @@ impl Attest for Attestor {
             destinations: &spec.destinations,
             digest,
             external_parameters: external_parameters(plan, &spec.name),
-            internal_parameters: self.internal_parameters(plan, image, attempt),
+            internal_parameters,
             resolved_dependencies: dependencies,
             builder_id: &self.builder_id,
             started_on: terminated.and_then(|t| t.started_at),
             finished_on: terminated.and_then(|t| t.finished_at),
         })?;
+        Some(sign_statement(&self.key, &statement))
+    }
+
+    /// The platform manifests of a multi-platform image, signed before the
+    /// publish step runs: one subject per platform and destination (the
+    /// per-platform tag the platform's pod pushed, with its digest and the
+    /// annotation `platform`). Only the plan and the digests go in (no
+    /// pod's times or executor id: the adopting worker may find the
+    /// platform pods gone), so it is the same bytes from every worker.
+    fn attest_platforms(
+        &self,
+        plan: &BuildPlan,
+        image: usize,
+        attempt: u32,
+        platform_digests: &BTreeMap<String, String>,
+    ) -> Option<Envelope> {
+        let spec = plan.images.get(image)?;
+        let mut subject = Vec::new();
+        for (k, platform) in spec.platforms.iter().enumerate() {
+            let digest = platform_digests.get(platform)?;
+            for destination in spec.for_platform(k).destinations {
+                subject.push(subject_of(&destination, digest, Some(platform))?);
+            }
+        }
+        let statement = statement_about(
+            subject,
+            AttemptFacts {
+                build_id: &plan.id,
+                image: &spec.name,
+                attempt,
+                destinations: &[],
+                digest: "",
+                external_parameters: external_parameters(plan, &spec.name),
+                internal_parameters: self.platforms_internal_parameters(plan, image),
+                resolved_dependencies: source(spec).into_iter().collect(),
+                builder_id: &self.builder_id,
+                started_on: None,
+                finished_on: None,
+            },
+        );
         Some(sign_statement(&self.key, &statement))
     }
 }
@@ -105,18 +162,53 @@ impl Attestor {
     /// the pod ran, the caps applied, and the executor's image and argv as
     /// the pod spec has them (build-arg values masked like the request's).
     fn internal_parameters(&self, plan: &BuildPlan, i: usize, attempt: u32) -> Value {
-        let image = &plan.images[i];
-        let known = kiln_protocol::secret_build_arg_values(&image.build_args);
         // The argv does not depend on the time; the deadline field does.
         let pod = pod_spec(&self.pods, plan, i, attempt, plan.accepted_at);
-        let args: Vec<String> = pod
-            .spec
-            .and_then(|s| s.containers.into_iter().next())
-            .and_then(|c| c.args)
-            .unwrap_or_default()
+        let args = masked_args(&container_args(&pod), &plan.images[i]);
+        Self::settings_applied(
+            plan,
+            i,
+            json!({"image": self.pods.kaniko_image, "args": args}),
+        )
+    }
+
+    /// As [`Attestor::internal_parameters`], with the executor's argv per
+    /// platform (`executor.platforms`, platform to `args`: the argv is the
+    /// same for every attempt of a platform) and the image of the publish
+    /// step (`executor.publishImage`).
+    fn platforms_internal_parameters(&self, plan: &BuildPlan, i: usize) -> Value {
+        let image = &plan.images[i];
+        let platforms: Map<String, Value> = image
+            .platforms
             .iter()
-            .map(|a| masked_arg(a, image, &known))
+            .enumerate()
+            .map(|(k, platform)| {
+                let unit = PodUnit {
+                    image: i,
+                    step: Step::Platform(k),
+                    attempt: 1,
+                    platform_digests: BTreeMap::new(),
+                    attachment: None,
+                };
+                let pod = unit_pod_spec(&self.pods, plan, &unit, plan.accepted_at);
+                let args = masked_args(&container_args(&pod), image);
+                (platform.clone(), json!({ "args": args }))
+            })
             .collect();
+        Self::settings_applied(
+            plan,
+            i,
+            json!({
+                "image": self.pods.kaniko_image,
+                "platforms": platforms,
+                "publishImage": self.pods.publish_image,
+            }),
+        )
+    }
+
+    /// Where and as whom the pods ran, the caps applied, and `executor`.
+    fn settings_applied(plan: &BuildPlan, i: usize, executor: Value) -> Value {
+        let image = &plan.images[i];
         let timeout = plan.deadline.duration_since(plan.accepted_at).as_secs();
         let mut resources = Map::new();
         resources.insert("cpu".into(), json!(image.cpu));
@@ -139,12 +231,15 @@ impl Attestor {
         out.insert("resources".into(), Value::Object(resources));
         insert(&mut out, "cacheRepo", plan.cache_repo.as_deref());
         insert(&mut out, "registrySecret", plan.registry_secret.as_deref());
-        out.insert(
-            "executor".into(),
-            json!({"image": self.pods.kaniko_image, "args": args}),
-        );
+        out.insert("executor".into(), executor);
         Value::Object(out)
     }
+}
+
+/// The Kaniko container's argv, build-arg values masked.
+fn masked_args(args: &[String], image: &ImagePlan) -> Vec<String> {
+    let known = kiln_protocol::secret_build_arg_values(&image.build_args);
+    args.iter().map(|a| masked_arg(a, image, &known)).collect()
 }
 
 /// A Kaniko argument with secret build-arg values masked.
@@ -239,6 +334,9 @@ fn image_parameters(image: &ImagePlan) -> Value {
     insert(&mut out, "target", image.target.as_deref());
     out.insert("destinations".into(), json!(image.destinations));
     insert(&mut out, "platform", image.platform.as_deref());
+    if !image.platforms.is_empty() {
+        out.insert("platforms".into(), json!(image.platforms));
+    }
     out.insert("cache".into(), json!(image.cache));
     Value::Object(out)
 }
@@ -575,6 +673,91 @@ VWbYFlhVY28TqBWXO0ftlSNcUA49/rZjwGzwv96N9gmb1TFe/yxhJZtv
         let (a, b) = (envelopes(&seen), envelopes(&again));
         assert_eq!(a.len(), 1, "{seen:?}");
         assert_eq!(a, b);
+    }
+
+    /// The statement the publish step attaches: one subject per platform
+    /// and destination (the per-platform tags, each with its platform's
+    /// digest), verifiable with the worker's key, the same bytes for every
+    /// worker, and none when a platform has no digest yet.
+    #[test]
+    fn the_platforms_statement_names_each_platform_manifest_under_its_tags() {
+        let mut p = plan();
+        p.images[0].platforms = vec!["linux/amd64".into(), "linux/arm64/v8".into()];
+        let digests = BTreeMap::from([
+            (
+                "linux/amd64".to_owned(),
+                format!("sha256:{}", "a".repeat(64)),
+            ),
+            (
+                "linux/arm64/v8".to_owned(),
+                format!("sha256:{}", "b".repeat(64)),
+            ),
+        ]);
+        let a = attestor();
+        let envelope = a.attest_platforms(&p, 0, 1, &digests).unwrap();
+        assert_eq!(a.attest_platforms(&p, 0, 1, &digests).unwrap(), envelope);
+        let statement = verify_envelope(a.key.verifying_key(), &envelope).unwrap();
+        let subjects: Vec<(String, String, Value)> = statement
+            .subject
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone().unwrap(),
+                    s.digest["sha256"].clone(),
+                    s.annotations["platform"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                (
+                    "registry.example.com/shop/api:1.2.3-linux-amd64",
+                    "a",
+                    "linux/amd64"
+                ),
+                (
+                    "registry.example.com/shop/api:latest-linux-amd64",
+                    "a",
+                    "linux/amd64"
+                ),
+                (
+                    "registry.example.com/shop/api:1.2.3-linux-arm64-v8",
+                    "b",
+                    "linux/arm64/v8"
+                ),
+                (
+                    "registry.example.com/shop/api:latest-linux-arm64-v8",
+                    "b",
+                    "linux/arm64/v8"
+                ),
+            ]
+            .map(|(n, h, p)| (n.to_owned(), h.repeat(64), json!(p)))
+        );
+        let json = serde_json::to_value(&statement).unwrap();
+        let predicate = &json["predicate"];
+        assert_eq!(
+            predicate["buildDefinition"]["externalParameters"]["request"]["images"][0]["platforms"],
+            json!(["linux/amd64", "linux/arm64/v8"])
+        );
+        let executor = &predicate["buildDefinition"]["internalParameters"]["executor"];
+        let arm = executor["platforms"]["linux/arm64/v8"]["args"]
+            .as_array()
+            .unwrap();
+        assert!(
+            arm.contains(&json!("--custom-platform=linux/arm64/v8")),
+            "{arm:?}"
+        );
+        assert!(!json.to_string().contains(SECRET), "{json}");
+        assert_eq!(
+            predicate["runDetails"]["metadata"]["invocationId"],
+            "shop-1/api/1"
+        );
+        let one = BTreeMap::from([digests
+            .first_key_value()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap()]);
+        assert!(a.attest_platforms(&p, 0, 1, &one).is_none());
     }
 
     #[test]

@@ -127,6 +127,22 @@ impl Machine {
             .collect()
     }
 
+    /// The signed statement of image `i`'s platform manifests that its
+    /// publish step (attempt `attempt`) attaches as a referrer; `None`
+    /// without a signing key or before every platform has its digest.
+    pub fn publish_attachment(
+        &self,
+        i: usize,
+        attempt: u32,
+    ) -> Option<kiln_protocol::provenance::Envelope> {
+        let attestor = self.settings.provenance.as_ref()?;
+        let digests = self.platform_digests(i);
+        if digests.len() != self.plan.images.get(i)?.platforms.len() {
+            return None;
+        }
+        attestor.attest_platforms(&self.plan, i, attempt, &digests)
+    }
+
     /// Where image `i` stands: its own pod's state; for an image with
     /// `platforms`, the publish step's once it started, before that what
     /// its platforms do (the least advanced wins: waiting, retrying, then

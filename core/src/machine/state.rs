@@ -1,6 +1,7 @@
 //! The build: its inputs, actions and settings, and its lifecycle (start,
 //! start cancelled, adopt, what it reports, the dispatch of an input).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,24 @@ pub trait Attest: std::fmt::Debug + Send + Sync {
         digest: &str,
         pod: &PodView,
     ) -> Option<Envelope>;
+
+    /// The envelope the publish step (attempt `attempt`) of multi-platform
+    /// image `image` attaches to the index and to each platform manifest:
+    /// a statement whose subjects are the platform manifests
+    /// (`platform_digests`, platform to digest), signed before the index
+    /// exists. A function of the plan and the digests alone (no pod is
+    /// read: an adopting worker may find the platform pods gone), so every
+    /// worker that creates the publish pod gives it the same bytes. `None`:
+    /// nothing is attached.
+    fn attest_platforms(
+        &self,
+        _plan: &BuildPlan,
+        _image: usize,
+        _attempt: u32,
+        _platform_digests: &BTreeMap<String, String>,
+    ) -> Option<Envelope> {
+        None
+    }
 }
 
 /// Something that happened to the build. Pod views are boxed: inputs wait

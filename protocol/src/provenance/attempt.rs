@@ -41,17 +41,35 @@ pub fn invocation_id(build_id: &str, image: &str, attempt: u32) -> String {
 /// pushed digest. `None` when the digest is not `sha256:<64 hex>`, which no
 /// subject could carry.
 pub fn statement_for(facts: AttemptFacts<'_>) -> Option<Statement> {
-    let hex = sha256_hex_of(facts.digest)?;
+    sha256_hex_of(facts.digest)?;
     let subject = facts
         .destinations
         .iter()
-        .map(|destination| ResourceDescriptor {
-            name: Some(destination.clone()),
-            digest: BTreeMap::from([("sha256".to_owned(), hex.to_owned())]),
-            ..ResourceDescriptor::default()
-        })
-        .collect();
-    Some(Statement::new(
+        .map(|destination| subject_of(destination, facts.digest, None))
+        .collect::<Option<Vec<_>>>()?;
+    Some(statement_about(subject, facts))
+}
+
+/// A subject: `name` (an image reference with its tag) pushed as `digest`
+/// (`sha256:<64 hex>`, else `None`), with the annotation `platform` when
+/// it is one platform's manifest of a multi-platform image.
+pub fn subject_of(name: &str, digest: &str, platform: Option<&str>) -> Option<ResourceDescriptor> {
+    let hex = sha256_hex_of(digest)?;
+    Some(ResourceDescriptor {
+        name: Some(name.to_owned()),
+        digest: BTreeMap::from([("sha256".to_owned(), hex.to_owned())]),
+        annotations: platform
+            .map(|p| BTreeMap::from([("platform".to_owned(), Value::from(p))]))
+            .unwrap_or_default(),
+        ..ResourceDescriptor::default()
+    })
+}
+
+/// The statement about `subject` (which replaces the one `facts`'
+/// destinations and digest would give): the platform manifests of a
+/// multi-platform image, signed before its index exists.
+pub fn statement_about(subject: Vec<ResourceDescriptor>, facts: AttemptFacts<'_>) -> Statement {
+    Statement::new(
         subject,
         Provenance {
             build_definition: BuildDefinition {
@@ -74,7 +92,7 @@ pub fn statement_for(facts: AttemptFacts<'_>) -> Option<Statement> {
                 byproducts: Vec::new(),
             },
         },
-    ))
+    )
 }
 
 /// A git source: `git+<url>@<ref>` (SLSA's convention) with the commit, when

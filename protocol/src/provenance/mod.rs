@@ -14,7 +14,10 @@ mod dsse;
 mod key;
 mod statement;
 
-pub use attempt::{AttemptFacts, git_dependency, image_dependency, invocation_id, statement_for};
+pub use attempt::{
+    AttemptFacts, git_dependency, image_dependency, invocation_id, statement_about, statement_for,
+    subject_of,
+};
 pub use dsse::{Envelope, EnvelopeSignature, PAYLOAD_TYPE, pae};
 pub use key::{KeyError, SigningKey, VerifyingKey};
 pub use statement::{

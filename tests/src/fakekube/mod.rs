@@ -102,6 +102,19 @@ impl Default for FakeKubeOptions {
     }
 }
 
+/// Reads the ConfigMaps of a [`FakeKube`] (see
+/// [`FakeKube::configmap_reader`]).
+#[derive(Debug, Clone)]
+pub struct ConfigMapReader(Arc<Store>);
+
+impl ConfigMapReader {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        self.0
+            .get(Resource::ConfigMaps, namespace, name)
+            .and_then(|v| serde_json::from_value((*v).clone()).ok())
+    }
+}
+
 /// A running fake API server. Dropping it stops the server, its watches and
 /// the kubelet.
 #[derive(Debug)]
@@ -258,6 +271,12 @@ impl FakeKube {
         self.store
             .get(Resource::Pods, namespace, name)
             .and_then(|v| serde_json::from_value((*v).clone()).ok())
+    }
+
+    /// What the kubelet reads to mount ConfigMap volumes, for kubelet
+    /// scripts that run a pod's command for real.
+    pub fn configmap_reader(&self) -> ConfigMapReader {
+        ConfigMapReader(self.store.clone())
     }
 
     /// The configmaps of a namespace, by name.

@@ -31,7 +31,8 @@ pub fn test_public_key_path() -> PathBuf {
     ))
 }
 
-fn public_key() -> &'static VerifyingKey {
+/// The key the test workers' envelopes verify with.
+pub fn public_key() -> &'static VerifyingKey {
     static KEY: OnceLock<VerifyingKey> = OnceLock::new();
     KEY.get_or_init(|| {
         let pem = std::fs::read_to_string(test_public_key_path()).expect("test public key");

@@ -35,7 +35,7 @@ pub use labels::{
     STEP_PUBLISH,
 };
 pub use model::{Created, PodEvent, PodSettings, PodUnit};
-pub use objects::{attempt_objects, unit_pod_spec};
+pub use objects::{attempt_objects, container_args, unit_pod_spec};
 pub use spec::{configmap_spec, pod_spec};
 pub use view::view;
 

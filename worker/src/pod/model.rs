@@ -8,13 +8,16 @@ use crate::plan::Step;
 
 /// Which pod to create: attempt `attempt` of `step` of image `image`; the
 /// publish step also names each platform's manifest digest
-/// (`platform_digests`, empty for the other steps).
+/// (`platform_digests`, empty for the other steps) and, when the worker
+/// signs provenance, the DSSE envelope it attaches (`attachment`, the
+/// envelope's JSON: the pod reads it from a ConfigMap Kiln creates).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodUnit {
     pub image: usize,
     pub step: Step,
     pub attempt: u32,
     pub platform_digests: BTreeMap<String, String>,
+    pub attachment: Option<String>,
 }
 
 /// Pod-level settings of the worker.

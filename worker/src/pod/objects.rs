@@ -23,6 +23,15 @@ pub fn unit_pod_spec(
     }
 }
 
+/// The argv of `pod`'s first container (Kaniko's, or `kiln publish`'s).
+pub fn container_args(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.args.clone())
+        .unwrap_or_default()
+}
+
 /// The objects the worker sends to the API for attempt `attempt` of every
 /// image of `plan`, as their JSON: the ConfigMaps of inline Dockerfiles,
 /// then the pods (`kiln plan`): every platform's pod and the publish step
@@ -50,6 +59,7 @@ pub fn attempt_objects(
                     .iter()
                     .map(|p| (p.clone(), "<digest of its pod>".to_owned()))
                     .collect(),
+                attachment: None,
             })
         })
         .collect();

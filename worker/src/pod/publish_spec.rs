@@ -4,14 +4,19 @@
 //! mounted read-only, and nothing else: non-root, no capabilities, a
 //! read-only root filesystem, small fixed resources. The worker never
 //! talks to a registry; this pod does, with the tenant's credentials.
+//! When the worker signs provenance, the envelope to attach comes from the
+//! attempt's ConfigMap (`configmap_spec`), mounted read-only: the signing
+//! key never reaches the pod, only what it signed.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, Pod, PodSpec, ResourceRequirements, Volume,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::common::{
-    DOCKER_CONFIG_DIR, build_pod, labels, non_empty, registry_volume, restricted, value_env,
+    DOCKER_CONFIG_DIR, build_pod, labels, mount, non_empty, registry_volume, restricted, value_env,
 };
 use super::labels::PUBLISH;
 use super::model::{PodSettings, PodUnit};
@@ -25,6 +30,11 @@ const RESOURCES: [(&str, &str); 3] = [
     ("ephemeral-storage", "64Mi"),
 ];
 
+/// Where the publish pod finds the envelope it attaches (the ConfigMap of
+/// its attempt, mounted read-only), and its key in that ConfigMap.
+pub const PROVENANCE_DIR: &str = "/kiln/provenance";
+pub const PROVENANCE_FILE: &str = "provenance.dsse.json";
+
 /// The publish pod of attempt `unit.attempt` of image `unit.image`.
 pub(super) fn publish_pod(
     settings: &PodSettings,
@@ -33,8 +43,23 @@ pub(super) fn publish_pod(
     now: jiff::Timestamp,
 ) -> Pod {
     let image = &plan.images[unit.image];
-    let (volumes, mounts) =
+    let (mut volumes, mut mounts) =
         registry_volume(plan).map_or((Vec::new(), Vec::new()), |(v, m)| (vec![v], vec![m]));
+    if unit.attachment.is_some() {
+        volumes.push(Volume {
+            name: "provenance".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: kiln_protocol::configmap_name(
+                    &plan.id,
+                    &image.unit(Step::Publish),
+                    unit.attempt,
+                ),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("provenance", PROVENANCE_DIR));
+    }
     let spec = PodSpec {
         containers: vec![Container {
             name: PUBLISH.into(),
@@ -84,6 +109,9 @@ fn publish_args(settings: &PodSettings, plan: &BuildPlan, unit: &PodUnit) -> Vec
             .iter()
             .map(|d| format!("--destination={d}")),
     );
+    if unit.attachment.is_some() {
+        args.push(format!("--attach={PROVENANCE_DIR}/{PROVENANCE_FILE}"));
+    }
     args.push("--digest-file=/dev/termination-log".into());
     args.extend(
         settings
@@ -134,6 +162,7 @@ mod tests {
                     format!("sha256:{}", "b".repeat(64)),
                 ),
             ]),
+            attachment: None,
         }
     }
 
@@ -184,6 +213,68 @@ mod tests {
                 .annotations
                 .unwrap()
                 .contains_key("kiln.dev/spec-sha256")
+        );
+    }
+
+    /// With an envelope to attach, the pod mounts its attempt's ConfigMap
+    /// read-only and names the file; the ConfigMap holds exactly the
+    /// envelope under that name and is owned by the pod.
+    #[test]
+    fn an_envelope_to_attach_comes_from_the_attempts_configmap() {
+        let p = plan();
+        let envelope =
+            r#"{"payloadType":"application/vnd.in-toto+json","payload":"e30=","signatures":[]}"#;
+        let attaching = PodUnit {
+            attachment: Some(envelope.to_owned()),
+            ..unit()
+        };
+        let pod = publish_pod(&settings(), &p, &attaching, p.accepted_at);
+        let spec = pod.spec.clone().unwrap();
+        let args = spec.containers[0].args.clone().unwrap();
+        assert!(
+            args.contains(&"--attach=/kiln/provenance/provenance.dsse.json".to_owned()),
+            "{args:?}"
+        );
+        let mount = spec.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "provenance")
+            .unwrap()
+            .clone();
+        assert_eq!(mount.mount_path, PROVENANCE_DIR);
+        assert_eq!(mount.read_only, Some(true));
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "provenance")
+            .unwrap();
+        let cm_name = volume.config_map.unwrap().name;
+        let pod_name = pod.metadata.name.unwrap();
+        let cm = crate::pod::configmap_spec(&p, &attaching, &pod_name, "uid-1").unwrap();
+        assert_eq!(cm.metadata.name.as_deref(), Some(cm_name.as_str()));
+        assert_eq!(
+            cm.data.unwrap(),
+            BTreeMap::from([(PROVENANCE_FILE.to_owned(), envelope.to_owned())])
+        );
+        assert_eq!(cm.immutable, Some(true));
+        let owner = &cm.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.name.as_str(), owner.uid.as_str()),
+            (pod_name.as_str(), "uid-1")
+        );
+        // Without one: no ConfigMap, no mount, no flag.
+        assert!(crate::pod::configmap_spec(&p, &unit(), &pod_name, "u").is_none());
+        let plain = publish_pod(&settings(), &p, &unit(), p.accepted_at);
+        assert!(
+            !plain.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap()
+                .iter()
+                .any(|a| a.starts_with("--attach"))
         );
     }
 

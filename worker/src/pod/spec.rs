@@ -19,6 +19,7 @@ use super::common::{build_pod, labels, mount, non_empty, registry_volume, restri
 use super::labels::{ANN_CONTENT_SHA256, KANIKO};
 use super::model::{PodSettings, PodUnit};
 use super::ownership::data_sha256;
+use super::publish_spec::PROVENANCE_FILE;
 use crate::plan::{BuildPlan, ImagePlan, Step};
 
 const DOCKERFILE_DIR: &str = "/kaniko/dockerfile";
@@ -87,7 +88,8 @@ pub(super) fn kaniko_pod(
 }
 
 /// The ConfigMap of attempt `attempt` of image `i` when its Dockerfile is
-/// inline (`None` otherwise), owned by the attempt's pod `pod_name` with
+/// inline, or of a publish step with an envelope to attach (`None`
+/// otherwise), owned by the attempt's pod `pod_name` with
 /// uid `pod_uid`: the worker creates the pod first and this right after,
 /// so the pod's deletion takes the ConfigMap with it.
 pub fn configmap_spec(
@@ -97,11 +99,13 @@ pub fn configmap_spec(
     pod_uid: &str,
 ) -> Option<ConfigMap> {
     let image = &plan.images[unit.image];
-    if unit.step == Step::Publish {
-        return None;
-    }
-    let dockerfile = image.rendered_dockerfile.as_ref()?;
-    let data = BTreeMap::from([("Dockerfile".to_owned(), dockerfile.clone())]);
+    let data = if unit.step == Step::Publish {
+        let envelope = unit.attachment.as_ref()?;
+        BTreeMap::from([(PROVENANCE_FILE.to_owned(), envelope.clone())])
+    } else {
+        let dockerfile = image.rendered_dockerfile.as_ref()?;
+        BTreeMap::from([("Dockerfile".to_owned(), dockerfile.clone())])
+    };
     Some(ConfigMap {
         metadata: ObjectMeta {
             name: Some(kiln_protocol::configmap_name(
@@ -559,6 +563,7 @@ mod tests {
             step: Step::Platform(1),
             attempt: 2,
             platform_digests: BTreeMap::new(),
+            attachment: None,
         };
         let pod = kaniko_pod(&settings(), &p, 0, unit.step, 2, p.accepted_at);
         let name = pod.metadata.name.clone().unwrap();

@@ -297,6 +297,13 @@ async fn execute_fenced(
                     } else {
                         BTreeMap::new()
                     },
+                    attachment: if step == Step::Publish {
+                        machine
+                            .publish_attachment(image, attempt)
+                            .and_then(|e| serde_json::to_string(&e).ok())
+                    } else {
+                        None
+                    },
                 };
                 let created = create_pod(&sup.ctx, machine.plan(), unit, stop, fence).await;
                 let Some(input) = created? else {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::context::Context;
-use crate::plan::BuildPlan;
+use crate::plan::{BuildPlan, Step};
 use crate::store::LogMeta;
 
 /// The longest one attempt's copy (read and write) may take before its pod
@@ -28,14 +28,22 @@ pub(super) fn retention(ctx: &Context, tenant: &str) -> Duration {
     ctx.log_retention.min(cap)
 }
 
-/// The image (index) and attempt of one of the plan's pods. Only an
-/// image's own pods: kept logs are keyed by image and attempt, which a
-/// multi-platform image's platforms share (their logs are not kept yet).
-fn attempt_of(plan: &BuildPlan, pod: &str) -> Option<(usize, u32)> {
+/// The image (index), log unit and attempt of one of the plan's Kaniko
+/// pods: an image's own pod, or one platform's of a multi-platform image,
+/// whose unit is `<image>/<platform>` (a platform's attempts are numbered
+/// on their own). The publish step's log is not kept: it writes its
+/// outcome to its termination message, which the events carry.
+fn attempt_of(plan: &BuildPlan, pod: &str) -> Option<(usize, String, u32)> {
     plan.images.iter().enumerate().find_map(|(i, img)| {
-        (1..=plan.max_attempts.max(1))
-            .find(|&a| kiln_protocol::pod_name(&plan.id, &img.name, a) == pod)
-            .map(|a| (i, a))
+        img.steps()
+            .into_iter()
+            .filter(|s| *s != Step::Publish)
+            .find_map(|step| {
+                let unit = img.unit(step);
+                (1..=plan.max_attempts.max(1))
+                    .find(|&a| kiln_protocol::pod_name(&plan.id, &unit, a) == pod)
+                    .map(|a| (i, unit, a))
+            })
     })
 }
 
@@ -45,7 +53,7 @@ pub(super) async fn keep_log(ctx: &Context, plan: &BuildPlan, namespace: &str, p
     if keep.is_zero() {
         return;
     }
-    let Some((i, attempt)) = attempt_of(plan, pod) else {
+    let Some((i, unit, attempt)) = attempt_of(plan, pod) else {
         return;
     };
     let image = &plan.images[i];
@@ -65,7 +73,7 @@ pub(super) async fn keep_log(ctx: &Context, plan: &BuildPlan, namespace: &str, p
             retention_seconds: keep.as_secs().max(1),
         };
         ctx.store
-            .put_log(&plan.id, &image.name, attempt, &meta, &text, ctx.record_ttl)
+            .put_log(&plan.id, &unit, attempt, &meta, &text, ctx.record_ttl)
             .await?;
         Ok::<_, crate::Error>(if capped.cut > 0 { "cut" } else { "kept" })
     };
@@ -91,7 +99,22 @@ mod tests {
     fn a_pod_name_gives_its_image_and_attempt() {
         let plan = kiln_core::fixtures::shop_plan();
         let name = kiln_protocol::pod_name(&plan.id, &plan.images[0].name, 2);
-        assert_eq!(attempt_of(&plan, &name), Some((0, 2)));
+        assert_eq!(attempt_of(&plan, &name), Some((0, "api".to_owned(), 2)));
         assert_eq!(attempt_of(&plan, "kiln-someone-else-1"), None);
+    }
+
+    /// A platform's pod is kept under `<image>/<platform>`; the publish
+    /// step's is not kept.
+    #[test]
+    fn a_platforms_pod_gives_its_own_unit() {
+        let mut plan = kiln_core::fixtures::shop_plan();
+        plan.images[0].platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        let image = plan.images[0].clone();
+        let arm = image.unit(Step::Platform(1));
+        assert_eq!(arm, "api/linux/arm64");
+        let name = kiln_protocol::pod_name(&plan.id, &arm, 3);
+        assert_eq!(attempt_of(&plan, &name), Some((0, arm, 3)));
+        let publish = kiln_protocol::pod_name(&plan.id, &image.unit(Step::Publish), 1);
+        assert_eq!(attempt_of(&plan, &publish), None);
     }
 }

@@ -7,9 +7,10 @@ use crate::config::{Connections, parse_duration};
 pub const AFTER_HELP: &str = concat!(
     "\
 Prints the Kaniko log of the newest attempt of each image of the build (or
-of IMAGE only). With more than one image each line starts with
-`image#attempt | ` (coloured on a terminal, never with NO_COLOR); notes
-about attempts go to standard error.
+of IMAGE only); a multi-platform image's platforms are shown as images of
+their own, `IMAGE/os/arch` (or one of them with --platform). With more than
+one image each line starts with `image#attempt | ` (coloured on a terminal,
+never with NO_COLOR); notes about attempts go to standard error.
 
 --follow streams the log while the build runs and, when an attempt fails
 and a retry is coming, waits for the next attempt and goes on with it; it
@@ -49,8 +50,9 @@ pub struct LogsArgs {
     /// Follow the logs until the build ends, across retries.
     #[arg(long, short)]
     pub follow: bool,
-    /// For an image with `platforms`: this platform's pods (`os/arch[/variant]`).
-    /// Without it, the pods of a multi-platform image are not shown.
+    /// For an image with `platforms`: only this platform's pods and kept
+    /// logs (`os/arch[/variant]`). Without it, each platform is shown as
+    /// `IMAGE/os/arch[/variant]`, with its own attempts.
     #[arg(long)]
     pub platform: Option<String>,
     /// Show this attempt instead of the newest (from its pod, or its kept log).

@@ -66,16 +66,17 @@ pub(super) struct Watched {
 }
 
 impl Watched {
-    /// Takes in one watch event; returns the image of a pod that exists.
+    /// Takes in one watch event; returns the log unit of a Kaniko pod that
+    /// exists (its image, or `IMAGE/os/arch` for a platform's pod).
     pub(super) fn apply(&mut self, ev: PodEvent) -> Option<String> {
         match ev {
             PodEvent::Applied(v) => {
                 if let Some(r) = self.relist.as_mut() {
                     r.insert(v.name.clone());
                 }
-                let image = v.image.clone();
+                let unit = (!v.publish).then(|| v.log_unit());
                 self.seen.insert(v.name.clone(), (v, false));
-                return Some(image);
+                return unit;
             }
             PodEvent::Deleted(v) => {
                 self.seen.insert(v.name.clone(), (v, true));
@@ -100,7 +101,7 @@ impl Watched {
 pub(super) fn first_tracks(args: &LogsArgs, listed: &[PodView]) -> BTreeMap<String, Track> {
     let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
     for v in listed {
-        let t = tracks.entry(v.image.clone()).or_insert_with(|| Track {
+        let t = tracks.entry(v.log_unit()).or_insert_with(|| Track {
             next: v.attempt,
             ..Track::default()
         });
@@ -108,8 +109,16 @@ pub(super) fn first_tracks(args: &LogsArgs, listed: &[PodView]) -> BTreeMap<Stri
             t.next = t.next.max(v.attempt);
         }
     }
-    if let Some(image) = &args.image {
-        tracks.entry(image.clone()).or_insert_with(|| Track {
+    // IMAGE (or its --platform) with no pod listed yet: followed from its
+    // first attempt.
+    if let Some(image) = &args.image
+        && !listed.iter().any(|v| v.image == *image)
+    {
+        let unit = args
+            .platform
+            .as_deref()
+            .map_or_else(|| image.clone(), |p| kiln_protocol::platform_unit(image, p));
+        tracks.entry(unit).or_insert_with(|| Track {
             next: 1,
             ..Track::default()
         });
@@ -130,7 +139,7 @@ pub(super) async fn follow(
     let mut tracks = first_tracks(args, listed);
     let known = known_images(listed, None);
     let mut printer = Printer::new(
-        args.image.is_none() && known.len().max(tracks.len()) > 1,
+        tracks.len() > 1 || (args.image.is_none() && known.len() > 1),
         ctx.colour,
     );
     let mut watched = Watched::default();
@@ -141,10 +150,10 @@ pub(super) async fn follow(
         tokio::select! {
             () = &mut ctrl_c => return Ok(exit::INTERRUPTED),
             ev = watch.next() => {
-                if let Some(image) = ev.and_then(|ev| watched.apply(ev))
-                    && args.image.is_none()
+                if let Some(unit) = ev.and_then(|ev| watched.apply(ev))
+                    && super::unit_wanted(args, &unit)
                 {
-                    tracks.entry(image).or_insert_with(|| Track { next: 1, ..Track::default() });
+                    tracks.entry(unit).or_insert_with(|| Track { next: 1, ..Track::default() });
                 }
             }
             Some((from, msg)) = rx.recv() => {
@@ -210,7 +219,10 @@ pub(super) fn step(
     if t.done || t.streaming.is_some() {
         return Ok(());
     }
-    let mut of: Vec<&(PodView, bool)> = seen.values().filter(|(v, _)| v.image == image).collect();
+    let mut of: Vec<&(PodView, bool)> = seen
+        .values()
+        .filter(|(v, _)| !v.publish && v.log_unit() == image)
+        .collect();
     of.sort_by_key(|(v, _)| v.attempt);
     if !settle_ended(io, image, t, &of)? {
         return Ok(());
@@ -355,7 +367,10 @@ pub(super) async fn outcome(
     id: &str,
     tracks: &BTreeMap<String, Track>,
 ) -> u8 {
+    // Every platform succeeding is not the image succeeding (its publish
+    // step follows): with platforms, the record says.
     if !tracks.is_empty()
+        && !tracks.keys().any(|unit| unit.contains('/'))
         && tracks
             .values()
             .all(|t| matches!(t.last, Some((_, AttemptOutcome::Succeeded))))

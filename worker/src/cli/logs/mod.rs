@@ -85,7 +85,7 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     // An image name the build does not have is a typo, not "no pods yet".
     if let Some(image) = &args.image {
         let mut known = known_images(&listed, record.as_ref());
-        known.extend(kept.keys().map(|(i, _)| i.clone()));
+        known.extend(kept.keys().map(|(u, _)| image_of_unit(u).to_owned()));
         if !known.is_empty() && !known.contains(image) {
             errln!(
                 "kiln: build {} has no image {image:?}; its images: {}",
@@ -95,20 +95,22 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
             return Ok(exit::INVALID);
         }
     }
-    // A multi-platform image's pods are read one platform at a time (its
-    // platforms' attempts share numbers); the publish step has no Kaniko log.
+    // A multi-platform image's platforms are units of their own
+    // (`IMAGE/os/arch`: their attempts are numbered apart), one of them
+    // with --platform; the publish step has no Kaniko log.
     let platform = args.platform.as_deref().map(kiln_protocol::platform_label);
     let wanted = |v: &PodView| {
-        args.image.as_ref().is_none_or(|i| *i == v.image) && !v.publish && v.platform == platform
+        args.image.as_ref().is_none_or(|i| *i == v.image)
+            && !v.publish
+            && (platform.is_none() || v.platform == platform)
     };
     let mut listed: Vec<PodView> = listed.into_iter().filter(|v| wanted(v)).collect();
-    listed.sort_by(|a, b| (&a.image, a.attempt).cmp(&(&b.image, b.attempt)));
+    listed.sort_by_key(|v| (v.log_unit(), v.attempt));
 
-    // Kept logs name image and attempt only: not a platform's.
+    // Kept logs are keyed the same way (`IMAGE` or `IMAGE/os/arch`).
     let kept: BTreeMap<(String, u32), LogMeta> = kept
         .into_iter()
-        .filter(|((i, _), _)| args.image.as_ref().is_none_or(|want| want == i))
-        .filter(|_| platform.is_none())
+        .filter(|((u, _), _)| unit_wanted(&args, u))
         .collect();
     let running = record
         .as_ref()
@@ -129,6 +131,28 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     } else {
         show(&ctx, &args, &listed, redis.as_ref(), &kept).await
     }
+}
+
+/// Whether the log unit `unit` is one `args` asks for (IMAGE, and the
+/// platform of --platform).
+fn unit_wanted(args: &LogsArgs, unit: &str) -> bool {
+    args.image
+        .as_ref()
+        .is_none_or(|want| want == image_of_unit(unit))
+        && args.platform.as_ref().is_none_or(|want| {
+            platform_of_unit(unit).map(kiln_protocol::platform_label)
+                == Some(kiln_protocol::platform_label(want))
+        })
+}
+
+/// The image of a log unit (`IMAGE` or `IMAGE/os/arch[/variant]`).
+fn image_of_unit(unit: &str) -> &str {
+    unit.split_once('/').map_or(unit, |(image, _)| image)
+}
+
+/// The platform of a platform's log unit.
+fn platform_of_unit(unit: &str) -> Option<&str> {
+    unit.split_once('/').map(|(_, platform)| platform)
 }
 
 /// The one line for a build without pods.
@@ -193,20 +217,20 @@ async fn show(
 ) -> anyhow::Result<u8> {
     // Every attempt either source knows, by image then attempt; a pod that
     // still exists is the fresher source.
-    let mut attempts: BTreeMap<(&str, u32), Source> = kept
+    let mut attempts: BTreeMap<(String, u32), Source> = kept
         .keys()
-        .map(|(i, a)| ((i.as_str(), *a), Source::Kept))
+        .map(|(u, a)| ((u.clone(), *a), Source::Kept))
         .collect();
     for v in listed {
-        attempts.insert((v.image.as_str(), v.attempt), Source::Pod(v));
+        attempts.insert((v.log_unit(), v.attempt), Source::Pod(v));
     }
-    let images: BTreeSet<&str> = attempts.keys().map(|(i, _)| *i).collect();
+    let images: BTreeSet<&str> = attempts.keys().map(|(u, _)| u.as_str()).collect();
     let mut chosen: Vec<(&str, u32, &Source)> = Vec::new();
     for image in &images {
         let of: Vec<(&str, u32, &Source)> = attempts
             .iter()
-            .filter(|((i, _), _)| i == image)
-            .map(|((i, a), s)| (*i, *a, s))
+            .filter(|((u, _), _)| u == image)
+            .map(|((u, a), s)| (u.as_str(), *a, s))
             .collect();
         match args.attempt {
             Some(n) => chosen.extend(of.iter().filter(|(_, a, _)| *a == n)),
