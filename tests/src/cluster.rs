@@ -526,6 +526,88 @@ impl RabbitCluster {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no rabbitmq node runs")))
     }
 
+    /// The node (1-3) holding the AMQP connection whose client-provided
+    /// name is `name`, asked of the first running node that answers.
+    pub async fn node_of_connection(&mut self, name: &str) -> anyhow::Result<Option<usize>> {
+        for i in 1..=self.nodes.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            // `port`: the server port the connection came in on, which
+            // names its node (each node listens on its own).
+            let out = self
+                .ctl(
+                    i,
+                    &[
+                        "list_connections",
+                        "--no-table-headers",
+                        "port",
+                        "client_properties",
+                    ],
+                )
+                .await?;
+            let Some(line) = out.lines().find(|l| l.contains(name)) else {
+                return Ok(None);
+            };
+            let node = line
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .and_then(|port| (1..=self.nodes.len()).find(|&k| self.node(k).amqp_port == port));
+            anyhow::ensure!(node.is_some(), "no node's port in {line:?}");
+            return Ok(node);
+        }
+        anyhow::bail!("no rabbitmq node runs")
+    }
+
+    /// What the running nodes say of quorum queue `queue` (its leader,
+    /// members and online members) and the last lines of each node's log
+    /// that name it: for a test's failure message.
+    pub async fn diagnose(&mut self, queue: &str) -> String {
+        let mut out: Vec<String> = Vec::new();
+        for i in 1..=self.nodes.len() {
+            if !self.is_running(i) {
+                out.push(format!("node {i}: not running"));
+                continue;
+            }
+            let listed = match self
+                .ctl(
+                    i,
+                    &[
+                        "list_queues",
+                        "--no-table-headers",
+                        "name",
+                        "leader",
+                        "members",
+                        "online",
+                    ],
+                )
+                .await
+            {
+                Ok(o) => o
+                    .lines()
+                    .filter(|l| l.starts_with(queue))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                Err(e) => format!("list_queues failed: {e:#}"),
+            };
+            out.push(format!("node {i} ({}): {listed}", self.node_name(i)));
+            let log = self
+                .node(i)
+                .dir
+                .join("log")
+                .join(format!("{}.log", self.node_name(i)));
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains(queue)).collect();
+            out.extend(
+                lines[lines.len().saturating_sub(15)..]
+                    .iter()
+                    .map(|l| (*l).to_owned()),
+            );
+        }
+        out.join("\n")
+    }
+
     /// kill -9 node `i` (the Erlang VM and its start script).
     pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[i - 1];

@@ -196,6 +196,10 @@ async fn node_and_primary_kills(c: &mut Clustered, figures: &mut Figures) {
             accepted.insert(ev.data.build_id.clone());
         }
     }
+    // The second half goes through a client connected to the node about
+    // to die (the leader's): its connection moves to another node while
+    // the queue elects a new leader, and its publishes must get through.
+    let publisher = publisher_on(c, &env.prefix, leader).await;
     c.rabbit.kill(leader).unwrap();
     let killed = Instant::now();
     for id in second {
@@ -204,15 +208,20 @@ async fn node_and_primary_kills(c: &mut Clustered, figures: &mut Figures) {
         let body = serde_json::to_vec(&one_image(id)).unwrap();
         // Nacked until the queue has a leader again (a Raft election
         // among the two nodes left).
-        while let Err(e) = env
-            .broker
-            .publish_request(kiln_worker::amqp::BUILD_KEY, &body, None, None)
-            .await
+        // Each try bounded: a publish waiting on a connection that never
+        // recovers must fail the test, not hang it.
+        while let Err(e) = tokio::time::timeout(
+            Duration::from_secs(10),
+            publisher.publish_request(kiln_worker::amqp::BUILD_KEY, &body, None, None),
+        )
+        .await
+        .map_err(|_| "no answer within 10 s".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()))
         {
-            assert!(
-                killed.elapsed() < SCENARIO_TIMEOUT,
-                "cannot publish {id}: {e}"
-            );
+            if killed.elapsed() >= SCENARIO_TIMEOUT {
+                let said = c.rabbit.diagnose(&builds).await;
+                panic!("cannot publish {id}: {e}\n{said}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -264,6 +273,24 @@ async fn node_and_primary_kills(c: &mut Clustered, figures: &mut Figures) {
     }
     c.redis.restart(old).await.unwrap();
     env.cleanup().await;
+}
+
+/// A recovering connection to the whole cluster (every node's URL, as a
+/// worker is given them: it moves to another node when its node dies)
+/// that happens to be on node `node`: connections dial the nodes in a
+/// shuffled order, so a few tries find one.
+async fn publisher_on(c: &mut Clustered, prefix: &str, node: usize) -> kiln_worker::amqp::Broker {
+    for i in 0..40 {
+        let name = format!("kiln tests publisher {}", unique(&i.to_string()));
+        let broker = kiln_worker::amqp::Broker::connect(&c.rabbit.url_list(), prefix, &name)
+            .await
+            .unwrap();
+        if c.rabbit.node_of_connection(&name).await.unwrap() == Some(node) {
+            return broker;
+        }
+        broker.close().await;
+    }
+    panic!("no client connection landed on node {node} in 40 tries");
 }
 
 /// Polls the primary on `port` for a lease of `prefix` written after
