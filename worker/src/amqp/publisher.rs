@@ -127,9 +127,19 @@ impl Broker {
         match result {
             Ok(Confirmation::Ack(None)) => Ok(Routed::Yes),
             Ok(Confirmation::Ack(Some(_))) => Ok(Routed::NoQueue),
-            Ok(Confirmation::Nack(_)) => Err(Error::NotConfirmed(format!(
-                "{exchange}/{routing_key} (nacked)"
-            ))),
+            Ok(Confirmation::Nack(_)) => {
+                // The broker could not take the message on this channel. A
+                // channel keeps what it learnt of a quorum queue's leader:
+                // opened while the queue re-elected after its leader's node
+                // died, it nacked every later publish for minutes on
+                // RabbitMQ 3.10, though the queue had a new leader within a
+                // second (tests/tests/cluster.rs). The retry goes out on a
+                // fresh channel, which asks where the leader is now.
+                self.renew_publisher(&ch).await;
+                Err(Error::NotConfirmed(format!(
+                    "{exchange}/{routing_key} (nacked)"
+                )))
+            }
             Ok(Confirmation::NotRequested) => Err(Error::NotConfirmed(format!(
                 "{exchange}/{routing_key} (confirms not enabled)"
             ))),
@@ -137,15 +147,22 @@ impl Broker {
                 // Wait for lapin's recovery; if the channel cannot come back
                 // (closed by the broker), open a fresh confirm channel.
                 if ch.wait_for_recovery(e.clone()).await.is_err() && self.is_connected() {
-                    let mut slot = self.publisher.write().await;
-                    if slot.id() == ch.id()
-                        && let Ok(fresh) = Self::confirm_channel(&self.conn).await
-                    {
-                        *slot = fresh;
-                    }
+                    self.renew_publisher(&ch).await;
                 }
                 Err(e.into())
             }
+        }
+    }
+
+    /// Replaces the publisher channel `used` with a fresh confirm channel,
+    /// unless another publish already did. lapin closes the old one when
+    /// its last handle goes, so publishes still waiting on it finish first.
+    async fn renew_publisher(&self, used: &lapin::Channel) {
+        let mut slot = self.publisher.write().await;
+        if slot.id() == used.id()
+            && let Ok(fresh) = Self::confirm_channel(&self.conn).await
+        {
+            *slot = fresh;
         }
     }
 
