@@ -45,14 +45,24 @@ struct Image {
 struct Entry {
     time: jiff::Timestamp,
     message: Option<Box<str>>,
-    /// Id and type, only when they are not the derived ones.
-    odd: Option<Box<(String, String)>>,
+    /// Id and type, only when they are not the derived ones (a platform's
+    /// events never have them: the derived id names no platform).
+    odd: Option<Box<Odd>>,
     attempt: Option<u32>,
     /// Index into [`Journal::images`].
     image: Option<u16>,
     level: Level,
     phase: Phase,
     reason: Option<Reason>,
+}
+
+/// What an [`Entry`] keeps of an event whose id or type is not derived.
+#[derive(Debug, Clone, PartialEq)]
+struct Odd {
+    id: String,
+    event_type: String,
+    /// The platform of a multi-platform image's pod event.
+    platform: Option<Box<str>>,
 }
 
 fn boxed(s: Option<&str>) -> Option<Box<str>> {
@@ -106,8 +116,13 @@ impl Journal {
             self.dropped += 1;
         }
         let want = derived(&d.build_id, level, d.image.as_deref(), d.attempt, d.phase);
-        let odd = (want.0 != ev.id || want.1 != ev.event_type)
-            .then(|| Box::new((ev.id.clone(), ev.event_type.clone())));
+        let odd = (want.0 != ev.id || want.1 != ev.event_type || d.platform.is_some()).then(|| {
+            Box::new(Odd {
+                id: ev.id.clone(),
+                event_type: ev.event_type.clone(),
+                platform: boxed(d.platform.as_deref()),
+            })
+        });
         // Exact growth: a Vec's first push reserves four entries, most of
         // them never used by a build's handful of events.
         self.timeline.reserve_exact(1);
@@ -146,7 +161,7 @@ impl Journal {
 
     fn id_and_type(&self, build: &str, e: &Entry) -> (String, String) {
         if let Some(odd) = &e.odd {
-            return (**odd).clone();
+            return (odd.id.clone(), odd.event_type.clone());
         }
         let image = e
             .image
@@ -183,6 +198,7 @@ impl Journal {
                 .image
                 .and_then(|i| self.images.get(usize::from(i)))
                 .map(|i| i.name.to_string()),
+            platform: e.odd.as_ref().and_then(|o| unboxed(o.platform.as_deref())),
             attempt: e.attempt,
             reason: e.reason,
             message: unboxed(e.message.as_deref()),

@@ -91,6 +91,18 @@ pub struct History {
     pub dropped: usize,
 }
 
+impl History {
+    /// Whether image `image` was built per platform (its timeline has a
+    /// platform's events): its pods are not one per attempt, so the build
+    /// page sends the reader to `kiln logs --platform` instead of linking
+    /// each pod's kept log by its position.
+    pub fn has_platforms(&self, image: &str) -> bool {
+        self.timeline
+            .iter()
+            .any(|e| e.image.as_deref() == Some(image) && e.platform.is_some())
+    }
+}
+
 /// One image's details in a [`History`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -130,6 +142,9 @@ pub struct TimelineEntry {
     pub phase: Phase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The platform of a multi-platform image's pod event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     #[serde(

@@ -5,7 +5,7 @@
 
 use kiln_protocol::{Level, Phase};
 
-use crate::record::History;
+use crate::record::{History, TimelineEntry};
 
 /// What an image was doing during a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,19 +88,28 @@ pub fn timeline(h: &History, end: jiff::Timestamp) -> Option<Timeline> {
         .time;
     let last = h.timeline.iter().map(|e| e.time).max().unwrap_or(t0);
     let span = since(t0, end.max(last)).max(0.001);
-    let mut names: Vec<&str> = Vec::new();
+    // One row per image, and per platform of a multi-platform image
+    // (`<image>/<platform>`, its attempts numbered apart); the publish
+    // step's events are the image's own row.
+    let mut names: Vec<String> = Vec::new();
     for e in &h.timeline {
-        if let Some(i) = e.image.as_deref()
-            && !names.contains(&i)
+        if let Some(unit) = unit_of(e)
+            && !names.contains(&unit)
         {
-            names.push(i);
+            names.push(unit);
         }
     }
-    let rows = names
-        .into_iter()
-        .map(|name| row(h, name, t0, span))
-        .collect();
+    let rows = names.iter().map(|name| row(h, name, t0, span)).collect();
     Some(Timeline { rows, span })
+}
+
+/// The row an entry belongs to: its image, or `<image>/<platform>`.
+fn unit_of(e: &TimelineEntry) -> Option<String> {
+    let image = e.image.as_deref()?;
+    Some(match e.platform.as_deref() {
+        Some(p) => kiln_protocol::platform_unit(image, p),
+        None => image.to_owned(),
+    })
 }
 
 /// One image's row: its events in order, each closing the segment the
@@ -113,7 +122,7 @@ fn row(h: &History, name: &str, t0: jiff::Timestamp, span: f64) -> Row {
     for e in h
         .timeline
         .iter()
-        .filter(|e| e.image.as_deref() == Some(name))
+        .filter(|e| unit_of(e).as_deref() == Some(name))
     {
         let at = since(t0, e.time);
         let attempt = e.attempt.unwrap_or(1);
@@ -179,7 +188,6 @@ fn row(h: &History, name: &str, t0: jiff::Timestamp, span: f64) -> Row {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::record::TimelineEntry;
     use kiln_protocol::Reason;
 
     fn at(s: i64) -> jiff::Timestamp {
@@ -193,6 +201,7 @@ mod tests {
             time: at(s),
             phase,
             image: image.map(str::to_owned),
+            platform: None,
             attempt,
             reason: (phase == Phase::Retrying).then_some(Reason::OOMKilled),
             message: None,
@@ -257,6 +266,63 @@ mod tests {
             row.words,
             "waited for quota 30 s, running for 1 m 0 s so far"
         );
+    }
+
+    /// Each platform of a multi-platform image is a row of its own (its
+    /// attempts numbered apart); the publish step's events are the image's
+    /// row.
+    #[test]
+    fn each_platform_is_a_row_and_the_publish_step_the_images() {
+        let on = |s, phase, platform: &str| TimelineEntry {
+            platform: Some(platform.to_owned()),
+            ..ev(s, phase, Some("api"), Some(1))
+        };
+        let h = History {
+            timeline: vec![
+                ev(0, Phase::Accepted, None, None),
+                on(1, Phase::Running, "linux/amd64"),
+                on(2, Phase::Running, "linux/arm64"),
+                on(10, Phase::Retrying, "linux/arm64"),
+                TimelineEntry {
+                    attempt: Some(2),
+                    ..on(12, Phase::Running, "linux/arm64")
+                },
+                ev(30, Phase::Running, Some("api"), Some(1)),
+                ev(33, Phase::Succeeded, Some("api"), Some(1)),
+            ],
+            ..History::default()
+        };
+        let t = timeline(&h, at(33)).unwrap();
+        let rows: Vec<(&str, Vec<(Kind, u32)>)> = t
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.image.as_str(),
+                    r.segments.iter().map(|s| (s.kind, s.attempt)).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "api/linux/amd64",
+                    vec![(Kind::Queued, 1), (Kind::Running, 1)]
+                ),
+                (
+                    "api/linux/arm64",
+                    vec![
+                        (Kind::Queued, 1),
+                        (Kind::Running, 1),
+                        (Kind::BackingOff, 1),
+                        (Kind::Running, 2)
+                    ]
+                ),
+                ("api", vec![(Kind::Queued, 1), (Kind::Running, 1)]),
+            ]
+        );
+        assert_eq!(t.rows[2].outcome, Some(Phase::Succeeded));
     }
 
     #[test]

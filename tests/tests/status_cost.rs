@@ -22,6 +22,7 @@ fn failing(id: &str, now: jiff::Timestamp) -> BuildRecord {
         time: now,
         phase: Phase::Failed,
         image: Some("api".into()),
+        platform: None,
         attempt: Some(1),
         reason: Some(Reason::BuildError),
         message: Some("step 3/9 failed: exit status 2".into()),

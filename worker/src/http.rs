@@ -690,4 +690,38 @@ mod tests {
             "{html}"
         );
     }
+
+    /// A multi-platform image: a bar row per platform and one for the
+    /// image (its publish step), and no per-position log links (its pods
+    /// are not one per attempt): `kiln logs --platform` is named instead.
+    #[test]
+    fn the_build_page_draws_each_platform_as_its_own_row() {
+        let json = r#"{"state":"finished","phase":"succeeded","tenant":"shop","namespace":"b","worker":"w","images":{"api":{"phase":"succeeded","attempt":1}},"updatedAt":"2026-12-01T10:04:15Z","history":{"images":{"api":{"pods":["kiln-b1-api-linux-amd64-1-x","kiln-b1-api-linux-arm64-1-y","kiln-b1-api-publish-1-z"]}},"timeline":[
+            {"id":"a","type":"t","time":"2026-12-01T10:00:00Z","phase":"accepted"},
+            {"id":"b","type":"t","time":"2026-12-01T10:00:02Z","phase":"running","image":"api","platform":"linux/amd64","attempt":1},
+            {"id":"c","type":"t","time":"2026-12-01T10:00:03Z","phase":"running","image":"api","platform":"linux/arm64","attempt":1},
+            {"id":"d","type":"t","time":"2026-12-01T10:03:00Z","phase":"running","image":"api","attempt":1},
+            {"id":"e","type":"t","time":"2026-12-01T10:04:14Z","phase":"succeeded","image":"api","attempt":1},
+            {"id":"f","type":"t","time":"2026-12-01T10:04:15Z","phase":"succeeded"}]}}"#;
+        let r: BuildRecord = serde_json::from_str(json).expect("a record");
+        let (timeline, span) = bars(&r);
+        let page = BuildPage {
+            id: "b1".into(),
+            phase: "succeeded".into(),
+            r,
+            refresh: 0,
+            generated: "now".into(),
+            timeline,
+            span,
+        };
+        let html = page.render().expect("renders");
+        for row in ["api/linux/amd64", "api/linux/arm64"] {
+            assert!(html.contains(row), "{row}: {html}");
+        }
+        assert!(!html.contains("/builds/b1/logs/api/"), "{html}");
+        assert!(
+            html.contains("kiln logs b1 api --platform os/arch"),
+            "{html}"
+        );
+    }
 }

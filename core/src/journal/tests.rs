@@ -142,3 +142,35 @@ fn an_entry_is_small() {
         std::mem::size_of::<Journal>()
     );
 }
+
+/// A multi-platform image's events: each platform's keeps its platform
+/// (and its own id), so two platforms' attempt 1 stay two entries.
+#[test]
+fn platform_events_keep_their_platform() {
+    let mut j = Journal::default();
+    let mut evs = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        let mut d = EventData::for_image("b", "api", 1, Phase::Running);
+        d.platform = Some(p.to_owned());
+        evs.push(published(d));
+    }
+    let publish = published(EventData::for_image("b", "api", 1, Phase::Running));
+    for ev in evs.iter().chain([&publish, &evs[0]]) {
+        j.apply(ev);
+    }
+    let h = j.to_history("b");
+    let got: Vec<(Option<&str>, &str)> = h
+        .timeline
+        .iter()
+        .map(|e| (e.platform.as_deref(), e.id.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("linux/amd64"), evs[0].id.as_str()),
+            (Some("linux/arm64"), evs[1].id.as_str()),
+            (None, publish.id.as_str()),
+        ]
+    );
+    assert_ne!(evs[0].id, evs[1].id);
+}
