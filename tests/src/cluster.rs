@@ -625,6 +625,19 @@ impl RabbitCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Dead means its AMQP port refuses connections: a test that acts
+        // right after the kill (publishes, expects a lost consumer) must
+        // not race a VM still tearing down (seen once: a subscription on
+        // the killed node received an event 5 ms after the kill).
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.amqp_port));
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            anyhow::ensure!(
+                std::time::Instant::now() < until,
+                "rabbitmq node {i} still accepts connections 10 s after kill -9"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         tracing::info!(node = i, "rabbitmq node killed");
         Ok(())
     }
