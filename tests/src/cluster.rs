@@ -1112,11 +1112,26 @@ pub struct Clustered {
 }
 
 impl Clustered {
-    /// Starts both, at the same time.
+    /// Starts both, at the same time. A start that fails (a port taken
+    /// between its choice and its use, Sentinels that do not settle on a
+    /// loaded machine: seen once in about ten runs) is tried once more
+    /// from scratch, on fresh ports; what the first try started is stopped
+    /// when it is dropped.
     pub async fn start(rabbit: RabbitOptions, redis: RedisOptions) -> anyhow::Result<Self> {
-        let (rabbit, redis) =
-            tokio::try_join!(RabbitCluster::start(rabbit), SentinelRedis::start(redis))?;
-        Ok(Self { rabbit, redis })
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match tokio::try_join!(
+                RabbitCluster::start(rabbit.clone()),
+                SentinelRedis::start(redis.clone())
+            ) {
+                Ok((rabbit, redis)) => return Ok(Self { rabbit, redis }),
+                Err(e) if tries < 2 => {
+                    eprintln!("the clustered engines did not start ({e:#}); once more");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The worker settings that point at both: `KILN_AMQP_URL` (the three
