@@ -180,6 +180,9 @@ async fn consume_loop(sup: Supervisor, mut builds: Consumer, mut cancels: Consum
     cancels.cancel().await;
 }
 
+/// How long one try of [`consume_again`] waits for the broker's answers.
+const CONSUME_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A consumer whose channel the broker closed for good (a delivery held
 /// past its `consumer_timeout`, a queue gone for a moment, a lone broker
 /// restarted without its data): consume the queue again on a new channel,
@@ -193,21 +196,35 @@ async fn consume_again(
 ) -> Option<Consumer> {
     let mut waits = backon::BackoffBuilder::build(crate::retry::amqp_connect());
     loop {
-        match sup.ctx.broker.consume(queue, prefetch, tag).await {
-            Ok(c) => {
+        // Bounded: a channel opened while the connection recovers may never
+        // get its answer (seen in CI: a worker whose lone broker restarted
+        // empty waited two minutes on one try and never consumed again).
+        let tried =
+            tokio::time::timeout(CONSUME_ANSWER, sup.ctx.broker.consume(queue, prefetch, tag))
+                .await;
+        match tried {
+            Err(_) => {
+                tracing::warn!(queue, timeout = ?CONSUME_ANSWER, "no answer to consuming again; trying again");
+            }
+            Ok(Ok(c)) => {
                 tracing::warn!(queue, "consumer lost with its channel; consuming again");
                 return Some(c);
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 sup.ctx.metrics.error(&e);
                 tracing::warn!(queue, error = %e, "cannot consume again yet");
                 // A broker that came back empty has no queue to consume:
                 // declare the topology again (idempotent; a lone broker
                 // only, see `declare_again`).
-                if crate::amqp::is_not_found(&e)
-                    && let Err(e) = sup.ctx.broker.declare_again().await
-                {
-                    tracing::warn!(error = %e, "cannot declare the topology again yet");
+                if crate::amqp::is_not_found(&e) {
+                    match tokio::time::timeout(CONSUME_ANSWER, sup.ctx.broker.declare_again()).await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot declare the topology again yet");
+                        }
+                        Err(_) => tracing::warn!("no answer to declaring the topology again"),
+                    }
                 }
             }
         }
