@@ -98,6 +98,26 @@ fn outcome(events: &[BuildEvent]) -> &BuildEvent {
         .unwrap_or_else(|| panic!("no terminal build event: {events:#?}"))
 }
 
+/// The build ended `ConfigError` on the ConfigMap `cm_name` someone else
+/// created under Kiln's name.
+fn assert_refused_for_configmap(events: &[BuildEvent], cm_name: &str) {
+    let end = outcome(events);
+    assert_eq!(end.data.phase, Phase::Failed, "{events:#?}");
+    assert_eq!(end.data.reason, Some(Reason::ConfigError), "{events:#?}");
+    let message = end.data.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!("a ConfigMap named {cm_name} already exists")),
+        "{message}"
+    );
+}
+
+/// Creates `cm` in the tests' namespace, as a namespace's ConfigMap
+/// creators can.
+async fn create_configmap(env: &Env, cm: &ConfigMap) {
+    let cms: Api<ConfigMap> = Api::namespaced(env.kube.client(), NAMESPACE);
+    cms.create(&PostParams::default(), cm).await.unwrap();
+}
+
 /// Item 1: while alice's build runs, a pod in bob's namespace with her
 /// build id, Kiln's labels and a terminated exit-0 status whose message is
 /// a digest of bob's choosing changes nothing: the build ends with its own
@@ -221,21 +241,13 @@ async fn a_pre_created_configmap_is_never_mounted() {
         data: Some(BTreeMap::from([("Dockerfile".into(), evil.into())])),
         ..ConfigMap::default()
     };
-    let cms: Api<ConfigMap> = Api::namespaced(env.kube.client(), NAMESPACE);
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    create_configmap(&env, &cm).await;
     env.start_worker_with(|c| c.build.policy = Some(path.clone()));
     let mut request = one_image(&id);
     request["images"][0]["dockerfileInline"] = json!("FROM alpine:3.20\nCOPY . /app\n");
     publish_as_alice(&env, &request).await;
     let events = env.events_of(&id, Duration::from_secs(20)).await;
-    let end = outcome(&events);
-    assert_eq!(end.data.phase, Phase::Failed, "{events:#?}");
-    assert_eq!(end.data.reason, Some(Reason::ConfigError), "{events:#?}");
-    let message = end.data.message.clone().unwrap_or_default();
-    assert!(
-        message.contains(&format!("a ConfigMap named {cm_name} already exists")),
-        "{message}"
-    );
+    assert_refused_for_configmap(&events, &cm_name);
     assert_eq!(
         env.created(Resource::Pods),
         0,
@@ -270,21 +282,13 @@ async fn a_pre_created_provenance_configmap_is_never_attached() {
         )])),
         ..ConfigMap::default()
     };
-    let cms: Api<ConfigMap> = Api::namespaced(env.kube.client(), NAMESPACE);
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    create_configmap(&env, &cm).await;
     env.start_worker_with(|c| c.build.policy = Some(path.clone()));
     let mut request = one_image(&id);
     request["images"][0]["platforms"] = json!(["linux/amd64", "linux/arm64"]);
     publish_as_alice(&env, &request).await;
     let events = env.events_of(&id, Duration::from_secs(30)).await;
-    let end = outcome(&events);
-    assert_eq!(end.data.phase, Phase::Failed, "{events:#?}");
-    assert_eq!(end.data.reason, Some(Reason::ConfigError), "{events:#?}");
-    let message = end.data.message.clone().unwrap_or_default();
-    assert!(
-        message.contains(&format!("a ConfigMap named {cm_name} already exists")),
-        "{message}"
-    );
+    assert_refused_for_configmap(&events, &cm_name);
     assert_eq!(
         env.created(Resource::Pods),
         2,

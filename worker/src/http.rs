@@ -654,15 +654,8 @@ mod tests {
         assert!(html.contains("failed*"));
     }
 
-    #[test]
-    fn the_build_page_draws_each_image_as_bars_without_javascript() {
-        let json = r#"{"state":"finished","phase":"succeeded","tenant":"shop","namespace":"b","worker":"w","images":{"api":{"phase":"succeeded","attempt":2}},"updatedAt":"2026-12-01T10:04:15Z","history":{"timeline":[
-            {"id":"a","type":"t","time":"2026-12-01T10:00:00Z","phase":"accepted"},
-            {"id":"b","type":"t","time":"2026-12-01T10:00:02Z","phase":"running","image":"api","attempt":1},
-            {"id":"c","type":"t","time":"2026-12-01T10:00:42Z","phase":"retrying","image":"api","attempt":1,"reason":"OOMKilled"},
-            {"id":"d","type":"t","time":"2026-12-01T10:01:02Z","phase":"running","image":"api","attempt":2},
-            {"id":"e","type":"t","time":"2026-12-01T10:04:14Z","phase":"succeeded","image":"api","attempt":2},
-            {"id":"f","type":"t","time":"2026-12-01T10:04:15Z","phase":"succeeded"}]}}"#;
+    /// The build page of build `b1` whose record is `json`, as HTML.
+    fn build_page_of(json: &str) -> String {
         let r: BuildRecord = serde_json::from_str(json).expect("a record");
         let (timeline, span) = bars(&r);
         let page = BuildPage {
@@ -674,7 +667,19 @@ mod tests {
             timeline,
             span,
         };
-        let html = page.render().expect("renders");
+        page.render().expect("renders")
+    }
+
+    #[test]
+    fn the_build_page_draws_each_image_as_bars_without_javascript() {
+        let json = r#"{"state":"finished","phase":"succeeded","tenant":"shop","namespace":"b","worker":"w","images":{"api":{"phase":"succeeded","attempt":2}},"updatedAt":"2026-12-01T10:04:15Z","history":{"timeline":[
+            {"id":"a","type":"t","time":"2026-12-01T10:00:00Z","phase":"accepted"},
+            {"id":"b","type":"t","time":"2026-12-01T10:00:02Z","phase":"running","image":"api","attempt":1},
+            {"id":"c","type":"t","time":"2026-12-01T10:00:42Z","phase":"retrying","image":"api","attempt":1,"reason":"OOMKilled"},
+            {"id":"d","type":"t","time":"2026-12-01T10:01:02Z","phase":"running","image":"api","attempt":2},
+            {"id":"e","type":"t","time":"2026-12-01T10:04:14Z","phase":"succeeded","image":"api","attempt":2},
+            {"id":"f","type":"t","time":"2026-12-01T10:04:15Z","phase":"succeeded"}]}}"#;
+        let html = build_page_of(json);
         assert!(!html.contains("<script"));
         assert!(html.contains("Timeline (4 m 15 s)"), "{html}");
         assert_eq!(
@@ -703,18 +708,7 @@ mod tests {
             {"id":"d","type":"t","time":"2026-12-01T10:03:00Z","phase":"running","image":"api","attempt":1},
             {"id":"e","type":"t","time":"2026-12-01T10:04:14Z","phase":"succeeded","image":"api","attempt":1},
             {"id":"f","type":"t","time":"2026-12-01T10:04:15Z","phase":"succeeded"}]}}"#;
-        let r: BuildRecord = serde_json::from_str(json).expect("a record");
-        let (timeline, span) = bars(&r);
-        let page = BuildPage {
-            id: "b1".into(),
-            phase: "succeeded".into(),
-            r,
-            refresh: 0,
-            generated: "now".into(),
-            timeline,
-            span,
-        };
-        let html = page.render().expect("renders");
+        let html = build_page_of(json);
         for row in ["api/linux/amd64", "api/linux/arm64"] {
             assert!(html.contains(row), "{row}: {html}");
         }
